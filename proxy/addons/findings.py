@@ -1,0 +1,43 @@
+"""Sends findings to the JSON-lines file and the console; other sinks subscribe to it."""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import ctx, exceptions
+
+from proxy.findings import Finding, FindingsLog
+
+logger = logging.getLogger("tlsgate.findings")
+
+_LEVEL = {"info": logging.INFO, "low": logging.INFO, "medium": logging.WARNING, "high": logging.WARNING, "critical": logging.ERROR}
+
+
+class FindingsSink:
+    def __init__(self, log: FindingsLog | None = None) -> None:
+        self.log = log or FindingsLog()
+        self.log.subscribe(self._to_console)
+
+    def load(self, loader) -> None:
+        loader.add_option("tlsgate_findings", str, "", "Append tlsgate findings to this JSON-lines file. Empty: console only.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "tlsgate_findings" in updated:
+            path = ctx.options.tlsgate_findings
+            try:
+                if path:
+                    self.log.open(path)
+                else:
+                    self.log.close()
+            except OSError as exc:
+                raise exceptions.OptionsError(f"cannot open findings file {path}: {exc}") from None
+
+    def done(self) -> None:
+        self.log.close()
+
+    def record(self, finding: Finding) -> None:
+        self.log.record(finding)
+
+    @staticmethod
+    def _to_console(finding: Finding) -> None:
+        logger.log(_LEVEL[finding.severity], f"tlsgate: {finding.console_line()}")

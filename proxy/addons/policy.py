@@ -1,0 +1,135 @@
+"""Holds the policy in force and swaps it when its files change.
+
+Polling file stats once a second (as mitmproxy's own script loader does) needs
+no extra dependency and works on bind mounts and network filesystems where
+inotify does not. A change is applied once it has been stable for one poll, so
+an editor's half-written save is not reported as a broken policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions
+
+from proxy.policy import Policy, PolicyError, load_policy
+from proxy.policy.loader import policy_files
+
+logger = logging.getLogger("tlsgate.policy")
+
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent.parent / "policies" / "default.yaml"
+
+ReloadListener = Callable[[str, "Policy | None"], None]
+
+
+def policy_paths(option: Sequence[str]) -> list[str]:
+    return list(option) if option else [str(DEFAULT_POLICY)]
+
+
+def fingerprint(paths: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
+    """What changes when any policy file is edited, added or removed."""
+    files, _ = policy_files(paths)
+    out = []
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        out.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(out)
+
+
+class PolicyStore:
+    def __init__(self) -> None:
+        self.policy: Policy | None = None
+        self.paths: list[str] = []
+        self.loaded_at: float | None = None
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self._loaded_print: tuple[tuple[str, int, int], ...] = ()
+        self._last_seen: tuple[tuple[str, int, int], ...] = ()
+        self._task: asyncio.Task[None] | None = None
+        self._listeners: list[ReloadListener] = []
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "tlsgate_policy", Sequence[str], [],
+            "tlsgate policy files or directories of *.yaml files (merged). Empty: the embedded default policy.",
+        )
+        loader.add_option(
+            "tlsgate_policy_reload", float, 1.0,
+            "Seconds between checks of the policy files for changes; 0 turns hot reload off.",
+        )
+
+    def subscribe(self, listener: ReloadListener) -> None:
+        """Called with ("ok", policy) or ("failed", None) on every load attempt."""
+        self._listeners.append(listener)
+
+    def configure(self, updated: set[str]) -> None:
+        if "tlsgate_policy" in updated:
+            paths = policy_paths(ctx.options.tlsgate_policy)
+            try:
+                policy = load_policy(paths)
+            except PolicyError as exc:
+                raise exceptions.OptionsError(f"invalid tlsgate policy:\n{exc}") from None
+            self.paths = paths
+            self._install(policy, fingerprint(paths))
+        if "tlsgate_policy_reload" in updated and ctx.options.tlsgate_policy_reload < 0:
+            raise exceptions.OptionsError("tlsgate_policy_reload must be 0 (off) or a number of seconds")
+
+    def running(self) -> None:
+        if ctx.options.tlsgate_policy_reload > 0 and self._task is None:
+            self._task = asyncio.create_task(self._watch(), name="tlsgate policy reload")
+
+    def done(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(ctx.options.tlsgate_policy_reload)
+            try:
+                self.check_reload()
+            except Exception:  # a watcher that dies silently would freeze the policy forever
+                logger.exception("tlsgate: policy reload check failed")
+
+    def check_reload(self) -> bool:
+        """Reload if the files changed and have stayed unchanged for one poll. True when a load was tried."""
+        current = fingerprint(self.paths)
+        stable = current == self._last_seen
+        self._last_seen = current
+        if current == self._loaded_print or not stable:
+            return False
+        try:
+            policy = load_policy(self.paths)
+        except PolicyError as exc:
+            self._loaded_print = current  # report each broken state once, not every second
+            self.reloads_failed += 1
+            for message in exc.messages:
+                logger.error(f"tlsgate: policy reload failed: {message}")
+            since = time.strftime("%H:%M:%S", time.localtime(self.loaded_at)) if self.loaded_at else "start"
+            logger.error(f"tlsgate: keeping the last good policy (in force since {since}); fix the file and save again")
+            self._notify("failed", None)
+            return True
+        self.reloads_ok += 1
+        self._install(policy, current)
+        logger.warning(f"tlsgate: policy reloaded: {policy.rule_count} rules from {', '.join(policy.files)}")
+        return True
+
+    def _install(self, policy: Policy, print_: tuple[tuple[str, int, int], ...]) -> None:
+        self.policy = policy
+        self.loaded_at = time.time()
+        self._loaded_print = print_
+        self._last_seen = print_
+        for warning in policy.warnings:
+            logger.warning(f"tlsgate: policy {warning}")
+        self._notify("ok", policy)
+
+    def _notify(self, result: str, policy: Policy | None) -> None:
+        for listener in self._listeners:
+            listener(result, policy)

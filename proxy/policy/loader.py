@@ -1,0 +1,305 @@
+"""Policy files -> Policy, or every problem with its file:line:column.
+
+One or more files (or directories of `*.yaml`) merge into one policy. Nothing
+is put in force unless the whole set is valid: a half-read policy would fail
+open on exactly the hosts its broken part was meant to guard.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy.policy import yamlnodes as yn
+from proxy.policy.hosts import PatternError, parse_pattern
+from proxy.policy.matcher import DeviceIndex, HostIndex
+from proxy.policy.model import (
+    Cleartext,
+    HostPattern,
+    Location,
+    Mode,
+    Policy,
+    PolicyError,
+    PolicyMessage,
+    Rule,
+    Settings,
+)
+
+POLICY_VERSION = 1
+TOP_KEYS = ("version", "defaults", "rules", "devices", "pin_sets")
+SETTING_KEYS = ("mode", "cleartext", "tls", "certificates", "pins", "client")
+RULE_KEYS = ("name", "hosts", *SETTING_KEYS)
+_DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass
+class Context:
+    """What section parsers may need beyond their own node: named pin sets, for one."""
+
+    pin_sets: dict[str, Any] = field(default_factory=dict)
+    pin_set_nodes: dict[str, Location] = field(default_factory=dict)
+
+
+SectionParser = Callable[[yaml.Node, yn.Reader, Context], Any]
+
+# Sections that later checks own register a parser here; a section without a
+# parser is reserved and refused, so nobody believes an unenforced setting works.
+SECTION_PARSERS: dict[str, SectionParser] = {}
+TOP_PARSERS: dict[str, Callable[[yaml.Node, yn.Reader, Context], None]] = {}
+RESERVED = {
+    "tls": "minimum TLS version and cipher policy for upstream connections",
+    "certificates": "certificate rules (key sizes, SHA-1, expiry window)",
+    "pins": "certificate pinning by pin set",
+    "client": "client audit rules (ClientHello checks and invalid-certificate probes)",
+    "pin_sets": "named pin sets",
+}
+
+
+def display_path(path: Path) -> str:
+    """Paths as the user would type them: relative to the working directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def policy_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[PolicyMessage]]:
+    """Expand directories to their `*.yaml`/`*.yml` files, sorted so merges are reproducible."""
+    files: list[Path] = []
+    problems: list[PolicyMessage] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not found:
+                problems.append(PolicyMessage(Location(display_path(path), 1, 1), "directory has no *.yaml policy files"))
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(PolicyMessage(Location(str(path), 1, 1), "no such policy file or directory"))
+    return files, problems
+
+
+def load_policy(paths: Iterable[str | os.PathLike[str]]) -> Policy:
+    """Load and validate; raise PolicyError listing every problem, warnings kept on the policy."""
+    files, problems = policy_files(paths)
+    if not files and not problems:
+        problems.append(PolicyMessage(Location("<none>", 1, 1), "no policy files given"))
+    texts: list[tuple[str, str]] = []
+    for path in files:
+        try:
+            texts.append((display_path(path), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(PolicyMessage(Location(display_path(path), 1, 1), f"cannot read policy: {exc}"))
+    try:
+        policy = load_texts(texts)
+    except PolicyError as exc:
+        raise PolicyError(problems + exc.messages + exc.warnings) from None
+    if problems:
+        raise PolicyError(problems + list(policy.warnings))
+    return policy
+
+
+def load_texts(texts: list[tuple[str, str]]) -> Policy:
+    """The pure part of loading: (display name, YAML text) pairs -> Policy."""
+    builder = _Builder()
+    for name, text in texts:
+        builder.add_file(name, text)
+    return builder.build()
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.messages: list[PolicyMessage] = []
+        self.context = Context()
+        self.defaults: dict[str, Any] = {}
+        self.defaults_origin: dict[str, Location] = {}
+        self.defaults_location: Location | None = None
+        self.rules: list[Rule] = []
+        self.patterns: dict[tuple[str, bool], Location] = {}
+        self.devices: dict[str, str] = {}
+        self.device_origin: dict[str, Location] = {}
+        self.files: list[str] = []
+
+    def add_file(self, name: str, text: str) -> None:
+        self.files.append(name)
+        reader = yn.Reader(name)
+        root = yn.compose(text, reader)
+        if root is not None:
+            self._read_root(root, reader)
+        self.messages.extend(reader.messages)
+
+    def _read_root(self, root: yaml.Node, reader: yn.Reader) -> None:
+        if isinstance(root, yaml.ScalarNode) and yn.scalar(root) is None:
+            return  # an empty file is an empty policy
+        top = yn.mapping(root, reader, "a policy file")
+        if top is None:
+            return
+        _unknown_keys(top, TOP_KEYS, reader, "the policy file")
+        if "version" in top:
+            node = top["version"][1]
+            value = yn.scalar(node) if isinstance(node, yaml.ScalarNode) else None
+            if type(value) is not int or value != POLICY_VERSION:
+                reader.error(node, f"unsupported policy version; this tlsgate reads version {POLICY_VERSION}")
+        if "pin_sets" in top:
+            self._read_top_section("pin_sets", top["pin_sets"], reader)
+        if "defaults" in top:
+            self._read_defaults(*top["defaults"], reader)
+        if "devices" in top:
+            self._read_devices(top["devices"][1], reader)
+        if "rules" in top:
+            self._read_rules(top["rules"][1], reader)
+
+    def _read_top_section(self, key: str, nodes: tuple[yaml.Node, yaml.Node], reader: yn.Reader) -> None:
+        parser = TOP_PARSERS.get(key)
+        if parser is None:
+            reader.error(nodes[0], _reserved_message(key))
+            return
+        parser(nodes[1], reader, self.context)
+
+    def _read_defaults(self, key_node: yaml.Node, node: yaml.Node, reader: yn.Reader) -> None:
+        values = self._read_settings(node, reader, "defaults")
+        if self.defaults_location is None:
+            self.defaults_location = reader.loc(key_node)
+        for key, (value, where) in values.items():
+            if key in self.defaults_origin:
+                reader.error(where, f"defaults.{key} is already set at {self.defaults_origin[key]}; set it in one file only")
+                continue
+            self.defaults[key] = value
+            self.defaults_origin[key] = where
+
+    def _read_settings(self, node: yaml.Node, reader: yn.Reader, what: str, allowed: tuple[str, ...] = SETTING_KEYS) -> dict[str, tuple[Any, Location]]:
+        entries = yn.mapping(node, reader, what)
+        if entries is None:
+            return {}
+        _unknown_keys(entries, allowed, reader, what)
+        out: dict[str, tuple[Any, Location]] = {}
+        for key, (key_node, value_node) in entries.items():
+            if key not in SETTING_KEYS:
+                continue
+            value = self._read_setting(key, key_node, value_node, reader, what)
+            if value is not None:
+                out[key] = (value, reader.loc(key_node))
+        return out
+
+    def _read_setting(self, key: str, key_node: yaml.Node, node: yaml.Node, reader: yn.Reader, what: str) -> Any:
+        if key == "mode":
+            value = yn.choice(node, reader, f"{what}.mode", tuple(Mode))
+            return Mode(value) if value else None
+        if key == "cleartext":
+            value = yn.choice(node, reader, f"{what}.cleartext", tuple(Cleartext))
+            return Cleartext(value) if value else None
+        parser = SECTION_PARSERS.get(key)
+        if parser is None:
+            reader.error(key_node, _reserved_message(key))
+            return None
+        return parser(node, reader, self.context)
+
+    def _read_devices(self, node: yaml.Node, reader: yn.Reader) -> None:
+        entries = yn.mapping(node, reader, "devices")
+        for key, (key_node, value_node) in (entries or {}).items():
+            try:
+                address = str(ipaddress.ip_network(key, strict=False)) if "/" in key else str(ipaddress.ip_address(key))
+            except ValueError:
+                reader.error(key_node, f"device address {key!r} is not an IP address or network (e.g. 192.168.1.23 or 10.0.0.0/24)")
+                continue
+            name = yn.string(value_node, reader, f"the device name for {key}")
+            if name is None:
+                continue
+            if not _DEVICE_NAME.match(name):
+                reader.error(value_node, f"device name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes a metric label)")
+                continue
+            if address in self.device_origin:
+                reader.error(key_node, f"device address {key} is already named at {self.device_origin[address]}")
+                continue
+            self.devices[address] = name
+            self.device_origin[address] = reader.loc(key_node)
+
+    def _read_rules(self, node: yaml.Node, reader: yn.Reader) -> None:
+        for item in yn.sequence(node, reader, "rules") or []:
+            self._read_rule(item, reader)
+
+    def _read_rule(self, node: yaml.Node, reader: yn.Reader) -> None:
+        entries = yn.mapping(node, reader, "a rule")
+        if entries is None:
+            return
+        where = reader.loc(node)
+        name = yn.string(entries["name"][1], reader, "rule name") if "name" in entries else None
+        if "hosts" not in entries:
+            reader.error(node, "a rule needs 'hosts': a host name, '*.domain' pattern or a list of them")
+            return
+        patterns = self._read_hosts(entries["hosts"][1], reader)
+        values = self._read_settings(node, reader, "rule", RULE_KEYS)
+        if not values and patterns:
+            reader.warn(node, "this rule sets nothing; its hosts get the defaults anyway")
+        if patterns:
+            overrides = {key: value for key, (value, _) in values.items()}
+            self.rules.append(Rule(tuple(patterns), overrides, where, name))
+
+    def _read_hosts(self, node: yaml.Node, reader: yn.Reader) -> list[HostPattern]:
+        patterns: list[HostPattern] = []
+        for item, text in yn.strings(node, reader, "hosts"):
+            try:
+                base, wildcard = parse_pattern(text)
+            except PatternError as exc:
+                reader.error(item, str(exc))
+                continue
+            where = reader.loc(item)
+            first = self.patterns.get((base, wildcard))
+            if first is not None:
+                reader.error(
+                    item,
+                    f"host pattern {text!r} is already listed at {first}; a pattern may appear once in a policy "
+                    "(two rules for one pattern would tie), so merge the two",
+                )
+                continue
+            self.patterns[(base, wildcard)] = where
+            patterns.append(HostPattern(text, wildcard, base, where))
+        return patterns
+
+    def build(self) -> Policy:
+        errors = [m for m in self.messages if not m.warning]
+        if errors:
+            raise PolicyError(self.messages)
+        settings = Settings(
+            mode=self.defaults.get("mode", Mode.ENFORCE),
+            cleartext=self.defaults.get("cleartext", Cleartext.BLOCK),
+            extra={k: v for k, v in self.defaults.items() if k not in ("mode", "cleartext")},
+        )
+        defaults_location = self.defaults_location or Location(self.files[0] if self.files else "<built-in>", 1, 1)
+        rules = tuple(self.rules)
+        return Policy(
+            defaults=settings,
+            defaults_location=defaults_location,
+            rules=rules,
+            devices=dict(self.devices),
+            files=tuple(self.files),
+            warnings=tuple(sorted(self.messages)),
+            index=HostIndex(settings, defaults_location, rules),
+            device_index=DeviceIndex(self.devices),
+        )
+
+
+def _unknown_keys(entries: dict[str, tuple[yaml.Node, yaml.Node]], allowed: tuple[str, ...], reader: yn.Reader, what: str) -> None:
+    for key, (key_node, _) in entries.items():
+        if key in allowed:
+            continue
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(allowed)}"
+        reader.error(key_node, f"unknown key '{key}' in {what}{hint}")
+
+
+def _reserved_message(key: str) -> str:
+    return (
+        f"'{key}' ({RESERVED.get(key, 'this section')}) is reserved and not enforced by this version of tlsgate; "
+        "remove it rather than rely on it"
+    )

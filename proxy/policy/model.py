@@ -1,0 +1,148 @@
+"""The policy as data: what the loader produces and the matcher and addons read.
+
+Everything here is immutable so that a hot reload can swap one whole policy for
+another atomically: a hook that picked up the old policy finishes with it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, order=True)
+class Location:
+    """Where something was written, so every verdict can point at its source line."""
+
+    file: str
+    line: int
+    column: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+    @property
+    def rule_ref(self) -> str:
+        """`file:line`, the form block pages and findings use."""
+        return f"{self.file}:{self.line}"
+
+
+class Mode(enum.StrEnum):
+    ENFORCE = "enforce"
+    REPORT = "report"
+
+
+class Cleartext(enum.StrEnum):
+    BLOCK = "block"
+    ALLOW = "allow"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings for one host after defaults and the matching rule merge.
+
+    `extra` carries the sections later checks own (tls, certificates, pins,
+    client) as already-validated objects keyed by section name, so adding a
+    check never changes this class's shape.
+    """
+
+    mode: Mode = Mode.ENFORCE
+    cleartext: Cleartext = Cleartext.BLOCK
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def get(self, section: str, default: Any = None) -> Any:
+        return self.extra.get(section, default)
+
+
+@dataclass(frozen=True)
+class HostPattern:
+    """`api.example.com` (exactly that name) or `*.example.com` (every subdomain, any depth, not the apex)."""
+
+    text: str
+    wildcard: bool
+    base: str  # the name without `*.`
+    location: Location
+
+    @property
+    def specificity(self) -> tuple[int, int]:
+        """Exact beats wildcard; a longer wildcard suffix beats a shorter one."""
+        return (0 if self.wildcard else 1, self.base.count(".") + 1)
+
+
+@dataclass(frozen=True)
+class Rule:
+    hosts: tuple[HostPattern, ...]
+    overrides: dict[str, Any]  # only the keys the rule sets; `mode`, `cleartext` and sections
+    location: Location
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or ", ".join(h.text for h in self.hosts)
+
+
+@dataclass(frozen=True)
+class Match:
+    """The answer to "which settings apply to this host, and who said so"."""
+
+    host: str
+    settings: Settings
+    rule: Rule | None
+    pattern: HostPattern | None
+    source: Location  # the rule, or the `defaults` block when no rule matched
+    defaults_location: Location
+
+    @property
+    def rule_ref(self) -> str:
+        return self.source.rule_ref
+
+    def origin_of(self, key: str) -> Location:
+        """The rule that set `key`, else the defaults block: block pages point users at the line to edit."""
+        if self.rule is not None and key in self.rule.overrides:
+            return self.rule.location
+        return self.defaults_location
+
+
+@dataclass(frozen=True)
+class Policy:
+    defaults: Settings
+    defaults_location: Location
+    rules: tuple[Rule, ...]
+    devices: dict[str, str]  # client address -> device name
+    files: tuple[str, ...]
+    warnings: tuple[PolicyMessage, ...] = ()
+    index: Any = field(default=None, compare=False, repr=False)  # matcher.HostIndex
+    device_index: Any = field(default=None, compare=False, repr=False)  # matcher.DeviceIndex
+
+    @property
+    def rule_count(self) -> int:
+        return len(self.rules)
+
+    def match(self, host: str) -> Match:
+        return self.index.match(host)
+
+    def device_for(self, address: str) -> str | None:
+        return self.device_index.name_for(address)
+
+
+@dataclass(frozen=True, order=True)
+class PolicyMessage:
+    """One error or warning, printed as `file:line:column: message`."""
+
+    location: Location
+    message: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        kind = "warning: " if self.warning else ""
+        return f"{self.location}: {kind}{self.message}"
+
+
+class PolicyError(Exception):
+    """A policy that must not be put in force; carries every problem found, not only the first."""
+
+    def __init__(self, messages: list[PolicyMessage]) -> None:
+        self.messages = sorted(m for m in messages if not m.warning)
+        self.warnings = sorted(m for m in messages if m.warning)
+        super().__init__("\n".join(str(m) for m in self.messages))

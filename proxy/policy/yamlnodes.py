@@ -1,0 +1,134 @@
+"""YAML read as located nodes, so every complaint can name file, line and column.
+
+PyYAML's composer keeps marks on nodes but its constructor throws them away and
+silently lets a duplicated key win; a policy tool cannot afford either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from proxy.policy.model import Location, PolicyMessage
+
+
+@dataclass
+class Reader:
+    """Collects messages while sections are read, so one run reports every problem."""
+
+    file: str
+    messages: list[PolicyMessage] = field(default_factory=list)
+
+    def loc(self, node: yaml.Node) -> Location:
+        mark = node.start_mark
+        return Location(self.file, mark.line + 1, mark.column + 1)
+
+    def error(self, node: yaml.Node | Location, message: str) -> None:
+        where = node if isinstance(node, Location) else self.loc(node)
+        self.messages.append(PolicyMessage(where, message))
+
+    def warn(self, node: yaml.Node | Location, message: str) -> None:
+        where = node if isinstance(node, Location) else self.loc(node)
+        self.messages.append(PolicyMessage(where, message, warning=True))
+
+    @property
+    def failed(self) -> bool:
+        return any(not m.warning for m in self.messages)
+
+
+def compose(text: str, reader: Reader) -> yaml.Node | None:
+    """Parse one YAML document into nodes; syntax errors become located messages."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or "invalid YAML"
+        context = f" ({exc.context})" if exc.context else ""
+        reader.error(Location(reader.file, line, column), f"YAML syntax error: {problem}{context}")
+    except yaml.YAMLError as exc:
+        reader.error(Location(reader.file, 1, 1), f"YAML error: {exc}")
+    return None
+
+
+def scalar(node: yaml.Node) -> Any:
+    """The Python value of a scalar node, typed the way YAML 1.1 safe loading types it."""
+    # A fresh constructor per value: the shared one caches every node it sees, forever.
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+
+
+def type_name(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    value = scalar(node)
+    if value is None:
+        return "empty (null)"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def mapping(node: yaml.Node, reader: Reader, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+    """Keys to (key node, value node); duplicated and non-string keys are errors."""
+    if not isinstance(node, yaml.MappingNode):
+        reader.error(node, f"{what} must be a mapping, not {type_name(node)}")
+        return None
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key_node, value_node in node.value:
+        key = scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+        if not isinstance(key, str | int):
+            reader.error(key_node, f"keys in {what} must be plain names")
+            continue
+        key = str(key)
+        if key in out:
+            first = reader.loc(out[key][0])
+            reader.error(key_node, f"duplicate key '{key}' in {what} (first at line {first.line})")
+            continue
+        out[key] = (key_node, value_node)
+    return out
+
+
+def sequence(node: yaml.Node, reader: Reader, what: str) -> list[yaml.Node] | None:
+    if not isinstance(node, yaml.SequenceNode):
+        reader.error(node, f"{what} must be a list, not {type_name(node)}")
+        return None
+    return list(node.value)
+
+
+def string(node: yaml.Node, reader: Reader, what: str) -> str | None:
+    value = scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    if not isinstance(value, str) or not value:
+        reader.error(node, f"{what} must be a non-empty string, not {type_name(node)}")
+        return None
+    return value
+
+
+def choice(node: yaml.Node, reader: Reader, what: str, allowed: tuple[str, ...]) -> str | None:
+    value = scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    if value not in allowed:
+        shown = repr(value) if isinstance(node, yaml.ScalarNode) else type_name(node)
+        reader.error(node, f"{what} must be one of {', '.join(allowed)}, not {shown}")
+        return None
+    return value
+
+
+def strings(node: yaml.Node, reader: Reader, what: str) -> list[tuple[yaml.Node, str]]:
+    """A string or a list of strings, each kept with its node for precise messages."""
+    if isinstance(node, yaml.ScalarNode):
+        value = string(node, reader, what)
+        return [(node, value)] if value is not None else []
+    items = sequence(node, reader, what)
+    if items is None:
+        return []
+    if not items:
+        reader.error(node, f"{what} must not be empty")
+    out = []
+    for item in items:
+        value = string(item, reader, f"each entry of {what}")
+        if value is not None:
+            out.append((item, value))
+    return out

@@ -1,0 +1,211 @@
+"""Real processes and servers for end-to-end tests: a tlsgate subprocess and local upstreams.
+
+Upstreams count every TCP connection they accept and every request they see,
+so "not one byte reached the upstream" is asserted as `connections == 0`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.owner.requests.append(Seen(self.command, self.path, dict(self.headers.items()), body))
+        payload = f"hello from {self.server.owner.name}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: Upstream
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        self.owner.connections += 1
+        return True
+
+
+@dataclass
+class Upstream:
+    """An HTTP or HTTPS server on 127.0.0.1 that records what reached it."""
+
+    name: str = "upstream"
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ssl_context: ssl.SSLContext | None = None
+    connections: int = 0
+    requests: list[Seen] = field(default_factory=list)
+    port: int = 0
+
+    def start(self) -> Upstream:
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.owner = self
+        context = self.ssl_context
+        if context is None and self.cert_file:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.cert_file, self.key_file)
+        if context is not None:
+            server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        self._server = server
+        self.port = server.server_address[1]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+LISTENING = re.compile(r"proxy listening at (?:\[?[\d.:a-f]+\]?):(\d+)")
+
+
+class Tlsgate:
+    """`python -m proxy run` as a subprocess on a free port, with its console captured."""
+
+    def __init__(self, workdir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.findings_path = workdir / "findings.jsonl"
+        self.args = list(args)
+        self.env = env
+        self.lines: list[str] = []
+        self.port = 0
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 40) -> Tlsgate:
+        cmd = [
+            sys.executable, "-m", "proxy", "run",
+            "--listen-port", "0",
+            "--confdir", str(self.workdir / "certs"),
+            "--findings", str(self.findings_path),
+            *self.args,
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        match = self.wait_for(LISTENING, timeout)
+        self.port = int(match.group(1))
+        return self
+
+    def _pump(self) -> None:
+        assert self.proc and self.proc.stdout
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: re.Pattern[str] | str, timeout: float = 20, start: int = 0) -> re.Match[str]:
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines[start:]:
+                found = regex.search(line)
+                if found:
+                    return found
+            if self.proc and self.proc.poll() is not None and not any(regex.search(x) for x in self.lines[start:]):
+                time.sleep(0.2)
+                raise AssertionError(f"tlsgate exited ({self.proc.returncode}) before {regex.pattern!r}:\n{self.output}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {regex.pattern!r}:\n{self.output}")
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.workdir / "certs" / "mitmproxy-ca-cert.pem"
+
+    def findings(self) -> list[dict[str, Any]]:
+        if not self.findings_path.exists():
+            return []
+        return [json.loads(x) for x in self.findings_path.read_text().splitlines() if x.strip()]
+
+    def wait_findings(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.findings()
+            if len(found) >= count:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} findings, got {self.findings()}\n{self.output}")
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else 0
+
+
+@dataclass
+class CurlResult:
+    status: int
+    headers: dict[str, str]
+    body: str
+    returncode: int
+    stderr: str
+
+
+def curl(proxy: str, url: str, *extra: str, timeout: float = 20) -> CurlResult:
+    """Run the real curl through the proxy; returns status, headers (lower-cased) and body."""
+    cmd = ["curl", "-sS", "--noproxy", "", "-x", proxy, "-D", "-", "--max-time", str(int(timeout)), *extra, url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
+    head, _, body = done.stdout.replace("\r\n", "\n").partition("\n\n")
+    while head.startswith("HTTP/") and " 200 Connection established" in head.split("\n", 1)[0]:
+        head, _, body = body.partition("\n\n")
+    lines = head.split("\n")
+    status = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/") else 0
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:]) if k}
+    return CurlResult(status, headers, body, done.returncode, done.stderr)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return check()
