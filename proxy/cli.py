@@ -30,29 +30,73 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(metavar="COMMAND")
 
     run = sub.add_parser("run", help="start the proxy")
-    run.add_argument("--policy", action="append", metavar="PATH", help="policy file or directory of *.yaml (repeatable; default: the embedded policies/default.yaml)")
-    run.add_argument("--listen-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; see --allow-public-clients)")
+    run.add_argument(
+        "--policy",
+        action="append",
+        metavar="PATH",
+        help="policy file or directory of *.yaml (repeatable; default: the embedded policies/default.yaml)",
+    )
+    run.add_argument(
+        "--listen-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; see --allow-public-clients)"
+    )
     run.add_argument("--listen-port", type=int, default=8080, help="proxy port (default 8080)")
-    run.add_argument("--mode", action="append", metavar="MODE", help="mitmproxy mode: regular (default), socks5, transparent, wireguard, upstream:URL (repeatable)")
+    run.add_argument(
+        "--mode",
+        action="append",
+        metavar="MODE",
+        help="mitmproxy mode: regular (default), socks5, transparent, wireguard, upstream:URL (repeatable)",
+    )
     run.add_argument("--confdir", default=DEFAULT_CONFDIR, help=f"CA directory (default {DEFAULT_CONFDIR}/)")
-    run.add_argument("--findings", default=DEFAULT_FINDINGS, metavar="PATH", help=f"findings JSON-lines file (default {DEFAULT_FINDINGS}; '' for console only)")
-    run.add_argument("--upstream-ca", action="append", metavar="PATH", help="extra trusted root CA (PEM) for upstream servers, e.g. a staging CA; added to the system roots (repeatable)")
-    run.add_argument("--resolve", action="append", metavar="HOST:PORT:ADDRESS", help="connect to ADDRESS for HOST:PORT, like curl --resolve; PORT may be '*' (repeatable)")
-    run.add_argument("--proxyauth", metavar="SPEC", help="require proxy authentication: 'user:pass', '@htpasswd-file' or mitmproxy's ldap spec")
-    run.add_argument("--allow-public-clients", action="store_true", help="accept clients from public (globally routable) addresses; off by default so tlsgate is never an open proxy")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any mitmproxy option, passed through (repeatable)")
+    run.add_argument(
+        "--findings",
+        default=DEFAULT_FINDINGS,
+        metavar="PATH",
+        help=f"findings JSON-lines file (default {DEFAULT_FINDINGS}; '' for console only)",
+    )
+    run.add_argument(
+        "--upstream-ca",
+        action="append",
+        metavar="PATH",
+        help="extra trusted root CA (PEM) for upstream servers, e.g. a staging CA; added to the system roots (repeatable)",
+    )
+    run.add_argument(
+        "--resolve",
+        action="append",
+        metavar="HOST:PORT:ADDRESS",
+        help="connect to ADDRESS for HOST:PORT, like curl --resolve; PORT may be '*' (repeatable)",
+    )
+    run.add_argument(
+        "--proxyauth", metavar="SPEC", help="require proxy authentication: 'user:pass', '@htpasswd-file' or mitmproxy's ldap spec"
+    )
+    run.add_argument(
+        "--allow-public-clients",
+        action="store_true",
+        help="accept clients from public (globally routable) addresses; off by default so tlsgate is never an open proxy",
+    )
+    run.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any mitmproxy option, passed through (repeatable)"
+    )
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check policy files; prints file:line:column: message, exits 1 on errors")
     validate.add_argument("paths", nargs="+", metavar="PATH", help="policy file or directory (a directory is one merged policy)")
-    validate.add_argument("--merge", action="store_true", help="check all PATHs as one policy, as `run --policy A --policy B` loads them")
+    validate.add_argument(
+        "--merge", action="store_true", help="check all PATHs as one policy, as `run --policy A --policy B` loads them"
+    )
     validate.set_defaults(func=cmd_validate)
 
     ca = sub.add_parser("ca", help="create, show or export tlsgate's interception CA")
     ca.add_argument("action", choices=("create", "show", "export"))
     ca.add_argument("--confdir", default=DEFAULT_CONFDIR)
-    ca.add_argument("--format", choices=("pem", "der", "android"), default="pem", help="export format (android: <subject_hash_old>.0 for the system store)")
-    ca.add_argument("--out", metavar="DIR", default=".", help="directory to export into (default: current directory); '-' writes to stdout")
+    ca.add_argument(
+        "--format",
+        choices=("pem", "der", "android"),
+        default="pem",
+        help="export format (android: <subject_hash_old>.0 for the system store)",
+    )
+    ca.add_argument(
+        "--out", metavar="DIR", default=".", help="directory to export into (default: current directory); '-' writes to stdout"
+    )
     ca.set_defaults(func=cmd_ca)
     return parser
 

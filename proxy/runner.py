@@ -75,7 +75,8 @@ def banner(config: RunConfig, ca_cert: Path, fingerprint: str) -> list[str]:
     policy = config.policy
     lines = [
         f"tlsgate {__version__} on mitmproxy {mitm_version.VERSION}",
-        f"policy:   {', '.join(policy.files)} ({policy.rule_count} rules; default mode {policy.defaults.mode}, cleartext {policy.defaults.cleartext})",
+        f"policy:   {', '.join(policy.files)} ({policy.rule_count} rules; "
+        f"default mode {policy.defaults.mode}, cleartext {policy.defaults.cleartext})",
         f"CA cert:  {ca_cert} (SHA-256 {fingerprint})",
         f"findings: {config.findings or '(console only)'}",
         f"proxy:    {proxy_url} ({', '.join(config.modes)})",

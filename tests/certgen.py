@@ -35,7 +35,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 PrivateKey = (
     rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey | dsa.DSAPrivateKey
@@ -70,8 +70,14 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-def make_key(spec: str = DEFAULT_KEY) -> PrivateKey:
-    """Turn a short spec (``rsa:2048``, ``ec:P-256``, ``ed25519``, ``dsa:2048``) into a key."""
+def make_key(spec: str | PrivateKey = DEFAULT_KEY) -> PrivateKey:
+    """Turn a short spec (``rsa:2048``, ``ec:P-256``, ``ed25519``, ``dsa:2048``) into a key.
+
+    An existing key passes through, so a test can reissue a certificate for the
+    same key (a renewal keeps its pin) or prepare a spare key for a backup pin.
+    """
+    if not isinstance(spec, str):
+        return spec
     kind, _, param = spec.lower().partition(":")
     if kind == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=int(param or 2048))
@@ -217,7 +223,7 @@ def _ca_extensions(builder: x509.CertificateBuilder, path_length: int | None) ->
 def make_root(
     cn: str = "tlsgate test root",
     *,
-    key: str = DEFAULT_KEY,
+    key: str | PrivateKey = DEFAULT_KEY,
     digest: str = "sha256",
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
@@ -233,7 +239,7 @@ def make_intermediate(
     issuer: Issued,
     cn: str = "tlsgate test intermediate",
     *,
-    key: str = DEFAULT_KEY,
+    key: str | PrivateKey = DEFAULT_KEY,
     digest: str = "sha256",
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
@@ -251,21 +257,29 @@ def _san(dns: Sequence[str], ips: Sequence[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
+def _aia(url: str) -> x509.AuthorityInformationAccess:
+    location = x509.UniformResourceIdentifier(url)
+    return x509.AuthorityInformationAccess([x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, location)])
+
+
 def make_leaf(
     issuer: Issued | None,
     dns: Sequence[str] = ("localhost",),
     ips: Sequence[str] = ("127.0.0.1",),
     *,
     cn: str | None = None,
-    key: str = DEFAULT_KEY,
+    key: str | PrivateKey = DEFAULT_KEY,
     digest: str = "sha256",
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
+    ca_issuers_url: str | None = None,
 ) -> Issued:
     """A TLS server certificate; ``issuer=None`` makes it self-signed.
 
     The CN defaults to the first name, but verifiers only look at the SAN,
     so pass an empty ``dns``/``ips`` to test a name mismatch.
+    ``ca_issuers_url`` adds the AIA caIssuers pointer public CAs put in every
+    leaf (browsers use it to fetch a missing intermediate; nothing is fetched here).
     """
     private = make_key(key)
     subject = _name(cn or (list(dns) + list(ips) + ["tlsgate test leaf"])[0])
@@ -277,6 +291,8 @@ def make_leaf(
     )
     if dns or ips:
         builder = builder.add_extension(_san(dns, ips), critical=False)
+    if ca_issuers_url:
+        builder = builder.add_extension(_aia(ca_issuers_url), critical=False)
     signer = issuer.key if issuer else private
     return Issued(_sign(builder, signer, digest), private)
 
@@ -285,11 +301,11 @@ def make_chain(
     dns: Sequence[str] = ("localhost",),
     ips: Sequence[str] = ("127.0.0.1",),
     *,
-    leaf_key: str = DEFAULT_KEY,
+    leaf_key: str | PrivateKey = DEFAULT_KEY,
     leaf_digest: str = "sha256",
-    intermediate_key: str = DEFAULT_KEY,
+    intermediate_key: str | PrivateKey = DEFAULT_KEY,
     intermediate_digest: str = "sha256",
-    root_key: str = DEFAULT_KEY,
+    root_key: str | PrivateKey = DEFAULT_KEY,
     root_digest: str = "sha256",
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,

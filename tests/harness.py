@@ -109,16 +109,20 @@ class Tlsgate:
 
     def start(self, timeout: float = 40) -> Tlsgate:
         cmd = [
-            sys.executable, "-m", "proxy", "run",
-            "--listen-port", "0",
-            "--confdir", str(self.workdir / "certs"),
-            "--findings", str(self.findings_path),
+            sys.executable,
+            "-m",
+            "proxy",
+            "run",
+            "--listen-port",
+            "0",
+            "--confdir",
+            str(self.workdir / "certs"),
+            "--findings",
+            str(self.findings_path),
             *self.args,
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
-        self.proc = subprocess.Popen(
-            cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         threading.Thread(target=self._pump, daemon=True).start()
         match = self.wait_for(LISTENING, timeout)
         self.port = int(match.group(1))

@@ -52,9 +52,7 @@ def _mode(path: Path) -> int:
 
 def _openssl(*args: str) -> str:
     assert OPENSSL is not None
-    return subprocess.run(
-        [OPENSSL, *args], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    return subprocess.run([OPENSSL, *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
 # --------------------------------------------------------------------------
@@ -93,9 +91,7 @@ def permissive_umask() -> Iterator[None]:
         os.umask(old)
 
 
-def test_key_files_private_even_with_umask_zero(
-    confdir: Path, permissive_umask: None
-) -> None:
+def test_key_files_private_even_with_umask_zero(confdir: Path, permissive_umask: None) -> None:
     info, _ = ensure_ca(confdir)
     assert _mode(confdir) == 0o700
     assert _mode(info.paths.key_pem) == 0o600
@@ -181,17 +177,13 @@ def test_extensions_mirror_mitmproxy_create_ca(created: CAInfo) -> None:
         out: dict[str, tuple[bool, object]] = {}
         for ext in cert.extensions:
             # SKI differs per key by design; compare presence only.
-            value = (
-                None if isinstance(ext.value, x509.SubjectKeyIdentifier) else ext.value
-            )
+            value = None if isinstance(ext.value, x509.SubjectKeyIdentifier) else ext.value
             out[ext.oid.dotted_string] = (ext.critical, value)
         return out
 
     assert shape(created.cert) == shape(theirs)
     ski = created.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-    assert ski.value == x509.SubjectKeyIdentifier.from_public_key(
-        created.cert.public_key()
-    )
+    assert ski.value == x509.SubjectKeyIdentifier.from_public_key(created.cert.public_key())
 
 
 # --------------------------------------------------------------------------
@@ -257,9 +249,7 @@ def test_concurrent_creation_yields_one_ca(confdir: Path) -> None:
 
 
 @pytest.mark.parametrize("which", ["key_pem", "key_p12"])
-def test_loose_key_mode_fails_closed(
-    confdir: Path, created: CAInfo, which: str
-) -> None:
+def test_loose_key_mode_fails_closed(confdir: Path, created: CAInfo, which: str) -> None:
     path: Path = getattr(created.paths, which)
     path.chmod(0o644)
     with pytest.raises(CAError, match=rf"chmod 600 {re.escape(str(path))}"):
@@ -288,9 +278,7 @@ def _replace_key_pem(info: CAInfo, content: bytes) -> None:
         pytest.param(lambda raw: b"not a pem file\n", id="garbage"),
         pytest.param(lambda raw: raw[: len(raw) // 2], id="truncated"),
         pytest.param(lambda raw: raw.split(b"-----BEGIN CERTIFICATE")[0], id="no-cert"),
-        pytest.param(
-            lambda raw: raw[raw.index(b"-----BEGIN CERTIFICATE") :], id="no-key"
-        ),
+        pytest.param(lambda raw: raw[raw.index(b"-----BEGIN CERTIFICATE") :], id="no-key"),
     ],
 )
 def test_corrupt_ca_file_raises(confdir: Path, created: CAInfo, mangle) -> None:  # type: ignore[no-untyped-def]
@@ -301,9 +289,7 @@ def test_corrupt_ca_file_raises(confdir: Path, created: CAInfo, mangle) -> None:
         load_ca(confdir)
 
 
-def _self_signed(
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, ca: bool
-) -> x509.Certificate:
+def _self_signed(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other")])
     now = datetime.datetime.now(datetime.UTC)
     builder = (
@@ -316,9 +302,7 @@ def _self_signed(
         .not_valid_after(now + datetime.timedelta(days=1))
     )
     if ca:
-        builder = builder.add_extension(
-            x509.BasicConstraints(ca=True, path_length=None), critical=True
-        )
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
     return builder.sign(key, hashes.SHA256())
 
 
@@ -341,9 +325,7 @@ def test_mismatched_key_raises(confdir: Path, created: CAInfo) -> None:
 def test_non_ca_certificate_raises(confdir: Path, created: CAInfo) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _self_signed(key, ca=False)
-    _replace_key_pem(
-        created, _key_pem(key) + cert.public_bytes(serialization.Encoding.PEM)
-    )
+    _replace_key_pem(created, _key_pem(key) + cert.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(CAError, match="not a CA"):
         load_ca(confdir)
 
@@ -351,9 +333,7 @@ def test_non_ca_certificate_raises(confdir: Path, created: CAInfo) -> None:
 def test_user_supplied_ec_ca_is_accepted(confdir: Path, created: CAInfo) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _self_signed(key, ca=True)
-    _replace_key_pem(
-        created, _key_pem(key) + cert.public_bytes(serialization.Encoding.PEM)
-    )
+    _replace_key_pem(created, _key_pem(key) + cert.public_bytes(serialization.Encoding.PEM))
     assert load_ca(confdir).cert == cert
 
 
@@ -364,9 +344,7 @@ def test_encrypted_key_raises(confdir: Path, created: CAInfo) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"secret"),
     )
-    _replace_key_pem(
-        created, encrypted + created.cert.public_bytes(serialization.Encoding.PEM)
-    )
+    _replace_key_pem(created, encrypted + created.cert.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(CAError, match="passphrase"):
         load_ca(confdir)
 
@@ -409,21 +387,15 @@ def test_confdir_is_a_file(tmp_path: Path) -> None:
 
 @needs_openssl
 def test_fingerprint_matches_openssl(created: CAInfo) -> None:
-    out = _openssl(
-        "x509", "-in", str(created.paths.cert_pem), "-noout", "-fingerprint", "-sha256"
-    )
+    out = _openssl("x509", "-in", str(created.paths.cert_pem), "-noout", "-fingerprint", "-sha256")
     assert out.split("=", 1)[1] == created.sha256_fingerprint
-    out = _openssl(
-        "x509", "-in", str(created.paths.key_pem), "-noout", "-fingerprint", "-sha256"
-    )
+    out = _openssl("x509", "-in", str(created.paths.key_pem), "-noout", "-fingerprint", "-sha256")
     assert out.split("=", 1)[1] == created.sha256_fingerprint
 
 
 @needs_openssl
 def test_subject_hash_old_matches_openssl(created: CAInfo) -> None:
-    out = _openssl(
-        "x509", "-in", str(created.paths.cert_pem), "-noout", "-subject_hash_old"
-    )
+    out = _openssl("x509", "-in", str(created.paths.cert_pem), "-noout", "-subject_hash_old")
     assert re.fullmatch(r"[0-9a-f]{8}", created.subject_hash_old)
     assert created.subject_hash_old == out
     assert created.android_filename == f"{out}.0"
@@ -435,13 +407,9 @@ def test_subject_hash_old_for_foreign_encodings(tmp_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
         [
-            x509.NameAttribute(
-                NameOID.COUNTRY_NAME, "DE", _type=x509.name._ASN1Type.PrintableString
-            ),
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "DE", _type=x509.name._ASN1Type.PrintableString),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Ünïcode Org"),
-            x509.NameAttribute(
-                NameOID.COMMON_NAME, "plain", _type=x509.name._ASN1Type.PrintableString
-            ),
+            x509.NameAttribute(NameOID.COMMON_NAME, "plain", _type=x509.name._ASN1Type.PrintableString),
         ]
     )
     now = datetime.datetime.now(datetime.UTC)
@@ -459,17 +427,13 @@ def test_subject_hash_old_for_foreign_encodings(tmp_path: Path) -> None:
     path = tmp_path / "foreign.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     info = CAInfo(cert=cert, paths=ca_paths(tmp_path))
-    assert info.subject_hash_old == _openssl(
-        "x509", "-in", str(path), "-noout", "-subject_hash_old"
-    )
+    assert info.subject_hash_old == _openssl("x509", "-in", str(path), "-noout", "-subject_hash_old")
 
 
 @needs_openssl
 def test_openssl_accepts_ca_and_key(created: CAInfo) -> None:
     # openssl confirms the key PEM's key matches and the cert is a self-signed CA.
-    _openssl(
-        "verify", "-CAfile", str(created.paths.cert_pem), str(created.paths.cert_pem)
-    )
+    _openssl("verify", "-CAfile", str(created.paths.cert_pem), str(created.paths.cert_pem))
     mod_key = _openssl("rsa", "-in", str(created.paths.key_pem), "-noout", "-modulus")
     mod_cert = _openssl("x509", "-in", str(created.paths.key_pem), "-noout", "-modulus")
     assert mod_key == mod_cert
@@ -491,17 +455,13 @@ def test_export_der(created: CAInfo) -> None:
     name, data = export_ca(created, "der")
     assert name == "tlsgate-ca.der"
     assert x509.load_der_x509_certificate(data) == created.cert
-    assert x509.load_der_x509_certificate(data) == x509.load_pem_x509_certificate(
-        created.paths.cert_pem.read_bytes()
-    )
+    assert x509.load_der_x509_certificate(data) == x509.load_pem_x509_certificate(created.paths.cert_pem.read_bytes())
 
 
 @needs_openssl
 def test_export_android(created: CAInfo, tmp_path: Path) -> None:
     name, data = export_ca(created, "android")
-    expected = _openssl(
-        "x509", "-in", str(created.paths.cert_pem), "-noout", "-subject_hash_old"
-    )
+    expected = _openssl("x509", "-in", str(created.paths.cert_pem), "-noout", "-subject_hash_old")
     assert name == f"{expected}.0"
     assert x509.load_pem_x509_certificate(data) == created.cert
 
@@ -575,9 +535,7 @@ def test_mitmproxy_certstore_uses_our_ca(confdir: Path, created: CAInfo) -> None
 
 
 @needs_openssl
-def test_openssl_verifies_mitmproxy_leaf(
-    confdir: Path, created: CAInfo, tmp_path: Path
-) -> None:
+def test_openssl_verifies_mitmproxy_leaf(confdir: Path, created: CAInfo, tmp_path: Path) -> None:
     from mitmproxy.certs import CertStore
 
     store = CertStore.from_store(confdir, "mitmproxy", 2048)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from pathlib import Path
@@ -85,9 +86,12 @@ def test_credentials_are_named_but_never_recorded(tlsgate, http_upstream: Upstre
     blocked = curl(
         gate.proxy_url,
         f"http://api.test:{http_upstream.port}/login?api_key={secrets[2]}&state={secrets[4]}&page=2",
-        "-H", f"Authorization: Bearer {secrets[0]}",
-        "-H", f"Cookie: session={secrets[3]}",
-        "--data", f"username=alice&password={secrets[1]}",
+        "-H",
+        f"Authorization: Bearer {secrets[0]}",
+        "-H",
+        f"Cookie: session={secrets[3]}",
+        "--data",
+        f"username=alice&password={secrets[1]}",
     )
     assert blocked.status == 403
     reported = httpx.post(
@@ -108,7 +112,10 @@ def test_credentials_are_named_but_never_recorded(tlsgate, http_upstream: Upstre
         ("form", "password"),
     }
     assert first["evidence"]["url"].endswith("/login?api_key=[REDACTED]&state=[REDACTED]&page=2")
-    assert {(c["kind"], c["name"]) for c in second["evidence"]["credentials"]} == {("json", "password"), ("json", "refresh_token")}
+    assert {(c["kind"], c["name"]) for c in second["evidence"]["credentials"]} == {
+        ("json", "password"),
+        ("json", "refresh_token"),
+    }
     everything = gate.findings_path.read_text() + gate.output + blocked.body
     for secret in secrets:
         assert secret not in everything
@@ -117,9 +124,16 @@ def test_credentials_are_named_but_never_recorded(tlsgate, http_upstream: Upstre
 def test_websocket_over_plain_http_is_blocked(tlsgate, http_upstream: Upstream) -> None:
     gate = tlsgate(POLICY, resolve={"api.test": http_upstream.port})
     result = curl(
-        gate.proxy_url, f"http://api.test:{http_upstream.port}/socket",
-        "-H", "Connection: Upgrade", "-H", "Upgrade: websocket",
-        "-H", "Sec-WebSocket-Version: 13", "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        gate.proxy_url,
+        f"http://api.test:{http_upstream.port}/socket",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
     )
     assert result.status == 403
     (finding,) = gate.wait_findings(1)
@@ -152,10 +166,8 @@ def test_malformed_requests_do_not_crash_the_proxy(tlsgate, http_upstream: Upstr
         with socket.create_connection(("127.0.0.1", gate.port), timeout=5) as sock:
             sock.sendall(junk)
             sock.settimeout(2)
-            try:
+            with contextlib.suppress(TimeoutError, ConnectionError):
                 sock.recv(1024)
-            except (TimeoutError, ConnectionError):
-                pass
     result = curl(gate.proxy_url, f"http://legacy.test:{http_upstream.port}/still-alive")
     assert result.status == 200
     assert gate.proc is not None and gate.proc.poll() is None

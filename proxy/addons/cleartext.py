@@ -46,7 +46,9 @@ class CleartextGuard:
         if creds:
             detail += f" carrying credentials in cleartext: {', '.join(sorted({c.kind for c in creds}))}"
         finding = report(
-            self.sink, policy, flow.client_conn,
+            self.sink,
+            policy,
+            flow.client_conn,
             check="cleartext",
             match=match,
             port=flow.request.port,

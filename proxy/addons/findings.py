@@ -10,7 +10,13 @@ from proxy.findings import Finding, FindingsLog
 
 logger = logging.getLogger("tlsgate.findings")
 
-_LEVEL = {"info": logging.INFO, "low": logging.INFO, "medium": logging.WARNING, "high": logging.WARNING, "critical": logging.ERROR}
+_LEVEL = {
+    "info": logging.INFO,
+    "low": logging.INFO,
+    "medium": logging.WARNING,
+    "high": logging.WARNING,
+    "critical": logging.ERROR,
+}
 
 
 class FindingsSink:

@@ -57,11 +57,15 @@ class PolicyStore:
 
     def load(self, loader) -> None:
         loader.add_option(
-            "tlsgate_policy", Sequence[str], [],
+            "tlsgate_policy",
+            Sequence[str],
+            [],
             "tlsgate policy files or directories of *.yaml files (merged). Empty: the embedded default policy.",
         )
         loader.add_option(
-            "tlsgate_policy_reload", float, 1.0,
+            "tlsgate_policy_reload",
+            float,
+            1.0,
             "Seconds between checks of the policy files for changes; 0 turns hot reload off.",
         )
 

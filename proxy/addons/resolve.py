@@ -42,7 +42,9 @@ class Resolve:
 
     def load(self, loader) -> None:
         loader.add_option(
-            "tlsgate_resolve", Sequence[str], [],
+            "tlsgate_resolve",
+            Sequence[str],
+            [],
             "Connect to ADDRESS for HOST:PORT instead of resolving HOST, as curl's --resolve HOST:PORT:ADDRESS. "
             "PORT may be '*'. SNI and certificate validation still use HOST.",
         )

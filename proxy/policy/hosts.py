@@ -6,6 +6,7 @@ and a Unicode name must match its punycode form, or a rule silently misses.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 
@@ -22,10 +23,8 @@ def normalize_host(host: str) -> str:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not host.isascii():
-        try:
+        with contextlib.suppress(UnicodeError):  # left as is; parse_pattern reports invalid names
             host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            pass
     if ":" in host:
         try:
             return str(ipaddress.IPv6Address(host))

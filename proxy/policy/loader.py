@@ -177,7 +177,9 @@ class _Builder:
             self.defaults[key] = value
             self.defaults_origin[key] = where
 
-    def _read_settings(self, node: yaml.Node, reader: yn.Reader, what: str, allowed: tuple[str, ...] = SETTING_KEYS) -> dict[str, tuple[Any, Location]]:
+    def _read_settings(
+        self, node: yaml.Node, reader: yn.Reader, what: str, allowed: tuple[str, ...] = SETTING_KEYS
+    ) -> dict[str, tuple[Any, Location]]:
         entries = yn.mapping(node, reader, what)
         if entries is None:
             return {}
@@ -210,13 +212,17 @@ class _Builder:
             try:
                 address = str(ipaddress.ip_network(key, strict=False)) if "/" in key else str(ipaddress.ip_address(key))
             except ValueError:
-                reader.error(key_node, f"device address {key!r} is not an IP address or network (e.g. 192.168.1.23 or 10.0.0.0/24)")
+                reader.error(
+                    key_node, f"device address {key!r} is not an IP address or network (e.g. 192.168.1.23 or 10.0.0.0/24)"
+                )
                 continue
             name = yn.string(value_node, reader, f"the device name for {key}")
             if name is None:
                 continue
             if not _DEVICE_NAME.match(name):
-                reader.error(value_node, f"device name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes a metric label)")
+                reader.error(
+                    value_node, f"device name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes a metric label)"
+                )
                 continue
             if address in self.device_origin:
                 reader.error(key_node, f"device address {key} is already named at {self.device_origin[address]}")
@@ -289,7 +295,9 @@ class _Builder:
         )
 
 
-def _unknown_keys(entries: dict[str, tuple[yaml.Node, yaml.Node]], allowed: tuple[str, ...], reader: yn.Reader, what: str) -> None:
+def _unknown_keys(
+    entries: dict[str, tuple[yaml.Node, yaml.Node]], allowed: tuple[str, ...], reader: yn.Reader, what: str
+) -> None:
     for key, (key_node, _) in entries.items():
         if key in allowed:
             continue

@@ -13,7 +13,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-from proxy.tls.ciphers import BROKEN_WEAKNESSES, by_iana_code, describe, is_signalling, lookup, weakness_reasons
+from proxy.tls.ciphers import (
+    BROKEN_WEAKNESSES,
+    Suite,
+    by_iana_code,
+    describe,
+    is_signalling,
+    lookup,
+    weakness_reasons,
+)
 
 MOZILLA_GUIDELINES_URL: Final = "https://ssl-config.mozilla.org/guidelines/5.7.json"
 APPLE_ATS_URL: Final = "https://developer.apple.com/documentation/security/preventing-insecure-network-connections"
@@ -159,7 +167,8 @@ PRESETS: Final[dict[str, Preset]] = {
         "ats",
         "1.2",
         APPLE_ATS_TLS12,
-        "Apple App Transport Security: TLS 1.2+ with the ECDHE (forward-secret) AES suites Apple lists.",
+        "Apple App Transport Security: TLS 1.2+ with only the ECDHE (forward-secret) AES suites Apple lists for "
+        "TLS 1.2; TLS 1.3 connections use the standard AEAD suites, all forward-secret.",
         APPLE_ATS_URL,
     ),
 }
@@ -190,7 +199,7 @@ def parse_cipher_names(names: Iterable[str]) -> tuple[frozenset[int], list[str]]
     return frozenset(codes), unknown
 
 
-def _suite_from_hex(text: str):  # noqa: ANN202 - returns Suite | None, kept local to avoid an import cycle in hints
+def _suite_from_hex(text: str) -> Suite | None:
     text = text.strip()
     if len(text) != 6 or text[:2].lower() != "0x":
         return None
@@ -210,7 +219,9 @@ class CipherPolicy:
     3. With neither, any suite is accepted except broken ones (null, export, anonymous, RC4,
        DES/3DES): a policy that never mentioned ciphers must not silently accept plaintext.
     Weakness sentences are always part of the reasons, also for accepted suites, so a report
-    shows that e.g. 3DES under the 'old' preset was accepted knowingly.
+    shows that e.g. 3DES under the 'old' preset was accepted knowingly. A code missing from the
+    catalogue passes an unrestricted policy (with a reason saying it could not be judged):
+    OpenSSL only negotiates suites it knows, and those are all catalogued.
     """
 
     preset: str | None = None
@@ -234,22 +245,18 @@ class CipherPolicy:
         """Whether `code` is acceptable, with every reason that applies (policy reasons first)."""
         if is_signalling(code):
             return False, [f"{describe(code)} is a signalling value, not a cipher suite"]
-        policy_reasons = self._policy_reasons(code)
         suite = by_iana_code(code)
-        weak = weakness_reasons(suite) if suite is not None else []
-        if suite is None:
-            weak = [f"{describe(code)} is not in the catalogue, so its strength cannot be judged"]
-        allowed = not policy_reasons
-        if allowed and not self.restricted and suite is not None and suite.broken:
-            allowed = False
-            policy_reasons = [f"broken suite ({', '.join(w for w in suite.weaknesses if w in BROKEN_WEAKNESSES)})"]
-        return allowed, policy_reasons + weak
+        refusals = self._refusals(code, suite)
+        return not refusals, refusals + _strength_reasons(code, suite)
 
-    def _policy_reasons(self, code: int) -> list[str]:
+    def _refusals(self, code: int, suite: Suite | None) -> list[str]:
         if code in self.deny:
             return ["denied by policy"]
-        if self.restricted and code not in self.permitted():
-            return [self._not_listed_reason()]
+        if self.restricted:
+            return [] if code in self.permitted() else [self._not_listed_reason()]
+        if suite is not None and suite.broken:
+            broken = ", ".join(w for w in suite.weaknesses if w in BROKEN_WEAKNESSES)
+            return [f"refused by default: broken suite ({broken})"]
         return []
 
     def _not_listed_reason(self) -> str:
@@ -258,3 +265,9 @@ class CipherPolicy:
         if self.preset is not None:
             return f"not in preset '{self.preset}'"
         return "not in the allow list"
+
+
+def _strength_reasons(code: int, suite: Suite | None) -> list[str]:
+    if suite is None:
+        return [f"{describe(code)} is not in the catalogue, so its strength cannot be judged"]
+    return weakness_reasons(suite)

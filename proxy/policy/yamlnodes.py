@@ -67,9 +67,7 @@ def type_name(node: yaml.Node) -> str:
     value = scalar(node)
     if value is None:
         return "empty (null)"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string"}.get(
-        type(value), type(value).__name__
-    )
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string"}.get(type(value), type(value).__name__)
 
 
 def mapping(node: yaml.Node, reader: Reader, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:

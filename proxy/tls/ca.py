@@ -182,10 +182,7 @@ def load_ca(confdir: Path) -> CAInfo:
     """Load an existing CA without ever writing to disk (for read-only commands)."""
     paths = ca_paths(confdir)
     if not _exists(paths.key_pem):
-        raise CAError(
-            f"No tlsgate CA found in {Path(confdir)} (expected {paths.key_pem}); "
-            "run `tlsgate ca create` first."
-        )
+        raise CAError(f"No tlsgate CA found in {Path(confdir)} (expected {paths.key_pem}); run `tlsgate ca create` first.")
     _key, cert = _load_key_and_cert(paths)
     return CAInfo(cert=cert, paths=paths)
 
@@ -217,14 +214,10 @@ def export_ca(info: CAInfo, fmt: str) -> tuple[str, bytes]:
         return "tlsgate-ca.der", info.cert.public_bytes(serialization.Encoding.DER)
     if fmt == "android":
         return info.android_filename, pem
-    raise ValueError(
-        f"Unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}"
-    )
+    raise ValueError(f"Unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
 
 
-def describe(
-    info: CAInfo, now: datetime.datetime | None = None
-) -> list[tuple[str, str]]:
+def describe(info: CAInfo, now: datetime.datetime | None = None) -> list[tuple[str, str]]:
     """Label/value pairs for display, ordered by what a user checks first.
 
     ``now`` exists so the "in N days" text is deterministic in tests.
@@ -252,9 +245,7 @@ def _generate_ca() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     # in a device's trust store, where usually only the CN is shown.
     name = x509.Name(
         [
-            x509.NameAttribute(
-                NameOID.COMMON_NAME, f"tlsgate CA {secrets.token_hex(4)}"
-            ),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"tlsgate CA {secrets.token_hex(4)}"),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
         ]
     )
@@ -268,13 +259,9 @@ def _generate_ca() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
         .not_valid_after(now + VALIDITY)
         .public_key(key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(_ca_key_usage(), critical=True)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     return key, builder.sign(private_key=key, algorithm=hashes.SHA256())
 
@@ -312,9 +299,7 @@ def _key_pem_bytes(key: rsa.RSAPrivateKey, cert: x509.Certificate) -> bytes:
     ) + cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _publish_key_pem(
-    path: Path, key: rsa.RSAPrivateKey, cert: x509.Certificate
-) -> bool:
+def _publish_key_pem(path: Path, key: rsa.RSAPrivateKey, cert: x509.Certificate) -> bool:
     """Atomically create the key file unless it already exists; False if it did.
 
     Written to a temp file then hard-linked into place so nobody ever sees a
@@ -333,19 +318,13 @@ def _publish_key_pem(
     return True
 
 
-def _derived_contents(
-    key: CAKey, cert: x509.Certificate
-) -> list[tuple[str, bytes, int]]:
+def _derived_contents(key: CAKey, cert: x509.Certificate) -> list[tuple[str, bytes, int]]:
     """(CAPaths field, content, mode) of every file derived from the key PEM."""
     pem = cert.public_bytes(serialization.Encoding.PEM)
     friendly = _common_name(cert).encode()
     no_pw = serialization.NoEncryption()
-    key_p12 = pkcs12.serialize_key_and_certificates(
-        name=friendly, key=key, cert=cert, cas=None, encryption_algorithm=no_pw
-    )
-    cert_p12 = pkcs12.serialize_key_and_certificates(
-        name=friendly, key=None, cert=cert, cas=None, encryption_algorithm=no_pw
-    )
+    key_p12 = pkcs12.serialize_key_and_certificates(name=friendly, key=key, cert=cert, cas=None, encryption_algorithm=no_pw)
+    cert_p12 = pkcs12.serialize_key_and_certificates(name=friendly, key=None, cert=cert, cas=None, encryption_algorithm=no_pw)
     return [
         ("key_p12", key_p12, _KEY_MODE),
         ("cert_pem", pem, _PUBLIC_MODE),
@@ -356,9 +335,7 @@ def _derived_contents(
     ]
 
 
-def _write_derived_files(
-    paths: CAPaths, key: CAKey, cert: x509.Certificate, only_missing: bool
-) -> None:
+def _write_derived_files(paths: CAPaths, key: CAKey, cert: x509.Certificate, only_missing: bool) -> None:
     """Write the derived files; on creation this also replaces leftovers of an
     older, interrupted install that would not match the new key."""
     for field, content, mode in _derived_contents(key, cert):
@@ -461,14 +438,9 @@ def _parse_key(path: Path, raw: bytes) -> CAKey:
             "not support; store it unencrypted (mode 0600)."
         ) from e
     except (ValueError, UnsupportedAlgorithm) as e:
-        raise CAError(
-            f"{path}: no valid private key found ({e}). {_CORRUPT_HINT}"
-        ) from e
+        raise CAError(f"{path}: no valid private key found ({e}). {_CORRUPT_HINT}") from e
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise CAError(
-            f"{path}: unsupported CA key type {type(key).__name__}; "
-            "mitmproxy needs an RSA or EC key."
-        )
+        raise CAError(f"{path}: unsupported CA key type {type(key).__name__}; mitmproxy needs an RSA or EC key.")
     return key
 
 
@@ -477,14 +449,11 @@ def _parse_first_cert(path: Path, raw: bytes) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificates(raw)[0]
     except ValueError as e:
-        raise CAError(
-            f"{path}: no valid certificate found ({e}). {_CORRUPT_HINT}"
-        ) from e
+        raise CAError(f"{path}: no valid certificate found ({e}). {_CORRUPT_HINT}") from e
 
 
 _CORRUPT_HINT = (
-    "Restore it from a backup, or remove the CA files and run `tlsgate ca create` "
-    "(devices will then need the new CA installed)."
+    "Restore it from a backup, or remove the CA files and run `tlsgate ca create` (devices will then need the new CA installed)."
 )
 
 
@@ -513,10 +482,7 @@ def _common_name(cert: x509.Certificate) -> str:
 
 def _expiry_text(not_after: datetime.datetime, now: datetime.datetime) -> str:
     # timedelta.days floors, so take whole days of the positive distance.
-    if not_after >= now:
-        when = f"in {(not_after - now).days} days"
-    else:
-        when = f"expired {(now - not_after).days} days ago"
+    when = f"in {(not_after - now).days} days" if not_after >= now else f"expired {(now - not_after).days} days ago"
     return f"{not_after.date().isoformat()} ({when})"
 
 

@@ -154,7 +154,10 @@ _TEXTS: list[tuple[str, int]] = sorted(
     key=lambda pair: -len(pair[0]),  # longest first: "... in certificate chain" beats "self-signed certificate"
 )
 
-_ISSUER_NOT_FOUND = ("UNABLE_TO_GET_ISSUER_CERT", "UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "UNABLE_TO_VERIFY_LEAF_SIGNATURE")
+_ISSUER_NOT_FOUND = frozenset(
+    f"X509_V_ERR_{c}"
+    for c in ("UNABLE_TO_GET_ISSUER_CERT", "UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "UNABLE_TO_VERIFY_LEAF_SIGNATURE")
+)
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ def refine_with_chain(failure: CertFailure, chain: Sequence[x509.Certificate]) -
     Either way the ``note`` states the evidence and the other possibility;
     when the chain cannot tell, the answer stays ``unknown_issuer``.
     """
-    if failure.openssl_name not in {f"X509_V_ERR_{c}" for c in _ISSUER_NOT_FOUND} or not chain:
+    if failure.openssl_name not in _ISSUER_NOT_FOUND or not chain:
         return failure
     leaf = chain[0]
     if is_self_signed(leaf):
@@ -283,6 +286,7 @@ _CURVE_NAMES = {
 }
 _WEAK_HASHES = {"sha1", "md5", "md4", "md2"}
 _BROKEN_HASHES = {"md5", "md4", "md2"}  # allow_sha1 does not reach these
+_HASH_LABELS = {"sha1": "SHA-1", "md5": "MD5", "md4": "MD4", "md2": "MD2"}
 _LEGACY_SIGNATURE_OIDS = {
     "1.2.840.113549.1.1.2": "md2",
     "1.2.840.113549.1.1.3": "md4",
@@ -388,7 +392,7 @@ def _signature_issues(chain: Sequence[x509.Certificate], index: int, rules: Cert
         return []
     blocking = digest in _BROKEN_HASHES or not rules.allow_sha1
     detail = (
-        f"{_named(chain, index)} is signed with {digest.upper()}, which allows forged certificates; "
+        f"{_named(chain, index)} is signed with {_HASH_LABELS[digest]}, which allows forged certificates; "
         f"its issuer must re-sign it with SHA-256"
     )
     return [_issue("sha1_signature", chain, index, detail, blocking)]

@@ -1,0 +1,71 @@
+"""The README's two commands, from a clean clone, as a new user runs them."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.harness import REPO, Tlsgate, Upstream, curl
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```sh\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    return [b.strip() for b in blocks[:2]]
+
+
+def test_readme_opens_with_run_and_test_and_ci_runs_the_test_command() -> None:
+    assert readme_commands() == ["make run", "make test"]
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.M), "CI must run exactly the README's test command"
+
+
+@pytest.mark.slow
+def test_make_run_from_a_clean_clone_serves_https_and_blocks_http(
+    tmp_path: Path, pki, https_upstream: Upstream, http_upstream: Upstream
+) -> None:
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("no commit to clone yet")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    _, root_file, _, _ = pki
+    args = (
+        f"--listen-port 0 --upstream-ca {root_file} --findings {tmp_path / 'f.jsonl'} "
+        f"--resolve api.test:{https_upstream.port}:127.0.0.1 --resolve www.test:{http_upstream.port}:127.0.0.1"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p)
+    gate = Tlsgate(clone)
+    gate.findings_path = tmp_path / "f.jsonl"
+    gate.proc = subprocess.Popen(
+        ["make", "run", f"ARGS={args}"],
+        cwd=clone,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # make does not pass SIGTERM on to tlsgate: stop the whole group
+    )
+    import threading
+
+    threading.Thread(target=gate._pump, daemon=True).start()
+    try:
+        gate.port = int(gate.wait_for(r"listening at 127\.0\.0\.1:(\d+)", timeout=600).group(1))
+        ok = curl(
+            gate.proxy_url, f"https://api.test:{https_upstream.port}/", "--cacert", str(clone / "certs" / "mitmproxy-ca-cert.pem")
+        )
+        assert ok.status == 200 and ok.body == "hello from https-upstream\n"
+        blocked = curl(gate.proxy_url, f"http://www.test:{http_upstream.port}/")
+        assert blocked.status == 403
+        assert blocked.headers["x-tlsgate-rule"] == "policies/default.yaml:5"
+        assert http_upstream.connections == 0
+        assert (clone / ".venv" / "bin" / "tlsgate").exists()
+    finally:
+        os.killpg(gate.proc.pid, signal.SIGTERM)
+        gate.proc.wait(20)
+        shutil.rmtree(clone / ".venv", ignore_errors=True)

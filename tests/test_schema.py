@@ -1,0 +1,49 @@
+"""The JSON Schema editors use must agree with the loader, or autocomplete lies to users."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from proxy.policy import loader
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((ROOT / "policies" / "tlsgate-policy.schema.json").read_text())
+
+
+def test_schema_is_valid_json_schema() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+def test_schema_keys_match_the_loader() -> None:
+    assert set(SCHEMA["properties"]) == set(loader.TOP_KEYS)
+    assert set(SCHEMA["$defs"]["settings"]["properties"]) == set(loader.SETTING_KEYS)
+    assert set(SCHEMA["$defs"]["rule"]["properties"]) == set(loader.RULE_KEYS)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "policies").rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_policies_satisfy_the_schema(path: Path) -> None:
+    jsonschema.validate(yaml.safe_load(path.read_text()) or {}, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"defaults": {"mode": "block"}},
+        {"rules": [{"mode": "report"}]},
+        {"rules": [{"hosts": "a.test", "cleartxt": "allow"}]},
+        {"rules": [{"hosts": "https://a.test/"}]},
+        {"rules": [{"hosts": []}]},
+        {"devices": {"10.0.0.1": "my phone"}},
+        {"version": 2},
+    ],
+)
+def test_schema_rejects_what_the_loader_rejects(policy: dict) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(policy, SCHEMA)
+    with pytest.raises(loader.PolicyError):
+        loader.load_texts([("p.yaml", yaml.safe_dump(policy))])
