@@ -27,7 +27,7 @@ test: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/tlsgate validate policies/ policies/examples/
+	$(BIN)/tlsgate validate policies/ policies/examples/*.yaml
 
 # Re-pin after changing dependencies in pyproject.toml (needs the registry).
 lock: $(VENV)/.dev

@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.set_defaults(func=cmd_validate)
 
+    pin = sub.add_parser("pin", help="print a server's (or PEM/DER files') chain with pins, and a policy snippet")
+    pin.add_argument("targets", nargs="+", metavar="HOST[:PORT] | FILE", help="a live server, or certificate files (leaf first)")
+    pin.add_argument("--upstream-ca", action="append", metavar="PATH", help="extra trusted root, as for `run`")
+    pin.add_argument("--resolve", action="append", metavar="HOST:PORT:ADDRESS", help="as for `run`")
+    pin.add_argument("--name", help="pin set name for the snippet (default: derived from the host)")
+    pin.add_argument("--confdir", default=DEFAULT_CONFDIR, help="where to write the trust bundle (default certs/)")
+    pin.set_defaults(func=cmd_pin)
+
     ca = sub.add_parser("ca", help="create, show or export tlsgate's interception CA")
     ca.add_argument("action", choices=("create", "show", "export"))
     ca.add_argument("--confdir", default=DEFAULT_CONFDIR)
@@ -119,6 +127,75 @@ def _validate_one(paths: list[str]) -> int:
     summary = f"{policy.rule_count} rule(s) from {len(policy.files)} file(s), {len(policy.warnings)} warning(s)"
     print(f"{' '.join(paths)}: ok: {summary}", file=sys.stderr)
     return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from OpenSSL import SSL
+
+    from proxy.pinfetch import fetch_chain, load_files
+    from proxy.tls.pinsnippet import describe_chain, snippet
+    from proxy.tls.trust import TrustError
+
+    files = [Path(t) for t in args.targets if Path(t).is_file()]
+    try:
+        if files:
+            if len(files) != len(args.targets):
+                print("tlsgate: give either certificate files or one HOST[:PORT], not both", file=sys.stderr)
+                return 2
+            chain = load_files(files)
+            host = _first_dns_name(chain[0]) if chain else "example.com"
+            print(f"# {len(chain)} certificate(s) from {', '.join(map(str, files))}")
+        else:
+            if len(args.targets) != 1:
+                print("tlsgate: give one HOST[:PORT] at a time", file=sys.stderr)
+                return 2
+            host, port = _host_port(args.targets[0])
+            address = _resolved(host, port, args.resolve or [])
+            roots = [Path(p) for p in args.upstream_ca or []]
+            fetched = fetch_chain(host, port, address, roots, Path(args.confdir) / "upstream-trust.pem")
+            chain = fetched.chain
+            state = "verified" if fetched.verified else f"NOT VERIFIED ({fetched.error})"
+            print(f"# {host}:{port}{f' via {address}' if address else ''}: chain {state}")
+    except (OSError, TrustError, ValueError, SSL.Error) as exc:
+        print(f"tlsgate: {exc}", file=sys.stderr)
+        return 1
+    if not chain:
+        print("tlsgate: no certificates found", file=sys.stderr)
+        return 1
+    for line in describe_chain(chain):
+        print(line)
+    print("\n# paste into a policy (checked by `tlsgate validate`):")
+    print(snippet(host, chain, dt.date.today(), args.name), end="")
+    return 0
+
+
+def _host_port(target: str) -> tuple[str, int]:
+    host, sep, port = target.rpartition(":")
+    if sep and port.isdigit() and "]" not in port:
+        return host.strip("[]"), int(port)
+    return target.strip("[]"), 443
+
+
+def _resolved(host: str, port: int, specs: list[str]) -> str | None:
+    from proxy.addons.resolve import parse_resolve
+
+    for spec in specs:
+        name, spec_port, address = parse_resolve(spec)
+        if name == host.lower() and spec_port in (None, port):
+            return address
+    return None
+
+
+def _first_dns_name(cert) -> str:
+    from cryptography import x509
+
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    return names[0] if names else "example.com"
 
 
 def cmd_ca(args: argparse.Namespace) -> int:

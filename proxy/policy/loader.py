@@ -7,12 +7,11 @@ open on exactly the hosts its broken part was meant to guard.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from proxy.policy.model import (
     Rule,
     Settings,
 )
+from proxy.policy.sections import DEFAULT_SECTIONS, NO_PINNING, SECTION_PARSERS, TOP_PARSERS, Pinning, PinRef
 
 POLICY_VERSION = 1
 TOP_KEYS = ("version", "defaults", "rules", "devices", "pin_sets")
@@ -48,18 +48,10 @@ class Context:
     pin_set_nodes: dict[str, Location] = field(default_factory=dict)
 
 
-SectionParser = Callable[[yaml.Node, yn.Reader, Context], Any]
-
-# Sections that later checks own register a parser here; a section without a
-# parser is reserved and refused, so nobody believes an unenforced setting works.
-SECTION_PARSERS: dict[str, SectionParser] = {}
-TOP_PARSERS: dict[str, Callable[[yaml.Node, yn.Reader, Context], None]] = {}
+# A section without a parser in sections.SECTION_PARSERS is reserved and refused,
+# so nobody believes an unenforced setting works.
 RESERVED = {
-    "tls": "minimum TLS version and cipher policy for upstream connections",
-    "certificates": "certificate rules (key sizes, SHA-1, expiry window)",
-    "pins": "certificate pinning by pin set",
     "client": "client audit rules (ClientHello checks and invalid-certificate probes)",
-    "pin_sets": "named pin sets",
 }
 
 
@@ -144,7 +136,7 @@ class _Builder:
         top = yn.mapping(root, reader, "a policy file")
         if top is None:
             return
-        _unknown_keys(top, TOP_KEYS, reader, "the policy file")
+        yn.unknown_keys(top, TOP_KEYS, reader, "the policy file")
         if "version" in top:
             node = top["version"][1]
             value = yn.scalar(node) if isinstance(node, yaml.ScalarNode) else None
@@ -183,7 +175,7 @@ class _Builder:
         entries = yn.mapping(node, reader, what)
         if entries is None:
             return {}
-        _unknown_keys(entries, allowed, reader, what)
+        yn.unknown_keys(entries, allowed, reader, what)
         out: dict[str, tuple[Any, Location]] = {}
         for key, (key_node, value_node) in entries.items():
             if key not in SETTING_KEYS:
@@ -272,14 +264,34 @@ class _Builder:
             patterns.append(HostPattern(text, wildcard, base, where))
         return patterns
 
+    def _resolve_pins(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Pin set names -> pin sets, now that every file's pin_sets are known."""
+        pins = values.get("pins")
+        if pins is None:
+            return values
+        if pins == NO_PINNING:
+            return {**values, "pins": None}
+        if isinstance(pins, PinRef):
+            found = self.context.pin_sets.get(pins.name)
+            if found is None:
+                known = ", ".join(sorted(self.context.pin_sets)) or "none defined"
+                self.messages.append(PolicyMessage(pins.location, f"unknown pin set '{pins.name}' (pin_sets: {known})"))
+                return values
+            return {**values, "pins": Pinning(found, self.context.pin_set_nodes[pins.name])}
+        return values
+
     def build(self) -> Policy:
+        self.defaults = self._resolve_pins(self.defaults)
+        self.rules = [replace(rule, overrides=self._resolve_pins(rule.overrides)) for rule in self.rules]
         errors = [m for m in self.messages if not m.warning]
         if errors:
             raise PolicyError(self.messages)
+        extra = dict(DEFAULT_SECTIONS)
+        extra.update({k: v for k, v in self.defaults.items() if k not in ("mode", "cleartext")})
         settings = Settings(
             mode=self.defaults.get("mode", Mode.ENFORCE),
             cleartext=self.defaults.get("cleartext", Cleartext.BLOCK),
-            extra={k: v for k, v in self.defaults.items() if k not in ("mode", "cleartext")},
+            extra=extra,
         )
         defaults_location = self.defaults_location or Location(self.files[0] if self.files else "<built-in>", 1, 1)
         rules = tuple(self.rules)
@@ -293,17 +305,6 @@ class _Builder:
             index=HostIndex(settings, defaults_location, rules),
             device_index=DeviceIndex(self.devices),
         )
-
-
-def _unknown_keys(
-    entries: dict[str, tuple[yaml.Node, yaml.Node]], allowed: tuple[str, ...], reader: yn.Reader, what: str
-) -> None:
-    for key, (key_node, _) in entries.items():
-        if key in allowed:
-            continue
-        close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(allowed)}"
-        reader.error(key_node, f"unknown key '{key}' in {what}{hint}")
 
 
 def _reserved_message(key: str) -> str:

@@ -6,6 +6,7 @@ silently lets a duplicated key win; a policy tool cannot afford either.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,3 +131,13 @@ def strings(node: yaml.Node, reader: Reader, what: str) -> list[tuple[yaml.Node,
         if value is not None:
             out.append((item, value))
     return out
+
+
+def unknown_keys(entries: dict[str, tuple[yaml.Node, yaml.Node]], allowed: tuple[str, ...], reader: Reader, what: str) -> None:
+    """Every key not in `allowed` is an error, with the nearest valid key suggested."""
+    for key, (key_node, _) in entries.items():
+        if key in allowed:
+            continue
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(allowed)}"
+        reader.error(key_node, f"unknown key '{key}' in {what}{hint}")

@@ -1,0 +1,99 @@
+"""Upstreams with one TLS property dialled in: protocol version, suite, certificate chain.
+
+OpenSSL here no longer implements RC4, 3DES or NULL suites, so servers that
+speak only those run on tlslite-ng (pure Python), which still does.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.certgen import Issued, write_server_files
+from tests.harness import Upstream
+
+VERSIONS = {
+    "1.0": ssl.TLSVersion.TLSv1,
+    "1.1": ssl.TLSVersion.TLSv1_1,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+def tls_upstream(
+    directory: Path,
+    leaf: Issued,
+    *chain: Issued,
+    version: str | None = None,
+    ciphers: str | None = None,
+    name: str = "https-upstream",
+) -> Upstream:
+    """An HTTPS Upstream serving `leaf` (+ chain), optionally pinned to one version / cipher string."""
+    cert_file, key_file = write_server_files(directory, leaf, *chain, name=name)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    # Security level 0 first, or OpenSSL refuses to even load a weak key, and old versions need it too.
+    context.set_ciphers(f"{ciphers or 'DEFAULT'}:@SECLEVEL=0")
+    context.load_cert_chain(cert_file, key_file)
+    if version:
+        with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated: serving them is the point here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = context.maximum_version = VERSIONS[version]
+    return Upstream(name, ssl_context=context).start()
+
+
+@dataclass
+class TlsliteServer:
+    """A TLS 1.2 server that offers only the given tlslite cipher names (e.g. ["3des"], ["rc4"], ["null"])."""
+
+    leaf: Issued
+    chain: tuple[Issued, ...]
+    cipher_names: list[str]
+    port: int = 0
+    handshakes: int = 0
+    errors: list[str] = field(default_factory=list)
+    requests: list[bytes] = field(default_factory=list)
+
+    def start(self) -> TlsliteServer:
+        from tlslite import HandshakeSettings, X509CertChain, parsePEMKey
+
+        pem = b"".join(item.cert_pem for item in (self.leaf, *self.chain)).decode()
+        self._cert_chain = X509CertChain()
+        self._cert_chain.parsePemList(pem)
+        self._key = parsePEMKey(self.leaf.key_pem.decode(), private=True, implementations=["python"])
+        settings = HandshakeSettings()
+        settings.cipherNames = list(self.cipher_names)
+        settings.macNames = ["sha", "md5", "sha256"]
+        settings.keyExchangeNames = ["rsa", "ecdhe_rsa", "dhe_rsa"]
+        settings.minVersion = (3, 1)
+        settings.maxVersion = (3, 3)
+        self._settings = settings
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self
+
+    def _serve(self) -> None:
+        from tlslite import TLSConnection
+
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            self.handshakes += 1
+            conn = TLSConnection(client)
+            try:
+                conn.handshakeServer(certChain=self._cert_chain, privateKey=self._key, settings=self._settings)
+                self.requests.append(conn.recv(65536))
+                conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            except Exception as exc:  # the proxy refusing us is the expected outcome
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        self._sock.close()
