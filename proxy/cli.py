@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept clients from public (globally routable) addresses; off by default so tlsgate is never an open proxy",
     )
+    run.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics, /healthz, /readyz (default 127.0.0.1)")
+    run.add_argument(
+        "--metrics-port", type=int, default=9464, help="Prometheus port (default 9464; 0 picks a free one; -1 turns it off)"
+    )
     run.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any mitmproxy option, passed through (repeatable)"
     )
@@ -252,6 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         resolve=args.resolve or [],
         proxyauth=args.proxyauth,
         allow_public_clients=args.allow_public_clients,
+        metrics_listen="" if args.metrics_port < 0 else f"{args.metrics_host}:{args.metrics_port}",
         extra_set=args.set,
     )
     return run_proxy(config)

@@ -33,6 +33,7 @@ class RunConfig:
     upstream_ca: list[Path] = field(default_factory=list)
     resolve: list[str] = field(default_factory=list)
     proxyauth: str | None = None
+    metrics_listen: str = "127.0.0.1:9464"
     allow_public_clients: bool = False
     extra_set: list[str] = field(default_factory=list)
 
@@ -56,6 +57,7 @@ def mitmproxy_options(config: RunConfig) -> dict[str, object]:
         "tlsgate_policy": config.policy_paths,
         "tlsgate_findings": config.findings,
         "tlsgate_resolve": config.resolve,
+        "tlsgate_metrics_listen": config.metrics_listen,
         # mitmproxy refuses clients from globally routable addresses by default; tlsgate keeps that
         # unless told otherwise, so binding to 0.0.0.0 in a lab never makes an open proxy.
         "block_global": not config.allow_public_clients,
@@ -79,6 +81,7 @@ def banner(config: RunConfig, ca_cert: Path, fingerprint: str) -> list[str]:
         f"default mode {policy.defaults.mode}, cleartext {policy.defaults.cleartext})",
         f"CA cert:  {ca_cert} (SHA-256 {fingerprint})",
         f"findings: {config.findings or '(console only)'}",
+        f"metrics:  {f'http://{config.metrics_listen}/metrics' if config.metrics_listen else '(off)'}",
         f"proxy:    {proxy_url} ({', '.join(config.modes)})",
         f"try:      curl -x {proxy_url} --cacert {ca_cert} https://example.com/",
         "devices:  set the Wi-Fi proxy to this address and port, open http://mitm.it to install the CA,",

@@ -115,6 +115,8 @@ class Tlsgate:
             "run",
             "--listen-port",
             "0",
+            "--metrics-port",
+            "0",
             "--confdir",
             str(self.workdir / "certs"),
             "--findings",
@@ -150,6 +152,18 @@ class Tlsgate:
                 raise AssertionError(f"tlsgate exited ({self.proc.returncode}) before {regex.pattern!r}:\n{self.output}")
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {regex.pattern!r}:\n{self.output}")
+
+    @property
+    def metrics_url(self) -> str:
+        """Base URL of /metrics, /healthz and /readyz (port 0 in tests: read it from the log)."""
+        port = self.wait_for(r"metrics listening at http://127\.0\.0\.1:(\d+)/metrics").group(1)
+        return f"http://127.0.0.1:{port}"
+
+    def scrape(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.metrics_url}/metrics", timeout=10) as response:
+            return response.read().decode()
 
     @property
     def proxy_url(self) -> str:

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from mitmproxy import version as mitmproxy_version
+
 from proxy.addons.cleartext import CleartextGuard
 from proxy.addons.findings import FindingsSink
+from proxy.addons.metrics import MetricsExporter
 from proxy.addons.policy import PolicyStore
 from proxy.addons.resolve import Resolve
 from proxy.addons.upstream_tls import UpstreamTls
+from proxy.metrics import Metrics
 
 
 def make_addons() -> list[object]:
     """Every tlsgate addon, wired together; order matters: the policy and sinks load before the checks."""
     store = PolicyStore()
     sink = FindingsSink()
-    return [store, sink, Resolve(), CleartextGuard(store, sink), UpstreamTls(store, sink)]
+    metrics = Metrics(mitmproxy_version.VERSION)
+    sink.log.subscribe(metrics.on_finding)
+    return [
+        store,
+        sink,
+        MetricsExporter(store, metrics),
+        Resolve(),
+        CleartextGuard(store, sink),
+        UpstreamTls(store, sink, metrics),
+    ]

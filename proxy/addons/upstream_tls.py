@@ -24,6 +24,7 @@ from proxy.addons.legacy_tls import legacy_connection
 from proxy.addons.policy import PolicyStore
 from proxy.addons.verdicts import block_response, enforced, remedy_for, report
 from proxy.findings import Finding
+from proxy.metrics import Metrics
 from proxy.policy import Match, Mode
 from proxy.tls.judge import Issue, evidence_for, handshake_floor, judge_cipher, judge_failure, judge_handshake
 
@@ -43,9 +44,10 @@ class _Upstream:
 
 
 class UpstreamTls:
-    def __init__(self, store: PolicyStore, sink: FindingsSink) -> None:
+    def __init__(self, store: PolicyStore, sink: FindingsSink, metrics: Metrics | None = None) -> None:
         self.store = store
         self.sink = sink
+        self.metrics = metrics
         self._open: dict[str, _Upstream] = {}  # server connection id -> state, until the handshake ends
         self._blocked: dict[str, Finding] = {}  # server connection id -> why requests on it are refused
         self._by_client: dict[str, list[str]] = {}
@@ -126,6 +128,7 @@ class UpstreamTls:
             state.cipher = data.conn.cipher
             state.issues = [*judge_cipher(state.cipher, settings.get("tls")), *state.issues]
         block = self._record(state, state.issues, data.conn)
+        self._observe(state, state.issues, block, pins_checked=True)
         if block is not None:
             self._blocked[data.conn.id] = block
             # Close our side now: with connection_strategy=eager no request has been read yet, and a shut
@@ -139,6 +142,7 @@ class UpstreamTls:
             return
         if state.issues and any(i.blocking for i in state.issues):
             block = self._record(state, state.issues, data.conn)  # our own refusal from the verify callback
+            self._observe(state, state.issues, block, pins_checked=True)
         else:
             presented = [c.to_cryptography() for c in (data.ssl_conn.get_peer_cert_chain() or [])] if data.ssl_conn else []
             code = SSL._lib.SSL_get_verify_result(data.ssl_conn._ssl) if data.ssl_conn else None  # type: ignore[attr-defined]
@@ -147,6 +151,7 @@ class UpstreamTls:
             state.chain = presented or state.chain
             # Validation failures block in every mode: report mode never loosens mitmproxy's own checks.
             block = self._record(state, issues, data.conn, validation_failure=True)
+            self._observe(state, issues, block, pins_checked=False)
         if block is not None:
             self._blocked[data.conn.id] = block
 
@@ -179,6 +184,20 @@ class UpstreamTls:
             if blocks and first_block is None:
                 first_block = finding
         return first_block
+
+    def _observe(self, state: _Upstream, issues: list[Issue], block: Finding | None, pins_checked: bool) -> None:
+        if self.metrics is None:
+            return
+        objection = block.check if block else next((i.check for i in issues), None)
+        decision = "blocked" if block else "reported" if issues else "allowed"
+        self.metrics.upstream_connection(decision, objection)
+        if pins_checked and state.match.settings.get("pins") is not None:
+            kinds = {i.kind for i in issues}
+            self.metrics.pin_check(
+                "mismatch" if "pin_mismatch" in kinds else "expired" if "pin_set_expired" in kinds else "match"
+            )
+        pattern = state.match.pattern.text if state.match.pattern else None
+        self.metrics.certificate_expiry(pattern, (c.not_valid_after_utc.timestamp() for c in state.chain))
 
     # -- apply ----------------------------------------------------------------------------------
 
