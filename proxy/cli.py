@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept clients from public (globally routable) addresses; off by default so tlsgate is never an open proxy",
     )
+    run.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the listening port (SO_REUSEPORT), e.g. one per core"
+    )
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     run.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics, /healthz, /readyz (default 127.0.0.1)")
     run.add_argument(
         "--metrics-port", type=int, default=9464, help="Prometheus port (default 9464; 0 picks a free one; -1 turns it off)"
@@ -257,6 +261,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         proxyauth=args.proxyauth,
         allow_public_clients=args.allow_public_clients,
         metrics_listen="" if args.metrics_port < 0 else f"{args.metrics_host}:{args.metrics_port}",
+        workers=args.workers,
+        worker_index=args.worker_index,
         extra_set=args.set,
     )
     return run_proxy(config)

@@ -36,6 +36,8 @@ class RunConfig:
     metrics_listen: str = "127.0.0.1:9464"
     allow_public_clients: bool = False
     extra_set: list[str] = field(default_factory=list)
+    workers: int = 1
+    worker_index: int | None = None  # set inside a worker process started by the supervisor
 
 
 def is_loopback(host: str) -> bool:
@@ -98,6 +100,11 @@ def run_proxy(config: RunConfig) -> int:
     from proxy.tls.ca import CAError, ensure_ca
     from proxy.tls.trust import TrustError, build_bundle
 
+    if config.worker_index is not None:
+        from proxy.workers import share_listening_port
+
+        share_listening_port()
+        return asyncio.run(_serve(config))
     try:
         info, created = ensure_ca(config.confdir)
         if config.upstream_ca:
@@ -107,10 +114,52 @@ def run_proxy(config: RunConfig) -> int:
         return 1
     if created:
         print(f"created a new CA in {config.confdir}/ (private key mode 0600)")
+    if config.workers > 1:
+        return _run_workers(config, info.paths.cert_pem, info.sha256_fingerprint)
     for line in banner(config, info.paths.cert_pem, info.sha256_fingerprint):
         print(line)
     sys.stdout.flush()
     return asyncio.run(_serve(config))
+
+
+def worker_argv(config: RunConfig, index: int, port: int, metrics_port: int | None) -> list[str]:
+    """The `tlsgate run` command line for one worker: the same options, one shared port, its own metrics port."""
+    argv = ["run", "--listen-host", config.listen_host, "--listen-port", str(port), "--confdir", str(config.confdir)]
+    argv += ["--findings", config.findings, "--worker-index", str(index)]
+    for path in config.policy_paths:
+        argv += ["--policy", path]
+    for mode in config.modes:
+        argv += ["--mode", mode]
+    for path in config.upstream_ca:
+        argv += ["--upstream-ca", str(path)]
+    for spec in config.resolve:
+        argv += ["--resolve", spec]
+    if config.proxyauth:
+        argv += ["--proxyauth", config.proxyauth]
+    if config.allow_public_clients:
+        argv.append("--allow-public-clients")
+    if metrics_port is None:
+        argv += ["--metrics-port", "-1"]
+    else:
+        argv += ["--metrics-host", config.metrics_listen.rpartition(":")[0], "--metrics-port", str(metrics_port)]
+    for item in config.extra_set:
+        argv += ["--set", item]
+    return argv
+
+
+def _run_workers(config: RunConfig, ca_cert: Path, fingerprint: str) -> int:
+    from proxy.workers import pick_port, supervise
+
+    port = config.listen_port or pick_port(config.listen_host)
+    base = int(config.metrics_listen.rpartition(":")[2]) if config.metrics_listen else None
+    argvs = [worker_argv(config, i, port, None if base is None else (base + i if base else 0)) for i in range(config.workers)]
+    shown = RunConfig(**{**config.__dict__, "listen_port": port})
+    for line in banner(shown, ca_cert, fingerprint):
+        print(line)
+    metrics = "off" if base is None else f"ports {base}-{base + config.workers - 1}" if base else "a free port each"
+    print(f"workers:  {config.workers} processes sharing port {port} (SO_REUSEPORT); metrics on {metrics}")
+    sys.stdout.flush()
+    return supervise(argvs)
 
 
 async def _serve(config: RunConfig) -> int:
