@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from proxy.policy import Cleartext, Mode, PolicyError, load_policy, load_texts
@@ -62,11 +62,6 @@ def test_each_kind_of_invalid_policy_is_located(text: str, expected: str) -> Non
 def test_all_errors_are_reported_not_just_the_first() -> None:
     messages = errors_of("defaults:\n  mode: nope\nrules:\n  - hosts: 'x:1'\n  - hosts: a.test\n    cleartext: maybe\n")
     assert [m.split(":")[1] for m in messages] == ["2", "4", "6"]
-
-
-def test_reserved_sections_are_refused_not_silently_ignored() -> None:
-    messages = errors_of("defaults:\n  client: {}\n")
-    assert messages[0].startswith("p.yaml:2:3: 'client'") and "not enforced" in messages[0]
 
 
 def test_most_specific_match_wins() -> None:
@@ -154,6 +149,7 @@ labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 @given(st.lists(labels, min_size=1, max_size=5), st.lists(labels, min_size=1, max_size=3))
 def test_wildcard_matches_every_subdomain_and_never_the_apex(base: list[str], sub: list[str]) -> None:
     apex = ".".join(base)
+    assume(not all(label.isdigit() for label in base))  # an all-numeric name is an IP address: no wildcard
     policy = load_texts([("p.yaml", f"rules:\n  - hosts: '*.{apex}'\n    cleartext: allow\n")])
     assert policy.match(".".join([*sub, apex]).upper()).rule is not None
     assert policy.match(apex).rule is None

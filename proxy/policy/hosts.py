@@ -11,6 +11,8 @@ import ipaddress
 import re
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_NAME = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9_-]{1,63}(?<!-))*$")
+_SPACE = re.compile(r"\s")
 
 
 class PatternError(ValueError):
@@ -36,7 +38,7 @@ def normalize_host(host: str) -> str:
 def parse_pattern(text: str) -> tuple[str, bool]:
     """Return (base name, is wildcard) or raise PatternError saying how to write it instead."""
     raw = text.strip()
-    if raw != text or any(c.isspace() for c in raw):
+    if raw != text or _SPACE.search(raw):
         raise PatternError(f"host pattern {text!r} contains white space")
     if "://" in raw:
         raise PatternError(f"host pattern {text!r} has a scheme; write the host name only, e.g. 'api.example.com'")
@@ -60,7 +62,9 @@ def parse_pattern(text: str) -> tuple[str, bool]:
         raise PatternError(f"host pattern {text!r} is not a valid internationalised name")
     if len(name) > 253:
         raise PatternError(f"host pattern {text!r} is longer than 253 characters")
-    for label in name.split("."):
+    if _NAME.match(name):
+        return name, wildcard
+    for label in name.split("."):  # only to say which label is wrong
         if not _LABEL.match(label):
             raise PatternError(
                 f"host pattern {text!r} has an invalid label {label!r}: labels are 1-63 letters, digits, '-' or '_', "
@@ -70,6 +74,8 @@ def parse_pattern(text: str) -> tuple[str, bool]:
 
 
 def _ip(text: str) -> str | None:
+    if not text or not (text[0].isdigit() or text[0] == "[" or ":" in text):
+        return None  # a host name: skip the (slow) ipaddress parse
     candidate = text[1:-1] if text.startswith("[") and text.endswith("]") else text
     try:
         return str(ipaddress.ip_address(candidate))
