@@ -1,5 +1,6 @@
 # tlsgate for device labs. Same command as natively: `tlsgate run ...`.
-FROM python:3.12-slim
+# Linted by hadolint and checked against docker-compose.yml and `tlsgate run --help` (tests/test_container.py).
+FROM python:3.12.12-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -16,18 +17,25 @@ COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY policies ./policies
 RUN python -m pip install --no-deps --no-build-isolation -e . \
-    && useradd --system --uid 10001 --no-create-home --home-dir /app tlsgate \
+    && groupadd --system --gid 10001 tlsgate \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app tlsgate \
     && mkdir -p /app/certs /data \
-    && chown tlsgate:tlsgate /app/certs /data \
+    && chown 10001:10001 /app/certs /data \
     && chmod 0700 /app/certs
 
-USER tlsgate
+USER 10001:10001
 
 # The CA survives restarts in its own volume; findings go to /data.
 VOLUME ["/app/certs", "/data"]
-EXPOSE 8080
+# 8080: the proxy (--listen-port); 9464: /metrics, /healthz, /readyz (--metrics-port).
+EXPOSE 8080 9464
+
+# /healthz answers 200 while the process serves; urlopen raises (exit 1) on anything else. No curl in slim.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=3)"]
 
 ENTRYPOINT ["tlsgate"]
-# Inside the container tlsgate must listen on all interfaces; clients from public addresses are still
-# refused (mitmproxy's block_global stays on), so publishing the port on a LAN is not an open proxy.
-CMD ["run", "--listen-host", "0.0.0.0", "--listen-port", "8080", "--policy", "policies/", "--findings", "/data/findings.jsonl"]
+# Inside the container tlsgate must listen on all interfaces, for the proxy and for Prometheus; clients
+# from public addresses are still refused (mitmproxy's block_global stays on: no --allow-public-clients),
+# so publishing the port on a LAN is not an open proxy. docker-compose.yml runs the same command.
+CMD ["run", "--listen-host", "0.0.0.0", "--listen-port", "8080", "--metrics-host", "0.0.0.0", "--metrics-port", "9464", "--policy", "policies/", "--findings", "/data/findings.jsonl"]

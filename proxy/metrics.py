@@ -83,6 +83,8 @@ class Metrics:
             self.open_connections.labels(side).set(0)
         for result in ("ok", "failed"):
             self.reloads.labels(result)
+        for result in ("match", "mismatch", "expired"):  # present from the start, so increase() sees the first one
+            self.pin_checks.labels(result)
         self._named_hosts: set[str] = set()
 
     def exposition(self) -> bytes:
