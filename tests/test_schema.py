@@ -46,6 +46,13 @@ def test_shipped_policies_satisfy_the_schema(path: Path) -> None:
         {"defaults": {"tls": {"ciphers": "strong"}}},
         {"pin_sets": {"a": {"pins": ["sha1/AAAA"]}}},
         {"defaults": {"certificates": {"min_rsa_bits": 512}}},
+        {"defaults": {"client": {"min_version": "1.4"}}},
+        {"defaults": {"client": {"weak_suites": "block"}}},
+        {"defaults": {"client": {"require_sni": "yes"}}},
+        {"defaults": {"client": {"probes": ["self_signed", "bad_signature"]}}},
+        {"defaults": {"client": {"probes": ["expired", "expired"]}}},
+        {"defaults": {"client": {"probes": "self_signed"}}},
+        {"rules": [{"hosts": "a.test", "client": {"probe": ["expired"]}}]},
     ],
 )
 def test_schema_rejects_what_the_loader_rejects(policy: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from mitmproxy import version as mitmproxy_version
 
 from proxy.addons.cleartext import CleartextGuard
+from proxy.addons.client_audit import ClientAudit
 from proxy.addons.findings import FindingsSink
 from proxy.addons.metrics import MetricsExporter
 from proxy.addons.policy import PolicyStore
@@ -26,4 +27,5 @@ def make_addons() -> list[object]:
         Resolve(),
         CleartextGuard(store, sink),
         UpstreamTls(store, sink, metrics),
+        ClientAudit(store, sink),
     ]

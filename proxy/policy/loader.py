@@ -50,9 +50,7 @@ class Context:
 
 # A section without a parser in sections.SECTION_PARSERS is reserved and refused,
 # so nobody believes an unenforced setting works.
-RESERVED = {
-    "client": "client audit rules (ClientHello checks and invalid-certificate probes)",
-}
+RESERVED: dict[str, str] = {}
 
 
 def display_path(path: Path) -> str:

@@ -1,4 +1,5 @@
-"""Parsers for the policy sections the upstream TLS checks own: tls, certificates, pins, pin_sets.
+"""Parsers for the policy sections the upstream TLS checks own: tls, certificates, pins, pin_sets
+(and client, which the client audits own).
 
 Each returns an immutable, validated object (or None after reporting errors at
 their exact YAML location); the matcher hands these objects to the checks
@@ -18,11 +19,14 @@ from proxy.policy.model import Location
 from proxy.policy.presets import PRESETS, TLS_VERSIONS, CipherPolicy, parse_cipher_names
 from proxy.tls.certcheck import CertRules
 from proxy.tls.pins import PinError, PinSet, lint_pin_set
+from proxy.tls.probes import PROBE_KINDS
 
 TLS_KEYS = ("min_version", "ciphers")
 CIPHER_KEYS = ("preset", "allow", "deny")
 CERT_KEYS = ("min_rsa_bits", "min_ec_bits", "allow_sha1", "expiry_warning_days")
 PIN_SET_KEYS = ("pins", "expires")
+CLIENT_KEYS = ("min_version", "weak_suites", "require_sni", "probes")
+WEAK_SUITE_CHOICES = ("report", "strict", "ignore")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,23 @@ class Pinning:
 
 
 NO_PINNING = "off"
+
+
+@dataclass(frozen=True)
+class ClientRules:
+    """What tlsgate expects of the apps themselves, and which invalid certificates it tries them with.
+
+    `min_version` judges the best version a client offers (enforce: refuse the
+    handshake; report: record it). `weak_suites`: `report` records broken suites
+    offered, or a client offering nothing but weak ones; `strict` also records
+    weak suites offered next to strong ones; `ignore` records nothing.
+    `probes` is empty by default: presenting bad certificates is opt-in.
+    """
+
+    min_version: str = "1.2"
+    weak_suites: str = "report"
+    require_sni: bool = True
+    probes: tuple[str, ...] = ()
 
 
 def version_text(node: yaml.Node, reader: yn.Reader, what: str) -> str | None:
@@ -184,6 +205,44 @@ def parse_pin_sets(node: yaml.Node, reader: yn.Reader, context: Any) -> None:
             context.pin_set_nodes[name] = reader.loc(key_node)
 
 
-SECTION_PARSERS = {"tls": parse_tls, "certificates": parse_certificates, "pins": parse_pins}
+def parse_client(node: yaml.Node, reader: yn.Reader, context: Any) -> ClientRules | None:
+    entries = yn.mapping(node, reader, "client")
+    if entries is None:
+        return None
+    yn.unknown_keys(entries, CLIENT_KEYS, reader, "client")
+    values: dict[str, Any] = {}
+    if "min_version" in entries:
+        values["min_version"] = version_text(entries["min_version"][1], reader, "client.min_version")
+    if "weak_suites" in entries:
+        values["weak_suites"] = yn.choice(entries["weak_suites"][1], reader, "client.weak_suites", WEAK_SUITE_CHOICES)
+    if "require_sni" in entries:
+        node_ = entries["require_sni"][1]
+        value = yn.scalar(node_) if isinstance(node_, yaml.ScalarNode) else None
+        if not isinstance(value, bool):
+            reader.error(node_, "client.require_sni must be true or false")
+        values["require_sni"] = value
+    if "probes" in entries:
+        values["probes"] = parse_probes(entries["probes"][1], reader)
+    return ClientRules(**{k: v for k, v in values.items() if v is not None})
+
+
+def parse_probes(node: yaml.Node, reader: yn.Reader) -> tuple[str, ...] | None:
+    """A list of probe kinds, tried in the order written; `[]` turns probing off for a rule."""
+    items = yn.sequence(node, reader, f"client.probes (a list of: {', '.join(PROBE_KINDS)})")
+    if items is None:
+        return None
+    kinds: list[str] = []
+    for item in items:
+        kind = yn.choice(item, reader, "each entry of client.probes", PROBE_KINDS)
+        if kind is None:
+            continue
+        if kind in kinds:
+            reader.error(item, f"probe '{kind}' is listed twice in client.probes; each kind is tried once")
+            continue
+        kinds.append(kind)
+    return tuple(kinds)
+
+
+SECTION_PARSERS = {"tls": parse_tls, "certificates": parse_certificates, "pins": parse_pins, "client": parse_client}
 TOP_PARSERS = {"pin_sets": parse_pin_sets}
-DEFAULT_SECTIONS: dict[str, Any] = {"tls": TlsRules(), "certificates": CertRules()}
+DEFAULT_SECTIONS: dict[str, Any] = {"tls": TlsRules(), "certificates": CertRules(), "client": ClientRules()}
