@@ -12,15 +12,15 @@ import re
 import socket
 import ssl
 import subprocess
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from proxy.tls.probes import PROBE_KINDS
 from tests.harness import Tlsgate, Upstream, curl, eventually
+from tests.tlsservers import RawTlsServer
 
 ALL_PROBES = "[" + ", ".join(PROBE_KINDS) + "]"
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL's flag; Python has no name for it
@@ -172,44 +172,6 @@ def test_each_probe_catches_exactly_the_check_a_python_client_skips(
     assert python_get(gate, "api.test", https_upstream.port, context) == 200
     verdicts = {f["evidence"]["kind"]: f["action"] for f in of_check(gate, "client_probe", 4)}
     assert verdicts == {kind: "blocked" if kind in accepts else "passed" for kind in PROBE_KINDS}
-
-
-@dataclass
-class RawTlsServer:
-    """A TLS server speaking no HTTP: records every byte it receives and echoes it."""
-
-    cert_file: Path
-    key_file: Path
-    received: list[bytes] = field(default_factory=list)
-    port: int = 0
-
-    def start(self) -> RawTlsServer:
-        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._context.load_cert_chain(self.cert_file, self.key_file)
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-        return self
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._echo, args=(client,), daemon=True).start()
-
-    def _echo(self, client: socket.socket) -> None:
-        try:
-            with self._context.wrap_socket(client, server_side=True) as tls:
-                while data := tls.recv(4096):
-                    self.received.append(data)
-                    tls.sendall(b"echo:" + data)
-        except (ssl.SSLError, OSError):
-            pass  # tlsgate hanging up on us is the expected outcome for a probe
-
-    def stop(self) -> None:
-        self._sock.close()
 
 
 def test_raw_tcp_over_an_accepted_probe_is_cut_off_before_the_server(tlsgate, pki) -> None:

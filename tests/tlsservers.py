@@ -10,6 +10,7 @@ import socket
 import ssl
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,54 @@ def tls_upstream(
     return Upstream(name, ssl_context=context).start()
 
 
+def serve_on_loopback(handle: Callable[[socket.socket], None], threaded: bool = False) -> socket.socket:
+    """A listening socket on 127.0.0.1 handing each accepted connection to `handle` until it is closed."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept_forever() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            if threaded:
+                threading.Thread(target=handle, args=(client,), daemon=True).start()
+            else:
+                handle(client)
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    return listener
+
+
+@dataclass
+class RawTlsServer:
+    """A TLS server speaking no HTTP: records every byte it receives and echoes it."""
+
+    cert_file: Path
+    key_file: Path
+    received: list[bytes] = field(default_factory=list)
+    port: int = 0
+
+    def start(self) -> RawTlsServer:
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(self.cert_file, self.key_file)
+        self._sock = serve_on_loopback(self._echo, threaded=True)
+        self.port = self._sock.getsockname()[1]
+        return self
+
+    def _echo(self, client: socket.socket) -> None:
+        try:
+            with self._context.wrap_socket(client, server_side=True) as tls:
+                while data := tls.recv(4096):
+                    self.received.append(data)
+                    tls.sendall(b"echo:" + data)
+        except (ssl.SSLError, OSError):
+            pass  # tlsgate hanging up on us is the expected outcome for a probe
+
+    def stop(self) -> None:
+        self._sock.close()
+
+
 @dataclass
 class TlsliteServer:
     """A TLS 1.2 server that offers only the given tlslite cipher names (e.g. ["3des"], ["rc4"], ["null"])."""
@@ -71,29 +120,23 @@ class TlsliteServer:
         settings.minVersion = (3, 1)
         settings.maxVersion = (3, 3)
         self._settings = settings
-        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock = serve_on_loopback(self._handshake)
         self.port = self._sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
         return self
 
-    def _serve(self) -> None:
+    def _handshake(self, client: socket.socket) -> None:
         from tlslite import TLSConnection
 
-        while True:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return
-            self.handshakes += 1
-            conn = TLSConnection(client)
-            try:
-                conn.handshakeServer(certChain=self._cert_chain, privateKey=self._key, settings=self._settings)
-                self.requests.append(conn.recv(65536))
-                conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
-            except Exception as exc:  # the proxy refusing us is the expected outcome
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-            finally:
-                client.close()
+        self.handshakes += 1
+        conn = TLSConnection(client)
+        try:
+            conn.handshakeServer(certChain=self._cert_chain, privateKey=self._key, settings=self._settings)
+            self.requests.append(conn.recv(65536))
+            conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+        except Exception as exc:  # the proxy refusing us is the expected outcome
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            client.close()
 
     def stop(self) -> None:
         self._sock.close()

@@ -7,6 +7,7 @@ open on exactly the hosts its broken part was meant to guard.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import os
 import re
@@ -100,11 +101,22 @@ def load_policy(paths: Iterable[str | os.PathLike[str]]) -> Policy:
 
 
 def load_texts(texts: list[tuple[str, str]]) -> Policy:
-    """The pure part of loading: (display name, YAML text) pairs -> Policy."""
-    builder = _Builder()
-    for name, text in texts:
-        builder.add_file(name, text)
-    return builder.build()
+    """The pure part of loading: (display name, YAML text) pairs -> Policy.
+
+    The cyclic garbage collector is paused meanwhile: a 10,000-rule policy
+    allocates hundreds of thousands of acyclic node objects, and re-scanning
+    the growing heap made loading superlinear (about half the time at 10k rules).
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        builder = _Builder()
+        for name, text in texts:
+            builder.add_file(name, text)
+        return builder.build()
+    finally:
+        if paused:
+            gc.enable()
 
 
 class _Builder:

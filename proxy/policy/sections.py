@@ -84,10 +84,9 @@ def version_text(node: yaml.Node, reader: yn.Reader, what: str) -> str | None:
 
 
 def parse_tls(node: yaml.Node, reader: yn.Reader, context: Any) -> TlsRules | None:
-    entries = yn.mapping(node, reader, "tls")
+    entries = yn.section(node, reader, "tls", TLS_KEYS)
     if entries is None:
         return None
-    yn.unknown_keys(entries, TLS_KEYS, reader, "tls")
     min_version = "1.2"
     if "min_version" in entries:
         min_version = version_text(entries["min_version"][1], reader, "tls.min_version") or min_version
@@ -101,10 +100,9 @@ def parse_ciphers(node: yaml.Node, reader: yn.Reader) -> CipherPolicy | None:
     if isinstance(node, yaml.ScalarNode):
         name = preset_name(node, reader)
         return CipherPolicy(preset=name) if name else None
-    entries = yn.mapping(node, reader, "tls.ciphers (a preset name, or preset/allow/deny)")
+    entries = yn.section(node, reader, "tls.ciphers", CIPHER_KEYS, "tls.ciphers (a preset name, or preset/allow/deny)")
     if entries is None:
         return None
-    yn.unknown_keys(entries, CIPHER_KEYS, reader, "tls.ciphers")
     name = preset_name(entries["preset"][1], reader) if "preset" in entries else None
     allow = cipher_codes(entries["allow"][1], reader, "tls.ciphers.allow") if "allow" in entries else frozenset()
     deny = cipher_codes(entries["deny"][1], reader, "tls.ciphers.deny") if "deny" in entries else frozenset()
@@ -126,10 +124,9 @@ def cipher_codes(node: yaml.Node, reader: yn.Reader, what: str) -> frozenset[int
 
 
 def parse_certificates(node: yaml.Node, reader: yn.Reader, context: Any) -> CertRules | None:
-    entries = yn.mapping(node, reader, "certificates")
+    entries = yn.section(node, reader, "certificates", CERT_KEYS)
     if entries is None:
         return None
-    yn.unknown_keys(entries, CERT_KEYS, reader, "certificates")
     values: dict[str, Any] = {}
     bounds = {"min_rsa_bits": (1024, 16384), "min_ec_bits": (160, 571), "expiry_warning_days": (0, 3650)}
     for key, (low, high) in bounds.items():
@@ -185,10 +182,9 @@ def parse_pin_sets(node: yaml.Node, reader: yn.Reader, context: Any) -> None:
         if name in context.pin_sets:
             reader.error(key_node, f"pin set '{name}' is already defined at {context.pin_set_nodes[name]}")
             continue
-        body = yn.mapping(value_node, reader, f"pin set '{name}'")
+        body = yn.section(value_node, reader, f"pin set '{name}'", PIN_SET_KEYS)
         if body is None:
             continue
-        yn.unknown_keys(body, PIN_SET_KEYS, reader, f"pin set '{name}'")
         if "pins" not in body:
             reader.error(value_node, f"pin set '{name}' needs 'pins': a list of sha256/<base64> pins")
             continue
@@ -206,10 +202,9 @@ def parse_pin_sets(node: yaml.Node, reader: yn.Reader, context: Any) -> None:
 
 
 def parse_client(node: yaml.Node, reader: yn.Reader, context: Any) -> ClientRules | None:
-    entries = yn.mapping(node, reader, "client")
+    entries = yn.section(node, reader, "client", CLIENT_KEYS)
     if entries is None:
         return None
-    yn.unknown_keys(entries, CLIENT_KEYS, reader, "client")
     values: dict[str, Any] = {}
     if "min_version" in entries:
         values["min_version"] = version_text(entries["min_version"][1], reader, "client.min_version")

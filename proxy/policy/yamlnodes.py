@@ -179,3 +179,13 @@ def unknown_keys(entries: dict[str, tuple[yaml.Node, yaml.Node]], allowed: tuple
         close = difflib.get_close_matches(key, allowed, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(allowed)}"
         reader.error(key_node, f"unknown key '{key}' in {what}{hint}")
+
+
+def section(
+    node: yaml.Node, reader: Reader, name: str, keys: tuple[str, ...], what: str | None = None
+) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+    """A policy section's entries, with unknown keys reported: the prologue every section parser shares."""
+    entries = mapping(node, reader, what or name)
+    if entries is not None:
+        unknown_keys(entries, keys, reader, name)
+    return entries

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class PinError(ValueError):
 # --------------------------------------------------------------------------- chain helpers
 
 
+@functools.lru_cache(maxsize=4096)
 def subject_text(cert: x509.Certificate) -> str:
     """RFC 4514 subject, with a placeholder so messages never show an empty name."""
     return cert.subject.rfc4514_string() or "(empty subject)"
@@ -94,8 +96,12 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=4096)
 def is_self_signed(cert: x509.Certificate) -> bool:
-    """Self-signed = signed by its own key, not merely issuer == subject (a CA key-rollover cert)."""
+    """Self-signed = signed by its own key, not merely issuer == subject (a CA key-rollover cert).
+
+    Memoised: it verifies a signature, and every connection to a server presents the same chain.
+    """
     return issued_by(cert, cert)
 
 
