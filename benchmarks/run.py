@@ -1,7 +1,7 @@
 """tlsgate vs plain mitmdump, measured in one session on this machine.
 
-    python benchmarks/run.py            # full run, writes BENCHMARKS.md
-    python benchmarks/run.py --quick    # a smoke run (the test suite uses it)
+    .venv/bin/python benchmarks/run.py            # full run (~10 min), writes BENCHMARKS.md
+    .venv/bin/python benchmarks/run.py --quick    # a smoke run (the test suite uses it)
 
 Upstream: nginx (TLS, loopback). Load: hey through the proxy. Configurations,
 interleaved round by round so drift hits all alike: plain mitmdump (same
@@ -39,6 +39,9 @@ from proxy.policy import load_policy, load_texts  # noqa: E402
 from tests.certgen import make_chain, write_pem, write_server_files  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
+# Both proxies log at the same level (warnings and findings, not per-connection chatter), so the
+# comparison measures the checks, not how much each prints.
+QUIET = "warn"
 
 
 def free_port() -> int:
@@ -250,6 +253,8 @@ def main() -> int:
             str(work / f"{name}.jsonl"),
             "--metrics-port",
             "0",
+            "--set",
+            f"termlog_verbosity={QUIET}",
             *extra,
         ]
         return Proxy(name, argv, port)
@@ -260,7 +265,10 @@ def main() -> int:
             "mitmdump",
             [
                 mitmdump,
-                "-q",
+                "--set",
+                f"termlog_verbosity={QUIET}",
+                "--set",
+                "flow_detail=0",
                 "--listen-host",
                 "127.0.0.1",
                 "--listen-port",
@@ -311,9 +319,10 @@ def main() -> int:
     lines = [
         "# Benchmarks",
         "",
-        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC with `python benchmarks/run.py"
+        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC with `.venv/bin/python benchmarks/run.py"
         f"{' --quick' if args.quick else ''}`: {args.rounds} interleaved rounds of {counts['keep-alive']} keep-alive and "
-        f"{counts['new connection per request']} new-connection requests per configuration, concurrency {args.concurrency}.",
+        f"{counts['new connection per request']} new-connection requests per configuration, "
+        f"concurrency {args.concurrency}; every proxy logs at termlog_verbosity={QUIET}.",
         "",
         f"Machine: {machine()}.",
         "",

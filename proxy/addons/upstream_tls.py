@@ -160,6 +160,8 @@ class UpstreamTls:
     ) -> Finding | None:
         """Findings for every issue; returns the first blocking one when requests must be refused."""
         first_block: Finding | None = None
+        if not issues:
+            return None  # the common case: no evidence to build
         base = evidence_for(state.protocol, state.cipher, state.chain)
         for issue in issues:
             blocks = issue.blocking and (validation_failure or enforced(state.match))
