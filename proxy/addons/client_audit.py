@@ -98,6 +98,14 @@ class Hangup(layer.Layer):
                 yield commands.CloseConnection(self.context.server)
 
 
+def sni_host(sni: str | None) -> str | None:
+    """Some clients (Go's hey, for one) put `host:port` in SNI; rules match the host."""
+    if sni and sni.count(":") == 1:
+        host, _, port = sni.partition(":")
+        return host if port.isdigit() else sni
+    return sni
+
+
 class ClientAudit:
     def __init__(self, store: PolicyStore, sink: FindingsSink, probe_pairs: int = 4096) -> None:
         self.store = store
@@ -129,7 +137,7 @@ class ClientAudit:
         self._open[client.id] = state
 
     def _judge(self, policy: Policy, client: connection.Client, server: connection.Server, hello: ClientHello) -> _Connection:
-        asked_for = hello.sni or server.sni or (server.address[0] if server.address else "")
+        asked_for = sni_host(hello.sni) or server.sni or (server.address[0] if server.address else "")
         match = policy.match(asked_for)
         rules: ClientRules = match.settings.get("client") or ClientRules()
         state = _Connection(match, hello, asked_for, server.address[1] if server.address else None)
