@@ -292,3 +292,13 @@ def test_a_client_without_the_tlsgate_ca_gets_an_explanation(tlsgate, https_upst
     # Probing is opt-in: without client.probes even curl -k is simply intercepted.
     assert curl(gate.proxy_url, url, "-k").status == 200
     assert not [f for f in gate.findings() if f["check"] == "client_probe"]
+
+
+def test_sni_with_a_port_is_matched_on_its_host() -> None:
+    """hey (Go) sends `localhost:PORT` as SNI; rules must still match `localhost`."""
+    from proxy.addons.client_audit import sni_host
+
+    assert sni_host("localhost:8443") == "localhost"
+    assert sni_host("api.test") == "api.test"
+    assert sni_host(None) is None
+    assert sni_host("::1") == "::1" and sni_host("a:b") == "a:b"
