@@ -88,8 +88,3 @@ class FindingsLog:
         for listener in self._listeners:
             listener(finding)
 
-
-def read_findings(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Parse a findings file; used by tests and by anyone post-processing a session."""
-    text = Path(path).read_text(encoding="utf-8") if Path(path).exists() else ""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]

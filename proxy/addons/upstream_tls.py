@@ -42,6 +42,23 @@ class _Upstream:
     protocol: str | None = None
     cipher: str | None = None
 
+    def judge(self) -> None:
+        settings = self.match.settings
+        self.issues = judge_handshake(
+            self.protocol,
+            self.cipher,
+            self.chain,
+            settings.get("tls"),
+            settings.get("certificates"),
+            settings.get("pins"),
+            dt.datetime.now(dt.UTC),
+        )
+
+
+def presented_chain(data: tls.TlsData) -> list[x509.Certificate]:
+    """The chain as the server sent it (no trust anchor), for when the verify callback never saw it."""
+    return [c.to_cryptography() for c in (data.ssl_conn.get_peer_cert_chain() or [])] if data.ssl_conn else []
+
 
 class UpstreamTls:
     def __init__(self, store: PolicyStore, sink: FindingsSink, metrics: Metrics | None = None) -> None:
@@ -85,16 +102,7 @@ class UpstreamTls:
                     return bool(ok)
                 state.protocol = conn.get_protocol_version_name()
                 state.cipher = conn.get_cipher_name()
-                settings = state.match.settings
-                state.issues = judge_handshake(
-                    state.protocol,
-                    state.cipher,
-                    state.chain,
-                    settings.get("tls"),
-                    settings.get("certificates"),
-                    settings.get("pins"),
-                    dt.datetime.now(dt.UTC),
-                )
+                state.judge()
                 refuse = enforced(state.match) and any(i.blocking for i in state.issues)
                 return not refuse
             except Exception:  # an exception here would surface as a crash mid-handshake: fail closed instead
@@ -110,23 +118,13 @@ class UpstreamTls:
         state = self._open.pop(data.conn.id, None)
         if state is None:
             return
-        settings = state.match.settings
         if state.issues is None:  # no verify callback ran (resumed session, verification off): judge now
-            chain = [c.to_cryptography() for c in data.ssl_conn.get_peer_cert_chain() or []] if data.ssl_conn else []
-            state.chain, state.protocol, state.cipher = chain, data.conn.tls_version, data.conn.cipher
-            state.issues = judge_handshake(
-                state.protocol,
-                state.cipher,
-                chain,
-                settings.get("tls"),
-                settings.get("certificates"),
-                settings.get("pins"),
-                dt.datetime.now(dt.UTC),
-            )
+            state.chain, state.protocol, state.cipher = presented_chain(data), data.conn.tls_version, data.conn.cipher
+            state.judge()
         elif state.cipher is None:
             # TLS 1.2 only reveals the suite once the handshake is done (pyOpenSSL has no SSL_get_pending_cipher).
             state.cipher = data.conn.cipher
-            state.issues = [*judge_cipher(state.cipher, settings.get("tls")), *state.issues]
+            state.issues = [*judge_cipher(state.cipher, state.match.settings.get("tls")), *state.issues]
         block = self._record(state, state.issues, data.conn)
         self._observe(state, state.issues, block, pins_checked=True)
         if block is not None:
@@ -144,7 +142,7 @@ class UpstreamTls:
             block = self._record(state, state.issues, data.conn)  # our own refusal from the verify callback
             self._observe(state, state.issues, block, pins_checked=True)
         else:
-            presented = [c.to_cryptography() for c in (data.ssl_conn.get_peer_cert_chain() or [])] if data.ssl_conn else []
+            presented = presented_chain(data)
             code = SSL._lib.SSL_get_verify_result(data.ssl_conn._ssl) if data.ssl_conn else None  # type: ignore[attr-defined]
             error = data.conn.error or "handshake failed"
             issues = [judge_failure(error, code, presented or state.chain, state.match.settings.get("tls"))]

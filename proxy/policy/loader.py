@@ -49,11 +49,6 @@ class Context:
     pin_set_nodes: dict[str, Location] = field(default_factory=dict)
 
 
-# A section without a parser in sections.SECTION_PARSERS is reserved and refused,
-# so nobody believes an unenforced setting works.
-RESERVED: dict[str, str] = {}
-
-
 def display_path(path: Path) -> str:
     """Paths as the user would type them: relative to the working directory when under it."""
     try:
@@ -318,7 +313,5 @@ class _Builder:
 
 
 def _reserved_message(key: str) -> str:
-    return (
-        f"'{key}' ({RESERVED.get(key, 'this section')}) is reserved and not enforced by this version of tlsgate; "
-        "remove it rather than rely on it"
-    )
+    """A key without a parser in sections.py is refused, so nobody believes an unenforced setting works."""
+    return f"'{key}' is reserved and not enforced by this version of tlsgate; remove it rather than rely on it"

@@ -44,8 +44,8 @@ class HostIndex:
                     break
                 dot = name.find(".", dot + 1)
         if entry is None:
-            return Match(name, self._defaults, None, None, self._defaults_location, self._defaults_location)
-        return Match(name, entry.settings, entry.rule, entry.pattern, entry.rule.location, self._defaults_location)
+            return Match(name, self._defaults, None, None, self._defaults_location)
+        return Match(name, entry.settings, entry.rule, entry.pattern, entry.rule.location)
 
 
 def merge(defaults: Settings, rule: Rule) -> Settings:

@@ -64,11 +64,6 @@ class HostPattern:
     base: str  # the name without `*.`
     location: Location
 
-    @property
-    def specificity(self) -> tuple[int, int]:
-        """Exact beats wildcard; a longer wildcard suffix beats a shorter one."""
-        return (0 if self.wildcard else 1, self.base.count(".") + 1)
-
 
 @dataclass(frozen=True)
 class Rule:
@@ -76,10 +71,6 @@ class Rule:
     overrides: dict[str, Any]  # only the keys the rule sets; `mode`, `cleartext` and sections
     location: Location
     name: str | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name or ", ".join(h.text for h in self.hosts)
 
 
 @dataclass(frozen=True)
@@ -91,17 +82,10 @@ class Match:
     rule: Rule | None
     pattern: HostPattern | None
     source: Location  # the rule, or the `defaults` block when no rule matched
-    defaults_location: Location
 
     @property
     def rule_ref(self) -> str:
         return self.source.rule_ref
-
-    def origin_of(self, key: str) -> Location:
-        """The rule that set `key`, else the defaults block: block pages point users at the line to edit."""
-        if self.rule is not None and key in self.rule.overrides:
-            return self.rule.location
-        return self.defaults_location
 
 
 @dataclass(frozen=True)
