@@ -1,5 +1,5 @@
 # tlsgate for device labs. Same command as natively: `tlsgate run ...`.
-# Linted by hadolint and checked against docker-compose.yml and `tlsgate run --help` (tests/test_container.py).
+# Linted by hadolint and checked against docker-compose.yml and `tlsgate run --help` (tests/live/test_container.py).
 FROM python:3.12.12-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,7 +16,7 @@ RUN python -m pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY policies ./policies
-RUN python -m pip install --no-deps --no-build-isolation -e . \
+RUN python -m pip install --no-deps --no-build-isolation . \
     && groupadd --system --gid 10001 tlsgate \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app tlsgate \
     && mkdir -p /app/certs /data \

@@ -92,13 +92,19 @@ class Upstream:
         self._server.server_close()
 
 
+# Every tlsgate a test started, so a failing live test can print their consoles (tests/live/conftest.py).
+STARTED: list[Tlsgate] = []
+
 LISTENING = re.compile(r"proxy listening at (?:\[?[\d.:a-f]+\]?):(\d+)")
 
 
 class Tlsgate:
     """`python -m proxy run` as a subprocess on a free port, with its console captured."""
 
-    def __init__(self, workdir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None, command: Sequence[str] | None = None
+    ) -> None:
+        self.command = list(command) if command else None  # a whole command line instead of `python -m proxy run ...`
         self.workdir = workdir
         self.findings_path = workdir / "findings.jsonl"
         self.args = list(args)
@@ -108,7 +114,7 @@ class Tlsgate:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 40) -> Tlsgate:
-        cmd = [
+        cmd = self.command or [
             sys.executable,
             "-m",
             "proxy",
@@ -125,6 +131,7 @@ class Tlsgate:
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        STARTED.append(self)
         threading.Thread(target=self._pump, daemon=True).start()
         match = self.wait_for(LISTENING, timeout)
         self.port = int(match.group(1))

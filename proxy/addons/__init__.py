@@ -1,4 +1,4 @@
-"""tlsgate's mitmproxy addons: thin shells that gather facts from hooks and apply the core's verdicts."""
+"""tlsgate's mitmproxy add-ons: thin glue that gathers facts from hooks, asks `proxy.checks`, and applies the verdict."""
 
 from __future__ import annotations
 
@@ -10,22 +10,30 @@ from proxy.addons.findings import FindingsSink
 from proxy.addons.metrics import MetricsExporter
 from proxy.addons.policy import PolicyStore
 from proxy.addons.resolve import Resolve
+from proxy.addons.state import Connections
 from proxy.addons.upstream_tls import UpstreamTls
-from proxy.metrics import Metrics
+from proxy.sinks.metrics import Metrics
 
 
 def make_addons() -> list[object]:
-    """Every tlsgate addon, wired together; order matters: the policy and sinks load before the checks."""
+    """Every tlsgate add-on, wired together.
+
+    Order matters: the policy and sinks load before the checks, and the shared
+    connection table comes last so its `client_disconnected` runs after every
+    add-on that still reads a closing connection's state.
+    """
     store = PolicyStore()
     sink = FindingsSink()
     metrics = Metrics(mitmproxy_version.VERSION)
     sink.log.subscribe(metrics.on_finding)
+    connections = Connections(store)
     return [
         store,
         sink,
         MetricsExporter(store, metrics),
         Resolve(),
-        CleartextGuard(store, sink),
-        UpstreamTls(store, sink, metrics),
-        ClientAudit(store, sink),
+        CleartextGuard(connections, sink),
+        UpstreamTls(connections, sink, metrics),
+        ClientAudit(connections, sink),
+        connections,
     ]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from proxy import redact
 from proxy.addons.findings import FindingsSink
-from proxy.addons.policy import PolicyStore
-from proxy.addons.verdicts import block_response, enforced, remedy_for, report, request_host
-from proxy.policy import Cleartext
+from proxy.addons.state import Connections, request_host
+from proxy.addons.verdicts import apply, record
+from proxy.checks.cleartext import CleartextRequest, judge_cleartext
+from proxy.sinks import redact
 
 
 def credentials_in(request: http.Request) -> list[redact.Credential]:
@@ -24,8 +24,8 @@ def credentials_in(request: http.Request) -> list[redact.Credential]:
 
 
 class CleartextGuard:
-    def __init__(self, store: PolicyStore, sink: FindingsSink) -> None:
-        self.store = store
+    def __init__(self, connections: Connections, sink: FindingsSink) -> None:
+        self.connections = connections
         self.sink = sink
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -33,36 +33,19 @@ class CleartextGuard:
             return
         if flow.request.scheme != "http" or flow.request.method == "CONNECT":
             return
-        policy = self.store.policy
-        if policy is None:
+        state = self.connections.of(flow.client_conn)
+        if state is None:
             return
-        match = policy.match(request_host(flow.request))
-        if match.settings.cleartext is Cleartext.ALLOW:
-            return
-        websocket = flow.request.headers.get("upgrade", "").lower() == "websocket"
-        scheme = "ws" if websocket else "http"
-        creds = credentials_in(flow.request)
-        detail = f"plain {scheme}:// request to {match.host} ({flow.request.method})"
-        if creds:
-            detail += f" carrying credentials in cleartext: {', '.join(sorted({c.kind for c in creds}))}"
-        finding = report(
-            self.sink,
-            policy,
-            flow.client_conn,
-            check="cleartext",
-            match=match,
-            port=flow.request.port,
-            severity="high" if creds else "medium",
-            detail=detail,
-            remedy=f"use {scheme}s:// in the app; or, to let this host through, {remedy_for(match, 'cleartext: allow')}",
-            evidence={
-                "method": flow.request.method,
-                "url": redact.redact_url(flow.request.url),
-                "protocol": scheme,
-                "credentials": [c.as_dict() for c in creds],
-                "user_agent": flow.request.headers.get("user-agent", "")[:200],
-            },
+        match = state.match_for(request_host(flow.request), self.connections.store.policy)
+        facts = CleartextRequest(
+            method=flow.request.method,
+            websocket=flow.request.headers.get("upgrade", "").lower() == "websocket",
+            redacted_url=redact.redact_url(flow.request.url),
+            credentials=[c.as_dict() for c in credentials_in(flow.request)],
+            user_agent=flow.request.headers.get("user-agent", ""),
         )
-        flow.metadata["tlsgate"] = {"check": "cleartext", "action": finding.action, "rule": finding.rule}
-        if enforced(match):
-            flow.response = block_response(finding, flow.request.headers.get("accept", ""))
+        issue = judge_cleartext(facts, match)
+        if issue is None:
+            return
+        finding = record(self.sink, state, flow.client_conn, issue, match, flow.request.port, evidence=issue.evidence)
+        apply(flow, finding)

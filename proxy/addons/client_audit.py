@@ -19,6 +19,9 @@ Per client connection, in mitmproxy's order of events:
   that hangs up (mitmproxy 12 relays a raw TCP flow even after `flow.kill()`).
 - `tls_failed_client`: a probe the client refused has passed; a normal
   connection it refused is explained (CA not installed, or pinning).
+
+What each outcome means is decided in `proxy.checks.client_hello` and
+`proxy.checks.probes`; this add-on only gathers and applies.
 """
 
 from __future__ import annotations
@@ -31,51 +34,35 @@ from typing import Any
 from mitmproxy import connection, http, tcp, tls
 from mitmproxy.proxy import commands, events, layer, layers
 
-from proxy import redact
 from proxy.addons.cleartext import credentials_in
-from proxy.addons.client_tls import client_connection, configured_floor, tlsconfig_addon
 from proxy.addons.findings import FindingsSink
-from proxy.addons.policy import PolicyStore
-from proxy.addons.verdicts import block_response, enforced, report
-from proxy.findings import Finding
-from proxy.policy import Match, Policy
-from proxy.policy.sections import ClientRules
-from proxy.tls.clienthello import ClientHello, client_floor, judge_client_hello, parse_client_hello
-from proxy.tls.judge import Issue
-from proxy.tls.probes import (
-    PROBE_REMEDIES,
-    PROBE_WORDS,
-    ProbeCertificate,
-    ProbeMint,
-    ProbeSchedule,
-    client_rejection,
-    likely_cause,
-)
+from proxy.addons.mitm_internals import client_connection, configured_floor, tlsconfig_addon
+from proxy.addons.state import Connections, ConnState, server_host
+from proxy.addons.verdicts import block, record
+from proxy.checks.client_hello import client_floor, judge_client_hello
+from proxy.checks.model import Action, Issue, blocks, decide
+from proxy.checks.probes import ProbeRun, ProbeSchedule, trust_refused
+from proxy.policy import Mode
+from proxy.policy.sections.client import ClientRules
+from proxy.sinks import redact
+from proxy.sinks.findings import Finding
+from proxy.tls.clienthello import ClientHello, parse_client_hello
+from proxy.tls.probes import ProbeCertificate, ProbeMint
 
 logger = logging.getLogger("tlsgate.client")
 
-CLOSED_AFTER_HANDSHAKE = "closed after the handshake without sending a request"
-TRUST_REMEDY = (
-    "if the CA is missing: install it on the device (open http://mitm.it through the proxy, or `tlsgate ca export`; "
-    "for apps that ignore user CAs on Android 7+, `tlsgate ca export --format android` into the system store of a test "
-    "device). If the CA is installed and other apps work through tlsgate, the app pins its certificates: good for the "
-    "app; to inspect it anyway, test a debug build whose network security config trusts the tlsgate CA"
-)
 
+@dataclass(eq=False)
+class Audit:
+    """The client audit's part of a connection's state."""
 
-@dataclass
-class _Connection:
-    """What one client connection has shown so far; dropped when the client disconnects."""
-
-    match: Match
     hello: ClientHello
-    asked_for: str
     port: int | None
     pending: list[Issue] = field(default_factory=list)  # hello findings, recorded once the User-Agent is known
     refuse: bool = False
     floor: str | None = None  # client-side TLS floor, when it differs from mitmproxy's
     probe: ProbeCertificate | None = None
-    handshake_done: bool = False
+    run: ProbeRun | None = None
     accepted: Finding | None = None  # the critical finding, once the client used a probe connection
     user_agent: str | None = None
 
@@ -98,56 +85,56 @@ class Hangup(layer.Layer):
                 yield commands.CloseConnection(self.context.server)
 
 
-def sni_host(sni: str | None) -> str | None:
-    """Some clients (Go's hey, for one) put `host:port` in SNI; rules match the host."""
-    if sni and sni.count(":") == 1:
-        host, _, port = sni.partition(":")
-        return host if port.isdigit() else sni
-    return sni
-
-
 class ClientAudit:
-    def __init__(self, store: PolicyStore, sink: FindingsSink, probe_pairs: int = 4096) -> None:
-        self.store = store
+    def __init__(self, connections: Connections, sink: FindingsSink, probe_pairs: int = 4096) -> None:
+        self.connections = connections
         self.sink = sink
         self.schedule = ProbeSchedule(probe_pairs)
         self._mint: ProbeMint | None = None
         self._mint_source: object | None = None
-        self._open: dict[str, _Connection] = {}  # client connection id -> state, until it disconnects
         # Reported hello findings describe the app's TLS stack, not one connection: say each once per
         # (client address, fingerprint, host, kind) instead of on every connection an app opens.
         self._said: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
         self._said_limit = probe_pairs
 
+    @staticmethod
+    def _audit(state: ConnState | None) -> Audit | None:
+        return state.audit if state is not None and isinstance(state.audit, Audit) else None
+
     # -- the hello ---------------------------------------------------------------------------------
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        policy = self.store.policy
         client = data.context.client
-        if policy is None or data.ignore_connection or client.transport_protocol != "tcp":
+        if data.ignore_connection or client.transport_protocol != "tcp":
+            return
+        state = self.connections.of(client)
+        if state is None:
             return
         try:
             hello = parse_client_hello(data.client_hello.raw_bytes(wrap_in_record=False))
         except ValueError as exc:
             logger.info(f"tlsgate: cannot judge a ClientHello from {client.peername}: {exc}")
             return
-        state = self._judge(policy, data.context.client, data.context.server, hello)
-        if state.refuse or state.probe:
+        audit = self._judge(state, data.context.server, hello)
+        if audit.refuse or audit.probe:
             data.establish_server_tls_first = False  # the server is never involved in a refusal or a probe
-        self._open[client.id] = state
+        state.audit = audit
 
-    def _judge(self, policy: Policy, client: connection.Client, server: connection.Server, hello: ClientHello) -> _Connection:
-        asked_for = sni_host(hello.sni) or server.sni or (server.address[0] if server.address else "")
-        match = policy.match(asked_for)
+    def _judge(self, state: ConnState, server: connection.Server, hello: ClientHello) -> Audit:
+        match = state.settle(hello.sni or server_host(server))
+        enforce = match.settings.mode is Mode.ENFORCE
         rules: ClientRules = match.settings.get("client") or ClientRules()
-        state = _Connection(match, hello, asked_for, server.address[1] if server.address else None)
-        state.pending = judge_client_hello(hello, rules, enforced(match), asked_for)
-        state.refuse = any(issue.blocking for issue in state.pending)
-        state.floor = client_floor(hello.best_version_word, rules, enforced(match), configured_floor())
-        if rules.probes and not state.refuse and client.peername:
+        audit = Audit(hello, server.address[1] if server.address else None)
+        audit.pending = judge_client_hello(hello, rules, enforce, match.host)
+        audit.refuse = blocks(audit.pending, match.settings.mode)
+        audit.floor = client_floor(hello.best_version_word, rules, enforce, configured_floor())
+        client = state.client
+        if rules.probes and not audit.refuse and client.peername:
             kind = self.schedule.next_kind(client.peername[0], match.host, rules.probes)
-            state.probe = self._mint_for().certificate(match.host, kind) if kind else None
-        return state
+            if kind:
+                audit.probe = self._mint_for().certificate(match.host, kind)
+                audit.run = ProbeRun(kind, match.host, audit.probe.summary())
+        return audit
 
     def _mint_for(self) -> ProbeMint:
         """Probe certificates signed by the CA mitmproxy itself signs with (rebuilt if its store is reloaded)."""
@@ -158,158 +145,111 @@ class ClientAudit:
         return self._mint
 
     def tls_start_client(self, tls_start: tls.TlsData) -> None:
-        state = self._open.get(tls_start.conn.id)
-        if state is None or tls_start.ssl_conn is None or tls_start.is_dtls:
+        audit = self._audit(self.connections.peek(tls_start.conn))
+        if audit is None or tls_start.ssl_conn is None or tls_start.is_dtls:
             return
-        if state.probe is not None:
-            probe = state.probe
-            tls_start.ssl_conn = client_connection(tls_start, state.floor, probe.cert, probe.key, probe.chain)
-        elif state.floor is not None:
-            tls_start.ssl_conn = client_connection(tls_start, state.floor)
+        if audit.probe is not None:
+            probe = audit.probe
+            tls_start.ssl_conn = client_connection(tls_start, audit.floor, probe.cert, probe.key, probe.chain)
+        elif audit.floor is not None:
+            tls_start.ssl_conn = client_connection(tls_start, audit.floor)
 
     # -- handshake outcome -------------------------------------------------------------------------
 
     def tls_established_client(self, data: tls.TlsData) -> None:
-        state = self._open.get(data.conn.id)
-        if state is not None:
-            state.handshake_done = True
+        audit = self._audit(self.connections.peek(data.conn))
+        if audit is not None and audit.run is not None:
+            audit.run.handshake_done = True
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
-        state = self._open.get(data.conn.id)
-        if state is None:
+        state = self.connections.peek(data.conn)
+        audit = self._audit(state)
+        if state is None or audit is None:
             return
-        rejection = client_rejection(data.conn.error)
-        if state.probe is not None:
-            self._probe_refused(state, data.conn, rejection)
-        elif rejection is not None and not state.refuse and data.ssl_conn is not None:
-            self._trust_refused(state, data.conn, rejection)
-        self._flush(state, data.conn)
-
-    def _probe_refused(self, state: _Connection, client: connection.Client, rejection: str | None) -> None:
-        probe = state.probe
-        assert probe is not None
-        if rejection is not None:
-            self._probe_passed(state, client, rejection)
-        elif client.peername:  # failed for another reason: the probe proved nothing, so it is tried again
-            self.schedule.retry(client.peername[0], state.match.host, probe.kind)
-
-    def _probe_passed(self, state: _Connection, client: connection.Client, rejection: str) -> None:
-        probe = state.probe
-        assert probe is not None
-        self._record(
-            state,
-            client,
-            check="client_probe",
-            action="passed",
-            severity="info",
-            detail=f"the client refused {PROBE_WORDS[probe.kind]} for {state.asked_for} ({rejection}): "
-            "it verifies this part of the certificate",
-            remedy="",
-            evidence={"kind": probe.kind, "rejection": rejection, "certificate": probe.summary()},
-        )
-
-    def _trust_refused(self, state: _Connection, client: connection.Client, rejection: str) -> None:
-        self._record(
-            state,
-            client,
-            check="client_trust",
-            action="reported",
-            severity="info",
-            detail=f"the client refused tlsgate's certificate for {state.asked_for} ({rejection}): {likely_cause(rejection)}",
-            remedy=TRUST_REMEDY,
-            evidence={"kind": "certificate_refused", "rejection": rejection, "error": (client.error or "")[:300]},
-        )
+        if audit.run is not None:
+            passed = audit.run.handshake_failed(data.conn.error)
+            if passed is not None:
+                self._record(state, audit, passed)
+            elif data.conn.peername:  # failed for another reason: the probe proved nothing, so it is tried again
+                self.schedule.retry(data.conn.peername[0], audit.run.host, audit.run.kind)
+        elif not audit.refuse and data.ssl_conn is not None:
+            refused = trust_refused(state.match.host if state.match else "", data.conn.error)
+            if refused is not None:
+                self._record(state, audit, refused)
+        self._flush(state, audit)
 
     # -- what the client sends ---------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        state = self._open.get(flow.client_conn.id)
-        if state is None or flow.request.method == "CONNECT" or flow.response or not flow.live:
+        state = self.connections.peek(flow.client_conn)
+        audit = self._audit(state)
+        if state is None or audit is None or flow.request.method == "CONNECT" or flow.response or not flow.live:
             return
-        if state.user_agent is None:
-            state.user_agent = flow.request.headers.get("user-agent", "")[:200]
-        self._flush(state, flow.client_conn)
-        if state.probe is not None and flow.request.stream:
+        if audit.user_agent is None:
+            audit.user_agent = flow.request.headers.get("user-agent", "")[:200]
+        self._flush(state, audit)
+        if audit.run is not None and flow.request.stream:
             # A streamed body would start flowing upstream right after this hook: no response can stop it, a kill can.
-            self._probe_accepted(state, flow.client_conn, _request_evidence(flow.request))
+            self._probe_accepted(state, audit, _request_evidence(flow.request))
             flow.kill()
 
     def request(self, flow: http.HTTPFlow) -> None:
         """Answer every request on an accepted probe connection here; by now the body is read, so leaks are named."""
-        state = self._open.get(flow.client_conn.id)
-        if state is None or state.probe is None or flow.response or not flow.live:
+        state = self.connections.peek(flow.client_conn)
+        audit = self._audit(state)
+        if state is None or audit is None or audit.run is None or flow.response or not flow.live:
             return
-        finding = self._probe_accepted(state, flow.client_conn, _request_evidence(flow.request))
-        flow.metadata["tlsgate"] = {"check": "client_probe", "action": "blocked", "rule": finding.rule}
-        flow.response = block_response(finding, flow.request.headers.get("accept", ""))
+        block(flow, self._probe_accepted(state, audit, _request_evidence(flow.request)))
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """Inside an accepted probe connection only HTTP may run (and every request is answered here)."""
-        state = self._open.get(nextlayer.context.client.id)
-        if state is None or state.probe is None or not state.handshake_done or nextlayer.layer is None:
+        state = self.connections.peek(nextlayer.context.client)
+        audit = self._audit(state)
+        if state is None or audit is None or audit.run is None or not audit.run.handshake_done or nextlayer.layer is None:
             return
         if isinstance(nextlayer.layer, layers.HttpLayer):
             return
-        sent = {"protocol": "tcp", "bytes": len(nextlayer.data_client())}
-        self._probe_accepted(state, nextlayer.context.client, sent)
+        self._probe_accepted(state, audit, {"protocol": "tcp", "bytes": len(nextlayer.data_client())})
         nextlayer.layer = Hangup(nextlayer.context)
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
-        state = self._open.get(flow.client_conn.id)
-        if state is not None:
-            self._flush(state, flow.client_conn)
+        state = self.connections.peek(flow.client_conn)
+        audit = self._audit(state)
+        if state is not None and audit is not None:
+            self._flush(state, audit)
 
-    def _probe_accepted(self, state: _Connection, client: connection.Client, sent: dict[str, Any]) -> Finding:
+    def _probe_accepted(self, state: ConnState, audit: Audit, sent: dict[str, Any]) -> Finding:
         """The critical finding, recorded once per connection whatever the client sends next."""
-        probe = state.probe
-        assert probe is not None
-        if state.accepted is None:
-            what = f"{sent['method']} {sent['url']}" if sent.get("protocol") == "http" else "raw TCP data"
-            state.accepted = self._record(
-                state,
-                client,
-                check="client_probe",
-                action="blocked",
-                severity="critical",
-                detail=f"the client accepted {PROBE_WORDS[probe.kind]} for {state.asked_for} and sent {what} over it: "
-                "it would talk to any impostor on the network; tlsgate answered itself and forwarded nothing",
-                remedy=PROBE_REMEDIES[probe.kind],
-                evidence={"kind": probe.kind, "certificate": probe.summary(), "sent": sent},
-            )
-        return state.accepted
+        assert audit.run is not None
+        if audit.accepted is None:
+            audit.accepted = self._record(state, audit, audit.run.sent(sent))
+        return audit.accepted
 
     def client_disconnected(self, client: connection.Client) -> None:
-        state = self._open.pop(client.id, None)
-        if state is None:
+        state = self.connections.peek(client)
+        audit = self._audit(state)
+        if state is None or audit is None:
             return
-        if state.probe is not None and state.handshake_done and state.accepted is None:
-            # Host name checks (curl, OkHttp's HostnameVerifier, Java's HttpsURLConnection) and pinning often run
-            # after the handshake: a client that then hangs up without a byte of data refused the probe too.
-            self._probe_passed(state, client, CLOSED_AFTER_HANDSHAKE)
-        self._flush(state, client)
+        if audit.run is not None:
+            passed = audit.run.closed()
+            if passed is not None:
+                self._record(state, audit, passed)
+        self._flush(state, audit)
 
     # -- recording ---------------------------------------------------------------------------------
 
-    def _flush(self, state: _Connection, client: connection.Client) -> None:
+    def _flush(self, state: ConnState, audit: Audit) -> None:
         """Record the hello findings (once), with whatever is known about the app by now."""
-        pending, state.pending = state.pending, []
+        pending, audit.pending = audit.pending, []
         for issue in pending:
-            if not issue.blocking and self._already_said(state, client, issue.kind):
+            if decide(issue, state.match.settings.mode) is not Action.BLOCKED and self._already_said(state, audit, issue.kind):
                 continue
-            self._record(
-                state,
-                client,
-                check=issue.check,
-                action="blocked" if issue.blocking else "reported",
-                severity=issue.severity,
-                detail=issue.detail,
-                remedy=issue.remedy,
-                evidence={"kind": issue.kind, **issue.evidence},
-            )
+            self._record(state, audit, issue)
 
-    def _already_said(self, state: _Connection, client: connection.Client, kind: str) -> bool:
+    def _already_said(self, state: ConnState, audit: Audit, kind: str) -> bool:
+        client = state.client
         address = client.peername[0] if client.peername else "?"
-        key = (address, state.hello.ja3(), state.match.host, kind)
+        key = (address, audit.hello.ja3(), state.match.host if state.match else "", kind)
         if key in self._said:
             self._said.move_to_end(key)
             return True
@@ -318,31 +258,10 @@ class ClientAudit:
             self._said.popitem(last=False)
         return False
 
-    def _record(
-        self,
-        state: _Connection,
-        client: connection.Client,
-        *,
-        check: str,
-        action: str,
-        severity: str,
-        detail: str,
-        remedy: str,
-        evidence: dict[str, Any],
-    ) -> Finding:
-        return report(
-            self.sink,
-            self.store.policy,
-            client,
-            check=check,
-            match=state.match,
-            port=state.port,
-            severity=severity,
-            detail=detail,
-            remedy=remedy,
-            evidence={**evidence, **state.evidence()},
-            action=action,
-        )
+    def _record(self, state: ConnState, audit: Audit, issue: Issue) -> Finding:
+        assert state.match is not None
+        evidence = {"kind": issue.kind, **issue.evidence, **audit.evidence()}
+        return record(self.sink, state, state.client, issue, state.match, audit.port, evidence=evidence)
 
 
 def _request_evidence(request: http.Request) -> dict[str, Any]:

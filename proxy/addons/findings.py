@@ -6,7 +6,7 @@ import logging
 
 from mitmproxy import ctx, exceptions
 
-from proxy.findings import Finding, FindingsLog
+from proxy.sinks.findings import Finding, FindingsLog
 
 logger = logging.getLogger("tlsgate.findings")
 

@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from mitmproxy import connection, ctx, exceptions, http, tls
 
 from proxy.addons.policy import PolicyStore
-from proxy.metrics import Metrics
+from proxy.policy import Policy
+from proxy.sinks.metrics import Metrics
 
 logger = logging.getLogger("tlsgate.metrics")
 
@@ -69,7 +70,7 @@ class MetricsExporter:
         self.store = store
         self.metrics = metrics
         self._endpoint: _Endpoint | None = None
-        store.subscribe(metrics.on_reload)
+        store.subscribe(self._on_reload)
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -110,6 +111,13 @@ class MetricsExporter:
             self._endpoint.shutdown()
             self._endpoint.server_close()
             self._endpoint = None
+
+    def _on_reload(self, result: str, policy: Policy | None) -> None:
+        if policy is None:
+            self.metrics.on_reload(result, None)
+        else:
+            patterns = (pattern.text for rule in policy.rules for pattern in rule.hosts)
+            self.metrics.on_reload(result, policy.rule_count, patterns)
 
     def readiness(self) -> tuple[bool, str]:
         if self.store.policy is None:

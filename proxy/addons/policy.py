@@ -12,22 +12,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from mitmproxy import ctx, exceptions
 
 from proxy.policy import Policy, PolicyError, load_policy
-from proxy.policy.loader import policy_files
+from proxy.policy.loader import embedded_policy, policy_files
 
 logger = logging.getLogger("tlsgate.policy")
-
-DEFAULT_POLICY = Path(__file__).resolve().parent.parent.parent / "policies" / "default.yaml"
 
 ReloadListener = Callable[[str, "Policy | None"], None]
 
 
 def policy_paths(option: Sequence[str]) -> list[str]:
-    return list(option) if option else [str(DEFAULT_POLICY)]
+    return list(option) if option else [str(embedded_policy())]
 
 
 def fingerprint(paths: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
@@ -48,8 +45,6 @@ class PolicyStore:
         self.policy: Policy | None = None
         self.paths: list[str] = []
         self.loaded_at: float | None = None
-        self.reloads_ok = 0
-        self.reloads_failed = 0
         self._loaded_print: tuple[tuple[str, int, int], ...] = ()
         self._last_seen: tuple[tuple[str, int, int], ...] = ()
         self._task: asyncio.Task[None] | None = None
@@ -113,14 +108,12 @@ class PolicyStore:
             policy = load_policy(self.paths)
         except PolicyError as exc:
             self._loaded_print = current  # report each broken state once, not every second
-            self.reloads_failed += 1
             for message in exc.messages:
                 logger.error(f"tlsgate: policy reload failed: {message}")
             since = time.strftime("%H:%M:%S", time.localtime(self.loaded_at)) if self.loaded_at else "start"
             logger.error(f"tlsgate: keeping the last good policy (in force since {since}); fix the file and save again")
             self._notify("failed", None)
             return True
-        self.reloads_ok += 1
         self._install(policy, current)
         logger.warning(f"tlsgate: policy reloaded: {policy.rule_count} rules from {', '.join(policy.files)}")
         return True

@@ -8,32 +8,14 @@ use the name the app asked for, so validation stays as strict as without it.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.proxy import server_hooks
 
-from proxy.policy.hosts import normalize_host
+from proxy.policy.hosts import host_only, parse_resolve
 
 ResolveTable = dict[tuple[str, int | None], str]
-
-
-def parse_resolve(spec: str) -> tuple[str, int | None, str]:
-    """`HOST:PORT:ADDRESS` (PORT may be `*`; an IPv6 ADDRESS in brackets) -> (host, port or None, address)."""
-    parts = spec.split(":", 2)
-    if len(parts) != 3 or not all(parts):
-        raise ValueError(f"{spec!r} is not HOST:PORT:ADDRESS (e.g. api.example.com:443:127.0.0.1)")
-    host, port_text, address = parts
-    port = None if port_text == "*" else int(port_text) if port_text.isdigit() else -1
-    if port is not None and not 0 < port < 65536:
-        raise ValueError(f"{spec!r}: port must be 1-65535 or '*'")
-    bare = address[1:-1] if address.startswith("[") and address.endswith("]") else address
-    try:
-        ipaddress.ip_address(bare)
-    except ValueError:
-        raise ValueError(f"{spec!r}: {address!r} is not an IP address") from None
-    return normalize_host(host), port, bare
 
 
 class Resolve:
@@ -64,7 +46,7 @@ class Resolve:
         if not self.table or data.server.address is None:
             return
         host, port = data.server.address[0], data.server.address[1]
-        name = normalize_host(host)
+        name = host_only(host)
         address = self.table.get((name, port)) or self.table.get((name, None))
         if address is None:
             return

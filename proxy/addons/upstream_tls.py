@@ -13,46 +13,22 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from dataclasses import dataclass, field
 
 from cryptography import x509
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 from OpenSSL import SSL
 
 from proxy.addons.findings import FindingsSink
-from proxy.addons.legacy_tls import legacy_connection
-from proxy.addons.policy import PolicyStore
-from proxy.addons.verdicts import block_response, enforced, remedy_for, report
-from proxy.findings import Finding
-from proxy.metrics import Metrics
-from proxy.policy import Match, Mode
-from proxy.tls.judge import Issue, evidence_for, handshake_floor, judge_cipher, judge_failure, judge_handshake
+from proxy.addons.mitm_internals import legacy_connection, verify_result
+from proxy.addons.state import Connections, ConnState, ServerSide, server_host
+from proxy.addons.verdicts import block, record
+from proxy.checks.model import Action, Check, Effect, Issue, Severity, blocks, decide, remedy_for
+from proxy.checks.upstream import HandshakeFacts, evidence_for, handshake_floor, judge_cipher, judge_failure, judge_handshake
+from proxy.policy import Mode
+from proxy.sinks.findings import Finding
+from proxy.sinks.metrics import Metrics
 
 logger = logging.getLogger("tlsgate.tls")
-
-
-@dataclass
-class _Upstream:
-    """What one upstream TLS connection has shown so far."""
-
-    match: Match
-    client: connection.Client
-    chain: list[x509.Certificate] = field(default_factory=list)
-    issues: list[Issue] | None = None  # set once the leaf has been judged
-    protocol: str | None = None
-    cipher: str | None = None
-
-    def judge(self) -> None:
-        settings = self.match.settings
-        self.issues = judge_handshake(
-            self.protocol,
-            self.cipher,
-            self.chain,
-            settings.get("tls"),
-            settings.get("certificates"),
-            settings.get("pins"),
-            dt.datetime.now(dt.UTC),
-        )
 
 
 def presented_chain(data: tls.TlsData) -> list[x509.Certificate]:
@@ -61,13 +37,10 @@ def presented_chain(data: tls.TlsData) -> list[x509.Certificate]:
 
 
 class UpstreamTls:
-    def __init__(self, store: PolicyStore, sink: FindingsSink, metrics: Metrics | None = None) -> None:
-        self.store = store
+    def __init__(self, connections: Connections, sink: FindingsSink, metrics: Metrics | None = None) -> None:
+        self.connections = connections
         self.sink = sink
         self.metrics = metrics
-        self._open: dict[str, _Upstream] = {}  # server connection id -> state, until the handshake ends
-        self._blocked: dict[str, Finding] = {}  # server connection id -> why requests on it are refused
-        self._by_client: dict[str, list[str]] = {}
 
     def configure(self, updated: set[str]) -> None:
         if "connection_strategy" in updated and ctx.options.connection_strategy != "eager":
@@ -79,35 +52,36 @@ class UpstreamTls:
     # -- gather ---------------------------------------------------------------------------------
 
     def tls_start_server(self, tls_start: tls.TlsData) -> None:
-        policy = self.store.policy
-        if policy is None or tls_start.ssl_conn is None or tls_start.is_dtls:
+        if tls_start.ssl_conn is None or tls_start.is_dtls:
             return
-        server = tls_start.conn
-        match = policy.match(server.sni or server.address[0])
-        state = _Upstream(match, tls_start.context.client)
+        state = self.connections.of(tls_start.context.client)
+        if state is None:
+            return
+        host = server_host(tls_start.conn)
+        match = state.settle(host) if state.match is None else state.match_for(host, state.policy)
+        side = ServerSide(match, HandshakeFacts())
         floor = handshake_floor(match.settings.get("tls"), match.settings.mode is Mode.REPORT)
         if floor is not None:
             tls_start.ssl_conn = legacy_connection(tls_start, floor)
         ssl_conn = tls_start.ssl_conn
-        ssl_conn.set_verify(ssl_conn.get_verify_mode() or SSL.VERIFY_NONE, self._verify_callback(state))
-        self._open[server.id] = state
-        self._by_client.setdefault(tls_start.context.client.id, []).append(server.id)
+        ssl_conn.set_verify(ssl_conn.get_verify_mode() or SSL.VERIFY_NONE, self._verify_callback(side))
+        state.servers[tls_start.conn.id] = side
 
-    def _verify_callback(self, state: _Upstream):
+    def _verify_callback(self, side: ServerSide):
         def callback(conn: SSL.Connection, cert, errno: int, depth: int, ok: int) -> bool:
             try:
                 # OpenSSL walks the chain from the trust anchor down to the leaf (depth 0).
-                state.chain.insert(0, cert.to_cryptography())
+                side.facts.chain.insert(0, cert.to_cryptography())
                 if depth != 0 or not ok:
                     return bool(ok)
-                state.protocol = conn.get_protocol_version_name()
-                state.cipher = conn.get_cipher_name()
-                state.judge()
-                refuse = enforced(state.match) and any(i.blocking for i in state.issues)
-                return not refuse
+                side.facts.protocol = conn.get_protocol_version_name()
+                side.facts.cipher = conn.get_cipher_name()
+                side.issues = judge_handshake(side.facts, side.match, dt.datetime.now(dt.UTC))
+                return not blocks(side.issues, side.match.settings.mode)
             except Exception:  # an exception here would surface as a crash mid-handshake: fail closed instead
                 logger.exception("tlsgate: upstream certificate check failed; refusing the connection")
-                state.issues = [Issue("tls", "check_failed", True, "high", "tlsgate could not check this server (see log)")]
+                detail = "tlsgate could not check this server (see log)"
+                side.issues = [Issue(Check.TLS, "check_failed", Effect.ALWAYS, Severity.HIGH, detail)]
                 return False
 
         return callback
@@ -115,105 +89,106 @@ class UpstreamTls:
     # -- decide ---------------------------------------------------------------------------------
 
     def tls_established_server(self, data: tls.TlsData) -> None:
-        state = self._open.pop(data.conn.id, None)
-        if state is None:
+        state, side = self._side(data)
+        if state is None or side is None:
             return
-        if state.issues is None:  # no verify callback ran (resumed session, verification off): judge now
-            state.chain, state.protocol, state.cipher = presented_chain(data), data.conn.tls_version, data.conn.cipher
-            state.judge()
-        elif state.cipher is None:
+        facts = side.facts
+        if side.issues is None:  # no verify callback ran (resumed session, verification off): judge now
+            facts.chain, facts.protocol, facts.cipher = presented_chain(data), data.conn.tls_version, data.conn.cipher
+            side.issues = judge_handshake(facts, side.match, dt.datetime.now(dt.UTC))
+        elif facts.cipher is None:
             # TLS 1.2 only reveals the suite once the handshake is done (pyOpenSSL has no SSL_get_pending_cipher).
-            state.cipher = data.conn.cipher
-            state.issues = [*judge_cipher(state.cipher, state.match.settings.get("tls")), *state.issues]
-        block = self._record(state, state.issues, data.conn)
-        self._observe(state, state.issues, block, pins_checked=True)
-        if block is not None:
-            self._blocked[data.conn.id] = block
+            facts.cipher = data.conn.cipher
+            side.issues = [*judge_cipher(facts.cipher, side.match.settings.get("tls")), *side.issues]
+        side.blocked = self._record(state, side, side.issues, data.conn)
+        self._observe(side, side.issues, side.blocked, pins_checked=True)
+        if side.blocked is not None:
             # Close our side now: with connection_strategy=eager no request has been read yet, and a shut
             # down session refuses to write, so even a request routed here later cannot leave.
             with contextlib.suppress(SSL.Error):
                 data.ssl_conn.shutdown()
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
-        state = self._open.pop(data.conn.id, None)
-        if state is None:
+        state, side = self._side(data)
+        if state is None or side is None:
             return
-        if state.issues and any(i.blocking for i in state.issues):
-            block = self._record(state, state.issues, data.conn)  # our own refusal from the verify callback
-            self._observe(state, state.issues, block, pins_checked=True)
-        else:
-            presented = presented_chain(data)
-            code = SSL._lib.SSL_get_verify_result(data.ssl_conn._ssl) if data.ssl_conn else None  # type: ignore[attr-defined]
-            error = data.conn.error or "handshake failed"
-            issues = [judge_failure(error, code, presented or state.chain, state.match.settings.get("tls"))]
-            state.chain = presented or state.chain
-            # Validation failures block in every mode: report mode never loosens mitmproxy's own checks.
-            block = self._record(state, issues, data.conn, validation_failure=True)
-            self._observe(state, issues, block, pins_checked=False)
-        if block is not None:
-            self._blocked[data.conn.id] = block
+        if side.issues and any(i.blocking for i in side.issues):
+            side.blocked = self._record(state, side, side.issues, data.conn)  # our own refusal from the verify callback
+            self._observe(side, side.issues, side.blocked, pins_checked=True)
+            return
+        presented = presented_chain(data)
+        error = data.conn.error or "handshake failed"
+        chain = presented or side.facts.chain
+        issues = [judge_failure(error, verify_result(data.ssl_conn), chain, side.match.settings.get("tls"))]
+        side.facts.chain = presented or side.facts.chain
+        # Validation failures block in every mode: report mode never loosens mitmproxy's own checks.
+        side.blocked = self._record(state, side, issues, data.conn)
+        self._observe(side, issues, side.blocked, pins_checked=False)
 
-    def _record(
-        self, state: _Upstream, issues: list[Issue], server: connection.Server, validation_failure: bool = False
-    ) -> Finding | None:
+    def _side(self, data: tls.TlsData) -> tuple[ConnState | None, ServerSide | None]:
+        state = self.connections.peek(data.context.client)
+        side = state.servers.get(data.conn.id) if state is not None else None
+        if side is None or side.done:
+            return state, None
+        side.done = True
+        return state, side
+
+    def _record(self, state: ConnState, side: ServerSide, issues: list[Issue], server: connection.Server) -> Finding | None:
         """Findings for every issue; returns the first blocking one when requests must be refused."""
         first_block: Finding | None = None
         if not issues:
             return None  # the common case: no evidence to build
-        base = evidence_for(state.protocol, state.cipher, state.chain)
+        match = side.match
+        base = evidence_for(side.facts.protocol, side.facts.cipher, side.facts.chain)
         for issue in issues:
-            blocks = issue.blocking and (validation_failure or enforced(state.match))
-            action = "blocked" if blocks else "reported"
             remedy = issue.remedy
-            if issue.blocking and not validation_failure:
-                to_report = remedy_for(state.match, "mode: report")
+            if issue.effect is Effect.ENFORCED:
+                to_report = remedy_for(match, "mode: report")
                 remedy = f"{remedy}; or {to_report}" if remedy else to_report
-            finding = report(
+            finding = record(
                 self.sink,
-                self.store.policy,
+                state,
                 state.client,
-                check=issue.check,
-                match=state.match,
-                port=server.address[1] if server.address else None,
-                severity=issue.severity,
-                detail=issue.detail,
-                remedy=remedy,
+                issue,
+                match,
+                server.address[1] if server.address else None,
                 evidence={"kind": issue.kind, **base, **issue.evidence},
-                action=action,
+                remedy=remedy,
             )
-            if blocks and first_block is None:
+            if decide(issue, match.settings.mode) is Action.BLOCKED and first_block is None:
                 first_block = finding
         return first_block
 
-    def _observe(self, state: _Upstream, issues: list[Issue], block: Finding | None, pins_checked: bool) -> None:
+    def _observe(self, side: ServerSide, issues: list[Issue], block: Finding | None, pins_checked: bool) -> None:
         if self.metrics is None:
             return
-        objection = block.check if block else next((i.check for i in issues), None)
+        objection = block.check if block else next((str(i.check) for i in issues), None)
         decision = "blocked" if block else "reported" if issues else "allowed"
         self.metrics.upstream_connection(decision, objection)
-        if pins_checked and state.match.settings.get("pins") is not None:
+        if pins_checked and side.match.settings.get("pins") is not None:
             kinds = {i.kind for i in issues}
             self.metrics.pin_check(
                 "mismatch" if "pin_mismatch" in kinds else "expired" if "pin_set_expired" in kinds else "match"
             )
-        pattern = state.match.pattern.text if state.match.pattern else None
-        self.metrics.certificate_expiry(pattern, (c.not_valid_after_utc.timestamp() for c in state.chain))
+        pattern = side.match.pattern.text if side.match.pattern else None
+        self.metrics.certificate_expiry(pattern, (c.not_valid_after_utc.timestamp() for c in side.facts.chain))
 
     # -- apply ----------------------------------------------------------------------------------
+
+    def _blocked(self, client: connection.Client, server: connection.Server | None) -> Finding | None:
+        state = self.connections.peek(client)
+        if state is None or server is None:
+            return None
+        side = state.servers.get(server.id)
+        return side.blocked if side is not None else None
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or not flow.live or flow.server_conn is None:
             return
-        finding = self._blocked.get(flow.server_conn.id)
+        finding = self._blocked(flow.client_conn, flow.server_conn)
         if finding is not None:
-            flow.metadata["tlsgate"] = {"check": finding.check, "action": "blocked", "rule": finding.rule}
-            flow.response = block_response(finding, flow.request.headers.get("accept", ""))
+            block(flow, finding)
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
-        if flow.server_conn is not None and flow.server_conn.id in self._blocked:
+        if self._blocked(flow.client_conn, flow.server_conn) is not None:
             flow.kill()
-
-    def client_disconnected(self, client: connection.Client) -> None:
-        for server_id in self._by_client.pop(client.id, []):
-            self._blocked.pop(server_id, None)
-            self._open.pop(server_id, None)

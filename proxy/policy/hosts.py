@@ -35,6 +35,30 @@ def normalize_host(host: str) -> str:
     return host
 
 
+def split_host_port(authority: str) -> tuple[str, int | None]:
+    """`host:port`, `[v6]:port`, a bare IPv6 address or a bare name -> (host, port or None).
+
+    The one splitter: SNI (some clients send `host:port`), Host headers, CONNECT
+    authorities and `--resolve` specs all pass through here, because rules match
+    host names on every port.
+    """
+    text = authority.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        return host, int(port) if port.isascii() and port.isdigit() and 0 < int(port) < 65536 else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        if port.isascii() and port.isdigit() and 0 < int(port) < 65536:
+            return host, int(port)
+    return text, None
+
+
+def host_only(authority: str) -> str:
+    """The normalised host of an authority, port dropped."""
+    return normalize_host(split_host_port(authority)[0])
+
+
 def parse_pattern(text: str) -> tuple[str, bool]:
     """Return (base name, is wildcard) or raise PatternError saying how to write it instead."""
     raw = text.strip()
@@ -81,3 +105,20 @@ def _ip(text: str) -> str | None:
         return str(ipaddress.ip_address(candidate))
     except ValueError:
         return None
+
+
+def parse_resolve(spec: str) -> tuple[str, int | None, str]:
+    """`HOST:PORT:ADDRESS` (PORT may be `*`; an IPv6 ADDRESS in brackets) -> (host, port or None, address)."""
+    parts = spec.split(":", 2)
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"{spec!r} is not HOST:PORT:ADDRESS (e.g. api.example.com:443:127.0.0.1)")
+    host, port_text, address = parts
+    port = None if port_text == "*" else int(port_text) if port_text.isdigit() else -1
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"{spec!r}: port must be 1-65535 or '*'")
+    bare = address[1:-1] if address.startswith("[") and address.endswith("]") else address
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        raise ValueError(f"{spec!r}: {address!r} is not an IP address") from None
+    return normalize_host(host), port, bare

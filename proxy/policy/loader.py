@@ -12,47 +12,56 @@ import ipaddress
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from proxy.policy import sections as registry
 from proxy.policy import yamlnodes as yn
 from proxy.policy.hosts import PatternError, parse_pattern
 from proxy.policy.matcher import DeviceIndex, HostIndex
-from proxy.policy.model import (
-    Cleartext,
-    HostPattern,
-    Location,
-    Mode,
-    Policy,
-    PolicyError,
-    PolicyMessage,
-    Rule,
-    Settings,
-)
-from proxy.policy.sections import DEFAULT_SECTIONS, NO_PINNING, SECTION_PARSERS, TOP_PARSERS, Pinning, PinRef
+from proxy.policy.model import HostPattern, Location, Mode, Policy, PolicyError, PolicyMessage, Rule, Settings
+from proxy.policy.sections import Context
 
 POLICY_VERSION = 1
-TOP_KEYS = ("version", "defaults", "rules", "devices", "pin_sets")
-SETTING_KEYS = ("mode", "cleartext", "tls", "certificates", "pins", "client")
-RULE_KEYS = ("name", "hosts", *SETTING_KEYS)
+CORE_TOP_KEYS = ("version", "defaults", "rules", "devices")
+CORE_RULE_KEYS = ("name", "hosts")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+EMBEDDED_PREFIX = "embedded:"
 
 
-@dataclass
-class Context:
-    """What section parsers may need beyond their own node: named pin sets, for one."""
+def top_keys() -> tuple[str, ...]:
+    return (*CORE_TOP_KEYS, *(s.name for s in registry.base.top_sections()))
 
-    pin_sets: dict[str, Any] = field(default_factory=dict)
-    pin_set_nodes: dict[str, Location] = field(default_factory=dict)
+
+def setting_keys() -> tuple[str, ...]:
+    """`mode` plus every registered per-host section, in registration order."""
+    return ("mode", *(s.name for s in registry.base.setting_sections()))
+
+
+def rule_keys() -> tuple[str, ...]:
+    return (*CORE_RULE_KEYS, *setting_keys())
+
+
+def embedded_policy() -> Path:
+    """The default policy shipped inside the package, so an installed wheel works from any directory."""
+    return Path(str(resources.files("proxy.policy").joinpath("default.yaml")))
 
 
 def display_path(path: Path) -> str:
-    """Paths as the user would type them: relative to the working directory when under it."""
+    """Paths as the user would type them: relative to the working directory when under it.
+
+    The embedded default policy is `embedded:policies/default.yaml` wherever the
+    package is installed, so block pages never show an install path.
+    """
+    absolute = Path(os.path.abspath(path))
+    if absolute == Path(os.path.abspath(embedded_policy())):
+        return f"{EMBEDDED_PREFIX}policies/default.yaml"
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(absolute.relative_to(Path(os.path.abspath(Path.cwd()))))
     except ValueError:
         return str(path)
 
@@ -141,27 +150,21 @@ class _Builder:
         top = yn.mapping(root, reader, "a policy file")
         if top is None:
             return
-        yn.unknown_keys(top, TOP_KEYS, reader, "the policy file")
+        yn.unknown_keys(top, top_keys(), reader, "the policy file")
         if "version" in top:
             node = top["version"][1]
             value = yn.scalar(node) if isinstance(node, yaml.ScalarNode) else None
             if type(value) is not int or value != POLICY_VERSION:
                 reader.error(node, f"unsupported policy version; this tlsgate reads version {POLICY_VERSION}")
-        if "pin_sets" in top:
-            self._read_top_section("pin_sets", top["pin_sets"], reader)
+        for section in registry.base.top_sections():
+            if section.name in top:
+                section.parse(top[section.name][1], reader, self.context)
         if "defaults" in top:
             self._read_defaults(*top["defaults"], reader)
         if "devices" in top:
             self._read_devices(top["devices"][1], reader)
         if "rules" in top:
             self._read_rules(top["rules"][1], reader)
-
-    def _read_top_section(self, key: str, nodes: tuple[yaml.Node, yaml.Node], reader: yn.Reader) -> None:
-        parser = TOP_PARSERS.get(key)
-        if parser is None:
-            reader.error(nodes[0], _reserved_message(key))
-            return
-        parser(nodes[1], reader, self.context)
 
     def _read_defaults(self, key_node: yaml.Node, node: yaml.Node, reader: yn.Reader) -> None:
         values = self._read_settings(node, reader, "defaults")
@@ -175,15 +178,16 @@ class _Builder:
             self.defaults_origin[key] = where
 
     def _read_settings(
-        self, node: yaml.Node, reader: yn.Reader, what: str, allowed: tuple[str, ...] = SETTING_KEYS
+        self, node: yaml.Node, reader: yn.Reader, what: str, allowed: tuple[str, ...] | None = None
     ) -> dict[str, tuple[Any, Location]]:
         entries = yn.mapping(node, reader, what)
         if entries is None:
             return {}
-        yn.unknown_keys(entries, allowed, reader, what)
+        settings = setting_keys()
+        yn.unknown_keys(entries, allowed or settings, reader, what)
         out: dict[str, tuple[Any, Location]] = {}
         for key, (key_node, value_node) in entries.items():
-            if key not in SETTING_KEYS:
+            if key not in settings:
                 continue
             value = self._read_setting(key, key_node, value_node, reader, what)
             if value is not None:
@@ -194,14 +198,8 @@ class _Builder:
         if key == "mode":
             value = yn.choice(node, reader, f"{what}.mode", tuple(Mode))
             return Mode(value) if value else None
-        if key == "cleartext":
-            value = yn.choice(node, reader, f"{what}.cleartext", tuple(Cleartext))
-            return Cleartext(value) if value else None
-        parser = SECTION_PARSERS.get(key)
-        if parser is None:
-            reader.error(key_node, _reserved_message(key))
-            return None
-        return parser(node, reader, self.context)
+        self.context.where = what
+        return registry.SECTIONS[key].parse(node, reader, self.context)
 
     def _read_devices(self, node: yaml.Node, reader: yn.Reader) -> None:
         entries = yn.mapping(node, reader, "devices")
@@ -241,7 +239,7 @@ class _Builder:
             reader.error(node, "a rule needs 'hosts': a host name, '*.domain' pattern or a list of them")
             return
         patterns = self._read_hosts(entries["hosts"][1], reader)
-        values = self._read_settings(node, reader, "rule", RULE_KEYS)
+        values = self._read_settings(node, reader, "rule", rule_keys())
         if not values and patterns:
             reader.warn(node, "this rule sets nothing; its hosts get the defaults anyway")
         if patterns:
@@ -269,35 +267,24 @@ class _Builder:
             patterns.append(HostPattern(text, wildcard, base, where))
         return patterns
 
-    def _resolve_pins(self, values: dict[str, Any]) -> dict[str, Any]:
-        """Pin set names -> pin sets, now that every file's pin_sets are known."""
-        pins = values.get("pins")
-        if pins is None:
-            return values
-        if pins == NO_PINNING:
-            return {**values, "pins": None}
-        if isinstance(pins, PinRef):
-            found = self.context.pin_sets.get(pins.name)
-            if found is None:
-                known = ", ".join(sorted(self.context.pin_sets)) or "none defined"
-                self.messages.append(PolicyMessage(pins.location, f"unknown pin set '{pins.name}' (pin_sets: {known})"))
-                return values
-            return {**values, "pins": Pinning(found, self.context.pin_set_nodes[pins.name])}
-        return values
+    def _resolve(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Let sections finish what needed every file read (pin set names -> pin sets)."""
+        out = dict(values)
+        for key, value in values.items():
+            section = registry.SECTIONS.get(key)
+            if section is not None and section.resolve is not None:
+                out[key] = section.resolve(value, self.context, self.messages)
+        return out
 
     def build(self) -> Policy:
-        self.defaults = self._resolve_pins(self.defaults)
-        self.rules = [replace(rule, overrides=self._resolve_pins(rule.overrides)) for rule in self.rules]
+        self.defaults = self._resolve(self.defaults)
+        self.rules = [replace(rule, overrides=self._resolve(rule.overrides)) for rule in self.rules]
         errors = [m for m in self.messages if not m.warning]
         if errors:
             raise PolicyError(self.messages)
-        extra = dict(DEFAULT_SECTIONS)
-        extra.update({k: v for k, v in self.defaults.items() if k not in ("mode", "cleartext")})
-        settings = Settings(
-            mode=self.defaults.get("mode", Mode.ENFORCE),
-            cleartext=self.defaults.get("cleartext", Cleartext.BLOCK),
-            extra=extra,
-        )
+        sections = registry.base.defaults()
+        sections.update({k: v for k, v in self.defaults.items() if k != "mode"})
+        settings = Settings(mode=self.defaults.get("mode", Mode.ENFORCE), sections=sections)
         defaults_location = self.defaults_location or Location(self.files[0] if self.files else "<built-in>", 1, 1)
         rules = tuple(self.rules)
         return Policy(
@@ -311,7 +298,3 @@ class _Builder:
             device_index=DeviceIndex(self.devices),
         )
 
-
-def _reserved_message(key: str) -> str:
-    """A key without a parser in sections.py is refused, so nobody believes an unenforced setting works."""
-    return f"'{key}' is reserved and not enforced by this version of tlsgate; remove it rather than rely on it"

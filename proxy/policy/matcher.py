@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from proxy.policy.hosts import normalize_host
+from proxy.policy.hosts import host_only
 from proxy.policy.model import HostPattern, Location, Match, Rule, Settings
 
 
@@ -34,7 +34,8 @@ class HostIndex:
                 table.setdefault(pattern.base, _Entry(rule, pattern, settings))
 
     def match(self, host: str) -> Match:
-        name = normalize_host(host)
+        """Ports are ignored (`api.test:8443` matches `api.test`): rules name hosts, not services."""
+        name = host_only(host)
         entry = self._exact.get(name)
         if entry is None and self._wildcard:
             dot = name.find(".")
@@ -55,13 +56,9 @@ def merge(defaults: Settings, rule: Rule) -> Settings:
     about pins is everything that applies, not a diff against a block elsewhere.
     """
     overrides = rule.overrides
-    extra = dict(defaults.extra)
-    extra.update({k: v for k, v in overrides.items() if k not in ("mode", "cleartext")})
-    return Settings(
-        mode=overrides.get("mode", defaults.mode),
-        cleartext=overrides.get("cleartext", defaults.cleartext),
-        extra=extra,
-    )
+    sections = dict(defaults.sections)
+    sections.update({k: v for k, v in overrides.items() if k != "mode"})
+    return Settings(mode=overrides.get("mode", defaults.mode), sections=sections)
 
 
 class DeviceIndex:

@@ -33,26 +33,21 @@ class Mode(enum.StrEnum):
     REPORT = "report"
 
 
-class Cleartext(enum.StrEnum):
-    BLOCK = "block"
-    ALLOW = "allow"
-
-
 @dataclass(frozen=True)
 class Settings:
     """The effective settings for one host after defaults and the matching rule merge.
 
-    `extra` carries the sections later checks own (tls, certificates, pins,
-    client) as already-validated objects keyed by section name, so adding a
-    check never changes this class's shape.
+    `mode` is the one setting every check shares; everything else is a section
+    (cleartext, tls, certificates, pins, client, ...) kept as the validated
+    object its section module parsed, keyed by section name, so adding a check
+    never changes this class's shape.
     """
 
     mode: Mode = Mode.ENFORCE
-    cleartext: Cleartext = Cleartext.BLOCK
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    sections: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def get(self, section: str, default: Any = None) -> Any:
-        return self.extra.get(section, default)
+        return self.sections.get(section, default)
 
 
 @dataclass(frozen=True)
@@ -68,7 +63,7 @@ class HostPattern:
 @dataclass(frozen=True)
 class Rule:
     hosts: tuple[HostPattern, ...]
-    overrides: dict[str, Any]  # only the keys the rule sets; `mode`, `cleartext` and sections
+    overrides: dict[str, Any]  # only the keys the rule sets: `mode` and sections
     location: Location
     name: str | None = None
 

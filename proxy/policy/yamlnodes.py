@@ -34,10 +34,6 @@ class Reader:
         where = node if isinstance(node, Location) else self.loc(node)
         self.messages.append(PolicyMessage(where, message, warning=True))
 
-    @property
-    def failed(self) -> bool:
-        return any(not m.warning for m in self.messages)
-
 
 _BASE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _RESOLVED: dict[tuple[str, tuple[bool, bool]], str] = {}

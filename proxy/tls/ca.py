@@ -25,7 +25,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
+
+from proxy.tls.x509build import self_signed_ca
 
 __all__ = [
     "CA_BASENAME",
@@ -250,34 +252,7 @@ def _generate_ca() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
         ]
     )
     now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .serial_number(x509.random_serial_number())
-        .subject_name(name)
-        .issuer_name(name)
-        .not_valid_before(now - VALIDITY_BACKDATE)
-        .not_valid_after(now + VALIDITY)
-        .public_key(key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(_ca_key_usage(), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    return key, builder.sign(private_key=key, algorithm=hashes.SHA256())
-
-
-def _ca_key_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    return key, self_signed_ca(key, name, now - VALIDITY_BACKDATE, now + VALIDITY, server_auth=True)
 
 
 def _ensure_confdir(confdir: Path) -> None:

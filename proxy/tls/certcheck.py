@@ -14,7 +14,6 @@ tested with generated certificates and reused outside mitmproxy.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
@@ -275,8 +274,6 @@ def ca_issuers_urls(cert: x509.Certificate) -> list[str]:
 
 # --------------------------------------------------------------------------- policy checks on chains
 
-Severity = Literal["error", "warning"]
-
 _CURVE_NAMES = {
     "secp192r1": "P-192",
     "secp224r1": "P-224",
@@ -284,9 +281,6 @@ _CURVE_NAMES = {
     "secp384r1": "P-384",
     "secp521r1": "P-521",
 }
-_WEAK_HASHES = {"sha1", "md5", "md4", "md2"}
-_BROKEN_HASHES = {"md5", "md4", "md2"}  # allow_sha1 does not reach these
-_HASH_LABELS = {"sha1": "SHA-1", "md5": "MD5", "md4": "MD4", "md2": "MD2"}
 _LEGACY_SIGNATURE_OIDS = {
     "1.2.840.113549.1.1.2": "md2",
     "1.2.840.113549.1.1.3": "md4",
@@ -295,28 +289,6 @@ _LEGACY_SIGNATURE_OIDS = {
     "1.2.840.10045.4.1": "sha1",
     "1.2.840.10040.4.3": "sha1",
 }
-
-
-@dataclass(frozen=True)
-class CertRules:
-    """Minimums a chain must meet even when OpenSSL accepted it."""
-
-    min_rsa_bits: int = 2048
-    min_ec_bits: int = 256
-    allow_sha1: bool = False
-    expiry_warning_days: int = 14
-
-
-@dataclass(frozen=True)
-class CertIssue:
-    """One finding about one certificate; ``blocking`` decides, ``severity`` is for display."""
-
-    kind: str
-    severity: Severity
-    cert_index: int
-    subject: str
-    detail: str
-    blocking: bool
 
 
 def key_description(cert: x509.Certificate) -> str:
@@ -348,93 +320,11 @@ def signature_hash_name(cert: x509.Certificate) -> str:
     return "none" if algorithm is None else algorithm.name
 
 
-def _issue(kind: str, chain: Sequence[x509.Certificate], index: int, detail: str, blocking: bool) -> CertIssue:
-    severity: Severity = "error" if blocking else "warning"
-    return CertIssue(kind, severity, index, subject_text(chain[index]), detail, blocking)
-
-
-def _named(chain: Sequence[x509.Certificate], index: int) -> str:
-    return f"the {cert_role(chain, index)} certificate {subject_text(chain[index])}"
-
-
-def _public_key(cert: x509.Certificate) -> object | None:
+def public_key_or_none(cert: x509.Certificate) -> object | None:
     try:
         return cert.public_key()
     except UnsupportedAlgorithm:
         return None
-
-
-def _key_issues(chain: Sequence[x509.Certificate], index: int, rules: CertRules) -> list[CertIssue]:
-    key, who, description = _public_key(chain[index]), _named(chain, index), key_description(chain[index])
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size >= rules.min_rsa_bits:
-            return []
-        detail = f"{who} has a {key.key_size}-bit RSA key; at least {rules.min_rsa_bits} bits are required"
-        return [_issue("weak_rsa_key", chain, index, detail, True)]
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if key.key_size >= rules.min_ec_bits:
-            return []
-        detail = f"{who} has an {description} key ({key.key_size} bits); curves of at least {rules.min_ec_bits} bits are required"
-        return [_issue("weak_ec_key", chain, index, detail, True)]
-    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        return []
-    if isinstance(key, dsa.DSAPublicKey):
-        detail = f"{who} has a {description} key; DSA is not accepted by current TLS clients (TLS 1.3 removed it)"
-    else:
-        detail = f"{who} has a key of type {description}, which cannot sign TLS handshakes"
-    return [_issue("weak_key", chain, index, detail, True)]
-
-
-def _signature_issues(chain: Sequence[x509.Certificate], index: int, rules: CertRules) -> list[CertIssue]:
-    """A self-signed certificate's own signature protects nothing (trust comes from the store), so skip it."""
-    digest = signature_hash_name(chain[index])
-    if digest not in _WEAK_HASHES or is_self_signed(chain[index]):
-        return []
-    blocking = digest in _BROKEN_HASHES or not rules.allow_sha1
-    detail = (
-        f"{_named(chain, index)} is signed with {_HASH_LABELS[digest]}, which allows forged certificates; "
-        f"its issuer must re-sign it with SHA-256"
-    )
-    return [_issue("sha1_signature", chain, index, detail, blocking)]
-
-
-def _date_issues(chain: Sequence[x509.Certificate], index: int, rules: CertRules, now: dt.datetime) -> list[CertIssue]:
-    """Non-blocking: whether a bad date matters is OpenSSL's call, which may build a path around it."""
-    cert, who = chain[index], _named(chain, index)
-    left = cert.not_valid_after_utc - now
-    if cert.not_valid_before_utc > now:
-        detail = f"{who} is not valid until {cert.not_valid_before_utc.date().isoformat()}"
-        return [_issue("not_yet_valid", chain, index, detail, False)]
-    if left < dt.timedelta(0):
-        detail = f"{who} expired on {cert.not_valid_after_utc.date().isoformat()} ({_days(-left)} ago)"
-        return [_issue("expired", chain, index, detail, False)]
-    if left <= dt.timedelta(days=rules.expiry_warning_days):
-        detail = f"{who} expires on {cert.not_valid_after_utc.date().isoformat()} (in {_days(left)})"
-        return [_issue("expiring_soon", chain, index, detail, False)]
-    return []
-
-
-def _days(delta: dt.timedelta) -> str:
-    """Whole days, rounded down, so "14 days" never overstates the time left."""
-    if delta.days == 0:
-        return "less than a day"
-    return f"{delta.days} day" + ("" if delta.days == 1 else "s")
-
-
-def _aware(now: dt.datetime) -> dt.datetime:
-    """Certificates carry UTC; a naive ``now`` is taken to be UTC rather than local time."""
-    return now if now.tzinfo else now.replace(tzinfo=dt.UTC)
-
-
-def check_chain(chain: Sequence[x509.Certificate], rules: CertRules, now: dt.datetime) -> list[CertIssue]:
-    """Policy findings for every certificate, leaf first; blocking ones should fail the connection."""
-    moment = _aware(now)
-    issues: list[CertIssue] = []
-    for index in range(len(chain)):
-        issues += _key_issues(chain, index, rules)
-        issues += _signature_issues(chain, index, rules)
-        issues += _date_issues(chain, index, rules, moment)
-    return issues
 
 
 def chain_summary(chain: Sequence[x509.Certificate]) -> list[dict[str, object]]:

@@ -224,3 +224,17 @@ def describe(code: int) -> str:
     if suite is not None:
         return f"{suite.iana_name} ({suite.code_hex})"
     return signalling_name(code) or f"unknown cipher suite 0x{code:04X}"
+
+
+# Short names for the catalogue's weakness words, as a tester would say them.
+WEAKNESS_LABELS = {
+    "null": "NULL cipher (no encryption)",
+    "export": "EXPORT-grade key",
+    "anonymous": "anonymous (no server authentication)",
+    "rc4": "RC4",
+    "des": "DES/3DES",
+    "no_forward_secrecy": "no forward secrecy (static key exchange)",
+    "cbc": "CBC mode",
+    "md5_mac": "MD5 MAC",
+    "sha1_mac": "SHA-1 MAC",
+}

@@ -16,14 +16,11 @@ SNI and ALPN) and the signature algorithms in order.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy.policy.presets import TLS_VERSIONS
-from proxy.policy.sections import ClientRules
+from proxy.tls import versions
 from proxy.tls.ciphers import by_iana_code, describe, is_grease, is_signalling
-from proxy.tls.judge import WEAKNESS_LABELS, Issue, version_below
 
 EXT_SERVER_NAME: Final = 0x0000
 EXT_SUPPORTED_GROUPS: Final = 0x000A
@@ -32,9 +29,6 @@ EXT_SIGNATURE_ALGORITHMS: Final = 0x000D
 EXT_ALPN: Final = 0x0010
 EXT_SUPPORTED_VERSIONS: Final = 0x002B
 
-# Wire versions -> the policy's version words ("0.3" is SSL 3.0, as judge.version_below orders them).
-VERSION_WORDS: Final = {0x0300: "0.3", 0x0301: "1.0", 0x0302: "1.1", 0x0303: "1.2", 0x0304: "1.3"}
-NAMED_SUITES: Final = 6  # a finding's sentence names this many; the evidence lists all
 _JA4_VERSIONS: Final = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3", 0x0200: "s2", 0x0100: "s1"}
 
 
@@ -85,12 +79,12 @@ class ClientHello:
     @property
     def best_version(self) -> int:
         """The highest version offered: supported_versions when present (TLS 1.3 hellos), else the legacy field."""
-        known = [v for v in self.supported_versions if v in VERSION_WORDS]
+        known = [v for v in self.supported_versions if versions.from_wire(v)]
         return max(known) if known else self.legacy_version
 
     @property
     def best_version_word(self) -> str | None:
-        return VERSION_WORDS.get(self.best_version)
+        return versions.from_wire(self.best_version)
 
     # -- fingerprints --------------------------------------------------------------------------------
 
@@ -209,7 +203,7 @@ def _ja4_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-# -- verdicts -----------------------------------------------------------------------------------------
+# -- what was offered ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -238,110 +232,3 @@ def offered_suites(codes: tuple[int, ...]) -> list[OfferedSuite]:
         else:
             out.append(OfferedSuite(code, suite.iana_name, suite.weaknesses, suite.broken))
     return out
-
-
-def judge_client_hello(hello: ClientHello, rules: ClientRules, enforce: bool, asked_for: str) -> list[Issue]:
-    """Every client_* issue in this hello under the rules; `blocking` means the handshake must be refused."""
-    return [
-        *judge_client_version(hello, rules, enforce),
-        *judge_client_suites(hello, rules),
-        *judge_client_sni(hello, rules, asked_for),
-    ]
-
-
-def judge_client_version(hello: ClientHello, rules: ClientRules, enforce: bool) -> list[Issue]:
-    best = hello.best_version_word
-    if best is None or not version_below(best, rules.min_version):
-        return []
-    shown = "SSL 3.0" if best == "0.3" else f"TLS {best}"
-    refused = "refused the handshake" if enforce else "recorded it (report mode)"
-    return [
-        Issue(
-            "client_protocol",
-            "version_too_low",
-            enforce,
-            "high",
-            f"the client offers at best {shown}, below the policy minimum TLS {rules.min_version}; tlsgate {refused}",
-            {"best_offered_version": best, "min_version": rules.min_version},
-            f"update the app's TLS stack (or its minimum version) to offer TLS {rules.min_version} or newer, "
-            "or lower client.min_version for this host",
-        )
-    ]
-
-
-def judge_client_suites(hello: ClientHello, rules: ClientRules) -> list[Issue]:
-    """Broken suites offered are always named; weak ones when nothing better is offered, or in `strict`."""
-    if rules.weak_suites == "ignore":
-        return []
-    suites = offered_suites(hello.cipher_suites)
-    weak = sorted((s for s in suites if s.weaknesses), key=lambda s: not s.broken)  # broken ones first
-    broken = [s for s in weak if s.broken]
-    strong = [s for s in suites if s.known and not s.weaknesses]
-    if not weak or (not broken and strong and rules.weak_suites != "strict"):
-        return []
-    if broken:
-        kind, severity, lead = "broken_suites_offered", "high", f"the client offers {len(broken)} broken cipher suite(s)"
-    elif not strong:
-        kind, severity, lead = "only_weak_suites", "medium", "the client offers only weak cipher suites"
-    else:
-        kind, severity, lead = "weak_suites_offered", "low", f"the client offers {len(weak)} weak cipher suite(s)"
-    named = "; ".join(f"{s.name} ({', '.join(WEAKNESS_LABELS.get(w, w) for w in s.weaknesses)})" for s in weak[:NAMED_SUITES])
-    if len(weak) > NAMED_SUITES:
-        named += f"; and {len(weak) - NAMED_SUITES} more (see evidence)"
-    return [
-        Issue(
-            "client_ciphers",
-            kind,
-            False,
-            severity,
-            f"{lead}: {named}",
-            {"weak_suites": [s.as_dict() for s in weak], "strong_suites_offered": len(strong)},
-            "configure the app's TLS stack for forward-secret AEAD suites only (ECDHE with AES-GCM or "
-            "ChaCha20-Poly1305) and TLS 1.3; or set client.weak_suites: ignore for this host",
-        )
-    ]
-
-
-def judge_client_sni(hello: ClientHello, rules: ClientRules, asked_for: str) -> list[Issue]:
-    """No SNI for a name is an app bug (servers with many names pick the wrong one); for an IP address it is correct."""
-    if not rules.require_sni or hello.sni is not None or _is_ip(asked_for):
-        return []
-    return [
-        Issue(
-            "client_sni",
-            "no_sni",
-            False,
-            "low",
-            f"the client connected to {asked_for} without sending SNI (server_name) in its ClientHello",
-            {},
-            "set the server name on the app's TLS socket (SSLParameters.setServerNames, server_hostname=...); "
-            "or set client.require_sni: false for this host",
-        )
-    ]
-
-
-def client_floor(best: str | None, rules: ClientRules, enforce: bool, current: str) -> str | None:
-    """The TLS version floor the client side of this connection needs, when it differs from mitmproxy's `current`.
-
-    Enforce mode refuses a client below `client.min_version` by raising the floor
-    above what it offers (OpenSSL then refuses the hello before sending any
-    certificate), and lets an explicitly allowed old client in by lowering it.
-    Report mode lets the client in whatever it offers (down to TLS 1.0) so its
-    traffic can be watched.
-    """
-    if best is None:
-        return None
-    # Report mode lowers the floor to what the client offers; enforce holds it at the policy's minimum.
-    wanted = best if not enforce and version_below(best, rules.min_version) else rules.min_version
-    if wanted not in TLS_VERSIONS:  # SSL 3.0: nothing below TLS 1.0 can be negotiated anyway
-        wanted = TLS_VERSIONS[0]
-    needed = version_below(best, current) or version_below(best, wanted)
-    return wanted if needed and wanted != current else None
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True

@@ -115,6 +115,7 @@ def cert_role(chain: Sequence[x509.Certificate], index: int) -> Role:
 # --------------------------------------------------------------------------- pins
 
 
+@functools.lru_cache(maxsize=4096)
 def spki_digest(cert: x509.Certificate) -> bytes:
     """SHA-256 of the DER SubjectPublicKeyInfo.
 
@@ -122,6 +123,8 @@ def spki_digest(cert: x509.Certificate) -> bytes:
     (``getPublicKey().getEncoded()``), OkHttp and ``openssl x509 -pubkey`` hash,
     so the pins agree with theirs even for oddly encoded certificates.
     Raises ``UnsupportedAlgorithm`` for key types cryptography cannot parse.
+    Memoised: matching, the mismatch message and the evidence all need the same
+    chain's pins, and every connection to a server presents the same chain.
     """
     spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).digest()

@@ -11,8 +11,8 @@ wrong in exactly one way, so a client that accepts it names its own bug:
 - `expired`: signed by tlsgate's CA for the right host, but no longer valid;
 - `untrusted_ca`: for the right host, from a throwaway CA nobody trusts.
 
-Pure Python on top of `cryptography`, so the certificates and the schedule are
-unit-testable without a proxy.
+Facts only (the certificates); which connection gets which probe, and what a
+client's answer means, are verdicts in `proxy.checks.probes`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -29,28 +28,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from proxy.tls.x509build import key_usage, self_signed_ca
+
 PROBE_KINDS: Final = ("self_signed", "wrong_host", "expired", "untrusted_ca")
 WRONG_HOST: Final = "wrong-host.tlsgate.invalid"
-
-# What the client was shown, as a finding's sentence says it.
-PROBE_WORDS: Final = {
-    "self_signed": "a self-signed certificate",
-    "wrong_host": f"a certificate for another host ({WRONG_HOST})",
-    "expired": "an expired certificate",
-    "untrusted_ca": "a certificate from an untrusted CA",
-}
-
-# What accepting each one says about the app, and where such bugs usually live.
-PROBE_REMEDIES: Final = {
-    "self_signed": "the app accepts any certificate: remove the trust-all TrustManager / badCertificateCallback / "
-    "verify=False / curl -k; verification must stay on in every build that leaves the developer's desk",
-    "untrusted_ca": "the app accepts certificates from any issuer: remove the trust-all TrustManager / "
-    "badCertificateCallback / verify=False, and trust only the platform store (or your pinned keys)",
-    "wrong_host": "the app does not check the host name: remove the accept-all HostnameVerifier "
-    "(ALLOW_ALL_HOSTNAME_VERIFIER, check_hostname=False, CURLOPT_SSL_VERIFYHOST=0)",
-    "expired": "the app ignores certificate expiry: remove the custom trust check that skips the validity "
-    "dates (or the disabled time check)",
-}
 
 KeyType = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -166,19 +147,7 @@ class ProbeMint:
                     x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tlsgate probes"),
                 ]
             )
-            cert = (
-                x509.CertificateBuilder()
-                .subject_name(name)
-                .issuer_name(name)
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - _BACKDATE)
-                .not_valid_after(now + dt.timedelta(days=3650))
-                .public_key(key.public_key())
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .add_extension(_key_usage(ca=True), critical=True)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-                .sign(key, hashes.SHA256())
-            )
+            cert = self_signed_ca(key, name, now - _BACKDATE, now + dt.timedelta(days=3650))
             self._stranger = (key, cert)
         return self._stranger
 
@@ -206,7 +175,7 @@ def _leaf(
         .public_key(key.public_key())
         .add_extension(x509.SubjectAlternativeName([_general_name(host)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
@@ -231,107 +200,3 @@ def _general_name(host: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         return x509.DNSName(host)
-
-
-def _key_usage(ca: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not ca,
-        content_commitment=False,
-        key_encipherment=not ca,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=ca,
-        crl_sign=ca,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-class ProbeSchedule:
-    """Which probe the next connection from a client to a host gets: each kind once, then none.
-
-    Keyed by (client address, host), not by connection: the point is that a
-    well-behaved app keeps working after one failed connection per kind. A kind
-    is used up when a connection starts with it, so parallel connections get
-    different kinds. The table is bounded; when full, the pair probed least
-    recently is forgotten, and that pair starts over with the first kind if it
-    comes back.
-    """
-
-    def __init__(self, capacity: int = 4096) -> None:
-        self.capacity = capacity
-        self._tried: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
-
-    def next_kind(self, client: str, host: str, kinds: Sequence[str]) -> str | None:
-        key = (client, host)
-        tried = self._tried.get(key, [])
-        kind = next((k for k in kinds if k not in tried), None)
-        if kind is None:
-            return None
-        self._tried[key] = [*tried, kind]
-        self._tried.move_to_end(key)
-        while len(self._tried) > self.capacity:
-            self._tried.popitem(last=False)
-        return kind
-
-    def retry(self, client: str, host: str, kind: str) -> None:
-        """Give a kind back: the connection failed for a reason that says nothing about the certificate."""
-        tried = self._tried.get((client, host))
-        if tried and kind in tried:
-            tried.remove(kind)
-
-    def tried(self, client: str, host: str) -> tuple[str, ...]:
-        return tuple(self._tried.get((client, host), ()))
-
-    def __len__(self) -> int:
-        return len(self._tried)
-
-
-# -- reading a client's refusal ---------------------------------------------------------------------
-
-# TLS alerts a client sends when it will not accept the certificate it was shown (RFC 8446 6.2).
-CERTIFICATE_ALERTS: Final = (
-    "unknown ca",
-    "bad certificate",
-    "certificate unknown",
-    "certificate expired",
-    "certificate revoked",
-    "unsupported certificate",
-)
-CLOSED_SILENTLY: Final = "closed without an alert"
-
-# mitmproxy's words for a client that hung up mid-handshake, after it was sent the certificate.
-_SILENT_CLOSE: Final = "disconnected during the handshake"
-
-
-def client_rejection(error: str | None) -> str | None:
-    """The alert (or silent close) with which a client refused tlsgate's certificate; None for other failures.
-
-    A version or cipher mismatch, an unparseable hello or a client that left
-    before the handshake began say nothing about trust, so they are not read
-    as a refusal (and a probe that ends that way is tried again).
-    """
-    if not error:
-        return None
-    text = error.lower()
-    for alert in CERTIFICATE_ALERTS:
-        if alert in text:
-            return alert
-    if text.strip() == "connection closed" or _SILENT_CLOSE in text:
-        return CLOSED_SILENTLY
-    return None
-
-
-def likely_cause(rejection: str) -> str:
-    """Why a client most likely refused tlsgate's normal certificate, in a tester's words."""
-    if rejection == "unknown ca":
-        return (
-            "most likely tlsgate's CA is not installed, or not trusted by this app, on the device; "
-            "an app that pins its certificates can answer the same way"
-        )
-    if rejection == CLOSED_SILENTLY:
-        return (
-            "the app hung up as soon as it saw the certificate, without saying why: typical of certificate "
-            "pinning, or of a CA the app does not trust"
-        )
-    return "either tlsgate's CA is not trusted by this app on the device, or the app pins its certificates"

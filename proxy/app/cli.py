@@ -1,0 +1,272 @@
+"""`tlsgate run | validate | ca`: the shell around mitmproxy's DumpMaster and the pure core."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from proxy import __version__
+from proxy.policy import PolicyError, load_policy
+from proxy.policy.loader import embedded_policy
+
+DEFAULT_CONFDIR = "certs"
+DEFAULT_FINDINGS = "findings.jsonl"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tlsgate", description="TLS-inspecting forward proxy with YAML policies.")
+    parser.add_argument("--version", action="version", version=f"tlsgate {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    run = sub.add_parser("run", help="start the proxy")
+    run.add_argument(
+        "--policy",
+        action="append",
+        metavar="PATH",
+        help="policy file or directory of *.yaml (repeatable; default: the embedded policies/default.yaml)",
+    )
+    run.add_argument(
+        "--listen-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; see --allow-public-clients)"
+    )
+    run.add_argument("--listen-port", type=int, default=8080, help="proxy port (default 8080)")
+    run.add_argument(
+        "--mode",
+        action="append",
+        metavar="MODE",
+        help="mitmproxy mode: regular (default), socks5, transparent, wireguard, upstream:URL (repeatable)",
+    )
+    run.add_argument("--confdir", default=DEFAULT_CONFDIR, help=f"CA directory (default {DEFAULT_CONFDIR}/)")
+    run.add_argument(
+        "--findings",
+        default=DEFAULT_FINDINGS,
+        metavar="PATH",
+        help=f"findings JSON-lines file (default {DEFAULT_FINDINGS}; '' for console only)",
+    )
+    run.add_argument(
+        "--upstream-ca",
+        action="append",
+        metavar="PATH",
+        help="extra trusted root CA (PEM) for upstream servers, e.g. a staging CA; added to the system roots (repeatable)",
+    )
+    run.add_argument(
+        "--resolve",
+        action="append",
+        metavar="HOST:PORT:ADDRESS",
+        help="connect to ADDRESS for HOST:PORT, like curl --resolve; PORT may be '*' (repeatable)",
+    )
+    run.add_argument(
+        "--proxyauth", metavar="SPEC", help="require proxy authentication: 'user:pass', '@htpasswd-file' or mitmproxy's ldap spec"
+    )
+    run.add_argument(
+        "--allow-public-clients",
+        action="store_true",
+        help="accept clients from public (globally routable) addresses; off by default so tlsgate is never an open proxy",
+    )
+    run.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the listening port (SO_REUSEPORT), e.g. one per core"
+    )
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics, /healthz, /readyz (default 127.0.0.1)")
+    run.add_argument(
+        "--metrics-port", type=int, default=9464, help="Prometheus port (default 9464; 0 picks a free one; -1 turns it off)"
+    )
+    run.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any mitmproxy option, passed through (repeatable)"
+    )
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check policy files; prints file:line:column: message, exits 1 on errors")
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="policy file or directory (a directory is one merged policy)")
+    validate.add_argument(
+        "--merge", action="store_true", help="check all PATHs as one policy, as `run --policy A --policy B` loads them"
+    )
+    validate.set_defaults(func=cmd_validate)
+
+    pin = sub.add_parser("pin", help="print a server's (or PEM/DER files') chain with pins, and a policy snippet")
+    pin.add_argument("targets", nargs="+", metavar="HOST[:PORT] | FILE", help="a live server, or certificate files (leaf first)")
+    pin.add_argument("--upstream-ca", action="append", metavar="PATH", help="extra trusted root, as for `run`")
+    pin.add_argument("--resolve", action="append", metavar="HOST:PORT:ADDRESS", help="as for `run`")
+    pin.add_argument("--name", help="pin set name for the snippet (default: derived from the host)")
+    pin.add_argument("--confdir", default=DEFAULT_CONFDIR, help="where to write the trust bundle (default certs/)")
+    pin.set_defaults(func=cmd_pin)
+
+    ca = sub.add_parser("ca", help="create, show or export tlsgate's interception CA")
+    ca.add_argument("action", choices=("create", "show", "export"))
+    ca.add_argument("--confdir", default=DEFAULT_CONFDIR)
+    ca.add_argument(
+        "--format",
+        choices=("pem", "der", "android"),
+        default="pem",
+        help="export format (android: <subject_hash_old>.0 for the system store)",
+    )
+    ca.add_argument(
+        "--out", metavar="DIR", default=".", help="directory to export into (default: current directory); '-' writes to stdout"
+    )
+    ca.set_defaults(func=cmd_ca)
+    return parser
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    groups = [args.paths] if args.merge else [[path] for path in args.paths]
+    return max(_validate_one(paths) for paths in groups)
+
+
+def _validate_one(paths: list[str]) -> int:
+    try:
+        policy = load_policy(paths)
+    except PolicyError as exc:
+        for message in [*exc.messages, *exc.warnings]:
+            print(message)
+        print(f"{' '.join(paths)}: {len(exc.messages)} error(s), {len(exc.warnings)} warning(s)", file=sys.stderr)
+        return 1
+    for warning in policy.warnings:
+        print(warning)
+    summary = f"{policy.rule_count} rule(s) from {len(policy.files)} file(s), {len(policy.warnings)} warning(s)"
+    print(f"{' '.join(paths)}: ok: {summary}", file=sys.stderr)
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from OpenSSL import SSL
+
+    from proxy.app.pinfetch import fetch_chain, load_files
+    from proxy.app.pinsnippet import describe_chain, snippet
+    from proxy.tls.trust import TrustError
+
+    files = [Path(t) for t in args.targets if Path(t).is_file()]
+    try:
+        if files:
+            if len(files) != len(args.targets):
+                print("tlsgate: give either certificate files or one HOST[:PORT], not both", file=sys.stderr)
+                return 2
+            chain = load_files(files)
+            host = _first_dns_name(chain[0]) if chain else "example.com"
+            print(f"# {len(chain)} certificate(s) from {', '.join(map(str, files))}")
+        else:
+            if len(args.targets) != 1:
+                print("tlsgate: give one HOST[:PORT] at a time", file=sys.stderr)
+                return 2
+            host, port = _host_port(args.targets[0])
+            address = _resolved(host, port, args.resolve or [])
+            roots = [Path(p) for p in args.upstream_ca or []]
+            fetched = fetch_chain(host, port, address, roots, Path(args.confdir) / "upstream-trust.pem")
+            chain = fetched.chain
+            state = "verified" if fetched.verified else f"NOT VERIFIED ({fetched.error})"
+            print(f"# {host}:{port}{f' via {address}' if address else ''}: chain {state}")
+    except (OSError, TrustError, ValueError, SSL.Error) as exc:
+        print(f"tlsgate: {exc}", file=sys.stderr)
+        return 1
+    if not chain:
+        print("tlsgate: no certificates found", file=sys.stderr)
+        return 1
+    for line in describe_chain(chain):
+        print(line)
+    print("\n# paste into a policy (checked by `tlsgate validate`):")
+    print(snippet(host, chain, dt.date.today(), args.name), end="")
+    return 0
+
+
+def _host_port(target: str) -> tuple[str, int]:
+    host, sep, port = target.rpartition(":")
+    if sep and port.isdigit() and "]" not in port:
+        return host.strip("[]"), int(port)
+    return target.strip("[]"), 443
+
+
+def _resolved(host: str, port: int, specs: list[str]) -> str | None:
+    from proxy.policy.hosts import parse_resolve
+
+    for spec in specs:
+        name, spec_port, address = parse_resolve(spec)
+        if name == host.lower() and spec_port in (None, port):
+            return address
+    return None
+
+
+def _first_dns_name(cert) -> str:
+    from cryptography import x509
+
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    return names[0] if names else "example.com"
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    from proxy.tls.ca import CAError, describe, ensure_ca, export_ca, load_ca
+
+    confdir = Path(args.confdir)
+    try:
+        if args.action == "create":
+            info, created = ensure_ca(confdir)
+            print("created a new CA" if created else "a CA already exists; keeping it")
+        else:
+            info = load_ca(confdir)
+        if args.action == "export":
+            name, data = export_ca(info, args.format)
+            if args.out == "-":
+                sys.stdout.buffer.write(data)
+                return 0
+            target = Path(args.out) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            print(f"wrote {target}")
+            return 0
+    except CAError as exc:
+        print(f"tlsgate: {exc}", file=sys.stderr)
+        return 1
+    width = max(len(label) for label, _ in describe(info))
+    for label, value in describe(info):
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from proxy.app.runner import RunConfig, run_proxy
+
+    policy_paths = args.policy or []
+    try:
+        policy = load_policy(policy_paths or [embedded_policy()])
+    except PolicyError as exc:
+        for message in [*exc.messages, *exc.warnings]:
+            print(message, file=sys.stderr)
+        print("tlsgate: the policy has errors; not starting (check it with `tlsgate validate`)", file=sys.stderr)
+        return 1
+    config = RunConfig(
+        policy_paths=policy_paths,
+        policy=policy,
+        listen_host=args.listen_host,
+        listen_port=args.listen_port,
+        modes=args.mode or ["regular"],
+        confdir=Path(args.confdir),
+        findings=args.findings,
+        upstream_ca=[Path(p) for p in args.upstream_ca or []],
+        resolve=args.resolve or [],
+        proxyauth=args.proxyauth,
+        allow_public_clients=args.allow_public_clients,
+        metrics_listen="" if args.metrics_port < 0 else f"{args.metrics_host}:{args.metrics_port}",
+        workers=args.workers,
+        worker_index=args.worker_index,
+        extra_set=args.set,
+    )
+    return run_proxy(config)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig()
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Starts mitmproxy's DumpMaster with tlsgate's addons and safe defaults.
+
+The options set here are the same ones a `mitmdump -s proxy/addons/script.py`
+user sets by hand, so the two ways of running stay equivalent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proxy import __version__
+from proxy.addons import make_addons
+from proxy.policy import Policy
+
+logger = logging.getLogger("tlsgate")
+
+
+@dataclass
+class RunConfig:
+    policy_paths: list[str]
+    policy: Policy
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    modes: list[str] = field(default_factory=lambda: ["regular"])
+    confdir: Path = Path("certs")
+    findings: str = "findings.jsonl"
+    upstream_ca: list[Path] = field(default_factory=list)
+    resolve: list[str] = field(default_factory=list)
+    proxyauth: str | None = None
+    metrics_listen: str = "127.0.0.1:9464"
+    allow_public_clients: bool = False
+    extra_set: list[str] = field(default_factory=list)
+    workers: int = 1
+    worker_index: int | None = None  # set inside a worker process started by the supervisor
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def mitmproxy_options(config: RunConfig) -> dict[str, object]:
+    """The mitmproxy option values for a run; pure so tests and docs can show them."""
+    options: dict[str, object] = {
+        "listen_host": config.listen_host,
+        "listen_port": config.listen_port,
+        "mode": config.modes,
+        "confdir": str(config.confdir),
+        "tlsgate_policy": config.policy_paths,
+        "tlsgate_findings": config.findings,
+        "tlsgate_resolve": config.resolve,
+        "tlsgate_metrics_listen": config.metrics_listen,
+        # mitmproxy refuses clients from globally routable addresses by default; tlsgate keeps that
+        # unless told otherwise, so binding to 0.0.0.0 in a lab never makes an open proxy.
+        "block_global": not config.allow_public_clients,
+    }
+    if config.proxyauth:
+        options["proxyauth"] = config.proxyauth
+    if config.upstream_ca:
+        options["ssl_verify_upstream_trusted_ca"] = str(config.confdir / "upstream-trust.pem")
+    return options
+
+
+def banner(config: RunConfig, ca_cert: Path, fingerprint: str) -> list[str]:
+    from mitmproxy import version as mitm_version
+
+    shown_host = config.listen_host if config.listen_host not in ("0.0.0.0", "::", "") else "<this machine's LAN address>"
+    proxy_url = f"http://{shown_host}:{config.listen_port}"
+    policy = config.policy
+    lines = [
+        f"tlsgate {__version__} on mitmproxy {mitm_version.VERSION}",
+        f"policy:   {', '.join(policy.files)} ({policy.rule_count} rules; "
+        f"default mode {policy.defaults.mode}, cleartext {policy.defaults.get('cleartext')})",
+        f"CA cert:  {ca_cert} (SHA-256 {fingerprint})",
+        f"findings: {config.findings or '(console only)'}",
+        f"metrics:  {f'http://{config.metrics_listen}/metrics' if config.metrics_listen else '(off)'}",
+        f"proxy:    {proxy_url} ({', '.join(config.modes)})",
+        f"try:      curl -x {proxy_url} --cacert {ca_cert} https://example.com/",
+        "devices:  set the Wi-Fi proxy to this address and port, open http://mitm.it to install the CA,",
+        "          or see `tlsgate ca export --format android`; Flutter/Dart apps ignore the proxy: use --mode wireguard",
+    ]
+    if not is_loopback(config.listen_host):
+        guard = "ACCEPTED (--allow-public-clients)" if config.allow_public_clients else "refused"
+        auth = "required" if config.proxyauth else "not required (see --proxyauth)"
+        lines.append(f"access:   clients from public addresses {guard}; proxy authentication {auth}")
+    return lines
+
+
+def run_proxy(config: RunConfig) -> int:
+    from proxy.tls.ca import CAError, ensure_ca
+    from proxy.tls.trust import TrustError, build_bundle
+
+    if config.worker_index is not None:
+        from proxy.addons.mitm_internals import share_listening_port
+
+        share_listening_port()
+        return asyncio.run(_serve(config))
+    try:
+        info, created = ensure_ca(config.confdir)
+        if config.upstream_ca:
+            build_bundle(config.upstream_ca, config.confdir / "upstream-trust.pem")
+    except (CAError, TrustError) as exc:
+        print(f"tlsgate: {exc}", file=sys.stderr)
+        return 1
+    if created:
+        print(f"created a new CA in {config.confdir}/ (private key mode 0600)")
+    if config.workers > 1:
+        return _run_workers(config, info.paths.cert_pem, info.sha256_fingerprint)
+    for line in banner(config, info.paths.cert_pem, info.sha256_fingerprint):
+        print(line)
+    sys.stdout.flush()
+    return asyncio.run(_serve(config))
+
+
+def worker_argv(config: RunConfig, index: int, port: int, metrics_port: int | None) -> list[str]:
+    """The `tlsgate run` command line for one worker: the same options, one shared port, its own metrics port."""
+    argv = ["run", "--listen-host", config.listen_host, "--listen-port", str(port), "--confdir", str(config.confdir)]
+    argv += ["--findings", config.findings, "--worker-index", str(index)]
+    for path in config.policy_paths:
+        argv += ["--policy", path]
+    for mode in config.modes:
+        argv += ["--mode", mode]
+    for path in config.upstream_ca:
+        argv += ["--upstream-ca", str(path)]
+    for spec in config.resolve:
+        argv += ["--resolve", spec]
+    if config.proxyauth:
+        argv += ["--proxyauth", config.proxyauth]
+    if config.allow_public_clients:
+        argv.append("--allow-public-clients")
+    if metrics_port is None:
+        argv += ["--metrics-port", "-1"]
+    else:
+        argv += ["--metrics-host", config.metrics_listen.rpartition(":")[0], "--metrics-port", str(metrics_port)]
+    for item in config.extra_set:
+        argv += ["--set", item]
+    return argv
+
+
+def _run_workers(config: RunConfig, ca_cert: Path, fingerprint: str) -> int:
+    from proxy.app.workers import pick_port, supervise
+
+    port = config.listen_port or pick_port(config.listen_host)
+    base = int(config.metrics_listen.rpartition(":")[2]) if config.metrics_listen else None
+    argvs = [worker_argv(config, i, port, None if base is None else (base + i if base else 0)) for i in range(config.workers)]
+    shown = RunConfig(**{**config.__dict__, "listen_port": port})
+    for line in banner(shown, ca_cert, fingerprint):
+        print(line)
+    metrics = "off" if base is None else f"ports {base}-{base + config.workers - 1}" if base else "a free port each"
+    print(f"workers:  {config.workers} processes sharing port {port} (SO_REUSEPORT); metrics on {metrics}")
+    sys.stdout.flush()
+    return supervise(argvs)
+
+
+async def _serve(config: RunConfig) -> int:
+    from mitmproxy import exceptions, options
+    from mitmproxy.tools.dump import DumpMaster
+
+    logging.getLogger().setLevel(logging.DEBUG)  # as mitmdump does; termlog_verbosity filters what is shown
+    for name in ("tornado", "asyncio", "hpack", "quic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    opts = options.Options()
+    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    master.addons.add(*make_addons())
+    try:
+        opts.update(**mitmproxy_options(config))
+        if config.extra_set:
+            opts.set(*config.extra_set)
+    except exceptions.OptionsError as exc:
+        print(f"tlsgate: {exc}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    await master.run()  # mitmproxy's errorcheck addon exits 1 itself on start-up errors (port in use, ...)
+    return 0

@@ -1,0 +1,142 @@
+"""Name the credentials a request carried without ever keeping their values.
+
+A finding that says "this cleartext request carried a Bearer token and an
+api_key query parameter" is what a tester needs; the token itself must never
+reach a findings file, a log line or a metric, since those travel further than
+the traffic did.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+REDACTED = "[REDACTED]"
+
+# Field names that carry secrets in the apps tlsgate audits: passwords, tokens,
+# API keys, sessions, signatures. Matched anywhere in the name, case-insensitively.
+SECRET_NAME = re.compile(
+    r"pass(word|wd|phrase)?|pwd|secret|token|api[-_]?key|apikey|access[-_]?key|private[-_]?key|"
+    r"^key$|[-_]key$|auth|session|sessid|^sid$|signature|^sig$|credential|otp|pin[-_]?code|cvv|ssn",
+    re.IGNORECASE,
+)
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
+AUTH_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9._~+-]{0,19}")  # an RFC 9110 auth-scheme token, as schemes are named
+CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token", "x-access-token")
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What kind of secret was seen and where: never the value."""
+
+    kind: str  # authorization | cookie | header | userinfo | query | form | json
+    name: str  # header, cookie, parameter or field name; the scheme for Authorization
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "name": self.name}
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME.search(name))
+
+
+def header_credentials(headers: Iterable[tuple[str, str]]) -> list[Credential]:
+    found: list[Credential] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in ("authorization", "proxy-authorization"):
+            found.append(Credential("authorization", f"{lower}: {auth_scheme(value)}"))
+        elif lower == "cookie":
+            for part in value.split(";"):
+                cookie = part.split("=", 1)[0].strip()
+                if cookie:
+                    found.append(Credential("cookie", cookie[:64]))
+        elif lower in CREDENTIAL_HEADERS or is_secret_name(lower):
+            found.append(Credential("header", lower[:64]))
+    return found
+
+
+def auth_scheme(value: str) -> str:
+    """`Bearer`, `Basic`, ...: the word before the credentials. A value without one (`Authorization: <api key>`)
+    is the secret itself, so it is never quoted."""
+    parts = value.split(None, 1)
+    if not parts:
+        return "empty"
+    if len(parts) == 2 and AUTH_SCHEME.fullmatch(parts[0]):
+        return parts[0]
+    return "no scheme"
+
+
+def looks_like_token(value: str) -> bool:
+    """JWTs travel under innocent names (`?state=eyJ...`); their shape gives them away."""
+    return bool(JWT.search(value))
+
+
+def url_credentials(url: str) -> list[Credential]:
+    parts = urlsplit(url)
+    found = [Credential("userinfo", "user:password in URL")] if "@" in parts.netloc else []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if is_secret_name(key) or looks_like_token(value):
+            found.append(Credential("query", key[:64]))
+    return found
+
+
+def body_credentials(content_type: str, body: bytes) -> list[Credential]:
+    """Form and JSON bodies, the two ways apps post logins; bounded so a large upload costs nothing."""
+    ctype = content_type.split(";", 1)[0].strip().lower()
+    sample = body[:65536]
+    if ctype == "application/x-www-form-urlencoded":
+        text = sample.decode("utf-8", "replace")
+        return [Credential("form", k[:64]) for k, _ in parse_qsl(text, keep_blank_values=True) if is_secret_name(k)]
+    if ctype == "application/json" or ctype.endswith("+json"):
+        try:
+            data = json.loads(sample)
+        except (ValueError, RecursionError):  # hostile nesting ([[[[...) is not a crash
+            return []
+        return [Credential("json", name[:64]) for name in _json_secret_keys(data, depth=0)]
+    if ctype == "multipart/form-data":
+        names = re.findall(rb'name="([^"]{1,64})"', sample)
+        return [Credential("form", n.decode("utf-8", "replace")) for n in names if is_secret_name(n.decode("utf-8", "replace"))]
+    return []
+
+
+def _json_secret_keys(data: object, depth: int) -> list[str]:
+    if depth > 4:
+        return []
+    found: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(key, str) and is_secret_name(key) and not isinstance(value, dict | list):
+                found.append(key)
+            found.extend(_json_secret_keys(value, depth + 1))
+    elif isinstance(data, list):
+        for item in data[:50]:
+            found.extend(_json_secret_keys(item, depth + 1))
+    return found
+
+
+def redact_url(url: str) -> str:
+    """The URL with userinfo and secret-looking query values replaced, kept readable otherwise."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        query = "&".join(f"{k}={REDACTED if is_secret_name(k) or looks_like_token(v) else v}" for k, v in pairs)
+    else:
+        query = ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def dedupe(creds: Iterable[Credential]) -> list[Credential]:
+    seen: dict[tuple[str, str], Credential] = {}
+    for cred in creds:
+        seen.setdefault((cred.kind, cred.name), cred)
+    return list(seen.values())

@@ -1,0 +1,51 @@
+"""`pip install .` gives a tlsgate that starts anywhere: the default policy travels inside the wheel.
+
+Built and installed for real: the wheel into a bare venv (no site packages, dependencies from the
+lock file), then `tlsgate run` with no options from an empty directory, and a plain-HTTP request
+through it blocked by the embedded policy.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tests.harness import REPO, Tlsgate, Upstream, curl
+
+
+def run(*cmd: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(tmp_path: Path, http_upstream: Upstream) -> None:
+    dist = tmp_path / "dist"
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO))
+    (wheel,) = dist.glob("tlsgate-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "proxy/policy/default.yaml" in names and "proxy/tls/cipher_catalogue.csv" in names
+
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", str(venv))
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"]
+    run(*pip, "--require-hashes", "-r", str(REPO / "requirements.lock"))
+    run(*pip, str(wheel))
+    tlsgate = venv / "bin" / "tlsgate"
+    assert "site-packages" in run(str(venv / "bin" / "python"), "-c", "import proxy; print(proxy.__file__)").stdout
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    gate = Tlsgate(empty, command=[str(tlsgate), "run", "--listen-port", "0", "--metrics-port", "-1"]).start()
+    try:
+        assert "embedded:policies/default.yaml" in gate.output
+        blocked = curl(gate.proxy_url, f"http://127.0.0.1:{http_upstream.port}/login")
+        assert blocked.status == 403, blocked
+        assert blocked.headers["x-tlsgate-check"] == "cleartext"
+        assert blocked.headers["x-tlsgate-rule"].startswith("embedded:policies/default.yaml:"), blocked.headers
+        assert http_upstream.connections == 0
+        assert (empty / "certs" / "mitmproxy-ca.pem").stat().st_mode & 0o077 == 0
+    finally:
+        gate.stop()

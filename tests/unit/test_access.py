@@ -1,0 +1,85 @@
+"""Never an open proxy: loopback by default, public clients refused, proxy auth works; stock mitmdump too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from proxy.app.runner import RunConfig, banner, mitmproxy_options
+from proxy.policy import load_policy
+from tests.harness import REPO, Tlsgate, Upstream, curl
+
+
+def config(**kwargs: object) -> RunConfig:
+    return RunConfig(policy_paths=[], policy=load_policy([REPO / "policies" / "default.yaml"]), **kwargs)  # type: ignore[arg-type]
+
+
+def test_public_clients_are_refused_unless_allowed() -> None:
+    assert mitmproxy_options(config())["block_global"] is True
+    assert mitmproxy_options(config(listen_host="0.0.0.0"))["block_global"] is True
+    assert mitmproxy_options(config(listen_host="0.0.0.0", allow_public_clients=True))["block_global"] is False
+    assert config().listen_host == "127.0.0.1"
+
+
+def test_banner_warns_about_access_on_non_loopback() -> None:
+    lines = banner(config(listen_host="0.0.0.0"), Path("certs/ca.pem"), "AA:BB")
+    assert any("public addresses refused" in line and "not required" in line for line in lines)
+    assert not any(line.startswith("access:") for line in banner(config(), Path("c"), "AA"))
+
+
+def test_proxy_authentication(tlsgate, http_upstream: Upstream) -> None:
+    policy = "rules:\n  - hosts: legacy.test\n    cleartext: allow\n"
+    gate = tlsgate(policy, resolve={"legacy.test": http_upstream.port}, args=("--proxyauth", "tester:s3cret-pw"))
+    url = f"http://legacy.test:{http_upstream.port}/"
+    assert curl(gate.proxy_url, url).status == 407
+    assert http_upstream.connections == 0
+    assert curl(gate.proxy_url, url, "--proxy-user", "tester:wrong").status == 407
+    assert curl(gate.proxy_url, url, "--proxy-user", "tester:s3cret-pw").status == 200
+    assert "s3cret-pw" not in gate.output
+
+
+def test_addons_load_into_stock_mitmdump(tmp_path: Path, http_upstream: Upstream) -> None:
+    """Someone living in mitmdump/mitmweb gets the same verdicts with `-s proxy/addons/script.py`."""
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+    policy = tmp_path / "p.yaml"
+    policy.write_text("defaults:\n  cleartext: block\n")
+    gate = Tlsgate(tmp_path)
+    gate.proc = subprocess.Popen(
+        [
+            str(mitmdump),
+            "--set",
+            "flow_detail=0",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            "0",
+            "--set",
+            f"confdir={tmp_path / 'certs'}",
+            "--set",
+            "termlog_verbosity=info",
+            "-s",
+            str(REPO / "proxy" / "addons" / "script.py"),
+            "--set",
+            f"tlsgate_policy={policy}",
+            "--set",
+            f"tlsgate_findings={gate.findings_path}",
+            "--set",
+            f"tlsgate_resolve=api.test:{http_upstream.port}:127.0.0.1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    import threading
+
+    threading.Thread(target=gate._pump, daemon=True).start()
+    try:
+        gate.port = int(gate.wait_for(r"listening at 127\.0\.0\.1:(\d+)", timeout=40).group(1))
+        result = curl(gate.proxy_url, f"http://api.test:{http_upstream.port}/x")
+        assert result.status == 403 and result.headers["x-tlsgate-check"] == "cleartext"
+        assert gate.wait_findings(1)[0]["rule"] == "p.yaml:1"
+        assert http_upstream.connections == 0
+    finally:
+        gate.stop()

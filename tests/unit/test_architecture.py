@@ -1,0 +1,158 @@
+"""The layers' contract: dependencies point one way, and mitmproxy stays above the pure core.
+
+tls <- policy <- checks <- addons <- app, with the sinks (findings, metrics, block page, redaction)
+beside them depending on nothing above tls. Read from the source with `ast`, so a new import that
+breaks the direction fails here, in CI, before anyone relies on it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from proxy.policy import load_texts
+from proxy.policy import sections as registry
+from proxy.policy.schema import build_schema
+
+PACKAGE = Path(__file__).resolve().parents[2] / "proxy"
+
+# Which tlsgate layers each layer may import (besides itself and the package root's __version__).
+ALLOWED: dict[str, set[str]] = {
+    "tls": set(),
+    "policy": {"tls"},
+    "checks": {"tls", "policy"},
+    "sinks": {"tls"},
+    "report": {"tls", "sinks"},
+    "addons": {"tls", "policy", "checks", "sinks", "report"},
+    "app": {"tls", "policy", "checks", "sinks", "addons", "report"},
+}
+MITMPROXY_FREE = {"tls", "policy", "checks", "sinks", "report"}
+THIRD_PARTY_TLS = ("mitmproxy", "OpenSSL")
+PRIVATE_NAMES_MODULE = PACKAGE / "addons" / "mitm_internals.py"
+
+
+def _modules() -> list[tuple[str, Path, ast.Module]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).parts
+        layer = parts[0] if len(parts) > 1 else ""
+        out.append((layer, path, ast.parse(path.read_text(), str(path))))
+    return out
+
+
+def _imports(tree: ast.Module) -> list[tuple[str, ast.AST]]:
+    found: list[tuple[str, ast.AST]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, node))
+            found += [(f"{node.module}.{alias.name}", node) for alias in node.names]
+    return found
+
+
+def test_every_module_belongs_to_a_layer() -> None:
+    layers = {layer for layer, _, _ in _modules()}
+    assert layers <= {"", *ALLOWED}, f"unknown layer folders: {layers - {'', *ALLOWED}}"
+
+
+def test_dependencies_point_one_way() -> None:
+    problems = []
+    for layer, path, tree in _modules():
+        if not layer:
+            continue
+        for name, node in _imports(tree):
+            parts = name.split(".")
+            if parts[0] != "proxy" or len(parts) < 2 or parts[1] in ("__version__", layer):
+                continue
+            if parts[1] in ALLOWED and parts[1] not in ALLOWED[layer]:
+                problems.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {layer} imports {name}")
+    assert not problems, "imports against the layer direction:\n" + "\n".join(problems)
+
+
+def test_nothing_below_addons_imports_mitmproxy_or_pyopenssl() -> None:
+    problems = []
+    for layer, path, tree in _modules():
+        if layer not in MITMPROXY_FREE:
+            continue
+        for name, node in _imports(tree):
+            if name.split(".")[0] in THIRD_PARTY_TLS:
+                problems.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: imports {name}")
+    assert not problems, "\n".join(problems)
+
+
+def test_private_names_of_mitmproxy_and_pyopenssl_are_used_in_one_module_only() -> None:
+    problems = []
+    for _, path, tree in _modules():
+        if path == PRIVATE_NAMES_MODULE:
+            continue
+        bound = set()
+        for name, node in _imports(tree):
+            if name.split(".")[0] in THIRD_PARTY_TLS:
+                leaf = name.rsplit(".", 1)[-1]
+                if leaf.startswith("_") and not leaf.startswith("__"):
+                    problems.append(f"{path.name}:{node.lineno}: imports private {name}")
+                bound.add(leaf)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute) or not node.attr.startswith("_") or node.attr.startswith("__"):
+                continue
+            if node.attr in ("_ssl", "_lib", "_ffi") or (isinstance(node.value, ast.Name) and node.value.id in bound):
+                problems.append(f"{path.name}:{node.lineno}: uses private .{node.attr}")
+    assert not problems, "move these into proxy/addons/mitm_internals.py:\n" + "\n".join(problems)
+
+
+def test_the_contract_catches_a_wrong_way_import(tmp_path: Path) -> None:
+    """The checks above must be able to fail: a policy module importing an add-on is found."""
+    tree = ast.parse("from proxy.addons.state import Connections\nimport mitmproxy.http\n")
+    names = [name for name, _ in _imports(tree)]
+    assert "proxy.addons.state" in names and "mitmproxy.http" in names
+    assert "addons" not in ALLOWED["policy"] and "policy" in MITMPROXY_FREE
+
+
+# -- adding a section touches one policy module and one check module ------------------------------
+
+
+@pytest.fixture
+def toy_section():
+    """A section and its check written the way a new feature would be: nothing else in tlsgate changes."""
+    import yaml
+
+    from proxy.checks.model import Check, Effect, Issue, Severity
+    from proxy.policy import yamlnodes as yn
+    from proxy.policy.sections.base import Section, register, unregister
+
+    def parse(node: yaml.Node, reader: yn.Reader, context: object) -> int | None:
+        value = yn.scalar(node) if isinstance(node, yaml.ScalarNode) else None
+        if type(value) is not int or value < 0:
+            reader.error(node, "toy must be a whole number")
+            return None
+        return value
+
+    register(Section(name="toy", parse=parse, default=0, schema={"type": "integer", "minimum": 0}))
+
+    def judge(count: int, settings_value: int) -> Issue | None:  # the check module: facts + rules -> issue
+        if count <= settings_value:
+            return None
+        return Issue(Check.CLEARTEXT, "too_many", Effect.ENFORCED, Severity.LOW, f"{count} > {settings_value}")
+
+    yield judge
+    unregister("toy")
+
+
+def test_a_toy_section_needs_no_change_elsewhere(toy_section) -> None:
+    policy = load_texts([("p.yaml", "defaults:\n  toy: 2\nrules:\n  - hosts: a.test\n    toy: 5\n")])
+    assert policy.match("b.test").settings.get("toy") == 2
+    assert policy.match("a.test:443").settings.get("toy") == 5
+    assert toy_section(3, policy.match("b.test").settings.get("toy")) is not None
+    assert toy_section(3, policy.match("a.test").settings.get("toy")) is None
+    assert build_schema()["$defs"]["settings"]["properties"]["toy"] == {"type": "integer", "minimum": 0}
+    assert "toy" in registry.SECTIONS
+    with pytest.raises(Exception, match="toy must be a whole number"):
+        load_texts([("p.yaml", "defaults:\n  toy: many\n")])
+
+
+def test_without_the_toy_section_its_key_is_unknown() -> None:
+    with pytest.raises(Exception, match="unknown key 'toy'"):
+        load_texts([("p.yaml", "defaults:\n  toy: 2\n")])
