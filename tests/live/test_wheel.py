@@ -34,10 +34,9 @@ def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(tmp
     run(*pip, "--require-hashes", "-r", str(REPO / "requirements.lock"))
     run(*pip, str(wheel))
     tlsgate = venv / "bin" / "tlsgate"
-    assert "site-packages" in run(str(venv / "bin" / "python"), "-c", "import proxy; print(proxy.__file__)").stdout
-
     empty = tmp_path / "empty"
     empty.mkdir()
+    assert "site-packages" in run(str(venv / "bin" / "python"), "-c", "import proxy; print(proxy.__file__)", cwd=empty).stdout
     gate = Tlsgate(empty, command=[str(tlsgate), "run", "--listen-port", "0", "--metrics-port", "-1"]).start()
     try:
         assert "embedded:policies/default.yaml" in gate.output
