@@ -43,9 +43,19 @@ class Finding:
         return json.dumps(asdict(self), sort_keys=False, default=str, separators=(",", ":"))
 
     def console_line(self) -> str:
+        """One line, whatever the client sent: control characters and undecodable bytes are escaped, so a
+        hostile SNI or Host header can neither forge a log line nor break a log shipper's UTF-8."""
         who = self.device or self.client or "?"
         where = f"{self.host}:{self.port}" if self.port else self.host
-        return f"[{self.severity.upper()}] {self.action} {self.check} {where} from {who} (rule {self.rule}): {self.detail}"
+        line = f"[{self.severity.upper()}] {self.action} {self.check} {where} from {who} (rule {self.rule}): {self.detail}"
+        return printable(line)
+
+
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
+
+
+def printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").translate(_CONTROL)
 
 
 Listener = Callable[[Finding], None]
