@@ -62,7 +62,7 @@ def test_make_run_from_a_clean_clone_serves_https_and_blocks_http(
         assert ok.status == 200 and ok.body == "hello from https-upstream\n"
         blocked = curl(gate.proxy_url, f"http://www.test:{http_upstream.port}/")
         assert blocked.status == 403
-        assert blocked.headers["x-tlsgate-rule"] == "policies/default.yaml:5"
+        assert blocked.headers["x-tlsgate-rule"] == "embedded:policies/default.yaml:5"
         assert http_upstream.connections == 0
         assert (clone / ".venv" / "bin" / "tlsgate").exists()
     finally:
