@@ -208,6 +208,23 @@ def machine() -> str:
     )
 
 
+OWN_SECTIONS = ("keep-alive", "new connection per request", "Policy matching and loading", "Memory with many distinct hosts")
+
+
+def kept_sections(path: Path, own: tuple[str, ...]) -> list[str]:
+    """The `## ` sections of an existing BENCHMARKS.md that this script does not write, so a re-run keeps them."""
+    if not path.exists():
+        return []
+    kept: list[str] = []
+    keep = False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keep = not line[3:].startswith(own)
+        if keep:
+            kept.append(line)
+    return kept
+
+
 def ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}×" if base else "n/a"
 
@@ -370,6 +387,8 @@ def main() -> int:
         *memory_lines,
         "",
     ]
+    # Sections written by other benchmark scripts (e.g. "## Reports" from report_scale.py) are kept.
+    lines += kept_sections(args.out, OWN_SECTIONS)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)

@@ -7,6 +7,7 @@ from mitmproxy import version as mitmproxy_version
 from proxy.addons.cleartext import CleartextGuard
 from proxy.addons.client_audit import ClientAudit
 from proxy.addons.findings import FindingsSink
+from proxy.addons.lifetime import Lifetime
 from proxy.addons.metrics import MetricsExporter
 from proxy.addons.policy import PolicyStore
 from proxy.addons.resolve import Resolve
@@ -26,12 +27,15 @@ def make_addons() -> list[object]:
     sink = FindingsSink()
     metrics = Metrics(mitmproxy_version.VERSION)
     sink.log.subscribe(metrics.on_finding)
+    lifetime = Lifetime()
+    sink.log.subscribe(lifetime.on_finding)
     connections = Connections(store)
     return [
         store,
         sink,
         MetricsExporter(store, metrics),
         Resolve(),
+        lifetime,
         CleartextGuard(connections, sink),
         UpstreamTls(connections, sink, metrics),
         ClientAudit(connections, sink),

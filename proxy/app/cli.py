@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any mitmproxy option, passed through (repeatable)"
     )
+    run.add_argument("--duration", metavar="D", help="stop after D (90s, 10m, 1h or seconds), e.g. one test session")
+    run.add_argument("--until-idle", metavar="D", help="stop once no client has connected or sent a request for D")
+    run.add_argument(
+        "--fail-on",
+        choices=("low", "medium", "high", "critical"),
+        metavar="SEVERITY",
+        help="on stopping, exit 1 if a finding of this run was blocked or is at least SEVERITY (as `report --fail-on`)",
+    )
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check policy files; prints file:line:column: message, exits 1 on errors")
@@ -115,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", metavar="DIR", default=".", help="directory to export into (default: current directory); '-' writes to stdout"
     )
     ca.set_defaults(func=cmd_ca)
+    from proxy.report.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -247,6 +258,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(message, file=sys.stderr)
         print("tlsgate: the policy has errors; not starting (check it with `tlsgate validate`)", file=sys.stderr)
         return 1
+    if (args.duration or args.until_idle or args.fail_on) and args.workers > 1:
+        # Each worker would stop and judge on its own; a supervisor that aggregates them is not built yet.
+        print("tlsgate: --duration, --until-idle and --fail-on need --workers 1", file=sys.stderr)
+        return 2
     config = RunConfig(
         policy_paths=policy_paths,
         policy=policy,
@@ -261,6 +276,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         allow_public_clients=args.allow_public_clients,
         metrics_listen="" if args.metrics_port < 0 else f"{args.metrics_host}:{args.metrics_port}",
         workers=args.workers,
+        duration=args.duration or "",
+        until_idle=args.until_idle or "",
+        fail_on=args.fail_on or "",
         worker_index=args.worker_index,
         extra_set=args.set,
     )

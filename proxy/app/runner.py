@@ -37,6 +37,9 @@ class RunConfig:
     allow_public_clients: bool = False
     extra_set: list[str] = field(default_factory=list)
     workers: int = 1
+    duration: str = ""  # --duration: stop after this long
+    until_idle: str = ""  # --until-idle: stop after this long without a connection or request
+    fail_on: str = ""  # --fail-on: the exit status judges this run's findings
     worker_index: int | None = None  # set inside a worker process started by the supervisor
 
 
@@ -68,6 +71,9 @@ def mitmproxy_options(config: RunConfig) -> dict[str, object]:
         options["proxyauth"] = config.proxyauth
     if config.upstream_ca:
         options["ssl_verify_upstream_trusted_ca"] = str(config.confdir / "upstream-trust.pem")
+    for key, value in (("duration", config.duration), ("until_idle", config.until_idle), ("fail_on", config.fail_on)):
+        if value:
+            options[f"tlsgate_{key}"] = value
     return options
 
 
@@ -184,4 +190,5 @@ async def _serve(config: RunConfig) -> int:
         loop.add_signal_handler(sig, master.shutdown)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     await master.run()  # mitmproxy's errorcheck addon exits 1 itself on start-up errors (port in use, ...)
-    return 0
+    lifetime = master.addons.get("lifetime")
+    return lifetime.exit_code if lifetime is not None else 0

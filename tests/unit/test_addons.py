@@ -794,6 +794,7 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
         "FindingsSink",
         "MetricsExporter",
         "Resolve",
+        "Lifetime",
         "CleartextGuard",
         "UpstreamTls",
         "ClientAudit",
