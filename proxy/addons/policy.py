@@ -17,6 +17,7 @@ from mitmproxy import ctx, exceptions
 
 from proxy.policy import Policy, PolicyError, load_policy
 from proxy.policy.loader import embedded_policy, policy_files
+from proxy.policy.model import Location, PolicyMessage
 
 logger = logging.getLogger("tlsgate.policy")
 
@@ -93,30 +94,50 @@ class PolicyStore:
         while True:
             await asyncio.sleep(ctx.options.tlsgate_policy_reload)
             try:
-                self.check_reload()
+                current = self._due()
+                if current is not None:
+                    # Off the event loop: a 100,000-rule policy takes seconds to load, and traffic must not stall.
+                    self._apply(current, await asyncio.to_thread(self._try_load))
             except Exception:  # a watcher that dies silently would freeze the policy forever
                 logger.exception("tlsgate: policy reload check failed")
 
     def check_reload(self) -> bool:
         """Reload if the files changed and have stayed unchanged for one poll. True when a load was tried."""
+        current = self._due()
+        if current is None:
+            return False
+        self._apply(current, self._try_load())
+        return True
+
+    def _due(self) -> tuple[tuple[str, int, int], ...] | None:
+        """The files' new fingerprint when they changed and then held still for one poll."""
         current = fingerprint(self.paths)
         stable = current == self._last_seen
         self._last_seen = current
         if current == self._loaded_print or not stable:
-            return False
+            return None
+        return current
+
+    def _try_load(self) -> Policy | PolicyError:
         try:
-            policy = load_policy(self.paths)
+            return load_policy(self.paths)
         except PolicyError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - the loader has its own boundary; this is the last one
+            logger.debug("tlsgate: policy reload raised", exc_info=exc)
+            return PolicyError([PolicyMessage(Location(self.paths[0], 1, 1), f"could not load ({type(exc).__name__})")])
+
+    def _apply(self, current: tuple[tuple[str, int, int], ...], result: Policy | PolicyError) -> None:
+        if isinstance(result, PolicyError):
             self._loaded_print = current  # report each broken state once, not every second
-            for message in exc.messages:
+            for message in result.messages:
                 logger.error(f"tlsgate: policy reload failed: {message}")
             since = time.strftime("%H:%M:%S", time.localtime(self.loaded_at)) if self.loaded_at else "start"
             logger.error(f"tlsgate: keeping the last good policy (in force since {since}); fix the file and save again")
             self._notify("failed", None)
-            return True
-        self._install(policy, current)
-        logger.warning(f"tlsgate: policy reloaded: {policy.rule_count} rules from {', '.join(policy.files)}")
-        return True
+            return
+        self._install(result, current)
+        logger.warning(f"tlsgate: policy reloaded: {result.rule_count} rules from {', '.join(result.files)}")
 
     def _install(self, policy: Policy, print_: tuple[tuple[str, int, int], ...]) -> None:
         self.policy = policy

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ CORE_TOP_KEYS = ("version", "defaults", "rules", "devices")
 CORE_RULE_KEYS = ("name", "hosts")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 EMBEDDED_PREFIX = "embedded:"
+logger = logging.getLogger("tlsgate.policy")
 
 
 def top_keys() -> tuple[str, ...]:
@@ -92,9 +94,19 @@ def load_policy(paths: Iterable[str | os.PathLike[str]]) -> Policy:
     texts: list[tuple[str, str]] = []
     for path in files:
         try:
-            texts.append((display_path(path), path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(PolicyMessage(Location(display_path(path), 1, 1), f"cannot read policy: {exc}"))
+            if path.stat().st_size > yn.MAX_BYTES:  # refused before reading it into memory
+                too_big = f"policy file is larger than {yn.MAX_BYTES >> 20} MiB"
+                problems.append(PolicyMessage(Location(display_path(path), 1, 1), too_big))
+                continue
+            raw = path.read_bytes()
+            texts.append((display_path(path), raw.decode("utf-8")))
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+            where = Location(display_path(path), line, column)
+            problems.append(PolicyMessage(where, f"policy files are UTF-8 text; byte 0x{raw[exc.start]:02x} is not"))
+        except OSError as exc:
+            problems.append(PolicyMessage(Location(display_path(path), 1, 1), f"cannot read policy: {exc.strerror or exc}"))
     try:
         policy = load_texts(texts)
     except PolicyError as exc:
@@ -116,8 +128,17 @@ def load_texts(texts: list[tuple[str, str]]) -> Policy:
     try:
         builder = _Builder()
         for name, text in texts:
-            builder.add_file(name, text)
-        return builder.build()
+            try:
+                builder.add_file(name, text)
+            except Exception as exc:  # noqa: BLE001 - the error boundary: no traceback leaves the loader
+                builder.internal_error(name, exc)
+        try:
+            return builder.build()
+        except PolicyError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            builder.internal_error(builder.files[-1] if builder.files else "<policy>", exc)
+            raise PolicyError(builder.messages) from None
     finally:
         if paused:
             gc.enable()
@@ -135,6 +156,16 @@ class _Builder:
         self.devices: dict[str, str] = {}
         self.device_origin: dict[str, Location] = {}
         self.files: list[str] = []
+
+    def internal_error(self, name: str, exc: Exception) -> None:
+        """A bug in tlsgate met by this file: still a located refusal (the policy is not put in force), never a traceback."""
+        logger.debug("tlsgate: internal error reading %s", name, exc_info=exc)
+        self.messages.append(
+            PolicyMessage(
+                Location(name, 1, 1),
+                f"tlsgate could not read this policy ({type(exc).__name__}); this is a tlsgate bug, please report it",
+            )
+        )
 
     def add_file(self, name: str, text: str) -> None:
         self.files.append(name)

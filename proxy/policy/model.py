@@ -115,7 +115,15 @@ class PolicyMessage:
 
     def __str__(self) -> str:
         kind = "warning: " if self.warning else ""
-        return f"{self.location}: {kind}{self.message}"
+        return escape_unprintable(f"{self.location}: {kind}{self.message}")
+
+
+def escape_unprintable(text: str) -> str:
+    """Messages quote what the file says: a newline, control character or lone surrogate in a key must not
+    forge a log line or crash the UTF-8 console writer, so each is shown as its escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii") for c in text)
 
 
 class PolicyError(Exception):
