@@ -20,10 +20,18 @@ REDACTED = "[REDACTED]"
 # API keys, sessions, signatures. Matched anywhere in the name, case-insensitively.
 SECRET_NAME = re.compile(
     r"pass(word|wd|phrase)?|pwd|secret|token|api[-_]?key|apikey|access[-_]?key|private[-_]?key|"
-    r"^key$|[-_]key$|auth|session|sessid|^sid$|signature|^sig$|credential|otp|pin[-_]?code|cvv|ssn",
+    r"^key$|[-_]key$|auth|session|sessid|^sid$|signature|^sig$|credential|otp|pin[-_]?code|cvv|ssn|"
+    r"^code$|[-_]code$|^state$|nonce|ticket|assertion|verifier|challenge|hmac|jwt|bearer|^hash$|cred",
     re.IGNORECASE,
 )
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
+# A query value shown as written: a number, or a short plain word (page=2, lang=en, sort=desc). Anything
+# else may be a secret under an innocent name (OAuth's code, a reset link's t=...) and is not kept.
+PLAIN_VALUE = re.compile(r"\d{1,8}|[a-z][a-z_-]{0,15}|true|false", re.IGNORECASE)
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,64}")
+# A path segment that could be a secret: long and mixing letters with digits (tokens, reset codes, UUIDs,
+# hex digests) or a JWT; ordinary segments (/v1/users/42/orders) stay readable.
+TOKEN_SEGMENT = re.compile(r"(?=[^/]*[0-9])(?=[^/]*[A-Za-z])[A-Za-z0-9_~%+=.-]{16,}")
 AUTH_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9._~+-]{0,19}")  # an RFC 9110 auth-scheme token, as schemes are named
 CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token", "x-access-token")
 
@@ -81,9 +89,12 @@ def looks_like_token(value: str) -> bool:
 def url_credentials(url: str) -> list[Credential]:
     parts = urlsplit(url)
     found = [Credential("userinfo", "user:password in URL")] if "@" in parts.netloc else []
+    found += path_credentials(parts.path)
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if is_secret_name(key) or looks_like_token(value):
             found.append(Credential("query", key[:64]))
+        elif looks_like_token(key):
+            found.append(Credential("query", "token as parameter name"))
     return found
 
 
@@ -122,17 +133,55 @@ def _json_secret_keys(data: object, depth: int) -> list[str]:
 
 
 def redact_url(url: str) -> str:
-    """The URL with userinfo and secret-looking query values replaced, kept readable otherwise."""
+    """The URL kept readable without anything that could be a secret: userinfo, query values other than
+    plain numbers and words, token-shaped path segments and `;name=value` path parameters (jsessionid)."""
     parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
-    if parts.query:
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        query = "&".join(f"{k}={REDACTED if is_secret_name(k) or looks_like_token(v) else v}" for k, v in pairs)
-    else:
-        query = ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    query = "&".join(_redact_pair(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, redact_path(parts.path), query, ""))
+
+
+def _redact_pair(key: str, value: str) -> str:
+    name = key if PLAIN_NAME.fullmatch(key) and not looks_like_token(key) else REDACTED
+    if not value:
+        return name
+    keep = PLAIN_VALUE.fullmatch(value) and not is_secret_name(key)
+    return f"{name}={value if keep else REDACTED}"
+
+
+def redact_path(path: str) -> str:
+    return "/".join(_redact_segment(segment) for segment in path.split("/"))
+
+
+def _redact_segment(segment: str) -> str:
+    base, _, params = segment.partition(";")
+    if looks_like_token(base) or TOKEN_SEGMENT.fullmatch(base):
+        base = REDACTED
+    if not params:
+        return base
+    shown = [f"{p.split('=', 1)[0][:64]}={REDACTED}" if "=" in p else REDACTED for p in params.split(";")]
+    return ";".join([base, *shown])
+
+
+def path_credentials(path: str) -> list[Credential]:
+    """Sessions in path parameters (`;jsessionid=`) and tokens as path segments (`/reset/eyJ...`)."""
+    found: list[Credential] = []
+    for segment in path.split("/"):
+        base, _, params = segment.partition(";")
+        if looks_like_token(base):
+            found.append(Credential("path", "token in path"))
+        for param in params.split(";") if params else ():
+            found.append(Credential("path", param.split("=", 1)[0][:64] or "parameter"))
+    return found
+
+
+def redact_user_agent(value: str) -> str:
+    """Product tokens (`okhttp/4.12.0`, `Dart/3.3 (dart:io)`) are kept; a token or key pasted into the
+    User-Agent is not."""
+    shown = " ".join(REDACTED if looks_like_token(w) or TOKEN_SEGMENT.search(w.split("/", 1)[-1]) else w for w in value.split())
+    return shown[:200]
 
 
 def dedupe(creds: Iterable[Credential]) -> list[Credential]:

@@ -84,7 +84,7 @@ def test_credential_as_dict_and_str() -> None:
             [("query", "API_KEY"), ("query", "apikey"), ("query", "access-key")],
         ),
         (f"http://api.test/x?password=&sig={SECRET}", [("query", "password"), ("query", "sig")]),
-        (f"http://api.test/cb?state={JWT}&code=1", [("query", "state")]),  # a JWT under an innocent name
+        (f"http://api.test/cb?state={JWT}&code=1", [("query", "state"), ("query", "code")]),  # OAuth: both are secrets
         ("http://api.test/search?q=hello&page=2&monkey=1", []),  # "key" only counts as a whole word or suffix
     ],
 )
