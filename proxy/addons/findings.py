@@ -6,7 +6,7 @@ import logging
 
 from mitmproxy import ctx, exceptions
 
-from proxy.sinks.findings import Finding, FindingsLog
+from proxy.sinks.findings import KEEP, MAX_BYTES, Finding, FindingsLog
 
 logger = logging.getLogger("tlsgate.findings")
 
@@ -26,8 +26,20 @@ class FindingsSink:
 
     def load(self, loader) -> None:
         loader.add_option("tlsgate_findings", str, "", "Append tlsgate findings to this JSON-lines file. Empty: console only.")
+        loader.add_option(
+            "tlsgate_findings_max_bytes",
+            int,
+            MAX_BYTES,
+            "Rotate the findings file when it would grow past this many bytes (0: never rotate).",
+        )
+        loader.add_option("tlsgate_findings_keep", int, KEEP, "Rotated findings files to keep (findings.jsonl.1 is the newest).")
 
     def configure(self, updated: set[str]) -> None:
+        if updated & {"tlsgate_findings_max_bytes", "tlsgate_findings_keep"}:
+            if ctx.options.tlsgate_findings_max_bytes < 0 or ctx.options.tlsgate_findings_keep < 0:
+                raise exceptions.OptionsError("tlsgate_findings_max_bytes and tlsgate_findings_keep must be 0 or more")
+            self.log.max_bytes = ctx.options.tlsgate_findings_max_bytes
+            self.log.keep = ctx.options.tlsgate_findings_keep
         if "tlsgate_findings" in updated:
             path = ctx.options.tlsgate_findings
             try:

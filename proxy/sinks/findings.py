@@ -8,6 +8,7 @@ only: nothing here ever sees a secret value.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -61,14 +62,47 @@ def printable(text: str) -> str:
 Listener = Callable[[Finding], None]
 
 
-class FindingsLog:
-    """Appends findings to a JSON-lines file and fans them out to listeners (console, metrics)."""
+MAX_LINE = 16 * 1024  # one finding; evidence beyond this is summarised, not written
+MAX_BYTES = 64 * 1024 * 1024  # the file is rotated past this (0: never)
+KEEP = 5  # rotated files kept: findings.jsonl.1 (newest) ... findings.jsonl.5
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+
+def bounded(finding: Finding, limit: int = MAX_LINE) -> tuple[str, bool]:
+    """The JSON line for a finding, at most about `limit` characters: a single request once produced 242 KiB.
+
+    What is dropped is said in the line itself (`evidence.truncated`, the size and the evidence's keys), so
+    a reader knows detail is missing rather than that it never existed.
+    """
+    line = finding.as_json()
+    if len(line) <= limit:
+        return line, False
+    evidence = {
+        "truncated": True,
+        "evidence_chars": len(json.dumps(finding.evidence, default=str)),
+        "keys": sorted(str(k)[:64] for k in finding.evidence)[:32],
+    }
+    short = {"host": finding.host[:255], "client": (finding.client or "")[:64] or None, "rule": finding.rule[:300]}
+    short |= {"detail": finding.detail[:1000], "remedy": finding.remedy[:1000], "device": finding.device and finding.device[:64]}
+    return Finding(**{**asdict(finding), **short, "evidence": evidence}).as_json(), True  # about 3 KiB at most
+
+
+class FindingsLog:
+    """Appends findings to a JSON-lines file and fans them out to listeners (console, metrics).
+
+    The file is bounded for runs that last days: lines are capped and the file rotates by size, keeping
+    `keep` old files, so a device stuck in a loop of blocked requests cannot fill the disk.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, max_bytes: int = MAX_BYTES, keep: int = KEEP) -> None:
         self._lock = threading.Lock()
         self._file: TextIO | None = None
+        self._size = 0
         self._listeners: list[Listener] = []
         self.path: Path | None = None
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.truncated = 0  # findings whose evidence was summarised to fit MAX_LINE
+        self.rotations = 0
         if path:
             self.open(path)
 
@@ -76,9 +110,14 @@ class FindingsLog:
         self.close()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._open_file()
+
+    def _open_file(self) -> None:
+        assert self.path is not None
         # Findings name hosts and devices under test: keep them to the owner.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+        self._size = os.fstat(fd).st_size
 
     def close(self) -> None:
         with self._lock:
@@ -90,9 +129,33 @@ class FindingsLog:
         self._listeners.append(listener)
 
     def record(self, finding: Finding) -> None:
+        line, cut = bounded(finding)
         with self._lock:
+            if cut:
+                self.truncated += 1
             if self._file is not None:
-                self._file.write(finding.as_json() + "\n")
+                data = line + "\n"
+                if self.max_bytes and self._size and self._size + len(data) > self.max_bytes:
+                    self._rotate()
+                self._file.write(data)
+                self._size += len(data.encode("utf-8", "backslashreplace"))
         for listener in self._listeners:
             listener(finding)
 
+    def _rotate(self) -> None:
+        """findings.jsonl -> .1 -> .2 ...; the oldest beyond `keep` is removed. Called with the lock held."""
+        assert self.path is not None and self._file is not None
+        self._file.close()
+        self._file = None
+        oldest = self.path.with_name(f"{self.path.name}.{self.keep}")
+        with contextlib.suppress(FileNotFoundError):
+            oldest.unlink()
+        for index in range(self.keep - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                self.path.with_name(f"{self.path.name}.{index}").rename(self.path.with_name(f"{self.path.name}.{index + 1}"))
+        if self.keep > 0:
+            self.path.rename(self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink()
+        self.rotations += 1
+        self._open_file()
