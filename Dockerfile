@@ -28,6 +28,9 @@ USER 10001:10001
 # The CA survives restarts in its own volume; findings go to /data.
 VOLUME ["/app/certs", "/data"]
 # 8080: the proxy (--listen-port); 9464: /metrics, /healthz, /readyz (--metrics-port).
+# WireGuard (for apps that ignore the proxy) is UDP 51820, not --listen-port: to serve it, add
+# "--mode", "regular", "--mode", "wireguard" to the CMD below and to docker-compose.yml's command (identical),
+# publish 51820:51820/udp there, and print a phone's config with `tlsgate wireguard show NAME --qr --endpoint LAN-IP`.
 EXPOSE 8080 9464
 
 # /healthz answers 200 while the process serves; urlopen raises (exit 1) on anything else. No curl in slim.

@@ -10,9 +10,11 @@ from proxy.addons.findings import FindingsSink
 from proxy.addons.lifetime import Lifetime
 from proxy.addons.metrics import MetricsExporter
 from proxy.addons.policy import PolicyStore
+from proxy.addons.quic import QuicGuard
 from proxy.addons.resolve import Resolve
 from proxy.addons.state import Connections
 from proxy.addons.upstream_tls import UpstreamTls
+from proxy.addons.wireguard import WireGuardPeers
 from proxy.sinks.metrics import Metrics
 
 
@@ -35,8 +37,10 @@ def make_addons() -> list[object]:
         sink,
         MetricsExporter(store, metrics),
         Resolve(),
+        WireGuardPeers(),  # installs the per-device WireGuard server before mitmproxy starts its servers
         lifetime,
         CleartextGuard(connections, sink),
+        QuicGuard(connections, sink, metrics),
         UpstreamTls(connections, sink, metrics),
         ClientAudit(connections, sink),
         connections,

@@ -1,18 +1,46 @@
-"""Blocks (or reports) plain http:// and ws:// requests by policy.
+"""Blocks (or reports) unencrypted traffic by policy: plain http:// and ws:// requests, and TCP streams that are not TLS.
 
-The request hook runs before mitmproxy opens any upstream connection for the
-request, so answering here means not one byte reaches the server.
+HTTP: the request hook runs before mitmproxy opens any upstream connection for
+the request, so answering here means not one byte reaches the server.
+
+Other protocols (MQTT, SMTP, IMAP, POP3, FTP, XMPP, Redis, anything unknown):
+mitmproxy relays them with its TCPLayer, whose `tcp_message` hook cannot stop a
+message or close the client (killing a TCP flow is ignored by that layer). So
+the `next_layer` hook puts a `StreamGate` in front of the TCPLayer on every
+stream whose client side is not TLS, in every mode (a CONNECT tunnel, socks5,
+transparent, WireGuard). The gate holds each client chunk until
+`proxy.tls.plaintext` has named the protocol, then forwards it, or closes both
+sides without forwarding it. Server bytes always pass: protocols where the
+server greets first (SMTP, IMAP, POP3, FTP) are named from the banner
+(tlsgate runs with connection_strategy=eager, so the upstream is connected, and
+its banner read, before the client has said anything), and the client's
+capability and STARTTLS commands pass so STARTTLS keeps working; its first
+command beyond those (AUTH, LOGIN, USER, MAIL, ...) is what gets blocked.
 """
 
 from __future__ import annotations
 
-from mitmproxy import http
+import enum
+import logging
+from collections.abc import Generator
+
+from mitmproxy import connection, flow, http
+from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers.http import HTTPMode
 
 from proxy.addons.findings import FindingsSink
-from proxy.addons.state import Connections, request_host
+from proxy.addons.state import Connections, ConnState, request_host, request_url, server_host
 from proxy.addons.verdicts import apply, record
-from proxy.checks.cleartext import CleartextRequest, judge_cleartext
+from proxy.checks.cleartext import CleartextRequest, judge_cleartext, judge_stream, refusal
+from proxy.checks.model import Action, Issue, decide
+from proxy.policy import Match
 from proxy.sinks import redact
+from proxy.sinks.findings import Finding
+from proxy.tls.plaintext import INSPECT_LIMIT, STREAM_PROTOCOLS, Sighting, classify, starts_like_tls
+
+logger = logging.getLogger("tlsgate.cleartext")
+MAX_LOOKS = 64  # client chunks a stream is looked at before it is judged on what it has shown
 
 
 def credentials_in(request: http.Request) -> list[redact.Credential]:
@@ -40,7 +68,7 @@ class CleartextGuard:
         facts = CleartextRequest(
             method=flow.request.method,
             websocket=flow.request.headers.get("upgrade", "").lower() == "websocket",
-            redacted_url=redact.redact_url(flow.request.url),
+            redacted_url=redact.redact_url(request_url(flow.request)),
             credentials=[c.as_dict() for c in credentials_in(flow.request)],
             user_agent=flow.request.headers.get("user-agent", ""),
         )
@@ -49,3 +77,199 @@ class CleartextGuard:
             return
         finding = record(self.sink, state, flow.client_conn, issue, match, flow.request.port, evidence=issue.evidence)
         apply(flow, finding)
+
+    # -- TCP streams that are not TLS -------------------------------------------------------------
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Gate every relayed stream whose client side is not TLS (a TLS stream is judged by the TLS add-ons)."""
+        chosen = nextlayer.layer
+        context = nextlayer.context
+        if chosen is None or context.client.tls or context.client.transport_protocol != "tcp":
+            return
+        data = nextlayer.data_client()
+        if starts_like_tls(data):
+            return
+        if isinstance(chosen, layers.HttpLayer):
+            # A text command with a space in its first line ("AUTH secret", "HELLO 3 AUTH ...") looks like HTTP to
+            # mitmproxy; inside a tunnel, relay (and judge) it as the protocol it is instead of answering 400.
+            if chosen.mode is not HTTPMode.transparent or classify(data).protocol not in STREAM_PROTOCOLS[:-1]:
+                return
+            context.layers.remove(chosen)
+            chosen = layers.TCPLayer(context)
+        elif not isinstance(chosen, layers.TCPLayer):
+            return
+        state = self.connections.of(context.client)
+        host = server_host(context.server)
+        match = None
+        try:
+            if state is not None and host:
+                match = state.settle(host) if state.match is None else state.match_for(host, self.connections.store.policy)
+        except Exception:  # noqa: BLE001 - without a match the gate blocks: fail closed, and say why in the log
+            logger.exception("no policy match for cleartext stream to %s; it will be blocked", host)
+        port = context.server.address[1] if context.server.address else None
+        inspector = StreamInspector(self.sink, state, context.client, match, port)
+        context.layers.remove(chosen)
+        gate = StreamGate(context, chosen, inspector)
+        context.layers.append(chosen)
+        nextlayer.layer = gate
+
+
+class Step(enum.Enum):
+    HOLD = "hold the bytes: the protocol is not known yet"
+    FORWARD = "forward, and keep looking (capability and STARTTLS commands, or a report still gathering facts)"
+    PASS = "forward, and stop looking"
+    BLOCK = "close both sides, forward nothing"
+
+
+class StreamInspector:
+    """The verdict on one stream, taken on the client's bytes as they arrive; recorded once per stream."""
+
+    def __init__(
+        self,
+        sink: FindingsSink,
+        state: ConnState | None,
+        client: connection.Client,
+        match: Match | None,
+        port: int | None,
+    ) -> None:
+        self.sink = sink
+        self.state = state
+        self.client_conn = client
+        self.match = match
+        self.port = port
+        self.client = bytearray()
+        self.server = bytearray()
+        self.client_total = 0
+        self.looks = 0
+        self.sighting: Sighting | None = None
+        self.pending: Issue | None = None  # a reported issue still gathering facts, recorded when the stream settles
+        self.finding: Finding | None = None
+        self.refusal = b""  # the protocol's own "no" for the app, sent before a block closes the stream
+
+    def server_data(self, data: bytes) -> None:
+        room = INSPECT_LIMIT - len(self.server)
+        if room > 0:
+            self.server += data[:room]
+
+    def client_data(self, data: bytes, final: bool = False) -> Step:
+        """What to do with the client bytes held so far; any error blocks (and is logged)."""
+        try:
+            return self._client_data(data, final)
+        except Exception:  # noqa: BLE001 - fail closed: a verdict that cannot be reached blocks
+            logger.exception("cleartext stream verdict failed; closing the stream")
+            return Step.BLOCK
+
+    def _client_data(self, data: bytes, final: bool) -> Step:
+        self.client_total += len(data)
+        self.looks += 1
+        room = INSPECT_LIMIT - len(self.client)
+        if room > 0:
+            self.client += data[:room]
+        # Each look re-reads everything kept (up to 130 us at 16 KiB): a client dribbling bytes gets 64 looks, not 16,384.
+        full = final or len(self.client) >= INSPECT_LIMIT or self.looks >= MAX_LOOKS
+        sighting = classify(bytes(self.client), bytes(self.server))
+        self.sighting = sighting
+        if sighting.upgraded:
+            return Step.PASS
+        if not sighting.complete and not full:
+            return Step.HOLD
+        if sighting.negotiation_only and not full:
+            return Step.FORWARD
+        if self.match is None:  # no policy loaded yet: nothing can allow this
+            return Step.BLOCK
+        issue = judge_stream(sighting, self.match, self.port)
+        if issue is None:
+            return Step.PASS
+        if decide(issue, self.match.settings.mode) is Action.BLOCKED:
+            self._record(issue)
+            self.refusal = refusal(sighting, self.match.rule_ref)
+            return Step.BLOCK
+        if sighting.settled or full:
+            self._record(issue)
+            return Step.PASS
+        self.pending = issue
+        return Step.FORWARD
+
+    def closed(self) -> None:
+        try:
+            self._closed()
+        except Exception:  # noqa: BLE001 - the stream is ending anyway; a recording slip must not break the connection
+            logger.exception("recording a cleartext stream failed")
+
+    def _closed(self) -> None:
+        """The client is done: a report still gathering facts is recorded with what was seen.
+
+        So is a stream that only ever negotiated (EHLO, CAPABILITY) under report
+        mode; under enforce nothing was stopped, so there is no block to record.
+        """
+        if self.finding is not None or self.match is None or not self.client_total:
+            return
+        issue = judge_stream(classify(bytes(self.client), bytes(self.server)), self.match, self.port) or self.pending
+        if issue is not None and (self.pending is not None or decide(issue, self.match.settings.mode) is not Action.BLOCKED):
+            self._record(issue)
+
+    def _record(self, issue: Issue) -> None:
+        if self.finding is not None or self.match is None:
+            return
+        evidence = {"kind": issue.kind, **issue.evidence, "client_bytes": self.client_total}
+        self.finding = record(self.sink, self.state, self.client_conn, issue, self.match, self.port, evidence=evidence)
+        self.pending = None
+
+
+class StreamGate(layer.Layer):
+    """In front of mitmproxy's TCPLayer: client bytes reach it (and the server) only once the inspector says so.
+
+    It never yields a blocking command itself, so the TCPLayer's hooks pause
+    only the TCPLayer, as with any parent layer in mitmproxy.
+    """
+
+    def __init__(self, context: Context, child: layer.Layer, inspector: StreamInspector) -> None:
+        super().__init__(context)
+        self.child = child
+        self.inspector = inspector
+        self.looking = True
+        self.held = b""
+        self.closed = False
+
+    def _handle_event(self, event: events.Event) -> Generator[commands.Command, object, None]:
+        if self.closed:
+            return
+        if self.looking and isinstance(event, events.DataReceived):
+            if event.connection is self.context.client:
+                step = self.inspector.client_data(event.data)
+                self.held += event.data
+                if step is Step.HOLD:
+                    return
+                if step is Step.BLOCK:
+                    yield from self._close()
+                    return
+                self.looking = step is not Step.PASS
+                event = events.DataReceived(self.context.client, self.held)
+                self.held = b""
+            else:
+                self.inspector.server_data(event.data)
+        elif self.looking and isinstance(event, events.ConnectionClosed) and event.connection is self.context.client:
+            # The client is done sending: judge what it held back, and record a report still gathering facts.
+            # (A server closing first changes nothing: the client's later bytes are still looked at.)
+            if self.held:
+                if self.inspector.client_data(b"", final=True) is Step.BLOCK:
+                    yield from self._close()
+                    return
+                yield from self.child.handle_event(events.DataReceived(self.context.client, self.held))
+                self.held = b""
+            self.inspector.closed()
+            self.looking = False
+        yield from self.child.handle_event(event)
+
+    def _close(self) -> Generator[commands.Command, object, None]:
+        self.closed = True
+        self.held = b""
+        tcp_flow = getattr(self.child, "flow", None)
+        if tcp_flow is not None and tcp_flow.live:
+            tcp_flow.error = flow.Error("blocked by tlsgate: cleartext stream")
+            tcp_flow.live = False
+        if self.inspector.refusal:
+            yield commands.SendData(self.context.client, self.inspector.refusal)
+        yield commands.CloseConnection(self.context.client)
+        if self.context.server.connected:
+            yield commands.CloseConnection(self.context.server)

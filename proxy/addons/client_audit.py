@@ -20,6 +20,12 @@ Per client connection, in mitmproxy's order of events:
 - `tls_failed_client`: a probe the client refused has passed; a normal
   connection it refused is explained (CA not installed, or pinning).
 
+QUIC connections that are inspected (see `proxy.addons.quic`) get the same
+audits: the hello arrives in the Initial packet, the probe certificate (or a
+refusal) is set in `quic_start_client`, and the client's verdict is read from
+its CONNECTION_CLOSE (`proxy.checks.quic.quic_client_error`). Refused QUIC
+connections are never shown a certificate, so they are not audited.
+
 What each outcome means is decided in `proxy.checks.client_hello` and
 `proxy.checks.probes`; this add-on only gathers and applies.
 """
@@ -33,15 +39,18 @@ from typing import Any
 
 from mitmproxy import connection, http, tcp, tls
 from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy.layers.quic import QuicTlsData
 
 from proxy.addons.cleartext import credentials_in
 from proxy.addons.findings import FindingsSink
 from proxy.addons.mitm_internals import client_connection, configured_floor, tlsconfig_addon
-from proxy.addons.state import Connections, ConnState, server_host
+from proxy.addons.quic import is_quic, refuse_handshake
+from proxy.addons.state import Connections, ConnState, request_url, server_host
 from proxy.addons.verdicts import block, record
 from proxy.checks.client_hello import client_floor, judge_client_hello
 from proxy.checks.model import Action, Issue, blocks, decide
 from proxy.checks.probes import ProbeRun, ProbeSchedule, trust_refused
+from proxy.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP, quic_client_error
 from proxy.policy import Mode
 from proxy.policy.sections.client import ClientRules
 from proxy.sinks import redact
@@ -65,13 +74,15 @@ class Audit:
     run: ProbeRun | None = None
     accepted: Finding | None = None  # the critical finding, once the client used a probe connection
     user_agent: str | None = None
+    quic: bool = False  # a QUIC connection: the hello came in an Initial packet, the handshake is aioquic's
 
     def evidence(self) -> dict[str, Any]:
         return {
             "sni": self.hello.sni,
             "best_offered_version": self.hello.best_version_word,
-            **self.hello.fingerprint(),
+            **self.hello.fingerprint(self.quic),
             "user_agent": self.user_agent,
+            "transport": TRANSPORT_QUIC if self.quic else TRANSPORT_TCP,
         }
 
 
@@ -105,29 +116,30 @@ class ClientAudit:
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         client = data.context.client
-        if data.ignore_connection or client.transport_protocol != "tcp":
+        if data.ignore_connection or client.transport_protocol not in ("tcp", "udp"):
             return
         state = self.connections.of(client)
-        if state is None:
+        if state is None or state.quic_refused:  # a refused QUIC connection is never shown a certificate
             return
         try:
             hello = parse_client_hello(data.client_hello.raw_bytes(wrap_in_record=False))
         except ValueError as exc:
             logger.info(f"tlsgate: cannot judge a ClientHello from {client.peername}: {exc}")
             return
-        audit = self._judge(state, data.context.server, hello)
+        audit = self._judge(state, data.context.server, hello, is_quic(client))
         if audit.refuse or audit.probe:
             data.establish_server_tls_first = False  # the server is never involved in a refusal or a probe
         state.audit = audit
 
-    def _judge(self, state: ConnState, server: connection.Server, hello: ClientHello) -> Audit:
+    def _judge(self, state: ConnState, server: connection.Server, hello: ClientHello, quic: bool = False) -> Audit:
         match = state.settle(hello.sni or server_host(server))
         enforce = match.settings.mode is Mode.ENFORCE
         rules: ClientRules = match.settings.get("client") or ClientRules()
-        audit = Audit(hello, server.address[1] if server.address else None)
+        audit = Audit(hello, server.address[1] if server.address else None, quic=quic)
         audit.pending = judge_client_hello(hello, rules, enforce, match.host)
         audit.refuse = blocks(audit.pending, match.settings.mode)
-        audit.floor = client_floor(hello.best_version_word, rules, enforce, configured_floor())
+        # QUIC is TLS 1.3 only, and aioquic has no version floor to move.
+        audit.floor = None if quic else client_floor(hello.best_version_word, rules, enforce, configured_floor())
         client = state.client
         if rules.probes and not audit.refuse and client.peername:
             kind = self.schedule.next_kind(client.peername[0], match.host, rules.probes)
@@ -154,6 +166,18 @@ class ClientAudit:
         elif audit.floor is not None:
             tls_start.ssl_conn = client_connection(tls_start, audit.floor)
 
+    def quic_start_client(self, data: QuicTlsData) -> None:
+        """The QUIC counterpart of `tls_start_client`: refuse the hello, or show the probe certificate."""
+        audit = self._audit(self.connections.peek(data.conn))
+        if audit is None or data.settings is None:
+            return
+        if audit.refuse:
+            refuse_handshake(data)
+        elif audit.probe is not None:
+            data.settings.certificate = audit.probe.cert
+            data.settings.certificate_private_key = audit.probe.key
+            data.settings.certificate_chain = list(audit.probe.chain)
+
     # -- handshake outcome -------------------------------------------------------------------------
 
     def tls_established_client(self, data: tls.TlsData) -> None:
@@ -166,14 +190,15 @@ class ClientAudit:
         audit = self._audit(state)
         if state is None or audit is None:
             return
+        error = quic_client_error(data.conn.error) if audit.quic else data.conn.error
         if audit.run is not None:
-            passed = audit.run.handshake_failed(data.conn.error)
+            passed = audit.run.handshake_failed(error)
             if passed is not None:
                 self._record(state, audit, passed)
             elif data.conn.peername:  # failed for another reason: the probe proved nothing, so it is tried again
                 self.schedule.retry(data.conn.peername[0], audit.run.host, audit.run.kind)
-        elif not audit.refuse and data.ssl_conn is not None:
-            refused = trust_refused(state.match.host if state.match else "", data.conn.error)
+        elif not audit.refuse and (data.ssl_conn is not None or audit.quic):
+            refused = trust_refused(state.match.host if state.match else "", error)
             if refused is not None:
                 self._record(state, audit, refused)
         self._flush(state, audit)
@@ -269,6 +294,6 @@ def _request_evidence(request: http.Request) -> dict[str, Any]:
     return {
         "protocol": "http",
         "method": request.method,
-        "url": redact.redact_url(request.url),
+        "url": redact.redact_url(request_url(request)),
         "credentials": [c.as_dict() for c in credentials_in(request)],
     }

@@ -30,6 +30,11 @@ def parse_listen(spec: str) -> tuple[str, int] | None:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def transport(conn: connection.Connection) -> str:
+    """The `transport` label: quic for a QUIC connection (mitmproxy's UDP with TLS), tcp for everything else."""
+    return "quic" if conn.transport_protocol == "udp" else "tcp"
+
+
 class _Endpoint(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -143,24 +148,24 @@ class MetricsExporter:
         self.metrics.open_connections.labels("server").dec()
 
     def tls_established_client(self, data: tls.TlsData) -> None:
-        self.metrics.handshake("client", True, data.conn.tls_version, data.conn.cipher)
+        self.metrics.handshake("client", True, data.conn.tls_version, data.conn.cipher, transport(data.conn))
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
-        self.metrics.handshake("client", False, None, None)
+        self.metrics.handshake("client", False, None, None, transport(data.conn))
 
     def tls_established_server(self, data: tls.TlsData) -> None:
-        self.metrics.handshake("server", True, data.conn.tls_version, data.conn.cipher)
+        self.metrics.handshake("server", True, data.conn.tls_version, data.conn.cipher, transport(data.conn))
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
-        self.metrics.handshake("server", False, None, None)
+        self.metrics.handshake("server", False, None, None, transport(data.conn))
 
     def response(self, flow: http.HTTPFlow) -> None:
         verdict = flow.metadata.get("tlsgate") or {}
         decision = verdict.get("action", "allowed")
-        self.metrics.request(decision, verdict.get("check"))
+        self.metrics.request(decision, verdict.get("check"), transport(flow.client_conn))
         if decision != "blocked" and flow.response and flow.response.timestamp_start and flow.request.timestamp_end:
             self.metrics.latency.observe(max(0.0, flow.response.timestamp_start - flow.request.timestamp_end))
 
     def error(self, flow: http.HTTPFlow) -> None:
         verdict = flow.metadata.get("tlsgate") or {}
-        self.metrics.request(verdict.get("action", "error"), verdict.get("check"))
+        self.metrics.request(verdict.get("action", "error"), verdict.get("check"), transport(flow.client_conn))

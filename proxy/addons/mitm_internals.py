@@ -18,6 +18,8 @@ connection differs from a normal one only in what is being tested.
 from __future__ import annotations
 
 import ipaddress
+import logging
+import re
 
 from cryptography import x509
 from mitmproxy import certs, ctx, tls
@@ -165,3 +167,72 @@ def share_listening_port() -> None:
     from mitmproxy.proxy import mode_servers
 
     mode_servers.asyncio = _ReusePortAsyncio()  # type: ignore[assignment]
+
+
+def replace_server_instance(mode_type: str, instance_class: type) -> type:
+    """Make mitmproxy start `instance_class` for `--mode <mode_type>`; returns the class it replaced.
+
+    mitmproxy picks a mode's server class from `ServerInstance`'s private
+    registry, filled by `__init_subclass__`, which refuses a second class for a
+    mode. tlsgate's WireGuard server (one peer per device) takes the place of
+    mitmproxy's single-peer one there; `tests/unit/test_wireguard.py` pins the
+    source of the registry and of the code the replacement follows.
+    """
+    from mitmproxy.proxy.mode_servers import ServerInstance
+
+    registry: dict[str, type] = ServerInstance._ServerInstance__modes  # type: ignore[attr-defined]
+    previous = registry[mode_type]
+    registry[mode_type] = instance_class
+    return previous
+
+
+def close_quic(context: object, conn: object, reason: str) -> bool:
+    """Close one QUIC connection from inside a hook, before mitmproxy sends anything more on it.
+
+    mitmproxy's QUIC layer keeps its aioquic connection as `layer.quic` (not a
+    promised name). Closed in `tls_established_server`, aioquic has the
+    handshake's last flight (the client Finished) still queued: from now on it
+    only ever sends CONNECTION_CLOSE, so the server never completes the
+    handshake and never receives a stream frame. Returns False when the
+    connection's layer cannot be found (the caller must still refuse requests).
+    """
+    from aioquic.quic.connection import QuicErrorCode
+    from mitmproxy.proxy.layers.quic import ClientQuicLayer, ServerQuicLayer
+
+    for layer in getattr(context, "layers", ()):
+        if isinstance(layer, (ServerQuicLayer, ClientQuicLayer)) and layer.conn is conn and layer.quic is not None:
+            layer.quic.close(error_code=QuicErrorCode.CONNECTION_REFUSED, reason_phrase=reason[:200])
+            return True
+    return False
+
+
+# mitmproxy's advice when an eager connection fails; tlsgate refuses `lazy` (see UpstreamTls.configure).
+LAZY_ADVICE = re.compile(
+    r"\s*If you plan to redirect requests away from this server, "
+    r"consider setting `connection_strategy` to `lazy` to suppress early connections\.?"
+)
+EAGER_ADVICE = (
+    " tlsgate keeps connection_strategy=eager (it judges the server before the app's request is read, and refuses "
+    "lazy): if tlsgate refused this server, its finding names the check, the rule and what to change; otherwise "
+    "check that the server is reachable from here (or --resolve)."
+)
+
+
+def corrected_advice(text: str) -> str:
+    """`text` with mitmproxy's `connection_strategy=lazy` advice replaced by advice that holds under tlsgate."""
+    return LAZY_ADVICE.sub(EAGER_ADVICE, text)
+
+
+class _EagerAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "connection_strategy` to `lazy`" in message:
+            record.msg, record.args = corrected_advice(message), ()
+        return True
+
+
+def correct_connection_advice() -> None:
+    """Rewrite the advice in mitmproxy's proxy-server log lines (the text lives in its TLS, QUIC and HTTP layers)."""
+    server_logger = logging.getLogger("mitmproxy.proxy.server")
+    if not any(isinstance(f, _EagerAdvice) for f in server_logger.filters):
+        server_logger.addFilter(_EagerAdvice())

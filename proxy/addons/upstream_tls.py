@@ -6,6 +6,10 @@ refusing there aborts the handshake, so a blocked server never receives a
 request byte. mitmproxy's own validation runs first and is never loosened;
 the callback can only add refusals. The client's request on such a
 connection is then answered by tlsgate with a block page naming the reason.
+
+QUIC upstreams (aioquic, no verify callback) are judged by the same checks in
+`tls_established_server`, which mitmproxy runs before aioquic sends its last
+handshake flight; a refused one is closed there, so it never gets a stream.
 """
 
 from __future__ import annotations
@@ -16,13 +20,22 @@ import logging
 
 from cryptography import x509
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
+from mitmproxy.proxy.layers.quic import QuicTlsData
 from OpenSSL import SSL
 
 from proxy.addons.findings import FindingsSink
-from proxy.addons.mitm_internals import legacy_connection, verify_result
+from proxy.addons.mitm_internals import (
+    close_quic,
+    correct_connection_advice,
+    corrected_advice,
+    legacy_connection,
+    verify_result,
+)
+from proxy.addons.quic import is_quic
 from proxy.addons.state import Connections, ConnState, ServerSide, server_host
 from proxy.addons.verdicts import block, record
 from proxy.checks.model import Action, Check, Effect, Issue, Severity, blocks, decide, remedy_for
+from proxy.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP, quic_facts, quic_failure_text
 from proxy.checks.upstream import HandshakeFacts, evidence_for, handshake_floor, judge_cipher, judge_failure, judge_handshake
 from proxy.policy import Mode
 from proxy.sinks.findings import Finding
@@ -31,9 +44,15 @@ from proxy.sinks.metrics import Metrics
 logger = logging.getLogger("tlsgate.tls")
 
 
+def transport_of(conn: connection.Connection) -> str:
+    return TRANSPORT_QUIC if is_quic(conn) else TRANSPORT_TCP
+
+
 def presented_chain(data: tls.TlsData) -> list[x509.Certificate]:
     """The chain as the server sent it (no trust anchor), for when the verify callback never saw it."""
-    return [c.to_cryptography() for c in (data.ssl_conn.get_peer_cert_chain() or [])] if data.ssl_conn else []
+    if data.ssl_conn is None:  # QUIC: mitmproxy copies aioquic's peer chain onto the connection
+        return [c.to_cryptography() for c in data.conn.certificate_list]
+    return [c.to_cryptography() for c in (data.ssl_conn.get_peer_cert_chain() or [])]
 
 
 class UpstreamTls:
@@ -41,6 +60,15 @@ class UpstreamTls:
         self.connections = connections
         self.sink = sink
         self.metrics = metrics
+
+    def load(self, loader) -> None:
+        # mitmproxy's console advice after a refused server is `connection_strategy=lazy`, which configure refuses.
+        correct_connection_advice()
+
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """The 502 for a CONNECT whose server could not be reached carries the same advice; correct it too."""
+        if flow.response is not None and flow.response.raw_content and b"connection_strategy" in flow.response.raw_content:
+            flow.response.text = corrected_advice(flow.response.text or "")
 
     def configure(self, updated: set[str]) -> None:
         if "connection_strategy" in updated and ctx.options.connection_strategy != "eager":
@@ -67,6 +95,21 @@ class UpstreamTls:
         ssl_conn.set_verify(ssl_conn.get_verify_mode() or SSL.VERIFY_NONE, self._verify_callback(side))
         state.servers[tls_start.conn.id] = side
 
+    def quic_start_server(self, data: QuicTlsData) -> None:
+        """A QUIC upstream (`quic: inspect`, or report mode): aioquic has no verify callback to refuse in.
+
+        aioquic validates with the trust settings tlsconfig gave it; tlsgate's own
+        verdict is taken in `tls_established_server`, which mitmproxy runs before
+        aioquic's last handshake flight is sent, so a refused server still never
+        receives a stream frame.
+        """
+        state = self.connections.of(data.context.client)
+        if state is None:
+            return
+        host = server_host(data.conn)
+        match = state.settle(host) if state.match is None else state.match_for(host, state.policy)
+        state.servers[data.conn.id] = ServerSide(match, HandshakeFacts())
+
     def _verify_callback(self, side: ServerSide):
         def callback(conn: SSL.Connection, cert, errno: int, depth: int, ok: int) -> bool:
             try:
@@ -89,11 +132,24 @@ class UpstreamTls:
     # -- decide ---------------------------------------------------------------------------------
 
     def tls_established_server(self, data: tls.TlsData) -> None:
+        if is_quic(data.conn):
+            state = self.connections.peek(data.context.client)
+            if state is not None and data.conn.id not in state.servers:
+                self.quic_start_server(data)  # type: ignore[arg-type]  # a QUIC upstream is never left unjudged
         state, side = self._side(data)
         if state is None or side is None:
             return
         facts = side.facts
-        if side.issues is None:  # no verify callback ran (resumed session, verification off): judge now
+        quic = is_quic(data.conn)
+        if quic:
+            try:
+                side.facts = facts = quic_facts(data.conn.cipher, presented_chain(data))
+                side.issues = judge_handshake(facts, side.match, dt.datetime.now(dt.UTC))
+            except Exception:  # as in the verify callback: a check that cannot run refuses the server
+                logger.exception("tlsgate: upstream QUIC check failed; refusing the connection")
+                detail = "tlsgate could not check this server (see log)"
+                side.issues = [Issue(Check.TLS, "check_failed", Effect.ALWAYS, Severity.HIGH, detail)]
+        elif side.issues is None:  # no verify callback ran (resumed session, verification off): judge now
             facts.chain, facts.protocol, facts.cipher = presented_chain(data), data.conn.tls_version, data.conn.cipher
             side.issues = judge_handshake(facts, side.match, dt.datetime.now(dt.UTC))
         elif facts.cipher is None:
@@ -101,8 +157,13 @@ class UpstreamTls:
             facts.cipher = data.conn.cipher
             side.issues = [*judge_cipher(facts.cipher, side.match.settings.get("tls")), *side.issues]
         side.blocked = self._record(state, side, side.issues, data.conn)
-        self._observe(side, side.issues, side.blocked, pins_checked=True)
-        if side.blocked is not None:
+        self._observe(side, side.issues, side.blocked, pins_checked=True, transport=transport_of(data.conn))
+        if side.blocked is not None and quic:
+            # aioquic still holds the client Finished: after this it sends only CONNECTION_CLOSE, so the server
+            # never completes the handshake; requests on this connection are answered by `request` below.
+            if not close_quic(data.context, data.conn, f"tlsgate refused this server ({side.blocked.check})"):
+                logger.warning("tlsgate: could not close a refused QUIC server connection; its requests are still refused")
+        elif side.blocked is not None:
             # Close our side now: with connection_strategy=eager no request has been read yet, and a shut
             # down session refuses to write, so even a request routed here later cannot leave.
             with contextlib.suppress(SSL.Error):
@@ -114,16 +175,16 @@ class UpstreamTls:
             return
         if side.issues and any(i.blocking for i in side.issues):
             side.blocked = self._record(state, side, side.issues, data.conn)  # our own refusal from the verify callback
-            self._observe(side, side.issues, side.blocked, pins_checked=True)
+            self._observe(side, side.issues, side.blocked, pins_checked=True, transport=transport_of(data.conn))
             return
         presented = presented_chain(data)
-        error = data.conn.error or "handshake failed"
+        error = quic_failure_text(data.conn.error) if is_quic(data.conn) else data.conn.error or "handshake failed"
         chain = presented or side.facts.chain
         issues = [judge_failure(error, verify_result(data.ssl_conn), chain, side.match.settings.get("tls"))]
         side.facts.chain = presented or side.facts.chain
         # Validation failures block in every mode: report mode never loosens mitmproxy's own checks.
         side.blocked = self._record(state, side, issues, data.conn)
-        self._observe(side, issues, side.blocked, pins_checked=False)
+        self._observe(side, issues, side.blocked, pins_checked=False, transport=transport_of(data.conn))
 
     def _side(self, data: tls.TlsData) -> tuple[ConnState | None, ServerSide | None]:
         state = self.connections.peek(data.context.client)
@@ -140,6 +201,7 @@ class UpstreamTls:
             return None  # the common case: no evidence to build
         match = side.match
         base = evidence_for(side.facts.protocol, side.facts.cipher, side.facts.chain)
+        base["transport"] = TRANSPORT_QUIC if is_quic(server) else TRANSPORT_TCP
         for issue in issues:
             remedy = issue.remedy
             if issue.effect is Effect.ENFORCED:
@@ -159,12 +221,14 @@ class UpstreamTls:
                 first_block = finding
         return first_block
 
-    def _observe(self, side: ServerSide, issues: list[Issue], block: Finding | None, pins_checked: bool) -> None:
+    def _observe(
+        self, side: ServerSide, issues: list[Issue], block: Finding | None, pins_checked: bool, transport: str = TRANSPORT_TCP
+    ) -> None:
         if self.metrics is None:
             return
         objection = block.check if block else next((str(i.check) for i in issues), None)
         decision = "blocked" if block else "reported" if issues else "allowed"
-        self.metrics.upstream_connection(decision, objection)
+        self.metrics.upstream_connection(decision, objection, transport)
         if pins_checked and side.match.settings.get("pins") is not None:
             kinds = {i.kind for i in issues}
             self.metrics.pin_check(

@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="policy file or directory of *.yaml (repeatable; default: the embedded policies/default.yaml)",
     )
     run.add_argument(
-        "--listen-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; see --allow-public-clients)"
+        "--listen-host",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 with --mode transparent, whose traffic is redirected "
+        "to this machine's LAN address; see --allow-public-clients)",
     )
     run.add_argument("--listen-port", type=int, default=8080, help="proxy port (default 8080)")
     run.add_argument(
@@ -126,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.report.cli import add_commands
 
     add_commands(sub)
+    from proxy.app.wireguard import add_commands as add_wireguard_commands
+
+    add_wireguard_commands(sub)
     return parser
 
 
@@ -248,7 +253,8 @@ def cmd_ca(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from proxy.app.runner import RunConfig, run_proxy
+    from proxy.addons.resolve import resolve_scope_error
+    from proxy.app.runner import RunConfig, default_listen_host, listen_problem, run_proxy
 
     policy_paths = args.policy or []
     try:
@@ -262,12 +268,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Each worker would stop and judge on its own; a supervisor that aggregates them is not built yet.
         print("tlsgate: --duration, --until-idle and --fail-on need --workers 1", file=sys.stderr)
         return 2
+    modes = args.mode or ["regular"]
+    listen_host = args.listen_host or default_listen_host(modes)
+    problem = listen_problem(listen_host, modes) or (resolve_scope_error(modes) if args.resolve else None)
+    if problem:
+        print(f"tlsgate: {problem}", file=sys.stderr)
+        return 2
+    from proxy.app.wireguard import wireguard_modes
+
+    if args.workers > 1 and wireguard_modes(args.mode or []):
+        # Each worker would bind UDP 51820 on its own; a WireGuard session cannot be shared between processes.
+        print("tlsgate: --mode wireguard needs --workers 1", file=sys.stderr)
+        return 2
     config = RunConfig(
         policy_paths=policy_paths,
         policy=policy,
-        listen_host=args.listen_host,
+        listen_host=listen_host,
         listen_port=args.listen_port,
-        modes=args.mode or ["regular"],
+        modes=modes,
         confdir=Path(args.confdir),
         findings=args.findings,
         upstream_ca=[Path(p) for p in args.upstream_ca or []],

@@ -52,6 +52,44 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _transparent_listen_hosts(modes: list[str], listen_host: str | None) -> list[str]:
+    """The address each transparent listener binds (its own `transparent@HOST:PORT`, else --listen-host)."""
+    from mitmproxy.proxy import mode_specs
+
+    hosts = []
+    for spec in modes:
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue  # mitmproxy's option check reports it
+        if isinstance(mode, mode_specs.TransparentMode):
+            hosts.append(mode.custom_listen_host or listen_host or "")
+    return hosts
+
+
+def default_listen_host(modes: list[str]) -> str:
+    """127.0.0.1, except for transparent mode, which iptables REDIRECT feeds on the gateway's LAN address.
+
+    Binding every address is safe there because mitmproxy's `block_global`
+    (kept on unless --allow-public-clients) still refuses public clients.
+    """
+    if any(host == "" for host in _transparent_listen_hosts(modes, None)):
+        return "0.0.0.0"
+    return "127.0.0.1"
+
+
+def listen_problem(listen_host: str, modes: list[str]) -> str | None:
+    """Why a listen address cannot work for these modes, or None: refused at start-up rather than failing silently."""
+    for host in _transparent_listen_hosts(modes, listen_host):
+        if is_loopback(host):
+            return (
+                f"--mode transparent cannot listen on {host}: iptables REDIRECT sends the devices' connections to the "
+                "gateway's address on the interface they arrive on, and a loopback listener refuses them. "
+                "Use --listen-host 0.0.0.0 (the default for transparent mode) or that interface's address"
+            )
+    return None
+
+
 def mitmproxy_options(config: RunConfig) -> dict[str, object]:
     """The mitmproxy option values for a run; pure so tests and docs can show them."""
     options: dict[str, object] = {
@@ -95,6 +133,14 @@ def banner(config: RunConfig, ca_cert: Path, fingerprint: str) -> list[str]:
         "devices:  set the Wi-Fi proxy to this address and port, open http://mitm.it to install the CA,",
         "          or see `tlsgate ca export --format android`; Flutter/Dart apps ignore the proxy: use --mode wireguard",
     ]
+    from proxy.app.wireguard import banner_lines
+
+    lines += banner_lines(config.modes, config.listen_host, config.confdir)
+    if _transparent_listen_hosts(config.modes, config.listen_host):
+        lines.append(
+            f"gateway:  redirect the devices' TCP here (iptables -t nat -A PREROUTING -i <LAN> -p tcp -j REDIRECT "
+            f"--to-ports {config.listen_port}) and REJECT their udp/443; see README, Devices and modes"
+        )
     if not is_loopback(config.listen_host):
         guard = "ACCEPTED (--allow-public-clients)" if config.allow_public_clients else "refused"
         auth = "required" if config.proxyauth else "not required (see --proxyauth)"

@@ -26,6 +26,7 @@ class Check(enum.StrEnum):
     CLIENT_SNI = "client_sni"
     CLIENT_TRUST = "client_trust"
     CLIENT_PROBE = "client_probe"
+    QUIC = "quic"
 
 
 class Action(enum.StrEnum):

@@ -3,7 +3,7 @@
 Cardinality is bounded by construction, because tlsgate runs for days beside a
 device farm: no URL, path, user or client-address label anywhere. Hosts appear
 only as the host patterns a policy names; devices only as the names the
-policy gives them ("unnamed" otherwise); versions and suites come from the
+policy gives them or WireGuard peer names, both chosen by the operator ("unnamed" otherwise); versions and suites come from the
 small set OpenSSL can negotiate.
 """
 
@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from proxy import __version__
 from proxy.sinks.findings import Finding
+from proxy.tls.plaintext import PROTOCOLS
 
 UNNAMED = "unnamed"
 NONE = "none"
@@ -31,20 +32,28 @@ class Metrics:
         self.build_info.labels(__version__, mitmproxy_version).set(1)
         self.requests = Counter(
             "tlsgate_requests_total",
-            "HTTP requests through the proxy by decision (allowed, blocked, reported) and the check that decided.",
-            ["decision", "check"],
+            "HTTP requests through the proxy by decision (allowed, blocked, reported), the check that decided, "
+            "and transport (tcp; quic for HTTP/3).",
+            ["decision", "check", "transport"],
             registry=r,
         )
         self.upstream_connections = Counter(
             "tlsgate_upstream_connections_total",
-            "TLS connections to upstream servers by decision and the first check that objected.",
-            ["decision", "check"],
+            "TLS connections to upstream servers by decision, the first check that objected, and transport (tcp, quic).",
+            ["decision", "check", "transport"],
             registry=r,
         )
         self.handshakes = Counter(
             "tlsgate_tls_handshakes_total",
-            "Completed or failed TLS handshakes by side (client, server), protocol version and suite.",
-            ["side", "result", "version", "suite"],
+            "Completed or failed TLS handshakes by side (client, server), protocol version, suite and transport (tcp, quic).",
+            ["side", "result", "version", "suite", "transport"],
+            registry=r,
+        )
+        self.quic_connections = Counter(
+            "tlsgate_quic_connections_total",
+            "QUIC connections from clients by decision: refused (quic: refuse), inspected (quic: inspect), "
+            "reported (quic: refuse in report mode: inspected, and a finding says it would be refused).",
+            ["decision"],
             registry=r,
         )
         self.pin_checks = Counter(
@@ -54,6 +63,12 @@ class Metrics:
             "tlsgate_findings_total",
             "Findings by severity, check, action and device (as named in the policy).",
             ["severity", "check", "action", "device"],
+            registry=r,
+        )
+        self.cleartext = Counter(
+            "tlsgate_cleartext_total",
+            "Cleartext findings (plain HTTP/WebSocket requests, non-TLS streams) by protocol and action.",
+            ["protocol", "action"],
             registry=r,
         )
         self.cert_expiry = Gauge(
@@ -84,6 +99,8 @@ class Metrics:
             self.reloads.labels(result)
         for result in ("match", "mismatch", "expired"):  # present from the start, so increase() sees the first one
             self.pin_checks.labels(result)
+        for decision in ("refused", "inspected", "reported"):
+            self.quic_connections.labels(decision)
         self._named_hosts: set[str] = set()
 
     def exposition(self) -> bytes:
@@ -93,6 +110,10 @@ class Metrics:
 
     def on_finding(self, finding: Finding) -> None:
         self.findings.labels(finding.severity, finding.check, finding.action, finding.device or UNNAMED).inc()
+        if finding.check == "cleartext":
+            protocol = finding.evidence.get("protocol") if isinstance(finding.evidence, dict) else None
+            protocol = "http" if protocol == "ws" else protocol
+            self.cleartext.labels(protocol if protocol in PROTOCOLS else "unknown", finding.action).inc()
 
     def on_reload(self, result: str, rule_count: int | None, host_patterns: Iterable[str] = ()) -> None:
         """A policy load attempt; on success, the rule count and the host patterns the policy names."""
@@ -106,14 +127,17 @@ class Metrics:
             self.cert_expiry.remove(stale)
         self._named_hosts = named
 
-    def request(self, decision: str, check: str | None) -> None:
-        self.requests.labels(decision, check or NONE).inc()
+    def request(self, decision: str, check: str | None, transport: str = "tcp") -> None:
+        self.requests.labels(decision, check or NONE, transport).inc()
 
-    def upstream_connection(self, decision: str, check: str | None) -> None:
-        self.upstream_connections.labels(decision, check or NONE).inc()
+    def upstream_connection(self, decision: str, check: str | None, transport: str = "tcp") -> None:
+        self.upstream_connections.labels(decision, check or NONE, transport).inc()
 
-    def handshake(self, side: str, ok: bool, version: str | None, suite: str | None) -> None:
-        self.handshakes.labels(side, "ok" if ok else "failed", version or NONE, suite or NONE).inc()
+    def handshake(self, side: str, ok: bool, version: str | None, suite: str | None, transport: str = "tcp") -> None:
+        self.handshakes.labels(side, "ok" if ok else "failed", version or NONE, suite or NONE, transport).inc()
+
+    def quic_connection(self, decision: str) -> None:
+        self.quic_connections.labels(decision).inc()
 
     def pin_check(self, result: str) -> None:
         self.pin_checks.labels(result).inc()

@@ -101,22 +101,23 @@ class ClientHello:
     def ja3(self) -> str:
         return hashlib.md5(self.ja3_string().encode(), usedforsecurity=False).hexdigest()
 
-    def ja4(self) -> str:
+    def ja4(self, transport: str = "t") -> str:
+        """JA4; `transport` is its first character: "t" for TLS over TCP, "q" for QUIC."""
         ciphers = _no_grease(self.cipher_suites)
         extensions = _no_grease(t for t, _ in self.extensions)
         versions = _no_grease(self.supported_versions)
         version = _JA4_VERSIONS.get(max(versions) if versions else self.legacy_version, "00")
         sni = "d" if EXT_SERVER_NAME in extensions else "i"
-        head = f"t{version}{sni}{min(len(ciphers), 99):02d}{min(len(extensions), 99):02d}{_ja4_alpn(self.alpn)}"
+        head = f"{transport}{version}{sni}{min(len(ciphers), 99):02d}{min(len(extensions), 99):02d}{_ja4_alpn(self.alpn)}"
         cipher_hash = _ja4_hash(",".join(f"{c:04x}" for c in sorted(ciphers))) if ciphers else "0" * 12
         listed = ",".join(f"{e:04x}" for e in sorted(extensions) if e not in (EXT_SERVER_NAME, EXT_ALPN))
         algorithms = ",".join(f"{a:04x}" for a in _no_grease(self.signature_algorithms))
         ext_hash = _ja4_hash(f"{listed}_{algorithms}" if algorithms else listed) if extensions else "0" * 12
         return f"{head}_{cipher_hash}_{ext_hash}"
 
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self, quic: bool = False) -> dict[str, Any]:
         """What findings carry so a tester can tell which app or TLS stack made the connection."""
-        return {"ja3": self.ja3(), "ja3_string": self.ja3_string(), "ja4": self.ja4()}
+        return {"ja3": self.ja3(), "ja3_string": self.ja3_string(), "ja4": self.ja4("q" if quic else "t")}
 
 
 def parse_client_hello(body: bytes) -> ClientHello:

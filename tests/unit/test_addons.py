@@ -376,7 +376,7 @@ def test_verify_callback_refuses_a_pin_mismatch_and_requests_are_answered(
     assert [c["pin"] for c in finding["evidence"]["chain"]] == [spki_pin(c) for c in chain.certs]
     assert "or set 'mode: report' in the rule at" in finding["remedy"]
     assert gate.sample("tlsgate_pin_checks_total", result="mismatch") == 1
-    assert gate.sample("tlsgate_upstream_connections_total", decision=action, check="pin") == 1
+    assert gate.sample("tlsgate_upstream_connections_total", decision=action, check="pin", transport="tcp") == 1
 
     flow = tflow.tflow(client_conn=client, server_conn=server, req=tutils.treq(host="pinned.test", port=443, scheme=b"https"))
     gate.upstream.request(flow)
@@ -658,10 +658,10 @@ def test_requests_are_counted_by_the_decision_on_the_flow(gate: Gate) -> None:
         gate.exporter.response(flow)
     errored = tflow.tflow(err=True)
     gate.exporter.error(errored)
-    assert gate.sample("tlsgate_requests_total", decision="blocked", check="cleartext") == 1
-    assert gate.sample("tlsgate_requests_total", decision="reported", check="cleartext") == 1
-    assert gate.sample("tlsgate_requests_total", decision="allowed", check="none") == 2
-    assert gate.sample("tlsgate_requests_total", decision="error", check="none") == 1
+    assert gate.sample("tlsgate_requests_total", decision="blocked", check="cleartext", transport="tcp") == 1
+    assert gate.sample("tlsgate_requests_total", decision="reported", check="cleartext", transport="tcp") == 1
+    assert gate.sample("tlsgate_requests_total", decision="allowed", check="none", transport="tcp") == 2
+    assert gate.sample("tlsgate_requests_total", decision="error", check="none", transport="tcp") == 1
     assert gate.sample("tlsgate_upstream_response_seconds_count") == 3  # block pages are not upstream latency
     assert gate.sample("tlsgate_findings_total", severity="medium", check="cleartext", action="blocked", device="pixel-7") == 1
 
@@ -794,8 +794,10 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
         "FindingsSink",
         "MetricsExporter",
         "Resolve",
+        "WireGuardPeers",
         "Lifetime",
         "CleartextGuard",
+        "QuicGuard",
         "UpstreamTls",
         "ClientAudit",
         "Connections",

@@ -390,10 +390,10 @@ def test_reload_and_request_counters() -> None:
     assert sample(metrics, "tlsgate_policy_rules") == 5  # a failed load keeps the count in force
     metrics.request("allowed", None)
     metrics.request("blocked", "cleartext")
-    assert sample(metrics, "tlsgate_requests_total", decision="allowed", check="none") == 1
-    assert sample(metrics, "tlsgate_requests_total", decision="blocked", check="cleartext") == 1
+    assert sample(metrics, "tlsgate_requests_total", decision="allowed", check="none", transport="tcp") == 1
+    assert sample(metrics, "tlsgate_requests_total", decision="blocked", check="cleartext", transport="tcp") == 1
     metrics.handshake("server", False, None, None)
     metrics.pin_check("mismatch")
-    assert sample(metrics, "tlsgate_tls_handshakes_total", side="server", result="failed", version="none", suite="none") == 1
+    assert sample(metrics, "tlsgate_tls_handshakes_total", side="server", result="failed", version="none", suite="none", transport="tcp") == 1
     assert sample(metrics, "tlsgate_pin_checks_total", result="mismatch") == 1
     assert sample(metrics, "tlsgate_pin_checks_total", result="match") == 0
