@@ -95,7 +95,8 @@ class Upstream:
 # Every tlsgate a test started, so a failing live test can print their consoles (tests/live/conftest.py).
 STARTED: list[Tlsgate] = []
 
-LISTENING = re.compile(r"proxy listening at (?:\[?[\d.:a-f]+\]?):(\d+)")
+# "HTTP(S) proxy", "SOCKS v5 proxy", "Transparent Proxy listening at *:8080", "reverse proxy to http3://… listening at"
+LISTENING = re.compile(r"(?:[Pp]roxy|proxy to \S+) listening at (?:\*|\[?[\d.:a-f]+\]?):(\d+)")
 
 
 class Tlsgate:

@@ -563,9 +563,9 @@ def test_public_clients_are_refused(g: Gate) -> None:
 # -- what only some modes can do ----------------------------------------------------------------------
 
 
+# A proxy setting (regular, socks5) carries TCP only: QUIC never reaches tlsgate there (README: "Devices and modes").
+@pytest.mark.parametrize("gate", ["transparent", "wireguard"], indirect=True)
 def test_quic_is_refused_by_default_and_never_reaches_the_upstream(g: Gate) -> None:
-    if g.mode in ("regular", "socks5"):
-        pytest.skip("a proxy setting carries TCP only: QUIC from the device never goes through tlsgate in this mode")
     record = g.world.quic_record
     assert record is not None
     before = record.read_text() if record.exists() else ""
@@ -582,10 +582,9 @@ def test_quic_is_refused_by_default_and_never_reaches_the_upstream(g: Gate) -> N
         assert finding["device"] == g.device and finding["evidence"]["kind"] == "quic_refused"
 
 
+@pytest.mark.parametrize("gate", ["transparent"], indirect=True)
 def test_udp_443_does_not_get_around_transparent_mode(g: Gate) -> None:
     """mitmproxy's transparent mode takes TCP only, so the gateway must reject UDP/443 (QUIC) or apps bypass tlsgate."""
-    if g.mode != "transparent":
-        pytest.skip("the UDP/443 gateway rule belongs to transparent mode")
     net, udp = g.net, g.world.udp
     with net.entered(net.device):
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -602,14 +601,14 @@ def test_udp_443_does_not_get_around_transparent_mode(g: Gate) -> None:
     assert b"quic-initial-with-rule" not in udp.payloads, "UDP/443 passed the gateway around tlsgate"
 
 
+# In proxy modes tlsgate resolves the names itself; the device's DNS is not involved.
+@pytest.mark.parametrize("gate", ["transparent", "wireguard"], indirect=True)
 def test_an_address_is_named_by_tlsgates_own_dns_answer(g: Gate) -> None:
     """A request with neither SNI nor Host header still meets the rule for the name the device looked up.
 
     WireGuard: the tunnel's DNS (10.0.0.53) is tlsgate. Transparent: the gateway runs `--mode dns@53` beside it
     and hands itself out as the devices' DNS, as the README describes.
     """
-    if g.mode in ("regular", "socks5"):
-        pytest.skip("in proxy modes tlsgate resolves the names itself; the device's DNS is not involved")
     assert g.lookup("named.example.test") == [NAMED_IP]
     # HTTP/1.0 without a Host header: the connection carries nothing but the address.
     result = g.curl(f"http://{NAMED_IP}/report-me", "-0", "-H", "Host:")
@@ -619,10 +618,9 @@ def test_an_address_is_named_by_tlsgates_own_dns_answer(g: Gate) -> None:
     assert finding["action"] == "reported" and finding["rule"] == f"{g.world.policy_file}:{rule_line(g.world.policy_text, 'named-by-dns')}"
 
 
+@pytest.mark.parametrize("gate", ["wireguard"], indirect=True)
 def test_wireguard_setup_time_is_reported(g: Gate) -> None:
     """Not a timing assertion: the measured set-up time is printed for the report (`-s` / `-rA`)."""
-    if g.mode != "wireguard":
-        pytest.skip("measured for WireGuard only")
     assert g.setup_seconds is not None
     assert g.listening_seconds is not None and g.configured_seconds is not None
     print(
