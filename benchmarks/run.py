@@ -272,6 +272,9 @@ def main() -> int:
             "0",
             "--set",
             f"termlog_verbosity={QUIET}",
+            # The upstream runs on this host: tlsgate refuses loopback destinations unless the operator names them.
+            "--resolve",
+            f"localhost:{up_port}:127.0.0.1",
             *extra,
         ]
         return Proxy(name, argv, port)

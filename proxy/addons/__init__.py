@@ -6,6 +6,7 @@ from mitmproxy import version as mitmproxy_version
 
 from proxy.addons.cleartext import CleartextGuard
 from proxy.addons.client_audit import ClientAudit
+from proxy.addons.destination import DestinationGuard
 from proxy.addons.findings import FindingsSink
 from proxy.addons.lifetime import Lifetime
 from proxy.addons.metrics import MetricsExporter
@@ -32,13 +33,15 @@ def make_addons() -> list[object]:
     lifetime = Lifetime()
     sink.log.subscribe(lifetime.on_finding)
     connections = Connections(store)
+    resolve = Resolve()
     return [
         store,
         sink,
         MetricsExporter(store, metrics),
-        Resolve(),
+        resolve,
         WireGuardPeers(),  # installs the per-device WireGuard server before mitmproxy starts its servers
         lifetime,
+        DestinationGuard(connections, sink, resolve),  # after Resolve: judges the address Resolve chose
         CleartextGuard(connections, sink),
         QuicGuard(connections, sink, metrics),
         UpstreamTls(connections, sink, metrics),

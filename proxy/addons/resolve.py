@@ -88,12 +88,15 @@ class Resolve:
                 table[(host, port)] = address
             self.table = table
 
+    def mapped(self, name: str, port: int | None) -> str | None:
+        """The address `--resolve` gives this name and port, if any."""
+        return self.table.get((name, port)) or self.table.get((name, None)) if self.table else None
+
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         if not self.table or data.server.address is None:
             return
         host, port = data.server.address[0], data.server.address[1]
-        name = host_only(host)
-        address = self.table.get((name, port)) or self.table.get((name, None))
+        address = self.mapped(host_only(host), port)
         if address is None:
             return
         if data.server.sni is None:

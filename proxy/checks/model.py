@@ -27,6 +27,7 @@ class Check(enum.StrEnum):
     CLIENT_TRUST = "client_trust"
     CLIENT_PROBE = "client_probe"
     QUIC = "quic"
+    DESTINATION = "destination"
 
 
 class Action(enum.StrEnum):

@@ -37,10 +37,11 @@ def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(tmp
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "site-packages" in run(str(venv / "bin" / "python"), "-c", "import proxy; print(proxy.__file__)", cwd=empty).stdout
-    gate = Tlsgate(empty, command=[str(tlsgate), "run", "--listen-port", "0", "--metrics-port", "-1"]).start()
+    resolve = f"api.test:{http_upstream.port}:127.0.0.1"
+    gate = Tlsgate(empty, command=[str(tlsgate), "run", "--listen-port", "0", "--metrics-port", "-1", "--resolve", resolve]).start()
     try:
         assert "embedded:policies/default.yaml" in gate.output
-        blocked = curl(gate.proxy_url, f"http://127.0.0.1:{http_upstream.port}/login")
+        blocked = curl(gate.proxy_url, f"http://api.test:{http_upstream.port}/login")
         assert blocked.status == 403, blocked
         assert blocked.headers["x-tlsgate-check"] == "cleartext"
         assert blocked.headers["x-tlsgate-rule"].startswith("embedded:policies/default.yaml:"), blocked.headers

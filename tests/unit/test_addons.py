@@ -796,6 +796,7 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
         "Resolve",
         "WireGuardPeers",
         "Lifetime",
+        "DestinationGuard",
         "CleartextGuard",
         "QuicGuard",
         "UpstreamTls",

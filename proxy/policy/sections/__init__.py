@@ -9,11 +9,11 @@ Its check goes in `proxy/checks/`, and the add-on that applies it reads
 from proxy.policy.sections.base import SECTIONS, Context, Section, register, unregister
 
 from proxy.policy.sections import certificates, cleartext, client, pins, tls  # noqa: F401  # isort: skip
-from proxy.policy.sections import quic  # noqa: F401  # isort: skip
+from proxy.policy.sections import destinations, quic  # noqa: F401  # isort: skip
 
 # Schema and messages list the built-in sections in this order whatever order their modules were imported in,
 # and sections registered later after them.
-_BUILT_IN = ("cleartext", "tls", "certificates", "pins", "client", "quic", "pin_sets")
+_BUILT_IN = ("cleartext", "tls", "certificates", "pins", "client", "quic", "local_destinations", "pin_sets")
 for _name in sorted(SECTIONS, key=lambda n: _BUILT_IN.index(n) if n in _BUILT_IN else len(_BUILT_IN)):
     SECTIONS[_name] = SECTIONS.pop(_name)
 

@@ -1,0 +1,118 @@
+"""Refuses connections that would reach the proxy host itself or its link (see proxy.tls.addresses).
+
+Checked where every mode's server connection is opened (`server_connect`), so
+regular, socks5, transparent, WireGuard and QUIC connections are all covered;
+a CONNECT is answered earlier with the block page. A name is resolved here and
+the connection pinned to the address that was checked, so a second lookup (DNS
+rebinding) cannot point it at 127.0.0.1 after the check. Addresses chosen by
+the operator with `--resolve`, and connections through an upstream proxy, are
+the operator's own choice and pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from mitmproxy import connection, http
+from mitmproxy.proxy import server_hooks
+
+from proxy.addons.findings import FindingsSink
+from proxy.addons.resolve import Resolve
+from proxy.addons.state import Connections, server_host
+from proxy.addons.verdicts import block, record
+from proxy.checks.destination import judge_destination
+from proxy.checks.model import Check, Effect, Issue, Severity
+from proxy.policy.hosts import host_only
+from proxy.sinks.findings import Finding
+from proxy.tls.addresses import address_kind, local_kind
+
+logger = logging.getLogger("tlsgate.destination")
+
+
+async def addresses_of(host: str, port: int) -> list[str]:
+    """The addresses a connection to `host` would use, in the resolver's order; [] when it does not resolve."""
+    if address_kind(host) is not None or _is_address(host):
+        return [host.strip("[]")]
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError):
+        return []  # mitmproxy's own connect fails the same way and says so
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _is_address(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host.strip("[]"))
+    except OSError:
+        return False
+    return True
+
+
+class DestinationGuard:
+    def __init__(self, connections: Connections, sink: FindingsSink, resolve: Resolve) -> None:
+        self.connections = connections
+        self.sink = sink
+        self.resolve = resolve
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT to the proxy host gets the block page (403) rather than mitmproxy's 502."""
+        if flow.response is not None or not flow.live:
+            return
+        host, port = flow.request.host, flow.request.port
+        if self.resolve.mapped(host_only(host), port) is not None:
+            return
+        finding, _ = await self._judge(flow.client_conn, host, port)
+        if finding is not None:
+            block(flow, finding)
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A proxy request (`GET http://127.0.0.1/`) gets the block page too, before its body is read."""
+        if flow.response is not None or not flow.live or flow.request.method == "CONNECT":
+            return
+        if flow.server_conn.timestamp_start is not None:
+            return  # already connected, and checked when it was (tunnels, transparent flows, keep-alive)
+        host, port = flow.request.host, flow.request.port
+        if self.resolve.mapped(host_only(host), port) is not None:
+            return
+        finding, _ = await self._judge(flow.client_conn, host, port)
+        if finding is not None:
+            block(flow, finding)
+
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        server = data.server
+        if server.address is None or server.via is not None or server.error:
+            return
+        host, port = server.address[0], server.address[1]
+        if server.sni and self.resolve.mapped(host_only(server.sni), port) == host:
+            return  # the operator pointed this name here with --resolve
+        finding, pinned = await self._judge(data.client, host, port, server)
+        if finding is not None:
+            server.error = f"tlsgate refused: {finding.detail} (rule {finding.rule}); {finding.remedy}"
+        elif pinned is not None and pinned != host:
+            if server.sni is None:  # certificate checks keep using the name, as with --resolve
+                server.sni = host
+            server.address = (pinned, port)
+
+    async def _judge(
+        self, client: connection.Client, host: str, port: int, server: connection.Server | None = None
+    ) -> tuple[Finding | None, str | None]:
+        """(the blocking finding, or None and the checked address to connect to)."""
+        state = self.connections.of(client)
+        if state is None:
+            return None, None
+        name = server_host(server) if server is not None else host
+        match = state.match_for(name, self.connections.store.policy)
+        try:
+            addresses = await addresses_of(host_only(host), port)
+            for address in addresses:
+                issue = judge_destination(local_kind(address), address, port, match)
+                if issue is not None:
+                    return record(self.sink, state, client, issue, match, port), None
+            return None, addresses[0] if addresses else None
+        except Exception:  # fail closed: a destination tlsgate could not check is not connected to
+            logger.exception("tlsgate: could not check a destination; refusing the connection")
+            detail = "tlsgate could not check this destination"
+            issue = Issue(Check.DESTINATION, "check_failed", Effect.ALWAYS, Severity.HIGH, detail)
+            return record(self.sink, state, client, issue, match, port), None

@@ -1,0 +1,43 @@
+"""`local_destinations:` whether a host may be reached at the proxy's own loopback, link-local or addresses.
+
+Refused by default: an allowed device must not reach services bound to the
+proxy host (a database on 127.0.0.1, the metrics port) or the cloud metadata
+address through tlsgate. A test lab whose staging server really runs on the
+proxy host allows it for that host only, or names it with `--resolve`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import yaml
+
+from proxy.policy import yamlnodes as yn
+from proxy.policy.sections.base import Context, Section, register
+
+
+class LocalDestinations(enum.StrEnum):
+    REFUSE = "refuse"
+    ALLOW = "allow"
+
+
+def parse_local_destinations(node: yaml.Node, reader: yn.Reader, context: Context) -> LocalDestinations | None:
+    value = yn.choice(node, reader, f"{context.where}.local_destinations", tuple(LocalDestinations))
+    return LocalDestinations(value) if value else None
+
+
+SECTION = register(
+    Section(
+        name="local_destinations",
+        parse=parse_local_destinations,
+        default=LocalDestinations.REFUSE,
+        schema={"$ref": "#/$defs/local_destinations"},
+        defs={
+            "local_destinations": {
+                "enum": ["refuse", "allow"],
+                "description": "Connections to the proxy host's loopback, link-local (169.254.0.0/16, fe80::/10) "
+                "or own addresses: refuse (default) or allow. A --resolve mapping is always allowed.",
+            }
+        },
+    )
+)

@@ -1,0 +1,70 @@
+"""Destination facts and verdicts: the proxy host and its link are refused unless a rule allows them."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from proxy.checks.destination import judge_destination
+from proxy.checks.model import Action, Check, decide
+from proxy.policy import Mode
+from proxy.policy.loader import load_texts
+from proxy.tls.addresses import address_kind, is_own_address, local_kind
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.255.0.9", "loopback"),
+        ("::1", "loopback"),
+        ("[::1]", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("169.254.169.254", "link_local"),
+        ("fe80::1%eth0", "link_local"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("10.0.0.1", None),
+        ("203.0.113.7", None),
+        ("api.test", None),
+        ("", None),
+    ],
+)
+def test_address_kinds(address: str, kind: str | None) -> None:
+    assert address_kind(address) == kind
+
+
+def test_own_addresses_are_the_ones_the_kernel_lets_us_bind() -> None:
+    assert is_own_address("127.0.0.1")
+    assert not is_own_address("192.0.2.55")  # TEST-NET-1, assigned to no interface here
+    assert not is_own_address("not an address")
+    shown = subprocess.run(["ip", "-o", "-4", "addr", "show", "scope", "global"], capture_output=True, text=True, check=False)
+    mine = [line.split()[3].split("/")[0] for line in shown.stdout.splitlines()]
+    for address in mine:
+        assert local_kind(address) == "proxy_host"
+
+
+POLICY = """\
+version: 1
+defaults:
+  mode: report
+rules:
+  - hosts: [db.lab.test]
+    local_destinations: allow
+"""
+
+
+def test_refused_in_every_mode_unless_the_rule_allows_it() -> None:
+    policy = load_texts([("p.yaml", POLICY)])
+    issue = judge_destination("loopback", "127.0.0.1", 6379, policy.match("api.test"))
+    assert issue is not None and issue.check is Check.DESTINATION and issue.kind == "loopback"
+    assert decide(issue, Mode.REPORT) is Action.BLOCKED  # guards the proxy host: report mode does not loosen it
+    assert "local_destinations: allow" in issue.remedy and "--resolve api.test:6379:127.0.0.1" in issue.remedy
+    assert judge_destination("loopback", "127.0.0.1", 6379, policy.match("db.lab.test")) is None
+    assert judge_destination(None, "10.0.0.1", 443, policy.match("api.test")) is None
+
+
+def test_the_setting_is_validated_where_written() -> None:
+    with pytest.raises(Exception, match=r"p\.yaml:3:23: defaults\.local_destinations must be one of refuse, allow"):
+        load_texts([("p.yaml", "version: 1\ndefaults:\n  local_destinations: yes\n")])
