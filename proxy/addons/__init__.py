@@ -9,6 +9,7 @@ from proxy.addons.client_audit import ClientAudit
 from proxy.addons.destination import DestinationGuard
 from proxy.addons.findings import FindingsSink
 from proxy.addons.lifetime import Lifetime
+from proxy.addons.logsafety import SafeLog
 from proxy.addons.metrics import MetricsExporter
 from proxy.addons.policy import PolicyStore
 from proxy.addons.quic import QuicGuard
@@ -35,6 +36,7 @@ def make_addons() -> list[object]:
     connections = Connections(store)
     resolve = Resolve()
     return [
+        SafeLog(),  # first: console lines are escaped before any other add-on logs
         store,
         sink,
         MetricsExporter(store, metrics),

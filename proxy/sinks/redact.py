@@ -177,6 +177,23 @@ def path_credentials(path: str) -> list[Credential]:
     return found
 
 
+_URL_TOKEN = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>]+|(?<![^\s'"(=])/[^\s'"<>]*[?;][^\s'"<>]*""")
+
+
+def redact_text(text: str) -> str:
+    """Free text (a log line quoting a malformed request line) with every URL or path?query in it redacted."""
+    if "?" not in text and "@" not in text and ";" not in text:
+        return text
+
+    def one(found: re.Match[str]) -> str:
+        token = found.group(0)
+        if "://" in token:
+            return redact_url(token)
+        return redact_url("http://h" + token)[len("http://h") :]
+
+    return _URL_TOKEN.sub(one, text)
+
+
 def redact_user_agent(value: str) -> str:
     """Product tokens (`okhttp/4.12.0`, `Dart/3.3 (dart:io)`) are kept; a token or key pasted into the
     User-Agent is not."""

@@ -790,6 +790,7 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
     addons = make_addons()
     assert isinstance(addons[-1], Connections)
     assert [type(a).__name__ for a in addons] == [
+        "SafeLog",
         "PolicyStore",
         "FindingsSink",
         "MetricsExporter",
@@ -803,7 +804,7 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
         "ClientAudit",
         "Connections",
     ]
-    store = addons[0]
+    store = addons[1]
     assert all(getattr(a, "connections", addons[-1]) is addons[-1] for a in addons)
     assert addons[-1].store is store
     with caplog.at_level(logging.WARNING), taddons.context(*addons) as tctx:

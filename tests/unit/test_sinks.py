@@ -397,3 +397,15 @@ def test_reload_and_request_counters() -> None:
     assert sample(metrics, "tlsgate_tls_handshakes_total", side="server", result="failed", version="none", suite="none", transport="tcp") == 1
     assert sample(metrics, "tlsgate_pin_checks_total", result="mismatch") == 1
     assert sample(metrics, "tlsgate_pin_checks_total", result="match") == 0
+
+
+def test_console_filter_escapes_whatever_a_record_carries() -> None:
+    import logging
+
+    from proxy.addons.logsafety import EscapeControls
+
+    record = logging.LogRecord("mitmproxy.proxy.server", logging.INFO, __file__, 1, "for %s (%s)", ("a\n[CRITICAL] x", "\ud800\x1b"), None)
+    assert EscapeControls().filter(record) is True
+    assert record.getMessage() == "for a\\x0a[CRITICAL] x (\\ud800\\x1b)"
+    broken = logging.LogRecord("x", logging.INFO, __file__, 1, "%d", ("not a number",), None)
+    assert EscapeControls().filter(broken) and "\n" not in broken.getMessage()
