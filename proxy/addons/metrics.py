@@ -1,15 +1,17 @@
 """Serves /metrics, /healthz and /readyz, and counts what passes through the hooks.
 
-The endpoint runs on its own port and thread so a scrape never waits on the
-proxy's event loop, and a busy proxy never waits on a scrape.
+The endpoint runs on its own port, thread and event loop so a scrape never
+waits on the proxy's event loop, and a busy proxy never waits on a scrape.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 
 from mitmproxy import connection, ctx, exceptions, http, tls
 
@@ -35,39 +37,98 @@ def transport(conn: connection.Connection) -> str:
     return "quic" if conn.transport_protocol == "udp" else "tcp"
 
 
-class _Endpoint(ThreadingHTTPServer):
-    daemon_threads = True
+MAX_CONNECTIONS = 64  # concurrent scrapers; more are closed at once
+HEAD_TIMEOUT = 10.0  # seconds to send a request head; an idle connection is closed after it
+MAX_HEAD = 8192
+
+
+class _Endpoint:
+    """A small HTTP/1.1 server on its own event loop in its own thread.
+
+    One thread whatever the number of connections (the standard library's
+    threading server held a thread per idle connection: 1,000 idle sockets,
+    1,000 threads); each connection gets HEAD_TIMEOUT to send its request and
+    one answer, and at most MAX_CONNECTIONS are served at once.
+    """
 
     def __init__(self, address: tuple[str, int], metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> None:
+        """Binds at once (raising OSError like a socket would), then serves from `start()`."""
         self.metrics = metrics
         self.ready = ready
-        super().__init__(address, _Handler)
+        self.open = 0
+        self.loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._bound = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(address,), name="tlsgate metrics", daemon=True)
+        self._thread.start()
+        self._bound.wait(10)
+        if self._error is not None or self._server is None:
+            self._thread.join(5)
+            raise self._error if isinstance(self._error, OSError) else OSError(f"metrics endpoint did not start: {self._error}")
+        self.server_address = self._server.sockets[0].getsockname()
 
+    def _run(self, address: tuple[str, int]) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self._server = self.loop.run_until_complete(asyncio.start_server(self._serve, address[0], address[1], limit=MAX_HEAD))
+        except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
+            self._error = exc
+            self._bound.set()
+            self.loop.close()
+            return
+        self._bound.set()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Endpoint
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        try:
+            if self.open > MAX_CONNECTIONS:
+                return
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                return
+            status, body, content_type = self.answer(head.split(b"\r\n", 1)[0])
+            writer.write(
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await asyncio.wait_for(writer.drain(), HEAD_TIMEOUT)
+        finally:
+            self.open -= 1
+            writer.close()
+
+    def answer(self, request_line: bytes) -> tuple[int, bytes, str]:
+        parts = request_line.decode("latin-1").split()
+        text = "text/plain; charset=utf-8"
+        if len(parts) != 3 or parts[0] not in ("GET", "HEAD"):
+            return 405, b"GET /metrics, /healthz or /readyz\n", text
+        path = parts[1].split("?", 1)[0]
         if path == "/metrics":
-            self._send(200, self.server.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
-        elif path == "/healthz":
-            self._send(200, b"ok\n")
-        elif path == "/readyz":
-            ok, why = self.server.ready()
-            self._send(200 if ok else 503, f"{why}\n".encode())
-        else:
-            self._send(404, b"try /metrics, /healthz or /readyz\n")
-
-    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+            return 200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8"
+        if path == "/healthz":
+            return 200, b"ok\n", text
+        if path == "/readyz":
+            ok, why = self.ready()
+            return (200 if ok else 503), f"{why}\n".encode(), text
+        return 404, b"try /metrics, /healthz or /readyz\n", text
 
 
 class MetricsExporter:
@@ -104,7 +165,6 @@ class MetricsExporter:
         except OSError as exc:
             logger.error(f"tlsgate: cannot serve metrics on {address[0]}:{address[1]}: {exc}")
             return
-        threading.Thread(target=self._endpoint.serve_forever, name="tlsgate metrics", daemon=True).start()
         host, port = self._endpoint.server_address[:2]
         logger.info(f"tlsgate: metrics listening at http://{host}:{port}/metrics")
 
@@ -113,8 +173,7 @@ class MetricsExporter:
 
     def _stop(self) -> None:
         if self._endpoint is not None:
-            self._endpoint.shutdown()
-            self._endpoint.server_close()
+            self._endpoint.stop()
             self._endpoint = None
 
     def _on_reload(self, result: str, policy: Policy | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -185,3 +186,32 @@ def test_real_prometheus_scrapes_and_reads_back_counts(busy_gate, tmp_path: Path
     finally:
         prometheus.terminate()
         prometheus.wait(20)
+
+
+def thread_count(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def test_idle_connections_to_the_metrics_port_hold_no_threads_and_do_not_lock_scrapers_out(tlsgate) -> None:
+    """The standard library's threading server held one thread per idle connection (1,000 sockets, 1,000 threads)."""
+    gate = tlsgate()
+    host, port = urllib.parse.urlsplit(gate.metrics_url).netloc.rsplit(":", 1)
+    before = thread_count(gate.proc.pid)
+    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(300)]
+    try:
+        time.sleep(1)
+        during = thread_count(gate.proc.pid)
+        assert during <= before + 2, (before, during)
+        closed = 0
+        for sock in idle:  # beyond the cap, connections are closed at once rather than queued
+            sock.settimeout(0.05)
+            with contextlib.suppress(TimeoutError):
+                closed += sock.recv(1) == b""
+        assert closed >= 300 - 64
+    finally:
+        for sock in idle:
+            sock.close()
+    assert eventually(lambda: b"tlsgate_" in urllib.request.urlopen(gate.metrics_url + "/metrics", timeout=5).read(), timeout=15)
