@@ -8,20 +8,27 @@ so a test outside this process (another network namespace, say) can assert
 
 Command line (stable: tests in network namespaces run these):
 
-    python -m tests.plainpeers serve mqtt|smtp|raw --port P [--host H] [--record FILE]
+    python -m tests.plainpeers serve mqtt|smtp|raw --port P [--host H] [--record FILE] [--cert PEM --key PEM]
         Serve until killed; prints one JSON line {"listening": "H:P"} once bound.
         mqtt: answers a CONNECT with CONNACK (accepted). smtp: banner, EHLO offers
-        STARTTLS and AUTH PLAIN, AUTH answers 235, other commands 250. raw: reads only.
+        STARTTLS and AUTH PLAIN, AUTH answers 235, other commands 250; STARTTLS is
+        refused (454) unless --cert/--key are given: then it answers 220 and really
+        upgrades (Python ssl on the accepted socket). raw: reads only.
+        The record then also holds "tls_attempts", "tls_established" and "tls_bytes" (plaintext
+        received after a completed handshake); `bytes`/`first` count only what came before TLS.
 
     python -m tests.plainpeers mqtt-connect HOST:PORT [--username U] [--password P] [VIA]
     python -m tests.plainpeers smtp-auth HOST:PORT [--username U] [--password P] [VIA]
+    python -m tests.plainpeers smtp-starttls HOST:PORT --ca PEM|--insecure [--server-name N] [--username U] [--password P] [VIA]
     python -m tests.plainpeers raw HOST:PORT --hex BYTES [VIA]   (reads until the close or --timeout)
         VIA: nothing (direct, e.g. transparent/wireguard interception), or
         --connect-proxy H:P (HTTP CONNECT, tlsgate's regular mode), or --socks5 H:P.
         Prints one JSON line, the client's transcript: {"sent": n, "received": n,
         "closed": bool (the peer closed on us), "timeout": bool, "error": str|null, ...};
         mqtt-connect adds "connack" (accepted) and "connack_code"; smtp-auth adds "banner",
-        "starttls_offered" and "authenticated".
+        "starttls_offered" and "authenticated"; smtp-starttls (EHLO, STARTTLS, a TLS handshake
+        trusting only --ca, EHLO, AUTH PLAIN, QUIT) adds "starttls_accepted", "tls",
+        "tls_error", "peer_issuer" and "after_tls" (the first reply read over TLS; --insecure: any certificate).
         and exits 0 whatever happened: the caller judges the transcript.
 
 Every wait is bounded by `--timeout` (default 10 s).
@@ -34,6 +41,7 @@ import base64
 import contextlib
 import json
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -51,12 +59,18 @@ SMTP_EHLO_REPLY = b"250-peer.test\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n"
 class RecordingServer:
     """A threaded TCP server for one protocol that records every byte clients send."""
 
-    def __init__(self, kind: str, host: str = "127.0.0.1", port: int = 0, record: Path | None = None) -> None:
+    def __init__(
+        self, kind: str, host: str = "127.0.0.1", port: int = 0, record: Path | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         if kind not in ("mqtt", "smtp", "raw"):
             raise ValueError(f"unknown peer kind {kind!r}")
         self.kind = kind
         self.record = record
-        self.received = bytearray()
+        self.tls = tls  # smtp: STARTTLS really upgrades with this server context
+        self.received = bytearray()  # before TLS
+        self.received_tls = bytearray()  # plaintext received over TLS, after a completed handshake
+        self.tls_attempts = 0  # STARTTLS accepted and a handshake started
+        self.tls_established = 0
         self.connections = 0
         self.lock = threading.Lock()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -93,7 +107,14 @@ class RecordingServer:
         if self.record is None:
             return
         with self.lock:
-            state = {"connections": self.connections, "bytes": len(self.received), "first": self.received[:64].hex()}
+            state = {
+                "connections": self.connections,
+                "bytes": len(self.received),
+                "first": self.received[:64].hex(),
+                "tls_attempts": self.tls_attempts,
+                "tls_established": self.tls_established,
+                "tls_bytes": len(self.received_tls),
+            }
         tmp = self.record.with_suffix(self.record.suffix + ".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(self.record)
@@ -112,9 +133,14 @@ class RecordingServer:
             self._write()
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
-    def _got(self, data: bytes) -> None:
+    def _got(self, data: bytes, tls: bool = False) -> None:
         with self.lock:
-            self.received += data
+            (self.received_tls if tls else self.received).extend(data)
+        self._write()
+
+    def _count(self, name: str) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + 1)
         self._write()
 
     def _handle(self, conn: socket.socket) -> None:
@@ -136,9 +162,34 @@ class RecordingServer:
                     elif self.kind == "smtp":
                         while b"\n" in buffer:
                             line, buffer = buffer.split(b"\n", 1)
+                            if self.tls is not None and line.strip().upper() == b"STARTTLS":
+                                conn.sendall(b"220 2.0.0 Ready to start TLS\r\n")
+                                self._serve_tls(conn)
+                                return
                             conn.sendall(_smtp_reply(line.strip()))
         except OSError:
             return
+
+    def _serve_tls(self, conn: socket.socket) -> None:
+        """The rest of an SMTP session after an accepted STARTTLS: handshake, then commands over TLS, recorded apart."""
+        assert self.tls is not None
+        self._count("tls_attempts")
+        try:
+            secure = self.tls.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            return  # the handshake failed: nothing after it can have been received
+        self._count("tls_established")
+        with secure:
+            buffer = b""
+            for _ in range(10_000):
+                data = secure.recv(65536)
+                if not data:
+                    return
+                self._got(data, tls=True)
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    secure.sendall(_smtp_reply(line.strip()))
 
 
 def _smtp_reply(line: bytes) -> bytes:
@@ -336,6 +387,62 @@ def smtp_auth(target: str, username: str = "user", password: str = "secret", **v
     return transcript
 
 
+def smtp_starttls(
+    target: str,
+    ca: Path | str | None,
+    server_name: str | None = None,
+    username: str = "user",
+    password: str = "secret",
+    **via: Any,
+) -> Transcript:
+    """EHLO, STARTTLS, a TLS handshake trusting only `ca` (verifying `server_name`), EHLO and AUTH PLAIN over TLS, QUIT.
+
+    `ca=None` is an app that verifies nothing: it accepts any certificate.
+    """
+    transcript = Transcript()
+    transcript.extra.update(starttls_accepted=False, tls=False, tls_error=None, peer_issuer=None, after_tls="")
+    sock = _connect(transcript, target, via)
+    if sock is None:
+        return transcript
+    name = server_name or _split(target)[0]
+    with sock:
+        transcript.extra["banner"] = transcript.read(sock, until=b"\n").startswith(b"220")
+        if transcript.closed or not transcript.send(sock, b"EHLO client.test\r\n"):
+            return transcript
+        transcript.extra["starttls_offered"] = b"STARTTLS" in transcript.read(sock, until=b"250 ")
+        if transcript.closed or not transcript.send(sock, b"STARTTLS\r\n"):
+            return transcript
+        reply = transcript.read(sock, until=b"\n")
+        transcript.extra["starttls_accepted"] = reply.startswith(b"220")
+        if not transcript.extra["starttls_accepted"]:
+            return transcript
+        context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+        if ca is None:
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        try:
+            secure = context.wrap_socket(sock, server_hostname=name)
+        except (ssl.SSLError, OSError) as exc:
+            transcript.closed, transcript.extra["tls_error"] = True, str(exc)[:200]
+            return transcript
+        transcript.extra["tls"] = True
+        issuer = dict(x[0] for x in (secure.getpeercert() or {}).get("issuer", ()))  # empty when nothing was verified
+        transcript.extra["peer_issuer"] = issuer.get("organizationName") or issuer.get("commonName")
+        with secure:
+            if not transcript.send(secure, b"EHLO client.test\r\n"):
+                return transcript
+            first = transcript.read(secure, until=b"250 ")  # the whole EHLO reply, or a refusal and the close
+            transcript.extra["after_tls"] = first[:200].decode("latin-1")
+            if transcript.closed or b"250 " not in first:
+                return transcript
+            plain = base64.b64encode(b"\x00" + username.encode() + b"\x00" + password.encode())
+            if transcript.closed or not transcript.send(secure, b"AUTH PLAIN " + plain + b"\r\n"):
+                return transcript
+            transcript.extra["authenticated"] = transcript.read(secure, until=b"\n").startswith(b"235")
+            if not transcript.closed and transcript.send(secure, b"QUIT\r\n"):
+                transcript.read(secure, until=b"\n")
+    return transcript
+
+
 def raw_exchange(target: str, data: bytes, **via: Any) -> Transcript:
     """Send `data` and read everything back until the peer closes (`closed`) or the wait runs out (`timeout`)."""
     transcript = Transcript()
@@ -361,7 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--record", type=Path)
-    for name in ("mqtt-connect", "smtp-auth", "raw"):
+    serve.add_argument("--cert", type=Path, help="smtp: certificate chain PEM; STARTTLS then really upgrades")
+    serve.add_argument("--key", type=Path, help="smtp: the certificate's key PEM")
+    for name in ("mqtt-connect", "smtp-auth", "smtp-starttls", "raw"):
         client = sub.add_parser(name)
         client.add_argument("target", help="HOST:PORT")
         client.add_argument("--connect-proxy", help="HOST:PORT of an HTTP CONNECT proxy")
@@ -370,11 +479,20 @@ def main(argv: list[str] | None = None) -> int:
         if name == "raw":
             client.add_argument("--hex", required=True)
         else:
+            if name == "smtp-starttls":
+                trust = client.add_mutually_exclusive_group(required=True)
+                trust.add_argument("--ca", type=Path, help="the only CA trusted for the TLS handshake")
+                trust.add_argument("--insecure", action="store_true", help="accept any certificate (an app that does not verify)")
+                client.add_argument("--server-name", help="name to verify (and send as SNI); default: HOST")
             client.add_argument("--username")
             client.add_argument("--password")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        server = RecordingServer(args.kind, args.host, args.port, args.record)
+        tls = None
+        if args.cert is not None:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls.load_cert_chain(args.cert, args.key)
+        server = RecordingServer(args.kind, args.host, args.port, args.record, tls=tls)
         print(json.dumps({"listening": f"{server.host}:{server.port}"}), flush=True)
         server.start()
         try:
@@ -387,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
         transcript = mqtt_connect(args.target, args.username, args.password, **via)
     elif args.command == "smtp-auth":
         transcript = smtp_auth(args.target, args.username or "user", args.password or "secret", **via)
+    elif args.command == "smtp-starttls":
+        user, password = args.username or "user", args.password or "secret"
+        transcript = smtp_starttls(args.target, args.ca, args.server_name, user, password, **via)
     else:
         transcript = raw_exchange(args.target, bytes.fromhex(args.hex), **via)
     print(json.dumps(transcript.as_dict()), flush=True)

@@ -16,11 +16,23 @@ server greets first (SMTP, IMAP, POP3, FTP) are named from the banner
 its banner read, before the client has said anything), and the client's
 capability and STARTTLS commands pass so STARTTLS keeps working; its first
 command beyond those (AUTH, LOGIN, USER, MAIL, ...) is what gets blocked.
+
+STARTTLS (SMTP/IMAP STARTTLS, POP3 STLS, FTP AUTH TLS, XMPP <starttls/>): once
+the client's TLS handshake follows its upgrade command, the gate drops the
+cleartext TCPLayer and stacks what mitmproxy's next_layer stacks for direct
+TLS: ServerTLSLayer over ClientTLSLayer over a layer chosen by `next_layer`.
+The rest of the stream is then judged exactly like direct TLS: the ClientHello
+by the client audit (findings, probes), the upstream by `UpstreamTls` (pins,
+validation, certificate rules, suites). With connection_strategy=eager, the
+server handshake (and so its verdict) completes before the client's handshake
+does, so no post-upgrade client byte can reach a refused server; the layer
+chosen inside answers such a client in its protocol and closes.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
 from collections.abc import Generator
 
@@ -28,11 +40,12 @@ from mitmproxy import connection, flow, http
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import HTTPMode
+from mitmproxy.proxy.layers.tcp import TcpEndHook
 
 from proxy.addons.findings import FindingsSink
 from proxy.addons.state import Connections, ConnState, request_host, request_url, server_host
 from proxy.addons.verdicts import apply, record
-from proxy.checks.cleartext import CleartextRequest, judge_cleartext, judge_stream, refusal
+from proxy.checks.cleartext import CleartextRequest, judge_cleartext, judge_stream, refusal, upstream_refusal
 from proxy.checks.model import Action, Issue, decide
 from proxy.policy import Match
 from proxy.sinks import redact
@@ -41,6 +54,7 @@ from proxy.tls.plaintext import INSPECT_LIMIT, STREAM_PROTOCOLS, Sighting, class
 
 logger = logging.getLogger("tlsgate.cleartext")
 MAX_LOOKS = 64  # client chunks a stream is looked at before it is judged on what it has shown
+UPGRADING = ("smtp", "imap", "pop3", "ftp", "xmpp")  # text protocols with STARTTLS: a chunk opening a TLS record is one
 
 
 def credentials_in(request: http.Request) -> list[redact.Credential]:
@@ -84,7 +98,10 @@ class CleartextGuard:
         """Gate every relayed stream whose client side is not TLS (a TLS stream is judged by the TLS add-ons)."""
         chosen = nextlayer.layer
         context = nextlayer.context
-        if chosen is None or context.client.tls or context.client.transport_protocol != "tcp":
+        if context.client.tls and context.client.transport_protocol == "tcp":
+            self._inside_starttls(nextlayer)
+            return
+        if chosen is None or context.client.transport_protocol != "tcp":
             return
         data = nextlayer.data_client()
         if starts_like_tls(data):
@@ -113,11 +130,66 @@ class CleartextGuard:
         context.layers.append(chosen)
         nextlayer.layer = gate
 
+    def _inside_starttls(self, nextlayer: layer.NextLayer) -> None:
+        """The layer inside TLS a gate upgraded to: a relay if the upstream passed, else the protocol's "no" and a close.
+
+        mitmproxy would take the client's first command (`EHLO name`) for HTTP;
+        it is the protocol the gate already named. An upstream that failed or
+        was refused gets nothing: the client is told why, in its protocol, over
+        the TLS it just set up with tlsgate.
+        """
+        context = nextlayer.context
+        gate = next((x for x in context.layers if isinstance(x, StreamGate) and x.upgraded), None)
+        if gate is None:
+            return
+        chosen = nextlayer.layer
+        if chosen is not None and chosen in context.layers:
+            context.layers.remove(chosen)
+        message = b""
+        try:
+            state = self.connections.peek(context.client)
+            side = state.servers.get(context.server.id) if state is not None else None
+            blocked = side.blocked if side is not None else None
+            if context.server.tls_established and blocked is None:
+                nextlayer.layer = chosen if isinstance(chosen, layers.TCPLayer) else layers.TCPLayer(context)
+                return
+            protocol = gate.inspector.sighting.protocol if gate.inspector.sighting else "unknown"
+            check, rule = (blocked.check, blocked.rule) if blocked is not None else ("tls", "")
+            message = upstream_refusal(protocol, check, rule)
+        except Exception:  # noqa: BLE001 - fail closed: a stream whose upstream verdict cannot be read relays nothing
+            logger.exception("choosing the layer inside an upgraded STARTTLS stream failed; closing it")
+        nextlayer.layer = Refuse(context, message)
+
+
+class Refuse(layer.Layer):
+    """Inside an upgraded stream whose upstream failed or was refused: say so in the protocol, close, relay nothing."""
+
+    def __init__(self, context: Context, message: bytes) -> None:
+        super().__init__(context)
+        self.message = message
+
+    def _handle_event(self, event: events.Event) -> Generator[commands.Command, object, None]:
+        if isinstance(event, events.Start):
+            if self.message:
+                yield commands.SendData(self.context.client, self.message)
+            yield commands.CloseConnection(self.context.client)
+            if self.context.server.connected:
+                yield commands.CloseConnection(self.context.server)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
 
 class Step(enum.Enum):
     HOLD = "hold the bytes: the protocol is not known yet"
     FORWARD = "forward, and keep looking (capability and STARTTLS commands, or a report still gathering facts)"
     PASS = "forward, and stop looking"
+    UPGRADE = "TLS follows the client's STARTTLS: hand the stream to mitmproxy's TLS layers, judged as direct TLS"
     BLOCK = "close both sides, forward nothing"
 
 
@@ -170,7 +242,9 @@ class StreamInspector:
         sighting = classify(bytes(self.client), bytes(self.server))
         self.sighting = sighting
         if sighting.upgraded:
-            return Step.PASS
+            if not sighting.starttls_accepted:
+                logger.info("%s client starts TLS the server did not accept; its TLS handshake will decide", sighting.protocol)
+            return Step.UPGRADE
         if not sighting.complete and not full:
             return Step.HOLD
         if sighting.negotiation_only and not full:
@@ -230,9 +304,15 @@ class StreamGate(layer.Layer):
         self.looking = True
         self.held = b""
         self.closed = False
+        self.upgraded = False  # the child is now mitmproxy's TLS stack: the stream is judged as direct TLS
+        self.retired: layer.Layer | None = None  # the cleartext TCPLayer, still owed the answers to its hooks
+        self.watching = False  # passed, but a protocol that can still upgrade: a later TLS handshake is not relayed blind
 
     def _handle_event(self, event: events.Event) -> Generator[commands.Command, object, None]:
         if self.closed:
+            return
+        if self.retired is not None and isinstance(event, events.CommandCompleted) and event.command.blocking is self.retired:
+            yield from self.retired.handle_event(event)  # e.g. the tcp_message hook of the last cleartext line
             return
         if self.looking and isinstance(event, events.DataReceived):
             if event.connection is self.context.client:
@@ -243,11 +323,27 @@ class StreamGate(layer.Layer):
                 if step is Step.BLOCK:
                     yield from self._close()
                     return
+                if step is Step.UPGRADE:
+                    yield from self._upgrade()
+                    return
                 self.looking = step is not Step.PASS
+                sighting = self.inspector.sighting
+                self.watching = not self.looking and sighting is not None and sighting.protocol in UPGRADING
                 event = events.DataReceived(self.context.client, self.held)
                 self.held = b""
             else:
                 self.inspector.server_data(event.data)
+        elif (
+            self.watching
+            and isinstance(event, events.DataReceived)
+            and event.connection is self.context.client
+            and starts_like_tls(event.data)
+        ):
+            # A text protocol passed earlier (allowed, or reported and settled) that now starts TLS: STARTTLS after all.
+            self.held = event.data
+            self.watching = False
+            yield from self._upgrade(split=0)
+            return
         elif self.looking and isinstance(event, events.ConnectionClosed) and event.connection is self.context.client:
             # The client is done sending: judge what it held back, and record a report still gathering facts.
             # (A server closing first changes nothing: the client's later bytes are still looked at.)
@@ -260,6 +356,47 @@ class StreamGate(layer.Layer):
             self.inspector.closed()
             self.looking = False
         yield from self.child.handle_event(event)
+
+    def _upgrade(self, split: int | None = None) -> Generator[commands.Command, object, None]:
+        """Cleartext up to the client's STARTTLS line goes to the TCPLayer; from its TLS handshake on, to the TLS stack.
+
+        The stack is the one mitmproxy's next_layer builds for direct TLS, so
+        tlsconfig, `UpstreamTls` and the client audit run on it unchanged. The
+        upstream's name is the host this connection settled on (CONNECT or SOCKS
+        authority, DNS name), as for direct TLS, unless it already has one.
+        """
+        try:
+            if split is None:  # where the inspector saw the handshake start, relative to the bytes held
+                sighting = self.inspector.sighting
+                offset = sighting.tls_offset if sighting is not None and sighting.tls_offset is not None else 0
+                start = self.inspector.client_total - len(self.held)  # stream offset of the first held byte
+                split = min(max(offset - start, 0), len(self.held))
+            cleartext, handshake = self.held[:split], self.held[split:]
+            server = self.context.server
+            host = self.inspector.state.host if self.inspector.state is not None else None
+            if server.sni is None and host and not _is_address(host):
+                server.sni = host
+            old = self.child
+            if old in self.context.layers:
+                self.context.layers.remove(old)
+            server_tls = layers.ServerTLSLayer(self.context)
+            server_tls.child_layer = layers.ClientTLSLayer(self.context)
+        except Exception:  # noqa: BLE001 - fail closed: a stream that cannot be judged as TLS is not relayed blind
+            logger.exception("handing a STARTTLS stream to the TLS layers failed; closing it")
+            yield from self._close()
+            return
+        self.held = b""
+        self.looking = False
+        if cleartext:  # the STARTTLS line came with the handshake: the line still goes in the clear, before it
+            yield from old.handle_event(events.DataReceived(self.context.client, cleartext))
+        self.retired, self.child, self.upgraded = old, server_tls, True
+        logger.debug("STARTTLS to %s: judging the upgraded stream as TLS", server.sni or server.address)
+        tcp_flow = getattr(old, "flow", None)
+        if tcp_flow is not None and tcp_flow.live:  # the cleartext part ends here, as mitmproxy would end it
+            tcp_flow.live = False
+            yield TcpEndHook(tcp_flow)
+        yield from self.child.handle_event(events.Start())
+        yield from self.child.handle_event(events.DataReceived(self.context.client, handshake))
 
     def _close(self) -> Generator[commands.Command, object, None]:
         self.closed = True

@@ -106,9 +106,24 @@ def refusal(sighting: Sighting, rule: str) -> bytes:
     Only protocols with an error any client understands at this point get one; the rest are just closed.
     """
     text = "tlsgate blocked cleartext " + sighting.protocol + " (rule " + _printable(rule) + ")"
-    match sighting.protocol:
-        case "mqtt":  # CONNACK refusing the CONNECT: "not authorized"
-            return b"\x20\x03\x00\x87\x00" if sighting.details.get("mqtt_protocol_level") == 5 else b"\x20\x02\x00\x05"
+    if sighting.protocol == "mqtt":  # CONNACK refusing the CONNECT: "not authorized"
+        return b"\x20\x03\x00\x87\x00" if sighting.details.get("mqtt_protocol_level") == 5 else b"\x20\x02\x00\x05"
+    return _closing(sighting.protocol, text)
+
+
+def upstream_refusal(protocol: str, check: str, rule: str) -> bytes:
+    """What a client that upgraded with STARTTLS is told, over its TLS, when tlsgate refused (or could not reach) the server."""
+    text = "tlsgate refused the server after STARTTLS: " + _printable(check)
+    if rule:
+        text += " (rule " + _printable(rule) + ")"
+    if protocol == "xmpp":
+        return b"<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+    return _closing(protocol, text)
+
+
+def _closing(protocol: str, text: str) -> bytes:
+    """The protocol's "service closing" line carrying `text`; nothing for protocols without one."""
+    match protocol:
         case "smtp":
             return f"421 4.7.0 {text}\r\n".encode()
         case "ftp":

@@ -13,8 +13,11 @@ never raises, whatever the bytes, because it runs inside the proxy on traffic
 anyone can send. It is called again as bytes arrive, so its answers grow:
 `complete` says the protocol is known well enough to judge, `negotiation_only`
 that the client has so far only asked for capabilities or for STARTTLS (which
-must pass for STARTTLS to work at all), `upgraded` that TLS follows an
-accepted STARTTLS, and `settled` that no credential can appear any more.
+must pass for STARTTLS to work at all), `upgraded` that a TLS handshake
+follows the client's STARTTLS (at `tls_offset` in the client's bytes: where the
+caller hands the stream to its TLS layers), `starttls_accepted` that the
+server's last reply said yes to it, and `settled` that no credential can
+appear any more.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class Sighting:
     starttls_offered: bool = False  # the server advertised an upgrade (EHLO, CAPABILITY, CAPA, FEAT, stream features)
     starttls_requested: bool = False  # the client sent the upgrade command
     upgraded: bool = False  # TLS bytes follow the client's upgrade command: the rest is not cleartext
+    tls_offset: int | None = None  # where in the client's bytes the TLS handshake starts, when `upgraded`
+    starttls_accepted: bool = False  # the server's last reply accepted the upgrade (220, OK, +OK, 234, <proceed/>)
     negotiation_only: bool = False  # the client sent nothing but greeting/capability/upgrade commands so far
     complete: bool = True  # enough bytes to name the protocol; False: the caller should wait for more
     settled: bool = False  # the login phase is over: no credential kind can still appear
@@ -76,7 +81,7 @@ def classify(client: bytes, server: bytes = b"") -> Sighting:
 
 def _classify(client: bytes, server: bytes) -> Sighting:
     if starts_like_tls(client):
-        return Sighting("tls", upgraded=True, settled=True)
+        return Sighting("tls", upgraded=True, tls_offset=0, settled=True)
     banner = server.lstrip()[:512]
     if banner.startswith(b"220"):
         return _smtp_or_ftp(client, server)
@@ -258,6 +263,9 @@ class _Login:
     negotiation_only: bool = True
     requested: bool = False
     upgraded: bool = False
+    tls_offset: int | None = None
+    accepted: bool = False
+    partial: bool = False  # 1-2 bytes after the upgrade command that may still become a TLS record: wait for more
     settled: bool = False
     details: dict[str, Any] = field(default_factory=dict)
     expect: list[str] = field(default_factory=list)  # what the next client lines are (SASL continuation)
@@ -305,6 +313,8 @@ class _Login:
         self.requested = True
         after = client[line_end:]
         self.upgraded = starts_like_tls(after)
+        self.tls_offset = line_end if self.upgraded else None
+        self.partial = 0 < len(after) < 3 and after[:1] == b"\x16" and after[1:2] in (b"", b"\x03")
 
     def sighting(self, protocol: str, starttls_offered: bool, complete: bool = True) -> Sighting:
         return Sighting(
@@ -314,8 +324,10 @@ class _Login:
             starttls_offered=starttls_offered,
             starttls_requested=self.requested,
             upgraded=self.upgraded,
+            tls_offset=self.tls_offset,
+            starttls_accepted=self.requested and self.accepted,
             negotiation_only=self.negotiation_only and not self.kinds,
-            complete=complete,
+            complete=complete and not self.partial,
             settled=self.settled,
             details=self.details,
         )
@@ -342,6 +354,18 @@ def _walk(client: bytes, handle: Any) -> _Login:
 
 def _offers(server: bytes, pattern: bytes) -> bool:
     return re.search(pattern, server, re.IGNORECASE | re.MULTILINE) is not None
+
+
+def _replies(server: bytes, pattern: bytes) -> list[bytes]:
+    """The server's complete lines that are final replies (`pattern` matches their start), in order."""
+    lines = [line.rstrip(b"\r") for line in server.split(b"\n")[:-1]]  # the caller keeps at most INSPECT_LIMIT bytes
+    return [line for line in lines if re.match(pattern, line)]
+
+
+def _accepted(server: bytes, final: bytes, yes: bytes) -> bool:
+    """The server's last final reply says yes, and it is not the greeting (which is a final reply too)."""
+    replies = _replies(server, final)
+    return len(replies) >= 2 and re.match(yes, replies[-1]) is not None
 
 
 _SMTP_NEGOTIATION = {b"EHLO", b"HELO", b"LHLO", b"NOOP", b"RSET", b"QUIT", b"STARTTLS"}
@@ -380,6 +404,7 @@ def _smtp(client: bytes, server: bytes) -> Sighting:
             login.settled = True  # MAIL, RCPT, DATA, ...: mail is flowing; any later AUTH is still caught while inspected
 
     login = _walk(client, handle)
+    login.accepted = _accepted(server, rb"\d{3}(?: |$)", rb"220\b")
     return login.sighting("smtp", _offers(server, rb"^250[- ]STARTTLS\b"), complete=bool(client) and b"\n" in client)
 
 
@@ -400,6 +425,7 @@ def _ftp(client: bytes, server: bytes) -> Sighting:
             login.settled = login.settled or command not in (b"PBSZ", b"PROT")
 
     login = _walk(client, handle)
+    login.accepted = _accepted(server, rb"\d{3}(?: |$)", rb"234\b")
     return login.sighting("ftp", _offers(server, rb"^\s*AUTH\s+TLS\b"), complete=bool(client) and b"\n" in client)
 
 
@@ -429,6 +455,7 @@ def _pop3(client: bytes, server: bytes) -> Sighting:
             login.settled = True
 
     login = _walk(client, handle)
+    login.accepted = _accepted(server, rb"(?:\+OK|-ERR)\b", rb"\+OK\b")
     return login.sighting("pop3", _offers(server, rb"^STLS\b"), complete=b"\n" in client)
 
 
@@ -436,6 +463,7 @@ def _imap(client: bytes, server: bytes) -> Sighting:
     def handle(login: _Login, line: bytes, end: int) -> None:
         command = _word(line, 1)
         if command == b"STARTTLS":
+            login.details["imap_starttls_tag"] = line.split()[0][:32].decode("ascii", "replace")
             login.upgrade(client, end)
         elif command == b"LOGIN":
             login.negotiation_only = False
@@ -452,6 +480,9 @@ def _imap(client: bytes, server: bytes) -> Sighting:
             login.settled = True
 
     login = _walk(client, handle)
+    tag = login.details.pop("imap_starttls_tag", None)
+    if tag is not None:
+        login.accepted = re.search(rb"^" + re.escape(tag.encode()) + rb" OK\b", server, re.MULTILINE | re.IGNORECASE) is not None
     return login.sighting("imap", _offers(server, rb"CAPABILITY[^\r\n]*\bSTARTTLS\b"), complete=b"\n" in client)
 
 
@@ -470,6 +501,7 @@ def _xmpp(client: bytes, server: bytes) -> Sighting:
     tls = _XMPP_STARTTLS.search(client)
     if tls is not None:
         login.upgrade(client, tls.end())
+        login.accepted = b"<proceed" in server
         if login.upgraded:
             return login.sighting("xmpp", offered)
     auth = _XMPP_AUTH.search(client)

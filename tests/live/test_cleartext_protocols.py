@@ -12,12 +12,14 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 
 import pytest
 
 from tests import harness
+from tests.certgen import make_leaf, write_server_files
 from tests.harness import REPO, eventually
 from tests.plainpeers import RecordingServer, mqtt_connect, raw_exchange, smtp_auth
 
@@ -26,6 +28,13 @@ version: 1
 defaults:
   mode: enforce
   cleartext: {default: block, mqtt: allow}
+"""
+
+LAN_SERVERS = """\
+version: 1
+rules:
+  - hosts: [{gw}]
+    local_destinations: allow
 """
 
 REPORTING = """\
@@ -195,12 +204,21 @@ def lan(tmp_path):  # type: ignore[no-untyped-def]
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
 
-def test_transparent_mode_blocks_mqtt_and_smtp_auth_from_a_device(tlsgate, lan, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_transparent_mode_blocks_mqtt_and_smtp_auth_from_a_device(tlsgate, lan, monkeypatch, pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
     gw, redirect, device = lan
     # mitmproxy says "Transparent Proxy listening at ...": the harness' pattern knows only the lower-case form
     monkeypatch.setattr(harness, "LISTENING", re.compile(r"[Pp]roxy listening at (?:\[?[\d.:a-f]+\]?):(\d+)"))
-    with RecordingServer("mqtt", host=gw) as broker, RecordingServer("smtp", host=gw) as mail:
-        gate = tlsgate(args=("--mode", "transparent", "--listen-host", gw))
+    chain = pki[0]
+    cert_file, key_file = write_server_files(tmp_path, make_leaf(chain.intermediate, ("mail.test",), ()), chain.intermediate)
+    upgrading = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    upgrading.load_cert_chain(cert_file, key_file)
+    with (
+        RecordingServer("mqtt", host=gw) as broker,
+        RecordingServer("smtp", host=gw) as mail,
+        RecordingServer("smtp", host=gw, tls=upgrading) as secure,
+    ):
+        # the servers sit on the gateway, that is on the proxy host: only a rule lets connections reach it
+        gate = tlsgate(LAN_SERVERS.format(gw=gw), args=("--mode", "transparent", "--listen-host", gw))
         redirect(gate.port)
         seen = device("mqtt-connect", f"{gw}:{broker.port}", "--username", "u", "--password", "p")
         assert seen["closed"] and not seen["timeout"] and not seen["connack"], seen
@@ -208,6 +226,13 @@ def test_transparent_mode_blocks_mqtt_and_smtp_auth_from_a_device(tlsgate, lan, 
         assert seen["banner"] and seen["starttls_offered"] and seen["closed"] and not seen["timeout"], seen
         found = gate.wait_findings(2)
         assert broker.bytes_received == 0 and bytes(mail.received) == b"EHLO client.test\r\n"
+        # STARTTLS from the device: intercepted (its handshake trusts only tlsgate's CA), AUTH reaches the server over TLS
+        ca = str(gate.ca_cert)
+        seen = device("smtp-starttls", f"{gw}:{secure.port}", "--ca", ca, "--server-name", "mail.test")
+        assert seen["tls"] and seen["authenticated"] and seen["peer_issuer"] == "tlsgate", seen
+        assert eventually(lambda: b"AUTH PLAIN" in bytes(secure.received_tls))
+        assert bytes(secure.received) == b"EHLO client.test\r\nSTARTTLS\r\n"
+        assert len(gate.findings()) == 2  # no cleartext finding for the upgraded stream
     assert [(f["evidence"]["protocol"], f["action"], f["host"]) for f in found] == [
         ("mqtt", "blocked", gw),
         ("smtp", "blocked", gw),

@@ -8,6 +8,7 @@ commands it yields, that is, exactly what mitmproxy would send or close.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import jsonschema
 import pytest
 import yaml
 from mitmproxy import connection
+from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.addons.tlsconfig import TlsConfig
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.context import Context
@@ -23,7 +25,7 @@ from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.test import taddons, tflow
 
 from proxy.addons import make_addons
-from proxy.addons.cleartext import MAX_LOOKS, CleartextGuard, StreamGate
+from proxy.addons.cleartext import MAX_LOOKS, CleartextGuard, Refuse, StreamGate
 from proxy.addons.findings import FindingsSink
 from proxy.addons.metrics import MetricsExporter
 from proxy.addons.policy import PolicyStore
@@ -199,7 +201,9 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     addons = make_addons()
     (tmp_path / "policy.yaml").write_text(POLICY)
     findings = tmp_path / "findings.jsonl"
-    with taddons.context(TlsConfig(), *addons) as tctx:
+    tlsconfig = TlsConfig()
+    with taddons.context(Proxyserver(), tlsconfig, *addons) as tctx:  # proxyserver owns connection_strategy
+        tctx.configure(tlsconfig, confdir=str(tmp_path / "certs"), connection_strategy="eager")
         (store,) = [a for a in addons if isinstance(a, PolicyStore)]
         (sink,) = [a for a in addons if isinstance(a, FindingsSink)]
         tctx.configure(store, tlsgate_policy=[str(tmp_path / "policy.yaml")])
@@ -259,15 +263,141 @@ def test_server_first_banner_passes_ehlo_passes_auth_is_blocked(rig: Rig) -> Non
     assert finding["evidence"]["protocol"] == "smtp" and finding["evidence"]["starttls_offered_unused"] is True
 
 
-def test_starttls_upgrade_passes_without_a_finding(rig: Rig) -> None:
-    context, nextlayer = rig.stream("mail.test", 587)
+def client_hello(name: str = "mail.test") -> bytes:
+    """A real ClientHello, as an app's TLS stack sends it right after the server accepted STARTTLS."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def run_addons(rig: Rig, gate: layer.Layer, *incoming: events.Event) -> list[commands.Command]:
+    """Like `run`, but the TLS hooks run tlsgate's and tlsconfig's add-ons first, as mitmproxy would.
+
+    (tcp_message would wake the run-lifetime add-on, which needs mitmproxy's running event loop.)
+    """
+    out: list[commands.Command] = []
+    queue = list(incoming)
+    for _ in range(100):
+        if not queue:
+            break
+        for command in gate.handle_event(queue.pop(0)):
+            out.append(command)
+            if isinstance(command, commands.StartHook):
+                if type(command).__name__.startswith("Tls"):
+                    rig.tctx.master.addons.trigger(command)
+                queue.append(events.HookCompleted(command))
+    return out
+
+
+def upgrade_to_tls(rig: Rig, host: str = "mail.test") -> tuple[Context, StreamGate]:
+    """An SMTP session up to the server's 220 for STARTTLS: banner, EHLO and STARTTLS passed in the clear."""
+    context, nextlayer = rig.stream(host, 587)
     gate = nextlayer.layer
+    assert isinstance(gate, StreamGate)
     run(gate, events.Start(), events.DataReceived(context.server, SMTP_BANNER))
     run(gate, events.DataReceived(context.client, b"EHLO me\r\n"), events.DataReceived(context.server, SMTP_EHLO_REPLY))
-    run(gate, events.DataReceived(context.client, b"STARTTLS\r\n"), events.DataReceived(context.server, b"220 go\r\n"))
+    out = run(gate, events.DataReceived(context.client, b"STARTTLS\r\n"))
+    assert sent_to(out, context.server) == b"STARTTLS\r\n"
+    out = run(gate, events.DataReceived(context.server, b"220 2.0.0 go ahead\r\n"))
+    assert sent_to(out, context.client) == b"220 2.0.0 go ahead\r\n"
+    return context, gate
+
+
+def test_starttls_hands_the_stream_to_tls_layers_and_the_server_handshake_comes_first(rig: Rig) -> None:
+    context, gate = upgrade_to_tls(rig)
+    hello = client_hello()
+    out = run_addons(rig, gate, events.DataReceived(context.client, hello))
+    assert gate.upgraded and not gate.looking
+    assert [type(x).__name__ for x in context.layers] == ["StreamGate", "ServerTLSLayer", "ClientTLSLayer"]
+    to_server = sent_to(out, context.server)
+    # not the app's hello relayed blind: tlsgate's own hello, for the name the connection settled on
+    assert to_server[:1] == b"\x16" and hello not in to_server and context.server.sni == "mail.test"
+    assert context.client.sni == "mail.test" and context.server.tls and context.client.tls
+    assert sent_to(out, context.client) == b""  # the app's handshake waits for the upstream verdict
+    hooks = [type(c).__name__ for c in out if isinstance(c, commands.StartHook)]
+    assert hooks.index("TlsClienthelloHook") < hooks.index("TlsStartServerHook") and "TlsStartClientHook" not in hooks
+    assert "TcpEndHook" in hooks  # the cleartext part of the stream ends as mitmproxy would end it
+    state = rig.guard.connections.peek(context.client)
+    assert state is not None and context.server.id in state.servers  # UpstreamTls is judging this handshake
+    assert rig.findings() == []
+
+
+def test_starttls_line_and_hello_in_one_chunk_are_split_at_the_handshake(rig: Rig) -> None:
+    context, nextlayer = rig.stream("mail.test", 25)
+    gate = nextlayer.layer
+    assert isinstance(gate, StreamGate)
+    run(gate, events.Start(), events.DataReceived(context.server, SMTP_BANNER + SMTP_EHLO_REPLY + b"220 go\r\n"))
+    hello = client_hello()
+    out = run_addons(rig, gate, events.DataReceived(context.client, b"EHLO me\r\nSTARTTLS\r\n" + hello))
+    to_server = sent_to(out, context.server)
+    assert to_server.startswith(b"EHLO me\r\nSTARTTLS\r\n\x16") and hello not in to_server
+    assert gate.upgraded and rig.findings() == []
+
+
+def test_a_refused_upstream_inside_starttls_gets_the_protocols_no_and_a_close(rig: Rig) -> None:
+    context, gate = upgrade_to_tls(rig)
+    run_addons(rig, gate, events.DataReceived(context.client, client_hello()))
+    state = rig.guard.connections.peek(context.client)
+    assert state is not None
+    refused = Finding("pin", "blocked", "high", "mail.test", 587, None, "p.yaml:9", "pin mismatch")
+    state.servers[context.server.id].blocked = refused
+    inner = layer.NextLayer(context)
+    inner.layer = layers.HttpLayer(context, HTTPMode.transparent)  # what mitmproxy makes of `EHLO me` over TLS
+    rig.guard.next_layer(inner)
+    assert isinstance(inner.layer, Refuse)
+    out = run(inner.layer, events.Start())
+    assert sent_to(out, context.client) == b"421 4.7.0 tlsgate refused the server after STARTTLS: pin (rule p.yaml:9)\r\n"
+    assert context.client in closed(out) and sent_to(out, context.server) == b""
+
+
+def test_a_passed_upstream_inside_starttls_is_relayed_as_the_protocol_not_http(rig: Rig) -> None:
+    context, gate = upgrade_to_tls(rig)
+    run_addons(rig, gate, events.DataReceived(context.client, client_hello()))
+    context.server.timestamp_tls_setup = 2.0  # the upstream handshake completed and UpstreamTls raised nothing
+    inner = layer.NextLayer(context)
+    inner.layer = layers.HttpLayer(context, HTTPMode.transparent)
+    rig.guard.next_layer(inner)
+    assert isinstance(inner.layer, layers.TCPLayer) and not any(isinstance(x, layers.HttpLayer) for x in context.layers)
+    context.server.timestamp_tls_setup = None  # no upstream TLS (failed, or never tried): nothing is relayed
+    inner = layer.NextLayer(context)
+    inner.layer = layers.TCPLayer(context)
+    rig.guard.next_layer(inner)
+    assert isinstance(inner.layer, Refuse)
+
+
+def test_starttls_acceptance_and_handshake_offset_for_every_upgrading_protocol() -> None:
     hello = b"\x16\x03\x01\x00\x05hello"
-    out = run(gate, events.DataReceived(context.client, hello))
-    assert sent_to(out, context.server) == hello and rig.findings() == []
+    cases = [
+        (b"EHLO x\r\nSTARTTLS\r\n", SMTP_BANNER + SMTP_EHLO_REPLY + b"220 go\r\n", "smtp", True),
+        (b"EHLO x\r\nSTARTTLS\r\n", SMTP_BANNER + SMTP_EHLO_REPLY + b"454 4.7.0 no\r\n", "smtp", False),
+        (b"STARTTLS\r\n", SMTP_BANNER, "smtp", False),  # the banner is a 220 too, but no answer to STARTTLS
+        (b"a CAPABILITY\r\nb STARTTLS\r\n", b"* OK [CAPABILITY STARTTLS] hi\r\na OK done\r\nb OK go\r\n", "imap", True),
+        (b"b STARTTLS\r\n", b"* OK hi\r\nb NO not now\r\n", "imap", False),
+        (b"CAPA\r\nSTLS\r\n", b"+OK hi\r\n+OK\r\nSTLS\r\n.\r\n+OK go\r\n", "pop3", True),
+        (b"STLS\r\n", b"+OK hi\r\n-ERR no\r\n", "pop3", False),
+        (b"AUTH TLS\r\n", b"220 FTP hi\r\n234 go\r\n", "ftp", True),
+        (
+            b"<stream:stream to='x'><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+            b"<stream:stream><proceed/>",
+            "xmpp",
+            True,
+        ),
+        (
+            b"<stream:stream to='x'><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+            b"<stream:stream><failure/>",
+            "xmpp",
+            False,
+        ),
+    ]
+    for before, server, protocol, accepted in cases:
+        sighting = classify(before + hello, server)
+        assert sighting.protocol == protocol and sighting.upgraded, (protocol, sighting)
+        assert sighting.tls_offset == len(before) and sighting.starttls_accepted is accepted, (protocol, sighting)
+    assert classify(b"EHLO x\r\nSTARTTLS\r\n", SMTP_BANNER + b"220 go\r\n").tls_offset is None  # no handshake yet
 
 
 def test_report_mode_forwards_and_records_once_when_the_login_settles(rig: Rig) -> None:
@@ -374,3 +504,79 @@ def test_cleartext_metric_keeps_a_fixed_protocol_vocabulary() -> None:
         seen(protocol)
     labels = {s.labels["protocol"]: s.value for s in metrics.cleartext.collect()[0].samples if s.name.endswith("_total")}
     assert labels == {"http": 2, "mqtt": 1, "unknown": 2}
+
+
+@pytest.mark.parametrize(
+    ("port", "banner", "command", "accept"),
+    [
+        (25, SMTP_BANNER, b"EHLO me\r\nSTARTTLS\r\n", b"220 2.0.0 go\r\n"),
+        (143, b"* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n", b"a1 STARTTLS\r\n", b"a1 OK begin TLS\r\n"),
+        (110, b"+OK POP3 ready\r\n", b"STLS\r\n", b"+OK begin TLS\r\n"),
+        (21, b"220 FTP ready\r\n", b"AUTH TLS\r\n", b"234 go\r\n"),
+        (5222, b"", b"<stream:stream to='chat.test'><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>", b"<proceed/>"),
+    ],
+)
+def test_every_upgrading_protocol_is_handed_to_the_tls_layers(
+    rig: Rig, port: int, banner: bytes, command: bytes, accept: bytes
+) -> None:
+    context, nextlayer = rig.stream("chat.test", port)
+    gate = nextlayer.layer
+    assert isinstance(gate, StreamGate)
+    run(gate, events.Start(), *([events.DataReceived(context.server, banner)] if banner else []))
+    out = run(gate, events.DataReceived(context.client, command))
+    assert sent_to(out, context.server) == command  # negotiation and the upgrade command pass in the clear
+    run(gate, events.DataReceived(context.server, accept))
+    hello = client_hello("chat.test")
+    out = run_addons(rig, gate, events.DataReceived(context.client, hello))
+    assert gate.upgraded and hello not in sent_to(out, context.server) and sent_to(out, context.server)[:1] == b"\x16"
+    assert gate.inspector.sighting is not None and gate.inspector.sighting.starttls_accepted
+    assert rig.findings() == []
+
+
+def test_a_failure_while_switching_to_tls_closes_the_stream(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    context, gate = upgrade_to_tls(rig)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(layers, "ServerTLSLayer", broken)
+    out = run(gate, events.DataReceived(context.client, client_hello()))
+    assert sent_to(out, context.server) == b"" and closed(out) == [context.client, context.server]
+    assert not gate.upgraded
+
+
+def test_a_handshake_arriving_byte_by_byte_after_starttls_is_held_not_leaked(rig: Rig) -> None:
+    context, gate = upgrade_to_tls(rig)
+    hello = client_hello()
+    out = run(gate, events.DataReceived(context.client, hello[:1]), events.DataReceived(context.client, hello[1:2]))
+    assert sent_to(out, context.server) == b"" and gate.looking  # could still be TLS: not one byte goes out in the clear
+    out = run_addons(rig, gate, events.DataReceived(context.client, hello[2:]))
+    assert gate.upgraded and hello not in sent_to(out, context.server) and context.client.sni == "mail.test"
+
+
+def test_a_refused_starttls_followed_by_auth_in_the_clear_is_blocked(rig: Rig) -> None:
+    context, nextlayer = rig.stream("mail.test", 25)
+    gate = nextlayer.layer
+    assert isinstance(gate, StreamGate)
+    run(gate, events.Start(), events.DataReceived(context.server, SMTP_BANNER + SMTP_EHLO_REPLY))
+    run(gate, events.DataReceived(context.client, b"EHLO me\r\nSTARTTLS\r\n"))
+    run(gate, events.DataReceived(context.server, b"454 4.7.0 TLS not available\r\n"))
+    out = run(gate, events.DataReceived(context.client, b"AUTH PLAIN AHUAcA==\r\n"))
+    assert sent_to(out, context.server) == b"" and context.client in closed(out) and not gate.upgraded
+    (finding,) = rig.findings()
+    assert finding["evidence"]["kind"] == "plain_smtp" and finding["action"] == "blocked"
+
+
+def test_starttls_after_the_stream_was_passed_is_still_handed_to_the_tls_layers(rig: Rig) -> None:
+    """Report mode records a settled login and passes the stream; a STARTTLS after that is still intercepted."""
+    context, nextlayer = rig.stream("report.test", 25)
+    gate = nextlayer.layer
+    assert isinstance(gate, StreamGate)
+    run(gate, events.Start(), events.DataReceived(context.server, SMTP_BANNER + SMTP_EHLO_REPLY))
+    out = run(gate, events.DataReceived(context.client, b"EHLO me\r\nMAIL FROM:<a@b.test>\r\n" + b"NOOP\r\n" * 40))
+    assert not gate.looking and gate.watching and len(rig.findings()) == 1  # reported (plain_smtp) and passed
+    run(gate, events.DataReceived(context.client, b"STARTTLS\r\n"), events.DataReceived(context.server, b"220 go\r\n"))
+    hello = client_hello()
+    out = run_addons(rig, gate, events.DataReceived(context.client, hello))
+    assert gate.upgraded and hello not in sent_to(out, context.server) and sent_to(out, context.server)[:1] == b"\x16"
+    assert [type(x).__name__ for x in context.layers] == ["StreamGate", "ServerTLSLayer", "ClientTLSLayer"]
