@@ -13,6 +13,7 @@ from proxy.addons.logsafety import SafeLog
 from proxy.addons.metrics import MetricsExporter
 from proxy.addons.policy import PolicyStore
 from proxy.addons.quic import QuicGuard
+from proxy.addons.request_hygiene import RequestHygiene
 from proxy.addons.resolve import Resolve
 from proxy.addons.state import Connections
 from proxy.addons.upstream_tls import UpstreamTls
@@ -43,6 +44,7 @@ def make_addons() -> list[object]:
         resolve,
         WireGuardPeers(),  # installs the per-device WireGuard server before mitmproxy starts its servers
         lifetime,
+        RequestHygiene(connections, sink),  # before any check reads a header
         DestinationGuard(connections, sink, resolve),  # after Resolve: judges the address Resolve chose
         CleartextGuard(connections, sink),
         QuicGuard(connections, sink, metrics),

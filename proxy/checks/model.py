@@ -28,6 +28,7 @@ class Check(enum.StrEnum):
     CLIENT_PROBE = "client_probe"
     QUIC = "quic"
     DESTINATION = "destination"
+    REQUEST = "request"
 
 
 class Action(enum.StrEnum):

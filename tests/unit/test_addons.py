@@ -797,6 +797,7 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
         "Resolve",
         "WireGuardPeers",
         "Lifetime",
+        "RequestHygiene",
         "DestinationGuard",
         "CleartextGuard",
         "QuicGuard",

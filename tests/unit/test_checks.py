@@ -541,3 +541,16 @@ def test_judge_failure_certificate_evidence_keeps_openssls_words() -> None:
     found = judge_failure("Certificate verify failed: certificate has expired", 10, [], TlsRules())
     assert found.evidence["failure"] == "expired" and found.evidence["openssl"] == "X509_V_ERR_CERT_HAS_EXPIRED"
     assert found.remedy == "renew the server's certificate"
+
+
+def test_ambiguous_header_fields_are_named_never_valued() -> None:
+    from proxy.checks.request import judge_header_fields
+
+    match = load_texts([("p.yaml", "version: 1\ndefaults:\n  mode: report\n")]).match("api.test")
+    issue = judge_header_fields([(b"host", b"api.test"), (b"x-token", b"SECRET\rX-Injected: 1")], match)
+    assert issue is not None and issue.check is Check.REQUEST and decide(issue, Mode.REPORT) is Action.BLOCKED
+    assert "bare CR" in issue.detail and "'x-token'" in issue.detail and "SECRET" not in str(issue)
+    assert issue.evidence == {"header": "x-token", "value_length": 20}
+    assert "NUL" in judge_header_fields([(b"a", b"\x00")], match).detail
+    assert "not an HTTP token" in judge_header_fields([(b"bad name", b"x")], match).detail
+    assert judge_header_fields([(b"x-ok", b"a\tb \"c\" \xff")], match) is None
