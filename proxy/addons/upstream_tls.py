@@ -217,7 +217,7 @@ class UpstreamTls:
                 evidence={"kind": issue.kind, **base, **issue.evidence},
                 remedy=remedy,
             )
-            if decide(issue, match.settings.mode) is Action.BLOCKED and first_block is None:
+            if decide(issue, match.settings.mode) in (Action.BLOCKED, Action.FAILED) and first_block is None:
                 first_block = finding
         return first_block
 
@@ -227,7 +227,7 @@ class UpstreamTls:
         if self.metrics is None:
             return
         objection = block.check if block else next((str(i.check) for i in issues), None)
-        decision = "blocked" if block else "reported" if issues else "allowed"
+        decision = block.action if block else "reported" if issues else "allowed"
         self.metrics.upstream_connection(decision, objection, transport)
         if pins_checked and side.match.settings.get("pins") is not None:
             kinds = {i.kind for i in issues}

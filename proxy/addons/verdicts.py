@@ -66,8 +66,8 @@ def block(flow: http.HTTPFlow, finding: Finding) -> None:
 
 
 def apply(flow: http.HTTPFlow, finding: Finding) -> None:
-    """Mark the flow, and answer it with the block page when the finding blocked."""
-    if finding.action == Action.BLOCKED:
+    """Mark the flow, and answer it with the block page when the finding blocked (or the upstream failed)."""
+    if finding.action in (Action.BLOCKED, Action.FAILED):
         block(flow, finding)
     else:
         mark(flow, finding)
@@ -77,4 +77,12 @@ def block_response(finding: Finding, accept: str) -> http.Response:
     page = Block(finding.check, finding.host, finding.rule, finding.detail, finding.remedy, finding.evidence)
     body, content_type = render(page, accept)
     headers = {"Content-Type": content_type, "Server": f"tlsgate/{__version__} ({version.MITMPROXY})", **page.headers()}
-    return http.Response.make(403, body, headers)
+    return http.Response.make(status_for(finding), body, headers)
+
+
+def status_for(finding: Finding) -> int:
+    """403 for a verdict; a network fault is the gateway's failure, as mitmdump says it (502, 504 on a timeout),
+    so apps do not take it for an authorisation error and the blocks alert does not fire on network trouble."""
+    if finding.action != Action.FAILED:
+        return 403
+    return 504 if finding.evidence.get("kind") == "timeout" else 502

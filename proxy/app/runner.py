@@ -104,6 +104,9 @@ def mitmproxy_options(config: RunConfig) -> dict[str, object]:
         # mitmproxy refuses clients from globally routable addresses by default; tlsgate keeps that
         # unless told otherwise, so binding to 0.0.0.0 in a lab never makes an open proxy.
         "block_global": not config.allow_public_clients,
+        # Bodies above 1 MiB are streamed, not held whole: an endless chunked response grew RSS to 1.2 GiB
+        # and a 64 MiB POST was buffered before its 403. tlsgate's checks read heads and at most 64 KiB of body.
+        "stream_large_bodies": "1m",
     }
     if config.proxyauth:
         options["proxyauth"] = config.proxyauth

@@ -29,12 +29,14 @@ class Check(enum.StrEnum):
     QUIC = "quic"
     DESTINATION = "destination"
     REQUEST = "request"
+    FAULT = "fault"  # the network failed: nothing was judged, nothing could be forwarded
 
 
 class Action(enum.StrEnum):
     BLOCKED = "blocked"
     REPORTED = "reported"
     PASSED = "passed"
+    FAILED = "failed"  # a network fault, not a verdict: answered 502/504, never counted as a policy block
 
 
 class Severity(enum.StrEnum):
@@ -54,6 +56,7 @@ class Effect(enum.Enum):
     ALWAYS = "blocks in every mode"  # validation failures (report mode never loosens mitmproxy) and accepted probes
     RECORD = "never blocks"
     PASSED = "a test the client passed"
+    FAULT = "the upstream failed (reset, timeout, not TLS): nothing can be forwarded, nothing was judged"
 
 
 @dataclass(frozen=True)
@@ -71,20 +74,23 @@ class Issue:
     @property
     def blocking(self) -> bool:
         """Whether this issue stops traffic when enforced (what a refusal in the handshake acts on)."""
-        return self.effect in (Effect.ENFORCED, Effect.ALWAYS)
+        return self.effect in (Effect.ENFORCED, Effect.ALWAYS, Effect.FAULT)
 
 
 def decide(issue: Issue, mode: Mode) -> Action:
     """Blocked, reported or passed: the same rule for every check."""
     if issue.effect is Effect.PASSED:
         return Action.PASSED
+    if issue.effect is Effect.FAULT:
+        return Action.FAILED
     if issue.effect is Effect.ALWAYS or (issue.effect is Effect.ENFORCED and mode is Mode.ENFORCE):
         return Action.BLOCKED
     return Action.REPORTED
 
 
 def blocks(issues: list[Issue], mode: Mode) -> bool:
-    return any(decide(issue, mode) is Action.BLOCKED for issue in issues)
+    """Whether traffic must stop: a verdict blocked it, or the upstream failed."""
+    return any(decide(issue, mode) in (Action.BLOCKED, Action.FAILED) for issue in issues)
 
 
 def remedy_for(match: Match, setting: str) -> str:

@@ -225,13 +225,24 @@ def judge_failure(
         )
     if "does not speak TLS" in error:
         return Issue(
-            Check.TLS,
+            Check.FAULT,
             "not_tls",
-            Effect.ALWAYS,
-            Severity.HIGH,
+            Effect.FAULT,
+            Severity.LOW,
             "the server answered in plain text, not TLS, on a port the app uses for TLS",
             evidence,
             "check the port: the app expects TLS here",
+        )
+    fault = next((kind for kind, pattern in _FAULTS if pattern.search(error)), None)
+    if fault is not None:
+        return Issue(
+            Check.FAULT,
+            fault,
+            Effect.FAULT,
+            Severity.LOW,
+            f"the connection to the server failed ({_FAULT_WORDS[fault]}): {error}",
+            evidence,
+            "a network fault, not a policy verdict: check that the server is up and reachable from tlsgate",
         )
     if _PROTOCOL_FAILURE.search(error):
         return Issue(
@@ -265,6 +276,20 @@ def judge_failure(
         "check that the server speaks TLS on this port",
     )
 
+
+# Network faults during the upstream handshake: the server (or the path to it) failed; no policy decided it.
+_FAULTS = (
+    ("timeout", re.compile(r"timed? ?out|timeout", re.IGNORECASE)),
+    ("reset", re.compile(r"reset|ECONNRESET|broken pipe", re.IGNORECASE)),
+    ("refused", re.compile(r"refused|unreachable|no route", re.IGNORECASE)),
+    ("closed", re.compile(r"unexpected eof|eof occurred|connection closed|closed by (the )?(peer|server)|\bEOF\b", re.I)),
+)
+_FAULT_WORDS = {
+    "timeout": "it stopped answering",
+    "reset": "it reset the connection",
+    "refused": "it refused the connection or could not be reached",
+    "closed": "it closed the connection mid-handshake",
+}
 
 # OpenSSL's security level refuses these before tlsgate's own certificate rules see them.
 _WEAK_CRYPTO = {

@@ -30,7 +30,7 @@ def fails(action: str, severity: str, threshold: int) -> bool:
     `threshold` severe. A blocked request is one the app made against the policy; a probe the app refused
     (`passed`) is the app doing right and never fails."""
     if action == "passed":
-        return False
+        return False  # and a network fault ("failed") fails only by severity: it is not the app's doing
     return action == "blocked" or RANK.get(severity, 0) >= threshold
 
 
@@ -133,8 +133,8 @@ def parse(obj: Any) -> tuple[Record | None, str | None]:
         note = f"severity {severity!r} is not one of {', '.join(SEVERITIES)} (older tlsgate?); read as 'info'"
         severity = "info"
     action = obj.get("action")
-    if action not in ("blocked", "reported", "passed"):
-        note = note or f"action {action!r} is not blocked/reported/passed (older tlsgate?); read as 'reported'"
+    if action not in ("blocked", "reported", "passed", "failed"):
+        note = note or f"action {action!r} is not blocked/reported/passed/failed (older tlsgate?); read as 'reported'"
         action = "reported"
     port = obj.get("port")
     evidence = obj.get("evidence")

@@ -37,7 +37,7 @@ def render(block: Block, accept: str = "") -> tuple[bytes, str]:
     """Body and content type for the client's Accept header."""
     if wants_json(accept):
         body = {
-            "blocked_by": "tlsgate",
+            ("failed_upstream" if block.check == "fault" else "blocked_by"): "tlsgate",
             "check": block.check,
             "host": block.host,
             "rule": block.rule,
@@ -51,11 +51,13 @@ def render(block: Block, accept: str = "") -> tuple[bytes, str]:
         f"<tr><th>{esc(label)}</th><td>{esc(str(value))}</td></tr>"
         for label, value in (("check", block.check), ("host", block.host), ("policy rule", block.rule), *block.evidence.items())
     )
+    fault = block.check == "fault"
+    title = "Upstream failed (tlsgate)" if fault else "Blocked by tlsgate"
     page = (
-        "<!doctype html><html><head><meta charset=utf-8><title>Blocked by tlsgate</title></head><body>"
-        f"<h1>Blocked by tlsgate: {esc(block.check)}</h1>"
+        f"<!doctype html><html><head><meta charset=utf-8><title>{title}</title></head><body>"
+        f"<h1>{title}: {esc(str(block.evidence.get('kind', block.check)) if fault else esc(block.check))}</h1>"
         f"<p>{esc(block.reason)}</p><table>{rows}</table>"
-        f"<h2>How to allow it</h2><p>{esc(block.remedy)}</p></body></html>\n"
+        f"<h2>{'What to check' if fault else 'How to allow it'}</h2><p>{esc(block.remedy)}</p></body></html>\n"
     )
     # Request text (path, Host, User-Agent) keeps non-UTF-8 bytes as surrogates: show them escaped, never fail.
     return page.encode("utf-8", "backslashreplace"), "text/html; charset=utf-8"

@@ -24,7 +24,7 @@ SEVERITIES = ("info", "low", "medium", "high", "critical")
 @dataclass(frozen=True)
 class Finding:
     check: str  # cleartext, pin, certificate, protocol, cipher, client_*, ...
-    action: str  # blocked | reported | passed
+    action: str  # blocked | reported | passed | failed (a network fault, not a verdict)
     severity: str
     host: str
     port: int | None

@@ -84,21 +84,23 @@ def issue(effect: Effect, severity: Severity = Severity.HIGH) -> Issue:
         (Effect.RECORD, Mode.REPORT, Action.REPORTED),
         (Effect.PASSED, Mode.ENFORCE, Action.PASSED),
         (Effect.PASSED, Mode.REPORT, Action.PASSED),
+        (Effect.FAULT, Mode.ENFORCE, Action.FAILED),
+        (Effect.FAULT, Mode.REPORT, Action.FAILED),
     ],
 )
 def test_decide_truth_table(effect: Effect, mode: Mode, action: Action) -> None:
     assert decide(issue(effect), mode) is action
-    assert blocks([issue(Effect.RECORD), issue(effect)], mode) is (action is Action.BLOCKED)
+    assert blocks([issue(Effect.RECORD), issue(effect)], mode) is (action in (Action.BLOCKED, Action.FAILED))
 
 
 def test_the_truth_table_covers_every_effect_and_mode() -> None:
     # If an Effect or Mode is added, the table above must grow with it.
-    assert {e.name for e in Effect} == {"ENFORCED", "ALWAYS", "RECORD", "PASSED"}
+    assert {e.name for e in Effect} == {"ENFORCED", "ALWAYS", "RECORD", "PASSED", "FAULT"}
     assert {m.value for m in Mode} == {"enforce", "report"}
 
 
 def test_blocking_is_what_a_refusal_in_the_handshake_acts_on() -> None:
-    assert [issue(e).blocking for e in Effect] == [True, True, False, False]
+    assert [issue(e).blocking for e in Effect] == [True, True, False, False, True]
     assert blocks([], Mode.ENFORCE) is False
 
 
@@ -525,15 +527,32 @@ def test_judge_failure_weak_ca_key_looks_at_the_issuer(chain) -> None:
     [
         ("Certificate verify failed: certificate has expired", 10, "expired", Check.CERTIFICATE),
         ("certificate verify failed: hostname mismatch", None, "hostname_mismatch", Check.CERTIFICATE),
-        ("The remote server does not speak TLS.", None, "not_tls", Check.TLS),
         ("OpenSSL Error([('SSL routines', '', 'unsupported protocol')])", 0, "no_common_protocol", Check.PROTOCOL),
         ("OpenSSL Error([('SSL routines', '', 'sslv3 alert handshake failure')])", 0, "no_common_suite", Check.CIPHER),
-        ("connection reset by peer", None, "handshake_failed", Check.TLS),
+        ("OpenSSL Error([('SSL routines', '', 'tlsv1 alert internal error')])", 0, "handshake_failed", Check.TLS),
     ],
 )
 def test_judge_failure_in_words(error: str, code: int | None, kind: str, check: Check) -> None:
     found = judge_failure(error, code, [], TlsRules())
     assert (found.kind, found.check, found.effect) == (kind, check, Effect.ALWAYS)
+    assert found.evidence["tls_error"] == error and found.remedy
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        ("The remote server does not speak TLS.", "not_tls"),
+        ("connection reset by peer", "reset"),
+        ("[Errno 104] Connection reset by peer", "reset"),
+        ("OpenSSL Error([('SSL routines', '', 'unexpected eof while reading')])", "closed"),
+        ("Connection timed out", "timeout"),
+        ("[Errno 111] Connect call failed ('127.0.0.1', 9): Connection refused", "refused"),
+    ],
+)
+def test_network_faults_are_faults_not_verdicts(error: str, kind: str) -> None:
+    found = judge_failure(error, None, [], TlsRules())
+    assert (found.kind, found.check, found.effect, found.severity) == (kind, Check.FAULT, Effect.FAULT, Severity.LOW)
+    assert decide(found, Mode.ENFORCE) is Action.FAILED and "not a policy verdict" in found.remedy or kind == "not_tls"
     assert found.evidence["tls_error"] == error and found.remedy
 
 
