@@ -44,7 +44,7 @@ from mitmproxy.proxy.layers.tcp import TcpEndHook
 
 from proxy.addons.findings import FindingsSink
 from proxy.addons.state import Connections, ConnState, request_host, request_url, server_host
-from proxy.addons.verdicts import apply, record
+from proxy.addons.verdicts import apply, fail_closed, record
 from proxy.checks.cleartext import CleartextRequest, judge_cleartext, judge_stream, refusal, upstream_refusal
 from proxy.checks.model import Action, Issue, decide
 from proxy.policy import Match
@@ -70,6 +70,7 @@ class CleartextGuard:
         self.connections = connections
         self.sink = sink
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
@@ -84,7 +85,7 @@ class CleartextGuard:
             websocket=flow.request.headers.get("upgrade", "").lower() == "websocket",
             redacted_url=redact.redact_url(request_url(flow.request)),
             credentials=[c.as_dict() for c in credentials_in(flow.request)],
-            user_agent=flow.request.headers.get("user-agent", ""),
+            user_agent=redact.redact_user_agent(flow.request.headers.get("user-agent", "")),
         )
         issue = judge_cleartext(facts, match)
         if issue is None:

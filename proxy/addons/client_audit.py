@@ -46,7 +46,7 @@ from proxy.addons.findings import FindingsSink
 from proxy.addons.mitm_internals import client_connection, configured_floor, tlsconfig_addon
 from proxy.addons.quic import is_quic, refuse_handshake
 from proxy.addons.state import Connections, ConnState, request_url, server_host
-from proxy.addons.verdicts import block, record
+from proxy.addons.verdicts import block, fail_closed, record
 from proxy.checks.client_hello import client_floor, judge_client_hello
 from proxy.checks.model import Action, Issue, blocks, decide
 from proxy.checks.probes import ProbeRun, ProbeSchedule, trust_refused
@@ -205,19 +205,21 @@ class ClientAudit:
 
     # -- what the client sends ---------------------------------------------------------------------
 
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         state = self.connections.peek(flow.client_conn)
         audit = self._audit(state)
         if state is None or audit is None or flow.request.method == "CONNECT" or flow.response or not flow.live:
             return
         if audit.user_agent is None:
-            audit.user_agent = flow.request.headers.get("user-agent", "")[:200]
+            audit.user_agent = redact.redact_user_agent(flow.request.headers.get("user-agent", ""))
         self._flush(state, audit)
         if audit.run is not None and flow.request.stream:
             # A streamed body would start flowing upstream right after this hook: no response can stop it, a kill can.
             self._probe_accepted(state, audit, _request_evidence(flow.request))
             flow.kill()
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         """Answer every request on an accepted probe connection here; by now the body is read, so leaks are named."""
         state = self.connections.peek(flow.client_conn)

@@ -21,7 +21,7 @@ from mitmproxy.proxy import server_hooks
 from proxy.addons.findings import FindingsSink
 from proxy.addons.resolve import Resolve
 from proxy.addons.state import Connections, server_host
-from proxy.addons.verdicts import block, record
+from proxy.addons.verdicts import block, fail_closed, record
 from proxy.checks.destination import judge_destination
 from proxy.checks.model import Check, Effect, Issue, Severity
 from proxy.policy.hosts import host_only
@@ -56,6 +56,7 @@ class DestinationGuard:
         self.sink = sink
         self.resolve = resolve
 
+    @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         """A CONNECT to the proxy host gets the block page (403) rather than mitmproxy's 502."""
         if flow.response is not None or not flow.live:
@@ -67,6 +68,7 @@ class DestinationGuard:
         if finding is not None:
             block(flow, finding)
 
+    @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         """A proxy request (`GET http://127.0.0.1/`) gets the block page too, before its body is read."""
         if flow.response is not None or not flow.live or flow.request.method == "CONNECT":

@@ -6,7 +6,7 @@ from mitmproxy import http
 
 from proxy.addons.findings import FindingsSink
 from proxy.addons.state import Connections, request_host
-from proxy.addons.verdicts import block, record
+from proxy.addons.verdicts import block, fail_closed, record
 from proxy.checks.request import judge_header_fields
 
 
@@ -15,6 +15,7 @@ class RequestHygiene:
         self.connections = connections
         self.sink = sink
 
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.live:
             return

@@ -33,7 +33,7 @@ from proxy.addons.mitm_internals import (
 )
 from proxy.addons.quic import is_quic
 from proxy.addons.state import Connections, ConnState, ServerSide, server_host
-from proxy.addons.verdicts import block, record
+from proxy.addons.verdicts import block, fail_closed, record
 from proxy.checks.model import Action, Check, Effect, Issue, Severity, blocks, decide, remedy_for
 from proxy.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP, quic_facts, quic_failure_text
 from proxy.checks.upstream import HandshakeFacts, evidence_for, handshake_floor, judge_cipher, judge_failure, judge_handshake
@@ -246,6 +246,7 @@ class UpstreamTls:
         side = state.servers.get(server.id)
         return side.blocked if side is not None else None
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or not flow.live or flow.server_conn is None:
             return

@@ -6,6 +6,10 @@ page names check, host, rule and remedy the same way.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import connection, http, version
@@ -13,7 +17,7 @@ from mitmproxy import connection, http, version
 from proxy import __version__
 from proxy.addons.findings import FindingsSink
 from proxy.addons.state import ConnState
-from proxy.checks.model import Action, Issue, decide
+from proxy.checks.model import Action, Check, Effect, Issue, Severity, decide
 from proxy.policy import Match
 from proxy.sinks.blockpage import Block, render
 from proxy.sinks.findings import Finding
@@ -86,3 +90,65 @@ def status_for(finding: Finding) -> int:
     if finding.action != Action.FAILED:
         return 403
     return 504 if finding.evidence.get("kind") == "timeout" else 502
+
+
+logger = logging.getLogger("tlsgate.verdicts")
+HTTP_VERDICT_HOOKS = ("http_connect", "requestheaders", "request")
+
+
+def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap an HTTP verdict hook so an exception inside it blocks the request instead of letting it through.
+
+    mitmproxy logs an add-on's exception and carries on, which for a verdict
+    hook means forwarding a request the policy may block (a 0xff byte in a
+    Host header once did exactly that). Every HTTP verdict hook wears this;
+    a contract test checks it.
+    """
+    if inspect.iscoroutinefunction(hook):
+
+        @functools.wraps(hook)
+        async def guarded_async(addon: Any, flow: http.HTTPFlow) -> None:
+            try:
+                await hook(addon, flow)
+            except Exception as exc:  # noqa: BLE001 - the point of the wrapper
+                refuse_unjudged(addon, flow, hook.__qualname__, exc)
+
+        guarded_async.tlsgate_fail_closed = True  # type: ignore[attr-defined]
+        return guarded_async
+
+    @functools.wraps(hook)
+    def guarded(addon: Any, flow: http.HTTPFlow) -> None:
+        try:
+            hook(addon, flow)
+        except Exception as exc:  # noqa: BLE001 - the point of the wrapper
+            refuse_unjudged(addon, flow, hook.__qualname__, exc)
+
+    guarded.tlsgate_fail_closed = True  # type: ignore[attr-defined]
+    return guarded
+
+
+def refuse_unjudged(addon: Any, flow: http.HTTPFlow, where: str, exc: Exception) -> None:
+    """Block `flow` because a check raised: with a finding when one can be built, with a bare 403 otherwise."""
+    logger.error(f"tlsgate: {where} failed ({type(exc).__name__}); the request is refused, not forwarded", exc_info=exc)
+    issue = Issue(
+        Check.REQUEST,
+        "check_failed",
+        Effect.ALWAYS,
+        Severity.HIGH,
+        f"tlsgate could not judge this request ({where}: {type(exc).__name__}); it was refused, not forwarded",
+        {"where": where, "error": type(exc).__name__},
+        "report this as a tlsgate bug, with the log line above",
+    )
+    try:
+        state = addon.connections.of(flow.client_conn)
+        host = flow.request.pretty_host.encode("ascii", "backslashreplace").decode()[:255]
+        match = state.policy.match(host) if state is not None else None
+        if state is None or match is None:
+            raise LookupError("no policy state")
+        block(flow, record(addon.sink, state, flow.client_conn, issue, match, flow.request.port))
+    except Exception:  # noqa: BLE001 - even the finding failed: still refuse
+        logger.exception("tlsgate: could not record the refusal; answering 403 without a finding")
+        try:
+            flow.response = http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
+        except Exception:  # noqa: BLE001
+            flow.kill()
