@@ -9,6 +9,7 @@ from proxy.addons.client_audit import ClientAudit
 from proxy.addons.destination import DestinationGuard
 from proxy.addons.findings import FindingsSink
 from proxy.addons.lifetime import Lifetime
+from proxy.addons.limits import ClientLimits
 from proxy.addons.logsafety import SafeLog
 from proxy.addons.metrics import MetricsExporter
 from proxy.addons.policy import PolicyStore
@@ -38,6 +39,7 @@ def make_addons() -> list[object]:
     resolve = Resolve()
     return [
         SafeLog(),  # first: console lines are escaped before any other add-on logs
+        ClientLimits(),  # before any add-on spends work on a connection it would refuse
         store,
         sink,
         MetricsExporter(store, metrics),

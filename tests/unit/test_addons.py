@@ -791,6 +791,7 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
     assert isinstance(addons[-1], Connections)
     assert [type(a).__name__ for a in addons] == [
         "SafeLog",
+        "ClientLimits",
         "PolicyStore",
         "FindingsSink",
         "MetricsExporter",
@@ -805,7 +806,7 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
         "ClientAudit",
         "Connections",
     ]
-    store = addons[1]
+    store = addons[2]
     assert all(getattr(a, "connections", addons[-1]) is addons[-1] for a in addons)
     assert addons[-1].store is store
     with caplog.at_level(logging.WARNING), taddons.context(*addons) as tctx:
