@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mitmproxy import version as mitmproxy_version
 
+from proxy.addons.auththrottle import AuthThrottle
 from proxy.addons.cleartext import CleartextGuard
 from proxy.addons.client_audit import ClientAudit
 from proxy.addons.destination import DestinationGuard
@@ -40,6 +41,7 @@ def make_addons() -> list[object]:
     return [
         SafeLog(),  # first: console lines are escaped before any other add-on logs
         ClientLimits(),  # before any add-on spends work on a connection it would refuse
+        AuthThrottle(),  # runs after mitmproxy's proxyauth: delays its repeated 407s
         store,
         sink,
         MetricsExporter(store, metrics),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="connect to ADDRESS for HOST:PORT, like curl --resolve; PORT may be '*' (repeatable)",
     )
     run.add_argument(
-        "--proxyauth", metavar="SPEC", help="require proxy authentication: 'user:pass', '@htpasswd-file' or mitmproxy's ldap spec"
+        "--proxyauth",
+        metavar="SPEC",
+        default=os.environ.get("TLSGATE_PROXYAUTH") or None,
+        help="require proxy authentication: '@htpasswd-file', 'user:pass' or mitmproxy's ldap spec "
+        "(default: $TLSGATE_PROXYAUTH; prefer it or a file: a password on the command line shows in `ps`)",
     )
     run.add_argument(
         "--allow-public-clients",
@@ -280,6 +285,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Each worker would bind UDP 51820 on its own; a WireGuard session cannot be shared between processes.
         print("tlsgate: --mode wireguard needs --workers 1", file=sys.stderr)
         return 2
+    inline = args.proxyauth and not args.proxyauth.startswith(("@", "ldap:", "ldaps:")) and ":" in args.proxyauth
+    if inline and args.proxyauth != os.environ.get("TLSGATE_PROXYAUTH"):
+        print(
+            "tlsgate: warning: --proxyauth user:pass is visible to every user in the process list; "
+            "set TLSGATE_PROXYAUTH=user:pass or use --proxyauth @htpasswd-file",
+            file=sys.stderr,
+        )
     config = RunConfig(
         policy_paths=policy_paths,
         policy=policy,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -159,6 +160,7 @@ def run_proxy(config: RunConfig) -> int:
         from proxy.addons.mitm_internals import share_listening_port
 
         share_listening_port()
+        os.umask(0o077)
         return asyncio.run(_serve(config))
     try:
         info, created = ensure_ca(config.confdir)
@@ -174,6 +176,9 @@ def run_proxy(config: RunConfig) -> int:
     for line in banner(config, info.paths.cert_pem, info.sha256_fingerprint):
         print(line)
     sys.stdout.flush()
+    # From here on every file tlsgate or mitmproxy creates (a `--set hardump=` or `save_stream_file=` capture
+    # holds every secret the apps sent) is the owner's only. The CA files were written above with their own modes.
+    os.umask(0o077)
     return asyncio.run(_serve(config))
 
 
@@ -189,8 +194,7 @@ def worker_argv(config: RunConfig, index: int, port: int, metrics_port: int | No
         argv += ["--upstream-ca", str(path)]
     for spec in config.resolve:
         argv += ["--resolve", spec]
-    if config.proxyauth:
-        argv += ["--proxyauth", config.proxyauth]
+    # --proxyauth reaches the workers through the environment (TLSGATE_PROXYAUTH), never their command lines.
     if config.allow_public_clients:
         argv.append("--allow-public-clients")
     if metrics_port is None:
@@ -214,6 +218,8 @@ def _run_workers(config: RunConfig, ca_cert: Path, fingerprint: str) -> int:
     metrics = "off" if base is None else f"ports {base}-{base + config.workers - 1}" if base else "a free port each"
     print(f"workers:  {config.workers} processes sharing port {port} (SO_REUSEPORT); metrics on {metrics}")
     sys.stdout.flush()
+    if config.proxyauth:
+        os.environ["TLSGATE_PROXYAUTH"] = config.proxyauth  # inherited by the workers, not shown in `ps`
     return supervise(argvs)
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from proxy.app.runner import RunConfig, banner, mitmproxy_options
 from proxy.policy import load_policy
-from tests.harness import REPO, Tlsgate, Upstream, curl
+from tests.harness import REPO, Tlsgate, Upstream, curl, eventually
 
 
 def config(**kwargs: object) -> RunConfig:
@@ -37,6 +38,24 @@ def test_proxy_authentication(tlsgate, http_upstream: Upstream) -> None:
     assert curl(gate.proxy_url, url, "--proxy-user", "tester:wrong").status == 407
     assert curl(gate.proxy_url, url, "--proxy-user", "tester:s3cret-pw").status == 200
     assert "s3cret-pw" not in gate.output
+    for _ in range(3):  # the third and later failures within a minute are answered more and more slowly
+        assert curl(gate.proxy_url, url, "--proxy-user", "tester:guess").status == 407
+    assert eventually(lambda: "failed proxy authentications from 127.0.0.1 within a minute; slowing" in gate.output)
+    assert curl(gate.proxy_url, url, "--proxy-user", "tester:s3cret-pw").status == 200  # the real password still works
+
+
+def test_proxyauth_is_taken_from_the_environment_and_warned_about_on_the_command_line(tmp_path: Path) -> None:
+    from proxy.app.cli import build_parser
+
+    os.environ["TLSGATE_PROXYAUTH"] = "tester:from-env"
+    try:
+        assert build_parser().parse_args(["run"]).proxyauth == "tester:from-env"
+    finally:
+        del os.environ["TLSGATE_PROXYAUTH"]
+    assert build_parser().parse_args(["run"]).proxyauth is None
+    from proxy.app.runner import worker_argv
+
+    assert "--proxyauth" not in worker_argv(config(proxyauth="tester:pw"), 0, 8080, None)
 
 
 def test_addons_load_into_stock_mitmdump(tmp_path: Path, http_upstream: Upstream) -> None:
@@ -83,3 +102,18 @@ def test_addons_load_into_stock_mitmdump(tmp_path: Path, http_upstream: Upstream
         assert http_upstream.connections == 0
     finally:
         gate.stop()
+
+
+def test_captures_tlsgate_lets_mitmproxy_write_are_owner_only(tlsgate, http_upstream: Upstream, tmp_path: Path) -> None:
+    """`--set hardump=` or `save_stream_file=` capture every secret the apps send: never world-readable."""
+    har, flows = tmp_path / "capture.har", tmp_path / "capture.flows"
+    policy = "rules:\n  - hosts: legacy.test\n    cleartext: allow\n"
+    gate = tlsgate(
+        policy,
+        resolve={"legacy.test": http_upstream.port},
+        args=("--set", f"hardump={har}", "--set", f"save_stream_file={flows}"),
+    )
+    assert curl(gate.proxy_url, f"http://legacy.test:{http_upstream.port}/?password=x").status == 200
+    gate.stop()
+    assert har.exists() and flows.exists()
+    assert har.stat().st_mode & 0o077 == 0 and flows.stat().st_mode & 0o077 == 0

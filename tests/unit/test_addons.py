@@ -792,6 +792,7 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
     assert [type(a).__name__ for a in addons] == [
         "SafeLog",
         "ClientLimits",
+        "AuthThrottle",
         "PolicyStore",
         "FindingsSink",
         "MetricsExporter",
@@ -806,7 +807,7 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
         "ClientAudit",
         "Connections",
     ]
-    store = addons[2]
+    store = addons[3]
     assert all(getattr(a, "connections", addons[-1]) is addons[-1] for a in addons)
     assert addons[-1].store is store
     with caplog.at_level(logging.WARNING), taddons.context(*addons) as tctx:
