@@ -44,7 +44,7 @@ from mitmproxy.proxy.layers.tcp import TcpEndHook
 
 from proxy.addons.findings import FindingsSink
 from proxy.addons.state import Connections, ConnState, request_host, request_url, server_host
-from proxy.addons.verdicts import apply, fail_closed, record
+from proxy.addons.verdicts import apply, block_at_headers, body_may_stream, fail_closed, record
 from proxy.checks.cleartext import CleartextRequest, judge_cleartext, judge_stream, refusal, upstream_refusal
 from proxy.checks.model import Action, Issue, decide
 from proxy.policy import Match
@@ -57,10 +57,10 @@ MAX_LOOKS = 64  # client chunks a stream is looked at before it is judged on wha
 UPGRADING = ("smtp", "imap", "pop3", "ftp", "xmpp")  # text protocols with STARTTLS: a chunk opening a TLS record is one
 
 
-def credentials_in(request: http.Request) -> list[redact.Credential]:
+def credentials_in(request: http.Request, with_body: bool = True) -> list[redact.Credential]:
     found = redact.header_credentials(request.headers.items(multi=True))
     found += redact.url_credentials(request.url)
-    if request.raw_content:
+    if with_body and request.raw_content:
         found += redact.body_credentials(request.headers.get("content-type", ""), request.raw_content)
     return redact.dedupe(found)
 
@@ -71,7 +71,19 @@ class CleartextGuard:
         self.sink = sink
 
     @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A request whose body mitmproxy may stream (large or chunked) is decided now: the `request` hook
+        would only run after the body went upstream, and a 64 MiB POST to a blocked URL was read whole before
+        its 403. Small bodies (the logins apps post) are read first, so the finding names their credentials."""
+        if body_may_stream(flow.request):
+            self._judge(flow, with_body=False)
+
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
+        """Forwarded (allowed or reported) requests are recorded with the credentials their body carries."""
+        self._judge(flow, with_body=True)
+
+    def _judge(self, flow: http.HTTPFlow, with_body: bool) -> None:
         if flow.response or flow.error or not flow.live:
             return
         if flow.request.scheme != "http" or flow.request.method == "CONNECT":
@@ -84,14 +96,19 @@ class CleartextGuard:
             method=flow.request.method,
             websocket=flow.request.headers.get("upgrade", "").lower() == "websocket",
             redacted_url=redact.redact_url(request_url(flow.request)),
-            credentials=[c.as_dict() for c in credentials_in(flow.request)],
+            credentials=[c.as_dict() for c in credentials_in(flow.request, with_body)],
             user_agent=redact.redact_user_agent(flow.request.headers.get("user-agent", "")),
         )
         issue = judge_cleartext(facts, match)
         if issue is None:
             return
+        if not with_body and decide(issue, match.settings.mode) is not Action.BLOCKED:
+            return  # forwarded: recorded once, in `request`, with what its body carries
         finding = record(self.sink, state, flow.client_conn, issue, match, flow.request.port, evidence=issue.evidence)
-        apply(flow, finding)
+        if with_body:
+            apply(flow, finding)
+        else:
+            block_at_headers(flow, finding)
 
     # -- TCP streams that are not TLS -------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from mitmproxy.proxy import server_hooks
 from proxy.addons.findings import FindingsSink
 from proxy.addons.resolve import Resolve
 from proxy.addons.state import Connections, server_host
-from proxy.addons.verdicts import block, fail_closed, record
+from proxy.addons.verdicts import block, block_at_headers, fail_closed, record
 from proxy.checks.destination import judge_destination
 from proxy.checks.model import Check, Effect, Issue, Severity
 from proxy.policy.hosts import host_only
@@ -80,7 +80,7 @@ class DestinationGuard:
             return
         finding, _ = await self._judge(flow.client_conn, host, port)
         if finding is not None:
-            block(flow, finding)
+            block_at_headers(flow, finding)
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         server = data.server

@@ -6,7 +6,7 @@ from mitmproxy import http
 
 from proxy.addons.findings import FindingsSink
 from proxy.addons.state import Connections, request_host
-from proxy.addons.verdicts import block, fail_closed, record
+from proxy.addons.verdicts import block_at_headers, fail_closed, record
 from proxy.checks.request import judge_header_fields
 
 
@@ -26,5 +26,4 @@ class RequestHygiene:
         issue = judge_header_fields(flow.request.headers.fields, match)
         if issue is None:
             return
-        block(flow, record(self.sink, state, flow.client_conn, issue, match, flow.request.port))
-        flow.response.status_code = 400
+        block_at_headers(flow, record(self.sink, state, flow.client_conn, issue, match, flow.request.port), status=400)

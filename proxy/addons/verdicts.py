@@ -69,6 +69,41 @@ def block(flow: http.HTTPFlow, finding: Finding) -> None:
     flow.response = block_response(finding, flow.request.headers.get("accept", ""))
 
 
+BODY_SAMPLE = 65536  # the most of a body any check reads (redact.body_credentials)
+
+
+def body_may_stream(request: http.Request) -> bool:
+    """Whether mitmproxy may stream this request's body upstream before the `request` hook runs.
+
+    mitmproxy streams a body above `stream_large_bodies` (tlsgate sets 1 MiB),
+    deciding from Content-Length at the headers or, for a chunked body, once
+    the buffered part passes the limit; the `request` hook only runs after a
+    streamed body was sent. Such a request must be decided at its headers.
+    """
+    if request.stream:
+        return True
+    length = request.headers.get("content-length", "")
+    if length.isascii() and length.isdigit():
+        return int(length) > BODY_SAMPLE
+    return "chunked" in request.headers.get("transfer-encoding", "").lower()
+
+
+def block_at_headers(flow: http.HTTPFlow, finding: Finding, status: int | None = None) -> None:
+    """Refuse from a `requestheaders`/`http_connect` hook without reading the body.
+
+    mitmproxy cannot answer before reading a body it might stream (setting a
+    response on a streamed request raises inside its HTTP layer), so such a
+    request is refused by closing the connection; the finding says why.
+    """
+    if flow.request.method != "CONNECT" and body_may_stream(flow.request):
+        mark(flow, finding)
+        flow.kill()
+        return
+    block(flow, finding)
+    if status is not None and flow.response is not None:
+        flow.response.status_code = status
+
+
 def apply(flow: http.HTTPFlow, finding: Finding) -> None:
     """Mark the flow, and answer it with the block page when the finding blocked (or the upstream failed)."""
     if finding.action in (Action.BLOCKED, Action.FAILED):
@@ -145,10 +180,13 @@ def refuse_unjudged(addon: Any, flow: http.HTTPFlow, where: str, exc: Exception)
         match = state.policy.match(host) if state is not None else None
         if state is None or match is None:
             raise LookupError("no policy state")
-        block(flow, record(addon.sink, state, flow.client_conn, issue, match, flow.request.port))
+        block_at_headers(flow, record(addon.sink, state, flow.client_conn, issue, match, flow.request.port))
     except Exception:  # noqa: BLE001 - even the finding failed: still refuse
-        logger.exception("tlsgate: could not record the refusal; answering 403 without a finding")
+        logger.exception("tlsgate: could not record the refusal; refusing without a finding")
         try:
-            flow.response = http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
+            if body_may_stream(flow.request):
+                flow.kill()
+            else:
+                flow.response = http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
         except Exception:  # noqa: BLE001
             flow.kill()
