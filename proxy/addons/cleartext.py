@@ -32,7 +32,6 @@ chosen inside answers such a client in its protocol and closes.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import logging
 from collections.abc import Generator
 
@@ -48,6 +47,7 @@ from proxy.addons.verdicts import apply, block_at_headers, body_may_stream, fail
 from proxy.checks.cleartext import CleartextRequest, judge_cleartext, judge_stream, refusal, upstream_refusal
 from proxy.checks.model import Action, Issue, decide
 from proxy.policy import Match
+from proxy.policy.hosts import is_address
 from proxy.sinks import redact
 from proxy.sinks.findings import Finding
 from proxy.tls.plaintext import INSPECT_LIMIT, STREAM_PROTOCOLS, Sighting, classify, starts_like_tls
@@ -193,14 +193,6 @@ class Refuse(layer.Layer):
             yield commands.CloseConnection(self.context.client)
             if self.context.server.connected:
                 yield commands.CloseConnection(self.context.server)
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 class Step(enum.Enum):
@@ -392,7 +384,7 @@ class StreamGate(layer.Layer):
             cleartext, handshake = self.held[:split], self.held[split:]
             server = self.context.server
             host = self.inspector.state.host if self.inspector.state is not None else None
-            if server.sni is None and host and not _is_address(host):
+            if server.sni is None and host and not is_address(host):
                 server.sni = host
             old = self.child
             if old in self.context.layers:

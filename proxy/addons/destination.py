@@ -24,30 +24,22 @@ from proxy.addons.state import Connections, server_host
 from proxy.addons.verdicts import block, block_at_headers, fail_closed, record
 from proxy.checks.destination import judge_destination
 from proxy.checks.model import Check, Effect, Issue, Severity
-from proxy.policy.hosts import host_only
+from proxy.policy.hosts import host_only, is_address
 from proxy.sinks.findings import Finding
-from proxy.tls.addresses import address_kind, local_kind
+from proxy.tls.addresses import local_kind
 
 logger = logging.getLogger("tlsgate.destination")
 
 
 async def addresses_of(host: str, port: int) -> list[str]:
     """The addresses a connection to `host` would use, in the resolver's order; [] when it does not resolve."""
-    if address_kind(host) is not None or _is_address(host):
+    if is_address(host):
         return [host.strip("[]")]
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError, ValueError):
         return []  # mitmproxy's own connect fails the same way and says so
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def _is_address(host: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host.strip("[]"))
-    except OSError:
-        return False
-    return True
 
 
 class DestinationGuard:

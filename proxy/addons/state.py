@@ -9,7 +9,6 @@ judged under one policy even when a reload lands in between.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import weakref
 from collections import OrderedDict
@@ -20,7 +19,7 @@ from mitmproxy import connection, dns, http
 
 from proxy.addons.wireguard import peer_device
 from proxy.policy import Match, Policy
-from proxy.policy.hosts import host_only, split_host_port
+from proxy.policy.hosts import host_only, is_address, split_host_port
 
 if TYPE_CHECKING:
     from proxy.addons.policy import PolicyStore
@@ -62,7 +61,7 @@ class ConnState:
         `api.example.com` must still apply to it.
         """
         name = host_only(host)
-        if self.names is None or not self.client.peername or not _is_address(name):
+        if self.names is None or not self.client.peername or not is_address(name):
             return name
         return self.names.name_for(self.client.peername[0], name) or name
 
@@ -159,20 +158,12 @@ class DnsNames:
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 
 
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
 def request_url(request: http.Request) -> str:
     """The request's URL as the app asked for it: in transparent modes mitmproxy's has the destination address."""
-    if not _is_address(request.host):
+    if not is_address(request.host):
         return request.url
     name = request_host(request)
-    if _is_address(name) or not _HOST_NAME.fullmatch(name):
+    if is_address(name) or not _HOST_NAME.fullmatch(name):
         return request.url  # no name, or a Host header that is no host name: the address is the honest URL
     shown = name
     default = {"http": 80, "https": 443}.get(request.scheme)
@@ -189,7 +180,7 @@ def request_host(request: http.Request) -> str:
     only an address and the Host header is the one name there is.
     """
     host = request.host
-    if not _is_address(host):
+    if not is_address(host):
         return host
     header = request.host_header
     return split_host_port(header)[0] if header else host

@@ -19,6 +19,15 @@ class PatternError(ValueError):
     pass
 
 
+def is_address(host: str) -> bool:
+    """An IP address literal (brackets allowed), as opposed to a name."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def normalize_host(host: str) -> str:
     """Lower-case, no trailing dot, punycode for Unicode, IPv6 without brackets."""
     host = host.strip().rstrip(".").lower()

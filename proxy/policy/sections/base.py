@@ -8,6 +8,7 @@ knows no section by name, so adding a check never touches it.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,3 +88,21 @@ def boolean(node: yaml.Node, reader: yn.Reader, what: str) -> bool | None:
         reader.error(node, f"{what} must be true or false")
         return None
     return value
+
+
+def choice_section(name: str, choices: type[enum.StrEnum], default: enum.StrEnum, description: str) -> Section:
+    """A section whose value is one word of `choices` (`quic: refuse`), registered with its schema."""
+
+    def parse(node: yaml.Node, reader: yn.Reader, context: Context) -> enum.StrEnum | None:
+        value = yn.choice(node, reader, f"{context.where}.{name}", tuple(choices))
+        return choices(value) if value else None
+
+    return register(
+        Section(
+            name=name,
+            parse=parse,
+            default=default,
+            schema={"$ref": f"#/$defs/{name}"},
+            defs={name: {"enum": [str(c) for c in choices], "description": description}},
+        )
+    )

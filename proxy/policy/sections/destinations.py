@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import enum
 
-import yaml
-
-from proxy.policy import yamlnodes as yn
-from proxy.policy.sections.base import Context, Section, register
+from proxy.policy.sections.base import choice_section
 
 
 class LocalDestinations(enum.StrEnum):
@@ -21,23 +18,10 @@ class LocalDestinations(enum.StrEnum):
     ALLOW = "allow"
 
 
-def parse_local_destinations(node: yaml.Node, reader: yn.Reader, context: Context) -> LocalDestinations | None:
-    value = yn.choice(node, reader, f"{context.where}.local_destinations", tuple(LocalDestinations))
-    return LocalDestinations(value) if value else None
-
-
-SECTION = register(
-    Section(
-        name="local_destinations",
-        parse=parse_local_destinations,
-        default=LocalDestinations.REFUSE,
-        schema={"$ref": "#/$defs/local_destinations"},
-        defs={
-            "local_destinations": {
-                "enum": ["refuse", "allow"],
-                "description": "Connections to the proxy host's loopback, link-local (169.254.0.0/16, fe80::/10) "
-                "or own addresses: refuse (default) or allow. A --resolve mapping is always allowed.",
-            }
-        },
-    )
+SECTION = choice_section(
+    "local_destinations",
+    LocalDestinations,
+    LocalDestinations.REFUSE,
+    "Connections to the proxy host's loopback, link-local (169.254.0.0/16, fe80::/10) "
+    "or own addresses: refuse (default) or allow. A --resolve mapping is always allowed.",
 )

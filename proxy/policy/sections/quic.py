@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import enum
 
-import yaml
-
-from proxy.policy import yamlnodes as yn
-from proxy.policy.sections.base import Context, Section, register
+from proxy.policy.sections.base import choice_section
 
 
 class Quic(enum.StrEnum):
@@ -24,23 +21,10 @@ class Quic(enum.StrEnum):
     INSPECT = "inspect"
 
 
-def parse_quic(node: yaml.Node, reader: yn.Reader, context: Context) -> Quic | None:
-    value = yn.choice(node, reader, f"{context.where}.quic", tuple(Quic))
-    return Quic(value) if value else None
-
-
-SECTION = register(
-    Section(
-        name="quic",
-        parse=parse_quic,
-        default=Quic.REFUSE,
-        schema={"$ref": "#/$defs/quic"},
-        defs={
-            "quic": {
-                "enum": ["refuse", "inspect"],
-                "description": "QUIC/HTTP-3 connections: refuse (the app falls back to TCP; default) "
-                "or inspect (terminate QUIC and run the same checks as on TCP).",
-            }
-        },
-    )
+SECTION = choice_section(
+    "quic",
+    Quic,
+    Quic.REFUSE,
+    "QUIC/HTTP-3 connections: refuse (the app falls back to TCP; default) "
+    "or inspect (terminate QUIC and run the same checks as on TCP).",
 )
