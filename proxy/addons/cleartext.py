@@ -69,6 +69,7 @@ class CleartextGuard:
     def __init__(self, connections: Connections, sink: FindingsSink) -> None:
         self.connections = connections
         self.sink = sink
+        self._udp_said: set[tuple[str, str, int | None]] = set()  # (client address, host, port): one finding each
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -110,12 +111,43 @@ class CleartextGuard:
         else:
             block_at_headers(flow, finding)
 
+    # -- UDP that is neither QUIC nor DNS ----------------------------------------------------------
+
+    def _gate_udp(self, nextlayer: layer.NextLayer) -> None:
+        """Raw UDP (CoAP, syslog, a custom protocol) in the modes that carry UDP is unknown cleartext to tlsgate:
+        judged like an unknown TCP stream, so under `cleartext: block` not one datagram is relayed."""
+        context = nextlayer.context
+        state = self.connections.of(context.client)
+        try:
+            if state is None:
+                raise LookupError("no policy loaded")
+            port = context.server.address[1] if context.server.address else None
+            match = state.match_for(server_host(context.server), self.connections.store.policy)
+            issue = judge_stream(Sighting("unknown", details={"transport": "udp"}), match, port)
+            if issue is None:
+                return
+            key = (context.client.peername[0] if context.client.peername else "?", match.host, port)
+            if key not in self._udp_said:
+                if len(self._udp_said) > 4096:
+                    self._udp_said.clear()
+                self._udp_said.add(key)
+                record(self.sink, state, context.client, issue, match, port, evidence={"kind": issue.kind, **issue.evidence})
+            blocked = decide(issue, match.settings.mode) is Action.BLOCKED
+        except Exception:  # noqa: BLE001 - fail closed: a datagram flow that cannot be judged is not relayed
+            logger.exception("tlsgate: could not judge a UDP flow; dropping it")
+            blocked = True
+        if blocked:
+            nextlayer.layer = Refuse(context, b"")
+
     # -- TCP streams that are not TLS -------------------------------------------------------------
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         """Gate every relayed stream whose client side is not TLS (a TLS stream is judged by the TLS add-ons)."""
         chosen = nextlayer.layer
         context = nextlayer.context
+        if context.client.transport_protocol == "udp" and isinstance(chosen, layers.UDPLayer):
+            self._gate_udp(nextlayer)
+            return
         if context.client.tls and context.client.transport_protocol == "tcp":
             self._inside_starttls(nextlayer)
             return

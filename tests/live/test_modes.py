@@ -394,7 +394,7 @@ def _connect_wireguard(world: World, workdir: Path) -> None:
     conf_file.write_text(stripped + "\n")
     conf_file.chmod(0o600)
     net.spawn(net.device, ["wireguard-go", "-f", "wg0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert eventually(lambda: net.run(net.device, "ip", "link", "show", "wg0", check=False).returncode == 0, timeout=10)
+    assert eventually(lambda: net.run(net.device, "ip", "link", "show", "wg0", check=False).returncode == 0, timeout=30)  # wireguard-go starts slowly on a busy machine
     net.run(net.device, "wg", "setconf", "wg0", str(conf_file))
     net.run(net.device, "ip", "addr", "add", address, "dev", "wg0")
     net.run(net.device, "ip", "link", "set", "wg0", "mtu", "1380", "up")
@@ -599,6 +599,26 @@ def test_udp_443_does_not_get_around_transparent_mode(g: Gate) -> None:
         finally:
             net.iptables(*rule)
     assert b"quic-initial-with-rule" not in udp.payloads, "UDP/443 passed the gateway around tlsgate"
+
+
+@pytest.mark.parametrize("gate", ["wireguard"], indirect=True)
+def test_raw_udp_is_judged_as_unknown_cleartext_and_not_relayed(g: Gate) -> None:
+    """Neither QUIC nor DNS (CoAP, syslog, a custom protocol): under `cleartext: block` not one datagram leaves."""
+    net = g.net
+    coap = UdpCounter(net, UDP_IP, 5683)
+    try:
+        with net.entered(net.device):
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sender:
+            for _ in range(3):
+                sender.sendto(b"\x40\x01\x12\x34coap-like-datagram", (UDP_IP, 5683))
+            finding = g.wait_finding("cleartext", UDP_IP)
+        assert finding["action"] == "blocked" and finding["evidence"]["kind"] == "plain_unknown"
+        assert finding["evidence"]["transport"] == "udp" and finding["device"] == g.device
+        time.sleep(1)  # the datagrams had every chance to arrive
+        assert coap.payloads == [], "a raw UDP datagram got past tlsgate"
+    finally:
+        coap.close()
 
 
 # In proxy modes tlsgate resolves the names itself; the device's DNS is not involved.
