@@ -285,7 +285,7 @@ class Gate:
     device: str  # the name `devices:` gives this mode's client address
     setup_seconds: float | None = None  # `tlsgate run` start to the first proxied response
     listening_seconds: float | None = None  # `tlsgate run` start to its listener being up
-    configured_seconds: float | None = None  # ... to the device's side being configured (WireGuard: wg0 up)
+    configured_seconds: float | None = None  # ... to the device's side being configured (WireGuard: its interface up)
 
     @property
     def net(self) -> netns.Network:
@@ -380,9 +380,16 @@ def _setup_wireguard(world: World, workdir: Path) -> list[str]:
     return ["--set", f"dns_name_servers={DNS_IP}"]
 
 
+def wg_link(net: netns.Network) -> str:
+    """The device's WireGuard interface: named per test network, because wireguard-go's control socket
+    (/var/run/wireguard/NAME.sock) is shared by every namespace, so two test workers' `wg0` would collide."""
+    return f"{net.tag}w"[-15:]
+
+
 def _connect_wireguard(world: World, workdir: Path) -> None:
     """The device side: wireguard-go, the config `tlsgate wireguard show` prints, a route for the upstream net."""
     net = world.net
+    link = wg_link(net)
     show = [sys.executable, "-m", "proxy", "wireguard", "show", "phone", "--endpoint", f"{GATEWAY}:51820"]
     conf = subprocess.run(
         [*show, "--confdir", str(workdir / "certs")], check=True, capture_output=True, text=True, timeout=60, cwd=workdir
@@ -390,17 +397,17 @@ def _connect_wireguard(world: World, workdir: Path) -> None:
     address = next(line.split("=", 1)[1].split(",")[0].strip() for line in conf.splitlines() if line.startswith("Address"))
     # `wg setconf` takes the keys and peer only; wg-quick's Address and DNS are applied with ip(8) below.
     stripped = "\n".join(line for line in conf.splitlines() if not line.startswith(("Address", "DNS")))
-    conf_file = workdir / "wg0.conf"
+    conf_file = workdir / "wg.conf"
     conf_file.write_text(stripped + "\n")
     conf_file.chmod(0o600)
-    net.spawn(net.device, ["wireguard-go", "-f", "wg0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert eventually(lambda: net.run(net.device, "ip", "link", "show", "wg0", check=False).returncode == 0, timeout=30)  # wireguard-go starts slowly on a busy machine
-    net.run(net.device, "wg", "setconf", "wg0", str(conf_file))
-    net.run(net.device, "ip", "addr", "add", address, "dev", "wg0")
-    net.run(net.device, "ip", "link", "set", "wg0", "mtu", "1380", "up")
+    net.spawn(net.device, ["wireguard-go", "-f", link], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert eventually(lambda: net.run(net.device, "ip", "link", "show", link, check=False).returncode == 0, timeout=30)  # wireguard-go starts slowly on a busy machine
+    net.run(net.device, "wg", "setconf", link, str(conf_file))
+    net.run(net.device, "ip", "addr", "add", address, "dev", link)
+    net.run(net.device, "ip", "link", "set", link, "mtu", "1380", "up")
     # The upstream network and tlsgate's in-tunnel DNS go through the tunnel; the endpoint stays on the veth.
-    net.run(net.device, "ip", "route", "add", netns.UPSTREAM_SUBNET, "dev", "wg0")
-    net.run(net.device, "ip", "route", "add", "10.0.0.53/32", "dev", "wg0")
+    net.run(net.device, "ip", "route", "add", netns.UPSTREAM_SUBNET, "dev", link)
+    net.run(net.device, "ip", "route", "add", "10.0.0.53/32", "dev", link)
 
 
 def _teardown(world: World, mode: str) -> None:
@@ -409,7 +416,7 @@ def _teardown(world: World, mode: str) -> None:
         net.iptables("-t", "nat", "-F", "PREROUTING")
         net.iptables("-F", "FORWARD")
     if mode == "wireguard":
-        net.run(net.device, "ip", "link", "del", "wg0", check=False)  # wireguard-go exits with its interface
+        net.run(net.device, "ip", "link", "del", wg_link(net), check=False)  # wireguard-go exits with its interface
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -542,11 +549,19 @@ def test_the_device_is_named_in_metrics(g: Gate) -> None:
     assert 'device="unnamed"' not in text
 
 
-def test_public_clients_are_refused(g: Gate) -> None:
-    """The open-proxy guard: a client from a globally routable address gets nothing, in every mode it can reach."""
-    net, public = g.net, "11.0.0.2"  # globally routable, but it only exists inside this test's namespaces
+@pytest.mark.parametrize(
+    ("public", "refusal"),
+    [
+        ("11.0.0.2", "killed by block_global"),  # globally routable, but it only exists inside this test's namespaces
+        ("198.51.100.7", "is in a documentation or tunnel range"),  # not `is_global`, yet never a lab device
+    ],
+    ids=["global", "documentation-range"],
+)
+def test_public_clients_are_refused(g: Gate, public: str, refusal: str) -> None:
+    """The open-proxy guard: a client from a public address gets nothing, in every mode it can reach."""
+    net = g.net
     # WireGuard: a configured peer sending from a public source address inside its tunnel.
-    link = "wg0" if g.mode == "wireguard" else "dev0"
+    link = wg_link(net) if g.mode == "wireguard" else "dev0"
     net.run(net.device, "ip", "addr", "add", f"{public}/32", "dev", link)
     if g.mode != "wireguard":
         net.run(net.gateway, "ip", "route", "add", f"{public}/32", "dev", "gw-dev")
@@ -554,7 +569,7 @@ def test_public_clients_are_refused(g: Gate) -> None:
         result = g.curl("https://api.example.test/", "--cacert", str(g.ca), "--interface", public)
         assert result.status == 0 and result.returncode != 0, result
         assert g.world.api.requests == []
-        g.tlsgate.wait_for(rf"Client connection from {re.escape(public)} killed by block_global")
+        g.tlsgate.wait_for(rf"{re.escape(public)}.*{re.escape(refusal)}")
     finally:
         net.run(net.gateway, "ip", "route", "del", f"{public}/32", check=False)
         net.run(net.device, "ip", "addr", "del", f"{public}/32", "dev", link, check=False)

@@ -117,3 +117,13 @@ def test_captures_tlsgate_lets_mitmproxy_write_are_owner_only(tlsgate, http_upst
     gate.stop()
     assert har.exists() and flows.exists()
     assert har.stat().st_mode & 0o077 == 0 and flows.stat().st_mode & 0o077 == 0
+
+
+def test_documentation_and_tunnel_ranges_are_not_lab_clients() -> None:
+    from proxy.addons.limits import outside_the_lab
+
+    for address in ("192.0.2.9", "198.51.100.7", "203.0.113.1", "2001:db8::1", "2001:0:4136:e378::1", "2002:c000:204::1",
+                    "::ffff:198.51.100.7"):  # fmt: skip
+        assert outside_the_lab(address), address
+    for address in ("10.0.0.2", "192.168.1.5", "100.64.0.9", "fd00::1", "127.0.0.1", "8.8.8.8", "not an address"):
+        assert not outside_the_lab(address), address  # LAN, CGNAT, ULA, loopback; global ones are block_global's
