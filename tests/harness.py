@@ -95,8 +95,9 @@ class Upstream:
 # Every tlsgate a test started, so a failing live test can print their consoles (tests/live/conftest.py).
 STARTED: list[Tlsgate] = []
 
-# "HTTP(S) proxy", "SOCKS v5 proxy", "Transparent Proxy listening at *:8080", "reverse proxy to http3://… listening at"
-LISTENING = re.compile(r"(?:[Pp]roxy|proxy to \S+) listening at (?:\*|\[?[\d.:a-f]+\]?):(\d+)")
+# "HTTP(S) proxy", "SOCKS v5 proxy", "Transparent Proxy listening at *:8080", "reverse proxy to http3://… listening at",
+# "WireGuard server listening at *:51820" (a wireguard-only run has no other listener)
+LISTENING = re.compile(r"(?:[Pp]roxy|proxy to \S+|WireGuard server) listening at (?:\*|\[?[\d.:a-f]+\]?):(\d+)")
 
 
 class Tlsgate:
@@ -214,18 +215,23 @@ class CurlResult:
     returncode: int
     stderr: str
 
+    @classmethod
+    def parse(cls, done: subprocess.CompletedProcess[str]) -> CurlResult:
+        """curl -D - output: status, headers (lower-cased) and body, past a proxy's "200 Connection established"."""
+        head, _, body = done.stdout.replace("\r\n", "\n").partition("\n\n")
+        while head.startswith("HTTP/") and " 200 Connection established" in head.split("\n", 1)[0]:
+            head, _, body = body.partition("\n\n")
+        lines = head.split("\n")
+        status = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/") else 0
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:]) if k}
+        return cls(status, headers, body, done.returncode, done.stderr)
+
 
 def curl(proxy: str, url: str, *extra: str, timeout: float = 20) -> CurlResult:
     """Run the real curl through the proxy; returns status, headers (lower-cased) and body."""
     cmd = ["curl", "-sS", "--noproxy", "", "-x", proxy, "-D", "-", "--max-time", str(int(timeout)), *extra, url]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
-    head, _, body = done.stdout.replace("\r\n", "\n").partition("\n\n")
-    while head.startswith("HTTP/") and " 200 Connection established" in head.split("\n", 1)[0]:
-        head, _, body = body.partition("\n\n")
-    lines = head.split("\n")
-    status = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/") else 0
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:]) if k}
-    return CurlResult(status, headers, body, done.returncode, done.stderr)
+    return CurlResult.parse(done)
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10, interval: float = 0.1) -> bool:

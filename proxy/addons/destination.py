@@ -21,7 +21,7 @@ from mitmproxy.proxy import server_hooks
 from proxy.addons.findings import FindingsSink
 from proxy.addons.resolve import Resolve
 from proxy.addons.state import Connections, server_host
-from proxy.addons.verdicts import block, block_at_headers, fail_closed, record
+from proxy.addons.verdicts import block_at_headers, fail_closed, record
 from proxy.checks.destination import judge_destination
 from proxy.checks.model import Check, Effect, Issue, Severity
 from proxy.policy.hosts import host_only, is_address
@@ -51,25 +51,21 @@ class DestinationGuard:
     @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         """A CONNECT to the proxy host gets the block page (403) rather than mitmproxy's 502."""
-        if flow.response is not None or not flow.live:
-            return
-        host, port = flow.request.host, flow.request.port
-        if self.resolve.mapped(host_only(host), port) is not None:
-            return
-        finding, _ = await self._judge(flow.client_conn, host, port)
-        if finding is not None:
-            block(flow, finding)
+        if flow.response is None and flow.live:
+            await self._refuse_early(flow)
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         """A proxy request (`GET http://127.0.0.1/`) gets the block page too, before its body is read."""
         if flow.response is not None or not flow.live or flow.request.method == "CONNECT":
             return
-        if flow.server_conn.timestamp_start is not None:
-            return  # already connected, and checked when it was (tunnels, transparent flows, keep-alive)
+        if flow.server_conn.timestamp_start is None:  # else already connected, and checked when it was
+            await self._refuse_early(flow)
+
+    async def _refuse_early(self, flow: http.HTTPFlow) -> None:
         host, port = flow.request.host, flow.request.port
         if self.resolve.mapped(host_only(host), port) is not None:
-            return
+            return  # the operator pointed this name here with --resolve
         finding, _ = await self._judge(flow.client_conn, host, port)
         if finding is not None:
             block_at_headers(flow, finding)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from tests.harness import Upstream, curl
+from tests.tlsservers import serve_on_loopback
 
 ALLOW_LOCAL = """\
 version: 1
@@ -23,27 +24,16 @@ class Service:
     """A TCP service bound to loopback only (a database, an admin port), counting who reaches it."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.accepted = 0
-        self.sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.sock = serve_on_loopback(self._answer)
+        self.port = self.sock.getsockname()[1]
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            with conn:
-                conn.sendall(b"+OK secret service\r\n")
+    def _answer(self, conn: socket.socket) -> None:
+        self.accepted += 1
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(b"+OK secret service\r\n")
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
         self.sock.close()
 
 

@@ -34,7 +34,7 @@ from mitmproxy import dns
 
 from tests import netns
 from tests.certgen import Chain, make_chain, write_pem, write_server_files
-from tests.harness import REPO, Tlsgate, Upstream, _Handler, _Server, eventually
+from tests.harness import REPO, CurlResult, Tlsgate, Upstream, _Handler, _Server, eventually
 from tests.plainpeers import RecordingServer
 
 MODES = ("regular", "socks5", "transparent", "wireguard")
@@ -260,19 +260,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 class GatewayTlsgate(Tlsgate):
-    """tlsgate inside the gateway namespace; mitmproxy names each listener its own way ("Transparent Proxy", ...)."""
+    """tlsgate inside the gateway namespace (the harness runs `command`); ready once metrics are served too."""
 
     def start(self, timeout: float = 40) -> GatewayTlsgate:
-        import tests.harness as harness
-
-        env = {"PYTHONUNBUFFERED": "1", **(self.env or {})}
-        self.proc = subprocess.Popen(
-            self.command or [], cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**__import__("os").environ, **env},
-        )  # fmt: skip
-        harness.STARTED.append(self)
-        threading.Thread(target=self._pump, daemon=True).start()
-        self.port = int(self.wait_for(r"(?:[Pp]roxy|server) listening at \S*:(\d+)", timeout).group(1))
+        super().start(timeout)
         self.wait_for(r"metrics listening at", timeout)
         return self
 
@@ -345,25 +336,6 @@ class Gate:
     def python(self, *args: str) -> subprocess.CompletedProcess[str]:
         """A test client (tests.plainpeers, tests.quicpeers) run on the device."""
         return self.net.run(self.net.device, sys.executable, *args, check=False, timeout=40, cwd=REPO)
-
-
-@dataclass
-class CurlResult:
-    status: int
-    headers: dict[str, str]
-    body: str
-    returncode: int
-    stderr: str
-
-    @classmethod
-    def parse(cls, done: subprocess.CompletedProcess[str]) -> CurlResult:
-        head, _, body = done.stdout.replace("\r\n", "\n").partition("\n\n")
-        while head.startswith("HTTP/") and " 200 Connection established" in head.split("\n", 1)[0]:
-            head, _, body = body.partition("\n\n")
-        lines = head.split("\n")
-        status = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/") else 0
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:]) if k}
-        return cls(status, headers, body, done.returncode, done.stderr)
 
 
 # The gateway set-up the README documents (section "Devices and modes"), with this network's interface names.

@@ -24,41 +24,10 @@ import pytest
 from proxy.tls.pins import spki_pin
 from tests import quicpeers
 from tests.certgen import make_chain, write_pem
-from tests.harness import STARTED, Tlsgate, eventually
+from tests.harness import Tlsgate, eventually
 from tests.live.test_metrics import value
 
-REVERSE_LISTENING = re.compile(r"reverse proxy to http3://\S+ listening at (?:\[?[\d.:a-f]+\]?):(\d+)")
 HANDSHAKE_FAILURE = 0x100 + 40  # QUIC CRYPTO_ERROR carrying TLS alert handshake_failure
-
-
-class QuicGate(Tlsgate):
-    """tlsgate in reverse:http3 mode: its listening line names the reverse target, not "proxy listening"."""
-
-    def start(self, timeout: float = 40) -> QuicGate:
-        import os
-        import threading
-
-        cmd = [
-            sys.executable,
-            "-m",
-            "proxy",
-            "run",
-            "--listen-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--confdir",
-            str(self.workdir / "certs"),
-            "--findings",
-            str(self.findings_path),
-            *self.args,
-        ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        STARTED.append(self)
-        threading.Thread(target=self._pump, daemon=True).start()
-        self.port = int(self.wait_for(REVERSE_LISTENING, timeout).group(1))
-        return self
 
 
 @pytest.fixture
@@ -70,18 +39,18 @@ def upstream(pki) -> Iterator[quicpeers.RecordingServer]:
 
 
 @pytest.fixture
-def quicgate(tmp_path: Path, pki, upstream: quicpeers.RecordingServer) -> Iterator[Callable[[str | None], QuicGate]]:
-    started: list[QuicGate] = []
+def quicgate(tmp_path: Path, pki, upstream: quicpeers.RecordingServer) -> Iterator[Callable[[str | None], Tlsgate]]:
+    started: list[Tlsgate] = []
     _, root_file, _, _ = pki
 
-    def start(policy: str | None, *, upstream_ca: Path | None = None) -> QuicGate:
+    def start(policy: str | None, *, upstream_ca: Path | None = None) -> Tlsgate:
         port = upstream.port
         args = ["--upstream-ca", str(upstream_ca or root_file), "--mode", f"reverse:http3://api.test:{port}", "--resolve", f"api.test:{port}:127.0.0.1"]
         if policy is not None:
             path = tmp_path / "policy.yaml"
             path.write_text(policy)
             args += ["--policy", str(path)]
-        gate = QuicGate(tmp_path, args).start()
+        gate = Tlsgate(tmp_path, args).start()
         started.append(gate)
         return gate
 
@@ -90,7 +59,7 @@ def quicgate(tmp_path: Path, pki, upstream: quicpeers.RecordingServer) -> Iterat
         gate.stop()
 
 
-def get(gate: QuicGate, *, host: str = "api.test", path: str = "/one", verify: bool = True) -> quicpeers.Response:
+def get(gate: Tlsgate, *, host: str = "api.test", path: str = "/one", verify: bool = True) -> quicpeers.Response:
     return quicpeers.get(
         f"https://{host}{path}",
         server_name=host,

@@ -5,39 +5,28 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.harness import curl
+from tests.tlsservers import serve_on_loopback
 
 
 class RawServer:
-    """Accepts TCP connections and does one bad thing to each (reset, plain text, ...)."""
+    """Accepts TCP connections on loopback and does one bad thing to each (reset, plain text, ...)."""
 
     def __init__(self, behave: Callable[[socket.socket], None]) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
+        self.sock = serve_on_loopback(lambda conn: self._each(behave, conn))
         self.port = self.sock.getsockname()[1]
-        self.behave = behave
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with contextlib.suppress(OSError):
-                self.behave(conn)
+    @staticmethod
+    def _each(behave: Callable[[socket.socket], None], conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            behave(conn)
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
         self.sock.close()
 
 
