@@ -1,0 +1,6 @@
+"""Facts about what a request carries once TLS is off: encodings, ciphertext block structure, token formats, seeded identifiers.
+
+Pure byte- and text-level code at the level of `proxy.tls`: nothing here knows
+about policies, verdicts or mitmproxy, and nothing here keeps a value it found
+(callers get field paths, encodings and lengths).
+"""
