@@ -5,7 +5,8 @@ FROM python:3.12.12-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TLSGATE_CONFDIR=/app/certs
 
 WORKDIR /app
 
@@ -25,7 +26,7 @@ RUN python -m pip install --no-deps --no-build-isolation . \
 
 USER 10001:10001
 
-# The CA survives restarts in its own volume; findings go to /data.
+# The CA survives restarts in its own volume (TLSGATE_CONFDIR above); findings go to /data.
 VOLUME ["/app/certs", "/data"]
 # 8080: the proxy (--listen-port); 9464: /metrics, /healthz, /readyz (--metrics-port).
 # WireGuard (for apps that ignore the proxy) is UDP 51820, not --listen-port: to serve it, add

@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test lint lock clean
+.PHONY: run test prereqs lint lock clean
 
 $(VENV)/.runtime: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else "tlsgate needs Python >= 3.12 (mitmproxy 12), but $(PYTHON) is " + sys.version.split()[0] + ": run make with PYTHON=python3.12")'
@@ -18,15 +18,32 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements-dev.lock
 	@touch $@
 
-run: $(VENV)/.runtime
-	$(BIN)/tlsgate run $(ARGS)
+# The same policy set as the container (`--policy policies/`): a file added to policies/ is live in both.
+POLICY ?= policies/
 
-test: $(VENV)/.dev
+run: $(VENV)/.runtime
+	$(BIN)/tlsgate run --policy $(POLICY) $(ARGS)
+
+# The system tools the live tests drive for real; .ci/run installs them. Checked up front, named in one message.
+TOOLS := curl openssl nginx hey promtool ip iptables wireguard-go wg mosquitto_pub zbarimg chromium unshare setpriv aapt
+APT   := curl openssl nginx hey prometheus iproute2 iptables wireguard-go wireguard-tools mosquitto-clients zbar-tools chromium aapt android-framework-res
+
+prereqs:
+	@missing=""; for tool in $(TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make test needs these programs:$$missing" >&2; \
+	  echo "  Debian/Ubuntu: sudo apt-get install $(APT)   (.ci/run installs them as root)" >&2; \
+	  exit 1; \
+	fi
+
+test: prereqs $(VENV)/.dev
 	$(BIN)/ruff check .
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -n auto $(ARGS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
+	$(BIN)/python -m mypy
 	$(BIN)/tlsgate validate policies/ policies/examples/*.yaml
 
 # Re-pin after changing dependencies in pyproject.toml (needs the registry).

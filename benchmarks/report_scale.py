@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = ("json", "markdown", "junit", "sarif", "html")
@@ -27,7 +28,7 @@ FORMATS = ("json", "markdown", "junit", "sarif", "html")
 def generate(path: Path, lines: int, seed: int = 12) -> None:
     rng = random.Random(seed)
     devices = ["pixel-7", "galaxy-s23", "iphone-15", None]
-    checks = [
+    checks: list[tuple[str, str | None, str, str, dict[str, Any]]] = [
         ("cleartext", None, "medium", "blocked", {"protocol": "http", "method": "GET", "credentials": []}),
         ("cleartext", None, "high", "blocked", {"protocol": "http", "method": "POST", "credentials": [{"kind": "bearer"}]}),
         ("pin", "pin_mismatch", "critical", "blocked", {"negotiated_version": "TLSv1.3", "pin_set": "api"}),

@@ -49,7 +49,10 @@ CURVES: dict[str, ec.EllipticCurve] = {
     "P-521": ec.SECP521R1(),
 }
 
-_DIGESTS: dict[str, hashes.HashAlgorithm] = {
+# The digests x509.CertificateBuilder.sign accepts (cryptography keeps its own alias private).
+SigningHash = hashes.SHA256 | hashes.SHA384 | hashes.SHA512
+
+_DIGESTS: dict[str, SigningHash] = {
     "sha256": hashes.SHA256(),
     "sha384": hashes.SHA384(),
     "sha512": hashes.SHA512(),
@@ -148,7 +151,7 @@ def _window(not_before: dt.datetime | None, not_after: dt.datetime | None, days:
     return start, not_after or utcnow() + dt.timedelta(days=days)
 
 
-def _signing_hash(key: PrivateKey, digest: str) -> hashes.HashAlgorithm | None:
+def _signing_hash(key: PrivateKey, digest: str) -> SigningHash | None:
     """EdDSA keys sign without a separate hash; everything else needs one."""
     if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
         if digest != "sha256":

@@ -25,7 +25,13 @@ class FindingsSink:
         self.log.subscribe(self._to_console)
 
     def load(self, loader) -> None:
-        loader.add_option("tlsgate_findings", str, "", "Append tlsgate findings to this JSON-lines file. Empty: console only.")
+        loader.add_option(
+            "tlsgate_findings",
+            str,
+            "",
+            "Append tlsgate findings to this JSON-lines file; '-': JSON lines on stdout (for a container's log collector). "
+            "Empty: console only.",
+        )
         loader.add_option(
             "tlsgate_findings_max_bytes",
             int,

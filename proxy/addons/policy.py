@@ -28,8 +28,17 @@ def policy_paths(option: Sequence[str]) -> list[str]:
     return list(option) if option else [str(embedded_policy())]
 
 
-def fingerprint(paths: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
-    """What changes when any policy file is edited, added or removed."""
+Fingerprint = tuple[tuple[str, int, int, int, int], ...]
+
+
+def fingerprint(paths: Sequence[str]) -> Fingerprint:
+    """What changes when any policy file is edited, added or removed.
+
+    `stat` follows symlinks, so a Kubernetes ConfigMap update (the kubelet writes new files and swaps the
+    volume's `..data` symlink; `app.yaml -> ..data/app.yaml` itself never changes) is seen through the
+    link. The inode is part of it because a swapped-in file can have the old one's size and mtime:
+    `cleartext: block` -> `allow` is the same length, and archives and `rsync -a` carry mtimes over.
+    """
     files, _ = policy_files(paths)
     out = []
     for path in files:
@@ -37,7 +46,7 @@ def fingerprint(paths: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
             stat = path.stat()
         except OSError:
             continue
-        out.append((str(path), stat.st_mtime_ns, stat.st_size))
+        out.append((str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_dev))
     return tuple(out)
 
 
@@ -46,8 +55,8 @@ class PolicyStore:
         self.policy: Policy | None = None
         self.paths: list[str] = []
         self.loaded_at: float | None = None
-        self._loaded_print: tuple[tuple[str, int, int], ...] = ()
-        self._last_seen: tuple[tuple[str, int, int], ...] = ()
+        self._loaded_print: Fingerprint = ()
+        self._last_seen: Fingerprint = ()
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[ReloadListener] = []
 
@@ -109,7 +118,7 @@ class PolicyStore:
         self._apply(current, self._try_load())
         return True
 
-    def _due(self) -> tuple[tuple[str, int, int], ...] | None:
+    def _due(self) -> Fingerprint | None:
         """The files' new fingerprint when they changed and then held still for one poll."""
         current = fingerprint(self.paths)
         stable = current == self._last_seen
@@ -127,7 +136,7 @@ class PolicyStore:
             logger.debug("tlsgate: policy reload raised", exc_info=exc)
             return PolicyError([PolicyMessage(Location(self.paths[0], 1, 1), f"could not load ({type(exc).__name__})")])
 
-    def _apply(self, current: tuple[tuple[str, int, int], ...], result: Policy | PolicyError) -> None:
+    def _apply(self, current: Fingerprint, result: Policy | PolicyError) -> None:
         if isinstance(result, PolicyError):
             self._loaded_print = current  # report each broken state once, not every second
             for message in result.messages:
@@ -139,7 +148,7 @@ class PolicyStore:
         self._install(result, current)
         logger.warning(f"tlsgate: policy reloaded: {result.rule_count} rules from {', '.join(result.files)}")
 
-    def _install(self, policy: Policy, print_: tuple[tuple[str, int, int], ...]) -> None:
+    def _install(self, policy: Policy, print_: Fingerprint) -> None:
         self.policy = policy
         self.loaded_at = time.time()
         self._loaded_print = print_

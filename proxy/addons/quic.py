@@ -93,6 +93,8 @@ class QuicGuard:
             self.metrics.quic_connection(decision)
 
     def quic_start_client(self, data: QuicTlsData) -> None:
+        if not isinstance(data.conn, connection.Client):  # a client hook: mitmproxy types the side as Connection
+            return
         state = self.connections.peek(data.conn)
         if state is not None and state.quic_refused:
             refuse_handshake(data)

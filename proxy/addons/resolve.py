@@ -33,7 +33,8 @@ NAMED_TARGETS = (mode_specs.RegularMode, mode_specs.Socks5Mode, mode_specs.Upstr
 
 def unresolved_modes(specs: Sequence[str]) -> tuple[list[str], list[str]]:
     """(modes where --resolve applies, modes where it cannot): by how each mode learns its target."""
-    applies, cannot = [], []
+    applies: list[str] = []
+    cannot: list[str] = []
     for spec in specs:
         try:
             mode = mode_specs.ProxyMode.parse(spec)

@@ -25,7 +25,8 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from mitmproxy import connection, ctx
+import mitmproxy_rs
+from mitmproxy import addonmanager, connection, ctx
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.mode_servers import WireGuardServerInstance
 
@@ -90,7 +91,8 @@ class PeersWireGuardServer(_NotRegistered, WireGuardServerInstance):
         except OSError as exc:
             hint = f" (try --mode wireguard@{port + 1})" if exc.errno == errno.EADDRINUSE else ""
             raise OSError(exc.errno, f"WireGuard server failed to listen on UDP {host or '*'}:{port}: {exc}{hint}") from exc
-        bound = self._servers[0].getsockname()[1] if self._servers else port
+        addrs = self.listen_addrs
+        bound = addrs[0][1] if addrs else port
         try:
             wgpeers.record_listen(confdir, host, bound)  # only a default for `tlsgate wireguard show`
         except OSError as exc:
@@ -107,9 +109,7 @@ class PeersWireGuardServer(_NotRegistered, WireGuardServerInstance):
             "and restart."
         )
 
-    async def start_udp_based_server(self, host, port):  # type: ignore[no-untyped-def]
-        import mitmproxy_rs
-
+    async def start_udp_based_server(self, host: str, port: int) -> mitmproxy_rs.wireguard.WireGuardServer:
         return await mitmproxy_rs.wireguard.start_wireguard_server(
             host, port, self.server_key, self.peer_public_keys, self.handle_stream, self.handle_stream
         )
@@ -122,7 +122,7 @@ class PeersWireGuardServer(_NotRegistered, WireGuardServerInstance):
 class WireGuardPeers:
     """Installs `PeersWireGuardServer` for `--mode wireguard` before mitmproxy starts its servers."""
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader: addonmanager.Loader) -> None:
         install()
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from proxy import __version__
 from proxy.addons import make_addons
+from proxy.addons.console import ConsoleFlows
 from proxy.policy import Policy
 
 logger = logging.getLogger("tlsgate")
@@ -130,7 +131,7 @@ def banner(config: RunConfig, ca_cert: Path, fingerprint: str) -> list[str]:
         f"policy:   {', '.join(policy.files)} ({policy.rule_count} rules; "
         f"default mode {policy.defaults.mode}, cleartext {policy.defaults.get('cleartext')})",
         f"CA cert:  {ca_cert} (SHA-256 {fingerprint})",
-        f"findings: {config.findings or '(console only)'}",
+        f"findings: {'(stdout, JSON lines)' if config.findings == '-' else config.findings or '(console only)'}",
         f"metrics:  {f'http://{config.metrics_listen}/metrics' if config.metrics_listen else '(off)'}",
         f"proxy:    {proxy_url} ({', '.join(config.modes)})",
         f"try:      curl -x {proxy_url} --cacert {ca_cert} https://example.com/",
@@ -153,6 +154,7 @@ def banner(config: RunConfig, ca_cert: Path, fingerprint: str) -> list[str]:
 
 
 def run_proxy(config: RunConfig) -> int:
+    from proxy.app.paths import new_ca_warning
     from proxy.tls.ca import CAError, ensure_ca
     from proxy.tls.trust import TrustError, build_bundle
 
@@ -162,6 +164,10 @@ def run_proxy(config: RunConfig) -> int:
         share_listening_port()
         os.umask(0o077)
         return asyncio.run(_serve(config))
+    problem = ports_problem(config)
+    if problem:  # before the CA or the banner: nothing is created or announced for a run that cannot start
+        print(f"tlsgate: {problem}", file=sys.stderr)
+        return 1
     try:
         info, created = ensure_ca(config.confdir)
         if config.upstream_ca:
@@ -171,15 +177,48 @@ def run_proxy(config: RunConfig) -> int:
         return 1
     if created:
         print(f"created a new CA in {config.confdir}/ (private key mode 0600)")
+        warning = new_ca_warning(config.confdir)
+        if warning:
+            print(warning, file=sys.stderr)
     if config.workers > 1:
         return _run_workers(config, info.paths.cert_pem, info.sha256_fingerprint)
-    for line in banner(config, info.paths.cert_pem, info.sha256_fingerprint):
-        print(line)
-    sys.stdout.flush()
+    announce = banner(config, info.paths.cert_pem, info.sha256_fingerprint)
     # From here on every file tlsgate or mitmproxy creates (a `--set hardump=` or `save_stream_file=` capture
     # holds every secret the apps sent) is the owner's only. The CA files were written above with their own modes.
     os.umask(0o077)
-    return asyncio.run(_serve(config))
+    return asyncio.run(_serve(config, announce))
+
+
+def ports_problem(config: RunConfig) -> str | None:
+    """A taken proxy or metrics port, said in tlsgate's words (mitmproxy's hint names its own `--mode` syntax)."""
+    wanted = [("--listen-port", config.listen_host, config.listen_port)]
+    if config.metrics_listen:
+        metrics_host, _, metrics_port = config.metrics_listen.rpartition(":")
+        wanted.append(("--metrics-port", metrics_host, int(metrics_port)))
+    for flag, host, port in wanted:
+        if port == 0 or config.worker_index is not None:
+            continue  # a free port is picked; workers share theirs through SO_REUSEPORT
+        error = bind_error(host, port)
+        if error:
+            other = "--listen-host" if flag == "--listen-port" else "--metrics-host"
+            return (
+                f"cannot listen on {host or '*'}:{port} ({error}): another tlsgate or mitmproxy may be running; "
+                f"stop it, or choose another port with {flag} (or address with {other})"
+            )
+    return None
+
+
+def bind_error(host: str, port: int) -> str | None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the real listener: TIME_WAIT is no conflict
+        try:
+            probe.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def worker_argv(config: RunConfig, index: int, port: int, metrics_port: int | None) -> list[str]:
@@ -190,8 +229,8 @@ def worker_argv(config: RunConfig, index: int, port: int, metrics_port: int | No
         argv += ["--policy", path]
     for mode in config.modes:
         argv += ["--mode", mode]
-    for path in config.upstream_ca:
-        argv += ["--upstream-ca", str(path)]
+    for ca_path in config.upstream_ca:
+        argv += ["--upstream-ca", str(ca_path)]
     for spec in config.resolve:
         argv += ["--resolve", spec]
     # --proxyauth reaches the workers through the environment (TLSGATE_PROXYAUTH), never their command lines.
@@ -223,7 +262,7 @@ def _run_workers(config: RunConfig, ca_cert: Path, fingerprint: str) -> int:
     return supervise(argvs)
 
 
-async def _serve(config: RunConfig) -> int:
+async def _serve(config: RunConfig, announce: list[str] | None = None) -> int:
     from mitmproxy import exceptions, options
     from mitmproxy.tools.dump import DumpMaster
 
@@ -232,7 +271,9 @@ async def _serve(config: RunConfig) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
-    master.addons.add(*make_addons())
+    # mitmdump's per-flow lines (flow_detail, dumper_filter), redacted; not in make_addons(), because
+    # `mitmdump -s proxy/addons/script.py` has mitmproxy's own Dumper already.
+    master.addons.add(*make_addons(), ConsoleFlows())
     try:
         opts.update(**mitmproxy_options(config))
         if config.extra_set:
@@ -240,6 +281,9 @@ async def _serve(config: RunConfig) -> int:
     except exceptions.OptionsError as exc:
         print(f"tlsgate: {exc}", file=sys.stderr)
         return 1
+    for line in announce or []:  # only once every option was accepted
+        print(line)
+    sys.stdout.flush()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING
 
 from proxy.addons import wgpeers
 from proxy.addons.wgpeers import PeerError
+from proxy.app.paths import default_confdir
 
 if TYPE_CHECKING:
     from mitmproxy.proxy import mode_specs
 
-DEFAULT_CONFDIR = "certs"
 
-
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction) -> None:
     wg = sub.add_parser(
         "wireguard",
         help="manage WireGuard peers (one per device) for --mode wireguard",
@@ -33,7 +32,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     actions = wg.add_subparsers(metavar="ACTION")
 
     def confdir(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--confdir", default=DEFAULT_CONFDIR, help=f"CA directory, as for `run` (default {DEFAULT_CONFDIR}/)")
+        parser.add_argument("--confdir", type=Path, default=None, help="CA directory, as for `run` (same default)")
 
     add = actions.add_parser("add", help="create a peer with its own key pair and tunnel address")
     add.add_argument("name", metavar="NAME", help="device name: letters, digits, '.', '_', '-' (used as its device name)")
@@ -82,7 +81,7 @@ def _existing(confdir: Path) -> wgpeers.Store:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    confdir = Path(args.confdir)
+    confdir = (args.confdir or default_confdir())
     try:
         wgpeers.check_name(args.name)
         store, notes = wgpeers.load_or_create(confdir)
@@ -100,7 +99,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from mitmproxy.net import local_ip
 
-    confdir = Path(args.confdir)
+    confdir = (args.confdir or default_confdir())
     try:
         store = _existing(confdir)
         peer = store.get(args.name)
@@ -131,7 +130,7 @@ def qr_text(text: str) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     try:
-        store = _existing(Path(args.confdir))
+        store = _existing(args.confdir or default_confdir())
     except (PeerError, OSError) as exc:
         return _fail(exc)
     rows = [("NAME", "ADDRESS", "ADDRESS6", "PUBLIC KEY")]
@@ -144,7 +143,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    confdir = Path(args.confdir)
+    confdir = (args.confdir or default_confdir())
     try:
         store = _existing(confdir)
         peer = store.remove(args.name)

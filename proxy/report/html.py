@@ -10,6 +10,7 @@ only adds filtering and expand/collapse.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,7 +52,7 @@ def _severity_bars_by(summary: Summary, names: list[str]) -> list[dict[str, Any]
     rows = []
     peak = max((summary.by_who[name] for name in names), default=0) or 1
     for name in names[:BAR_ROWS]:
-        counts = summary.who_severity.get(name, {})
+        counts: Mapping[str, int] = summary.who_severity.get(name, {})
         offset = 0.0
         segments = []
         for severity in reversed(SEVERITIES):
@@ -107,7 +108,7 @@ def _example(record: Record) -> dict[str, Any]:
 def html(summary: Summary, title: str = "tlsgate report") -> str:
     groups = summary.sorted_groups()
     devices = summary.devices()
-    problems = [
+    problems: list[dict[str, Any]] = [
         {
             "id": f"p{index}",
             "rule_id": g.rule_id,
@@ -148,7 +149,7 @@ def html(summary: Summary, title: str = "tlsgate report") -> str:
         }
         for h in summary.sorted_hosts()
     ]
-    severity_bars = [
+    severity_bars: list[dict[str, Any]] = [
         {"label": name, "value": summary.by_severity[name], "colour": COLOURS[name]} for name in reversed(SEVERITIES)
     ]
     peak = max((b["value"] for b in severity_bars), default=0) or 1

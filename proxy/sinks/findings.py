@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -65,6 +66,7 @@ Listener = Callable[[Finding], None]
 MAX_LINE = 16 * 1024  # one finding; evidence beyond this is summarised, not written
 MAX_BYTES = 64 * 1024 * 1024  # the file is rotated past this (0: never)
 KEEP = 5  # rotated files kept: findings.jsonl.1 (newest) ... findings.jsonl.5
+STDOUT = "-"  # the findings "file" that means standard output: one JSON line each, for a container's log collector
 
 
 def bounded(finding: Finding, limit: int = MAX_LINE) -> tuple[str, bool]:
@@ -99,6 +101,7 @@ class FindingsLog:
         self._size = 0
         self._listeners: list[Listener] = []
         self.path: Path | None = None
+        self.to_stdout = False
         self.max_bytes = max_bytes
         self.keep = keep
         self.truncated = 0  # findings whose evidence was summarised to fit MAX_LINE
@@ -108,6 +111,12 @@ class FindingsLog:
 
     def open(self, path: str | os.PathLike[str]) -> None:
         self.close()
+        if os.fspath(path) == STDOUT:
+            # In a container the runtime keeps stdout and the cluster's collector ships it: no file, no
+            # volume, nothing to rotate. Each line is written and flushed whole, so the collector never
+            # sees half a finding however stdout is buffered.
+            self.path, self.to_stdout, self._file, self._size = None, True, sys.stdout, 0
+            return
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open_file()
@@ -121,6 +130,8 @@ class FindingsLog:
 
     def close(self) -> None:
         with self._lock:
+            if self.to_stdout:
+                self.to_stdout, self._file = False, None  # stdout is the process's, not ours to close
             if self._file is not None:
                 self._file.close()
                 self._file = None
@@ -135,9 +146,11 @@ class FindingsLog:
                 self.truncated += 1
             if self._file is not None:
                 data = line + "\n"
-                if self.max_bytes and self._size and self._size + len(data) > self.max_bytes:
+                if self.max_bytes and self._size and self._size + len(data) > self.max_bytes and not self.to_stdout:
                     self._rotate()
                 self._file.write(data)
+                if self.to_stdout:
+                    self._file.flush()
                 self._size += len(data.encode("utf-8", "backslashreplace"))
         for listener in self._listeners:
             listener(finding)

@@ -170,10 +170,10 @@ def ensure_ca(confdir: Path) -> tuple[CAInfo, bool]:
     paths = ca_paths(confdir)
     if not _exists(paths.key_pem):
         _ensure_confdir(Path(confdir))
-        key, cert = _generate_ca()
-        if _publish_key_pem(paths.key_pem, key, cert):
-            _write_derived_files(paths, key, cert, only_missing=False)
-            return CAInfo(cert=cert, paths=paths), True
+        new_key, new_cert = _generate_ca()
+        if _publish_key_pem(paths.key_pem, new_key, new_cert):
+            _write_derived_files(paths, new_key, new_cert, only_missing=False)
+            return CAInfo(cert=new_cert, paths=paths), True
     key, cert = _load_key_and_cert(paths)
     # Restores files lost to an interrupted creation or a user tidying up.
     _write_derived_files(paths, key, cert, only_missing=True)

@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
+from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from proxy.tls.pins import cert_role, is_self_signed, issued_by, spki_pin, subject_text
 
@@ -261,7 +261,7 @@ def _missing_issuer_note(leaf: x509.Certificate, sent: int, urls: list[str]) -> 
 def ca_issuers_urls(cert: x509.Certificate) -> list[str]:
     """AIA caIssuers URLs: where the issuing CA's certificate is published."""
     try:
-        aia = cert.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_INFORMATION_ACCESS).value
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
     except x509.ExtensionNotFound:
         return []
     return [

@@ -82,6 +82,8 @@ def test_ca_create_show_export_agree_with_openssl(tmp_path: Path) -> None:
         cert = x509.load_der_x509_certificate(data) if fmt == "der" else x509.load_pem_x509_certificate(data)
         assert cert == x509.load_pem_x509_certificate(cert_pem.read_bytes())
         assert b"PRIVATE" not in data
+    beside = tlsgate("ca", "export", "--confdir", str(confdir), cwd=tmp_path)  # no --out: next to the CA, not in the cwd
+    assert beside.returncode == 0 and (confdir / "tlsgate-ca.pem").is_file() and not (tmp_path / "tlsgate-ca.pem").exists()
 
 
 def test_ca_show_without_a_ca_says_how_to_create_one(tmp_path: Path) -> None:

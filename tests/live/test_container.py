@@ -127,6 +127,8 @@ def test_dockerfile_keeps_its_shape() -> None:
     assert user.split(":")[0] not in ("root", "0"), "the image must not run as root"
     volumes = json.loads(instruction("VOLUME")[0])
     assert "/app/certs" in volumes, "the CA directory is a volume, so devices keep trusting it"
+    confdir = re.search(r"TLSGATE_CONFDIR=(\S+)", " ".join(instruction("ENV")))
+    assert confdir and confdir.group(1) in volumes, "tlsgate's CA directory (TLSGATE_CONFDIR) must be the CA volume"
     assert json.loads(instruction("ENTRYPOINT")[0]) == ["tlsgate"]
 
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.tls.pins import spki_pin
 from tests.certgen import make_chain
-from tests.harness import Upstream, curl, eventually
+from tests.harness import Upstream, curl, eventually, free_port
 
 POLICY = """\
 version: 1
@@ -95,6 +95,31 @@ def test_health_and_readiness(busy_gate) -> None:
     assert http_get(f"{busy_gate.metrics_url}/nope")[0] == 404
 
 
+def test_exposition_is_prometheus_clients_openmetrics_gzip_and_head(busy_gate) -> None:
+    import gzip
+
+    url = f"{busy_gate.metrics_url}/metrics"
+    plain = urllib.request.urlopen(url, timeout=10)
+    assert plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = plain.read().decode()
+    assert value(text, "process_resident_memory_bytes") > 1e6 and value(text, "process_open_fds") > 3
+
+    asked = urllib.request.Request(url, headers={"Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(asked, timeout=10) as answer:
+        assert answer.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert answer.headers["Content-Encoding"] == "gzip"
+        openmetrics = gzip.decompress(answer.read()).decode()
+    assert openmetrics.rstrip().endswith("# EOF") and "tlsgate_requests_total" in openmetrics
+    lint = subprocess.run([need("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+    filtered = urllib.request.urlopen(f"{url}?name[]=tlsgate_build_info", timeout=10).read().decode()
+    assert "tlsgate_build_info" in filtered and "tlsgate_requests_total" not in filtered
+
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10) as head:
+        assert head.status == 200 and head.read() == b"" and int(head.headers["Content-Length"]) > 1000
+
+
 def test_reloads_are_counted(tlsgate, tmp_path: Path) -> None:
     gate = tlsgate(POLICY)
     policy = tmp_path / "policy.yaml"
@@ -137,12 +162,6 @@ def test_label_cardinality_stays_bounded(tlsgate) -> None:
     assert not any(host in text for host in hosts) and "token" not in text and "login" not in text
     grown = len(samples(text)) - before
     assert grown <= 12, f"40 distinct hosts added {grown} series"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_real_prometheus_scrapes_and_reads_back_counts(busy_gate, tmp_path: Path) -> None:

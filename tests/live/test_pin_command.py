@@ -9,7 +9,7 @@ from pathlib import Path
 
 from proxy.tls.pins import spki_pin
 from tests.certgen import write_pem
-from tests.harness import REPO, Upstream, curl
+from tests.harness import Upstream, curl
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -31,12 +31,11 @@ def test_pin_from_a_live_host_round_trips_through_validate_and_run(
         str(root_file),
         "--resolve",
         f"api.test:{https_upstream.port}:127.0.0.1",
-        "--confdir",
-        str(tmp_path / "c"),
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     assert "chain verified" in done.stdout
+    assert not (tmp_path / "certs").exists(), "an inspection command writes nothing"
     for cert in chain.certs:  # leaf, intermediate and the root the chain validated to
         assert spki_pin(cert) in done.stdout
     policy = tmp_path / "pinned.yaml"
@@ -67,14 +66,13 @@ def test_pin_reports_an_unverified_chain(pki, https_upstream: Upstream, tmp_path
         f"api.test:{https_upstream.port}",
         "--resolve",
         f"api.test:{https_upstream.port}:127.0.0.1",
-        "--confdir",
-        str(tmp_path / "c"),
         cwd=tmp_path,
     )
     assert done.returncode == 0
+    assert not (tmp_path / "certs").exists()
     assert "NOT VERIFIED" in done.stdout and "local issuer" in done.stdout
 
 
 def test_pin_to_a_closed_port_fails_cleanly(tmp_path: Path) -> None:
-    done = run("pin", "127.0.0.1:1", "--confdir", str(tmp_path / "c"), cwd=REPO)
+    done = run("pin", "127.0.0.1:1", cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr

@@ -62,10 +62,39 @@ def test_make_run_from_a_clean_clone_serves_https_and_blocks_http(
         assert ok.status == 200 and ok.body == "hello from https-upstream\n"
         blocked = curl(gate.proxy_url, f"http://www.test:{http_upstream.port}/")
         assert blocked.status == 403
-        assert blocked.headers["x-tlsgate-rule"] == "embedded:policies/default.yaml:5"
+        assert blocked.headers["x-tlsgate-rule"] == "policies/default.yaml:5"  # `make run` loads policies/, as the container
         assert http_upstream.connections == 0
         assert (clone / ".venv" / "bin" / "tlsgate").exists()
     finally:
         os.killpg(gate.proc.pid, signal.SIGTERM)
         gate.proc.wait(20)
         shutil.rmtree(clone / ".venv", ignore_errors=True)
+
+
+def test_make_test_names_every_missing_program_in_one_message(tmp_path: Path) -> None:
+    """Checked before anything is installed: a new user learns the whole list at once, not one failing test at a time."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("make", "curl", "openssl"):
+        found = shutil.which(tool)
+        assert found, tool
+        (bin_dir / tool).symlink_to(found)
+    done = subprocess.run(["make", "-s", "prereqs"], cwd=REPO, env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("make test needs these programs:"), done.stderr
+    assert {"nginx", "hey", "promtool", "wireguard-go"} <= set(first.split(":", 1)[1].split()) and "curl" not in first
+    assert "apt-get install" in done.stderr
+    assert subprocess.run(["make", "-s", "prereqs"], cwd=REPO, capture_output=True, timeout=60).returncode == 0  # all here
+
+
+def test_the_ios_steps_name_the_ca_as_the_device_shows_it() -> None:
+    from cryptography.x509.oid import NameOID
+
+    from proxy.tls.ca import _generate_ca  # noqa: PLC2701 - the real name the CA is given
+
+    (common_name,) = _generate_ca()[1].subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    assert str(common_name.value).startswith("tlsgate CA ")
+    text = (REPO / "README.md").read_text()
+    iphone = text.split("### iPhone", 1)[1].split("###", 1)[0]
+    assert '"tlsgate CA …"' in iphone and "mitmproxy CA" not in iphone

@@ -38,7 +38,10 @@ def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(tmp
     empty.mkdir()
     assert "site-packages" in run(str(venv / "bin" / "python"), "-c", "import proxy; print(proxy.__file__)", cwd=empty).stdout
     resolve = f"api.test:{http_upstream.port}:127.0.0.1"
-    gate = Tlsgate(empty, command=[str(tlsgate), "run", "--listen-port", "0", "--metrics-port", "-1", "--resolve", resolve]).start()
+    home = tmp_path / "home"
+    env = {"HOME": str(home), "XDG_DATA_HOME": "", "TLSGATE_CONFDIR": ""}
+    command = [str(tlsgate), "run", "--listen-port", "0", "--metrics-port", "-1", "--resolve", resolve]
+    gate = Tlsgate(empty, env=env, command=command).start()
     try:
         assert "embedded:policies/default.yaml" in gate.output
         blocked = curl(gate.proxy_url, f"http://api.test:{http_upstream.port}/login")
@@ -46,6 +49,31 @@ def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(tmp
         assert blocked.headers["x-tlsgate-check"] == "cleartext"
         assert blocked.headers["x-tlsgate-rule"].startswith("embedded:policies/default.yaml:"), blocked.headers
         assert http_upstream.connections == 0
-        assert (empty / "certs" / "mitmproxy-ca.pem").stat().st_mode & 0o077 == 0
+        # An installed tlsgate keeps one CA per user, wherever it is started: nothing lands in the working directory.
+        ca_dir = home / ".local" / "share" / "tlsgate"
+        assert (ca_dir / "mitmproxy-ca.pem").stat().st_mode & 0o077 == 0
+        assert {p.name for p in empty.iterdir()} <= {"findings.jsonl"}, list(empty.iterdir())
     finally:
         gate.stop()
+    first = (ca_dir / "mitmproxy-ca-cert.pem").read_bytes()
+
+    # Started again from another directory: the same CA, and no new one is created.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = Tlsgate(elsewhere, env=env, command=command).start()
+    try:
+        assert "created a new CA" not in again.output and str(ca_dir) in again.output
+    finally:
+        again.stop()
+    assert (ca_dir / "mitmproxy-ca-cert.pem").read_bytes() == first
+
+    # A CA somewhere else (an old ./certs) while a new one is created: said loudly, naming both.
+    old = tmp_path / "old"
+    old.mkdir()
+    run(str(tlsgate), "ca", "create", "--confdir", str(old / "certs"), cwd=old)
+    fresh_env = {**env, "HOME": str(tmp_path / "home2")}
+    loud = Tlsgate(old, env=fresh_env, command=command).start()
+    try:
+        loud.wait_for(r"WARNING: created a NEW CA in .*home2.*a tlsgate CA already exists in .*old/certs/")
+    finally:
+        loud.stop()
