@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import os
 import platform
 import re
@@ -28,6 +29,7 @@ import tempfile
 import time
 import timeit
 import tracemalloc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.policygen import big_policy, sample_hosts  # noqa: E402
-from proxy.policy import load_policy, load_texts  # noqa: E402
-from tests.certgen import make_chain, write_pem, write_server_files  # noqa: E402
+from proxy.policy import Match, Policy, load_policy, load_texts  # noqa: E402
+from tests.certgen import Chain, make_chain, write_pem, write_server_files  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # Both proxies log at the same level (warnings and findings, not per-connection chatter), so the
@@ -104,14 +106,23 @@ class Proxy:
         wait_port(self.port)
         time.sleep(1.0 if "workers" in self.name else 0.3)
 
+    @property
+    def pid(self) -> int:
+        """The proxy's process id: it is measured only between `start` and `stop`."""
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} is not running")
+        return self.proc.pid
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(20)
 
 
-def nginx(workdir: Path, cert: Path, key: Path) -> tuple[subprocess.Popen[bytes], int]:
+def nginx(workdir: Path, cert: Path, key: Path, plain_port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """nginx answering "ok" over TLS on a free port (returned), and over plain HTTP on `plain_port` if given."""
     port = free_port()
+    plain = f"listen 127.0.0.1:{plain_port};" if plain_port else ""
     conf = workdir / "nginx.conf"
     conf.write_text(
         f"""worker_processes 1;
@@ -125,6 +136,7 @@ http {{
   keepalive_requests 100000;
   server {{
     listen 127.0.0.1:{port} ssl;
+    {plain}
     ssl_certificate {cert};
     ssl_certificate_key {key};
     location / {{ return 200 "ok\\n"; }}
@@ -143,13 +155,13 @@ def hey(proxy_port: int, url: str, requests: int, concurrency: int, keepalive: b
     if not keepalive:
         argv.append("-disable-keepalive")
     out = subprocess.run([*argv, url], capture_output=True, text=True, timeout=600).stdout
-    if "Requests/sec" not in out or "50% in" not in out:
-        raise RuntimeError(f"hey through {proxy_port} failed:\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = float(re.search(r"50% in ([\d.]+) secs", out).group(1))
+    rps_line = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50_line = re.search(r"50% in ([\d.]+) secs", out)
     # hey leaves the 99% line empty for small runs; the slowest request is the honest stand-in then.
     p99_line = re.search(r"99% in ([\d.]+) secs", out) or re.search(r"Slowest:\s+([\d.]+) secs", out)
-    p99 = float(p99_line.group(1))
+    if rps_line is None or p50_line is None or p99_line is None:
+        raise RuntimeError(f"hey through {proxy_port} failed:\n{out}")
+    rps, p50, p99 = float(rps_line.group(1)), float(p50_line.group(1)), float(p99_line.group(1))
     codes = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", out))
     ok = int(codes.get("200", 0))
     if ok != requests:
@@ -157,7 +169,49 @@ def hey(proxy_port: int, url: str, requests: int, concurrency: int, keepalive: b
     return {"rps": rps, "p50": p50 * 1000, "p99": p99 * 1000}
 
 
+def bench_upstream(prefix: str, plain_port: int | None = None) -> tuple[Path, Chain, Path, subprocess.Popen[bytes], int]:
+    """A fresh work dir, a test PKI (root, intermediate, leaf for localhost and 127.0.0.1) and nginx serving with it:
+    (work dir, chain, root PEM, nginx process, TLS port)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    chain = make_chain(dns=("localhost",), ips=("127.0.0.1",))
+    root = write_pem(work / "root.pem", chain.root)
+    cert, key = write_server_files(work, chain.leaf, chain.intermediate)
+    upstream, port = nginx(work, cert, key, plain_port)
+    return work, chain, root, upstream, port
+
+
+def have_tools(*tools: str) -> bool:
+    for tool in tools:
+        if not shutil.which(tool) and not (Path(sys.executable).parent / tool).exists():
+            print(f"benchmark needs {tool} (apt-get install nginx hey; mitmdump comes with the venv)", file=sys.stderr)
+            return False
+    return True
+
+
+def tlsgate_proxy(work: Path, name: str, root: Path, resolve: Sequence[str], *extra: str) -> Proxy:
+    """tlsgate on a free port with the shared CA in `work/ca`, findings in `work/NAME.jsonl`, trusting `root` upstream."""
+    argv = [sys.executable, "-m", "proxy", "run", "--listen-port", str(port := free_port()), "--confdir", str(work / "ca")]
+    argv += ["--upstream-ca", str(root), "--findings", str(work / f"{name}.jsonl"), "--metrics-port", "0"]
+    argv += ["--set", f"termlog_verbosity={QUIET}", "--set", "flow_detail=0"]  # as mitmdump below: no per-flow lines
+    # The upstream runs on this host: tlsgate refuses loopback destinations unless the operator names them.
+    for entry in resolve:
+        argv += ["--resolve", entry]
+    return Proxy(name, [*argv, *extra], port)
+
+
+def mitmdump_proxy(work: Path, root: Path) -> Proxy:
+    """Plain mitmdump (same mitmproxy, no addons) with the CA tlsgate created in `work/ca`."""
+    argv = [str(Path(sys.executable).parent / "mitmdump"), "--set", f"termlog_verbosity={QUIET}", "--set", "flow_detail=0"]
+    argv += ["--listen-host", "127.0.0.1", "--listen-port", str(port := free_port())]
+    argv += ["--set", f"confdir={work / 'ca'}", "--set", f"ssl_verify_upstream_trusted_ca={root}"]
+    return Proxy("mitmdump", argv, port)
+
+
 # -- micro-benchmarks -----------------------------------------------------------------------------
+
+
+def _match_all(policy: Policy, hosts: list[str]) -> list[Match]:
+    return [policy.match(h) for h in hosts]
 
 
 def micro(rule_counts: list[int]) -> list[str]:
@@ -171,7 +225,7 @@ def micro(rule_counts: list[int]) -> list[str]:
         hits = sum(policy.match(h).rule is not None for h in hosts)
         assert hits, "the sample hosts must exercise rule hits, not only misses"
         loops = 20
-        seconds = timeit.timeit(lambda policy=policy, hosts=hosts: [policy.match(h) for h in hosts], number=loops)
+        seconds = timeit.timeit(functools.partial(_match_all, policy, hosts), number=loops)
         lines.append(f"| {count:,} | {seconds / loops / len(hosts) * 1e6:.2f} ({hits}/{len(hosts)} hit) | {load_s:.3f} |")
     return lines
 
@@ -186,7 +240,10 @@ async def distinct_hosts(port: int, count: int, connections: int = 8) -> None:
             writer.write(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
-            length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+            found = re.search(rb"content-length: (\d+)", head, re.I)
+            if found is None:
+                raise RuntimeError(f"tlsgate's answer for {host} has no Content-Length: {head!r}")
+            length = int(found.group(1))
             await reader.readexactly(length)
         writer.close()
 
@@ -199,11 +256,12 @@ async def distinct_hosts(port: int, count: int, connections: int = 8) -> None:
 def machine() -> str:
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
     mem = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+    gib = f"{int(mem.group(1)) / 1024 / 1024:.0f}" if mem else "?"
     from mitmproxy import version
 
     return (
         f"{os.cpu_count()} cores ({cpu.group(1) if cpu else platform.processor()}), "
-        f"{int(mem.group(1)) / 1024 / 1024:.0f} GiB, Linux {platform.release()}, Python {platform.python_version()}, "
+        f"{gib} GiB, Linux {platform.release()}, Python {platform.python_version()}, "
         f"mitmproxy {version.VERSION}, nginx + hey on the same machine (they share the cores with the proxy)"
     )
 
@@ -239,67 +297,18 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.requests, args.concurrency = 1, 60, 4
-    for tool in ("nginx", "hey", "mitmdump"):
-        if not shutil.which(tool) and not (Path(sys.executable).parent / tool).exists():
-            print(f"benchmark needs {tool} (apt-get install nginx hey; mitmdump comes with the venv)", file=sys.stderr)
-            return 2
-    mitmdump = str(Path(sys.executable).parent / "mitmdump")
-    work = Path(tempfile.mkdtemp(prefix="tlsgate-bench-"))
-    chain = make_chain(dns=("localhost",), ips=("127.0.0.1",))
-    root = write_pem(work / "root.pem", chain.root)
-    cert, key = write_server_files(work, chain.leaf, chain.intermediate)
+    if not have_tools("nginx", "hey", "mitmdump"):
+        return 2
+    work, chain, root, upstream, up_port = bench_upstream("tlsgate-bench-")
     big = work / "big.yaml"
     big.write_text(big_policy(10_000, pins=True, bench_chain=chain))
-    upstream, up_port = nginx(work, cert, key)
     url = f"https://localhost:{up_port}/"
 
     def tlsgate(name: str, *extra: str) -> Proxy:
-        port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "proxy",
-            "run",
-            "--listen-port",
-            str(port),
-            "--confdir",
-            str(work / "ca"),
-            "--upstream-ca",
-            str(root),
-            "--findings",
-            str(work / f"{name}.jsonl"),
-            "--metrics-port",
-            "0",
-            "--set",
-            f"termlog_verbosity={QUIET}",
-            # The upstream runs on this host: tlsgate refuses loopback destinations unless the operator names them.
-            "--resolve",
-            f"localhost:{up_port}:127.0.0.1",
-            *extra,
-        ]
-        return Proxy(name, argv, port)
+        return tlsgate_proxy(work, name, root, [f"localhost:{up_port}:127.0.0.1"], *extra)
 
-    mitm_port = free_port()
     proxies = [
-        Proxy(
-            "mitmdump",
-            [
-                mitmdump,
-                "--set",
-                f"termlog_verbosity={QUIET}",
-                "--set",
-                "flow_detail=0",
-                "--listen-host",
-                "127.0.0.1",
-                "--listen-port",
-                str(mitm_port),
-                "--set",
-                f"confdir={work / 'ca'}",
-                "--set",
-                f"ssl_verify_upstream_trusted_ca={root}",
-            ],
-            mitm_port,
-        ),
+        mitmdump_proxy(work, root),
         tlsgate("tlsgate-default"),
         tlsgate("tlsgate-10k", "--policy", str(big)),
         tlsgate("tlsgate-2-workers", "--workers", "2"),
@@ -319,18 +328,18 @@ def main() -> int:
             order = proxies[round_ % len(proxies) :] + proxies[: round_ % len(proxies)]
             for workload, keepalive in workloads.items():
                 for proxy in order:
-                    before = cpu_seconds(proxy.proc.pid)
+                    before = cpu_seconds(proxy.pid)
                     result = hey(proxy.port, url, counts[workload], args.concurrency, keepalive)
-                    cpu[proxy.name][workload] += cpu_seconds(proxy.proc.pid) - before
+                    cpu[proxy.name][workload] += cpu_seconds(proxy.pid) - before
                     proxy.results.setdefault(workload, []).append(result)
-        peaks = {p.name: peak_rss_mib(p.proc.pid) for p in proxies}
+        peaks = {p.name: peak_rss_mib(p.pid) for p in proxies}
 
         memory_lines = []
         default = proxies[1]
-        base_rss = rss_mib(default.proc.pid)
+        base_rss = rss_mib(default.pid)
         for count in (1_000, 10_000) if not args.quick else (200,):
             asyncio.run(distinct_hosts(default.port, count))
-            now = rss_mib(default.proc.pid)
+            now = rss_mib(default.pid)
             memory_lines.append(f"| after {count:,} distinct hosts | {now:.1f} MiB ({now - base_rss:+.1f}) |")
     finally:
         for proxy in proxies:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -115,7 +116,9 @@ class Tlsgate:
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
 
-    def start(self, timeout: float = 40) -> Tlsgate:
+    def start(self, timeout: float = 40, port: int | None = None) -> Tlsgate:
+        """Start and wait until it listens: read the port from the log, or, for a run whose log is silenced
+        (`-q`), connect to the `port` it was given until it accepts."""
         cmd = self.command or [
             sys.executable,
             "-m",
@@ -135,6 +138,11 @@ class Tlsgate:
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         STARTED.append(self)
         threading.Thread(target=self._pump, daemon=True).start()
+        if port is not None:
+            self.port = port
+            if not eventually(lambda: accepts(port), timeout):
+                raise AssertionError(f"nothing listens on port {port} after {timeout}s:\n{self.output}")
+            return self
         match = self.wait_for(LISTENING, timeout)
         self.port = int(match.group(1))
         return self
@@ -232,6 +240,32 @@ def curl(proxy: str, url: str, *extra: str, timeout: float = 20) -> CurlResult:
     cmd = ["curl", "-sS", "--noproxy", "", "-x", proxy, "-D", "-", "--max-time", str(int(timeout)), *extra, url]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
     return CurlResult.parse(done)
+
+
+def read_head(sock: socket.socket, limit: int = 65536) -> bytes:
+    """Bytes from `sock` until a blank line ends an HTTP head (or the peer closes, or `limit` bytes came)."""
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < limit:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now (the kernel's pick), for a process that must be told its port up front."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def accepts(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10, interval: float = 0.1) -> bool:

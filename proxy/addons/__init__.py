@@ -7,17 +7,22 @@ from mitmproxy import version as mitmproxy_version
 from proxy.addons.auththrottle import AuthThrottle
 from proxy.addons.cleartext import CleartextGuard
 from proxy.addons.client_audit import ClientAudit
+from proxy.addons.client_bounds import ClientBounds
+from proxy.addons.conformance import Conformance
+from proxy.addons.containment import ContainFailures
 from proxy.addons.destination import DestinationGuard
 from proxy.addons.findings import FindingsSink
 from proxy.addons.lifetime import Lifetime
 from proxy.addons.limits import ClientLimits
 from proxy.addons.logsafety import SafeLog
 from proxy.addons.metrics import MetricsExporter
+from proxy.addons.payload import PayloadInspector
 from proxy.addons.policy import PolicyStore
 from proxy.addons.quic import QuicGuard
 from proxy.addons.request_hygiene import RequestHygiene
 from proxy.addons.resolve import Resolve
 from proxy.addons.state import Connections
+from proxy.addons.upstream_timeouts import UpstreamTimeouts
 from proxy.addons.upstream_tls import UpstreamTls
 from proxy.addons.wireguard import WireGuardPeers
 from proxy.sinks.metrics import Metrics
@@ -52,7 +57,12 @@ def make_addons() -> list[object]:
         DestinationGuard(connections, sink, resolve),  # after Resolve: judges the address Resolve chose
         CleartextGuard(connections, sink),
         QuicGuard(connections, sink, metrics),
+        UpstreamTimeouts(connections, sink, metrics),  # after DestinationGuard (address settled), before UpstreamTls
         UpstreamTls(connections, sink, metrics),
         ClientAudit(connections, sink),
+        Conformance(connections, sink),  # after UpstreamTls and ClientAudit: reads the facts they gathered
+        PayloadInspector(connections, sink),  # after every check that may refuse a request on other grounds
+        ContainFailures(metrics),  # mitmproxy's crash tracebacks and asyncio's error floods: one line, counted
+        ClientBounds(connections, sink, metrics),  # last to choose layers: wraps what the others chose
         connections,
     ]

@@ -35,7 +35,7 @@ import enum
 import logging
 from collections.abc import Generator
 
-from mitmproxy import connection, flow, http
+from mitmproxy import connection, ctx, flow, http
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import HTTPMode
@@ -423,6 +423,8 @@ class StreamGate(layer.Layer):
                 self.context.layers.remove(old)
             server_tls = layers.ServerTLSLayer(self.context)
             server_tls.child_layer = layers.ClientTLSLayer(self.context)
+            bounds = ctx.master.addons.get("clientbounds")  # the ClientHello bounds hold after STARTTLS too
+            gated = bounds.gate_hello(self.context, server_tls) if bounds is not None else server_tls
         except Exception:  # noqa: BLE001 - fail closed: a stream that cannot be judged as TLS is not relayed blind
             logger.exception("handing a STARTTLS stream to the TLS layers failed; closing it")
             yield from self._close()
@@ -431,7 +433,7 @@ class StreamGate(layer.Layer):
         self.looking = False
         if cleartext:  # the STARTTLS line came with the handshake: the line still goes in the clear, before it
             yield from old.handle_event(events.DataReceived(self.context.client, cleartext))
-        self.retired, self.child, self.upgraded = old, server_tls, True
+        self.retired, self.child, self.upgraded = old, gated, True
         logger.debug("STARTTLS to %s: judging the upgraded stream as TLS", server.sni or server.address)
         tcp_flow = getattr(old, "flow", None)
         if tcp_flow is not None and tcp_flow.live:  # the cleartext part ends here, as mitmproxy would end it

@@ -33,6 +33,7 @@ What each outcome means is decided in `proxy.checks.client_hello` and
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,8 +49,9 @@ from proxy.addons.quic import is_quic, refuse_handshake
 from proxy.addons.state import Connections, ConnState, request_url, server_host
 from proxy.addons.verdicts import block, fail_closed, record
 from proxy.checks.client_hello import client_floor, judge_client_hello
-from proxy.checks.model import Action, Issue, blocks, decide
-from proxy.checks.probes import ProbeRun, ProbeSchedule, trust_refused
+from proxy.checks.faults import silent_close_excused
+from proxy.checks.model import Action, Check, Issue, blocks, decide
+from proxy.checks.probes import CLOSED_SILENTLY, ProbeRun, ProbeSchedule, trust_refused
 from proxy.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP, quic_client_error
 from proxy.policy import Mode
 from proxy.policy.sections.client import ClientRules
@@ -75,6 +77,8 @@ class Audit:
     accepted: Finding | None = None  # the critical finding, once the client used a probe connection
     user_agent: str | None = None
     quic: bool = False  # a QUIC connection: the hello came in an Initial packet, the handshake is aioquic's
+    hello_at: float = field(default_factory=time.monotonic)
+    waited: float | None = None  # seconds the app's handshake waited for tlsgate's upstream handshake
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -157,9 +161,12 @@ class ClientAudit:
         return self._mint
 
     def tls_start_client(self, tls_start: tls.TlsData) -> None:
+        if not isinstance(tls_start.conn, connection.Client):  # a client hook: mitmproxy types the side as Connection
+            return
         audit = self._audit(self.connections.peek(tls_start.conn))
         if audit is None or tls_start.ssl_conn is None or tls_start.is_dtls:
             return
+        audit.waited = time.monotonic() - audit.hello_at  # tlsgate's upstream handshake came first
         if audit.probe is not None:
             probe = audit.probe
             tls_start.ssl_conn = client_connection(tls_start, audit.floor, probe.cert, probe.key, probe.chain)
@@ -168,6 +175,8 @@ class ClientAudit:
 
     def quic_start_client(self, data: QuicTlsData) -> None:
         """The QUIC counterpart of `tls_start_client`: refuse the hello, or show the probe certificate."""
+        if not isinstance(data.conn, connection.Client):
+            return
         audit = self._audit(self.connections.peek(data.conn))
         if audit is None or data.settings is None:
             return
@@ -181,11 +190,15 @@ class ClientAudit:
     # -- handshake outcome -------------------------------------------------------------------------
 
     def tls_established_client(self, data: tls.TlsData) -> None:
+        if not isinstance(data.conn, connection.Client):
+            return
         audit = self._audit(self.connections.peek(data.conn))
         if audit is not None and audit.run is not None:
             audit.run.handshake_done = True
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
+        if not isinstance(data.conn, connection.Client):
+            return
         state = self.connections.peek(data.conn)
         audit = self._audit(state)
         if state is None or audit is None:
@@ -199,7 +212,7 @@ class ClientAudit:
                 self.schedule.retry(data.conn.peername[0], audit.run.host, audit.run.kind)
         elif not audit.refuse and (data.ssl_conn is not None or audit.quic):
             refused = trust_refused(state.match.host if state.match else "", error)
-            if refused is not None:
+            if refused is not None and not _kept_waiting(state, audit, refused):
                 self._record(state, audit, refused)
         self._flush(state, audit)
 
@@ -268,8 +281,10 @@ class ClientAudit:
     def _flush(self, state: ConnState, audit: Audit) -> None:
         """Record the hello findings (once), with whatever is known about the app by now."""
         pending, audit.pending = audit.pending, []
+        match = state.match
+        assert match is not None  # an Audit exists only once `_judge` settled the match, and a match stays settled
         for issue in pending:
-            if decide(issue, state.match.settings.mode) is not Action.BLOCKED and self._already_said(state, audit, issue.kind):
+            if decide(issue, match.settings.mode) is not Action.BLOCKED and self._already_said(state, audit, issue.kind):
                 continue
             self._record(state, audit, issue)
 
@@ -289,6 +304,17 @@ class ClientAudit:
         assert state.match is not None
         evidence = {"kind": issue.kind, **issue.evidence, **audit.evidence()}
         return record(self.sink, state, state.client, issue, state.match, audit.port, evidence=evidence)
+
+
+def _kept_waiting(state: ConnState, audit: Audit, refused: Issue) -> bool:
+    """A silent hang-up after tlsgate kept the app waiting for a failed or slow upstream is the app's own timeout
+    as likely as distrust: the upstream's `fault` finding says what happened, a `client_trust` one would mislead."""
+    if refused.evidence.get("rejection") != CLOSED_SILENTLY:
+        return False
+    upstream_failed = any(
+        side.blocked is not None and side.blocked.check == Check.FAULT for side in state.servers.values()
+    )
+    return silent_close_excused(upstream_failed, audit.waited)
 
 
 def _request_evidence(request: http.Request) -> dict[str, Any]:

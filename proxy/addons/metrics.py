@@ -12,8 +12,10 @@ import logging
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http, tls
+from prometheus_client import make_wsgi_app
 
 from proxy.addons.policy import PolicyStore
 from proxy.policy import Policy
@@ -54,6 +56,7 @@ class _Endpoint:
     def __init__(self, address: tuple[str, int], metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> None:
         """Binds at once (raising OSError like a socket would), then serves from `start()`."""
         self.metrics = metrics
+        self.app = make_wsgi_app(metrics.registry)
         self.ready = ready
         self.open = 0
         self.loop = asyncio.new_event_loop()
@@ -66,7 +69,7 @@ class _Endpoint:
         if self._error is not None or self._server is None:
             self._thread.join(5)
             raise self._error if isinstance(self._error, OSError) else OSError(f"metrics endpoint did not start: {self._error}")
-        self.server_address = self._server.sockets[0].getsockname()
+        self.server_address: tuple[Any, ...] = self._server.sockets[0].getsockname()  # (host, port[, flow, scope])
 
     def _run(self, address: tuple[str, int]) -> None:
         asyncio.set_event_loop(self.loop)
@@ -103,32 +106,47 @@ class _Endpoint:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
             except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                 return
-            status, body, content_type = self.answer(head.split(b"\r\n", 1)[0])
-            writer.write(
-                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
+            status, headers, body = self.answer(head)
+            lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", *(f"{k}: {v}" for k, v in headers)]
+            lines += [f"Content-Length: {len(body)}", "Connection: close"]
+            method = head.split(b" ", 1)[0]
+            writer.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + (b"" if method == b"HEAD" else body))
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.drain(), HEAD_TIMEOUT)
         finally:
             self.open -= 1
             writer.close()
 
-    def answer(self, request_line: bytes) -> tuple[int, bytes, str]:
-        parts = request_line.decode("latin-1").split()
-        text = "text/plain; charset=utf-8"
+    def answer(self, head: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Status, headers and body for one request head. /metrics is prometheus_client's own exposition
+        (text or OpenMetrics by the Accept header, gzip by Accept-Encoding, `name[]` filters); HEAD gets
+        GET's headers without the body."""
+        request_line, _, rest = head.decode("latin-1").partition("\r\n")
+        parts = request_line.split()
+        text = [("Content-Type", "text/plain; charset=utf-8")]
         if len(parts) != 3 or parts[0] not in ("GET", "HEAD"):
-            return 405, b"GET /metrics, /healthz or /readyz\n", text
-        path = parts[1].split("?", 1)[0]
+            return 405, [*text, ("Allow", "GET, HEAD")], b"GET /metrics, /healthz or /readyz\n"
+        path, _, query = parts[1].partition("?")
         if path == "/metrics":
-            return 200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8"
+            fields = dict(line.split(":", 1) for line in rest.split("\r\n") if ":" in line)
+            headers = {name.strip().lower(): value.strip() for name, value in fields.items()}
+            environ = {
+                "REQUEST_METHOD": "GET",
+                "PATH_INFO": path,
+                "QUERY_STRING": query,
+                "HTTP_ACCEPT": headers.get("accept", ""),
+                "HTTP_ACCEPT_ENCODING": headers.get("accept-encoding", ""),
+            }
+            answered: list[tuple[str, list[tuple[str, str]]]] = []
+            body = b"".join(self.app(environ, lambda status, hdrs: answered.append((status, hdrs))))
+            status, hdrs = answered[0]
+            return int(status.split()[0]), list(hdrs), body
         if path == "/healthz":
-            return 200, b"ok\n", text
+            return 200, text, b"ok\n"
         if path == "/readyz":
             ok, why = self.ready()
-            return (200 if ok else 503), f"{why}\n".encode(), text
-        return 404, b"try /metrics, /healthz or /readyz\n", text
+            return (200 if ok else 503), text, f"{why}\n".encode()
+        return 404, text, b"try /metrics, /healthz or /readyz\n"
 
 
 class MetricsExporter:
@@ -222,8 +240,10 @@ class MetricsExporter:
         verdict = flow.metadata.get("tlsgate") or {}
         decision = verdict.get("action", "allowed")
         self.metrics.request(decision, verdict.get("check"), transport(flow.client_conn))
-        if decision != "blocked" and flow.response and flow.response.timestamp_start and flow.request.timestamp_end:
-            self.metrics.latency.observe(max(0.0, flow.response.timestamp_start - flow.request.timestamp_end))
+        # The upstream's answer time: not a block page tlsgate wrote, nor a fault page after a clock ran out.
+        answered = flow.response.timestamp_start if flow.response else None
+        if decision not in ("blocked", "failed") and answered and flow.request.timestamp_end:
+            self.metrics.latency.observe(max(0.0, answered - flow.request.timestamp_end))
 
     def error(self, flow: http.HTTPFlow) -> None:
         verdict = flow.metadata.get("tlsgate") or {}

@@ -17,9 +17,12 @@ connection differs from a normal one only in what is being tested.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
+from collections.abc import Callable
+from typing import Any, overload
 
 from cryptography import x509
 from mitmproxy import certs, ctx, tls
@@ -123,43 +126,45 @@ def legacy_connection(tls_start: tls.TlsData, floor: str) -> SSL.Connection:
 
 def verify_host(conn: SSL.Connection, host: str, hostflags: int | None = None) -> None:
     """Make OpenSSL check the peer's name (or IP address) the way tlsconfig does; pyOpenSSL has no API for it."""
-    param = SSL._lib.SSL_get0_param(conn._ssl)  # type: ignore[attr-defined]
+    param = SSL._lib.SSL_get0_param(conn._ssl)
     if hostflags is not None:
-        SSL._lib.X509_VERIFY_PARAM_set_hostflags(param, hostflags)  # type: ignore[attr-defined]
+        SSL._lib.X509_VERIFY_PARAM_set_hostflags(param, hostflags)
     try:
         ip = ipaddress.ip_address(host).packed
     except ValueError:
         name = host.encode("idna")
         conn.set_tlsext_host_name(name)
-        ok = SSL._lib.X509_VERIFY_PARAM_set1_host(param, name, len(name))  # type: ignore[attr-defined]
+        ok = SSL._lib.X509_VERIFY_PARAM_set1_host(param, name, len(name))
     else:
-        ok = SSL._lib.X509_VERIFY_PARAM_set1_ip(param, ip, len(ip))  # type: ignore[attr-defined]
-    SSL._openssl_assert(ok == 1)  # type: ignore[attr-defined]
+        ok = SSL._lib.X509_VERIFY_PARAM_set1_ip(param, ip, len(ip))
+    SSL._openssl_assert(ok == 1)
 
 
+@overload
+def verify_result(conn: SSL.Connection) -> int: ...
+@overload
+def verify_result(conn: None) -> None: ...
+@overload
+def verify_result(conn: SSL.Connection | None) -> int | None: ...
 def verify_result(conn: SSL.Connection | None) -> int | None:
     """OpenSSL's verify result code for a connection (0: verified), which pyOpenSSL does not expose."""
-    return SSL._lib.SSL_get_verify_result(conn._ssl) if conn is not None else None  # type: ignore[attr-defined]
+    return SSL._lib.SSL_get_verify_result(conn._ssl) if conn is not None else None
 
 
 def verify_error_text(code: int) -> str:
-    return SSL._ffi.string(SSL._lib.X509_verify_cert_error_string(code)).decode()  # type: ignore[attr-defined]
+    return SSL._ffi.string(SSL._lib.X509_verify_cert_error_string(code)).decode()
 
 
 class _ReusePortAsyncio:
     """asyncio as mitmproxy's server module sees it, with listeners that share their port."""
 
     def __getattr__(self, name: str) -> object:
-        import asyncio
-
         return getattr(asyncio, name)
 
     @staticmethod
-    async def start_server(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        import asyncio
-
+    async def start_server(*args: Any, **kwargs: Any) -> asyncio.Server:  # mitmproxy's own arguments, passed on
         kwargs.setdefault("reuse_port", True)
-        return await asyncio.start_server(*args, **kwargs)  # type: ignore[arg-type]
+        return await asyncio.start_server(*args, **kwargs)
 
 
 def share_listening_port() -> None:
@@ -236,3 +241,201 @@ def correct_connection_advice() -> None:
     server_logger = logging.getLogger("mitmproxy.proxy.server")
     if not any(isinstance(f, _EagerAdvice) for f in server_logger.filters):
         server_logger.addFilter(_EagerAdvice())
+
+
+# -- request-head bound (tlsgate_max_request_head) ------------------------------------------------------
+
+_HEAD_END = re.compile(rb"\n\r?\n")  # what h11's ReceiveBuffer.maybe_extract_lines takes for the end of a head
+_HEAD_REFUSED_BODY = b"request head too large (tlsgate_max_request_head)\n"
+HEAD_REFUSED = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_HEAD_REFUSED_BODY), _HEAD_REFUSED_BODY)
+)
+
+
+def head_overflows(data: bytes, limit: int) -> bool:
+    """Whether the head at the start of `data` does not end within `limit` bytes (leading blank lines, which
+    mitmproxy skips two bytes per read, count against it too)."""
+    if not limit or len(data) <= limit:
+        return False
+    stripped = data.lstrip(b"\r\n")
+    skipped = len(data) - len(stripped)
+    return skipped >= limit or _HEAD_END.search(stripped, 0, limit - skipped) is None
+
+
+def bound_request_heads(limit: Callable[[], int], refuse: Callable[[Any, int, int], bytes]) -> None:
+    """Answer an HTTP/1 request head longer than `limit()` bytes with `refuse(context, size, limit)` and close.
+
+    mitmproxy's `Http1Server.read_headers` keeps reading until the blank line
+    ("FIXME: protect against header size DoS"); its buffer (`buf`, h11's
+    ReceiveBuffer) is not a promised name. The check runs on each read before
+    mitmproxy's own parsing, so at most `limit` plus one read (64 KiB) is ever
+    held; the 431 is sent, the connection closed and the head never parsed, so
+    no flow exists and nothing goes upstream. `refuse` may raise: a plain 431
+    is sent then. `tests/unit/test_mitm_internals.py` pins the wrapped method.
+    """
+    from mitmproxy.proxy import commands, events
+    from mitmproxy.proxy.layers.http import _http1
+
+    server = _http1.Http1Server
+    original = getattr(server.read_headers, "tlsgate_original", server.read_headers)
+
+    def read_headers(self: Any, event: Any) -> Any:
+        cap = limit()
+        if isinstance(event, events.DataReceived) and cap and len(self.buf) > cap:
+            data = bytes(self.buf)
+            if head_overflows(data, cap):
+                try:
+                    answer = refuse(self.context, len(data), cap)
+                except Exception:  # noqa: BLE001 - refused all the same, with the plain answer
+                    logging.getLogger("tlsgate.client_bounds").exception("tlsgate: recording an oversized head failed")
+                    answer = HEAD_REFUSED
+                self.buf.maybe_extract_at_most(len(self.buf))  # let the memory go now
+                yield commands.SendData(self.conn, answer)
+                yield commands.CloseConnection(self.conn)
+                self.state = self.done
+                return
+        yield from original(self, event)
+
+    read_headers.tlsgate_original = original  # type: ignore[attr-defined]
+    server.read_headers = read_headers  # type: ignore[method-assign]
+
+
+# -- upstream timeouts and broken answers (proxy.addons.upstream_timeouts) ----------------------------
+
+
+def _server_io(client: object, server: object) -> Any:
+    """mitmproxy's ConnectionIO (task, reader, writer) for `server`, from the live handler of `client`; None if gone.
+
+    `Proxyserver.connections` (by client id) and `ConnectionHandler.transports`
+    (by connection) are not promised names; the task is the one that runs
+    `ConnectionHandler.open_connection` for that server, pinned in
+    `tests/unit/test_mitm_internals.py` with the code that reacts to its cancellation.
+    """
+    proxyserver = ctx.master.addons.get("proxyserver")
+    connections = getattr(proxyserver, "connections", None)
+    handler = connections.get(getattr(client, "id", None)) if isinstance(connections, dict) else None
+    transports = getattr(handler, "transports", None)
+    return transports.get(server) if isinstance(transports, dict) else None
+
+
+def end_server_connection(client: Any, server: Any, reason: str, hooks_done: bool) -> str:
+    """Close one upstream connection from outside mitmproxy's hooks, the way mitmproxy closes it on a client's exit.
+
+    Cancelling the task that owns the connection is safe at two points only:
+    inside `asyncio.open_connection` (mitmproxy turns the cancellation into a
+    failed connect: `server_connect_error`, then an error reply to the layer
+    that asked, with `reason` as the error), and inside `handle_connection`
+    (the layers get a ConnectionClosed). `hooks_done` says the server_connected
+    hooks have returned, so the task is no longer inside them. Returns "closed"
+    when it was cancelled; "later" when the connection is in neither place (e.g.
+    waiting for mitmproxy's limit of five connections per address), so the
+    caller tries again; "gone" when there is no such connection (any more).
+    """
+    io = _server_io(client, server)
+    task = getattr(io, "handler", None)
+    if task is None or task.done():
+        return "gone"
+    connecting = io.reader is None and server.timestamp_start is not None and server.timestamp_tcp_setup is None
+    connected = io.reader is not None and hooks_done
+    if not (connecting or connected):
+        return "later"
+    task.cancel(reason)
+    return "closed"
+
+
+def count_server_bytes(client: Any, server: Any, on_bytes: Callable[[int], None]) -> bool:
+    """Call `on_bytes(n)` for every chunk the server sends, as it arrives (before mitmproxy reads it).
+
+    mitmproxy's layers buffer a response body without any hook until it is
+    complete, so progress can only be seen where asyncio hands bytes to the
+    connection's StreamReader (`feed_data`, called by its protocol).
+    """
+    io = _server_io(client, server)
+    reader = getattr(io, "reader", None)
+    if reader is None or not hasattr(reader, "feed_data"):
+        return False
+    feed = reader.feed_data
+
+    def counted(data: bytes) -> None:
+        try:
+            on_bytes(len(data))
+        except Exception:  # noqa: BLE001 - counting must never lose the server's bytes
+            logging.getLogger("tlsgate.timeouts").exception("tlsgate: counting upstream bytes failed")
+        feed(data)
+
+    reader.feed_data = counted
+    return True
+
+
+def server_reading(client: Any, server: Any) -> bool:
+    """False while asyncio has paused reading from the server because the client is slow to take what was read
+    (mitmproxy's back-pressure): a quiet server then is not the server's fault."""
+    io = _server_io(client, server)
+    transport = getattr(getattr(io, "writer", None), "transport", None)
+    return transport.is_reading() if transport is not None and hasattr(transport, "is_reading") else True
+
+
+def answer_upstream_errors(answer: Callable[[Any, str, str], Any]) -> None:
+    """Let tlsgate answer when the upstream fails an HTTP exchange before the client was sent anything.
+
+    mitmproxy turns a failed connect, a server that closes or stalls, or an
+    answer that is not HTTP into a `ResponseProtocolError`, which its HTTP/1
+    server layer answers with its own bare 502 page (and HTTP/2 with a stream
+    reset); the `error` hook cannot answer instead. This wraps
+    `HttpStream.handle_protocol_error`: when the whole request has been read
+    and no response byte has gone to the client, `answer(flow, message, code)`
+    may return a response (tlsgate's page, with its finding recorded), which is
+    then sent the way a response set by an add-on is sent (`send_response`:
+    the `response` hook runs, nothing of the broken answer is passed on).
+    Returning None, or raising, leaves mitmproxy's own handling. Pinned in
+    `tests/unit/test_mitm_internals.py`.
+    """
+    from mitmproxy.proxy.layers.http import HttpStream, ResponseProtocolError
+
+    original = getattr(HttpStream.handle_protocol_error, "tlsgate_original", HttpStream.handle_protocol_error)
+
+    def handle_protocol_error(self: Any, event: Any) -> Any:
+        if (
+            isinstance(event, ResponseProtocolError)
+            and getattr(self, "flow", None) is not None
+            and self.client_state == self.state_done
+            and self.server_state in (self.state_wait_for_response_headers, self.state_consume_response_body)
+        ):
+            try:
+                response = answer(self.flow, event.message, event.code.name)
+            except Exception:  # noqa: BLE001 - mitmproxy's own 502 then
+                logging.getLogger("tlsgate.timeouts").exception("tlsgate: answering an upstream failure failed")
+                response = None
+            if response is not None:
+                self.flow.response = response
+                yield from self.send_response()
+                return
+        yield from original(self, event)
+
+    handle_protocol_error.tlsgate_original = original  # type: ignore[attr-defined]
+    HttpStream.handle_protocol_error = handle_protocol_error  # type: ignore[method-assign]
+
+
+def close_client(client: object) -> bool:
+    """Close a client connection (and the upstream connections it holds) from outside its layers.
+
+    The way mitmproxy's own idle watchdog does it: `ProxyConnectionHandler.on_timeout`
+    cancels the client's read task, and the handler then closes every transport.
+    The handler is found in the proxyserver add-on's `connections` (keyed by the
+    client's id for TCP), which mitmproxy does not document. Returns False if
+    the connection is not there (already gone).
+    """
+    import asyncio
+
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = getattr(proxyserver, "connections", {}).get(getattr(client, "id", None))
+    if handler is None:
+        return False
+    task = asyncio.get_running_loop().create_task(handler.on_timeout())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+    return True
+
+
+_closing: set[object] = set()  # the close tasks, referenced until done (asyncio keeps only weak references)

@@ -80,7 +80,8 @@ class UpstreamTls:
     # -- gather ---------------------------------------------------------------------------------
 
     def tls_start_server(self, tls_start: tls.TlsData) -> None:
-        if tls_start.ssl_conn is None or tls_start.is_dtls:
+        # A server hook always carries the Server; mitmproxy's TlsData types it as Connection.
+        if not isinstance(tls_start.conn, connection.Server) or tls_start.ssl_conn is None or tls_start.is_dtls:
             return
         state = self.connections.of(tls_start.context.client)
         if state is None:
@@ -103,6 +104,8 @@ class UpstreamTls:
         aioquic's last handshake flight is sent, so a refused server still never
         receives a stream frame.
         """
+        if not isinstance(data.conn, connection.Server):
+            return
         state = self.connections.of(data.context.client)
         if state is None:
             return
@@ -132,6 +135,8 @@ class UpstreamTls:
     # -- decide ---------------------------------------------------------------------------------
 
     def tls_established_server(self, data: tls.TlsData) -> None:
+        if not isinstance(data.conn, connection.Server):  # as in tls_start_server: a server hook's side is a Server
+            return
         if is_quic(data.conn):
             state = self.connections.peek(data.context.client)
             if state is not None and data.conn.id not in state.servers:
@@ -163,13 +168,15 @@ class UpstreamTls:
             # never completes the handshake; requests on this connection are answered by `request` below.
             if not close_quic(data.context, data.conn, f"tlsgate refused this server ({side.blocked.check})"):
                 logger.warning("tlsgate: could not close a refused QUIC server connection; its requests are still refused")
-        elif side.blocked is not None:
+        elif side.blocked is not None and data.ssl_conn is not None:  # TCP: `tls_start_server` saw an ssl_conn
             # Close our side now: with connection_strategy=eager no request has been read yet, and a shut
             # down session refuses to write, so even a request routed here later cannot leave.
             with contextlib.suppress(SSL.Error):
                 data.ssl_conn.shutdown()
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
+        if not isinstance(data.conn, connection.Server):
+            return
         state, side = self._side(data)
         if state is None or side is None:
             return

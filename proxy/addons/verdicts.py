@@ -61,6 +61,14 @@ def record(
 def mark(flow: http.HTTPFlow, finding: Finding) -> None:
     """What other add-ons (metrics) and mitmproxy's own tools see of the verdict on this flow."""
     flow.metadata["tlsgate"] = {"check": finding.check, "action": finding.action, "rule": finding.rule}
+    # mitmweb's flow list shows marks and comments, not metadata: say why there too.
+    flow.marked = FLOW_MARKS.get(finding.action, flow.marked)
+    note = f"tlsgate {finding.action}: {finding.check} ({finding.rule}): {finding.detail}"
+    flow.comment = note if not flow.comment else f"{flow.comment}\n{note}"
+    flow.comment = flow.comment[-2000:]
+
+
+FLOW_MARKS: dict[str, str] = {Action.BLOCKED: ":no_entry:", Action.FAILED: ":warning:", Action.REPORTED: ":eyes:"}
 
 
 def block(flow: http.HTTPFlow, finding: Finding) -> None:

@@ -10,11 +10,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from proxy import __version__
+from proxy.app.paths import default_confdir, new_ca_warning
 from proxy.policy import PolicyError, load_policy
 from proxy.policy.loader import embedded_policy
 
-DEFAULT_CONFDIR = "certs"
+CONFDIR_HELP = (
+    "CA directory (default: $TLSGATE_CONFDIR, else the checkout's certs/ when run from a checkout, "
+    "else ~/.local/share/tlsgate; `tlsgate ca show` prints it)"
+)
 DEFAULT_FINDINGS = "findings.jsonl"
+# mitmdump's -q and -v, as mitmproxy's own command line sets them; an explicit --set after them wins.
+LOUDNESS = {
+    "quiet": ["termlog_verbosity=error", "flow_detail=0"],
+    "verbose": ["termlog_verbosity=debug", "flow_detail=2"],
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,12 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODE",
         help="mitmproxy mode: regular (default), socks5, transparent, wireguard, upstream:URL (repeatable)",
     )
-    run.add_argument("--confdir", default=DEFAULT_CONFDIR, help=f"CA directory (default {DEFAULT_CONFDIR}/)")
+    run.add_argument("--confdir", type=Path, help=CONFDIR_HELP)
     run.add_argument(
         "--findings",
         default=DEFAULT_FINDINGS,
         metavar="PATH",
-        help=f"findings JSON-lines file (default {DEFAULT_FINDINGS}; '' for console only)",
+        help=f"findings JSON-lines file (default {DEFAULT_FINDINGS}; '-' for JSON lines on stdout, for a log collector; "
+        "'' for console only)",
     )
     run.add_argument(
         "--upstream-ca",
@@ -90,8 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=9464, help="Prometheus port (default 9464; 0 picks a free one; -1 turns it off)"
     )
     run.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any mitmproxy option, passed through (repeatable)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any mitmproxy option, passed through (repeatable), e.g. flow_detail=2 (0-2: per-flow lines, redacted)",
     )
+    loudness = run.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", help="as mitmdump -q: errors only, no per-flow lines")
+    loudness.add_argument("-v", "--verbose", action="store_true", help="as mitmdump -v: debug log, flow_detail=2")
     run.add_argument("--duration", metavar="D", help="stop after D (90s, 10m, 1h or seconds), e.g. one test session")
     run.add_argument("--until-idle", metavar="D", help="stop once no client has connected or sent a request for D")
     run.add_argument(
@@ -114,12 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     pin.add_argument("--upstream-ca", action="append", metavar="PATH", help="extra trusted root, as for `run`")
     pin.add_argument("--resolve", action="append", metavar="HOST:PORT:ADDRESS", help="as for `run`")
     pin.add_argument("--name", help="pin set name for the snippet (default: derived from the host)")
-    pin.add_argument("--confdir", default=DEFAULT_CONFDIR, help="where to write the trust bundle (default certs/)")
     pin.set_defaults(func=cmd_pin)
 
     ca = sub.add_parser("ca", help="create, show or export tlsgate's interception CA")
     ca.add_argument("action", choices=("create", "show", "export"))
-    ca.add_argument("--confdir", default=DEFAULT_CONFDIR)
+    ca.add_argument("--confdir", type=Path, help=CONFDIR_HELP)
     ca.add_argument(
         "--format",
         choices=("pem", "der", "android"),
@@ -127,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="export format (android: <subject_hash_old>.0 for the system store)",
     )
     ca.add_argument(
-        "--out", metavar="DIR", default=".", help="directory to export into (default: current directory); '-' writes to stdout"
+        "--out", metavar="DIR", help="directory to export into (default: the CA directory); '-' writes to stdout"
     )
     ca.set_defaults(func=cmd_ca)
     from proxy.report.cli import add_commands
@@ -136,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.app.wireguard import add_commands as add_wireguard_commands
 
     add_wireguard_commands(sub)
+    from proxy.app.appimport import add_command as add_import_command
+
+    add_import_command(sub)
     return parser
 
 
@@ -184,7 +203,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
             host, port = _host_port(args.targets[0])
             address = _resolved(host, port, args.resolve or [])
             roots = [Path(p) for p in args.upstream_ca or []]
-            fetched = fetch_chain(host, port, address, roots, Path(args.confdir) / "upstream-trust.pem")
+            fetched = fetch_chain(host, port, address, roots)
             chain = fetched.chain
             state = "verified" if fetched.verified else f"NOT VERIFIED ({fetched.error})"
             print(f"# {host}:{port}{f' via {address}' if address else ''}: chain {state}")
@@ -231,11 +250,14 @@ def _first_dns_name(cert) -> str:
 def cmd_ca(args: argparse.Namespace) -> int:
     from proxy.tls.ca import CAError, describe, ensure_ca, export_ca, load_ca
 
-    confdir = Path(args.confdir)
+    confdir = args.confdir or default_confdir()
     try:
         if args.action == "create":
             info, created = ensure_ca(confdir)
-            print("created a new CA" if created else "a CA already exists; keeping it")
+            print(f"created a new CA in {confdir}/" if created else f"a CA already exists in {confdir}/; keeping it")
+            warning = new_ca_warning(confdir) if created else None
+            if warning:
+                print(warning, file=sys.stderr)
         else:
             info = load_ca(confdir)
         if args.action == "export":
@@ -243,7 +265,7 @@ def cmd_ca(args: argparse.Namespace) -> int:
             if args.out == "-":
                 sys.stdout.buffer.write(data)
                 return 0
-            target = Path(args.out) / name
+            target = Path(args.out or confdir) / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
             print(f"wrote {target}")
@@ -298,7 +320,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         listen_host=listen_host,
         listen_port=args.listen_port,
         modes=modes,
-        confdir=Path(args.confdir),
+        confdir=args.confdir or default_confdir(),
         findings=args.findings,
         upstream_ca=[Path(p) for p in args.upstream_ca or []],
         resolve=args.resolve or [],
@@ -310,7 +332,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         until_idle=args.until_idle or "",
         fail_on=args.fail_on or "",
         worker_index=args.worker_index,
-        extra_set=args.set,
+        extra_set=[*LOUDNESS.get("quiet" if args.quiet else "verbose" if args.verbose else "", []), *args.set],
     )
     return run_proxy(config)
 

@@ -26,10 +26,14 @@ class Check(enum.StrEnum):
     CLIENT_SNI = "client_sni"
     CLIENT_TRUST = "client_trust"
     CLIENT_PROBE = "client_probe"
+    CLIENT_HELLO = "client_hello"  # a hello the proxy would not wait for: flooded records, oversized, malformed
     QUIC = "quic"
     DESTINATION = "destination"
     REQUEST = "request"
+    PAYLOAD = "payload"  # what a decrypted request carries: ECB, secrets, seeded identifiers
     FAULT = "fault"  # the network failed: nothing was judged, nothing could be forwarded
+    CONFORMANCE = "conformance"  # traffic contradicts what the app itself declares (NSC / ATS, `app:`)
+    PINNING = "pinning"  # the pinning assertion (`app.must_pin`): did the app refuse tlsgate's certificate?
 
 
 class Action(enum.StrEnum):

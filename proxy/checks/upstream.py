@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from proxy.checks.certificates import check_chain
+from proxy.checks.faults import timeout_from_text
 from proxy.checks.model import Check, Effect, Issue, Severity
 from proxy.policy.model import Match
 from proxy.policy.sections.certificates import CertRules
@@ -223,6 +224,9 @@ def judge_failure(
             evidence,
             _CERT_REMEDY.get(failure.name, "fix the server's certificate"),
         )
+    timed_out = timeout_from_text(error)  # tlsgate's own handshake clock (proxy.addons.upstream_timeouts) ran out
+    if timed_out is not None:
+        return timed_out
     if "does not speak TLS" in error:
         return Issue(
             Check.FAULT,

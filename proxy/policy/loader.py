@@ -54,10 +54,13 @@ def embedded_policy() -> Path:
 
 
 def display_path(path: Path) -> str:
-    """Paths as the user would type them: relative to the working directory when under it.
+    """Paths as the user would type them, never absolute: rule references reach every blocked client.
 
-    The embedded default policy is `embedded:policies/default.yaml` wherever the
-    package is installed, so block pages never show an install path.
+    Relative to the working directory when under it (`policies/app.yaml`);
+    otherwise the file and the directory holding it (`tlsgate/policy.yaml` for
+    `/etc/tlsgate/policy.yaml`), enough for the operator to find the line and
+    nothing about the proxy host's layout for a client. The embedded default
+    policy is `embedded:policies/default.yaml` wherever the package is installed.
     """
     absolute = Path(os.path.abspath(path))
     if absolute == Path(os.path.abspath(embedded_policy())):
@@ -65,17 +68,23 @@ def display_path(path: Path) -> str:
     try:
         return str(absolute.relative_to(Path(os.path.abspath(Path.cwd()))))
     except ValueError:
-        return str(path)
+        return str(Path(*absolute.parts[-2:])) if len(absolute.parts) > 2 else absolute.name
 
 
 def policy_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[PolicyMessage]]:
-    """Expand directories to their `*.yaml`/`*.yml` files, sorted so merges are reproducible."""
+    """Expand directories to their `*.yaml`/`*.yml` files, sorted so merges are reproducible.
+
+    Hidden entries are skipped: editors' temporary copies, and the `..data` and `..<timestamp>` directories
+    of a Kubernetes ConfigMap volume, whose keys are the visible symlinks (`app.yaml -> ..data/app.yaml`).
+    """
     files: list[Path] = []
     problems: list[PolicyMessage] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            found = sorted(
+                p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+            )
             if not found:
                 problems.append(PolicyMessage(Location(display_path(path), 1, 1), "directory has no *.yaml policy files"))
             files.extend(found)
@@ -313,7 +322,7 @@ class _Builder:
         errors = [m for m in self.messages if not m.warning]
         if errors:
             raise PolicyError(self.messages)
-        sections = registry.base.defaults()
+        sections = self._resolve(registry.base.defaults())  # a section's default may need resolving too (payload)
         sections.update({k: v for k, v in self.defaults.items() if k != "mode"})
         settings = Settings(mode=self.defaults.get("mode", Mode.ENFORCE), sections=sections)
         defaults_location = self.defaults_location or Location(self.files[0] if self.files else "<built-in>", 1, 1)

@@ -158,6 +158,8 @@ def _shallow(text: str, reader: Reader) -> bool:
                 depth += 1
                 if depth > MAX_DEPTH:
                     mark = event.start_mark
+                    # PyYAML's parser gives every event it emits a start mark; only hand-built events lack one.
+                    assert mark is not None
                     reader.error(
                         Location(reader.file, mark.line + 1, mark.column + 1),
                         f"nested more than {MAX_DEPTH} levels deep; a policy needs a handful",

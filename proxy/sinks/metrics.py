@@ -12,20 +12,35 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector, generate_latest
 
 from proxy import __version__
 from proxy.sinks.findings import Finding
 from proxy.tls.plaintext import PROTOCOLS
 
 UNNAMED = "unnamed"
+PAYLOAD_KINDS = (
+    "ecb", "deterministic_encryption", "secret_in_url", "unsigned_jwt", "basic_auth_third_party", "provider_key", "identifier"
+)
 NONE = "none"
+# `tlsgate_app_conformance_total{check, kind}`: what an app's traffic did against its own declaration.
+APP_KINDS = {
+    "conformance": (
+        "cleartext_forbidden", "pin_mismatch", "pins_expire_soon", "pins_expired", "below_declared_min_version",
+        "no_forward_secrecy", "user_cas_in_release",
+    ),
+    "pinning": ("not_pinned", "pinned", "ca_not_installed", "undetermined"),
+}  # fmt: skip
 
 
 class Metrics:
     def __init__(self, mitmproxy_version: str = "unknown") -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_* (CPU, RSS, open fds, start time) and python_info, as every Prometheus client exports them:
+        # the soak and fd-exhaustion alerts read these, and dashboards expect them.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.build_info = Gauge(
             "tlsgate_build_info", "tlsgate and mitmproxy versions; always 1.", ["version", "mitmproxy_version"], registry=r
         )
@@ -71,6 +86,25 @@ class Metrics:
             ["protocol", "action"],
             registry=r,
         )
+        self.payload = Counter(
+            "tlsgate_payload_findings_total",
+            "Payload findings (inside decrypted requests) by kind (ecb, deterministic_encryption, secret_in_url, "
+            "unsigned_jwt, basic_auth_third_party, provider_key, identifier), action, and whether the host is one no "
+            "rule names (third_party). Never a value, field or identifier kind.",
+            ["kind", "action", "third_party"],
+            registry=r,
+        )
+        self.app_conformance = Counter(
+            "tlsgate_app_conformance_total",
+            "Traffic held to the app's own declaration (`app:` rules from `tlsgate import`) by check (conformance, "
+            "pinning), kind (cleartext_forbidden, pin_mismatch, pins_expire_soon, ..., not_pinned, pinned, "
+            "ca_not_installed, undetermined) and action.",
+            ["check", "kind", "action"],
+            registry=r,
+        )
+        for check, kinds in APP_KINDS.items():  # present from the start, so increase() sees the first one
+            for kind in kinds:
+                self.app_conformance.labels(check, kind, "passed" if kind == "pinned" else "reported")
         self.cert_expiry = Gauge(
             "tlsgate_certificate_expiry_timestamp_seconds",
             "Earliest expiry (Unix time) in the last chain seen for each host pattern a policy names.",
@@ -95,6 +129,24 @@ class Metrics:
         )
         for side in ("client", "server"):
             self.open_connections.labels(side).set(0)
+        self.client_bounds = Counter(
+            "tlsgate_client_bounds_total",
+            "Client connections closed for going past a bound: hello_bytes, hello_records, hello_malformed "
+            "(ClientHello), request_head (431), head_timeout (too slow to its first request).",
+            ["bound"],
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "tlsgate_internal_errors_total",
+            "Exceptions contained instead of logged as tracebacks: connection (mitmproxy's per-connection crash), "
+            "accept (out of file descriptors), asyncio (other unhandled errors).",
+            ["where"],
+            registry=r,
+        )
+        for bound in ("hello_bytes", "hello_records", "hello_malformed", "request_head", "head_timeout"):
+            self.client_bounds.labels(bound)
+        for where in ("connection", "accept", "asyncio"):
+            self.internal_errors.labels(where)
         for result in ("ok", "failed"):
             self.reloads.labels(result)
         for result in ("match", "mismatch", "expired"):  # present from the start, so increase() sees the first one
@@ -114,6 +166,14 @@ class Metrics:
             protocol = finding.evidence.get("protocol") if isinstance(finding.evidence, dict) else None
             protocol = "http" if protocol == "ws" else protocol
             self.cleartext.labels(protocol if protocol in PROTOCOLS else "unknown", finding.action).inc()
+        elif finding.check in APP_KINDS and isinstance(finding.evidence, dict):
+            kind = finding.evidence.get("kind")
+            kind = kind if kind in APP_KINDS[finding.check] else "other"
+            self.app_conformance.labels(finding.check, kind, finding.action).inc()
+        elif finding.check == "payload" and isinstance(finding.evidence, dict):
+            kind = finding.evidence.get("kind")
+            third = "true" if finding.evidence.get("third_party") else "false"
+            self.payload.labels(kind if kind in PAYLOAD_KINDS else "other", finding.action, third).inc()
 
     def on_reload(self, result: str, rule_count: int | None, host_patterns: Iterable[str] = ()) -> None:
         """A policy load attempt; on success, the rule count and the host patterns the policy names."""
@@ -135,6 +195,12 @@ class Metrics:
 
     def handshake(self, side: str, ok: bool, version: str | None, suite: str | None, transport: str = "tcp") -> None:
         self.handshakes.labels(side, "ok" if ok else "failed", version or NONE, suite or NONE, transport).inc()
+
+    def client_bound(self, bound: str) -> None:
+        self.client_bounds.labels(bound).inc()
+
+    def internal_error(self, where: str) -> None:
+        self.internal_errors.labels(where).inc()
 
     def quic_connection(self, decision: str) -> None:
         self.quic_connections.labels(decision).inc()

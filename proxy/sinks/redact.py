@@ -180,8 +180,23 @@ def path_credentials(path: str) -> list[Credential]:
 _URL_TOKEN = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>]+|(?<![^\s'"(=])/[^\s'"<>]*[?;][^\s'"<>]*""")
 
 
+_seeded: re.Pattern[str] | None = None  # every wire form of the policy's seeded identifiers (payload inspection)
+
+
+def mask_seeded(needles: Iterable[str]) -> None:
+    """Console and log lines hide the policy's seeded identifiers too (a user name in a URL path is a plain word).
+
+    Set by the payload add-on whenever the policy in force changes; matched case-insensitively, longest first.
+    """
+    global _seeded
+    ordered = sorted({n for n in needles if n}, key=len, reverse=True)
+    _seeded = re.compile("|".join(map(re.escape, ordered)), re.IGNORECASE) if ordered else None
+
+
 def redact_text(text: str) -> str:
     """Free text (a log line quoting a malformed request line) with every URL or path?query in it redacted."""
+    if _seeded is not None:
+        text = _seeded.sub(REDACTED, text)
     if "?" not in text and "@" not in text and ";" not in text:
         return text
 

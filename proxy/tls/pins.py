@@ -38,6 +38,7 @@ PIN_PREFIX = "sha256/"
 DIGEST_SIZE = 32
 
 Role = Literal["leaf", "intermediate", "root"]
+PinScope = Literal["any", "leaf", "ca"]  # which certificates of a chain a pin may match
 
 
 class PinError(ValueError):
@@ -218,12 +219,20 @@ class PinSet:
 
     ``pin_texts`` keeps the strings as the user wrote them so messages quote
     the user's own configuration; empty means "derive them from ``pins``".
+
+    ``scopes`` (parallel to ``pins``; empty means every pin is ``any``) gives a
+    set Apple's ATS semantics: ``leaf`` pins must match the leaf's key and
+    ``ca`` pins the key of a CA certificate above it, and when a set has both
+    kinds each kind must match (NSPinnedLeafIdentities / NSPinnedCAIdentities:
+    "if you include both, then both must produce a match"). A set mixes
+    ``any`` with neither.
     """
 
     name: str
     pins: tuple[bytes, ...]
     pin_texts: tuple[str, ...] = field(default=())
     expires: dt.date | None = None
+    scopes: tuple[PinScope, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not self.pins:
@@ -235,6 +244,11 @@ class PinSet:
             object.__setattr__(self, "pin_texts", tuple(format_pin(d) for d in self.pins))
         if len(self.pin_texts) != len(self.pins):
             raise PinError(f"pin set '{self.name}': {len(self.pin_texts)} texts for {len(self.pins)} pins")
+        if self.scopes:
+            if len(self.scopes) != len(self.pins):
+                raise PinError(f"pin set '{self.name}': {len(self.scopes)} scopes for {len(self.pins)} pins")
+            if "any" in self.scopes and set(self.scopes) != {"any"}:
+                raise PinError(f"pin set '{self.name}' mixes pins for any certificate with leaf/CA pins")
 
     @classmethod
     def from_strings(cls, name: str, pins: Iterable[str], expires: dt.date | None = None) -> PinSet:
@@ -250,9 +264,25 @@ class PinSet:
         """
         return self.expires is not None and today >= self.expires
 
+    @property
+    def scoped(self) -> bool:
+        """Leaf/CA pins with ATS semantics rather than Android's any-pin-any-certificate."""
+        return any(scope != "any" for scope in self.scopes)
+
+    def texts_for(self, scope: PinScope) -> tuple[str, ...]:
+        if not self.scopes:
+            return self.pin_texts if scope == "any" else ()
+        return tuple(t for t, s in zip(self.pin_texts, self.scopes, strict=True) if s == scope)
+
     def match(self, chain: Sequence[x509.Certificate]) -> PinMatch:
-        """First certificate (leaf first) whose key is pinned; any pin on any certificate counts."""
+        """First certificate (leaf first) whose key is pinned; any pin on any certificate counts.
+
+        A scoped (ATS) set matches when its leaf pins match the leaf and its CA
+        pins match a certificate above the leaf, each kind it has.
+        """
         shown = tuple(chain_pins(chain))
+        if self.scoped:
+            return self._match_scoped(chain, shown)
         for index, cert in enumerate(chain):
             pin_index = self._pin_index(cert)
             if pin_index is not None:
@@ -268,12 +298,32 @@ class PinSet:
                 )
         return PinMatch(self.name, False, self.pin_texts, shown)
 
-    def _pin_index(self, cert: x509.Certificate) -> int | None:
+    def _match_scoped(self, chain: Sequence[x509.Certificate], shown: tuple[ChainPin, ...]) -> PinMatch:
+        found: dict[PinScope, tuple[int, int]] = {}  # scope -> (chain index, pin index)
+        for index, cert in enumerate(chain):
+            scope: PinScope = "leaf" if index == 0 else "ca"
+            if scope in found:
+                continue
+            pin_index = self._pin_index(cert, scope)
+            if pin_index is not None:
+                found[scope] = (index, pin_index)
+        needed = set(self.scopes)
+        if not needed <= set(found):
+            return PinMatch(self.name, False, self.pin_texts, shown)
+        index, pin_index = found["ca"] if "ca" in found else found["leaf"]
+        return PinMatch(
+            self.name, True, self.pin_texts, shown, index, shown[index].role, shown[index].subject, self.pin_texts[pin_index]
+        )
+
+    def _pin_index(self, cert: x509.Certificate, scope: PinScope = "any") -> int | None:
         try:
             digest = spki_digest(cert)
         except UnsupportedAlgorithm:
             return None
-        return self.pins.index(digest) if digest in self.pins else None
+        for index, pinned in enumerate(self.pins):
+            if pinned == digest and (not self.scopes or self.scopes[index] in (scope, "any")):
+                return index
+        return None
 
 
 def lint_pin_set(pins: PinSet | Sequence[str]) -> list[str]:

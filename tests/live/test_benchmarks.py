@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -34,3 +35,68 @@ def test_quick_benchmark_run_writes_the_table(tmp_path: Path) -> None:
     for config in ("mitmdump", "tlsgate-default", "tlsgate-10k", "tlsgate-2-workers"):
         assert re.search(rf"^\| {config} \| [\d,]+ \|", text, re.M), config
     assert "| mitmdump |" in text and "1.00×" in text
+
+
+def test_quick_soak_samples_both_proxies_and_survives_kill_9(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n## Reports\n\nwritten by report_scale.py\n")
+    samples = tmp_path / "samples.jsonl"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/soak.py", "--quick", "--out", str(out), "--samples", str(samples)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    text = out.read_text()
+    assert "## Reports\n\nwritten by report_scale.py" in text  # another script's section is kept
+    soak = text.split("## Soak", 1)[1]
+    # Every interval both proxies were sampled from /proc: RSS and open descriptors, also as JSON lines.
+    rows = re.findall(
+        r"^\| \d+ \| ([\d.]+) \| (\d+) \| \d+% \| \d+ \| \d+ \| ([\d.]+) \| (\d+) \| \d+% \| \d+ \| \d+ \| [\d.]+ \|$", soak, re.M
+    )
+    assert len(rows) >= 3, soak
+    assert all(float(a) > 0 and int(b) > 0 and float(c) > 0 and int(d) > 0 for a, b, c, d in rows)
+    recorded = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert {r["proxy"] for r in recorded} == {"mitmdump", "tlsgate"} and len(recorded) == 2 * len(rows)
+    # Every share got its expected answer through both proxies (for tlsgate: its 403 on cleartext and pin).
+    for share in ("keepalive", "newconn", "cleartext", "pin", "slow"):
+        answers = re.search(rf"^\| {share} \(\d+ clients\) \| ([\d,]+)/[\d,]+ ok.* \| ([\d,]+)/[\d,]+ ok", soak, re.M)
+        assert answers and all(int(n.replace(",", "")) > 0 for n in answers.groups()), share
+    assert re.search(r"^\| \*\*error rate\*\* .* \| \*\*[\d.]+%\*\* \| \*\*[\d.]+%\*\* \|$", soak, re.M)
+    assert re.search(r"holds [\d,]+ lines, 0 torn", soak) and "each with its finding line" in soak
+    assert "CA certificate byte-identical" in soak and "got 200 from the upstream" in soak
+    assert "Kill -9 check: PASS." in soak
+
+
+def test_soak_checks_can_fail(tmp_path: Path) -> None:
+    """The soak's verdicts on its own evidence: a torn findings line, a wrong answer, a missing share."""
+    from benchmarks.soak import replace_section, torn_lines
+    from benchmarks.soakload import Response, classify, split_clients
+
+    findings = tmp_path / "findings.jsonl"
+    findings.write_bytes(b'{"check":"pin"}\n{"check":"cleartext"}\n{"check":"pi')
+    whole, torn, checks = torn_lines(findings)
+    assert (whole, len(torn), checks["pin"]) == (2, 1, 1) and "no newline" in torn[0]
+    findings.write_bytes(b'{"check":"pin"}\nnot json\n')
+    assert len(torn_lines(findings)[1]) == 1
+
+    verdict = Response(403, {"x-tlsgate-check": "pin"}, closed=False)
+    fault = Response(502, {"x-tlsgate-check": "fault"}, closed=False)
+    assert classify("pin", verdict, tlsgate=True) == "ok"
+    assert classify("pin", verdict, tlsgate=False) == "verdict:pin"  # mitmdump must forward it
+    assert classify("keepalive", verdict, tlsgate=True) == "verdict:pin"  # a block of the good host is no success
+    assert classify("cleartext", Response(200, {}, closed=False), tlsgate=True) == "status:200"  # cleartext got through
+    assert classify("newconn", fault, tlsgate=True) == classify("newconn", Response(502, {}, closed=True), tlsgate=False) == "5xx"
+
+    counts = split_clients(150)
+    assert sum(counts.values()) == 150 and min(counts.values()) > 0 and counts["keepalive"] > counts["slow"]
+    assert sum(split_clients(7).values()) == 7 and min(split_clients(7).values()) > 0
+
+    out = tmp_path / "B.md"
+    out.write_text("# Benchmarks\n\nintro\n\n## keep-alive\n\nold numbers\n\n## Soak\n\nstale\n\n## Reports\n\nkept\n")
+    replace_section(out, "Soak", ["## Soak", "", "fresh"])
+    text = out.read_text()
+    assert "stale" not in text and "fresh" in text and "intro" in text and "old numbers" in text and "kept" in text
+    assert text.index("fresh") < text.index("## Reports")  # in place, not moved to the end

@@ -192,6 +192,11 @@ class World:
     quic_record: Path | None = None
     closers: list = field(default_factory=list)
 
+    @property
+    def policy_shown(self) -> str:
+        """How block pages and findings name the policy: never the proxy host's absolute path."""
+        return f"{self.policy_file.parent.name}/{self.policy_file.name}"
+
     def reset(self) -> None:
         for upstream in (self.api, self.plain, self.pinned, self.probe, self.named):
             upstream.connections = 0
@@ -459,7 +464,8 @@ def test_plain_http_is_blocked_before_the_upstream_sees_a_request(g: Gate) -> No
     assert result.status == 403, result
     page = json.loads(result.body)
     assert page["check"] == "cleartext" and page["host"] == "api.example.test", page
-    assert page["rule"] == f"{g.world.policy_file}:1" and "cleartext: allow" in page["remedy"]
+    assert page["rule"] == f"{g.world.policy_shown}:1" and "cleartext: allow" in page["remedy"]
+    assert str(g.world.directory) not in result.body, "a block page must not show the proxy host's paths"
     assert g.world.plain.requests == []
     if g.mode == "regular":
         # Only an HTTP proxy learns the request before connecting; socks5, transparent and WireGuard connect
@@ -476,7 +482,7 @@ def test_pin_mismatch_is_blocked_and_nothing_is_forwarded(g: Gate) -> None:
     assert result.status == 403, result
     page = json.loads(result.body)
     assert page["check"] == "pin" and page["host"] == "pinned.example.test"
-    assert page["rule"] == f"{g.world.policy_file}:{rule_line(g.world.policy_text, 'name: pinned')}"
+    assert page["rule"] == f"{g.world.policy_shown}:{rule_line(g.world.policy_text, 'name: pinned')}"
     assert g.world.pinned.requests == []
     finding = g.wait_finding("pin", "pinned.example.test")
     assert finding["action"] == "blocked" and finding["device"] == g.device
@@ -491,7 +497,7 @@ def test_an_app_accepting_any_certificate_is_caught_by_the_probe(g: Gate) -> Non
     assert g.world.probe.requests == []
     finding = g.wait_finding("client_probe", "probe.example.test")
     assert finding["action"] == "blocked" and finding["severity"] == "critical" and finding["device"] == g.device
-    assert finding["rule"] == f"{g.world.policy_file}:{rule_line(g.world.policy_text, 'name: probed')}"
+    assert finding["rule"] == f"{g.world.policy_shown}:{rule_line(g.world.policy_text, 'name: probed')}"
 
 
 def test_mqtt_with_credentials_is_blocked_in_every_mode(g: Gate) -> None:
@@ -511,6 +517,16 @@ def test_mqtt_with_credentials_is_blocked_in_every_mode(g: Gate) -> None:
     assert finding["action"] == "blocked" and finding["device"] == g.device
     assert finding["host"] == "mqtt.example.test"  # named in every mode, by the DNS answer where it is only an address
     assert "hunter2" not in json.dumps(finding)
+
+
+def test_payload_is_inspected_in_every_mode(g: Gate) -> None:
+    """What an HTTPS request carries is judged whatever brought it to tlsgate (README: "Payload inspection")."""
+    token = "at-5f3c9a7e1b2d4c6a8e0f1a2b"
+    result = g.curl(f"https://api.example.test/v1/me?access_token={token}", "--cacert", str(g.ca))
+    assert result.status == 200, result  # `payload: report`, the default: forwarded and recorded
+    finding = g.wait_finding("payload", "api.example.test")
+    assert finding["evidence"]["kind"] == "secret_in_url" and finding["device"] == g.device
+    assert token not in json.dumps(finding) and token not in g.tlsgate.output
 
 
 def test_the_device_is_named_in_metrics(g: Gate) -> None:
@@ -622,7 +638,7 @@ def test_an_address_is_named_by_tlsgates_own_dns_answer(g: Gate) -> None:
     assert result.status == 200, result  # the rule for named.example.test is `mode: report`: forwarded
     assert [r.path for r in g.world.named.requests] == ["/report-me"]
     finding = g.wait_finding("cleartext", "named.example.test")
-    assert finding["action"] == "reported" and finding["rule"] == f"{g.world.policy_file}:{rule_line(g.world.policy_text, 'named-by-dns')}"
+    assert finding["action"] == "reported" and finding["rule"] == f"{g.world.policy_shown}:{rule_line(g.world.policy_text, 'named-by-dns')}"
 
 
 @pytest.mark.parametrize("gate", ["wireguard"], indirect=True)

@@ -7,20 +7,14 @@ import ssl
 
 import pytest
 
-from tests.harness import Upstream
+from tests.harness import Upstream, read_head
 
 ALLOW = "version: 1\nrules:\n  - hosts: [api.test]\n    cleartext: allow\n"
 
 
 def exchange(sock: socket.socket, request: bytes) -> bytes:
     sock.sendall(request)
-    data = b""
-    while b"\r\n\r\n" not in data and len(data) < 65536:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
+    return read_head(sock)
 
 
 @pytest.mark.parametrize(

@@ -149,6 +149,7 @@ def test_cleartext_request_is_blocked_with_a_403_naming_check_and_rule(gate: Gat
     assert flow.response.headers["Content-Type"] == "text/html; charset=utf-8"
     assert b"Blocked by tlsgate: cleartext" in flow.response.content
     assert flow.metadata["tlsgate"] == {"check": "cleartext", "action": "blocked", "rule": rule}
+    assert flow.marked == ":no_entry:" and flow.comment.startswith(f"tlsgate blocked: cleartext ({rule}): plain http://")
     (finding,) = gate.findings()
     assert {k: finding[k] for k in ("check", "action", "severity", "host", "port", "client", "device", "rule")} == {
         "check": "cleartext",
@@ -803,8 +804,13 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
         "DestinationGuard",
         "CleartextGuard",
         "QuicGuard",
+        "UpstreamTimeouts",
         "UpstreamTls",
         "ClientAudit",
+        "Conformance",
+        "PayloadInspector",
+        "ContainFailures",
+        "ClientBounds",
         "Connections",
     ]
     store = addons[3]

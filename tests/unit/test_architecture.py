@@ -21,14 +21,16 @@ PACKAGE = Path(__file__).resolve().parents[2] / "proxy"
 # Which tlsgate layers each layer may import (besides itself and the package root's __version__).
 ALLOWED: dict[str, set[str]] = {
     "tls": set(),
-    "policy": {"tls"},
-    "checks": {"tls", "policy"},
+    "apps": {"tls"},  # what apps declare about their network security (NSC, ATS): facts, beside tls
+    "payload": {"tls"},  # byte-level facts about decrypted payloads, beside tls
+    "policy": {"tls", "payload"},
+    "checks": {"tls", "policy", "payload"},
     "sinks": {"tls"},
     "report": {"tls", "sinks"},
-    "addons": {"tls", "policy", "checks", "sinks", "report"},
-    "app": {"tls", "policy", "checks", "sinks", "addons", "report"},
+    "addons": {"tls", "payload", "policy", "checks", "sinks", "report"},
+    "app": {"tls", "apps", "payload", "policy", "checks", "sinks", "addons", "report"},
 }
-MITMPROXY_FREE = {"tls", "policy", "checks", "sinks", "report"}
+MITMPROXY_FREE = {"tls", "apps", "payload", "policy", "checks", "sinks", "report"}
 THIRD_PARTY_TLS = ("mitmproxy", "OpenSSL")
 PRIVATE_NAMES_MODULE = PACKAGE / "addons" / "mitm_internals.py"
 

@@ -61,3 +61,88 @@ def test_verify_helpers_on_a_real_connection() -> None:
     mitm_internals.verify_host(conn, "127.0.0.1")
     assert mitm_internals.verify_result(conn) == 0
     assert "unable to get local issuer certificate" in mitm_internals.verify_error_text(20)
+
+
+# -- upstream timeouts (proxy.addons.upstream_timeouts) ----------------------------------------------------
+# end_server_connection cancels the task running ConnectionHandler.open_connection: safe only because its
+# try/except turns a cancelled connect into a failed one and handle_connection turns it into a close.
+# answer_upstream_errors wraps HttpStream.handle_protocol_error and answers through send_response; the fault
+# kinds (proxy.checks.faults) read Http1Client.read_headers' error texts.
+
+
+def _upstream_pins() -> dict[str, tuple[object, str]]:
+    from mitmproxy.proxy import server
+    from mitmproxy.proxy.layers.http import HttpStream
+    from mitmproxy.proxy.layers.http._http1 import Http1Client
+
+    handle_protocol_error = getattr(HttpStream.handle_protocol_error, "tlsgate_original", HttpStream.handle_protocol_error)
+    return {
+        "ConnectionHandler.open_connection": (server.ConnectionHandler.open_connection, "5e0b3cbaf7a4030a"),
+        "ConnectionHandler.handle_connection": (server.ConnectionHandler.handle_connection, "95c3f93e9824e527"),
+        "HttpStream.handle_protocol_error": (handle_protocol_error, "59fc3b2eeeabf63a"),
+        "HttpStream.send_response": (HttpStream.send_response, "d581bc106152e369"),
+        "Http1Client.read_headers": (Http1Client.read_headers, "415454c5fa8b5981"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_upstream_pins()))
+def test_the_code_upstream_timeouts_rely_on_is_unchanged(name: str) -> None:
+    function, pinned = _upstream_pins()[name]
+    digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]  # type: ignore[arg-type]
+    assert digest == pinned, (
+        f"mitmproxy {version.VERSION} changed {name}: re-read it, check proxy/addons/mitm_internals.py's "
+        f"end_server_connection / answer_upstream_errors still hold, then pin {digest}"
+    )
+
+
+def test_the_names_upstream_timeouts_reach_for_still_exist() -> None:
+    from mitmproxy.addons.proxyserver import Proxyserver
+    from mitmproxy.proxy.server import ConnectionIO
+
+    assert isinstance(Proxyserver().connections, dict)
+    assert {"handler", "reader", "writer"} <= set(ConnectionIO.__dataclass_fields__)
+    import asyncio
+
+    assert callable(asyncio.StreamReader.feed_data)
+
+
+# What the hostile-client bounds (proxy/addons/client_bounds.py, containment.py) wrap or read in mitmproxy.
+CLIENT_BOUNDS_PINNED = {
+    "Http1Server.read_headers": "3fe0945216bcf7bc",  # wrapped by bound_request_heads: `buf`, `state`, `done`
+    "Http1Connection._handle_event": "2ac8db3e43ae743f",  # appends each read to `buf`, then calls the state
+    "ConnectionHandler.on_timeout": "0d1e6b0aa6e41173",  # close_client calls it
+    "Proxyserver.register_connection": "d79bb91554a8bda2",  # close_client finds handlers in `connections`
+}
+
+
+def test_client_bounds_code_is_unchanged() -> None:
+    from mitmproxy.addons import proxyserver
+    from mitmproxy.proxy import server
+    from mitmproxy.proxy.layers.http import _http1
+
+    read_headers = _http1.Http1Server.read_headers
+    functions = {
+        "Http1Server.read_headers": getattr(read_headers, "tlsgate_original", read_headers),
+        "Http1Connection._handle_event": _http1.Http1Connection._handle_event,
+        "ConnectionHandler.on_timeout": server.ConnectionHandler.on_timeout,
+        "Proxyserver.register_connection": proxyserver.Proxyserver.register_connection,
+    }
+    for name, function in functions.items():
+        digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+        assert digest == CLIENT_BOUNDS_PINNED[name], (
+            f"mitmproxy {version.VERSION} changed {name}: re-read it, bring proxy/addons/mitm_internals.py in line, "
+            f"then pin {digest}"
+        )
+
+
+def test_the_lines_containment_rewrites_are_still_mitmproxys() -> None:
+    from mitmproxy.proxy import server
+    from mitmproxy.proxy.layers import tls as tls_layer
+    from mitmproxy.proxy.layers.http import _http1
+
+    from proxy.addons import containment
+
+    server_source = inspect.getsource(server)
+    assert all(line in server_source for line in containment.CRASHES)
+    assert "Client closed connection before completing request headers: {buf!r}" in inspect.getsource(_http1)
+    assert "Cannot parse ClientHello: {self.recv_buffer.hex()}" in inspect.getsource(tls_layer)

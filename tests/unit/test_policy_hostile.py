@@ -168,7 +168,8 @@ def assert_refused_or_loaded(text: str) -> None:
             assert "\n" not in line
             found = LOCATED.match(line)
             assert found and found["file"] == "fuzz.yaml" and int(found["line"]) >= 1 and int(found["column"]) >= 1, line
-            assert "bug" not in line, line  # the internal-error boundary is for bugs: a mutation must not reach it
+            # the internal-error boundary is for bugs: a mutation must not reach it
+            assert "this is a tlsgate bug" not in line, line
         return
     assert isinstance(policy, Policy)
     policy.match("api.example.com")
@@ -273,3 +274,19 @@ def test_the_watcher_loads_off_the_event_loop_and_survives(tmp_path: Path) -> No
         asyncio.run(drive())
     assert heard == ["ok", "failed", "ok"]
     assert store.policy.match("c.test").pattern is not None
+
+
+def test_policy_paths_shown_to_clients_are_never_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Block pages and `X-Tlsgate-Rule` carry the rule reference: it must not map the proxy host's disk."""
+    policy = tmp_path / "etc" / "tlsgate" / "policy.yaml"
+    policy.parent.mkdir(parents=True)
+    policy.write_text("version: 1\ndefaults:\n  mode: enforce\n")
+    elsewhere = tmp_path / "run"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = load_policy([policy])
+    assert loaded.files == ("tlsgate/policy.yaml",) and loaded.defaults_location.rule_ref == "tlsgate/policy.yaml:2"
+    monkeypatch.chdir(tmp_path)
+    assert load_policy([policy]).defaults_location.rule_ref == "etc/tlsgate/policy.yaml:2"  # as typed from here
+    assert display_path(embedded_policy()) == "embedded:policies/default.yaml"
+    assert display_path(Path("/policy.yaml")) == "policy.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,9 +12,9 @@ import yaml
 from proxy.policy import yamlnodes as yn
 from proxy.policy.model import Location, PolicyMessage
 from proxy.policy.sections.base import Context, Section, register
-from proxy.tls.pins import PinError, PinSet, lint_pin_set
+from proxy.tls.pins import PinError, PinScope, PinSet, lint_pin_set, parse_pin
 
-PIN_SET_KEYS = ("pins", "expires")
+PIN_SET_KEYS = ("pins", "leaf", "ca", "expires")
 NO_PINNING = "off"
 
 
@@ -45,7 +46,9 @@ def parse_pins(node: yaml.Node, reader: yn.Reader, context: Context) -> PinRef |
     return Pinning(pin_set, reader.loc(node)) if pin_set else None
 
 
-def read_pin_list(node: yaml.Node, reader: yn.Reader, name: str, expires: dt.date | None) -> PinSet | None:
+def read_pin_list(
+    node: yaml.Node, reader: yn.Reader, name: str, expires: dt.date | None, lint: bool = True
+) -> PinSet | None:
     texts = yn.strings(node, reader, "pins")
     ok = True
     for item, text in texts:
@@ -57,8 +60,30 @@ def read_pin_list(node: yaml.Node, reader: yn.Reader, name: str, expires: dt.dat
     if not ok or not texts:
         return None
     pin_set = PinSet.from_strings(name, [t for _, t in texts], expires)
-    for warning in lint_pin_set(pin_set):
+    for warning in lint_pin_set(pin_set) if lint else []:
         reader.warn(node, warning)
+    return pin_set
+
+
+def read_scoped_pins(
+    body: dict[str, tuple[yaml.Node, yaml.Node]],
+    scopes: Sequence[PinScope],
+    reader: yn.Reader,
+    name: str,
+    expires: dt.date | None,
+) -> PinSet | None:
+    """`leaf:` and `ca:` lists: one pin set whose leaf pins must match the leaf and CA pins a CA above it."""
+    texts: list[str] = []
+    kinds: list[PinScope] = []
+    for scope in scopes:
+        part = read_pin_list(body[scope][1], reader, f"{name}.{scope}", None, lint=False)
+        if part is None:
+            return None
+        texts += part.pin_texts
+        kinds += [scope] * len(part.pins)
+    pin_set = PinSet(name, tuple(parse_pin(t) for t in texts), tuple(texts), expires, tuple(kinds))
+    for warning in lint_pin_set(pin_set):
+        reader.warn(body[scopes[0]][1], warning)
     return pin_set
 
 
@@ -73,8 +98,13 @@ def parse_pin_sets(node: yaml.Node, reader: yn.Reader, context: Context) -> None
         body = yn.section(value_node, reader, f"pin set '{name}'", PIN_SET_KEYS)
         if body is None:
             continue
-        if "pins" not in body:
-            reader.error(value_node, f"pin set '{name}' needs 'pins': a list of sha256/<base64> pins")
+        scoped = [key for key in ("leaf", "ca") if key in body]
+        if ("pins" in body) == bool(scoped):
+            reader.error(
+                value_node,
+                f"pin set '{name}' needs 'pins' (any certificate of the chain, as on Android), or 'leaf' and/or 'ca' "
+                "(as Apple's NSPinnedLeafIdentities / NSPinnedCAIdentities: each one given must match), not both",
+            )
             continue
         expires = None
         if "expires" in body:
@@ -83,7 +113,11 @@ def parse_pin_sets(node: yaml.Node, reader: yn.Reader, context: Context) -> None
                 reader.error(body["expires"][1], f"pin set '{name}': expires must be a date like 2027-06-30")
                 continue
             expires = raw
-        pin_set = read_pin_list(body["pins"][1], reader, name, expires)
+        pin_set = (
+            read_scoped_pins(body, scoped, reader, name, expires)
+            if scoped
+            else read_pin_list(body["pins"][1], reader, name, expires)
+        )
         if pin_set is not None:
             known[name] = pin_set
             where[name] = reader.loc(key_node)
@@ -141,7 +175,7 @@ PIN_SETS = register(
             "pin": PIN_DEF,
             "pin_set": {
                 "type": "object",
-                "required": ["pins"],
+                "oneOf": [{"required": ["pins"]}, {"anyOf": [{"required": ["leaf"]}, {"required": ["ca"]}]}],
                 "additionalProperties": False,
                 "properties": {
                     "pins": {
@@ -149,6 +183,20 @@ PIN_SETS = register(
                         "minItems": 1,
                         "items": {"$ref": "#/$defs/pin"},
                         "description": "Any pin matching any certificate of the validated chain passes; include a backup pin.",
+                    },
+                    "leaf": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"$ref": "#/$defs/pin"},
+                        "description": "Apple ATS semantics (NSPinnedLeafIdentities): the leaf's key must be one of "
+                        "these. With 'ca' too, both must match.",
+                    },
+                    "ca": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"$ref": "#/$defs/pin"},
+                        "description": "Apple ATS semantics (NSPinnedCAIdentities): a CA certificate above the leaf "
+                        "must have one of these keys. With 'leaf' too, both must match.",
                     },
                     "expires": {
                         "type": "string",

@@ -1,0 +1,172 @@
+"""Upstream faults in words: a server that stalls, cannot be reached, or answers something that is not HTTP.
+
+None of these is a policy verdict: nothing was judged and nothing can be
+forwarded, so every issue here is `Check.FAULT` / `Effect.FAULT` (answered
+502, or 504 when the server ran out of time). The add-on
+(`proxy.addons.upstream_timeouts`) gathers the facts: which phase timed out,
+or the error text mitmproxy's HTTP layer produced; this module names them.
+
+Evidence keeps kinds, phases and lengths only: mitmproxy's error texts quote
+the bytes a broken server sent (`Bad HTTP response line: b'...'`), and those
+bytes may be anything, so they are cut off before they reach a finding.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.checks.model import Check, Effect, Issue, Severity
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage of talking to an upstream, with the option that bounds it and its default."""
+
+    name: str
+    option: str
+    default: float
+    waiting_for: str  # "no <waiting_for> within N s"
+
+
+CONNECT = Phase("connect", "tlsgate_connect_timeout", 10.0, "TCP connection (SYN answered)")
+TLS_HANDSHAKE = Phase("tls_handshake", "tlsgate_tls_handshake_timeout", 15.0, "completed TLS handshake")
+RESPONSE_HEAD = Phase("response_head", "tlsgate_response_head_timeout", 120.0, "complete response head")
+RESPONSE_BODY = Phase("response_body", "tlsgate_response_idle_timeout", 60.0, "progress on the response body")
+PHASES = (CONNECT, TLS_HANDSHAKE, RESPONSE_HEAD, RESPONSE_BODY)
+
+# A held body (not streamed: the client sees nothing until it is complete) must bring at least this much in
+# every idle window; one byte a second keeps a connection "active" forever and the app waiting with it.
+HELD_BODY_PROGRESS = 1024
+
+_FAULT_REMEDY = "a network fault, not a policy verdict: check that the server is up and reachable from tlsgate"
+
+
+def timeout_issue(phase: Phase, seconds: float, received: int | None = None) -> Issue:
+    """The server did not get through `phase` within `seconds`."""
+    evidence: dict[str, Any] = {"phase": phase.name, "timeout_s": seconds, "option": phase.option}
+    if received is not None:
+        evidence["received_bytes"] = received
+    return Issue(
+        Check.FAULT,
+        "timeout",
+        Effect.FAULT,
+        Severity.LOW,
+        f"the server took too long: no {phase.waiting_for} within {seconds:g} s ({phase.option})",
+        evidence,
+        f"{_FAULT_REMEDY}; if this server is slow by design (long polling), raise {phase.option} "
+        f"(--set {phase.option}=SECONDS)",
+    )
+
+
+def timeout_text(phase: Phase, seconds: float) -> str:
+    """The error text a timed-out connection carries inside mitmproxy (logs, `conn.error`): says "timed out"."""
+    return f"timed out: no {phase.waiting_for} within {seconds:g} s ({phase.option})"
+
+
+# mitmproxy's HTTP/1 client error texts (proxy/layers/http/_http1.py) and h11's, most specific first.
+_RESPONSE_FAULTS: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    ("timeout", re.compile(r"timed? ?out", re.I), "it stopped answering"),
+    ("not_http", re.compile(r"^Cannot parse HTTP response|^unexpected server response", re.I), "it did not answer in HTTP"),
+    ("truncated", re.compile(r"without sending complete message body|incomplete", re.I), "the response body ended early"),
+    ("malformed_body", re.compile(r"^HTTP/1 protocol error", re.I), "the response body was malformed"),
+    ("protocol_error", re.compile(r"^HTTP/2 protocol error|^Received HTTP/2|stream reset|^HTTP/3", re.I),
+     "it broke the HTTP/2 protocol"),
+    ("closed", re.compile(r"^server closed connection|^peer closed connection|closed by peer|connection closed", re.I),
+     "it closed the connection without answering"),
+    ("reset", re.compile(r"reset|broken pipe", re.I), "it reset the connection"),
+)
+_CONNECT_FAULTS: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    ("timeout", re.compile(r"timed? ?out", re.I), "it did not answer the connection"),
+    ("refused", re.compile(r"refused|Connect call failed", re.I), "it refused the connection"),
+    ("unreachable", re.compile(r"unreachable|no route", re.I), "it could not be reached"),
+    ("dns", re.compile(r"Name or service not known|nodename nor servname|getaddrinfo|Temporary failure in name", re.I),
+     "its name did not resolve"),
+    ("reset", re.compile(r"reset", re.I), "it reset the connection"),
+)
+_QUOTED = re.compile(r":?\s*b(['\"]).*$", re.S)  # a repr of the bytes the server sent, to the end of the text
+
+
+def safe_error(text: str) -> str:
+    """`text` without the server's bytes mitmproxy quotes in it (they may be anything, secrets included)."""
+    return _QUOTED.sub("", text).strip()[:200]
+
+
+def response_fault(error: str, phase: str) -> Issue:
+    """The server broke the HTTP exchange (`error` is mitmproxy's text for the client's ResponseProtocolError)."""
+    found = ((k, w) for k, pattern, w in _RESPONSE_FAULTS if pattern.search(error))
+    kind, words = next(found, ("bad_response", "its answer was not usable"))
+    return Issue(
+        Check.FAULT,
+        kind,
+        Effect.FAULT,
+        Severity.LOW,
+        f"the server's answer could not be passed on ({words}): {safe_error(error)}",
+        {"phase": phase, "error": safe_error(error), "error_chars": len(error)},
+        "a network or server fault, not a policy verdict: the server must answer with an HTTP status line and "
+        "headers; check what listens on this port (tlsgate never passes a broken answer on)",
+    )
+
+
+def connect_fault(error: str) -> Issue:
+    """The TCP connection to the server could not be made."""
+    found = ((k, w) for k, pattern, w in _CONNECT_FAULTS if pattern.search(error))
+    kind, words = next(found, ("connect_failed", "it could not be reached"))
+    return Issue(
+        Check.FAULT,
+        kind,
+        Effect.FAULT,
+        Severity.LOW,
+        f"the connection to the server failed ({words}): {safe_error(error)}",
+        {"phase": CONNECT.name, "error": safe_error(error)},
+        _FAULT_REMEDY,
+    )
+
+
+def held_body_stalled(received_in_window: int, streamed: bool) -> bool:
+    """Whether one idle window's worth of body bytes is too little: none for a streamed body (the app sees each
+    byte and judges for itself), under HELD_BODY_PROGRESS for a held one (the app sees nothing until the end)."""
+    return received_in_window == 0 if streamed else received_in_window < HELD_BODY_PROGRESS
+
+
+def parse_timeout(option: str, value: object) -> float:
+    """A timeout option's value in seconds; ValueError says why it is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{option} must be a number of seconds")
+    seconds = float(value)
+    if not 0 < seconds <= 86400:
+        raise ValueError(f"{option} must be 1 to 86400 seconds, not {value}")
+    return seconds
+
+
+# An app hanging up mid-handshake this long after its hello was kept waiting for the upstream, not refusing
+# tlsgate's certificate: most HTTP stacks give a handshake 10 s or more (OkHttp's connect timeout is 10 s).
+UPSTREAM_WAIT_EXCUSES = 10.0
+
+
+def silent_close_excused(upstream_failed: bool, waited: float | None) -> bool:
+    """Whether an app closing silently mid-handshake says nothing about trust: tlsgate made it wait for an upstream
+    that failed, or for `UPSTREAM_WAIT_EXCUSES` seconds or more, so the app's own timeout may have ended it just as
+    the certificate arrived. An explicit alert (unknown ca, bad certificate) is never excused."""
+    return upstream_failed or (waited is not None and waited >= UPSTREAM_WAIT_EXCUSES)
+
+
+_TIMEOUT_TEXT = re.compile(r"timed out: no .* within (\d+(?:\.\d+)?) s \((tlsgate_\w+)\)")
+
+
+def timeout_from_text(error: str) -> Issue | None:
+    """The timeout issue behind an error text made by `timeout_text` (a handshake this add-on's clock ended
+    reaches UpstreamTls as mitmproxy's `conn.error`); None for any other text."""
+    found = _TIMEOUT_TEXT.search(error or "")
+    phase = next((p for p in PHASES if found and p.option == found.group(2)), None)
+    return timeout_issue(phase, float(found.group(1))) if found and phase else None
+
+
+LIVE_STREAM_TYPES = ("text/event-stream", "application/grpc", "application/x-ndjson")
+
+
+def is_live_stream(content_type: str) -> bool:
+    """A response whose body is a stream of messages the app reads as they arrive, never one answer to hold whole."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media.startswith(LIVE_STREAM_TYPES)
