@@ -58,3 +58,11 @@ def test_mypy_finds_no_errors() -> None:
     errors = [line for line in run.stdout.splitlines() if ": error:" in line]
     clean = run.returncode == 0 and not errors
     assert clean, f"mypy exited {run.returncode} with {len(errors)} error(s):\n" + (run.stdout + run.stderr)[-20000:]
+
+
+def test_the_licence_file_is_the_one_pyproject_declares() -> None:
+
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"]["text"]
+    text = (REPO / "LICENSE").read_text()
+    assert declared == "MIT" and text.startswith("MIT License\n") and "WITHOUT WARRANTY OF ANY KIND" in text
