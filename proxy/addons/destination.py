@@ -59,7 +59,14 @@ class DestinationGuard:
         """A proxy request (`GET http://127.0.0.1/`) gets the block page too, before its body is read."""
         if flow.response is not None or not flow.live or flow.request.method == "CONNECT":
             return
-        if flow.server_conn.timestamp_start is None:  # else already connected, and checked when it was
+        if flow.server_conn.timestamp_start is not None:
+            return  # already connected, and checked when it was
+        # Only what needs no DNS is judged here: resolving every proxied name before the other checks ran made a
+        # blocked plain-HTTP request cost a lookup (and tell the resolver the name), and slow lookups for many
+        # distinct names filled the resolver's threads until every client stalled. A name is judged when
+        # tlsgate connects for it (`server_connect`), which only a request that is let through does.
+        name = host_only(flow.request.host).lower()
+        if is_address(name) or name == "localhost" or name.endswith(".localhost"):
             await self._refuse_early(flow)
 
     async def _refuse_early(self, flow: http.HTTPFlow) -> None:

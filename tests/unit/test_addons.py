@@ -826,3 +826,33 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
                 addon.request(flow)
         assert flow.response is not None and flow.response.headers["X-Tlsgate-Rule"] == "embedded:policies/default.yaml:5"
     assert "Addon error" not in caplog.text
+
+
+# -- DestinationGuard ----------------------------------------------------------------------------------
+
+
+def test_a_proxied_name_is_not_resolved_at_its_request_headers(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blocked plain-HTTP request must cost no DNS lookup: lookups for thousands of distinct names filled the
+    resolver's threads and stalled every client (benchmarks/run.py's distinct-hosts step hung). Literals and
+    localhost need no lookup and are still refused at the headers."""
+    import asyncio
+
+    from proxy.addons import destination
+    from proxy.addons.destination import DestinationGuard
+
+    looked_up: list[str] = []
+
+    async def spy(host: str, port: int) -> list[str]:
+        looked_up.append(host)
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(destination, "addresses_of", spy)
+    (guard,) = [a for a in gate.tctx.master.addons.chain if isinstance(a, DestinationGuard)]
+    named, literal = plain("host1.distinct.test"), plain("127.0.0.1")
+    for flow in (named, literal):
+        flow.server_conn.timestamp_start = None  # not connected yet: the request headers are all there is
+    asyncio.run(guard.requestheaders(named))
+    assert looked_up == [] and named.response is None
+    asyncio.run(guard.requestheaders(literal))
+    assert literal.response is not None and literal.response.status_code == 403
+    assert literal.response.headers["X-Tlsgate-Check"] == "destination"
