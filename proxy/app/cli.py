@@ -1,4 +1,4 @@
-"""`tlsgate run | validate | ca`: the shell around mitmproxy's DumpMaster and the pure core."""
+"""`tlsgate run | validate | ca`: the shell around a lean mitmproxy master (app/master.py) and the pure core."""
 
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any mitmproxy option, passed through (repeatable), e.g. flow_detail=2 (0-2: per-flow lines, redacted)",
+        help="a mitmproxy option, passed through (repeatable), e.g. flow_detail=2 (0-2: per-flow lines, redacted); "
+        "replay/map/modify options need mitmdump -s proxy/addons/script.py",
     )
     loudness = run.add_mutually_exclusive_group()
     loudness.add_argument("-q", "--quiet", action="store_true", help="as mitmdump -q: errors only, no per-flow lines")

@@ -1,4 +1,4 @@
-"""Starts mitmproxy's DumpMaster with tlsgate's addons and safe defaults.
+"""Starts a lean mitmproxy master (proxy/app/master.py) with tlsgate's addons and safe defaults.
 
 The options set here are the same ones a `mitmdump -s proxy/addons/script.py`
 user sets by hand, so the two ways of running stay equivalent.
@@ -14,11 +14,17 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy import __version__
 from proxy.addons import make_addons
 from proxy.addons.console import ConsoleFlows
 from proxy.policy import Policy
+
+if TYPE_CHECKING:
+    from mitmproxy import options
+
+    from proxy.app.master import LeanMaster
 
 logger = logging.getLogger("tlsgate")
 
@@ -154,6 +160,7 @@ def banner(config: RunConfig, ca_cert: Path, fingerprint: str) -> list[str]:
 
 
 def run_proxy(config: RunConfig) -> int:
+    from proxy.app.master import dropped_option_problem
     from proxy.app.paths import new_ca_warning
     from proxy.tls.ca import CAError, ensure_ca
     from proxy.tls.trust import TrustError, build_bundle
@@ -164,7 +171,7 @@ def run_proxy(config: RunConfig) -> int:
         share_listening_port()
         os.umask(0o077)
         return asyncio.run(_serve(config))
-    problem = ports_problem(config)
+    problem = dropped_option_problem(config.extra_set) or ports_problem(config)
     if problem:  # before the CA or the banner: nothing is created or announced for a run that cannot start
         print(f"tlsgate: {problem}", file=sys.stderr)
         return 1
@@ -262,18 +269,25 @@ def _run_workers(config: RunConfig, ca_cert: Path, fingerprint: str) -> int:
     return supervise(argvs)
 
 
+def build_master(opts: options.Options) -> LeanMaster:
+    """The master `tlsgate run` serves with: mitmproxy's add-ons a run uses (proxy/app/master.py), then tlsgate's."""
+    from proxy.app.master import LeanMaster
+
+    master = LeanMaster(opts)
+    # mitmdump's per-flow lines (flow_detail, dumper_filter), redacted; not in make_addons(), because
+    # `mitmdump -s proxy/addons/script.py` has mitmproxy's own Dumper already.
+    master.addons.add(*make_addons(), ConsoleFlows())
+    return master
+
+
 async def _serve(config: RunConfig, announce: list[str] | None = None) -> int:
     from mitmproxy import exceptions, options
-    from mitmproxy.tools.dump import DumpMaster
 
     logging.getLogger().setLevel(logging.DEBUG)  # as mitmdump does; termlog_verbosity filters what is shown
     for name in ("tornado", "asyncio", "hpack", "quic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     opts = options.Options()
-    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
-    # mitmdump's per-flow lines (flow_detail, dumper_filter), redacted; not in make_addons(), because
-    # `mitmdump -s proxy/addons/script.py` has mitmproxy's own Dumper already.
-    master.addons.add(*make_addons(), ConsoleFlows())
+    master = build_master(opts)
     try:
         opts.update(**mitmproxy_options(config))
         if config.extra_set:
