@@ -64,8 +64,7 @@ def mark(flow: http.HTTPFlow, finding: Finding) -> None:
     # mitmweb's flow list shows marks and comments, not metadata: say why there too.
     flow.marked = FLOW_MARKS.get(finding.action, flow.marked)
     note = f"tlsgate {finding.action}: {finding.check} ({finding.rule}): {finding.detail}"
-    flow.comment = note if not flow.comment else f"{flow.comment}\n{note}"
-    flow.comment = flow.comment[-2000:]
+    flow.comment = "\n".join(filter(None, (flow.comment, note)))[-2000:]
 
 
 FLOW_MARKS: dict[str, str] = {Action.BLOCKED: ":no_entry:", Action.FAILED: ":warning:", Action.REPORTED: ":eyes:"}

@@ -88,6 +88,13 @@ _CONNECT_FAULTS: tuple[tuple[str, re.Pattern[str], str], ...] = (
 _QUOTED = re.compile(r":?\s*b(['\"]).*$", re.S)  # a repr of the bytes the server sent, to the end of the text
 
 
+def _classify(
+    table: tuple[tuple[str, re.Pattern[str], str], ...], error: str, default: tuple[str, str]
+) -> tuple[str, str]:
+    """(kind, words) of the first entry whose pattern finds `error`; tables are ordered most specific first."""
+    return next(((kind, words) for kind, pattern, words in table if pattern.search(error)), default)
+
+
 def safe_error(text: str) -> str:
     """`text` without the server's bytes mitmproxy quotes in it (they may be anything, secrets included)."""
     return _QUOTED.sub("", text).strip()[:200]
@@ -95,8 +102,7 @@ def safe_error(text: str) -> str:
 
 def response_fault(error: str, phase: str) -> Issue:
     """The server broke the HTTP exchange (`error` is mitmproxy's text for the client's ResponseProtocolError)."""
-    found = ((k, w) for k, pattern, w in _RESPONSE_FAULTS if pattern.search(error))
-    kind, words = next(found, ("bad_response", "its answer was not usable"))
+    kind, words = _classify(_RESPONSE_FAULTS, error, ("bad_response", "its answer was not usable"))
     return Issue(
         Check.FAULT,
         kind,
@@ -111,8 +117,7 @@ def response_fault(error: str, phase: str) -> Issue:
 
 def connect_fault(error: str) -> Issue:
     """The TCP connection to the server could not be made."""
-    found = ((k, w) for k, pattern, w in _CONNECT_FAULTS if pattern.search(error))
-    kind, words = next(found, ("connect_failed", "it could not be reached"))
+    kind, words = _classify(_CONNECT_FAULTS, error, ("connect_failed", "it could not be reached"))
     return Issue(
         Check.FAULT,
         kind,
