@@ -205,17 +205,23 @@ def test_a_hello_declaring_200000_bytes_is_closed_at_once_while_others_are_serve
     body = b"\x01" + (200_000 - 4).to_bytes(3, "big") + bytes(200_000 - 4)
     sock = connect_tunnel(gate.port, f"api.test:{https_upstream.port}")
     flood = records(body, 1)
-    outcome: list[tuple[int, bytes]] = []
-    # Only the flooding thread touches the socket (two threads reading one socket raced in CI): it stops when
-    # tlsgate closes the connection, long before the whole flood is sent.
-    flooding = threading.Thread(target=lambda: outcome.append(send_until_closed(sock, flood, 600)))
+    outcome: list[tuple[bytes, bool]] = []
+
+    def flood_then_wait() -> None:
+        # Only this thread touches the socket (two threads reading one socket raced in CI). The 1.2 MB flood can
+        # fit whole into loopback's socket buffers before tlsgate reads its fourth record (CI saw that), so what
+        # is asserted is that tlsgate closed the connection; the finding's record count says where it stopped.
+        sent, early = send_until_closed(sock, flood, 600)
+        outcome.append((early, sent < len(flood) or closed_by_peer(sock, 30)))
+
+    flooding = threading.Thread(target=flood_then_wait)
     flooding.start()
     try:
         assert served(gate, https_upstream)
         flooding.join(timeout=60)
-        assert not flooding.is_alive() and outcome, "tlsgate never closed the flooding connection"
-        sent, early = outcome[0]
-        assert sent < len(flood) and early == b"", (sent, len(flood), early[:50])
+        assert not flooding.is_alive() and outcome, "the flooding thread never finished"
+        early, closed = outcome[0]
+        assert closed and early == b"", ("tlsgate never closed the flooding connection", early[:50])
     finally:
         flooding.join(timeout=60)
         sock.close()
