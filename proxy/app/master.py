@@ -31,10 +31,13 @@ from mitmproxy.addons import (
     savehar,
     script,
     strip_dns_https_records,
+    termlog,
     tlsconfig,
     update_alt_svc,
     upstream_auth,
 )
+
+from proxy.app.dispatch import DispatchTable
 
 
 def kept_addons() -> list[object]:
@@ -114,8 +117,13 @@ def dropped_option_problem(settings: Sequence[str]) -> str | None:
 
 
 class LeanMaster(master.Master):
-    """DumpMaster's shape (terminal log, exit 1 on start-up errors) with only `kept_addons()`."""
+    """DumpMaster's shape (terminal log, exit 1 on start-up errors) with only `kept_addons()`, and events
+    dispatched through a `DispatchTable` instead of a walk over every add-on."""
 
     def __init__(self, opts: options.Options) -> None:
-        super().__init__(opts, with_termlog=True)
-        self.addons.add(*kept_addons())
+        super().__init__(opts, with_termlog=False)
+        # Master builds a plain AddonManager and subscribes it to option changes: swap both before any add-on loads.
+        self.options.changed.disconnect(self.addons._configure_all)
+        self.addons = DispatchTable(self)
+        self._termlog_addon = termlog.TermLog()
+        self.addons.add(self._termlog_addon, *kept_addons())

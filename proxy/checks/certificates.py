@@ -44,19 +44,21 @@ def _named(chain: Sequence[x509.Certificate], index: int) -> str:
 
 
 def _key_issues(chain: Sequence[x509.Certificate], index: int, rules: CertRules) -> list[CertIssue]:
-    key, who, description = public_key_or_none(chain[index]), _named(chain, index), key_description(chain[index])
+    # Every upstream handshake runs this for every certificate: names and descriptions only once there is an issue.
+    key = public_key_or_none(chain[index])
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= rules.min_rsa_bits:
+        return []
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.key_size >= rules.min_ec_bits:
+        return []
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return []
+    who, description = _named(chain, index), key_description(chain[index])
     if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size >= rules.min_rsa_bits:
-            return []
         detail = f"{who} has a {key.key_size}-bit RSA key; at least {rules.min_rsa_bits} bits are required"
         return [_issue("weak_rsa_key", chain, index, detail, True)]
     if isinstance(key, ec.EllipticCurvePublicKey):
-        if key.key_size >= rules.min_ec_bits:
-            return []
         detail = f"{who} has an {description} key ({key.key_size} bits); curves of at least {rules.min_ec_bits} bits are required"
         return [_issue("weak_ec_key", chain, index, detail, True)]
-    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        return []
     if isinstance(key, dsa.DSAPublicKey):
         detail = f"{who} has a {description} key; DSA is not accepted by current TLS clients (TLS 1.3 removed it)"
     else:
@@ -79,18 +81,19 @@ def _signature_issues(chain: Sequence[x509.Certificate], index: int, rules: Cert
 
 def _date_issues(chain: Sequence[x509.Certificate], index: int, rules: CertRules, now: dt.datetime) -> list[CertIssue]:
     """Non-blocking: whether a bad date matters is OpenSSL's call, which may build a path around it."""
-    cert, who = chain[index], _named(chain, index)
+    cert = chain[index]
     left = cert.not_valid_after_utc - now
+    if cert.not_valid_before_utc <= now and left >= dt.timedelta(0) and left > dt.timedelta(days=rules.expiry_warning_days):
+        return []  # the usual case: no name to build
+    who = _named(chain, index)
     if cert.not_valid_before_utc > now:
         detail = f"{who} is not valid until {cert.not_valid_before_utc.date().isoformat()}"
         return [_issue("not_yet_valid", chain, index, detail, False)]
     if left < dt.timedelta(0):
         detail = f"{who} expired on {cert.not_valid_after_utc.date().isoformat()} ({_days(-left)} ago)"
         return [_issue("expired", chain, index, detail, False)]
-    if left <= dt.timedelta(days=rules.expiry_warning_days):
-        detail = f"{who} expires on {cert.not_valid_after_utc.date().isoformat()} (in {_days(left)})"
-        return [_issue("expiring_soon", chain, index, detail, False)]
-    return []
+    detail = f"{who} expires on {cert.not_valid_after_utc.date().isoformat()} (in {_days(left)})"
+    return [_issue("expiring_soon", chain, index, detail, False)]
 
 
 def _days(delta: dt.timedelta) -> str:

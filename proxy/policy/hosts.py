@@ -20,9 +20,17 @@ class PatternError(ValueError):
 
 
 def is_address(host: str) -> bool:
-    """An IP address literal (brackets allowed), as opposed to a name."""
+    """An IP address literal (brackets allowed), as opposed to a name.
+
+    Asked several times per request, mostly of names: an IPv4 literal ends in a
+    digit and an IPv6 one has a colon, so a name is told apart without raising
+    (ipaddress's ValueError cost 3% of the proxy's CPU under load).
+    """
+    host = host.strip("[]")
+    if ":" not in host and not host[-1:].isdigit():
+        return False
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        ipaddress.ip_address(host)
     except ValueError:
         return False
     return True

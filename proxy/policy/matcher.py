@@ -75,6 +75,8 @@ class DeviceIndex:
         self._networks.sort(key=lambda item: item[0].prefixlen, reverse=True)
 
     def name_for(self, address: str) -> str | None:
+        if not self._exact and not self._networks:  # no devices declared: asked once per connection, parse nothing
+            return None
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

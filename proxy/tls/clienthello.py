@@ -15,6 +15,7 @@ SNI and ALPN) and the signature algorithms in order.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Final
@@ -221,8 +222,13 @@ class OfferedSuite:
         return {"suite": self.name, "weaknesses": list(self.weaknesses)}
 
 
-def offered_suites(codes: tuple[int, ...]) -> list[OfferedSuite]:
-    """Every real suite offered (signalling values left out); unknown codes are kept as unjudged."""
+@functools.lru_cache(maxsize=512)
+def offered_suites(codes: tuple[int, ...]) -> tuple[OfferedSuite, ...]:
+    """Every real suite offered (signalling values left out); unknown codes are kept as unjudged.
+
+    Cached: an app's TLS stack offers the same list on every connection (the
+    random, session id and key shares differ; the suites do not).
+    """
     out = []
     for code in codes:
         if is_signalling(code):
@@ -232,4 +238,4 @@ def offered_suites(codes: tuple[int, ...]) -> list[OfferedSuite]:
             out.append(OfferedSuite(code, describe(code), (), False, known=False))
         else:
             out.append(OfferedSuite(code, suite.iana_name, suite.weaknesses, suite.broken))
-    return out
+    return tuple(out)

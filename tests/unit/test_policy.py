@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from proxy.policy import Cleartext, Mode, PolicyError, load_policy, load_texts
-from proxy.policy.hosts import normalize_host
+from proxy.policy.hosts import is_address, normalize_host
 
 
 def errors_of(text: str, name: str = "p.yaml") -> list[str]:
@@ -161,3 +162,14 @@ def test_shipped_policies_are_valid() -> None:
     load_policy([root])
     for path in sorted(root.rglob("*.yaml")):
         assert not load_policy([path]).warnings, path
+
+
+@given(st.one_of(st.text(max_size=45), st.ip_addresses().map(str), st.ip_addresses(v=6).map(lambda a: f"[{a}]")))
+def test_is_address_agrees_with_ipaddress_on_any_string(text: str) -> None:
+    """The shortcut for names (no colon, no final digit) never turns away a literal ipaddress accepts."""
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+        expected = True
+    except ValueError:
+        expected = False
+    assert is_address(text) is expected
