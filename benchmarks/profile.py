@@ -3,12 +3,15 @@
     python3 -m venv /tmp/pyspy && /tmp/pyspy/bin/pip install py-spy     # not a project dependency
     .venv/bin/python benchmarks/profile.py --py-spy /tmp/pyspy/bin/py-spy
     .venv/bin/python benchmarks/profile.py --py-spy /tmp/pyspy/bin/py-spy --master dump   # before the lean master
+    .venv/bin/python benchmarks/profile.py --py-spy /tmp/pyspy/bin/py-spy --master walk   # before the dispatch table
 
 Upstream and proxy as in benchmarks/run.py (nginx over TLS on loopback, default
 policy, warn log level); hey opens a new TLS connection per request for the
 whole recording. `--master dump` serves with mitmproxy's DumpMaster (every
 default add-on) instead of tlsgate's lean master, so the two profiles differ in
-that alone. Samples are stacks of every thread of the proxy, minus those waiting
+that alone; `--master walk` keeps the lean master's add-ons but dispatches
+with mitmproxy's AddonManager (before `proxy/app/dispatch.py`). `--keepalive`
+reuses connections instead. Samples are stacks of every thread of the proxy, minus those waiting
 in epoll (py-spy counts epoll_wait as active: the metrics thread waits there all
 the time); "self" is the leaf frame, "total" any frame on the stack.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.benchpolicies import noisy_policy  # noqa: E402
 from benchmarks.run import bench_upstream, have_tools, hey, tlsgate_proxy  # noqa: E402
 
 # `tlsgate run` with the DumpMaster it used before the lean master, for a like-for-like "before" profile.
@@ -38,10 +42,22 @@ lean.LeanMaster = lambda opts: DumpMaster(opts, with_termlog=True, with_dumper=F
 from proxy.app.cli import main
 sys.exit(main())
 """
+# The lean master with mitmproxy's own AddonManager (a walk over every add-on per event): "before" the dispatch table.
+WALK_MASTER = """
+import sys
+import proxy.app.master as lean
+from mitmproxy.addonmanager import AddonManager
+lean.DispatchTable = AddonManager
+from proxy.app.cli import main
+sys.exit(main())
+"""
 
 # First match wins, tested against the frame's file as py-spy shows it ("mitmproxy/addonmanager.py", "contextlib.py").
 GROUPS: list[tuple[str, re.Pattern[str]]] = [
-    ("mitmproxy dispatch (addonmanager, hooks)", re.compile(r"^mitmproxy/(addonmanager|hooks|eventsequence)\.py")),
+    (
+        "event dispatch (mitmproxy addonmanager, hooks; tlsgate's table)",
+        re.compile(r"^mitmproxy/(addonmanager|hooks|eventsequence)\.py|^proxy/app/dispatch\.py"),
+    ),
     ("tlsgate add-ons and checks (proxy/)", re.compile(r"^proxy/(?!app/|__main__)")),  # start-up frames: on every stack
     (
         "TLS (pyOpenSSL, cryptography, mitmproxy tls)",
@@ -126,7 +142,9 @@ def summarise(raw: Path, top: int = 15) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy binary (PyPI: py-spy)")
-    parser.add_argument("--master", choices=("lean", "dump"), default="lean")
+    parser.add_argument("--master", choices=("lean", "walk", "dump"), default="lean")
+    parser.add_argument("--keepalive", action="store_true", help="reuse connections (default: one per request)")
+    parser.add_argument("--noisy", action="store_true", help="the noisy policy (benchpolicies.py): a finding per connection")
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw output here")
@@ -140,15 +158,20 @@ def main() -> int:
         return 2
     work, _chain, root, upstream, up_port = bench_upstream("tlsgate-profile-")
     url = f"https://localhost:{up_port}/"
-    proxy = tlsgate_proxy(work, f"tlsgate-{args.master}", root, [f"localhost:{up_port}:127.0.0.1"])
-    if args.master == "dump":
-        proxy.argv[1:3] = ["-c", DUMP_MASTER]  # python -c CODE run ... (instead of python -m proxy run ...)
+    extra: list[str] = []
+    if args.noisy:
+        (work / "noisy.yaml").write_text(noisy_policy())
+        extra = ["--policy", str(work / "noisy.yaml")]
+    proxy = tlsgate_proxy(work, f"tlsgate-{args.master}", root, [f"localhost:{up_port}:127.0.0.1"], *extra)
+    if args.master != "lean":  # python -c CODE run ... (instead of python -m proxy run ...)
+        proxy.argv[1:3] = ["-c", DUMP_MASTER if args.master == "dump" else WALK_MASTER]
     raw = args.raw or work / "profile.txt"
     try:
         proxy.start(work)
         hey(proxy.port, url, 200, args.concurrency, True)  # warm up: leaf certificates, caches
         load = subprocess.Popen(
-            ["hey", "-z", f"{args.seconds + 10}s", "-c", str(args.concurrency), "-disable-keepalive"]
+            ["hey", "-z", f"{args.seconds + 10}s", "-c", str(args.concurrency)]
+            + ([] if args.keepalive else ["-disable-keepalive"])
             + ["-x", f"http://127.0.0.1:{proxy.port}", url],
             stdout=subprocess.DEVNULL,
         )

@@ -32,9 +32,17 @@ def test_quick_benchmark_run_writes_the_table(tmp_path: Path) -> None:
     text = out.read_text()
     for section in ("## keep-alive", "## new connection per request", "## Policy matching and loading", "## Memory"):
         assert section in text
-    for config in ("mitmdump", "tlsgate-default", "tlsgate-10k", "tlsgate-2-workers"):
+    configs = ("mitmdump", "tlsgate-default", "tlsgate-10k", "tlsgate-all-sections", "tlsgate-noisy", "tlsgate-2-workers")
+    for config in configs:
         assert re.search(rf"^\| {config} \| [\d,]+ \|", text, re.M), config
     assert "| mitmdump |" in text and "1.00×" in text
+    for section in ("## Issue 16 targets", "## Cost of findings", "## Workers"):
+        assert section in text, section
+    assert re.search(r"^## Memory with [\d,]+ new connections$", text, re.M)
+    # The noisy policy recorded a finding for every connection hey opened, or the cost of findings measures nothing.
+    assert re.search(r"Findings file check: [\d,]+ `pin_mismatch` findings .*as expected", text), text
+    # The all-sections policy ran every check without refusing hey (every request got 200, else run.py fails).
+    assert "client_probe/self_signed (passed)" in text
 
 
 def test_quick_soak_samples_both_proxies_and_survives_kill_9(tmp_path: Path) -> None:
