@@ -165,3 +165,35 @@ def test_the_run_master_dispatches_through_the_table_and_skips_unhandled_updates
     m, updates, requests = asyncio.run(go())
     assert updates == 0  # no add-on of a run handles `update`: the per-flow UpdateHook is never built
     assert requests >= 5  # tlsgate's request checks and mitmproxy's own are all in the table
+
+
+def test_log_records_reach_an_add_log_hook_only_when_an_addon_has_one() -> None:
+    """The deprecated add_log bridge costs a format and a loop wake-up per record: only paid while someone listens."""
+
+    class Legacy:
+        def __init__(self) -> None:
+            self.entries: list[str] = []
+
+        def add_log(self, entry: Any) -> None:
+            self.entries.append(entry.msg)
+
+    async def go() -> tuple[bool, list[str]]:
+        m = build_master(options.Options())
+        try:
+            bridge = m._legacy_log_events
+            record = logging.LogRecord("tlsgate.test", logging.WARNING, __file__, 1, "nobody listens", (), None)
+            unheard = bridge.handle(record)
+            legacy = Legacy()
+            m.addons.add(legacy)
+            logging.getLogger("tlsgate.test").warning("a script's add_log hears this")
+            for _ in range(5):  # the bridge delivers through call_soon_threadsafe
+                await asyncio.sleep(0)
+            return unheard, legacy.entries
+        finally:
+            m._legacy_log_events.uninstall()
+            if m._termlog_addon:
+                m._termlog_addon.uninstall()
+
+    unheard, entries = asyncio.run(go())
+    assert unheard is False
+    assert any("a script's add_log hears this" in e for e in entries)
