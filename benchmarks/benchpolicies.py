@@ -6,6 +6,8 @@ runs: an enforced verdict would answer 403 and hey() counts only 200s.
 
 from __future__ import annotations
 
+import textwrap
+
 from tests.certgen import Chain
 
 # Probe kinds `client.probes` tries, in this order, once per (client address, host); the harness spends them
@@ -36,6 +38,25 @@ def _pins(chain: Chain) -> str:
     return f"[{spki_pin(chain.leaf.cert)}, {spki_pin(chain.intermediate.cert)}]"
 
 
+# Stated in defaults and again in the rule, so both levels of each section are parsed and applied.
+SHARED_SECTIONS = """quic: inspect
+local_destinations: refuse
+payload: {ecb: report, secrets: report, identifiers: report, max_bytes: 65536}
+tls:
+  min_version: "1.2"
+  ciphers: intermediate
+certificates:
+  min_rsa_bits: 2048
+  min_ec_bits: 256
+  allow_sha1: false
+  expiry_warning_days: 14
+"""
+
+
+def shared(indent: str) -> str:
+    return textwrap.indent(SHARED_SECTIONS, indent)
+
+
 def all_sections_policy(chain: Chain) -> str:
     """Every policy section on for the benchmark host `localhost`, in report mode (see ALL_SECTIONS_TEXT)."""
     probes = ", ".join(PROBES)
@@ -55,18 +76,7 @@ pin_sets:
 defaults:
   mode: report
   cleartext: {{default: block, mqtt: allow}}
-  quic: inspect
-  local_destinations: refuse
-  payload: {{ecb: report, secrets: report, identifiers: report, max_bytes: 65536}}
-  tls:
-    min_version: "1.2"
-    ciphers: intermediate
-  certificates:
-    min_rsa_bits: 2048
-    min_ec_bits: 256
-    allow_sha1: false
-    expiry_warning_days: 14
-  client:
+{shared("  ")}  client:
     min_version: "1.2"
     weak_suites: report
     require_sni: true
@@ -77,18 +87,7 @@ rules:
     mode: report
     pins: bench
     cleartext: {{default: block, http: block}}
-    quic: inspect
-    local_destinations: refuse
-    payload: {{ecb: report, secrets: report, identifiers: report, max_bytes: 65536}}
-    tls:
-      min_version: "1.2"
-      ciphers: intermediate
-    certificates:
-      min_rsa_bits: 2048
-      min_ec_bits: 256
-      allow_sha1: false
-      expiry_warning_days: 14
-    client:
+{shared("    ")}    client:
       min_version: "1.2"
       weak_suites: strict
       require_sni: true

@@ -430,6 +430,10 @@ def per_round_cpu(proxy: Proxy, base: Proxy, workload: str) -> list[float]:
     return [(run["cpu"] / run["requests"]) / (other["cpu"] / other["requests"]) for run, other in pairs if other["cpu"]]
 
 
+def median_rps(proxy: Proxy, workload: str) -> float:
+    return statistics.median(r["rps"] for r in proxy.results[workload])
+
+
 def cpu_per_k(proxy: Proxy, workload: str) -> float:
     runs = proxy.results[workload]
     return sum(r["cpu"] for r in runs) / sum(r["requests"] for r in runs) * 1000
@@ -635,9 +639,7 @@ def main() -> int:
         proxy, cells = by_name[name], []
         for workload in WORKLOADS:
             if what == "req/s":
-                value = statistics.median(r["rps"] for r in proxy.results[workload]) / statistics.median(
-                    r["rps"] for r in mitmdump.results[workload]
-                )
+                value = median_rps(proxy, workload) / median_rps(mitmdump, workload)
                 rounds, met = per_round(proxy, mitmdump, workload, "rps"), value >= goal
                 in_rounds = sum(r >= goal for r in rounds)
             else:
@@ -674,8 +676,7 @@ def main() -> int:
         for proxy in proxies:
             base = base_of[proxy.name]
             runs = proxy.results[workload]
-            rps = statistics.median(r["rps"] for r in runs)
-            base_rps = statistics.median(r["rps"] for r in base.results[workload])
+            rps, base_rps = median_rps(proxy, workload), median_rps(base, workload)
             p50 = statistics.median(r["p50"] for r in runs)
             p99 = statistics.median(r["p99"] for r in runs)
             cpu_k, base_cpu = cpu_per_k(proxy, workload), cpu_per_k(base, workload)
@@ -690,7 +691,8 @@ def main() -> int:
         lines.append("")
 
     noisy_count = sum(n for key, n in findings["tlsgate-noisy"].items() if key.startswith("pin/pin_mismatch"))
-    if abs(noisy_count - noisy_connections) > 0.1 * noisy_connections:
+    counts_match = abs(noisy_count - noisy_connections) <= 0.1 * noisy_connections
+    if not counts_match:
         print(f"tlsgate-noisy: {noisy_count} pin_mismatch findings for ~{noisy_connections} connections", file=sys.stderr)
     lines += [
         "## Cost of findings (tlsgate-noisy vs tlsgate-default)",
@@ -699,7 +701,7 @@ def main() -> int:
         "",
         f"Findings file check: {noisy_count:,} `pin_mismatch` findings for about {noisy_connections:,} connections hey "
         f"opened through `tlsgate-noisy` ({ratio(noisy_count, noisy_connections)}: "
-        f"{'as expected' if abs(noisy_count - noisy_connections) <= 0.1 * noisy_connections else '**does not match**'}"
+        f"{'as expected' if counts_match else '**does not match**'}"
         "; hey's keep-alive connections are counted as one per worker). The same traffic left "
         f"{sum(findings['tlsgate-default'].values()):,} findings with the default policy"
         + "".join(f"; {key}: {n:,}" for key, n in sorted(findings["tlsgate-default"].items()))
@@ -710,8 +712,7 @@ def main() -> int:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for workload in WORKLOADS:
-        runs, base_runs = noisy.results[workload], default.results[workload]
-        rps = statistics.median(r["rps"] for r in runs) / statistics.median(r["rps"] for r in base_runs)
+        rps = median_rps(noisy, workload) / median_rps(default, workload)
         cpu_ratio = cpu_per_k(noisy, workload) / cpu_per_k(default, workload) if cpu_per_k(default, workload) else 0
         cpu_rounds = per_round_cpu(noisy, default, workload)
         lines.append(
@@ -724,8 +725,7 @@ def main() -> int:
 
     lines += ["## Workers", ""]
     for workload in WORKLOADS:
-        one = statistics.median(r["rps"] for r in default.results[workload])
-        two = statistics.median(r["rps"] for r in workers.results[workload])
+        one, two = median_rps(default, workload), median_rps(workers, workload)
         lines.append(
             f"- {workload}: 1 worker {one:,.0f} req/s, 2 workers {two:,.0f} req/s ({ratio(two, one)}, per round "
             f"{spread(per_round(workers, default, workload, 'rps'))}): the added worker brings {two - one:+,.0f} req/s, "
@@ -751,8 +751,7 @@ def main() -> int:
         lines.append("| --- | ---: | ---: | ---: |")
         pinned_base, pinned_one = by_name["mitmdump-pinned"], by_name["tlsgate-pinned"]
         for workload in WORKLOADS:
-            one = statistics.median(r["rps"] for r in pinned_one.results[workload])
-            mitm = statistics.median(r["rps"] for r in pinned_base.results[workload])
+            one, mitm = median_rps(pinned_one, workload), median_rps(pinned_base, workload)
             lines.append(
                 f"| {workload} | {ratio(one, mitm)} | {spread(per_round(pinned_one, pinned_base, workload, 'rps'))} | "
                 f"{ratio(cpu_per_k(pinned_one, workload), cpu_per_k(pinned_base, workload))} |"
