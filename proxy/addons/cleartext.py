@@ -105,7 +105,7 @@ class CleartextGuard:
             return
         if not with_body and decide(issue, match.settings.mode) is not Action.BLOCKED:
             return  # forwarded: recorded once, in `request`, with what its body carries
-        finding = record(self.sink, state, flow.client_conn, issue, match, flow.request.port, evidence=issue.evidence)
+        finding = record(self.sink, state, flow.client_conn, issue, match, flow.request.port)
         if with_body:
             apply(flow, finding)
         else:

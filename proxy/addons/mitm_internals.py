@@ -37,6 +37,7 @@ from mitmproxy.net import tls as net_tls
 from OpenSSL import SSL
 
 from proxy.tls import versions
+from proxy.tls.hostnames import to_ascii
 from proxy.tls.probes import KeyType
 
 
@@ -132,7 +133,7 @@ def verify_host(conn: SSL.Connection, host: str, hostflags: int | None = None) -
     try:
         ip = ipaddress.ip_address(host).packed
     except ValueError:
-        name = host.encode("idna")
+        name = to_ascii(host).encode("ascii")
         conn.set_tlsext_host_name(name)
         ok = SSL._lib.X509_VERIFY_PARAM_set1_host(param, name, len(name))
     else:

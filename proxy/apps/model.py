@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from proxy.tls.hostnames import to_ascii
+
 PinScope = Literal["any", "leaf", "ca"]
 Build = Literal["release", "debug"]
 
@@ -29,7 +31,7 @@ def host_name(text: str) -> str | None:
     name = text.strip().rstrip(".").lower()
     if not name.isascii():
         try:
-            name = name.encode("idna").decode("ascii")
+            name = to_ascii(name)
         except UnicodeError:
             return None
     return name if len(name) <= 253 and _HOST.match(name) else None

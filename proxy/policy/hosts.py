@@ -10,6 +10,8 @@ import contextlib
 import ipaddress
 import re
 
+from proxy.tls.hostnames import to_ascii
+
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _NAME = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9_-]{1,63}(?<!-))*$")
 _SPACE = re.compile(r"\s")
@@ -37,13 +39,13 @@ def is_address(host: str) -> bool:
 
 
 def normalize_host(host: str) -> str:
-    """Lower-case, no trailing dot, punycode for Unicode, IPv6 without brackets."""
+    """Lower-case, no trailing dot, punycode for Unicode (IDNA 2008, as devices encode it), IPv6 without brackets."""
     host = host.strip().rstrip(".").lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not host.isascii():
         with contextlib.suppress(UnicodeError):  # left as is; parse_pattern reports invalid names
-            host = host.encode("idna").decode("ascii")
+            host = to_ascii(host)
     if ":" in host:
         try:
             return str(ipaddress.IPv6Address(host))

@@ -43,6 +43,9 @@ def test_https_passes_and_plain_http_is_blocked_without_reaching_upstream(
     rule = blocked.headers["x-tlsgate-rule"]
     assert rule.endswith("policies/default.yaml:5"), rule  # the `defaults:` line of the embedded policy
     assert "www.test" in blocked.body and "cleartext: allow" in blocked.body and rule in blocked.body
+    (finding,) = gate.wait_findings(1)
+    # the kind README's cleartext section documents (`plain_<protocol>`), as MQTT and SMTP findings carry it
+    assert (finding["evidence"]["kind"], finding["evidence"]["protocol"]) == ("plain_http", "http")
 
 
 def test_block_page_names_rule_line_and_answers_json(tlsgate, http_upstream: Upstream, tmp_path: Path) -> None:
@@ -137,7 +140,7 @@ def test_websocket_over_plain_http_is_blocked(tlsgate, http_upstream: Upstream) 
     )
     assert result.status == 403
     (finding,) = gate.wait_findings(1)
-    assert finding["evidence"]["protocol"] == "ws"
+    assert (finding["evidence"]["kind"], finding["evidence"]["protocol"]) == ("plain_ws", "ws")
     assert http_upstream.connections == 0
 
 

@@ -189,6 +189,14 @@ def test_domains_are_spelled_as_tlsgate_matches_them() -> None:
     assert any("is not a host name" in w.message for w in config.warnings)
 
 
+def test_declared_domains_are_encoded_as_android_encodes_them_idna_2008() -> None:
+    """Android reaches `faß.de` at xn--fa-hia.de; the IDNA 2003 spelling fass.de is another host."""
+    config = read(
+        "<network-security-config><domain-config><domain>faß.de</domain></domain-config></network-security-config>"
+    )
+    assert [d.hosts for d in config.domains] == [["xn--fa-hia.de"]]
+
+
 def test_the_import_says_what_needs_doing_before_traffic_shows_it() -> None:
     soon = (TODAY + dt.timedelta(days=12)).isoformat()
     config = read(

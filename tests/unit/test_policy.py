@@ -99,6 +99,26 @@ def test_unicode_names_match_their_punycode() -> None:
     assert policy.match("BÜCHER.example").rule is not None
 
 
+def test_unicode_names_are_encoded_as_devices_encode_them_idna_2008() -> None:
+    """Android, iOS, browsers and curl send `faß.de` as xn--fa-hia.de (UTS 46, non-transitional); IDNA 2003 gave
+    fass.de, so a rule for faß.de matched a host the app never reaches and missed the one it does."""
+    policy = load_texts([("p.yaml", "rules:\n  - hosts: ['faß.de', '*.straße.example', 'ς.gr']\n    cleartext: allow\n")])
+    assert policy.match("xn--fa-hia.de").rule is not None
+    assert policy.match("fass.de").rule is None
+    assert policy.match("www.xn--strae-oqa.example").rule is not None
+    assert policy.match("www.strasse.example").rule is None
+    assert policy.match("xn--3xa.gr").rule is not None  # final sigma kept, not folded to σ (xn--4xa)
+    assert policy.match("ＦＡß.de").rule is not None  # full-width letters map as UTS 46 says
+    assert normalize_host("_dmarc.bücher.example") == "_dmarc.xn--bcher-kva.example"  # ASCII labels keep DNS's `_`
+
+
+def test_a_look_alike_that_idna_2008_refuses_is_a_located_error() -> None:
+    """U+2044 FRACTION SLASH passed IDNA 2003 as a letter of `evil⁄com.de`; IDNA 2008 refuses it."""
+    with pytest.raises(PolicyError) as caught:
+        load_texts([("p.yaml", "rules:\n  - hosts: 'evil\u2044com.de'\n")])
+    assert any("p.yaml:2:" in str(m) and "not a valid internationalised name" in str(m) for m in caught.value.messages)
+
+
 def test_directory_merge_and_cross_file_conflicts(tmp_path: Path) -> None:
     (tmp_path / "10-base.yaml").write_text("defaults:\n  mode: report\nrules:\n  - hosts: a.test\n    cleartext: allow\n")
     (tmp_path / "20-team.yaml").write_text("rules:\n  - hosts: b.test\n    mode: enforce\n")
