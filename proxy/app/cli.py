@@ -261,6 +261,8 @@ def cmd_ca(args: argparse.Namespace) -> int:
                 print(warning, file=sys.stderr)
         else:
             info = load_ca(confdir)
+        for note in info.notes:
+            print(f"tlsgate: {note}", file=sys.stderr)
         if args.action == "export":
             name, data = export_ca(info, args.format)
             if args.out == "-":
