@@ -113,3 +113,33 @@ def test_the_readmes_stock_mitmdump_command_uses_tlsgates_ca_and_listens_on_loop
         assert not (home / ".mitmproxy").exists(), "mitmdump must not make a second CA in ~/.mitmproxy"
     finally:
         gate.stop()
+
+
+def test_set_confdir_as_mitmdump_users_give_it_serves_the_ca_the_banner_names(
+    tmp_path: Path, https_upstream: Upstream, pki: tuple[object, Path, Path, Path]
+) -> None:
+    """`--set confdir=DIR` reached mitmproxy after tlsgate had loaded the default CA: mitmproxy minted and served
+    a second CA in DIR while the banner named the first, and HTTPS checked against the named one failed."""
+    _, root_file, _, _ = pki
+    default, chosen = tmp_path / "default-ca", tmp_path / "chosen-ca"
+    command = [
+        sys.executable, "-m", "proxy", "run", "--listen-port", "0", "--metrics-port", "-1", "--findings", "",
+        "--upstream-ca", str(root_file), "--resolve", f"api.test:{https_upstream.port}:127.0.0.1",
+        "--set", f"confdir={chosen}",
+    ]  # fmt: skip
+    gate = Tlsgate(tmp_path, command=command, env={"TLSGATE_CONFDIR": str(default)}).start()
+    try:
+        named = Path(gate.wait_for(r"^CA cert:\s+(\S+) \(SHA-256").group(1))
+        assert named == chosen / "mitmproxy-ca-cert.pem", gate.output
+        ok = curl(gate.proxy_url, f"https://api.test:{https_upstream.port}/", "--cacert", str(named))
+        assert ok.status == 200 and "https-upstream" in ok.body, (ok.stderr, gate.output)
+        assert not default.exists(), "no CA is made in the default directory"
+    finally:
+        gate.stop()
+
+    both = subprocess.run(
+        [*command[:-2], "--confdir", str(default), "--set", f"confdir={chosen}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert both.returncode == 2 and "name two CA directories" in both.stderr, both.stderr
+    assert not default.exists() and "proxy:" not in both.stdout
