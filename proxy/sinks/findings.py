@@ -136,6 +136,11 @@ class FindingsLog:
                 self._file.close()
                 self._file = None
 
+    @property
+    def recording(self) -> bool:
+        """Whether findings are written anywhere (a file or stdout) besides the console."""
+        return self._file is not None
+
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
