@@ -137,7 +137,8 @@ class Tlsgate:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         STARTED.append(self)
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
         if port is not None:
             self.port = port
             if not eventually(lambda: accepts(port), timeout):
@@ -212,6 +213,8 @@ class Tlsgate:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if getattr(self, "_reader", None) is not None:
+            self._reader.join(10)  # every line it printed is in self.lines once stop() returns
         return self.proc.returncode if self.proc else 0
 
 

@@ -13,11 +13,21 @@ import io
 import re
 from typing import IO, cast
 
-from mitmproxy import ctx, exceptions
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.addons.dumper import Dumper
+from mitmproxy.utils import human
+from wsproto.frame_protocol import CloseReason
 
 from proxy.sinks.findings import printable
-from proxy.sinks.redact import CREDENTIAL_HEADERS, REDACTED, auth_scheme, is_secret_name, redact_text, redact_user_agent
+from proxy.sinks.redact import (
+    CREDENTIAL_HEADERS,
+    REDACTED,
+    auth_scheme,
+    is_secret_name,
+    redact_text,
+    redact_token_words,
+    redact_user_agent,
+)
 
 MAX_DETAIL = 2
 # "    authorization: Bearer abc": the Dumper indents header lines by four spaces.
@@ -37,6 +47,7 @@ def redact_line(line: str) -> str:
             return printable(f"{found['indent']}{name}: {shown}")
         if lowered == "user-agent":
             return printable(f"{found['indent']}{name}: {redact_user_agent(value)}")
+        return printable(redact_text(f"{found['indent']}{name}: {redact_token_words(value)}"))
     return printable(redact_text(line))
 
 
@@ -57,7 +68,11 @@ class RedactingStream(io.TextIOBase):
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
         for line in lines:
-            self.target.write(redact_line(line) + "\n")
+            try:
+                shown = redact_line(line)
+            except Exception as exc:  # noqa: BLE001 - never print a line unredacted, never fail the flow over it
+                shown = f"(a line tlsgate could not redact is not shown: {type(exc).__name__})"
+            self.target.write(shown + "\n")
         return len(text)
 
     def flush(self) -> None:
@@ -72,6 +87,24 @@ class ConsoleFlows(Dumper):
 
         # A TextIOBase, not a typing.IO: it has the write, flush and isatty that Dumper uses.
         super().__init__(cast(IO[str], RedactingStream(outfile or sys.stdout)))
+
+    def websocket_end(self, f: http.HTTPFlow) -> None:
+        """mitmdump's close line, with the close reason's length instead of its text: the app or the server
+        chose it, and a session id or token fits in its 123 bytes."""
+        ws = f.websocket
+        if ws is None or not self.match(f):
+            return
+        reason = f" (reason: {len(ws.close_reason)} chars, not shown)" if ws.close_reason else ""
+        if ws.close_code in {1000, 1001, 1005}:
+            side = "client" if ws.closed_by_client else "server"
+            self.echo(f"WebSocket connection closed by {side}: {ws.close_code}{reason}")
+            return
+        try:
+            name = CloseReason(ws.close_code or 0).name
+        except ValueError:
+            name = f"UNKNOWN_ERROR={ws.close_code}"
+        where = human.format_address(f.server_conn.address)
+        self.echo(f"Error in WebSocket connection to {where}: WebSocket Error: {name}{reason}", fg="red")
 
     def configure(self, updated: set[str]) -> None:
         super().configure(updated)

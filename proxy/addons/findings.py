@@ -20,6 +20,15 @@ _LEVEL = {
 
 
 class FindingsSink:
+    """Every finding is written to the findings file (or stdout) and logged as one console line.
+
+    The console line's level is the finding's severity, so `termlog_verbosity`
+    (`-q`: errors only) filters them like any other line, except when the
+    console is the only record (`--findings ''`, or stock mitmdump without
+    `tlsgate_findings`): then the line is raised to the level the console
+    shows, so no verdict is ever without a trace.
+    """
+
     def __init__(self, log: FindingsLog | None = None) -> None:
         self.log = log or FindingsLog()
         self.log.subscribe(self._to_console)
@@ -62,6 +71,18 @@ class FindingsSink:
     def record(self, finding: Finding) -> None:
         self.log.record(finding)
 
-    @staticmethod
-    def _to_console(finding: Finding) -> None:
-        logger.log(_LEVEL[finding.severity], f"tlsgate: {finding.console_line()}")
+    def _to_console(self, finding: Finding) -> None:
+        level = _LEVEL[finding.severity]
+        if not self.log.recording:
+            level = max(level, console_level())
+        logger.log(level, f"tlsgate: {finding.console_line()}")
+
+
+def console_level() -> int:
+    """The lowest level the terminal shows (`termlog_verbosity`); INFO where mitmproxy's terminal log is absent."""
+    try:
+        verbosity = str(ctx.options.termlog_verbosity)
+    except (AttributeError, KeyError):
+        return logging.INFO
+    level = logging.getLevelName(verbosity.upper())
+    return level if isinstance(level, int) else logging.INFO

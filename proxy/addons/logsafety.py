@@ -27,7 +27,10 @@ class EscapeControls(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a record whose arguments do not format is still logged, safely
             message = f"{record.msg!r} {record.args!r}"
-        safe = printable(redact_text(message))
+        try:
+            safe = printable(redact_text(message))
+        except Exception as exc:  # noqa: BLE001 - a line that cannot be redacted is not shown, and the caller carries on
+            safe = f"(a log line tlsgate could not redact is not shown: {type(exc).__name__})"
         if safe != message or record.args:
             record.msg, record.args = safe, ()
         return True

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -39,7 +40,7 @@ def transport(conn: connection.Connection) -> str:
     return "quic" if conn.transport_protocol == "udp" else "tcp"
 
 
-MAX_CONNECTIONS = 64  # concurrent scrapers; more are closed at once
+MAX_CONNECTIONS = 64  # open at once; the next one closes the oldest that has not sent its request
 HEAD_TIMEOUT = 10.0  # seconds to send a request head; an idle connection is closed after it
 MAX_HEAD = 8192
 
@@ -50,7 +51,13 @@ class _Endpoint:
     One thread whatever the number of connections (the standard library's
     threading server held a thread per idle connection: 1,000 idle sockets,
     1,000 threads); each connection gets HEAD_TIMEOUT to send its request and
-    one answer, and at most MAX_CONNECTIONS are served at once.
+    one answer, and at most MAX_CONNECTIONS are open at once.
+
+    At the cap, a new connection closes the oldest one still waiting for its
+    request head instead of being refused itself: refusing the newcomer let any
+    local process hold 64 idle connections and fail every scrape for as long as
+    it held them. A scraper sends its request as soon as it connects, so only
+    connections that sit idle are ever closed; the bound stays 64.
     """
 
     def __init__(self, address: tuple[str, int], metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> None:
@@ -58,7 +65,9 @@ class _Endpoint:
         self.metrics = metrics
         self.app = make_wsgi_app(metrics.registry)
         self.ready = ready
-        self.open = 0
+        # Open connections, oldest first; True once the request head is in (being answered, not to be closed).
+        self.connections: OrderedDict[asyncio.StreamWriter, bool] = OrderedDict()
+        self.evicted = 0
         self.loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._bound = threading.Event()
@@ -97,15 +106,27 @@ class _Endpoint:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
 
+    def _make_room(self) -> None:
+        """Close the oldest connection without a request head in; if every one is being answered, the oldest."""
+        victim = next((w for w, answering in self.connections.items() if not answering), None)
+        if victim is None:
+            victim = next(iter(self.connections))
+        del self.connections[victim]
+        self.evicted += 1
+        victim.transport.abort()  # its reader wakes with an error and its task ends
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.open += 1
+        if len(self.connections) >= MAX_CONNECTIONS:
+            self._make_room()
+        self.connections[writer] = False
         try:
-            if self.open > MAX_CONNECTIONS:
-                return
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
             except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                 return
+            if writer not in self.connections:
+                return  # closed to make room meanwhile
+            self.connections[writer] = True
             status, headers, body = self.answer(head)
             lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", *(f"{k}: {v}" for k, v in headers)]
             lines += [f"Content-Length: {len(body)}", "Connection: close"]
@@ -114,7 +135,7 @@ class _Endpoint:
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.drain(), HEAD_TIMEOUT)
         finally:
-            self.open -= 1
+            self.connections.pop(writer, None)
             writer.close()
 
     def answer(self, head: bytes) -> tuple[int, list[tuple[str, str]], bytes]:

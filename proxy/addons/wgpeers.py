@@ -7,7 +7,9 @@ address) and cannot be told apart by the policy's `devices:` section. Here each
 device is a peer of its own; mitmproxy_rs already accepts a list of peer keys.
 
 The store is one JSON file (mode 0600 in a 0700 directory: it holds private
-keys) so that adding a peer is one atomic rewrite. mitmproxy is not imported:
+keys), rewritten whole by rename under an exclusive lock (`update`), so that
+concurrent `tlsgate wireguard add`/`remove` never lose a peer and a reader never
+sees half a file. mitmproxy is not imported:
 keys are X25519 from `cryptography`, in WireGuard's base64 form, so the CLI and
 the unit tests need no proxy. The server key and the first peer are adopted
 from a mitmproxy `wireguard.conf` found in the confdir, so a phone configured
@@ -17,16 +19,24 @@ for plain mitmproxy keeps working.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
 import re
 import secrets
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from json.scanner import make_scanner
 from pathlib import Path
+from typing import Any, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from proxy.tls.privdir import PrivateDirError, ensure_private_dir
 
 DEFAULT_PORT = 51820
 DEFAULT_NETWORK = "10.0.0.0/24"  # mitmproxy's: its single peer is 10.0.0.1
@@ -35,6 +45,8 @@ STORE_DIR = "wireguard"
 STORE_FILE = "peers.json"
 LISTEN_FILE = "listen.json"  # where the last `run` listened, for `show`'s default Endpoint
 MITMPROXY_CONF = "wireguard.conf"
+LOCK_FILE = ".peers.lock"  # flock'ed for every read-modify-write of the store
+MAX_STORE_BYTES = 1 << 20  # 254 peers take ~60 KiB
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 FIRST_PEER = "device-1"
 
@@ -118,16 +130,23 @@ class Store:
             ip = ipaddress.IPv4Address(text.split("/")[0].strip())
         except ValueError:
             raise PeerError(f"--address {text!r} is not an IPv4 address (e.g. 10.0.0.7)") from None
+        problem = self.address_problem(ip)
+        if problem:
+            raise PeerError(f"--address {problem}")
+        return ip
+
+    def address_problem(self, ip: ipaddress.IPv4Address) -> str | None:
+        """Why `ip` cannot be a new peer's tunnel address, or None."""
         if ip.is_loopback or ip.is_multicast or ip.is_unspecified or ip.is_link_local or not ip.is_private:
-            raise PeerError(f"--address {ip} is not a private unicast address; use one from {self.network}")
+            return f"{ip} is not a private unicast address; use one from {self.network}"
         if str(ip) == DNS_ADDRESS:
-            raise PeerError(f"--address {ip} is the tunnel's DNS server address; pick another")
+            return f"{ip} is the tunnel's DNS server address; pick another"
         if ip in self.network and ip in (self.network.network_address, self.network.broadcast_address):
-            raise PeerError(f"--address {ip} is the network or broadcast address of {self.network}")
+            return f"{ip} is the network or broadcast address of {self.network}"
         for peer in self.peers:
             if peer.address == str(ip):
-                raise PeerError(f"--address {ip} is already peer {peer.name!r}'s")
-        return ip
+                return f"{ip} is already peer {peer.name!r}'s"
+        return None
 
     def _free_address(self) -> ipaddress.IPv4Address:
         used = {p.address for p in self.peers} | {DNS_ADDRESS}
@@ -164,74 +183,257 @@ def new_store(server_private_key: str | None = None) -> Store:
     )
 
 
-def parse_store(data: object, origin: str) -> Store:
-    """The JSON document, checked field by field so a hand-edited file fails with a reason, not a KeyError."""
+def parse_store(raw: bytes | str, origin: str) -> Store:
+    """The store document, checked field by field: a hand-edited or damaged file fails with `file:line:col: what`.
 
-    def fail(why: str) -> PeerError:
-        return PeerError(f"{origin}: {why}")
+    The message never quotes the file: it holds private keys, and a key pasted
+    into the wrong field (or a name, or an address) would otherwise be printed
+    to a terminal or a CI log. Values that passed their check (peer names,
+    addresses) may be named.
+    """
+    if len(raw) > MAX_STORE_BYTES:
+        raise PeerError(f"{origin}: {len(raw)} bytes, more than a peer store ever holds (1 MiB); not a tlsgate peer store")
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line, col = _line_col(raw.decode("utf-8", "replace"), len(raw[: exc.start].decode("utf-8", "replace")))
+            raise PeerError(f"{origin}:{line}:{col}: not UTF-8 text (a damaged file?)") from None
+    else:
+        text = raw
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PeerError(f"{origin}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise PeerError(f"{origin}: nested too deeply; not a tlsgate peer store") from None
+    where = _value_offsets(text)
+
+    def fail(at: tuple[str | int, ...], why: str) -> PeerError:
+        while at not in where and at:
+            at = at[:-1]
+        line, col = _line_col(text, where.get(at, 0))
+        return PeerError(f"{origin}:{line}:{col}: {why}")
 
     if not isinstance(data, dict):
-        raise fail("expected a JSON object")
+        raise fail((), "expected a JSON object (a tlsgate WireGuard peer store)")
+    if data.get("version", 1) != 1:
+        raise fail(("version",), "'version' is not 1, the only one this tlsgate reads (written by a newer tlsgate?)")
+    for key in ("server_private_key", "network", "network6", "peers"):
+        if key not in data:
+            raise fail((), f"missing {key!r}")
+    server_key = data["server_private_key"]
+    if not _is_key(server_key):
+        raise fail(("server_private_key",), "'server_private_key' is not a WireGuard private key (44 base64 characters)")
     try:
-        store = Store(
-            str(data["server_private_key"]),
-            ipaddress.IPv4Network(str(data["network"])),
-            ipaddress.IPv6Network(str(data["network6"])),
-        )
-        pubkey(store.server_private_key)
-        peers = data["peers"]
-    except KeyError as exc:
-        raise fail(f"missing {exc.args[0]!r}") from None
-    except (ValueError, PeerError) as exc:
-        raise fail(str(exc)) from None
+        network = ipaddress.IPv4Network(_text(data["network"]))
+    except ValueError:
+        raise fail(("network",), "'network' is not an IPv4 network such as 10.0.0.0/24") from None
+    try:
+        network6 = ipaddress.IPv6Network(_text(data["network6"]))
+    except ValueError:
+        raise fail(("network6",), "'network6' is not an IPv6 network such as fd12:3456:789a:1::/64") from None
+    store = Store(server_key, network, network6)
+    peers = data["peers"]
     if not isinstance(peers, list):
-        raise fail("'peers' must be a list")
+        raise fail(("peers",), "'peers' must be a list")
+    names: dict[str, int] = {}
     for index, item in enumerate(peers):
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("name", "private_key", "address")):
-            raise fail(f"peer #{index + 1} needs string 'name', 'private_key' and 'address'")
+        at: tuple[str | int, ...] = ("peers", index)
+        number = f"peer #{index + 1}"
+        if not isinstance(item, dict):
+            raise fail(at, f"{number} is not a JSON object")
+        name = item.get("name")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise fail((*at, "name"), f"{number}: 'name' is missing or not a peer name (1-32 letters, digits, '.', '_', '-')")
+        if name in names:
+            raise fail((*at, "name"), f"{number}: the name {name!r} is peer #{names[name]}'s already")
+        names[name] = index + 1
+        number = f"{number} ({name})"
+        if not _is_key(item.get("private_key")):
+            raise fail((*at, "private_key"), f"{number}: 'private_key' is not a WireGuard private key (44 base64 characters)")
         try:
-            peer = store.add(item["name"], item["address"], item["private_key"])
-        except PeerError as exc:
-            raise fail(f"peer #{index + 1}: {exc}") from None
-        if item.get("address6") and item["address6"] != peer.address6:
-            store.peers[-1] = Peer(peer.name, peer.private_key, peer.address, str(ipaddress.IPv6Address(item["address6"])))
+            ip = ipaddress.IPv4Address(_text(item.get("address")))
+        except ValueError:
+            raise fail((*at, "address"), f"{number}: 'address' is not an IPv4 address such as 10.0.0.7") from None
+        problem = store.address_problem(ip)
+        if problem:
+            raise fail((*at, "address"), f"{number}: 'address' {problem}")
+        address6 = store.address6_for(ip)
+        if item.get("address6"):
+            try:
+                address6 = ipaddress.IPv6Address(_text(item["address6"]))
+            except ValueError:
+                raise fail((*at, "address6"), f"{number}: 'address6' is not an IPv6 address") from None
+        store.peers.append(Peer(name, item["private_key"], str(ip), str(address6)))
     return store
+
+
+def _text(value: object) -> str:
+    """A JSON string field's value; anything else fails the caller's parse (ValueError), as a bad string would."""
+    if not isinstance(value, str):
+        raise ValueError("not a string")
+    return value
+
+
+def _is_key(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        pubkey(value)
+    except PeerError:
+        return False
+    return True
+
+
+def _line_col(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _value_offsets(text: str) -> dict[tuple[str | int, ...], int]:
+    """Where each value of a valid JSON document starts, by path: () for the document, ("peers", 0, "name"), ...
+
+    Only three levels deep (the store's shape); deeper values are skipped whole.
+    Called after `json.loads` accepted the text, so the walk meets valid JSON only.
+    """
+    scan: Callable[[str, int], tuple[Any, int]] = make_scanner(cast(Any, json.JSONDecoder()))
+    found: dict[tuple[str | int, ...], int] = {}
+
+    def skip_space(pos: int) -> int:
+        match = _SPACE.match(text, pos)
+        return match.end() if match else pos
+
+    def value(pos: int, path: tuple[str | int, ...]) -> int:
+        pos = skip_space(pos)
+        found[path] = pos
+        opening = text[pos : pos + 1]
+        if len(path) >= 3 or opening not in ("{", "["):
+            return int(scan(text, pos)[1])
+        closing = "}" if opening == "{" else "]"
+        pos = skip_space(pos + 1)
+        index = 0
+        while text[pos] != closing:
+            if opening == "{":
+                key, pos = scan(text, pos)
+                pos = value(skip_space(pos) + 1, (*path, key))  # past the ':'
+            else:
+                pos = value(pos, (*path, index))
+                index += 1
+            pos = skip_space(pos)
+            if text[pos] == ",":
+                pos = skip_space(pos + 1)
+        return pos + 1
+
+    value(0, ())
+    return found
 
 
 def store_dir(confdir: Path) -> Path:
     return Path(confdir).expanduser() / STORE_DIR
 
 
-def load(confdir: Path) -> Store | None:
-    path = store_dir(confdir) / STORE_FILE
-    if not path.exists():
-        return None
-    tighten(path)
+def prepare_dirs(confdir: Path) -> list[str]:
+    """The confdir and its `wireguard/` directory, made 0700 (parents too) whatever the umask; warnings about
+    an existing confdir others could write to (proxy/tls/privdir.py)."""
+    directory = store_dir(confdir)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PeerError(f"{path}: {exc}") from None
-    return parse_store(data, str(path))
+        notes = ensure_private_dir(Path(confdir).expanduser())
+        notes += ensure_private_dir(directory)
+        if stat.S_IMODE(directory.stat().st_mode) != 0o700 and directory.stat().st_uid == os.geteuid():
+            os.chmod(directory, 0o700)  # tlsgate's own directory: no other mode is ever right
+    except PrivateDirError as exc:
+        raise PeerError(str(exc)) from None
+    return notes
+
+
+@contextlib.contextmanager
+def locked(confdir: Path) -> Iterator[list[str]]:
+    """Hold the store's lock (an exclusive `flock` on `wireguard/.peers.lock`) for one read-modify-write.
+
+    Twelve `tlsgate wireguard add` at once each read the store, added a peer
+    and wrote it back: up to six peers were lost, and an add beside a remove
+    brought removed peers back. Readers need no lock: the file is replaced by
+    rename, so a running tlsgate reads the old store or the new one, whole.
+    Yields the notes of `prepare_dirs`.
+    """
+    notes = prepare_dirs(confdir)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(store_dir(confdir) / LOCK_FILE, flags, 0o600)
+    except OSError as exc:
+        raise PeerError(f"cannot open the peer store's lock {store_dir(confdir) / LOCK_FILE}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield notes
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def load(confdir: Path) -> Store | None:
+    """The store, or None if there is none yet. Needs no lock (see `locked`)."""
+    path = store_dir(confdir) / STORE_FILE
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_STORE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PeerError(f"{path}: cannot read it ({exc.strerror})") from None
+    tighten(path)
+    return parse_store(raw, str(path))
+
+
+def update[T](confdir: Path, change: Callable[[Store], T], create: bool = True) -> tuple[Store, T, list[str]]:
+    """Apply `change` to the store under its lock and save it if it changed: the only way tlsgate writes it.
+
+    The store is created first if there is none (`create`), adopting mitmproxy's
+    keys if present; otherwise a missing store is an error. Returns the store,
+    what `change` returned and notes to show (what was created, loose modes).
+    """
+    if not create and not (store_dir(confdir) / STORE_FILE).exists():
+        raise PeerError(
+            f"no WireGuard peers in {store_dir(confdir)}/ yet: `tlsgate wireguard add NAME` or `tlsgate run --mode wireguard`"
+        )
+    with locked(confdir) as notes:
+        store = load(confdir)
+        before = None if store is None else store.to_json()
+        if store is None:
+            if not create:
+                raise PeerError(f"no WireGuard peers in {store_dir(confdir)}/: removed meanwhile")
+            store, created = _new_store_for(confdir)
+            notes += created
+        result = change(store)
+        if store.to_json() != before:
+            save(confdir, store)
+    if before is None:
+        notes.append(f"created {store_dir(confdir) / STORE_FILE} (mode 0600)")
+    return store, result, notes
 
 
 def load_or_create(confdir: Path) -> tuple[Store, list[str]]:
     """The store, created on first use (adopting mitmproxy's keys if present); also says what it did."""
-    store = load(confdir)
-    if store is not None:
-        return store, []
-    notes: list[str] = []
+    store, _, notes = update(confdir, lambda store: None)
+    return store, notes
+
+
+def ensure_first_peer(store: Store) -> Peer | None:
+    """`device-1`, added to a store without peers (the first `tlsgate run --mode wireguard`)."""
+    return None if store.peers else store.add(FIRST_PEER)
+
+
+def _new_store_for(confdir: Path) -> tuple[Store, list[str]]:
     legacy = Path(confdir).expanduser() / MITMPROXY_CONF
     adopted = _read_mitmproxy_conf(legacy)
-    if adopted is not None:
-        tighten(legacy)
-        store = new_store(adopted[0])
-        store.add(FIRST_PEER, "10.0.0.1", adopted[1])
-        notes.append(f"adopted mitmproxy's keys from {legacy} as peer {FIRST_PEER!r} (10.0.0.1): existing configs keep working")
-    else:
-        store = new_store()
-    save(confdir, store)
-    notes.append(f"created {store_dir(confdir) / STORE_FILE} (mode 0600)")
-    return store, notes
+    if adopted is None:
+        return new_store(), []
+    tighten(legacy)
+    store = new_store(adopted[0])
+    store.add(FIRST_PEER, "10.0.0.1", adopted[1])
+    return store, [f"adopted mitmproxy's keys from {legacy} as peer {FIRST_PEER!r} (10.0.0.1): existing configs keep working"]
 
 
 def _read_mitmproxy_conf(path: Path) -> tuple[str, str] | None:
@@ -246,23 +448,34 @@ def _read_mitmproxy_conf(path: Path) -> tuple[str, str] | None:
 
 
 def save(confdir: Path, store: Store) -> Path:
+    """Write the store; call it inside `locked` (as `update` does), or a concurrent writer's peers are lost."""
+    prepare_dirs(confdir)
     return write_private(store_dir(confdir) / STORE_FILE, json.dumps(store.to_json(), indent=2) + "\n")
 
 
 def write_private(path: Path, text: str) -> Path:
-    """Write via a 0600 temporary file and rename: the keys are never readable by others, not even briefly."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Replace `path` atomically with `text`: a 0600 temporary file, written and synced, renamed over it.
+
+    The keys are never readable by others, not even briefly; a reader (a
+    starting tlsgate) sees the old file or the new one, whole; and a crash or a
+    power cut leaves one of the two, not an empty file.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, 0o600)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.chmod(tmp, 0o600)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
     return path
 
 
@@ -276,6 +489,7 @@ def tighten(path: Path) -> None:
 
 
 def record_listen(confdir: Path, host: str, port: int) -> None:
+    prepare_dirs(confdir)
     write_private(store_dir(confdir) / LISTEN_FILE, json.dumps({"host": host, "port": port}) + "\n")
 
 

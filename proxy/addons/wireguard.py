@@ -20,6 +20,7 @@ entry for that address, else for the peer's IPv4 address, else after the peer
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import logging
@@ -77,11 +78,10 @@ class PeersWireGuardServer(_NotRegistered, WireGuardServerInstance):
                 "(see `tlsgate wireguard --help`); use --mode wireguard or wireguard@PORT"
             )
         confdir = Path(ctx.options.confdir).expanduser()
-        store, notes = wgpeers.load_or_create(confdir)
-        if not store.peers:
-            store.add(wgpeers.FIRST_PEER)
-            wgpeers.save(confdir, store)
-            notes.append(f"created WireGuard peer {wgpeers.FIRST_PEER!r}")
+        # Under the store's lock (a `tlsgate wireguard add` may be writing it), off the event loop.
+        store, first, notes = await asyncio.to_thread(wgpeers.update, confdir, wgpeers.ensure_first_peer)
+        if first is not None:
+            notes.append(f"created WireGuard peer {first.name!r}")
         self.server_key = store.server_private_key
         self.peer_public_keys = [peer.public_key for peer in store.peers]
         host = self.mode.listen_host(ctx.options.listen_host)

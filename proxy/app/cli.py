@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="a mitmproxy option, passed through (repeatable), e.g. flow_detail=2 (0-2: per-flow lines, redacted); "
-        "replay/map/modify options need mitmdump -s proxy/addons/script.py",
+        "confdir=DIR is taken as --confdir DIR; replay/map/modify options need mitmdump -s proxy/addons/script.py",
     )
     loudness = run.add_mutually_exclusive_group()
     loudness.add_argument("-q", "--quiet", action="store_true", help="as mitmdump -q: errors only, no per-flow lines")
@@ -261,6 +261,8 @@ def cmd_ca(args: argparse.Namespace) -> int:
                 print(warning, file=sys.stderr)
         else:
             info = load_ca(confdir)
+        for note in info.notes:
+            print(f"tlsgate: {note}", file=sys.stderr)
         if args.action == "export":
             name, data = export_ca(info, args.format)
             if args.out == "-":
@@ -296,6 +298,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Each worker would stop and judge on its own; a supervisor that aggregates them is not built yet.
         print("tlsgate: --duration, --until-idle and --fail-on need --workers 1", file=sys.stderr)
         return 2
+    confdir, passthrough, problem = confdir_from_set(args.confdir, args.set)
+    if problem:
+        print(f"tlsgate: {problem}", file=sys.stderr)
+        return 2
     modes = args.mode or ["regular"]
     listen_host = args.listen_host or default_listen_host(modes)
     problem = listen_problem(listen_host, modes) or (resolve_scope_error(modes) if args.resolve else None)
@@ -321,7 +327,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         listen_host=listen_host,
         listen_port=args.listen_port,
         modes=modes,
-        confdir=args.confdir or default_confdir(),
+        confdir=confdir or default_confdir(),
         findings=args.findings,
         upstream_ca=[Path(p) for p in args.upstream_ca or []],
         resolve=args.resolve or [],
@@ -333,9 +339,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         until_idle=args.until_idle or "",
         fail_on=args.fail_on or "",
         worker_index=args.worker_index,
-        extra_set=[*LOUDNESS.get("quiet" if args.quiet else "verbose" if args.verbose else "", []), *args.set],
+        extra_set=[*LOUDNESS.get("quiet" if args.quiet else "verbose" if args.verbose else "", []), *passthrough],
     )
     return run_proxy(config)
+
+
+def confdir_from_set(confdir: Path | None, sets: list[str]) -> tuple[Path | None, list[str], str | None]:
+    """`--set confdir=DIR`, the way mitmdump users name the CA directory, taken as `--confdir DIR`.
+
+    Passed through, it reached mitmproxy after tlsgate had loaded (or made) the
+    CA of the default directory: mitmproxy minted a second CA in DIR and served
+    it, while the banner named the first, so HTTPS checked against the CA the
+    banner names failed. Returns the directory (None: the default), the other
+    `--set` items, and why the two options cannot both hold, if they name two
+    directories. As in mitmproxy, the last `--set confdir=` wins, and `~` is
+    the home directory.
+    """
+    given = [item.partition("=")[2] for item in sets if "=" in item and item.partition("=")[0].strip() == "confdir"]
+    rest = [item for item in sets if not ("=" in item and item.partition("=")[0].strip() == "confdir")]
+    if not given:
+        return confdir, rest, None
+    if not given[-1].strip():
+        return None, rest, "--set confdir= needs a directory (or use --confdir DIR)"
+    chosen = Path(given[-1]).expanduser()
+    if confdir is not None and os.path.abspath(confdir.expanduser()) != os.path.abspath(chosen):
+        two = f"--confdir {confdir} and --set confdir={given[-1]} name two CA directories, and devices trust one CA"
+        return None, rest, f"{two}; give one of them (--confdir DIR is the same as --set confdir=DIR)"
+    return chosen, rest, None
 
 
 if __name__ == "__main__":  # pragma: no cover

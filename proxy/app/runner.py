@@ -182,6 +182,8 @@ def run_proxy(config: RunConfig) -> int:
     except (CAError, TrustError) as exc:
         print(f"tlsgate: {exc}", file=sys.stderr)
         return 1
+    for note in info.notes:
+        print(f"tlsgate: {note}", file=sys.stderr)
     if created:
         print(f"created a new CA in {config.confdir}/ (private key mode 0600)")
         warning = new_ca_warning(config.confdir)

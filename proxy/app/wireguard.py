@@ -84,9 +84,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     confdir = (args.confdir or default_confdir())
     try:
         wgpeers.check_name(args.name)
-        store, notes = wgpeers.load_or_create(confdir)
-        peer = store.add(args.name, args.address)
-        wgpeers.save(confdir, store)
+        _, peer, notes = wgpeers.update(confdir, lambda store: store.add(args.name, args.address))
     except (PeerError, OSError) as exc:
         return _fail(exc)
     for note in notes:
@@ -145,11 +143,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     confdir = (args.confdir or default_confdir())
     try:
-        store = _existing(confdir)
-        peer = store.remove(args.name)
-        wgpeers.save(confdir, store)
+        _, peer, notes = wgpeers.update(confdir, lambda store: store.remove(args.name), create=False)
     except (PeerError, OSError) as exc:
         return _fail(exc)
+    for note in notes:
+        print(note, file=sys.stderr)
     print(f"removed WireGuard peer {peer.name} ({peer.address}); restart a running tlsgate to drop it")
     return 0
 

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from proxy.sinks.redact import redact_host
+
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 
 
@@ -40,6 +42,11 @@ class Finding:
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity {self.severity!r} is not one of {SEVERITIES}")
+        # The host and SNI are what the client sent: whatever is not a host name in them is not kept.
+        object.__setattr__(self, "host", redact_host(self.host))
+        sni = self.evidence.get("sni") if isinstance(self.evidence, dict) else None
+        if isinstance(sni, str) and redact_host(sni) != sni:
+            object.__setattr__(self, "evidence", {**self.evidence, "sni": redact_host(sni)})
 
     def as_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False, default=str, separators=(",", ":"))
@@ -135,6 +142,11 @@ class FindingsLog:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+    @property
+    def recording(self) -> bool:
+        """Whether findings are written anywhere (a file or stdout) besides the console."""
+        return self._file is not None
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)

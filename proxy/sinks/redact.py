@@ -134,11 +134,24 @@ def _json_secret_keys(data: object, depth: int) -> list[str]:
 
 def redact_url(url: str) -> str:
     """The URL kept readable without anything that could be a secret: userinfo, query values other than
-    plain numbers and words, token-shaped path segments and `;name=value` path parameters (jsessionid)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    plain numbers and words, token-shaped path segments and `;name=value` path parameters (jsessionid).
+
+    Never raises: the URL may be anything a client wrote. The userinfo is cut off
+    before parsing, since `urlsplit` rejects a bracket in it (`http://[x]@host/`,
+    or a URL redacted once already), and an authority it still cannot parse is
+    not shown at all.
+    """
+    scheme, sep, rest = url.partition("://")
+    userinfo = False
+    if sep:
+        end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        if "@" in rest[:end]:
+            rest, userinfo = rest[:end].rsplit("@", 1)[1] + rest[end:], True
+    try:
+        parts = urlsplit(f"{scheme}{sep}{rest}")
+    except ValueError:
+        return f"{scheme}{sep}{REDACTED} ({len(rest)} chars)" if sep else f"{REDACTED} ({len(url)} chars)"
+    netloc = f"{REDACTED}@{parts.netloc}" if userinfo else parts.netloc
     query = "&".join(_redact_pair(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)) if parts.query else ""
     return urlunsplit((parts.scheme, netloc, redact_path(parts.path), query, ""))
 
@@ -177,7 +190,14 @@ def path_credentials(path: str) -> list[Credential]:
     return found
 
 
-_URL_TOKEN = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>]+|(?<![^\s'"(=])/[^\s'"<>]*[?;][^\s'"<>]*""")
+# A URL; a path with a query or parameters, bare or after host[:port] (mitmdump's WebSocket message lines end in
+# `127.0.0.1:8000/chat?token=...`); or a host with a query and no path (a hostile SNI).
+_URL_TOKEN = re.compile(
+    r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>]+"""
+    r"""|(?<![^\s'"(=])(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)?(?::\d{1,5})?/[^\s'"<>]*[?;][^\s'"<>]*"""
+    r"""|(?<![^\s'"(=])[A-Za-z0-9_.-]+(?::\d{1,5})?\?[^\s'"<>]*="""
+    r"""[^\s'"<>]*"""
+)
 
 
 _seeded: re.Pattern[str] | None = None  # every wire form of the policy's seeded identifiers (payload inspection)
@@ -194,9 +214,20 @@ def mask_seeded(needles: Iterable[str]) -> None:
 
 
 def redact_text(text: str) -> str:
-    """Free text (a log line quoting a malformed request line) with every URL or path?query in it redacted."""
+    """Free text (a log line quoting a malformed request line) with every URL or path?query in it redacted, and
+    every quoted bytes value (`b'...'`: mitmproxy quotes what a client or server sent) reduced to what is safe."""
     if _seeded is not None:
         text = _seeded.sub(REDACTED, text)
+    if "b'" not in text and 'b"' not in text:
+        return _redact_urls(text)
+    shown, last = [], 0
+    for quoted in _BYTES_REPR.finditer(text):  # each part redacted once: redacting a redacted URL again could fail
+        shown += [_redact_urls(text[last : quoted.start()]), _redact_bytes_repr(quoted)]
+        last = quoted.end()
+    return "".join([*shown, _redact_urls(text[last:])])
+
+
+def _redact_urls(text: str) -> str:
     if "?" not in text and "@" not in text and ";" not in text:
         return text
 
@@ -204,9 +235,100 @@ def redact_text(text: str) -> str:
         token = found.group(0)
         if "://" in token:
             return redact_url(token)
-        return redact_url("http://h" + token)[len("http://h") :]
+        prefix = "http://h" if token.startswith("/") else "http://"
+        return redact_url(prefix + token)[len(prefix) :]
 
     return _URL_TOKEN.sub(one, text)
+
+
+# Python's repr of bytes, as mitmproxy's log lines and errors quote raw input: "Invalid header line:
+# b'Authorization Bearer ...'", a cut-short request head, a ping payload, an h2 header value, a SOCKS5 buffer.
+_BYTES_REPR = re.compile(r"""(?<![A-Za-z0-9_])b('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+_REPR_BREAK = re.compile(r"(\\r\\n|\\n|\\r)")  # a line break as the repr writes it
+_FIELD = re.compile(r"(?P<name>[!#$%&*+.^_`|~0-9A-Za-z-]{1,64}):[ \t]*(?P<value>.*)")
+_REQUEST_LINE = re.compile(r"[A-Z]{3,12} \S|HTTP/\d")
+_LABEL = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,39}")  # a header name without its colon ("Authorization Bearer ...")
+# Whole values that are protocol words, not data: framing errors quote them ("unknown transfer-encoding: b'br'").
+_PROTOCOL_WORD = re.compile(
+    r"\d{1,19}|chunked|gzip|deflate|br|zstd|compress|identity|close|keep-alive|upgrade|websocket|h2c?|trailers|"
+    r":(?:method|scheme|authority|path|status|protocol)",
+    re.IGNORECASE,
+)
+_SHOWN_FIELDS = {
+    "host": re.compile(r"[A-Za-z0-9.\-\[\]:]{1,260}"),
+    "content-length": re.compile(r"\d{1,19}"),
+    "transfer-encoding": re.compile(r"[A-Za-z, ]{1,64}"),
+    "connection": re.compile(r"[A-Za-z, -]{1,64}"),
+    "upgrade": re.compile(r"[A-Za-z0-9, /.-]{1,64}"),
+}
+
+
+def _redact_bytes_repr(found: re.Match[str]) -> str:
+    quoted = found.group(1)
+    parts = _REPR_BREAK.split(quoted[1:-1])
+    shown = [part if index % 2 else _redact_repr_line(part) for index, part in enumerate(parts)]
+    return f"b{quoted[0]}{''.join(shown)}{quoted[0]}"
+
+
+def _redact_repr_line(line: str) -> str:
+    """One line of quoted client bytes: a request line with its URL redacted, a header with its name and the
+    value only where it is a framing value (Host, Content-Length, ...), anything else as its length."""
+    core = line.strip()
+    if not core:
+        return line
+    lead = line[: len(line) - len(line.lstrip())]
+    if _REQUEST_LINE.match(core) or core.startswith("/"):  # a request line, or an h2 `:path`
+        return lead + " ".join(_redact_request_word(word) for word in core.split(" "))
+    field = _FIELD.fullmatch(core)
+    if field:
+        name, value = field["name"], field["value"]
+        shape = _SHOWN_FIELDS.get(name.lower())
+        if shape is not None and shape.fullmatch(value):
+            return f"{lead}{name}: {value}"
+        scheme = auth_scheme(value) if name.lower() in ("authorization", "proxy-authorization") else ""
+        return f"{lead}{name}: {REDACTED} ({f'{scheme}, ' if scheme else ''}{len(value)} chars)"
+    if _PROTOCOL_WORD.fullmatch(core):
+        return line
+    first, _, rest = core.partition(" ")
+    if rest and _LABEL.fullmatch(first):
+        return f"{lead}{first} {REDACTED} ({len(rest.strip())} chars)"
+    return f"{lead}{REDACTED} ({len(core)} chars)"
+
+
+_REQUEST_WORD = re.compile(
+    r"[A-Z]{3,12}|HTTP/[\d.]{1,5}|\d{3}|[A-Za-z][A-Za-z-]{0,30}"  # method, version, status, a stray word
+    r"|[A-Za-z0-9.\-\[\]]{1,253}:\d{1,5}"  # CONNECT's host:port
+)
+
+
+def _redact_request_word(word: str) -> str:
+    if "://" in word:
+        return redact_url(word)
+    if word.startswith("/"):
+        return redact_url("http://h" + word)[len("http://h") :]
+    plain = _REQUEST_WORD.fullmatch(word) and not (looks_like_token(word) or TOKEN_SEGMENT.fullmatch(word))
+    return word if plain else REDACTED
+
+
+def redact_token_words(value: str) -> str:
+    """A header value with each token-shaped word (a JWT, or 16+ letters mixed with digits) redacted: a value
+    under an innocent header name (a session id, a key in a malformed Content-Length) is not shown either."""
+    if not TOKEN_SEGMENT.search(value) and not looks_like_token(value):
+        return value
+    return " ".join(REDACTED if looks_like_token(w) or TOKEN_SEGMENT.fullmatch(w.strip(",;")) else w for w in value.split(" "))
+
+
+_HOST_CHARS = re.compile(r"[\w.*\-\[\]:%]*")  # letters of any script: a Host header may carry an IDN unencoded
+
+
+def redact_host(host: str) -> str:
+    """A host name as a client sent it (SNI, Host header), cut at the first character no host name has: a client
+    can put anything there (`api.test?token=...`), and findings and logs keep host names."""
+    shown = _HOST_CHARS.match(host)
+    kept = shown.group(0) if shown else ""
+    if len(kept) == len(host):
+        return host
+    return f"{kept}{REDACTED} ({len(host) - len(kept)} chars)"
 
 
 def redact_user_agent(value: str) -> str:

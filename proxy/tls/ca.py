@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from proxy.tls.privdir import PrivateDirError, ensure_private_dir, secure_dir
 from proxy.tls.x509build import self_signed_ca
 
 __all__ = [
@@ -61,7 +62,6 @@ CAKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 _KEY_MODE = 0o600
 _PUBLIC_MODE = 0o644
-_DIR_MODE = 0o700
 
 # Copied verbatim from mitmproxy.certs.DEFAULT_DHPARAM (mitmproxy 12.2.3) so that
 # the store is complete without importing mitmproxy; mitmproxy would otherwise
@@ -123,6 +123,8 @@ class CAInfo:
 
     cert: x509.Certificate
     paths: CAPaths
+    # Warnings to show: the CA directory was writable by others (see proxy/tls/privdir.py).
+    notes: tuple[str, ...] = ()
 
     @property
     def subject(self) -> str:
@@ -168,16 +170,16 @@ def ensure_ca(confdir: Path) -> tuple[CAInfo, bool]:
     device that already trusts the old one.
     """
     paths = ca_paths(confdir)
+    notes = _ensure_confdir(Path(confdir))
     if not _exists(paths.key_pem):
-        _ensure_confdir(Path(confdir))
         new_key, new_cert = _generate_ca()
         if _publish_key_pem(paths.key_pem, new_key, new_cert):
             _write_derived_files(paths, new_key, new_cert, only_missing=False)
-            return CAInfo(cert=new_cert, paths=paths), True
+            return CAInfo(cert=new_cert, paths=paths, notes=notes), True
     key, cert = _load_key_and_cert(paths)
     # Restores files lost to an interrupted creation or a user tidying up.
     _write_derived_files(paths, key, cert, only_missing=True)
-    return CAInfo(cert=cert, paths=paths), False
+    return CAInfo(cert=cert, paths=paths, notes=notes), False
 
 
 def load_ca(confdir: Path) -> CAInfo:
@@ -186,7 +188,8 @@ def load_ca(confdir: Path) -> CAInfo:
     if not _exists(paths.key_pem):
         raise CAError(f"No tlsgate CA found in {Path(confdir)} (expected {paths.key_pem}); run `tlsgate ca create` first.")
     _key, cert = _load_key_and_cert(paths)
-    return CAInfo(cert=cert, paths=paths)
+    note = secure_dir(Path(confdir))
+    return CAInfo(cert=cert, paths=paths, notes=(note,) if note else ())
 
 
 EXPORT_FORMATS: tuple[str, ...] = ("pem", "der", "android")
@@ -255,14 +258,13 @@ def _generate_ca() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     return key, self_signed_ca(key, name, now - VALIDITY_BACKDATE, now + VALIDITY, server_auth=True)
 
 
-def _ensure_confdir(confdir: Path) -> None:
-    """Create the confdir private; an existing one is left as the user set it up."""
+def _ensure_confdir(confdir: Path) -> tuple[str, ...]:
+    """Create the confdir, and every missing parent, 0700 whatever the umask; an existing one keeps its mode
+    unless others could write to it (then the notes say so)."""
     try:
-        confdir.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-    except FileExistsError as e:
-        raise CAError(f"CA directory {confdir} exists but is not a directory.") from e
-    except OSError as e:
-        raise CAError(f"Cannot create CA directory {confdir}: {e.strerror}") from e
+        return tuple(ensure_private_dir(confdir))
+    except PrivateDirError as e:
+        raise CAError(f"CA directory: {e}") from e
 
 
 def _key_pem_bytes(key: rsa.RSAPrivateKey, cert: x509.Certificate) -> bytes:

@@ -30,11 +30,11 @@ def test_an_sni_with_a_newline_stays_on_one_console_line(tlsgate, https_upstream
                 pass
         except OSError:
             pass
-    assert eventually(lambda: "forged by the client" in gate.output, timeout=10), gate.output[-3000:]
+    # The finding names the host up to the first character no host name has; the rest is counted, not shown.
+    assert eventually(lambda: "client_ciphers api.test[REDACTED] (" in gate.output, timeout=10), gate.output[-3000:]
     lines = gate.output.splitlines()
     assert not [line for line in lines if line.lstrip().startswith(FORGED[:14])], "a client-made line reached the console"
-    quoted = [line for line in lines if "forged by the client" in line]
-    assert quoted and all("\\x0a[23:59:59.999]" in line for line in quoted), quoted
+    assert "forged by the client" not in gate.output and "forged by the client" not in gate.findings_path.read_text()
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", gate.output), "a raw control character reached the console"
 
 

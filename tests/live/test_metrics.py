@@ -234,3 +234,46 @@ def test_idle_connections_to_the_metrics_port_hold_no_threads_and_do_not_lock_sc
         for sock in idle:
             sock.close()
     assert eventually(lambda: b"tlsgate_" in urllib.request.urlopen(gate.metrics_url + "/metrics", timeout=5).read(), timeout=15)
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether tlsgate closed this connection (EOF or reset); False while it is still open."""
+    sock.settimeout(0)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def scrape_with_promtool(url: str) -> str:
+    """A scrape by promtool itself (`promtool check metrics` reads the body of a real HTTP GET from curl)."""
+    body = subprocess.run(["curl", "-sS", "--max-time", "10", url], capture_output=True, text=True, timeout=30)
+    assert body.returncode == 0, body.stderr
+    lint = subprocess.run([need("promtool"), "check", "metrics"], input=body.stdout, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    return body.stdout
+
+
+@pytest.mark.parametrize("idle_count", [64, 500])
+def test_idle_connections_cannot_deny_scrapes_and_are_closed_in_bounded_time(tlsgate, idle_count: int) -> None:
+    """Any local process holding 64 idle connections made every scrape fail with a reset, for as long as it held them."""
+    gate = tlsgate()
+    host, port = urllib.parse.urlsplit(gate.metrics_url).netloc.rsplit(":", 1)
+    idle = []
+    try:
+        for batch in range(0, idle_count, 100):
+            idle += [socket.create_connection((host, int(port)), timeout=10) for _ in range(min(100, idle_count - batch))]
+            # the scraper comes after a batch of idle connections each time: still answered
+            status, body = http_get(f"{gate.metrics_url}/metrics")
+            assert status == 200 and "tlsgate_build_info" in body, (len(idle), status)
+        assert "tlsgate_requests_total" in scrape_with_promtool(f"{gate.metrics_url}/metrics")
+        assert http_get(f"{gate.metrics_url}/healthz") == (200, "ok\n")
+        open_now = sum(not closed_by_server(sock) for sock in idle)
+        assert open_now <= 64, f"{open_now} idle connections held open; the bound is 64"
+        # the rest are closed when the 10 s to send a request run out (generous margin on a busy machine)
+        assert eventually(lambda: all(closed_by_server(sock) for sock in idle), timeout=60), "idle connections left open"
+    finally:
+        for sock in idle:
+            sock.close()

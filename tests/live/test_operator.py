@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import socket
@@ -9,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness import REPO, Tlsgate, Upstream, curl, free_port
+import pytest
+
+from tests.harness import REPO, Tlsgate, Upstream, curl, eventually, free_port
 
 TOKEN = "tok3nSuperSecretValue91"
 BEARER = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJlLXNlY3JldA"
@@ -113,3 +116,81 @@ def test_the_readmes_stock_mitmdump_command_uses_tlsgates_ca_and_listens_on_loop
         assert not (home / ".mitmproxy").exists(), "mitmdump must not make a second CA in ~/.mitmproxy"
     finally:
         gate.stop()
+
+
+def test_set_confdir_as_mitmdump_users_give_it_serves_the_ca_the_banner_names(
+    tmp_path: Path, https_upstream: Upstream, pki: tuple[object, Path, Path, Path]
+) -> None:
+    """`--set confdir=DIR` reached mitmproxy after tlsgate had loaded the default CA: mitmproxy minted and served
+    a second CA in DIR while the banner named the first, and HTTPS checked against the named one failed."""
+    _, root_file, _, _ = pki
+    default, chosen = tmp_path / "default-ca", tmp_path / "chosen-ca"
+    command = [
+        sys.executable, "-m", "proxy", "run", "--listen-port", "0", "--metrics-port", "-1", "--findings", "",
+        "--upstream-ca", str(root_file), "--resolve", f"api.test:{https_upstream.port}:127.0.0.1",
+        "--set", f"confdir={chosen}",
+    ]  # fmt: skip
+    gate = Tlsgate(tmp_path, command=command, env={"TLSGATE_CONFDIR": str(default)}).start()
+    try:
+        named = Path(gate.wait_for(r"^CA cert:\s+(\S+) \(SHA-256").group(1))
+        assert named == chosen / "mitmproxy-ca-cert.pem", gate.output
+        ok = curl(gate.proxy_url, f"https://api.test:{https_upstream.port}/", "--cacert", str(named))
+        assert ok.status == 200 and "https-upstream" in ok.body, (ok.stderr, gate.output)
+        assert not default.exists(), "no CA is made in the default directory"
+    finally:
+        gate.stop()
+
+    both = subprocess.run(
+        [*command[:-2], "--confdir", str(default), "--set", f"confdir={chosen}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert both.returncode == 2 and "name two CA directories" in both.stderr, both.stderr
+    assert not default.exists() and "proxy:" not in both.stdout
+
+
+VERDICT_POLICY = """\
+version: 1
+rules:
+  - hosts: report.test
+    mode: report
+"""
+VERDICTS = {"blocked": "api.test", "reported": "report.test"}  # both cleartext: one enforced, one report-mode
+
+
+@pytest.mark.parametrize("findings", ["PATH", "-", ""])
+@pytest.mark.parametrize("loudness", ["", "-q", "-v"])
+def test_every_verdict_is_recorded_somewhere_whatever_the_loudness(
+    tmp_path: Path, http_upstream: Upstream, loudness: str, findings: str
+) -> None:
+    """`-q` hid tlsgate's own verdict lines too, so `-q --findings ''` left a blocked request without a trace.
+    Decided: the console shows verdict lines as it shows other lines of their level, except when it is their only
+    record (`--findings ''`): then they are shown whatever `-q` says."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(VERDICT_POLICY)
+    port = free_port()
+    args = ["--listen-port", str(port), "--policy", str(policy), "--findings", findings.replace("PATH", "f.jsonl")]
+    args += [f"--resolve={host}:{http_upstream.port}:127.0.0.1" for host in VERDICTS.values()]
+    gate = Tlsgate(tmp_path, [*args, *([loudness] if loudness else [])])
+    gate.findings_path = tmp_path / "f.jsonl"
+    gate.start(port=port)
+    try:
+        assert curl(gate.proxy_url, f"http://api.test:{http_upstream.port}/").status == 403
+        assert curl(gate.proxy_url, f"http://report.test:{http_upstream.port}/").status == 200
+        if findings == "PATH":
+            gate.wait_findings(2)
+        elif findings == "-":
+            assert eventually(lambda: sum(line.startswith('{"check":') for line in gate.lines) >= 2), gate.output
+        else:
+            for action, host in VERDICTS.items():
+                gate.wait_for(rf"tlsgate: \[\w+\] {action} cleartext {host}:")
+    finally:
+        gate.stop()
+    recorded = gate.findings() if findings == "PATH" else [json.loads(x) for x in gate.lines if x.startswith('{"check":')]
+    console = [line for line in gate.lines if re.search(r"tlsgate: \[\w+\] (blocked|reported) ", line)]
+    for action, host in VERDICTS.items():
+        in_findings = any(f["action"] == action and f["host"] == host for f in recorded)
+        on_console = any(f"] {action} cleartext {host}:" in line for line in console)
+        assert in_findings or on_console, f"{action} {host}: no trace with {loudness or '(default)'} --findings {findings!r}"
+        assert in_findings == (findings != ""), recorded
+        assert on_console == (findings == "" or loudness != "-q"), (loudness, findings, gate.output)
+    assert http_upstream.connections == 1  # the blocked request never reached it, the reported one did

@@ -59,3 +59,17 @@ def test_flow_lines_at_detail_2_hold_no_secret_and_bodies_are_refused() -> None:
         assert SECRET not in text
         with pytest.raises(exceptions.OptionsError, match="bodies"):
             tctx.configure(console, flow_detail=3)
+
+
+@pytest.mark.parametrize(("code", "shown"), [(1000, "closed by client: 1000"), (4001, "WebSocket Error: UNKNOWN_ERROR=4001")])
+def test_websocket_close_lines_give_the_reasons_length_not_its_text(code: int, shown: str) -> None:
+    out = io.StringIO()
+    console = ConsoleFlows(out)
+    with taddons.context(console) as tctx:
+        tctx.configure(console, flow_detail=1)
+        flow = tflow.twebsocketflow()
+        assert flow.websocket is not None
+        flow.websocket.close_code, flow.websocket.close_reason, flow.websocket.closed_by_client = code, f"bye {SECRET}", True
+        console.websocket_end(flow)
+    assert shown in out.getvalue() and f"(reason: {len(SECRET) + 4} chars, not shown)" in out.getvalue()
+    assert SECRET not in out.getvalue()

@@ -133,9 +133,12 @@ def test_mitmproxy_keys_are_adopted_and_their_file_tightened(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("document", "message"),
     [
-        ([], "expected a JSON object"),
-        ({"network": "10.0.0.0/24"}, "missing 'server_private_key'"),
-        ({"server_private_key": "x", "network": "10.0.0.0/24", "network6": "fd00::/64", "peers": []}, "private key"),
+        ([], "1:1: expected a JSON object"),
+        ({"network": "10.0.0.0/24"}, "1:1: missing 'server_private_key'"),
+        (
+            {"server_private_key": "x", "network": "10.0.0.0/24", "network6": "fd00::/64", "peers": []},
+            "1:24: .server_private_key. is not a WireGuard private key",
+        ),
         ("GOOD", None),
     ],
 )
@@ -145,14 +148,14 @@ def test_hand_edited_stores_fail_with_the_file_and_reason(document: object, mess
     if document == "GOOD":
         data = good.to_json()
         data["peers"].append({**data["peers"][0], "address": "10.0.0.9", "address6": ""})  # type: ignore[union-attr,index]
-        with pytest.raises(PeerError, match=r"store.json: peer #2: a WireGuard peer named 'a' exists already"):
-            wgpeers.parse_store(data, "store.json")
+        with pytest.raises(PeerError, match=r"store.json:\d+:\d+: peer #2: the name 'a' is peer #1's already"):
+            wgpeers.parse_store(json.dumps(data, indent=2), "store.json")
         data["peers"][1] = {"name": 7}  # type: ignore[index]
-        with pytest.raises(PeerError, match=r"peer #2 needs string 'name'"):
-            wgpeers.parse_store(data, "store.json")
+        with pytest.raises(PeerError, match=r"peer #2: 'name' is missing or not a peer name"):
+            wgpeers.parse_store(json.dumps(data, indent=2), "store.json")
         return
-    with pytest.raises(PeerError, match=f"store.json: .*{message}"):
-        wgpeers.parse_store(document, "store.json")
+    with pytest.raises(PeerError, match=f"store.json:{message}"):
+        wgpeers.parse_store(json.dumps(document), "store.json")
 
 
 # -- configs and endpoints -----------------------------------------------------------------------
