@@ -874,7 +874,7 @@ def test_wireguard_setup_time_is_reported(g: Gate) -> None:
     assert g.listening_seconds is not None and g.configured_seconds is not None
     print(
         f"WireGuard: `tlsgate run` start to first proxied response {g.setup_seconds:.2f}s: tlsgate listening "
-        f"{g.listening_seconds:.2f}s, device configured (`tlsgate wireguard show`, wireguard-go, wg setconf) "
+        f"{g.listening_seconds:.2f}s, device configured (`tlsgate wireguard show`, the README's device lines) "
         f"+{g.configured_seconds - g.listening_seconds:.2f}s, handshake and first HTTPS response "
         f"+{g.setup_seconds - g.configured_seconds:.2f}s"
     )
