@@ -118,7 +118,7 @@ class UpstreamTls:
         match = state.settle(host) if state.match is None else state.match_for(host, state.policy)
         state.servers[data.conn.id] = ServerSide(match, HandshakeFacts())
 
-    def _verify_callback(self, side: ServerSide, client: connection.Client):
+    def _verify_callback(self, side: ServerSide, client: connection.Client | None = None):
         def callback(conn: SSL.Connection, cert, errno: int, depth: int, ok: int) -> bool:
             try:
                 # OpenSSL walks the chain from the trust anchor down to the leaf (depth 0).
@@ -134,7 +134,7 @@ class UpstreamTls:
                 detail = "tlsgate could not check this server (see log)"
                 side.issues = [Issue(Check.TLS, "check_failed", Effect.ALWAYS, Severity.HIGH, detail)]
                 refused = True
-            if refused:  # OpenSSL's own words for this would be "unspecified certificate verification error"
+            if refused and client is not None:  # OpenSSL's own words: "unspecified certificate verification error"
                 mode = side.match.settings.mode
                 issue = next(i for i in side.issues if decide(i, mode) in (Action.BLOCKED, Action.FAILED))
                 explain_refusals().note(client, "Server", side.match.host, str(issue.check), side.match.rule_ref, issue.detail)
