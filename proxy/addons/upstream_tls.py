@@ -135,12 +135,22 @@ class UpstreamTls:
                 side.issues = [Issue(Check.TLS, "check_failed", Effect.ALWAYS, Severity.HIGH, detail)]
                 refused = True
             if refused and client is not None:  # OpenSSL's own words: "unspecified certificate verification error"
-                mode = side.match.settings.mode
-                issue = next(i for i in side.issues if decide(i, mode) in (Action.BLOCKED, Action.FAILED))
-                explain_refusals().note(client, "Server", side.match.host, str(issue.check), side.match.rule_ref, issue.detail)
+                self._explain(side, client)
             return not refused
 
         return callback
+
+    @staticmethod
+    def _explain(side: ServerSide, client: connection.Client) -> None:
+        """Give mitmproxy's coming handshake-failure lines tlsgate's reason; never raises (it runs inside OpenSSL)."""
+        try:
+            mode = side.match.settings.mode
+            issues = side.issues or []
+            issue = next((i for i in issues if decide(i, mode) in (Action.BLOCKED, Action.FAILED)), None)
+            if issue is not None:
+                explain_refusals().note(client, "Server", side.match.host, str(issue.check), side.match.rule_ref, issue.detail)
+        except Exception:  # the console line stays mitmproxy's own; the refusal and its finding are unaffected
+            logger.exception("tlsgate: could not note the reason for a refused server on the console")
 
     # -- decide ---------------------------------------------------------------------------------
 
