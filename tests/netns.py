@@ -3,10 +3,21 @@
 Built from `ip netns` and veth pairs, so the device's packets really cross a
 router: transparent mode needs iptables REDIRECT on the gateway's forwarding
 path, WireGuard mode a tunnel endpoint the device reaches over a link. The
-iptables rules and `net.ipv4.ip_forward=1` live inside the gateway namespace;
+iptables rules and forwarding (IPv4 and IPv6) live inside the gateway namespace;
 the host's own network is never touched.
 
     device (10.231.1.2) -- dev0 ==== gw-dev (10.231.1.1) gateway gw-up (10.231.2.1) ==== up0 -- upstream (10.231.2.10..)
+           (fd00:231:1::2)            (fd00:231:1::1)           (fd00:231:2::1)              (fd00:231:2::10..)
+
+The LAN is dual-stack as a phone's Wi-Fi usually is: the device has an IPv6
+default route via the gateway (what a router advertisement would give it), so
+anything a recipe leaves on IPv6 is routed straight to the upstream, around
+tlsgate, exactly as on a real LAN. Addresses are ULA (fd00::/8) and added
+without duplicate address detection, so they work at once.
+
+A device's resolver is `/etc/netns/<ns>/resolv.conf` (`set_resolver`), which
+`ip netns exec` mounts over /etc/resolv.conf: a recipe that writes
+/etc/resolv.conf inside the namespace writes that file. `close()` removes it.
 
 Namespace names carry the test process's pid and a sequence number
 (`tg<pid>n<seq>dev`, ...), so parallel runs and several networks in one process
@@ -40,6 +51,21 @@ DEVICE_IP = f"{DEVICE_NET}.2"
 GATEWAY_DEVICE_SIDE = f"{DEVICE_NET}.1"
 GATEWAY_UPSTREAM_SIDE = f"{UPSTREAM_NET}.1"
 UPSTREAM_SUBNET = f"{UPSTREAM_NET}.0/24"
+DEVICE_NET6 = "fd00:231:1::"
+UPSTREAM_NET6 = "fd00:231:2::"
+DEVICE_IP6 = f"{DEVICE_NET6}2"
+GATEWAY_DEVICE_SIDE6 = f"{DEVICE_NET6}1"
+GATEWAY_UPSTREAM_SIDE6 = f"{UPSTREAM_NET6}1"
+UPSTREAM_SUBNET6 = f"{UPSTREAM_NET6}/64"
+ETC_NETNS = Path("/etc/netns")
+
+
+def ip6_of(address: str) -> str:
+    """The upstream host's IPv6 address beside its IPv4 one: 10.231.2.12 -> fd00:231:2::12 (same digits)."""
+    net, _, host = address.rpartition(".")
+    if net != UPSTREAM_NET:
+        raise ValueError(f"{address} is not an upstream address")
+    return f"{UPSTREAM_NET6}{host}"
 
 
 class NetnsUnavailable(RuntimeError):
@@ -73,7 +99,24 @@ def remove_stale() -> list[str]:
         if found and not _alive(int(found.group(1))):
             ip("netns", "delete", name, check=False)
             removed.append(name)
+    if ETC_NETNS.is_dir():
+        for folder in ETC_NETNS.iterdir():
+            found = _NAME.match(folder.name)
+            if found and not _alive(int(found.group(1))):
+                _remove_etc(folder.name)
     return removed
+
+
+def _remove_etc(name: str) -> None:
+    """Drop /etc/netns/<name>/ (a resolver file a test wrote), and /etc/netns itself once nothing is left in it."""
+    folder = ETC_NETNS / name
+    with contextlib.suppress(FileNotFoundError):
+        for item in folder.iterdir():
+            item.unlink()
+    with contextlib.suppress(FileNotFoundError, OSError):
+        folder.rmdir()
+    with contextlib.suppress(FileNotFoundError, OSError):  # another test's folder still in it: keep it
+        ETC_NETNS.rmdir()
 
 
 @dataclass
@@ -82,6 +125,7 @@ class Network:
 
     tag: str
     upstream_ips: tuple[str, ...]
+    upstream_ips6: tuple[str, ...] = ()
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
 
@@ -157,6 +201,17 @@ class Network:
     def iptables(self, *rule: str) -> None:
         self.run(self.gateway, "iptables", "-w", "5", *rule)
 
+    def ip6tables(self, *rule: str) -> None:
+        self.run(self.gateway, "ip6tables", "-w", "5", *rule)
+
+    def set_resolver(self, ns: str, text: str) -> Path:
+        """`ns`'s /etc/resolv.conf (what DHCP or a VPN client would write); programs started after this read it."""
+        folder = ETC_NETNS / ns
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "resolv.conf"
+        path.write_text(text)
+        return path
+
     # -- teardown --------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -168,15 +223,17 @@ class Network:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        for name in reversed(self.created):  # deleting a namespace deletes its links and iptables rules
+        for name in reversed(self.created):  # deleting a namespace deletes its links and ip(6)tables rules
             ip("netns", "delete", name, check=False)
+            _remove_etc(name)
 
 
 def build(upstream_hosts: int = 6) -> Network:
     """Create the namespaces and links; raises NetnsUnavailable only when `ip netns add` itself is refused."""
     remove_stale()
     tag = f"{PREFIX}{os.getpid()}n{next(_built)}"
-    net = Network(tag, tuple(f"{UPSTREAM_NET}.{10 + i}" for i in range(upstream_hosts)))
+    addresses = tuple(f"{UPSTREAM_NET}.{10 + i}" for i in range(upstream_hosts))
+    net = Network(tag, addresses, tuple(ip6_of(a) for a in addresses))
     for name in (net.device, net.gateway, net.upstream):
         ip("netns", "delete", name, check=False)  # a leftover of a killed run whose pid is this one again
     first = ip("netns", "add", net.device, check=False)
@@ -200,7 +257,15 @@ def build(upstream_hosts: int = 6) -> Network:
         for address in net.upstream_ips:
             net.run(net.upstream, "ip", "addr", "add", f"{address}/24", "dev", "up0")
         net.run(net.upstream, "ip", "route", "add", "default", "via", GATEWAY_UPSTREAM_SIDE)
-        net.run(net.gateway, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # IPv6 beside it, as on a dual-stack Wi-Fi: `nodad` makes each address usable at once.
+        net.run(net.device, "ip", "-6", "addr", "add", f"{DEVICE_IP6}/64", "dev", "dev0", "nodad")
+        net.run(net.device, "ip", "-6", "route", "add", "default", "via", GATEWAY_DEVICE_SIDE6)  # as an RA would
+        net.run(net.gateway, "ip", "-6", "addr", "add", f"{GATEWAY_DEVICE_SIDE6}/64", "dev", "gw-dev", "nodad")
+        net.run(net.gateway, "ip", "-6", "addr", "add", f"{GATEWAY_UPSTREAM_SIDE6}/64", "dev", "gw-up", "nodad")
+        for address in net.upstream_ips6:
+            net.run(net.upstream, "ip", "-6", "addr", "add", f"{address}/64", "dev", "up0", "nodad")
+        net.run(net.upstream, "ip", "-6", "route", "add", "default", "via", GATEWAY_UPSTREAM_SIDE6)
+        net.run(net.gateway, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
     except BaseException:
         net.close()
         raise

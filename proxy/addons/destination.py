@@ -12,14 +12,15 @@ the operator's own choice and pass.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 
 from mitmproxy import connection, http
-from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy import mode_specs, server_hooks
 
 from proxy.addons.findings import FindingsSink
-from proxy.addons.resolve import Resolve
+from proxy.addons.resolve import NAMED_TARGETS, Resolve
 from proxy.addons.state import Connections, server_host
 from proxy.addons.verdicts import block_at_headers, fail_closed, record
 from proxy.checks.destination import judge_destination
@@ -40,6 +41,21 @@ async def addresses_of(host: str, port: int) -> list[str]:
     except (OSError, UnicodeError, ValueError):
         return []  # mitmproxy's own connect fails the same way and says so
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def is_own_listener(client: connection.Client, address: str, port: int) -> bool:
+    """A transparent connection whose destination is the socket it arrived on: not redirected, sent to tlsgate itself.
+
+    A redirected connection arrives on the listener too, but its original
+    destination (the server) is another address; only a client that connected
+    to tlsgate's port directly (a proxy setting) has the two equal.
+    """
+    if not isinstance(client.proxy_mode, mode_specs.TransparentMode) or not client.sockname:
+        return False
+    try:
+        return (ipaddress.ip_address(address), port) == (ipaddress.ip_address(client.sockname[0]), client.sockname[1])
+    except ValueError:
+        return False
 
 
 class DestinationGuard:
@@ -103,8 +119,10 @@ class DestinationGuard:
         match = state.match_for(name, self.connections.store.policy)
         try:
             addresses = await addresses_of(host_only(host), port)
+            resolvable = isinstance(client.proxy_mode, NAMED_TARGETS)
             for address in addresses:
-                issue = judge_destination(local_kind(address), address, port, match)
+                own = is_own_listener(client, address, port)
+                issue = judge_destination(local_kind(address), address, port, match, resolvable=resolvable, own_listener=own)
                 if issue is not None:
                     return record(self.sink, state, client, issue, match, port), None
             return None, addresses[0] if addresses else None

@@ -212,6 +212,29 @@ def close_quic(context: object, conn: object, reason: str) -> bool:
     return False
 
 
+def quic_client_id(context: object, conn: object) -> str | None:
+    """The original destination connection ID (hex) of a client's QUIC connection, as aioquic's log lines show it.
+
+    Read from the client's first Initial packet, which mitmproxy's client QUIC
+    layer still buffers (`handshake_datagram_buf`, not a promised name) when
+    the `quic_start_client` hook runs. None when it cannot be found.
+    """
+    from aioquic.buffer import Buffer
+    from aioquic.quic.packet import pull_quic_header
+    from mitmproxy.proxy.layers.quic import ClientQuicLayer
+
+    for layer in getattr(context, "layers", ()):
+        if isinstance(layer, ClientQuicLayer) and layer.conn is conn:
+            buffered = getattr(layer, "handshake_datagram_buf", None)
+            if not buffered:
+                return None
+            try:
+                return pull_quic_header(Buffer(data=buffered[0])).destination_cid.hex()
+            except Exception:  # noqa: BLE001 - a packet aioquic cannot read gets no console annotation, nothing worse
+                return None
+    return None
+
+
 # mitmproxy's advice when an eager connection fails; tlsgate refuses `lazy` (see UpstreamTls.configure).
 LAZY_ADVICE = re.compile(
     r"\s*If you plan to redirect requests away from this server, "

@@ -27,7 +27,9 @@ from collections import OrderedDict
 from mitmproxy import connection, tls
 from mitmproxy.proxy.layers.quic import QuicTlsData
 
+from proxy.addons.console import explain_refusals
 from proxy.addons.findings import FindingsSink
+from proxy.addons.mitm_internals import quic_client_id
 from proxy.addons.state import Connections, server_host
 from proxy.addons.verdicts import record
 from proxy.checks.quic import quic_refused, quic_setting, refuses
@@ -80,15 +82,19 @@ class QuicGuard:
                 data.establish_server_tls_first = False  # the server is never contacted for a refused connection
                 state.quic_refused = True
             decision = "refused" if refuse else "inspected" if quic_setting(match) is Quic.INSPECT else "reported"
+            alpn = [a.decode("ascii", "replace") for a in data.client_hello.alpn_protocols]
+            issue = quic_refused(match, alpn)
             if decision != "inspected" and self._first(client, match.host):
-                alpn = [a.decode("ascii", "replace") for a in data.client_hello.alpn_protocols]
                 port = data.context.server.address[1] if data.context.server.address else None
-                record(self.sink, state, client, quic_refused(match, alpn), match, port)
+                record(self.sink, state, client, issue, match, port)
+            if refuse:  # aioquic's own words for the failed handshake would be "No common ALPN protocols"
+                explain_refusals().note(client, "Client", match.host, str(issue.check), match.rule_ref, issue.detail)
         except Exception:  # fail closed: a QUIC connection tlsgate could not judge is refused
             logger.exception("tlsgate: could not judge a QUIC connection; refusing it")
             data.establish_server_tls_first = False
             state.quic_refused = True
             decision = "refused"
+            explain_refusals().note(client, "Client", "this QUIC connection", "quic", "-", "tlsgate could not judge it (see log)")
         if self.metrics is not None:
             self.metrics.quic_connection(decision)
 
@@ -98,6 +104,10 @@ class QuicGuard:
         state = self.connections.peek(data.conn)
         if state is not None and state.quic_refused:
             refuse_handshake(data)
+            refusals = explain_refusals()
+            reason, connection_id = refusals.reason(data.conn, "Client"), quic_client_id(data.context, data.conn)
+            if reason is not None and connection_id is not None:
+                refusals.note_quic_id(connection_id, reason)
 
     def _first(self, client: connection.Client, host: str) -> bool:
         key = (client.peername[0] if client.peername else "?", host)

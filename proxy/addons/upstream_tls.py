@@ -23,6 +23,7 @@ from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy.layers.quic import QuicTlsData
 from OpenSSL import SSL
 
+from proxy.addons.console import explain_refusals
 from proxy.addons.findings import FindingsSink
 from proxy.addons.mitm_internals import (
     close_quic,
@@ -64,6 +65,7 @@ class UpstreamTls:
     def load(self, loader) -> None:
         # mitmproxy's console advice after a refused server is `connection_strategy=lazy`, which configure refuses.
         correct_connection_advice()
+        explain_refusals()
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         """The 502 for a CONNECT whose server could not be reached carries the same advice; correct it too."""
@@ -76,6 +78,9 @@ class UpstreamTls:
                 "tlsgate needs connection_strategy=eager: upstream TLS is judged before the client's request is read, "
                 "so a refused server never receives it"
             )
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        explain_refusals().forget(client)  # a reason mitmproxy never logged must not name a later connection
 
     # -- gather ---------------------------------------------------------------------------------
 
@@ -93,7 +98,7 @@ class UpstreamTls:
         if floor is not None:
             tls_start.ssl_conn = legacy_connection(tls_start, floor)
         ssl_conn = tls_start.ssl_conn
-        ssl_conn.set_verify(ssl_conn.get_verify_mode() or SSL.VERIFY_NONE, self._verify_callback(side))
+        ssl_conn.set_verify(ssl_conn.get_verify_mode() or SSL.VERIFY_NONE, self._verify_callback(side, tls_start.context.client))
         state.servers[tls_start.conn.id] = side
 
     def quic_start_server(self, data: QuicTlsData) -> None:
@@ -113,7 +118,7 @@ class UpstreamTls:
         match = state.settle(host) if state.match is None else state.match_for(host, state.policy)
         state.servers[data.conn.id] = ServerSide(match, HandshakeFacts())
 
-    def _verify_callback(self, side: ServerSide):
+    def _verify_callback(self, side: ServerSide, client: connection.Client | None = None):
         def callback(conn: SSL.Connection, cert, errno: int, depth: int, ok: int) -> bool:
             try:
                 # OpenSSL walks the chain from the trust anchor down to the leaf (depth 0).
@@ -123,14 +128,29 @@ class UpstreamTls:
                 side.facts.protocol = conn.get_protocol_version_name()
                 side.facts.cipher = conn.get_cipher_name()
                 side.issues = judge_handshake(side.facts, side.match, dt.datetime.now(dt.UTC))
-                return not blocks(side.issues, side.match.settings.mode)
+                refused = blocks(side.issues, side.match.settings.mode)
             except Exception:  # an exception here would surface as a crash mid-handshake: fail closed instead
                 logger.exception("tlsgate: upstream certificate check failed; refusing the connection")
                 detail = "tlsgate could not check this server (see log)"
                 side.issues = [Issue(Check.TLS, "check_failed", Effect.ALWAYS, Severity.HIGH, detail)]
-                return False
+                refused = True
+            if refused and client is not None:  # OpenSSL's own words: "unspecified certificate verification error"
+                self._explain(side, client)
+            return not refused
 
         return callback
+
+    @staticmethod
+    def _explain(side: ServerSide, client: connection.Client) -> None:
+        """Give mitmproxy's coming handshake-failure lines tlsgate's reason; never raises (it runs inside OpenSSL)."""
+        try:
+            mode = side.match.settings.mode
+            issues = side.issues or []
+            issue = next((i for i in issues if decide(i, mode) in (Action.BLOCKED, Action.FAILED)), None)
+            if issue is not None:
+                explain_refusals().note(client, "Server", side.match.host, str(issue.check), side.match.rule_ref, issue.detail)
+        except Exception:  # the console line stays mitmproxy's own; the refusal and its finding are unaffected
+            logger.exception("tlsgate: could not note the reason for a refused server on the console")
 
     # -- decide ---------------------------------------------------------------------------------
 

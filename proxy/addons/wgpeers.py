@@ -561,6 +561,33 @@ def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# What a device must apply besides the keys, said the same way by the banner and `tlsgate wireguard show`.
+DEVICE_DUTIES = (
+    "the WireGuard app (or wg-quick) applies the whole config: both Address entries, every IPv4 and IPv6 route into "
+    f"the tunnel (AllowedIPs 0.0.0.0/0, ::/0) and DNS {DNS_ADDRESS}; set up by hand (wg setconf), do all three, "
+    "or IPv6 goes around tlsgate; see README, WireGuard on a Linux device"
+)
+
+
+def by_hand(peer: Peer, link: str = "wg0") -> str:
+    """The commands that apply what `wg setconf` leaves out (Address, routes, DNS), for this peer, on a Linux device.
+
+    `wg setconf` takes keys and peers only. Routes are two halves per family:
+    more specific than any default route the LAN gave (DHCP, router
+    advertisements), so they win without removing it, and the LAN's own subnet
+    routes (the endpoint) stay outside the tunnel.
+    """
+    return (
+        f"on a Linux device without wg-quick (after `wg setconf {link} <(grep -v -e '^Address' -e '^DNS' FILE)`):\n"
+        f"  ip addr add {peer.address}/32 dev {link} && ip -6 addr add {peer.address6}/128 dev {link}\n"
+        f"  ip link set {link} up\n"
+        f"  ip route add 0.0.0.0/1 dev {link} && ip route add 128.0.0.0/1 dev {link}\n"
+        f"  ip -6 route add ::/1 dev {link} && ip -6 route add 8000::/1 dev {link}   # without these IPv6 bypasses tlsgate\n"
+        f"  resolver: {DNS_ADDRESS} (`resolvectl dns {link} {DNS_ADDRESS}; resolvectl domain {link} '~.'`, "
+        f"or `nameserver {DNS_ADDRESS}` in /etc/resolv.conf)\n"
+    )
+
+
 def client_config(store: Store, peer: Peer, endpoint: str) -> str:
     """A wg-quick configuration the WireGuard apps import: the whole device's traffic, IPv4 and IPv6, into tlsgate."""
     return (

@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--listen-host",
-        help="address to listen on (default 127.0.0.1; 0.0.0.0 with --mode transparent, whose traffic is redirected "
-        "to this machine's LAN address; see --allow-public-clients)",
+        help="address to listen on (default 127.0.0.1; '' is every address, IPv4 and IPv6, as in mitmproxy, and the "
+        "default with --mode transparent, whose traffic is redirected to this machine's LAN addresses; public "
+        "clients stay refused, see --allow-public-clients)",
     )
     run.add_argument("--listen-port", type=int, default=8080, help="proxy port (default 8080)")
     run.add_argument(
@@ -303,7 +304,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"tlsgate: {problem}", file=sys.stderr)
         return 2
     modes = args.mode or ["regular"]
-    listen_host = args.listen_host or default_listen_host(modes)
+    # '' is mitmproxy's "every address" (IPv4 and IPv6), not "not given": only a missing flag picks the default.
+    listen_host = args.listen_host.strip() if args.listen_host is not None else default_listen_host(modes)
     problem = listen_problem(listen_host, modes) or (resolve_scope_error(modes) if args.resolve else None)
     if problem:
         print(f"tlsgate: {problem}", file=sys.stderr)

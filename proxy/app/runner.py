@@ -23,6 +23,7 @@ from proxy.policy import Policy
 
 if TYPE_CHECKING:
     from mitmproxy import options
+    from mitmproxy.proxy import mode_specs
 
     from proxy.app.master import LeanMaster
 
@@ -51,6 +52,11 @@ class RunConfig:
     worker_index: int | None = None  # set inside a worker process started by the supervisor
 
 
+# mitmproxy's listen_host "" (its own default): asyncio binds 0.0.0.0 and :: (IPV6_V6ONLY), IPv4 and IPv6;
+# `--listen-host ''` means the same in tlsgate, with the same public-client guard as any non-loopback host.
+ALL_ADDRESSES = ""
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -76,14 +82,29 @@ def _transparent_listen_hosts(modes: list[str], listen_host: str | None) -> list
 
 
 def default_listen_host(modes: list[str]) -> str:
-    """127.0.0.1, except for transparent mode, which iptables REDIRECT feeds on the gateway's LAN address.
+    """127.0.0.1, except for transparent mode, which iptables and ip6tables REDIRECT feed on the gateway's LAN side.
 
-    Binding every address is safe there because mitmproxy's `block_global`
-    (kept on unless --allow-public-clients) still refuses public clients.
+    There it is "" (mitmproxy's "every address"): a socket on 0.0.0.0 and one on
+    ::, so redirected IPv6 is taken too; with 0.0.0.0 alone ip6tables REDIRECT
+    would only block. Binding every address is safe because mitmproxy's
+    `block_global` (kept on unless --allow-public-clients) still refuses public clients.
     """
-    if any(host == "" for host in _transparent_listen_hosts(modes, None)):
-        return "0.0.0.0"
+    if any(host == ALL_ADDRESSES for host in _transparent_listen_hosts(modes, None)):
+        return ALL_ADDRESSES
     return "127.0.0.1"
+
+
+def families(host: str) -> str:
+    """Which address families a listen host takes connections from, as the banner says it."""
+    if host in (ALL_ADDRESSES, "*"):
+        return "IPv4 and IPv6"
+    if host == "localhost":
+        return "IPv4 and IPv6 loopback"
+    try:
+        version = ipaddress.ip_address(host.strip("[]")).version
+    except ValueError:
+        return "the addresses the name resolves to"
+    return f"IPv{version} only"
 
 
 def listen_problem(listen_host: str, modes: list[str]) -> str | None:
@@ -93,7 +114,8 @@ def listen_problem(listen_host: str, modes: list[str]) -> str | None:
             return (
                 f"--mode transparent cannot listen on {host}: iptables REDIRECT sends the devices' connections to the "
                 "gateway's address on the interface they arrive on, and a loopback listener refuses them. "
-                "Use --listen-host 0.0.0.0 (the default for transparent mode) or that interface's address"
+                "Leave --listen-host out (transparent mode then listens on every address, IPv4 and IPv6) "
+                "or give that interface's address"
             )
     return None
 
@@ -126,11 +148,43 @@ def mitmproxy_options(config: RunConfig) -> dict[str, object]:
     return options
 
 
-def banner(config: RunConfig, ca_cert: Path, fingerprint: str) -> list[str]:
-    from mitmproxy import version as mitm_version
+def _address(host: str, port: int) -> str:
+    """HOST:PORT as a device would use it: every-address hosts become a placeholder, IPv6 gets brackets."""
+    if host in ("0.0.0.0", "::", ALL_ADDRESSES):
+        host = "<this machine's LAN address>"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}"
 
-    shown_host = config.listen_host if config.listen_host not in ("0.0.0.0", "::", "") else "<this machine's LAN address>"
-    proxy_url = f"http://{shown_host}:{config.listen_port}"
+
+def _listeners(config: RunConfig) -> list[tuple[mode_specs.ProxyMode, str, int]]:
+    """(mode, listen host, port) for each parsable --mode (mitmproxy reports the others)."""
+    from mitmproxy.proxy import mode_specs
+
+    found = []
+    for text in config.modes:
+        try:
+            mode = mode_specs.ProxyMode.parse(text)
+        except ValueError:
+            continue
+        host = mode.custom_listen_host if mode.custom_listen_host is not None else config.listen_host
+        port = mode.custom_listen_port if mode.custom_listen_port is not None else config.listen_port
+        found.append((mode, host, port))
+    return found
+
+
+def banner(config: RunConfig, ca_cert: Path, fingerprint: str) -> list[str]:
+    """What the operator and the devices must do, per mode: only advice that works for the modes that run.
+
+    A proxy setting works only against a regular/socks5/upstream listener; in
+    WireGuard-only mode nothing listens on TCP, and in transparent mode a proxy
+    setting sends requests to the listener itself (refused as a connection to
+    the proxy host), so neither gets a `curl -x` or Wi-Fi-proxy line.
+    """
+    from mitmproxy import version as mitm_version
+    from mitmproxy.proxy import mode_specs
+
+    setting_modes = (mode_specs.RegularMode, mode_specs.UpstreamMode, mode_specs.Socks5Mode)  # a proxy setting works
     policy = config.policy
     lines = [
         f"tlsgate {__version__} on mitmproxy {mitm_version.VERSION}",
@@ -139,23 +193,61 @@ def banner(config: RunConfig, ca_cert: Path, fingerprint: str) -> list[str]:
         f"CA cert:  {ca_cert} (SHA-256 {fingerprint})",
         f"findings: {'(stdout, JSON lines)' if config.findings == '-' else config.findings or '(console only)'}",
         f"metrics:  {f'http://{config.metrics_listen}/metrics' if config.metrics_listen else '(off)'}",
-        f"proxy:    {proxy_url} ({', '.join(config.modes)})",
-        f"try:      curl -x {proxy_url} --cacert {ca_cert} https://example.com/",
-        "devices:  set the Wi-Fi proxy to this address and port, open http://mitm.it to install the CA,",
-        "          or see `tlsgate ca export --format android`; Flutter/Dart apps ignore the proxy: use --mode wireguard",
     ]
+    listeners = _listeners(config)
+    proxies = [(mode, host, port) for mode, host, port in listeners if isinstance(mode, setting_modes)]
+    tries: list[str] = []
+    for proxy, host, port in proxies:
+        scheme = "socks5" if isinstance(proxy, mode_specs.Socks5Mode) else "http"
+        lines.append(f"proxy:    {scheme}://{_address(host, port)} ({proxy.full_spec})")
+        flag = "--socks5-hostname " if scheme == "socks5" else "-x http://"
+        tries.append(f"try:      curl {flag}{_address(host, port)} --cacert {ca_cert} https://example.com/")
+    lines += tries[:1]
+    if proxies:
+        lines += [
+            "devices:  set the Wi-Fi proxy to this address and port, open http://mitm.it to install the CA,",
+            "          or see `tlsgate ca export --format android`; Flutter/Dart apps ignore the proxy: use --mode wireguard",
+        ]
     from proxy.app.wireguard import banner_lines
 
-    lines += banner_lines(config.modes, config.listen_host, config.confdir)
-    if _transparent_listen_hosts(config.modes, config.listen_host):
+    wireguard = banner_lines(config.modes, config.listen_host, config.confdir)
+    lines += wireguard
+    if wireguard and not proxies:
         lines.append(
-            f"gateway:  redirect the devices' TCP here (iptables -t nat -A PREROUTING -i <LAN> -p tcp -j REDIRECT "
-            f"--to-ports {config.listen_port}) and REJECT their udp/443; see README, Devices and modes"
+            f"try:      on a device with the tunnel up, no proxy setting: curl --cacert {ca_cert} https://example.com/ "
+            "(nothing listens on TCP here)"
         )
+    for mode, host, port in listeners:
+        if isinstance(mode, mode_specs.TransparentMode):
+            lines += _transparent_lines(host, port)
+        elif isinstance(mode, mode_specs.DnsMode):
+            lines.append(
+                f"dns:      UDP {host or '*'}:{port} ({families(host)}); hand this machine's address to the devices as "
+                "their DNS server (DHCP option 6, IPv6 RDNSS), so tlsgate learns the name behind each address"
+            )
+        elif not isinstance(mode, (*setting_modes, mode_specs.WireGuardMode)):
+            lines.append(f"listen:   {host or '*'}:{port} ({mode.full_spec})")
     if not is_loopback(config.listen_host):
         guard = "ACCEPTED (--allow-public-clients)" if config.allow_public_clients else "refused"
         auth = "required" if config.proxyauth else "not required (see --proxyauth)"
         lines.append(f"access:   clients from public addresses {guard}; proxy authentication {auth}")
+    return lines
+
+
+def _transparent_lines(host: str, port: int) -> list[str]:
+    lines = [
+        f"transparent: TCP {host or '*'}:{port} ({families(host)}) takes the connections a gateway redirects here",
+        "gateway:  redirect the devices' TCP here in both families (iptables and ip6tables -t nat -A PREROUTING -i <LAN> "
+        f"-p tcp -m addrtype ! --dst-type LOCAL -j REDIRECT --to-ports {port}) and REJECT their udp/443 in both; "
+        "see README, Transparent mode on a gateway",
+        "devices:  no proxy setting (a proxy request to this port is refused): only the CA "
+        "(`tlsgate ca export --format android`); their IPv4 and IPv6 default routes must lead through this gateway",
+    ]
+    if families(host) == "IPv4 only":
+        lines.append(
+            f"          IPv4 only (--listen-host {host}): IPv6 the gateway redirects here finds no listener and fails; "
+            "leave --listen-host out to take both, or keep IPv6 from the devices"
+        )
     return lines
 
 
@@ -218,15 +310,29 @@ def ports_problem(config: RunConfig) -> str | None:
 
 
 def bind_error(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be bound now, or None; "" (every address) is probed in both families, as it binds."""
+    import errno
     import socket
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the real listener: TIME_WAIT is no conflict
+    if host == ALL_ADDRESSES:
+        probes = [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]
+    else:
+        probes = [(socket.AF_INET6 if ":" in host else socket.AF_INET, host)]
+    for family, address in probes:
         try:
-            probe.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
-        except OSError as exc:
-            return exc.strerror or str(exc)
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 on this machine: mitmproxy binds IPv4 only, and so it is not a conflict
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the real listener: TIME_WAIT is no conflict
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio's listener
+            try:
+                probe.bind((address, port))
+            except OSError as exc:
+                if host == ALL_ADDRESSES and exc.errno == errno.EADDRNOTAVAIL:
+                    continue
+                return exc.strerror or str(exc)
     return None
 
 

@@ -112,8 +112,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.qr:
         sys.stdout.write(qr_text(config))
         print(f"scan it in the WireGuard app (+ > Scan from QR code); it holds {peer.name}'s private key", file=sys.stderr)
+        print(f"device: {wgpeers.DEVICE_DUTIES}", file=sys.stderr)
     else:
         sys.stdout.write(config)
+        print(wgpeers.by_hand(peer), file=sys.stderr, end="")
     return 0
 
 
@@ -168,15 +170,17 @@ def wireguard_modes(modes: list[str]) -> list[mode_specs.WireGuardMode]:
 
 
 def banner_lines(modes: list[str], listen_host: str, confdir: Path) -> list[str]:
-    """Where WireGuard listens and how to get a device's config: the start banner's part, with no key in it."""
+    """Where WireGuard listens, how to get a device's config and what the device must apply: no key in it."""
     from proxy.app.runner import is_loopback
 
     lines = []
     for spec in wireguard_modes(modes):
-        host = spec.custom_listen_host or listen_host
+        host = spec.custom_listen_host if spec.custom_listen_host is not None else listen_host
         port = spec.custom_listen_port if spec.custom_listen_port is not None else wgpeers.DEFAULT_PORT
         shown = f"tlsgate wireguard show NAME --qr --confdir {confdir}"
         lines.append(f"wireguard: UDP {host or '*'}:{port}; a device's config: {shown}")
         if is_loopback(host):
             lines.append("          (loopback only: phones need --listen-host 0.0.0.0 or this machine's LAN address)")
+    if lines:
+        lines.append(f"device:   {wgpeers.DEVICE_DUTIES}")
     return lines

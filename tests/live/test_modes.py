@@ -5,19 +5,28 @@ clients reaching it the way a phone would:
 
 - regular:     curl -x http://GATEWAY:8080 (tlsgate resolves names: `run --resolve`)
 - socks5:      curl --socks5-hostname GATEWAY:8080 (the same)
-- transparent: no proxy setting; the gateway redirects TCP with iptables (the README's rules, UDP/443 rejected)
-- wireguard:   wireguard-go on the device with `tlsgate wireguard add/show`'s config; routes into the tunnel
+- transparent: no proxy setting; the gateway runs the README's recipe ("Transparent mode on a gateway")
+               line by line, as printed, with this network's interface names: IPv4 and IPv6
+- wireguard:   the README's recipe ("WireGuard on a Linux device") line by line, as printed: `tlsgate
+               wireguard add/show` on the gateway, wireguard-go, addresses, routes and resolver on the device
 
-In the last two the device resolves names itself (`curl --resolve`) and
-connects to the server's address, as an app does after its own DNS lookup.
-Upstream servers live in the upstream namespace and count what reaches them;
-"nothing forwarded" is asserted on those counters, never on timing.
+The LAN is dual-stack (tests/netns.py): the device has an IPv6 default route
+via the gateway, so whatever a recipe leaves out of IPv6 reaches the servers
+directly. In the last two modes the device resolves names itself: with
+`curl --resolve` (the address an app's own lookup gave), or through the
+resolver the recipe set up (the tunnel's 10.0.0.53; the gateway's `dns@53`,
+handed out as DHCP would). Upstream servers live in the upstream namespace,
+on IPv4 and IPv6, and record what reaches them and from which address;
+"nothing forwarded" is asserted on those records, never on timing.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import re
+import shlex
 import shutil
 import socket
 import ssl
@@ -43,6 +52,7 @@ GATEWAY = netns.GATEWAY_DEVICE_SIDE
 
 # Upstream addresses (all in the upstream namespace), by role.
 API_IP, PINNED_IP, PROBE_IP, MQTT_IP, QUIC_IP, UDP_IP, NAMED_IP = (f"{netns.UPSTREAM_NET}.{10 + i}" for i in range(7))
+API_IP6, UDP_IP6 = netns.ip6_of(API_IP), netns.ip6_of(UDP_IP)
 DNS_IP = API_IP  # the upstream's name server, for tlsgate's own DNS in WireGuard mode
 NAMES = {
     "api.example.test": API_IP,
@@ -58,6 +68,7 @@ POLICY = """\
 version: 1
 devices:
   10.231.1.2: phone-lan
+  fd00:231:1::/64: phone-lan
   10.0.0.0/24: phone-tunnel
 pin_sets:
   wrong:
@@ -76,6 +87,11 @@ rules:
 """
 
 
+def _family(client: str) -> int:
+    """The IP version of a finding's `client` (`[fd00::2]:5000` or `10.0.0.1:5000`)."""
+    return ipaddress.ip_address(client.rsplit(":", 1)[0].strip("[]")).version
+
+
 def rule_line(text: str, needle: str) -> int:
     """The 1-based line of the rule holding `needle` (its `- name:` line, as findings cite rules)."""
     lines = text.splitlines()
@@ -86,17 +102,43 @@ def rule_line(text: str, needle: str) -> int:
 # -- servers inside the upstream namespace ------------------------------------------------------------
 
 
-def serve_http(net: netns.Network, name: str, address: str, port: int, context: ssl.SSLContext | None) -> Upstream:
-    """tests.harness's counting server, bound inside the upstream namespace."""
-    upstream = Upstream(name)
-    with net.entered(net.upstream):
-        server = _Server((address, port), _Handler)
-    server.owner = upstream
-    if context is not None:
-        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
-    upstream._server = server  # type: ignore[attr-defined]  # Upstream.stop() closes it
+@dataclass
+class NsUpstream(Upstream):
+    """tests.harness's counting server, on an IPv4 and an IPv6 address, recording each client's address."""
+
+    peers: list[str] = field(default_factory=list)  # the address every accepted connection came from
+    servers: list[_Server] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+class _NsServer(_Server):
+    owner: NsUpstream
+
+    def verify_request(self, request: object, client_address: tuple[str, int]) -> bool:  # type: ignore[override]
+        self.owner.peers.append(client_address[0])
+        return super().verify_request(request, client_address)
+
+
+class _NsServer6(_NsServer):
+    address_family = socket.AF_INET6
+
+
+def serve_http(net: netns.Network, name: str, address: str, port: int, context: ssl.SSLContext | None) -> NsUpstream:
+    """A server on `address` and on its IPv6 twin (netns.ip6_of), bound inside the upstream namespace."""
+    upstream = NsUpstream(name)
     upstream.port = port
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for cls, bound in ((_NsServer, address), (_NsServer6, netns.ip6_of(address))):
+        with net.entered(net.upstream):
+            server = cls((bound, port), _Handler)
+        server.owner = upstream
+        if context is not None:
+            server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        upstream.servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     return upstream
 
 
@@ -105,7 +147,7 @@ class UdpCounter:
 
     def __init__(self, net: netns.Network, address: str, port: int) -> None:
         with net.entered(net.upstream):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((address, port))
         self.sock.settimeout(0.5)
         self.payloads: list[bytes] = []
@@ -156,12 +198,14 @@ class NameServer:
                 continue
             self.queries.append(question.name)
             address = self.names.get(question.name)
-            if address is None or question.type != dns.types.A:
+            if address is None:
                 answer = query.fail(dns.response_codes.NXDOMAIN)
-            else:
-                import ipaddress
-
+            elif question.type == dns.types.A:
                 answer = query.succeed([dns.ResourceRecord.A(question.name, ipaddress.IPv4Address(address))])
+            elif question.type == dns.types.AAAA:  # every server has an IPv6 twin (netns.ip6_of)
+                answer = query.succeed([dns.ResourceRecord.AAAA(question.name, ipaddress.IPv6Address(netns.ip6_of(address)))])
+            else:
+                answer = query.succeed([])
             self.sock.sendto(answer.packed, peer)
 
     def close(self) -> None:
@@ -181,13 +225,14 @@ class World:
     key_file: Path
     policy_file: Path
     policy_text: str
-    api: Upstream
-    plain: Upstream
-    pinned: Upstream
-    probe: Upstream
-    named: Upstream
+    api: NsUpstream
+    plain: NsUpstream
+    pinned: NsUpstream
+    probe: NsUpstream
+    named: NsUpstream
     mqtt: RecordingServer
     udp: UdpCounter
+    udp6: UdpCounter
     names: NameServer
     quic_record: Path | None = None
     closers: list = field(default_factory=list)
@@ -201,6 +246,7 @@ class World:
         for upstream in (self.api, self.plain, self.pinned, self.probe, self.named):
             upstream.connections = 0
             upstream.requests.clear()
+            upstream.peers.clear()
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +286,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             named=serve_http(net, "named", NAMED_IP, 80, None),
             mqtt=mqtt.start(),
             udp=UdpCounter(net, UDP_IP, 443),
+            udp6=UdpCounter(net, UDP_IP6, 443),
             names=NameServer(net, DNS_IP, NAMES),
         )
         world.quic_record = directory / "quic.jsonl"
@@ -256,6 +303,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             server.stop()
         world.mqtt.close()
         world.udp.close()
+        world.udp6.close()
         world.names.close()
     finally:
         net.close()
@@ -299,10 +347,12 @@ class Gate:
             return ["--socks5-hostname", f"{GATEWAY}:{PORT}"]
         return ["--resolve", f"{name}:{port}:{NAMES[name]}"] if name in NAMES else []
 
-    def curl(self, url: str, *extra: str) -> CurlResult:
+    def curl(self, url: str, *extra: str, by_name: bool = False) -> CurlResult:
+        """curl on the device; `by_name`: no proxy, no --resolve: the device's own resolver names the server."""
         name = re.match(r"https?://([^/:]+)", url).group(1)  # type: ignore[union-attr]
         port = 443 if url.startswith("https") else 80
-        cmd = ["curl", "-sS", "--noproxy", "", "--max-time", "15", "-D", "-", *self.reaches(name, port), *extra, url]
+        reaches = [] if by_name else self.reaches(name, port)
+        cmd = ["curl", "-sS", "--noproxy", "", "--max-time", "15", "-D", "-", *reaches, *extra, url]
         done = self.net.run(self.net.device, *cmd, check=False, timeout=30)
         return CurlResult.parse(done)
 
@@ -311,11 +361,14 @@ class Gate:
             f for f in self.tlsgate.findings() if (check is None or f["check"] == check) and (host is None or f["host"] == host)
         ]
 
-    def wait_finding(self, check: str, host: str) -> dict:
-        assert eventually(lambda: bool(self.findings(check, host)), timeout=10), (
-            f"no {check} finding for {host}: {self.tlsgate.findings()}"
-        )
-        return self.findings(check, host)[-1]
+    def wait_finding(self, check: str, host: str, family: int | None = None) -> dict:
+        """The latest `check` finding for `host` (from a client of IP `family`, if given), once it is written."""
+
+        def found() -> list[dict]:
+            return [f for f in self.findings(check, host) if family is None or _family(f["client"]) == family]
+
+        assert eventually(lambda: bool(found()), timeout=10), f"no {check} finding for {host}: {self.tlsgate.findings()}"
+        return found()[-1]
 
     def scrape(self) -> str:
         """/metrics as Prometheus would read it from inside the gateway namespace."""
@@ -343,18 +396,91 @@ class Gate:
         return self.net.run(self.net.device, sys.executable, *args, check=False, timeout=40, cwd=REPO)
 
 
-# The gateway set-up the README documents (section "Devices and modes"), with this network's interface names.
-TRANSPARENT_RULES = (
-    ("-t", "nat", "-A", "PREROUTING", "-i", "gw-dev", "-p", "tcp", "!", "-d", GATEWAY, "-j", "REDIRECT", "--to-ports", str(PORT)),
-    ("-A", "FORWARD", "-i", "gw-dev", "-p", "udp", "--dport", "443", "-j", "REJECT", "--reject-with", "icmp-port-unreachable"),
-)
+# -- the README's recipes, run as printed -------------------------------------------------------------
+
+
+def readme_recipe(section: str) -> list[str]:
+    """The shell lines of the first ```sh block under `### {section}` in README.md, comments and blanks left out."""
+    text = (REPO / "README.md").read_text()
+    body = re.split(r"\n##+ ", text.split(f"\n### {section}\n", 1)[1], maxsplit=1)[0]
+    block = re.search(r"```sh\n(.*?)```", body, re.S)
+    assert block, f"README section {section!r} has no sh block"
+    return [line for line in block.group(1).splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def substituted(line: str, values: dict[str, str]) -> str:
+    """`line` with the values the README says to put in (interface names, addresses), whole words only."""
+    for old, new in values.items():
+        line = re.sub(rf"(?<![\w.:]){re.escape(old)}(?![\w.])", new, line)
+    return line
+
+
+def tlsgate_argv(line: str) -> list[str]:
+    """A recipe's `tlsgate ...` line as the argv to run it (shell comments dropped)."""
+    words = shlex.split(line, comments=True)
+    assert words[0] == "tlsgate", line
+    return [sys.executable, "-m", "proxy", *words[1:]]
+
+
+def recipe_shell(net: netns.Network, ns: str, line: str, cwd: Path, env: dict[str, str]) -> None:
+    """One recipe line in `ns`, by bash (process substitution, redirections), `tlsgate` from this checkout."""
+    if "/etc/resolv.conf" in line:  # written through the namespace's own /etc/netns file, never the host's
+        assert (netns.ETC_NETNS / ns / "resolv.conf").exists(), f"{ns} has no resolver file of its own"
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, "bash", "-euo", "pipefail", "-c", line],
+        capture_output=True, text=True, timeout=60, cwd=cwd, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, f"README line failed in {ns}: {line}\n{done.stdout}{done.stderr}"
+
+
+def recipe_env(workdir: Path) -> dict[str, str]:
+    """`tlsgate` on PATH (this checkout's, by its entry point) and the run's CA directory as the default."""
+    env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}  # LOG_LEVEL keeps wireguard-go's pipes open
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["TLSGATE_CONFDIR"] = str(workdir / "certs")
+    return env
+
+
+TRANSPARENT = "Transparent mode on a gateway"
+WIREGUARD = "WireGuard on a Linux device"
+# What the README says to put in: the gateway's interfaces, facing the devices and the internet.
+TRANSPARENT_VALUES = {"wlan0": "gw-dev", "eth0": "gw-up"}
+
+
+def transparent_rule(family: int, protocol: str) -> list[str]:
+    """The README's iptables (4) or ip6tables (6) rule for `protocol`, as the words after the command."""
+    command = "iptables" if family == 4 else "ip6tables"
+    for line in readme_recipe(TRANSPARENT):
+        words = shlex.split(substituted(line, TRANSPARENT_VALUES), comments=True)
+        if words[0] == command and "-p" in words and words[words.index("-p") + 1] == protocol:
+            return words[1:]
+    raise AssertionError(f"the README's gateway recipe has no {command} rule for {protocol}")
+
+
+def _setup_transparent(world: World, workdir: Path) -> list[str]:
+    """The gateway's lines of the README recipe; returns the `tlsgate run` argv it prints."""
+    net = world.net
+    run: list[str] = []
+    for line in readme_recipe(TRANSPARENT):
+        line = substituted(line, TRANSPARENT_VALUES)
+        if line.startswith("tlsgate run"):
+            run = tlsgate_argv(line)
+        else:
+            recipe_shell(net, net.gateway, line, workdir, recipe_env(workdir))
+    # What DHCP option 6 would tell the device: the gateway, where tlsgate's `dns@53` answers.
+    net.set_resolver(net.device, f"nameserver {GATEWAY}\n")
+    assert run, "the README's gateway recipe starts no tlsgate"
+    return run
 
 
 def _setup_wireguard(world: World, workdir: Path) -> list[str]:
-    """Create the device's peer before `run` (tlsgate loads peers at start)."""
-    cmd = [sys.executable, "-m", "proxy", "wireguard", "add", "phone", "--confdir", str(workdir / "certs")]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60, cwd=workdir)
-    return ["--set", f"dns_name_servers={DNS_IP}"]
+    """The README recipe's lines before `tlsgate run` (the peer is created first); returns the run's argv."""
+    net = world.net
+    for line in readme_recipe(WIREGUARD):
+        if line.startswith("tlsgate run"):
+            return tlsgate_argv(line)
+        recipe_shell(net, net.gateway, line, workdir, recipe_env(workdir))
+    raise AssertionError("the README's WireGuard recipe starts no tlsgate")
 
 
 def wg_link(net: netns.Network) -> str:
@@ -364,36 +490,43 @@ def wg_link(net: netns.Network) -> str:
 
 
 def _connect_wireguard(world: World, workdir: Path) -> None:
-    """The device side: wireguard-go, the config `tlsgate wireguard show` prints, a route for the upstream net."""
+    """The rest of the README recipe: the config printed on the gateway, then every device line, as printed.
+
+    Put in: the interface name (see wg_link), the endpoint (this network's
+    gateway) and the config's own Address values, as the README says.
+    """
     net = world.net
+    lines = readme_recipe(WIREGUARD)
+    after_run = lines[[line.startswith("tlsgate run") for line in lines].index(True) + 1 :]
+    show = [line for line in after_run if line.startswith("tlsgate wireguard show")]
+    device = [line for line in after_run if line not in show]
+    assert len(show) == 1 and device, after_run
+    values = {"wg0": wg_link(net), "192.168.50.1": GATEWAY}
+    recipe_shell(net, net.gateway, substituted(show[0], values), workdir, recipe_env(workdir))
+    conf = (workdir / "phone.conf").read_text()
+    (address,) = (line.split("=", 1)[1] for line in conf.splitlines() if line.startswith("Address"))
+    v4, v6 = (part.strip() for part in address.split(","))
+    documented = {w for line in device for w in line.split() if re.fullmatch(r"[\d.]+/32|[0-9a-f:]+/128", w)}
+    assert len(documented) == 2, f"the README's device lines should show the config's two Address values: {documented}"
+    for example in documented:
+        values[example] = v6 if ":" in example else v4
+    net.set_resolver(net.device, "")  # the device's own /etc/resolv.conf, which the recipe writes
+    for line in device:
+        recipe_shell(net, net.device, substituted(line, values), workdir, recipe_env(workdir))
     link = wg_link(net)
-    show = [sys.executable, "-m", "proxy", "wireguard", "show", "phone", "--endpoint", f"{GATEWAY}:51820"]
-    conf = subprocess.run(
-        [*show, "--confdir", str(workdir / "certs")], check=True, capture_output=True, text=True, timeout=60, cwd=workdir
-    ).stdout
-    address = next(line.split("=", 1)[1].split(",")[0].strip() for line in conf.splitlines() if line.startswith("Address"))
-    # `wg setconf` takes the keys and peer only; wg-quick's Address and DNS are applied with ip(8) below.
-    stripped = "\n".join(line for line in conf.splitlines() if not line.startswith(("Address", "DNS")))
-    conf_file = workdir / "wg.conf"
-    conf_file.write_text(stripped + "\n")
-    conf_file.chmod(0o600)
-    net.spawn(net.device, ["wireguard-go", "-f", link], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert eventually(lambda: net.run(net.device, "ip", "link", "show", link, check=False).returncode == 0, timeout=30)  # wireguard-go starts slowly on a busy machine
-    net.run(net.device, "wg", "setconf", link, str(conf_file))
-    net.run(net.device, "ip", "addr", "add", address, "dev", link)
-    net.run(net.device, "ip", "link", "set", link, "mtu", "1380", "up")
-    # The upstream network and tlsgate's in-tunnel DNS go through the tunnel; the endpoint stays on the veth.
-    net.run(net.device, "ip", "route", "add", netns.UPSTREAM_SUBNET, "dev", link)
-    net.run(net.device, "ip", "route", "add", "10.0.0.53/32", "dev", link)
+    assert eventually(lambda: net.run(net.device, "ip", "link", "show", link, check=False).returncode == 0, timeout=30)
 
 
 def _teardown(world: World, mode: str) -> None:
     net = world.net
     if mode == "transparent":
-        net.iptables("-t", "nat", "-F", "PREROUTING")
-        net.iptables("-F", "FORWARD")
+        for command in (net.iptables, net.ip6tables):
+            command("-t", "nat", "-F", "PREROUTING")
+            command("-t", "nat", "-F", "POSTROUTING")
+            command("-F", "FORWARD")
     if mode == "wireguard":
         net.run(net.device, "ip", "link", "del", wg_link(net), check=False)  # wireguard-go exits with its interface
+    net.set_resolver(net.device, "")
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -403,18 +536,19 @@ def gate(request: pytest.FixtureRequest, world: World, tmp_path_factory: pytest.
     extra: list[str] = []
     if mode in ("regular", "socks5"):
         extra += [arg for name, ip in NAMES.items() for arg in ("--resolve", f"{name}:*:{ip}")]
-    if mode == "wireguard":
-        extra += _setup_wireguard(world, workdir)
-    if mode == "transparent":
-        for rule in TRANSPARENT_RULES:
-            world.net.iptables(*rule)
-        # The devices' DNS: tlsgate's own, so it knows which name each address it answered stands for.
-        extra += ["--mode", "dns@53", "--set", f"dns_name_servers={DNS_IP}"]
-    listen = [] if mode == "transparent" else ["--listen-host", "0.0.0.0"]  # transparent: its own default
+        # '' as in mitmproxy: every address, IPv4 and IPv6 (the README's `--listen-host ''`), public clients refused.
+        run = [sys.executable, "-m", "proxy", "run", "--listen-host", "", "--mode", mode]
+    elif mode == "transparent":
+        run = _setup_transparent(world, workdir)
+    else:
+        run = _setup_wireguard(world, workdir)
+    if mode in ("transparent", "wireguard"):
+        # tlsgate's own DNS (dns@53 beside transparent mode, 10.0.0.53 in the tunnel) asks the upstream's server.
+        extra += ["--set", f"dns_name_servers={DNS_IP}"]
     command = [
-        sys.executable, "-m", "proxy", "run", *listen, "--listen-port", str(PORT), "--mode", mode,
-        "--metrics-port", "0", "--confdir", str(workdir / "certs"), "--findings", str(workdir / "findings.jsonl"),
-        "--policy", str(world.policy_file), "--upstream-ca", str(world.root_file), *extra,
+        *run, "--listen-port", str(PORT), "--metrics-port", "0", "--confdir", str(workdir / "certs"),
+        "--findings", str(workdir / "findings.jsonl"), "--policy", str(world.policy_file),
+        "--upstream-ca", str(world.root_file), *extra,
     ]  # fmt: skip
     tlsgate = GatewayTlsgate(workdir, command=world.net.netns_command(world.net.gateway, command))
     started = time.monotonic()
@@ -440,7 +574,6 @@ def gate(request: pytest.FixtureRequest, world: World, tmp_path_factory: pytest.
         _teardown(world, mode)
 
 
-
 @pytest.fixture
 def g(gate: Gate) -> Gate:
     gate.world.reset()
@@ -454,6 +587,7 @@ def test_https_is_intercepted_and_allowed(g: Gate) -> None:
     result = g.curl("https://api.example.test/v1/items", "--cacert", str(g.ca))
     assert result.status == 200 and result.body == "hello from api\n", result
     assert [r.path for r in g.world.api.requests] == ["/v1/items"]
+    assert g.world.api.peers == [netns.GATEWAY_UPSTREAM_SIDE]  # tlsgate's connection, not the device's own
     # Intercepted, not tunnelled: the device saw tlsgate's CA (a different CA fails the handshake).
     refused = g.curl("https://api.example.test/", "--cacert", str(g.world.root_file))
     assert refused.returncode != 0 and refused.status == 0
@@ -489,6 +623,10 @@ def test_pin_mismatch_is_blocked_and_nothing_is_forwarded(g: Gate) -> None:
     # The console's advice holds under tlsgate (mitmproxy's own says `connection_strategy=lazy`, which tlsgate refuses).
     g.tlsgate.wait_for(r"tlsgate keeps connection_strategy=eager")
     assert "`connection_strategy` to `lazy`" not in g.tlsgate.output
+    # The console says why, as the finding does: not OpenSSL's "unspecified certificate verification error".
+    rule = re.escape(finding["rule"])
+    g.tlsgate.wait_for(rf"Server TLS handshake failed: tlsgate refused pinned\.example\.test: pin \(rule {rule}\)")
+    assert "unspecified certificate verification error" not in g.tlsgate.output
 
 
 def test_an_app_accepting_any_certificate_is_caught_by_the_probe(g: Gate) -> None:
@@ -563,6 +701,41 @@ def test_public_clients_are_refused(g: Gate, public: str, refusal: str) -> None:
         net.run(net.device, "ip", "addr", "del", f"{public}/32", "dev", link, check=False)
 
 
+def test_a_public_ipv6_client_is_refused(g: Gate) -> None:
+    """The open-proxy guard holds for IPv6 too: every mode takes IPv6 on this LAN, none from a global address."""
+    net, public = g.net, "2a01:4f8::2"  # globally routable, but it only exists inside this test's namespaces
+    link = wg_link(net) if g.mode == "wireguard" else "dev0"
+    net.run(net.device, "ip", "-6", "addr", "add", f"{public}/128", "dev", link, "nodad")
+    if g.mode != "wireguard":
+        net.run(net.gateway, "ip", "-6", "route", "add", f"{public}/128", "dev", "gw-dev")
+    try:
+        if g.mode in ("regular", "socks5"):  # the proxy setting, by the gateway's IPv6 address
+            flag = "-x" if g.mode == "regular" else "--socks5-hostname"
+            via = [flag, f"{'http' if g.mode == 'regular' else 'socks5h'}://[{netns.GATEWAY_DEVICE_SIDE6}]:{PORT}"]
+        else:
+            via = ["--resolve", f"api.example.test:443:[{API_IP6}]"]
+        url = "https://api.example.test/"
+        # WireGuard: the killed connection often reaches curl only as its timeout (as for IPv4 above): keep it short.
+        done = net.run(net.device, "curl", "-sS", "--max-time", "5", "--interface", public, "--cacert", str(g.ca), *via, url,
+                       check=False, timeout=30)  # fmt: skip
+        assert done.returncode != 0 and "hello from api" not in done.stdout, done
+        assert g.world.api.requests == []
+        g.tlsgate.wait_for(rf"{re.escape(public)}.*killed by block_global")
+    finally:
+        net.run(net.gateway, "ip", "-6", "route", "del", f"{public}/128", check=False)
+        net.run(net.device, "ip", "-6", "addr", "del", f"{public}/128", "dev", link, check=False)
+
+
+@pytest.mark.parametrize("gate", ["regular", "socks5"], indirect=True)
+def test_an_empty_listen_host_serves_the_lan_over_ipv4_and_ipv6(g: Gate) -> None:
+    """`--listen-host ''` is mitmproxy's every address: the device reaches the proxy by either of the gateway's."""
+    for gateway in (GATEWAY, f"[{netns.GATEWAY_DEVICE_SIDE6}]"):
+        via = ["-x", f"http://{gateway}:{PORT}"] if g.mode == "regular" else ["--socks5-hostname", f"{gateway}:{PORT}"]
+        result = g.curl("https://api.example.test/", "--cacert", str(g.ca), *via, by_name=True)
+        assert result.status == 200, (gateway, result)
+    assert len(g.world.api.requests) == 2
+
+
 # -- what only some modes can do ----------------------------------------------------------------------
 
 
@@ -583,25 +756,79 @@ def test_quic_is_refused_by_default_and_never_reaches_the_upstream(g: Gate) -> N
     if g.mode == "wireguard":
         finding = g.wait_finding("quic", "quic.example.test")
         assert finding["device"] == g.device and finding["evidence"]["kind"] == "quic_refused"
+        # The console says why, as the finding does: not aioquic's "No common ALPN protocols".
+        rule = re.escape(finding["rule"])
+        g.tlsgate.wait_for(rf"Client QUIC handshake failed: tlsgate refused quic\.example\.test: quic \(rule {rule}\)")
+        assert "No common ALPN protocols" not in g.tlsgate.output, [x for x in g.tlsgate.lines if "ALPN" in x]
 
 
 @pytest.mark.parametrize("gate", ["transparent"], indirect=True)
-def test_udp_443_does_not_get_around_transparent_mode(g: Gate) -> None:
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_udp_443_does_not_get_around_transparent_mode(g: Gate, family: int) -> None:
     """mitmproxy's transparent mode takes TCP only, so the gateway must reject UDP/443 (QUIC) or apps bypass tlsgate."""
-    net, udp = g.net, g.world.udp
+    net = g.net
+    udp, target = (g.world.udp, UDP_IP) if family == 4 else (g.world.udp6, UDP_IP6)
+    rule = transparent_rule(family, "udp")  # the README's, as the gateway runs it
+    table = net.iptables if family == 4 else net.ip6tables
     with net.entered(net.device):
-        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
     with sender:
-        sender.sendto(b"quic-initial-with-rule", (UDP_IP, 443))
+        sender.sendto(b"quic-initial-with-rule", (target, 443))
         # Control: without the rule, the same datagram does arrive, so the assertion below can fail.
-        rule = TRANSPARENT_RULES[1]
-        net.iptables("-D", *rule[1:])
+        table("-D", *rule[1:])
         try:
-            sender.sendto(b"control-without-rule", (UDP_IP, 443))
+            sender.sendto(b"control-without-rule", (target, 443))
             assert eventually(lambda: b"control-without-rule" in udp.payloads, timeout=10)
         finally:
-            net.iptables(*rule)
-    assert b"quic-initial-with-rule" not in udp.payloads, "UDP/443 passed the gateway around tlsgate"
+            table(*rule)
+    assert b"quic-initial-with-rule" not in udp.payloads, f"UDP/443 over IPv{family} passed the gateway around tlsgate"
+
+
+# -- IPv6 on the dual-stack LAN: what the recipes leave out of IPv6 goes around tlsgate -------------------
+
+
+@pytest.mark.parametrize("gate", ["transparent", "wireguard"], indirect=True)
+def test_over_ipv6_https_by_name_is_intercepted_and_recorded(g: Gate) -> None:
+    """The device looks the name up with its own resolver (AAAA) and connects over IPv6, as an app does."""
+    token = "rt-6b1d2e3f4a5c6d7e8f9a0b1c"  # refresh_token: a finding of its own (payload findings are said once)
+    result = g.curl(f"https://api.example.test/v1/six?refresh_token={token}", "-6", "--cacert", str(g.ca), by_name=True)
+    assert result.status == 200 and result.body == "hello from api\n", result
+    assert [r.path.split("?")[0] for r in g.world.api.requests] == ["/v1/six"]
+    # Carried by tlsgate: the server saw the gateway's IPv6 address, never the device's (LAN or tunnel).
+    assert g.world.api.peers == [netns.GATEWAY_UPSTREAM_SIDE6], g.world.api.peers
+    finding = g.wait_finding("payload", "api.example.test", family=6)
+    assert finding["device"] == g.device and token not in json.dumps(finding), finding
+    # Intercepted, not tunnelled: with only the servers' own CA the device refuses tlsgate's certificate.
+    refused = g.curl("https://api.example.test/", "-6", "--cacert", str(g.world.root_file), by_name=True)
+    assert refused.returncode != 0 and refused.status == 0, refused
+    text = g.scrape()
+    assert re.search(rf'tlsgate_findings_total\{{[^}}]*check="payload"[^}}]*device="{g.device}"', text), text[:3000]
+
+
+@pytest.mark.parametrize("gate", ["transparent", "wireguard"], indirect=True)
+def test_over_ipv6_plain_http_is_blocked_before_the_upstream_sees_a_request(g: Gate) -> None:
+    result = g.curl("http://api.example.test/login?password=hunter2", "-6", "-H", "Accept: application/json", by_name=True)
+    assert result.status == 403, result
+    page = json.loads(result.body)
+    assert page["check"] == "cleartext" and page["host"] == "api.example.test", page
+    assert g.world.plain.requests == []
+    assert set(g.world.plain.peers) <= {netns.GATEWAY_UPSTREAM_SIDE6}, g.world.plain.peers  # at most tlsgate's connect
+    finding = g.wait_finding("cleartext", "api.example.test", family=6)
+    assert finding["device"] == g.device and finding["action"] == "blocked", finding
+
+
+@pytest.mark.parametrize("gate", ["transparent"], indirect=True)
+def test_a_proxy_setting_against_the_transparent_listener_is_refused_with_a_remedy_that_works(g: Gate) -> None:
+    """A device still set to use a proxy sends its requests to tlsgate's own address (not redirected): refused, and
+    the finding says to remove the setting, not to use --resolve (which transparent mode refuses)."""
+    before = len(g.findings("destination"))  # the fixture's own readiness probe is such a connection too
+    result = g.curl("http://api.example.test/v1/items", "-x", f"http://{GATEWAY}:{PORT}", "-H", "Accept: application/json")
+    assert result.status != 200, result
+    assert g.world.plain.requests == [] and g.world.api.requests == []
+    assert eventually(lambda: len(g.findings("destination")) > before, timeout=10), g.tlsgate.findings()
+    finding = g.findings("destination")[-1]
+    assert finding["evidence"]["kind"] == "proxy_host" and finding["action"] == "blocked" and finding["port"] == PORT
+    assert "--resolve" not in finding["remedy"] and "proxy setting" in finding["remedy"], finding
 
 
 @pytest.mark.parametrize("gate", ["wireguard"], indirect=True)
@@ -648,7 +875,7 @@ def test_wireguard_setup_time_is_reported(g: Gate) -> None:
     assert g.listening_seconds is not None and g.configured_seconds is not None
     print(
         f"WireGuard: `tlsgate run` start to first proxied response {g.setup_seconds:.2f}s: tlsgate listening "
-        f"{g.listening_seconds:.2f}s, device configured (`tlsgate wireguard show`, wireguard-go, wg setconf) "
+        f"{g.listening_seconds:.2f}s, device configured (`tlsgate wireguard show`, the README's device lines) "
         f"+{g.configured_seconds - g.listening_seconds:.2f}s, handshake and first HTTPS response "
         f"+{g.setup_seconds - g.configured_seconds:.2f}s"
     )

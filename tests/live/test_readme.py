@@ -98,3 +98,20 @@ def test_the_ios_steps_name_the_ca_as_the_device_shows_it() -> None:
     text = (REPO / "README.md").read_text()
     iphone = text.split("### iPhone", 1)[1].split("###", 1)[0]
     assert '"tlsgate CA …"' in iphone and "mitmproxy CA" not in iphone
+
+
+def test_the_start_banner_example_is_what_a_default_run_prints() -> None:
+    """The README's banner (its section "Two commands") line for line, from `findings:` on; labels before."""
+    from proxy.app.runner import RunConfig, banner
+    from proxy.policy import load_policy
+
+    text = (REPO / "README.md").read_text()
+    example = re.search(r"On start tlsgate prints.*?```text\n(.*?)```", text, re.S)
+    assert example, "README lost the banner example"
+    shown = example.group(1).splitlines()
+    config = RunConfig(["policies/"], load_policy([str(REPO / "policies")]), confdir=Path("/home/you/tlsgate/certs"))
+    printed = banner(config, config.confdir / "mitmproxy-ca-cert.pem", "84:F1:…")
+    assert shown[0].startswith("tlsgate ") and " on mitmproxy " in shown[0]  # versions change; the rest must not
+    assert [line.split(":")[0] for line in shown[1:]] == [line.split(":")[0] for line in printed[1:]]
+    start = next(i for i, line in enumerate(printed) if line.startswith("findings:"))
+    assert shown[start:] == printed[start:]

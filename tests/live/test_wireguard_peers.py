@@ -4,10 +4,10 @@ Real parts only: `tests/netns.py`'s namespaces (device <-> gateway <-> upstream)
 plus a second device namespace, a real `wireguard-go` tunnel in each device
 configured from `tlsgate wireguard show`, tlsgate in the gateway namespace and
 an HTTPS upstream in the upstream namespace. The devices' default routes (IPv4
-and IPv6) point into their tunnels; the gateway still forwards IPv4, so a
-request that skipped the tunnel would reach the upstream from the device's own
-address: the upstream seeing only the gateway's address is the proof that
-tlsgate carried it.
+and IPv6) point into their tunnels; the gateway still forwards both families
+(the first device's LAN is dual-stack), so a request that skipped the tunnel
+would reach the upstream from the device's own address: the upstream seeing
+only the gateway's address is the proof that tlsgate carried it.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from tests.harness import Tlsgate, eventually
 
 HOST = "api.wg.test"
 PROXY_HOST = "proxy.wg.test"  # asked for through the regular (HTTP proxy) mode of the same run
-UPSTREAM_V6 = "fd00:231:2::10"
-GATEWAY_V6 = "fd00:231:2::1"
+UPSTREAM_V6 = netns.ip6_of(netns.UPSTREAM_NET + ".10")
+GATEWAY_V6 = netns.GATEWAY_UPSTREAM_SIDE6
 SECOND_DEVICE_NET = "10.231.3"
 WRONG_PIN = "sha256/" + "A" * 43 + "="  # well-formed, matches nothing: a reported finding per connection
 WG_PORT = 51820
@@ -103,8 +103,6 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         net.run(second, "ip", "addr", "add", f"{SECOND_DEVICE_NET}.2/24", "dev", "dev0")
         net.run(net.gateway, "ip", "addr", "add", f"{SECOND_DEVICE_NET}.1/24", "dev", "gw-dev2")
         net.run(second, "ip", "route", "add", "default", "via", f"{SECOND_DEVICE_NET}.1")
-        net.run(net.gateway, "ip", "-6", "addr", "add", f"{GATEWAY_V6}/64", "dev", "gw-up", "nodad")
-        net.run(net.upstream, "ip", "-6", "addr", "add", f"{UPSTREAM_V6}/64", "dev", "up0", "nodad")
 
         chain = make_chain(dns=(HOST, PROXY_HOST), ips=())
         cert_file, key_file = write_server_files(tmp_path, chain.leaf, chain.intermediate, name="upstream")

@@ -65,6 +65,40 @@ def test_refused_in_every_mode_unless_the_rule_allows_it() -> None:
     assert judge_destination(None, "10.0.0.1", 443, policy.match("api.test")) is None
 
 
+def test_resolve_is_advised_only_where_the_mode_takes_it() -> None:
+    """Transparent and WireGuard refuse --resolve at start-up: a remedy naming it would send the user in a circle."""
+    policy = load_texts([("p.yaml", POLICY)])
+    issue = judge_destination("proxy_host", "10.1.1.1", 22, policy.match("api.test"), resolvable=False)
+    assert issue is not None and "--resolve" not in issue.remedy and "local_destinations: allow" in issue.remedy
+
+
+def test_a_proxy_request_to_the_transparent_listener_is_told_to_drop_the_proxy_setting() -> None:
+    policy = load_texts([("p.yaml", POLICY)])
+    issue = judge_destination("proxy_host", "10.1.1.1", 8080, policy.match("10.1.1.1"), resolvable=False, own_listener=True)
+    assert issue is not None and issue.kind == "proxy_host" and decide(issue, Mode.REPORT) is Action.BLOCKED
+    assert "transparent listener itself (10.1.1.1:8080)" in issue.detail
+    assert "remove the device's proxy setting" in issue.remedy and "--resolve" not in issue.remedy
+    # Connecting there would loop: a rule allowing local destinations does not let it through.
+    allowed = judge_destination("proxy_host", "10.1.1.1", 8080, policy.match("db.lab.test"), resolvable=False, own_listener=True)
+    assert allowed is not None
+
+
+def test_own_listener_means_a_transparent_connection_that_was_not_redirected() -> None:
+    from mitmproxy.proxy import mode_specs
+    from mitmproxy.test import tflow
+
+    from proxy.addons.destination import is_own_listener
+
+    client = tflow.tclient_conn()
+    client.proxy_mode = mode_specs.ProxyMode.parse("transparent")
+    client.sockname = ("fd00:231:1::1", 8080)
+    assert is_own_listener(client, "fd00:231:1:0::1", 8080)  # the same address, spelt otherwise
+    assert not is_own_listener(client, "fd00:231:2::10", 443)  # redirected: the server the device asked for
+    assert not is_own_listener(client, "fd00:231:1::1", 22)
+    client.proxy_mode = mode_specs.ProxyMode.parse("regular")
+    assert not is_own_listener(client, "fd00:231:1::1", 8080)  # a proxy's CONNECT to itself is another story
+
+
 def test_the_setting_is_validated_where_written() -> None:
     with pytest.raises(Exception, match=r"p\.yaml:3:23: defaults\.local_destinations must be one of refuse, allow"):
         load_texts([("p.yaml", "version: 1\ndefaults:\n  local_destinations: yes\n")])

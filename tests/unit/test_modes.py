@@ -161,19 +161,21 @@ def test_resolve_scope_by_mode() -> None:
 
 
 def test_transparent_mode_listens_on_every_address_by_default_and_other_modes_on_loopback() -> None:
-    assert default_listen_host(["transparent"]) == "0.0.0.0"
-    assert default_listen_host(["regular", "transparent"]) == "0.0.0.0"
+    # "" as in mitmproxy: 0.0.0.0 and ::, so connections ip6tables REDIRECTs find a listener too.
+    assert default_listen_host(["transparent"]) == ""
+    assert default_listen_host(["regular", "transparent"]) == ""
     assert default_listen_host(["transparent@10.1.1.1:8080"]) == "127.0.0.1"  # its own address: the rest stays local
     assert default_listen_host(["regular"]) == default_listen_host(["socks5"]) == default_listen_host(["wireguard"])
     assert default_listen_host(["regular"]) == "127.0.0.1"
 
 
 def test_a_loopback_transparent_listener_is_refused_with_the_reason() -> None:
-    assert listen_problem("0.0.0.0", ["transparent"]) is None
+    assert listen_problem("0.0.0.0", ["transparent"]) is None and listen_problem("", ["transparent"]) is None
     assert listen_problem("127.0.0.1", ["regular"]) is None
     assert listen_problem("0.0.0.0", ["regular", "transparent@127.0.0.1:8081"]) is not None
     problem = listen_problem("127.0.0.1", ["transparent"])
-    assert problem is not None and "REDIRECT" in problem and "--listen-host 0.0.0.0" in problem
+    assert problem is not None and "REDIRECT" in problem and "Leave --listen-host out" in problem
+    assert "IPv4 and IPv6" in problem
 
 
 def test_run_refuses_a_loopback_transparent_listener_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
@@ -186,15 +188,83 @@ def test_run_refuses_a_resolve_that_would_do_nothing_before_starting(capsys: pyt
     assert "does nothing in wireguard mode" in capsys.readouterr().err
 
 
-def test_the_banner_tells_a_transparent_gateway_what_to_redirect(tmp_path: Path) -> None:
+def _banner(tmp_path: Path, modes: list[str], listen_host: str = "127.0.0.1") -> str:
     from proxy.app.runner import RunConfig, banner
     from proxy.policy.loader import embedded_policy, load_policy
 
-    config = RunConfig([], load_policy([embedded_policy()]), listen_host="0.0.0.0", modes=["transparent"])
-    shown = "\n".join(banner(config, tmp_path / "ca.pem", "AB:CD"))
+    config = RunConfig([], load_policy([embedded_policy()]), listen_host=listen_host, modes=modes, confdir=tmp_path)
+    return "\n".join(banner(config, tmp_path / "ca.pem", "AB:CD"))
+
+
+def test_the_banner_tells_a_transparent_gateway_what_to_redirect_in_both_families(tmp_path: Path) -> None:
+    shown = _banner(tmp_path, ["transparent"], listen_host="")
     assert "REDIRECT --to-ports 8080" in shown and "udp/443" in shown
-    regular = RunConfig([], config.policy, modes=["regular"])
-    assert "REDIRECT" not in "\n".join(banner(regular, tmp_path / "ca.pem", "AB:CD"))
+    assert "iptables and ip6tables" in shown and "TCP *:8080 (IPv4 and IPv6)" in shown
+    assert "IPv4 only" not in shown
+    assert "REDIRECT" not in _banner(tmp_path, ["regular"])
+
+
+def test_the_transparent_banner_gives_no_proxy_setting_advice(tmp_path: Path) -> None:
+    """A device with a proxy setting sends to the transparent listener itself, which refuses it."""
+    shown = _banner(tmp_path, ["transparent"], listen_host="")
+    assert "Wi-Fi proxy" not in shown and "curl -x" not in shown and "proxy:" not in shown
+    assert "no proxy setting" in shown
+    both = _banner(tmp_path, ["regular@8081", "transparent"], listen_host="")  # devices with a proxy setting use 8081
+    assert "proxy:    http://<this machine's LAN address>:8081 (regular@8081)" in both and "Wi-Fi proxy" in both
+
+
+def test_an_ipv4_only_transparent_listener_is_said_to_fail_redirected_ipv6(tmp_path: Path) -> None:
+    shown = _banner(tmp_path, ["transparent"], listen_host="0.0.0.0")
+    assert "TCP 0.0.0.0:8080 (IPv4 only)" in shown and "IPv6 the gateway redirects here finds no listener" in shown
+
+
+def test_a_wireguard_only_banner_offers_no_tcp_proxy(tmp_path: Path) -> None:
+    """Nothing listens on TCP in a wireguard-only run: `curl -x ...:8080` would meet a closed port."""
+    shown = _banner(tmp_path, ["wireguard"], listen_host="0.0.0.0")
+    assert "curl -x" not in shown and "proxy:" not in shown and "Wi-Fi proxy" not in shown
+    assert "try:      on a device with the tunnel up, no proxy setting: curl --cacert" in shown
+    assert "IPv4 and IPv6" in shown and "10.0.0.53" in shown and "IPv6 goes around tlsgate" in shown
+    mixed = _banner(tmp_path, ["regular", "wireguard"], listen_host="0.0.0.0")
+    assert "curl -x http://<this machine's LAN address>:8080" in mixed and "wireguard: UDP 0.0.0.0:51820" in mixed
+
+
+def test_a_socks5_banner_offers_a_socks5_client(tmp_path: Path) -> None:
+    shown = _banner(tmp_path, ["socks5"])
+    assert "proxy:    socks5://127.0.0.1:8080 (socks5)" in shown and "curl --socks5-hostname 127.0.0.1:8080" in shown
+
+
+def test_an_empty_listen_host_is_every_address_as_in_mitmproxy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--listen-host ''` was taken for "not given" (loopback); it is mitmproxy's "every address", with the guard."""
+    from proxy.app import runner
+
+    seen: list[runner.RunConfig] = []
+    monkeypatch.setattr(runner, "run_proxy", lambda config: seen.append(config) or 0)
+    assert main(["run", "--listen-host", "", "--metrics-port", "-1", "--confdir", str(tmp_path)]) == 0
+    assert main(["run", "--metrics-port", "-1", "--confdir", str(tmp_path)]) == 0
+    given, default = seen
+    assert given.listen_host == "" and default.listen_host == "127.0.0.1"
+    options = runner.mitmproxy_options(given)
+    assert options["listen_host"] == "" and options["block_global"] is True  # public clients stay refused
+    shown = _banner(tmp_path, ["regular"], listen_host="")
+    assert "proxy:    http://<this machine's LAN address>:8080" in shown and "clients from public addresses refused" in shown
+
+
+def test_a_port_taken_in_either_family_is_found_before_start_for_every_address() -> None:
+    import socket
+
+    from proxy.app.runner import bind_error
+
+    with socket.socket(socket.AF_INET6) as taken:
+        taken.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        taken.bind(("::1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert bind_error("", port) is not None  # "" binds :: too, which [::1]:port blocks
+        assert bind_error("0.0.0.0", port) is None  # IPv4 alone is free
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert bind_error("", taken.getsockname()[1]) is not None
 
 
 # -- the console's advice after a refused server ---------------------------------------------------------

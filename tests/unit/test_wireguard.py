@@ -224,7 +224,7 @@ def test_cli_add_show_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[
     store = wgpeers.load(Path(confdir))
     assert store is not None
     assert out == wgpeers.client_config(store, store.get("phone-b"), "10.231.1.1:51820")  # stdout is the config only
-    assert err == ""
+    assert err == wgpeers.by_hand(store.get("phone-b"))  # what the device must apply besides the keys, nothing else
     assert main(["wireguard", "list", "--confdir", confdir]) == 0
     out, _ = capsys.readouterr()
     assert "phone-a  10.0.0.1" in out and "10.0.0.42" in out and store.get("phone-a").public_key in out
@@ -250,7 +250,7 @@ def test_show_defaults_to_the_last_runs_endpoint_else_a_noted_guess(tmp_path: Pa
     capsys.readouterr()
     assert main(["wireguard", "show", "p", "--confdir", str(tmp_path)]) == 0
     out, err = capsys.readouterr()
-    assert "Endpoint = 192.168.5.5:51820\n" in out and err == ""
+    assert "Endpoint = 192.168.5.5:51820\n" in out and "note:" not in err  # not a guess: no note
     wgpeers.record_listen(tmp_path, "", 51820)
     assert main(["wireguard", "show", "p", "--confdir", str(tmp_path)]) in (0, 1)
     out, err = capsys.readouterr()
@@ -434,9 +434,32 @@ def test_banner_names_the_udp_port_and_the_show_command_never_a_key() -> None:
 
     assert banner_lines(["regular"], "0.0.0.0", Path("certs")) == []
     lines = banner_lines(["regular", "wireguard"], "0.0.0.0", Path("certs"))
-    assert lines == ["wireguard: UDP 0.0.0.0:51820; a device's config: tlsgate wireguard show NAME --qr --confdir certs"]
+    assert lines[0] == "wireguard: UDP 0.0.0.0:51820; a device's config: tlsgate wireguard show NAME --qr --confdir certs"
+    assert lines[1:] == [f"device:   {wgpeers.DEVICE_DUTIES}"]
     local = banner_lines(["wireguard@51999"], "127.0.0.1", Path("c"))
     assert local[0].startswith("wireguard: UDP 127.0.0.1:51999;") and "loopback only" in local[1]
+
+
+def test_show_says_what_a_device_set_up_by_hand_must_apply_with_its_own_addresses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`wg setconf` takes keys only: without both addresses, both families' routes and the resolver, IPv6 and DNS
+    go around tlsgate. stderr says it with this peer's addresses; stdout stays the config alone."""
+    assert main(["wireguard", "add", "phone", "--confdir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["wireguard", "show", "phone", "--endpoint", "192.168.50.1", "--confdir", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    store = wgpeers.load(tmp_path)
+    assert store is not None
+    peer = store.get("phone")
+    assert f"Address = {peer.address}/32, {peer.address6}/128\n" in out and "ip route" not in out
+    assert f"ip addr add {peer.address}/32 dev wg0" in err and f"ip -6 addr add {peer.address6}/128 dev wg0" in err
+    assert "ip route add 0.0.0.0/1 dev wg0" in err and "ip -6 route add ::/1 dev wg0" in err
+    assert "ip -6 route add 8000::/1 dev wg0" in err and "nameserver 10.0.0.53" in err
+    assert peer.private_key not in err
+    assert main(["wireguard", "show", "phone", "--qr", "--endpoint", "192.168.50.1", "--confdir", str(tmp_path)]) == 0
+    _, err = capsys.readouterr()
+    assert "IPv6" in err and "10.0.0.53" in err  # a phone: the app applies it all, and it says so
 
 
 def test_run_refuses_wireguard_with_several_workers(capsys: pytest.CaptureFixture[str]) -> None:
