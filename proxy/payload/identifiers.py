@@ -141,7 +141,7 @@ def find_steps(forms: list[Form], items: list[tuple[str, str, str]], hits: dict[
         if big:
             yield None
     for path, outer, text in items if present else ():
-        folded = text.lower() if any(f.folded for f in present) else text
+        folded = joined_folded if len(items) == 1 else text.lower() if any(f.folded for f in present) else text
         for form in present:
             if (form.kind, path) in hits:
                 continue
