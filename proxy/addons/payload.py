@@ -22,9 +22,9 @@ Cost is bounded by `payload.max_bytes` (64 KiB by default):
 Responses are looked at for ECB only, and recorded: the request has already
 reached the server, and what must change is the app's crypto.
 
-Reported findings are recorded once per (device, host, kind, detail) until
-8192 distinct ones were seen; blocked ones every time, since each block must
-say why.
+A reported finding is written once per (device, host, kind, detail), then
+counted: follow-up lines carry how often it recurred (`proxy.sinks.findings.Repeats`);
+blocked ones are written every time, since each block must say why.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import re
 import time
 import weakref
 import zlib
-from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -56,11 +55,11 @@ from proxy.payload.scan import scan_steps
 from proxy.policy import Match, Policy
 from proxy.policy.sections.payload import DEFAULT_MAX_BYTES, PayloadAction, PayloadRules
 from proxy.sinks import redact
+from proxy.sinks.findings import Finding
 
 logger = logging.getLogger("tlsgate.payload")
 HEADS_JUDGED = "tlsgate_payload_heads"
 TAP = "tlsgate_payload_tap"
-SAID_LIMIT = 8192
 # OAuth 2.0 puts these in redirect URLs by design (RFC 6749 4.1, RFC 7636); an access token there is still a finding.
 OAUTH_URL_PARAMS = frozenset({"code", "state", "nonce", "code_challenge", "code_challenge_method", "session_state"})
 # Names whose value may repeat in every request by design: exempt from the "same ciphertext" rule.
@@ -187,7 +186,6 @@ class PayloadInspector:
         self.sink = sink
         self.memory = BlockMemory()
         self.holdings = Holdings()
-        self._said: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
         self._masked: object | None = None  # the seed index whose wire forms the console and logs mask
         connections.store.subscribe(self._on_reload)
 
@@ -354,6 +352,8 @@ class PayloadInspector:
             if action is not Action.BLOCKED and self._said_before(state, match, issue):
                 continue
             finding = record(self.sink, state, flow.client_conn, issue, match, flow.request.port)
+            if action is not Action.BLOCKED:
+                self._remember(state, match, issue, finding)
             if action is Action.BLOCKED and refused is None:
                 refused = finding
             elif "tlsgate" not in flow.metadata:
@@ -367,13 +367,11 @@ class PayloadInspector:
         return True
 
     def _said_before(self, state: ConnState, match: Match, issue: Issue) -> bool:
-        key = (state.device or "", match.host, issue.kind, issue.detail)
-        if key in self._said:
-            return True
-        if len(self._said) >= SAID_LIMIT:
-            self._said.clear()
-        self._said[key] = None
-        return False
+        """Recorded before for this device, host, kind and detail: counted (`Repeats`), not written again."""
+        return self.sink.repeats.again(_said_key(state, match, issue))
+
+    def _remember(self, state: ConnState, match: Match, issue: Issue, finding: Finding) -> None:
+        self.sink.repeats.first(_said_key(state, match, issue), finding)
 
     # -- responses ----------------------------------------------------------------------------------
 
@@ -431,7 +429,11 @@ class PayloadInspector:
         )
         for issue in judge_payload(facts, match):
             if not self._said_before(state, match, issue):
-                record(self.sink, state, flow.client_conn, issue, match, flow.request.port)
+                self._remember(state, match, issue, record(self.sink, state, flow.client_conn, issue, match, flow.request.port))
+
+
+def _said_key(state: ConnState, match: Match, issue: Issue) -> tuple[str, ...]:
+    return ("payload", state.device or "", match.host, issue.kind, issue.detail)
 
 
 def rules_of_settings(value: object) -> PayloadRules:
