@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from proxy.report.model import Reader
 from proxy.report.summary import Summary
 from proxy.sinks.findings import Finding, FindingsLog, Repeats, next_threshold
 from proxy.sinks.metrics import Metrics
+from tests.harness import REPO
 
 STRIPE = "sk" + "_live_" + "51Hx9qLyjWDarjtT1zdp7dcQz"  # built so no scanner mistakes this file for a leak
 
@@ -141,3 +144,8 @@ def test_report_mode_counts_how_often_the_app_leaks_and_the_report_says_so(gate:
     summary = Summary(threshold=4).add_all(Reader(warn=lambda message: None).read(findings))
     (problem,) = summary.as_dict()["problems"]
     assert problem["count"] == 25 and summary.total == 25
+    if shutil.which("jq"):  # the README's command for the same count
+        readme = (REPO / "README.md").read_text()
+        command = readme.split("How often each payload problem was seen:\n\n```sh\n", 1)[1].split("```", 1)[0]
+        done = subprocess.run(["sh", "-c", command], cwd=findings.parent, capture_output=True, text=True, check=True)
+        assert done.stdout == "25\tapi.test\tprovider_key\n"
