@@ -144,7 +144,7 @@ def _identifier_dense(size: int) -> bytes:
 HOSTILE: tuple[Hostile, ...] = (
     Hostile("aws key-shaped tokens", "text/plain", lambda n: fill(b"AKIAABCDEFGHIJKLMNOP ", n)),
     Hostile("mixed provider keys", "text/plain", lambda n: fill(_key_line(), n)),
-    Hostile("1.5M+ form fields", "application/x-www-form-urlencoded", lambda n: fill(b"k1=v2345&", n)),
+    Hostile("1.9M form fields", "application/x-www-form-urlencoded", lambda n: fill(b"k1=v2345&", n)),
     Hostile(
         "form, 1 MiB base64 values",
         "application/x-www-form-urlencoded",

@@ -3,12 +3,15 @@ requests through the same tlsgate are answered while the body is still being sca
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 import time
 
 import httpx
 
-from tests.harness import Tlsgate, Upstream, eventually
+from tests.harness import REPO, Tlsgate, Upstream, eventually
 
 POLICY = """\
 version: 1
@@ -52,3 +55,14 @@ def test_another_device_is_answered_while_a_hostile_16_mib_body_is_scanned(tlsga
     evidence = finding["evidence"]
     assert len(evidence["keys"]) == 32 and "keys" in evidence["capped"] and "truncated" not in evidence
     assert evidence["inspected_bytes"] == len(HOSTILE) == evidence["body_bytes"]
+
+
+def test_the_hostile_body_benchmark_runs() -> None:
+    """benchmarks/payload_hostile.py at 1 MiB, three classes: every body answered (numbers are printed, not asserted)."""
+    done = subprocess.run(
+        [sys.executable, "benchmarks/payload_hostile.py", "--size", "1048576", "--quick"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = re.findall(r"^\| (.+?) \| 1,048,576 \| 200 \| [\d.]+ \| -?\d+ \| \d+ \| [\d.]+ \|$", done.stdout, re.M)
+    assert rows == ["baseline (payload: ignore)", "aws key-shaped tokens", "mixed provider keys", "1.9M form fields"], done.stdout

@@ -181,6 +181,9 @@ devices:
 identifiers:
   pixel-7:
     email: Tester.Person@example.com
+rules:
+  - hosts: block.test
+    payload: {secrets: block, max_bytes: 16777216}
 """
 
 
@@ -199,10 +202,10 @@ def inspector(tmp_path: Path) -> Iterator[tuple[PayloadInspector, Path]]:
         yield found, findings
 
 
-def upload(body: bytes, ctype: str = "text/plain", length: int | None = None) -> http.HTTPFlow:
+def upload(body: bytes, ctype: str = "text/plain", length: int | None = None, host: str = "api.test") -> http.HTTPFlow:
     size = str(len(body) if length is None else length).encode()
-    headers = http.Headers([(b"host", b"api.test"), (b"content-type", ctype.encode()), (b"content-length", size)])
-    flow = tflow.tflow(req=tutils.treq(host="api.test", port=443, scheme=b"https", path=b"/up", headers=headers, content=body))
+    headers = http.Headers([(b"host", host.encode()), (b"content-type", ctype.encode()), (b"content-length", size)])
+    flow = tflow.tflow(req=tutils.treq(host=host, port=443, scheme=b"https", path=b"/up", headers=headers, content=body))
     flow.client_conn.peername = ("127.0.0.1", 50000)
     return flow
 
@@ -255,3 +258,15 @@ def test_taps_share_a_memory_limit_and_a_cut_tap_says_so(inspector: tuple[Payloa
     finding = json.loads(findings.read_text().splitlines()[-1])
     assert "held_bytes" in finding["evidence"]["capped"] and finding["evidence"]["inspected_bytes"] == 65536
     assert addon.holdings.held == HELD_LIMIT + 65536  # released once judged
+
+
+def test_a_block_decided_after_a_sliced_scan_still_refuses_the_request(inspector: tuple[PayloadInspector, Path]) -> None:
+    addon, findings = inspector
+    body = b"x " * (4 * MiB) + STRIPE.encode()  # the key sits at the end of 8 MiB
+    flow = upload(body, host="block.test")
+    pending = addon.request(flow)
+    assert asyncio.iscoroutine(pending) and flow.response is None  # held while it is scanned
+    asyncio.run(pending)
+    assert flow.response is not None and flow.response.status_code == 403
+    (finding,) = [json.loads(line) for line in findings.read_text().splitlines()]
+    assert finding["action"] == "blocked" and finding["evidence"]["keys"][0]["format"] == "stripe_secret_key"
