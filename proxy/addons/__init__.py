@@ -39,6 +39,7 @@ def make_addons() -> list[object]:
     sink = FindingsSink()
     metrics = Metrics(mitmproxy_version.VERSION)
     sink.log.subscribe(metrics.on_finding)
+    sink.log.subscribe_counts(metrics.on_repeat)
     lifetime = Lifetime()
     sink.log.subscribe(lifetime.on_finding)
     connections = Connections(store)

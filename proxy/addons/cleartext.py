@@ -69,7 +69,6 @@ class CleartextGuard:
     def __init__(self, connections: Connections, sink: FindingsSink) -> None:
         self.connections = connections
         self.sink = sink
-        self._udp_said: set[tuple[str, str, int | None]] = set()  # (client address, host, port): one finding each
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -126,12 +125,10 @@ class CleartextGuard:
             issue = judge_stream(Sighting("unknown", details={"transport": "udp"}), match, port)
             if issue is None:
                 return
-            key = (context.client.peername[0] if context.client.peername else "?", match.host, port)
-            if key not in self._udp_said:
-                if len(self._udp_said) > 4096:
-                    self._udp_said.clear()
-                self._udp_said.add(key)
-                record(self.sink, state, context.client, issue, match, port, evidence={"kind": issue.kind, **issue.evidence})
+            key = ("cleartext_udp", context.client.peername[0] if context.client.peername else "?", match.host, port)
+            if not self.sink.repeats.again(key):  # one line per client, host and port; later flows are counted
+                evidence = {"kind": issue.kind, **issue.evidence}
+                self.sink.repeats.first(key, record(self.sink, state, context.client, issue, match, port, evidence=evidence))
             blocked = decide(issue, match.settings.mode) is Action.BLOCKED
         except Exception:  # noqa: BLE001 - fail closed: a datagram flow that cannot be judged is not relayed
             logger.exception("tlsgate: could not judge a UDP flow; dropping it")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,10 +106,8 @@ class ClientAudit:
         self.schedule = ProbeSchedule(probe_pairs)
         self._mint: ProbeMint | None = None
         self._mint_source: object | None = None
-        # Reported hello findings describe the app's TLS stack, not one connection: say each once per
-        # (client address, fingerprint, host, kind) instead of on every connection an app opens.
-        self._said: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
-        self._said_limit = probe_pairs
+        # Reported hello findings describe the app's TLS stack, not one connection: each is written once per
+        # (client address, fingerprint, host, kind) and then counted (`sink.repeats`), not written per connection.
 
     @staticmethod
     def _audit(state: ConnState | None) -> Audit | None:
@@ -284,21 +281,19 @@ class ClientAudit:
         match = state.match
         assert match is not None  # an Audit exists only once `_judge` settled the match, and a match stays settled
         for issue in pending:
-            if decide(issue, match.settings.mode) is not Action.BLOCKED and self._already_said(state, audit, issue.kind):
-                continue
-            self._record(state, audit, issue)
+            reported = decide(issue, match.settings.mode) is not Action.BLOCKED
+            key = self._said_key(state, audit, issue.kind)
+            if reported and self.sink.repeats.again(key):
+                continue  # counted: a follow-up line says how many connections showed it (`Repeats`)
+            finding = self._record(state, audit, issue)
+            if reported:
+                self.sink.repeats.first(key, finding)
 
-    def _already_said(self, state: ConnState, audit: Audit, kind: str) -> bool:
+    @staticmethod
+    def _said_key(state: ConnState, audit: Audit, kind: str) -> tuple[str, ...]:
         client = state.client
         address = client.peername[0] if client.peername else "?"
-        key = (address, audit.hello.ja3(), state.match.host if state.match else "", kind)
-        if key in self._said:
-            self._said.move_to_end(key)
-            return True
-        self._said[key] = None
-        if len(self._said) > self._said_limit:
-            self._said.popitem(last=False)
-        return False
+        return ("client_audit", address, audit.hello.ja3(), state.match.host if state.match else "", kind)
 
     def _record(self, state: ConnState, audit: Audit, issue: Issue) -> Finding:
         assert state.match is not None

@@ -70,7 +70,6 @@ class Conformance:
         self.trust = verdicts.DeviceTrust(limit)
         self._clients: weakref.WeakKeyDictionary[connection.Client, ClientSide] = weakref.WeakKeyDictionary()
         self._blocked: weakref.WeakKeyDictionary[connection.Client, dict[str, Finding]] = weakref.WeakKeyDictionary()
-        self._said: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         # device -> host -> a must-pin refusal said as undetermined, waiting for the device to show more
         self._pending: OrderedDict[str, dict[str, tuple[ConnState, AppRules, str, int | None]]] = OrderedDict()
         self._limit = limit
@@ -281,18 +280,18 @@ class Conformance:
 
     def _record(self, state: ConnState, match: Match, issue: Issue, port: int | None, once: bool = True) -> Finding | None:
         """A finding; the kinds that describe the app or server rather than one connection, once per device and host."""
-        if once and issue.kind in ONCE_KINDS and issue.effect is Effect.RECORD:
-            key = (_device(state), match.host, issue.kind)
-            if key in self._said:
-                return None
-            self._said[key] = None
-            while len(self._said) > self._limit:
-                self._said.popitem(last=False)
+        key = ("conformance", _device(state), match.host, issue.kind)
+        counted = once and issue.kind in ONCE_KINDS and issue.effect is Effect.RECORD
+        if counted and self.sink.repeats.again(key):
+            return None  # said before: counted, and a follow-up line says how often (`Repeats`)
         remedy = issue.remedy
         if issue.effect is Effect.ENFORCED:  # what lets the traffic through while the app is being fixed
             relax = remedy_for(match, "mode: report")
             remedy = f"{remedy}; or {relax}" if remedy else relax
-        return record(self.sink, state, state.client, issue, match, port, remedy=remedy)
+        finding = record(self.sink, state, state.client, issue, match, port, remedy=remedy)
+        if counted:
+            self.sink.repeats.first(key, finding)
+        return finding
 
 
 class FirstByte(layer.Layer):

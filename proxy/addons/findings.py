@@ -6,7 +6,7 @@ import logging
 
 from mitmproxy import ctx, exceptions
 
-from proxy.sinks.findings import KEEP, MAX_BYTES, Finding, FindingsLog
+from proxy.sinks.findings import KEEP, MAX_BYTES, Finding, FindingsLog, Repeats
 
 logger = logging.getLogger("tlsgate.findings")
 
@@ -32,6 +32,7 @@ class FindingsSink:
     def __init__(self, log: FindingsLog | None = None) -> None:
         self.log = log or FindingsLog()
         self.log.subscribe(self._to_console)
+        self.repeats = Repeats(self.log)  # shared by the add-ons that write a standing problem once, then count it
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -66,6 +67,7 @@ class FindingsSink:
                 raise exceptions.OptionsError(f"cannot open findings file {path}: {exc}") from None
 
     def done(self) -> None:
+        self.repeats.flush()  # before the file closes: every count that is not yet written
         self.log.close()
 
     def record(self, finding: Finding) -> None:

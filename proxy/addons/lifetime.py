@@ -79,7 +79,10 @@ class Lifetime:
     # -- counting --------------------------------------------------------------------------------
 
     def on_finding(self, finding) -> None:
-        """Subscribed to the findings log: every finding recorded by this process, as it is recorded."""
+        """Subscribed to the findings log: every finding recorded by this process, as it is recorded (a follow-up
+        line counting repeats of one already recorded is not another finding)."""
+        if getattr(finding, "occurrences", None) is not None:
+            return
         self.findings += 1
         if self.threshold is not None and fails(finding.action, finding.severity, self.threshold):
             self.failing += 1

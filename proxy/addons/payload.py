@@ -22,17 +22,22 @@ Cost is bounded by `payload.max_bytes` (64 KiB by default):
 Responses are looked at for ECB only, and recorded: the request has already
 reached the server, and what must change is the app's crypto.
 
-Reported findings are recorded once per (device, host, kind, detail) until
-8192 distinct ones were seen; blocked ones every time, since each block must
-say why.
+A reported finding is written once per (device, host, kind, detail), then
+counted: follow-up lines carry how often it recurred (`proxy.sinks.findings.Repeats`);
+blocked ones are written every time, since each block must say why.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import re
+import time
+import weakref
 import zlib
-from collections import OrderedDict
+from collections.abc import Coroutine
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from mitmproxy import http
@@ -42,18 +47,19 @@ from proxy.addons.state import Connections, ConnState, request_host, request_url
 from proxy.addons.verdicts import block, block_at_headers, body_may_stream, fail_closed, mark, record
 from proxy.checks.model import Action, Issue, decide
 from proxy.checks.payload import PayloadFacts, judge_payload, rules_of
+from proxy.payload.bounds import SEGMENT, Budget, Steps, drain
 from proxy.payload.ecb import BlockMemory
-from proxy.payload.fields import Field, body_fields, header_fields, url_fields
+from proxy.payload.fields import Field, body_field_steps, header_fields, url_fields
 from proxy.payload.identifiers import Form, mask
-from proxy.payload.scan import scan
+from proxy.payload.scan import scan_steps
 from proxy.policy import Match, Policy
-from proxy.policy.sections.payload import PayloadAction, PayloadRules
+from proxy.policy.sections.payload import DEFAULT_MAX_BYTES, PayloadAction, PayloadRules
 from proxy.sinks import redact
+from proxy.sinks.findings import Finding
 
 logger = logging.getLogger("tlsgate.payload")
 HEADS_JUDGED = "tlsgate_payload_heads"
 TAP = "tlsgate_payload_tap"
-SAID_LIMIT = 8192
 # OAuth 2.0 puts these in redirect URLs by design (RFC 6749 4.1, RFC 7636); an access token there is still a finding.
 OAUTH_URL_PARAMS = frozenset({"code", "state", "nonce", "code_challenge", "code_challenge_method", "session_state"})
 # Names whose value may repeat in every request by design: exempt from the "same ciphertext" rule.
@@ -78,13 +84,42 @@ def static_name(name: str) -> bool:
     return redact.is_secret_name(name) or bool(STATIC_NAME.search(name))
 
 
+SLICE = 0.005  # seconds of scanning before the event loop is handed back to every other connection
+HELD_LIMIT = 64 * 1024 * 1024  # body bytes held for inspection at once, beyond what mitmproxy buffers itself
+
+
+class Holdings:
+    """The bytes tlsgate holds to inspect bodies (tapped streams, inflated bodies), across every request at once.
+
+    Each request may hold up to its `max_bytes`, while the total stays under
+    `limit`; past it, a request still gets the default 64 KiB, and its finding
+    says its inspection was cut (`capped: ["held_bytes"]`).
+    """
+
+    def __init__(self, limit: int = HELD_LIMIT, floor: int = DEFAULT_MAX_BYTES) -> None:
+        self.limit = limit
+        self.floor = floor
+        self.held = 0
+
+    def reserve(self, wanted: int) -> int:
+        granted = max(min(wanted, self.limit - self.held), min(wanted, self.floor))
+        self.held += granted
+        return granted
+
+    def release(self, size: int) -> None:
+        self.held = max(0, self.held - size)
+
+
 class Tap:
     """`request.stream` for a body mitmproxy streams: every chunk passes unchanged; the first `limit` bytes are copied."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, wanted: int | None = None, holdings: Holdings | None = None) -> None:
         self.limit = limit
+        self.wanted = limit if wanted is None else wanted  # what the policy asked for; more than `limit` when cut
         self.data = bytearray()
         self.total = 0
+        # the reservation ends with the tap, however its flow ends (judged, killed, or the client gone)
+        self._release = weakref.finalize(self, holdings.release, limit) if holdings is not None else None
 
     def __call__(self, chunk: bytes) -> bytes:
         room = self.limit - len(self.data)
@@ -93,18 +128,56 @@ class Tap:
         self.total += len(chunk)
         return chunk
 
+    def release(self) -> None:
+        self.data = bytearray()
+        if self._release is not None:
+            self._release()
 
-def bounded_body(raw: bytes, encoding: str, limit: int) -> tuple[bytes, bool]:
+
+def bounded_body(raw: bytes, encoding: str, limit: int) -> tuple[bytes | bytearray, bool]:
     """At most `limit` bytes of the body as the app wrote it (gzip/deflate inflated, never past `limit`), and
     whether that is all of it."""
+    return drain(inflate_steps(raw, encoding, limit))
+
+
+def inflate_steps(raw: bytes | bytearray, encoding: str, limit: int) -> Steps[tuple[bytes | bytearray, bool]]:
+    """`bounded_body`, inflating at most `SEGMENT` bytes per step."""
     if encoding.strip().lower() in ("gzip", "x-gzip", "deflate"):
         inflater = zlib.decompressobj(wbits=47)  # gzip or zlib, by the header
+        out = bytearray()
+        pending = raw
         try:
-            out = inflater.decompress(raw, limit)
+            while len(out) < limit:
+                chunk = inflater.decompress(pending, min(SEGMENT, limit - len(out)))
+                out += chunk
+                pending = inflater.unconsumed_tail
+                if inflater.eof or not (pending or chunk):
+                    break
+                yield None
             return out, inflater.eof and not inflater.unconsumed_tail
         except zlib.error:
             pass  # not what it says it is: judged as the bytes it is
-    return raw[:limit], len(raw) <= limit
+    return (raw if len(raw) <= limit else raw[:limit]), len(raw) <= limit
+
+
+def stepped(steps: Steps[Any], label: str) -> Coroutine[Any, Any, None] | None:
+    """Run `steps` now for up to `SLICE`; what is left runs as a coroutine that hands the event loop back every
+    `SLICE`, so one large body never holds up other devices' requests. mitmproxy awaits a hook's awaitable
+    result before the flow moves on, so the request is still held until its verdict."""
+    deadline = time.perf_counter() + SLICE
+    for _ in steps:
+        if time.perf_counter() >= deadline:
+            return _finish(steps, label)
+    return None
+
+
+async def _finish(steps: Steps[Any], label: str) -> None:
+    logger.debug(f"tlsgate: {label}: scanning in slices")
+    deadline = time.perf_counter() + SLICE
+    for _ in steps:
+        if time.perf_counter() >= deadline:
+            await asyncio.sleep(0)
+            deadline = time.perf_counter() + SLICE
 
 
 class PayloadInspector:
@@ -112,7 +185,7 @@ class PayloadInspector:
         self.connections = connections
         self.sink = sink
         self.memory = BlockMemory()
-        self._said: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
+        self.holdings = Holdings()
         self._masked: object | None = None  # the seed index whose wire forms the console and logs mask
         connections.store.subscribe(self._on_reload)
 
@@ -132,31 +205,59 @@ class PayloadInspector:
             return
         state, match, rules = context
         flow.metadata[HEADS_JUDGED] = True
-        if self._judge(flow, state, match, rules, heads=True, body=None, at_headers=True):
+        if drain(self._judge(flow, state, match, rules, heads=True, body=None, at_headers=True)):
             return
         if flow.request.stream is True:  # mitmproxy decided (by Content-Length) to stream: look at what passes
-            tap = Tap(rules.max_bytes)
+            length = flow.request.headers.get("content-length", "")
+            wanted = min(rules.max_bytes, int(length)) if length.isascii() and length.isdigit() else rules.max_bytes
+            tap = Tap(self.holdings.reserve(wanted), wanted, self.holdings)
             flow.request.stream = tap
             flow.metadata[TAP] = tap
 
     @fail_closed
-    def request(self, flow: http.HTTPFlow) -> None:
-        """Everything not judged yet; a buffered body is judged before any byte of it goes upstream."""
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Everything not judged yet; a buffered body is judged before any byte of it goes upstream.
+
+        A scan that outlasts one slice finishes as a coroutine mitmproxy awaits (the request is held meanwhile)."""
         heads_judged = bool(flow.metadata.pop(HEADS_JUDGED, False))
         tap = flow.metadata.pop(TAP, None)
         context = self._context(flow)
         if context is None:
-            return
+            if isinstance(tap, Tap):
+                tap.release()
+            return None
         state, match, rules = context
-        if isinstance(tap, Tap):
-            body: tuple[bytes, bool, int | None, bool] | None = (bytes(tap.data), tap.total <= rules.max_bytes, tap.total, True)
-        elif flow.request.stream:
-            body = (b"", True, None, True)  # streamed by mitmproxy before any hook saw it (a large chunked body)
-        else:
-            raw = flow.request.raw_content or b""
-            data, complete = bounded_body(raw, flow.request.headers.get("content-encoding", ""), rules.max_bytes)
-            body = (data, complete, len(raw), False)
-        self._judge(flow, state, match, rules, heads=not heads_judged, body=body, at_headers=False)
+        return stepped(self._request_steps(flow, state, match, rules, heads_judged, tap), "request")
+
+    def _request_steps(
+        self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules, heads_judged: bool, tap: object
+    ) -> Steps[bool]:
+        capped: list[str] = []
+        held = 0
+        try:
+            if isinstance(tap, Tap):
+                if tap.limit < tap.wanted and tap.total > tap.limit:
+                    capped.append("held_bytes")
+                body: tuple[bytes | bytearray, bool, int | None, bool] | None = (
+                    tap.data, tap.total <= tap.limit, tap.total, True
+                )  # fmt: skip
+            elif flow.request.stream:
+                body = (b"", True, None, True)  # streamed by mitmproxy before any hook saw it (a large chunked body)
+            else:
+                raw = flow.request.raw_content or b""
+                encoding = flow.request.headers.get("content-encoding", "")
+                limit = rules.max_bytes
+                if encoding and len(raw) < limit:  # an inflated body is held beside the raw one: within `holdings`
+                    held = limit = self.holdings.reserve(limit)
+                data, complete = yield from inflate_steps(raw, encoding, limit)
+                if limit < rules.max_bytes and not complete:
+                    capped.append("held_bytes")
+                body = (data, complete, len(raw), False)
+            return (yield from self._judge(flow, state, match, rules, not heads_judged, body, False, capped))
+        finally:
+            if isinstance(tap, Tap):
+                tap.release()
+            self.holdings.release(held)
 
     def _context(self, flow: http.HTTPFlow) -> tuple[ConnState, Match, PayloadRules] | None:
         if flow.response or flow.error or not flow.live or flow.request.method == "CONNECT":
@@ -183,26 +284,26 @@ class PayloadInspector:
         match: Match,
         rules: PayloadRules,
         heads: bool,
-        body: tuple[bytes, bool, int | None, bool] | None,
+        body: tuple[bytes | bytearray, bool, int | None, bool] | None,
         at_headers: bool,
-    ) -> bool:
-        """Record what the request shows; True when it was refused."""
+        capped: list[str] | None = None,
+    ) -> Steps[bool]:
+        """Record what the request shows; True when it was refused. Steps: see `proxy.payload.bounds`."""
         request = flow.request
         wants = {check: rules.action(check) is not PayloadAction.IGNORE for check in ("ecb", "secrets", "identifiers")}
         forms = rules.seeds.forms_for(state.device) if wants["identifiers"] and rules.seeds else []
         hidden = rules.seeds.all_forms if rules.seeds else []  # masked in names and URLs even where not searched for
         url = request_url(request)
+        budget = Budget()
         fields: list[Field] = []
         if heads:
             fields += url_fields(url) + header_fields(request.headers.items(multi=True))
         data, complete, total, streamed = body if body is not None else (b"", True, None, False)
-        if data:
-            fields += body_fields(request.headers.get("content-type", ""), data, complete)
-        if not fields:
+        if not fields and not data:
             return False
         names: dict[str, str] = {}  # field names repeat (event batches): each is vetted once per request
-        found = scan(
-            fields,
+        found = yield from scan_steps(
+            itertools.chain(fields, body_field_steps(request.headers.get("content-type", ""), data, complete, budget)),
             host=match.host,
             namer=lambda path: shown_path(path, hidden, names),
             static_name=static_name,
@@ -210,6 +311,7 @@ class PayloadInspector:
             secrets=wants["secrets"],
             forms=forms,
             memory=self.memory,
+            budget=budget,
         )
         credentials: list[dict[str, str]] = []
         basic = False
@@ -239,6 +341,7 @@ class PayloadInspector:
             basic_auth=basic,
             keys=keys,
             identifiers=found.identifiers,
+            capped=sorted({*found.capped, *(capped or ())}),
         )
         return self._verdict(flow, state, match, judge_payload(facts, match), at_headers)
 
@@ -249,6 +352,8 @@ class PayloadInspector:
             if action is not Action.BLOCKED and self._said_before(state, match, issue):
                 continue
             finding = record(self.sink, state, flow.client_conn, issue, match, flow.request.port)
+            if action is not Action.BLOCKED:
+                self._remember(state, match, issue, finding)
             if action is Action.BLOCKED and refused is None:
                 refused = finding
             elif "tlsgate" not in flow.metadata:
@@ -262,24 +367,25 @@ class PayloadInspector:
         return True
 
     def _said_before(self, state: ConnState, match: Match, issue: Issue) -> bool:
-        key = (state.device or "", match.host, issue.kind, issue.detail)
-        if key in self._said:
-            return True
-        if len(self._said) >= SAID_LIMIT:
-            self._said.clear()
-        self._said[key] = None
-        return False
+        """Recorded before for this device, host, kind and detail: counted (`Repeats`), not written again."""
+        return self.sink.repeats.again(_said_key(state, match, issue))
+
+    def _remember(self, state: ConnState, match: Match, issue: Issue, finding: Finding) -> None:
+        self.sink.repeats.first(_said_key(state, match, issue), finding)
 
     # -- responses ----------------------------------------------------------------------------------
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """ECB in what the server sends back: recorded, never blocked (the request already reached it)."""
+        return stepped(self._guarded_response(flow), "response")
+
+    def _guarded_response(self, flow: http.HTTPFlow) -> Steps[None]:
         try:
-            self._response(flow)
+            yield from self._response(flow)
         except Exception:  # noqa: BLE001 - a failed look at a response must not break it; it was never a verdict
             logger.exception("tlsgate: inspecting a response for ECB failed; the response is passed unjudged")
 
-    def _response(self, flow: http.HTTPFlow) -> None:
+    def _response(self, flow: http.HTTPFlow) -> Steps[None]:
         response = flow.response
         if response is None or response.stream or not response.raw_content:
             return
@@ -292,10 +398,23 @@ class PayloadInspector:
         rules = rules_of(match)
         if rules.action("ecb") is PayloadAction.IGNORE:
             return
-        data, complete = bounded_body(response.raw_content, response.headers.get("content-encoding", ""), rules.max_bytes)
-        fields = body_fields(response.headers.get("content-type", ""), data, complete)
-        hidden = rules.seeds.all_forms if rules.seeds else []
-        found = scan(fields, host=match.host, namer=lambda path: shown_path(path, hidden), static_name=static_name, secrets=False)
+        raw = response.raw_content
+        encoding = response.headers.get("content-encoding", "")
+        held = self.holdings.reserve(rules.max_bytes) if encoding and len(raw) < rules.max_bytes else 0
+        try:
+            data, complete = yield from inflate_steps(raw, encoding, held or rules.max_bytes)
+            budget = Budget()
+            hidden = rules.seeds.all_forms if rules.seeds else []
+            found = yield from scan_steps(
+                body_field_steps(response.headers.get("content-type", ""), data, complete, budget),
+                host=match.host,
+                namer=lambda path: shown_path(path, hidden),
+                static_name=static_name,
+                secrets=False,
+                budget=budget,
+            )
+        finally:
+            self.holdings.release(held)
         if not found.ecb:
             return
         facts = PayloadFacts(
@@ -304,12 +423,17 @@ class PayloadInspector:
             direction="response",
             streamed=True,  # the exchange has happened: recorded only
             inspected_bytes=len(data),
-            body_bytes=len(response.raw_content),
+            body_bytes=len(raw),
             ecb=found.ecb,
+            capped=found.capped,
         )
         for issue in judge_payload(facts, match):
             if not self._said_before(state, match, issue):
-                record(self.sink, state, flow.client_conn, issue, match, flow.request.port)
+                self._remember(state, match, issue, record(self.sink, state, flow.client_conn, issue, match, flow.request.port))
+
+
+def _said_key(state: ConnState, match: Match, issue: Issue) -> tuple[str, ...]:
+    return ("payload", state.device or "", match.host, issue.kind, issue.detail)
 
 
 def rules_of_settings(value: object) -> PayloadRules:

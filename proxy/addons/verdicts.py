@@ -159,14 +159,25 @@ def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
         return guarded_async
 
     @functools.wraps(hook)
-    def guarded(addon: Any, flow: http.HTTPFlow) -> None:
+    def guarded(addon: Any, flow: http.HTTPFlow) -> Any:
         try:
-            hook(addon, flow)
+            result = hook(addon, flow)
         except Exception as exc:  # noqa: BLE001 - the point of the wrapper
             refuse_unjudged(addon, flow, hook.__qualname__, exc)
+            return None
+        if inspect.isawaitable(result):  # judged now when that is quick, else finished later (mitmproxy awaits it)
+            return _guard_awaitable(addon, flow, hook.__qualname__, result)
+        return result
 
     guarded.tlsgate_fail_closed = True  # type: ignore[attr-defined]
     return guarded
+
+
+async def _guard_awaitable(addon: Any, flow: http.HTTPFlow, where: str, pending: Any) -> None:
+    try:
+        await pending
+    except Exception as exc:  # noqa: BLE001 - the point of the wrapper
+        refuse_unjudged(addon, flow, where, exc)
 
 
 def refuse_unjudged(addon: Any, flow: http.HTTPFlow, where: str, exc: Exception) -> None:

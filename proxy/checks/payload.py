@@ -46,6 +46,7 @@ class PayloadFacts:
     basic_auth: bool = False
     keys: list[dict[str, Any]] = field(default_factory=list)
     identifiers: list[dict[str, Any]] = field(default_factory=list)
+    capped: list[str] = field(default_factory=list)  # scanning limits reached: the lists may be incomplete
 
 
 def rules_of(match: Match) -> PayloadRules:
@@ -68,6 +69,8 @@ def judge_payload(facts: PayloadFacts, match: Match) -> list[Issue]:
         common["body_bytes"] = facts.body_bytes
     if facts.streamed:
         common["streamed"] = True
+    if facts.capped:
+        common["capped"] = list(facts.capped)
     where = f"{facts.direction} to {match.host}" if facts.direction == "request" else f"response from {match.host}"
     issues: list[Issue] = []
 

@@ -3,19 +3,24 @@
 Paths are tuples of names as the message spells them (`("json", "user",
 "email")`); callers must sanitise the names before showing one, since a JSON
 key can itself be a secret or a seeded identifier. Bounded: at most
-`MAX_FIELDS` fields and `MAX_DEPTH` levels of JSON, so a hostile body costs a
-fixed amount of work.
+`MAX_FIELDS` fields and `MAX_DEPTH` levels of JSON, no JSON parse of more
+than `bounds.SEGMENT` bytes, and no value handed on in pieces larger than
+that, so a hostile body costs a fixed amount of Python work per field and
+linear C-speed work per byte.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
+from proxy.payload.bounds import SEGMENT, Budget, windowed
 from proxy.payload.decode import TOKEN
+from proxy.tls import multipart
 
 MAX_FIELDS = 512
 MAX_DEPTH = 8
@@ -30,6 +35,7 @@ PLUMBING = frozenset(
 
 
 _TEXT_BYTES = bytes(range(32, 127)) + b"\r\n\t" + bytes(range(128, 256))  # UTF-8 sequences count as text
+_JSONISH = re.compile(rb"\s*[\[{]")
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class Field:
     path: tuple[str, ...]
     text: str
     raw: bytes | None = None  # a binary body, judged as bytes rather than as an encoding
+    segment: int = 0  # which piece of a value too large to judge at once (0: the first, or the whole value)
 
 
 def url_fields(url: str) -> list[Field]:
@@ -64,73 +71,164 @@ def header_fields(headers: Iterable[tuple[str, str]]) -> list[Field]:
     return out[:MAX_FIELDS]
 
 
-def body_fields(content_type: str, body: bytes, complete: bool = True) -> list[Field]:
-    """Structured bodies by their fields; anything else as one `body` field plus the blob-shaped runs in it.
+def body_fields(content_type: str, body: bytes | bytearray, complete: bool = True, budget: Budget | None = None) -> list[Field]:
+    """Structured bodies by their fields; anything else as one `body` field plus the blob-shaped runs in it."""
+    return [f for f in body_field_steps(content_type, body, complete, budget or Budget()) if f is not None]
 
-    A body cut at the byte limit (`complete=False`) is not parsed as JSON (it
-    would not parse); its text is searched and its blob-shaped runs decoded.
+
+def body_field_steps(content_type: str, body: bytes | bytearray, complete: bool, budget: Budget) -> Iterator[Field | None]:
+    """The fields of a body, one at a time, with `None` after each bounded piece of work.
+
+    A body of up to `SEGMENT` bytes (every body mitmproxy buffers) is read by
+    its type: form fields, JSON leaves, multipart parts, or text. A larger one
+    (a tapped stream, an inflated upload) is never parsed as JSON; its form
+    fields or multipart parts are read up to `MAX_FIELDS`, and the rest, like
+    any other large body, is searched as text in segments of at most
+    `SEGMENT` bytes (`Field.segment` counts them). A body cut at the byte
+    limit (`complete=False`) is not parsed as JSON (it would not parse); its
+    text is searched and its blob-shaped runs decoded.
     """
     if not body:
-        return []
+        return
     ctype = content_type.split(";", 1)[0].strip().lower()
-    text = body.decode("utf-8", "replace")
     if ctype == "application/x-www-form-urlencoded":
-        return [Field(("form", k), v) for k, v in parse_qsl(text, keep_blank_values=True)][:MAX_FIELDS]
-    if complete and (ctype == "application/json" or ctype.endswith("+json") or text.lstrip()[:1] in ("{", "[")):
+        yield from _form(body, budget)
+        return
+    if complete and len(body) <= SEGMENT and (ctype == "application/json" or ctype.endswith("+json") or _JSONISH.match(body)):
         try:
             data = json.loads(body)
         except (ValueError, RecursionError):
             data = None
         if data is not None:
-            return list(_json_leaves(data, ("json",), 0, [0]))
-    if ctype == "multipart/form-data":
-        return _multipart(content_type, text)
-    sample = body[:4096]
-    if len(sample.translate(None, _TEXT_BYTES)) > 0.05 * len(sample):  # more than 5% control bytes: binary
-        return [Field(("body",), "", raw=body)]
-    out = [Field(("body",), text.strip())]
-    if len(body) % 16 == 0 and len(body) >= 32:  # short binary can pass for text: judge its bytes as well
-        out.append(Field(("body", "bytes"), "", raw=body))
-    for index, token in enumerate(TOKEN.findall(text)):
-        if index >= MAX_FIELDS - 1:
-            break
-        if token != text.strip():
-            out.append(Field(("body", f"run{index}"), token))
-    return out
+            yield from _json_leaves(data, ("json",), 0, [0], budget)
+            return
+    if ctype == "multipart/form-data" and multipart.boundary(content_type) is not None:
+        yield from _multipart(content_type, body, budget)
+        return
+    yield from _text(body, budget)
 
 
-def _json_leaves(data: object, path: tuple[str, ...], depth: int, count: list[int]) -> Iterator[Field]:
+def _json_leaves(
+    data: object, path: tuple[str, ...], depth: int, count: list[int], budget: Budget | None = None
+) -> Iterator[Field]:
     """Leaves in document order, walked with an explicit stack (no generator chain per level)."""
     stack: list[tuple[object, tuple[str, ...], int]] = [(data, path, depth)]
     while stack and count[0] < MAX_FIELDS:
         node, where, level = stack.pop()
         if level > MAX_DEPTH:
+            if budget is not None and isinstance(node, dict | list) and node:
+                budget.capped.add("json_depth")
             continue
         if isinstance(node, dict):
-            stack.extend((value, (*where, str(key)), level + 1) for key, value in reversed(list(node.items())[:MAX_FIELDS]))
+            items = list(itertools.islice(node.items(), MAX_FIELDS))
+            stack.extend((value, (*where, str(key)), level + 1) for key, value in reversed(items))
         elif isinstance(node, list):
             items = list(enumerate(node[:MAX_FIELDS]))
             stack.extend((item, (*where, f"[{index}]"), level + 1) for index, item in reversed(items))
         elif node is not None and not isinstance(node, bool):
             count[0] += 1
             yield Field(where, str(node))
+    if stack and budget is not None:
+        budget.capped.add("fields")
 
 
-_NAME = re.compile(r'name="([^"]{1,64})"')
-_BOUNDARY = re.compile(r'boundary="?([^";]{1,70})"?')
+def _form(body: bytes | bytearray, budget: Budget) -> Iterator[Field | None]:
+    """`parse_qsl` one field at a time: the first MAX_FIELDS fields by name, the rest of the body as text."""
+    pos, size, fields, pieces = 0, len(body), 0, 0
+    while pos < size:
+        if fields >= MAX_FIELDS or pieces >= 4 * MAX_FIELDS:  # empty pieces (&&&&) are counted too
+            budget.capped.add("fields")
+            yield from _segments(("body",), body, pos, size)
+            return
+        amp = body.find(b"&", pos)
+        end = size if amp < 0 else amp
+        pieces += 1
+        if end > pos:
+            fields += 1
+            equals = body.find(b"=", pos, min(end, pos + SEGMENT))
+            if end - pos <= SEGMENT:
+                name, _, value = bytes(body[pos:end]).decode("utf-8", "replace").partition("=")
+                yield Field(("form", unquote_plus(name)), unquote_plus(value))
+            else:  # one huge value: its name, and the value in segments
+                name_end = equals if equals >= 0 else pos
+                name = unquote_plus(bytes(body[pos:name_end]).decode("utf-8", "replace"))
+                yield from _segments(("form", name), body, name_end + 1 if equals >= 0 else pos, end, unquote=True, strip=False)
+        pos = end + 1
 
 
-def _multipart(content_type: str, text: str) -> list[Field]:
-    """Parts split on the declared boundary (linear: no pattern spans parts); each part's `name` and content."""
-    found = _BOUNDARY.search(content_type)
-    if not found:
-        return []
-    out: list[Field] = []
-    for part in text.split("--" + found.group(1))[1 : MAX_FIELDS + 1]:
-        head, sep, content = part.partition("\r\n\r\n")
-        if not sep:
-            head, sep, content = part.partition("\n\n")
-        name = _NAME.search(head)
-        if sep and name:
-            out.append(Field(("form", name.group(1)), content.removesuffix("\r\n").removesuffix("\n")))
-    return out
+def _multipart(content_type: str, body: bytes | bytearray, budget: Budget) -> Iterator[Field | None]:
+    """Each part's content under its field name (`proxy.tls.multipart` reads the names); parts without a name,
+    parts whose header block could not be read and whatever follows the last part read are searched as text."""
+    last = count = 0
+    for part in multipart.parts(content_type, body, MAX_FIELDS):
+        if part.start > last + 256:  # a preamble, or the header block of a part that could not be read
+            yield from _segments(("body",), body, last, part.start)
+        path = ("form", part.name) if part.name is not None else ("body",)
+        yield from _segments(path, body, part.start, part.end, strip=False)
+        last, count = part.end, count + 1
+    if len(body) - last > 256:  # parts past MAX_FIELDS, or an epilogue: searched as text
+        if count >= MAX_FIELDS:
+            budget.capped.add("fields")
+        yield from _segments(("body",), body, last, len(body))
+
+
+def _text(body: bytes | bytearray, budget: Budget) -> Iterator[Field | None]:
+    """The whole body as `body` (in segments when it is large), its bytes as well when it could be ciphertext,
+    and its blob-shaped runs (`body.runN`), at most MAX_FIELDS - 1 of them."""
+    runs = [0]
+    whole = len(body) <= SEGMENT
+    for item in _segments(("body",), body, 0, len(body)):
+        yield item
+        if item is None or item.raw is not None:
+            continue
+        if whole and len(body) % 16 == 0 and len(body) >= 32:  # short binary can pass for text: judge its bytes as well
+            yield Field(("body", "bytes"), "", raw=bytes(body))
+        yield from _runs(item.text, runs, budget)
+
+
+def _runs(text: str, count: list[int], budget: Budget) -> Iterator[Field | None]:
+    for found in windowed(TOKEN, text):
+        if found is None:
+            yield None
+            continue
+        if count[0] >= MAX_FIELDS - 1:
+            budget.capped.add("runs")
+            return
+        token = found.group(0)
+        if token != text:
+            yield Field(("body", f"run{count[0]}"), token)
+            count[0] += 1
+
+
+def _segments(
+    path: tuple[str, ...], body: bytes | bytearray, start: int, end: int, unquote: bool = False, strip: bool = True
+) -> Iterator[Field | None]:
+    """`body[start:end]` as fields of at most SEGMENT bytes, cut after a separator near each limit where there
+    is one (so a key, a token or an identifier is rarely split): text, or bytes when it is binary."""
+    index = 0
+    while start < end:
+        cut = end if end - start <= SEGMENT else _cut(body, start, start + SEGMENT)
+        chunk = bytes(body[start:cut])
+        sample = chunk[:4096]
+        if len(sample.translate(None, _TEXT_BYTES)) > 0.05 * len(sample):  # more than 5% control bytes: binary
+            yield Field(path, "", raw=chunk, segment=index)
+        else:
+            text = chunk.decode("utf-8", "replace")
+            text = unquote_plus(text) if unquote else text
+            yield Field(path, text.strip() if strip else text, segment=index)
+        index += 1
+        start = cut
+        yield None
+
+
+_SEPARATORS = (b"\n", b"&", b",", b'"', b";", b"\0", b">")
+
+
+def _cut(body: bytes | bytearray, start: int, limit: int) -> int:
+    """Where a segment ending near `limit` should end: after the last separator in its last 8 KiB (a space if
+    nothing else), else at `limit`."""
+    low = max(start + 1, limit - 8192)
+    best = max(body.rfind(sep, low, limit) for sep in _SEPARATORS)
+    if best < 0:
+        best = body.rfind(b" ", low, limit)
+    return best + 1 if best >= 0 else limit

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -111,21 +111,48 @@ def find(forms: list[Form], texts: Iterable[tuple[str, str, str]]) -> list[Hit]:
     One hit per kind and field: a SHA-256 found also as its upper-case spelling is one finding item.
     """
     hits: dict[tuple[str, str], Hit] = {}
-    items = list(texts)
+    for _ in find_steps(forms, list(texts), hits):
+        pass
+    return list(hits.values())
+
+
+def find_steps(forms: list[Form], items: list[tuple[str, str, str]], hits: dict[tuple[str, str], Hit]) -> Iterator[None]:
+    """`find` into `hits` (kept across calls, so a message is searched batch by batch), a `None` after each
+    search over the batch: one C-speed substring search per form over the joined batch, then per field only
+    for the forms present. A kind already found in every field of the batch is not searched for again."""
     if not forms or not items:
-        return []
-    joined = "\0".join(text for _, _, text in items)  # one C-speed search per form; fields only for forms present
-    joined_folded = joined.lower()
-    present = [f for f in forms if f.needle in (joined_folded if f.folded else joined)]
+        return
+    if hits:
+        paths = {path for path, _, _ in items}
+        wanted = [f for f in forms if any((f.kind, path) not in hits for path in paths)]
+        if not wanted:
+            return
+    else:
+        wanted = forms
+    joined = "\0".join(text for _, _, text in items)
+    big = len(joined) > STEP  # small batches are searched at once: a step per form would cost more than the search
+    if big:
+        yield None
+    joined_folded = joined.lower() if any(f.folded for f in wanted) else joined
+    present = []
+    for form in wanted:
+        if form.needle in (joined_folded if form.folded else joined):
+            present.append(form)
+        if big:
+            yield None
     for path, outer, text in items if present else ():
-        folded = text.lower()
+        folded = joined_folded if len(items) == 1 else text.lower() if any(f.folded for f in present) else text
         for form in present:
             if (form.kind, path) in hits:
                 continue
             if form.needle in (folded if form.folded else text):
                 encoding = form.encoding if not outer else f"{outer}+{form.encoding}"
                 hits[(form.kind, path)] = Hit(form.kind, encoding, path, len(form.needle))
-    return list(hits.values())
+        if big:
+            yield None
+
+
+STEP = 1 << 16  # characters searched at once before `find_steps` yields
 
 
 def mask(text: str, forms: list[Form], replacement: str = "[REDACTED]") -> str:

@@ -52,6 +52,7 @@ class Record:
     device: str | None
     evidence: dict[str, Any]
     time: str | None
+    occurrences: int = 1  # a follow-up line stands for this many more occurrences of the same problem
 
     @property
     def rank(self) -> int:
@@ -153,8 +154,14 @@ def parse(obj: Any) -> tuple[Record | None, str | None]:
         rule=rule if isinstance(rule, str) else "",
         detail=detail if isinstance(detail, str) else "",
         remedy=remedy if isinstance(remedy, str) else "",
+        occurrences=_occurrences(obj.get("occurrences")),
     )
     return record, note
+
+
+def _occurrences(value: Any) -> int:
+    """A follow-up line's count (tlsgate's `Repeats`); 1 for every other line, or for a value that is not a count."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 53 else 1
 
 
 @dataclass

@@ -116,23 +116,25 @@ class Summary:
         return self
 
     def add(self, record: Record) -> None:
-        self.total += 1
-        fails = record.fails(self.threshold)
+        """Every count is of occurrences: a follow-up line stands for `record.occurrences` of them."""
+        times = record.occurrences
+        self.total += times
+        fails = record.fails(self.threshold) * times
         self.failing += fails
-        self.by_severity[record.severity] += 1
-        self.by_action[record.action] += 1
-        self.by_check[record.check] += 1
+        self.by_severity[record.severity] += times
+        self.by_action[record.action] += times
+        self.by_check[record.check] += times
         who = record.who
-        self.by_who[who] += 1
+        self.by_who[who] += times
         per_who = self.who_severity.get(who)
         if per_who is None:
             per_who = self.who_severity[who] = Counter()
-        per_who[record.severity] += 1
+        per_who[record.severity] += times
         self._group(record, fails, who)
         self._host(record, fails, who)
         self._time(record)
 
-    def _group(self, record: Record, fails: bool, who: str) -> None:
+    def _group(self, record: Record, fails: int, who: str) -> None:
         key = identity(record, who)
         group = self.groups.get(key)
         if group is None:
@@ -140,9 +142,9 @@ class Summary:
                 self.groups_dropped += 1
                 return
             group = self.groups[key] = Group(*key)
-        group.count += 1
+        group.count += record.occurrences
         group.failing += fails
-        group.by_action[record.action] += 1
+        group.by_action[record.action] += record.occurrences
         if group.worst is None or record.rank > group.worst.rank:
             group.worst = record
         if len(group.examples) < EXAMPLES_PER_GROUP and (not group.examples or self.examples_kept < EXAMPLE_BUDGET):
@@ -152,14 +154,14 @@ class Summary:
             group.first_time = min(group.first_time or record.time, record.time)
             group.last_time = max(group.last_time or record.time, record.time)
 
-    def _host(self, record: Record, fails: bool, who: str) -> None:
+    def _host(self, record: Record, fails: int, who: str) -> None:
         row = self.hosts.get(record.host)
         if row is None:
             if len(self.hosts) >= MAX_HOSTS:
                 self.hosts_dropped += 1
                 return
             row = self.hosts[record.host] = HostRow(record.host)
-        row.count += 1
+        row.count += record.occurrences
         row.failing += fails
         evidence = record.evidence
         _add_bounded(row.ports, str(record.port) if record.port else None)
@@ -190,7 +192,7 @@ class Summary:
         counts = self.bins.get(key)
         if counts is None:
             counts = self.bins[key] = Counter()
-        counts[record.severity] += 1
+        counts[record.severity] += record.occurrences
         if len(self.bins) > MAX_TIMELINE_BINS:
             self._widen()
 

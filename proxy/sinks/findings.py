@@ -13,8 +13,9 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,6 +39,8 @@ class Finding:
     device: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
     time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+    # On a follow-up line only (`Repeats`): how many more times the problem was seen since its last line.
+    occurrences: int | None = None
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -49,7 +52,10 @@ class Finding:
             object.__setattr__(self, "evidence", {**self.evidence, "sni": redact_host(sni)})
 
     def as_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=False, default=str, separators=(",", ":"))
+        data = asdict(self)
+        if data["occurrences"] is None:
+            del data["occurrences"]  # a line without it stands for one occurrence
+        return json.dumps(data, sort_keys=False, default=str, separators=(",", ":"))
 
     def console_line(self) -> str:
         """One line, whatever the client sent: control characters and undecodable bytes are escaped, so a
@@ -57,6 +63,8 @@ class Finding:
         who = self.device or self.client or "?"
         where = f"{self.host}:{self.port}" if self.port else self.host
         line = f"[{self.severity.upper()}] {self.action} {self.check} {where} from {who} (rule {self.rule}): {self.detail}"
+        if self.occurrences is not None:
+            line += f" (seen {self.occurrences} more time(s) since it was last written)"
         return printable(line)
 
 
@@ -107,6 +115,7 @@ class FindingsLog:
         self._file: TextIO | None = None
         self._size = 0
         self._listeners: list[Listener] = []
+        self._counters: list[Listener] = []  # told of every occurrence `Repeats` counts instead of writing
         self.path: Path | None = None
         self.to_stdout = False
         self.max_bytes = max_bytes
@@ -151,6 +160,14 @@ class FindingsLog:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def subscribe_counts(self, listener: Listener) -> None:
+        """`listener(finding)` for each occurrence of a finding that was counted, not written (metrics)."""
+        self._counters.append(listener)
+
+    def count(self, finding: Finding) -> None:
+        for listener in self._counters:
+            listener(finding)
+
     def record(self, finding: Finding) -> None:
         line, cut = bounded(finding)
         with self._lock:
@@ -184,3 +201,77 @@ class FindingsLog:
             self.path.unlink()
         self.rotations += 1
         self._open_file()
+
+
+# A follow-up line is written when a problem's count reaches each of these, then every further million.
+THRESHOLDS = (10, 100, 1000, 10_000, 100_000, 1_000_000)
+REPEATS_LIMIT = 8192
+
+
+def next_threshold(written: int) -> int:
+    for threshold in THRESHOLDS:
+        if threshold > written:
+            return threshold
+    return (written // THRESHOLDS[-1] + 1) * THRESHOLDS[-1]
+
+
+@dataclass
+class _Tally:
+    finding: Finding  # the first occurrence's line: what a follow-up repeats
+    total: int = 1  # occurrences seen
+    written: int = 1  # occurrences the lines written so far stand for
+
+
+class Repeats:
+    """Findings that describe a standing problem (reported, not blocked), written once and then counted.
+
+    A chatty app repeats the same problem on every request; one line each
+    would fill the file, one line in all would hide how often it happens. The
+    first occurrence is written at once; later ones are counted (and each is
+    passed to the `count` listeners, so metrics see every one), and a
+    follow-up line carrying `occurrences` (how many more since the last line
+    for it) is written when the count reaches 10, 100, 1000, ..., when the
+    problem is forgotten to make room, and when tlsgate stops (`flush`). The
+    sum of `occurrences` over a problem's lines (1 for a line without it) is
+    how often it was seen. At most `limit` problems are tracked at once.
+    """
+
+    def __init__(self, log: FindingsLog, limit: int = REPEATS_LIMIT) -> None:
+        self.log = log
+        self.limit = limit
+        self._tallies: OrderedDict[Hashable, _Tally] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tallies)
+
+    def again(self, key: Hashable) -> bool:
+        """True (and counted) when `key` was recorded before; False when the caller must record it now."""
+        tally = self._tallies.get(key)
+        if tally is None:
+            return False
+        self._tallies.move_to_end(key)
+        tally.total += 1
+        self.log.count(tally.finding)
+        if tally.total >= next_threshold(tally.written):
+            self._write(tally)
+        return True
+
+    def first(self, key: Hashable, finding: Finding) -> None:
+        """`finding` was just recorded for `key`: later occurrences are counted against it."""
+        self._tallies[key] = _Tally(finding)
+        self._tallies.move_to_end(key)
+        while len(self._tallies) > self.limit:
+            _, forgotten = self._tallies.popitem(last=False)
+            self._write(forgotten)
+
+    def flush(self) -> None:
+        """Write what is still only counted (tlsgate is stopping)."""
+        for tally in self._tallies.values():
+            self._write(tally)
+
+    def _write(self, tally: _Tally) -> None:
+        pending = tally.total - tally.written
+        if pending <= 0:
+            return
+        tally.written = tally.total
+        self.log.record(replace(tally.finding, occurrences=pending, time=datetime.now(UTC).isoformat(timespec="milliseconds")))

@@ -161,6 +161,13 @@ class Metrics:
     # -- sinks the addons call ------------------------------------------------------------------
 
     def on_finding(self, finding: Finding) -> None:
+        """A finding line; a follow-up line (`occurrences`) is not counted again: each occurrence it stands for
+        was counted as it happened (`on_repeat`)."""
+        if finding.occurrences is None:
+            self.on_repeat(finding)
+
+    def on_repeat(self, finding: Finding) -> None:
+        """One occurrence of a finding, written or only counted."""
         self.findings.labels(finding.severity, finding.check, finding.action, finding.device or UNNAMED).inc()
         if finding.check == "cleartext":
             protocol = finding.evidence.get("protocol") if isinstance(finding.evidence, dict) else None

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from proxy.tls import multipart
+
 REDACTED = "[REDACTED]"
 
 # Field names that carry secrets in the apps tlsgate audits: passwords, tokens,
@@ -111,9 +113,8 @@ def body_credentials(content_type: str, body: bytes) -> list[Credential]:
         except (ValueError, RecursionError):  # hostile nesting ([[[[...) is not a crash
             return []
         return [Credential("json", name[:64]) for name in _json_secret_keys(data, depth=0)]
-    if ctype == "multipart/form-data":
-        names = re.findall(rb'name="([^"]{1,64})"', sample)
-        return [Credential("form", n.decode("utf-8", "replace")) for n in names if is_secret_name(n.decode("utf-8", "replace"))]
+    if ctype == "multipart/form-data":  # each part's own name, never a filename="..." read as one
+        return [Credential("form", name[:64]) for name in multipart.names(content_type, sample, 256) if is_secret_name(name)]
     return []
 
 

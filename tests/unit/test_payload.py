@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from proxy.checks.model import Check, Effect, Severity
 from proxy.checks.payload import PayloadFacts, judge_payload
+from proxy.payload.bounds import SEGMENT
 from proxy.payload.decode import decode
 from proxy.payload.ecb import BlockMemory, analyse, random_looking
 from proxy.payload.fields import body_fields, header_fields, url_fields
@@ -255,8 +256,12 @@ def test_fields_walk_json_forms_multipart_headers_and_urls() -> None:
 def test_hostile_json_costs_a_bounded_walk() -> None:
     deep = b"[" * 5000 + b"]" * 5000
     assert body_fields("application/json", deep) is not None
-    wide = json.dumps({f"k{i}": "v" for i in range(100000)}).encode()
+    wide = json.dumps({f"k{i}": "v" for i in range(60000)}).encode()  # under 1 MiB: parsed, its first 512 leaves
     assert len(body_fields("application/json", wide)) == 512
+    huge = json.dumps({f"k{i}": "v" for i in range(100000)}).encode()  # over 1 MiB: never parsed, searched as text
+    fields = body_fields("application/json", huge)
+    assert {f.path for f in fields} == {("body",)} and len(fields) == 2
+    assert sum(len(f.text) for f in fields) >= len(huge) - 2  # every byte, in segments cut after a separator
 
 
 @pytest.mark.parametrize(
@@ -273,7 +278,8 @@ def test_hostile_json_costs_a_bounded_walk() -> None:
 )
 def test_hostile_bodies_are_scanned_within_their_bounds(ctype: str, body: bytes) -> None:
     fields = body_fields(ctype, body)
-    assert len(fields) <= 512
+    named = [f for f in fields if f.path != ("body",)]
+    assert len(named) <= 512 and len(fields) - len(named) <= 1 + len(body) // SEGMENT  # the rest is searched as text
     scan(fields, host="h", namer=".".join, static_name=lambda n: False, forms=forms_of("email", "a.person@example.com"),
          memory=BlockMemory())
 
