@@ -10,16 +10,21 @@ an app to is printed as a warning and written into the policy's header.
 from __future__ import annotations
 
 import argparse
+import codecs
 import datetime as dt
 import json
 import re
 import sys
-import zipfile
 from pathlib import Path
 
 from proxy.apps import android, ios
-from proxy.apps.model import AppConfig, AppFormatError, Declared
+from proxy.apps.files import open_regular, read_file, read_head
+from proxy.apps.model import MAX_WARNINGS, AppConfig, AppFormatError, Declared, Origin, Warning_, printable
+from proxy.apps.ziparchive import Archive, looks_like_zip
 from proxy.policy import PolicyError, load_texts
+
+# Exit codes, as the README documents them.
+EXIT_OK, EXIT_REFUSED, EXIT_INTERNAL = 0, 1, 3  # argparse's usage errors are 2
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -42,58 +47,118 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 
 def cmd_import(args: argparse.Namespace) -> int:
     try:
+        return _import(args)
+    except Exception as exc:  # noqa: BLE001 - the last net: a bug still exits with one clear line, never a traceback
+        print(
+            printable(f"tlsgate: internal error importing {args.app} ({type(exc).__name__}: {str(exc)[:200]}); a tlsgate bug"),
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def _import(args: argparse.Namespace) -> int:
+    try:
         config = read_app(Path(args.app), args.manifest, args.target_sdk, args.build)
-    except (AppFormatError, OSError) as exc:
-        print(f"tlsgate: {exc}", file=sys.stderr)
-        return 1
+    except AppFormatError as exc:
+        print(printable(f"tlsgate: {exc}"), file=sys.stderr)
+        return EXIT_REFUSED
+    cap_warnings(config)
     text = render(config, args.mode, dt.date.today(), Path(args.out).name if args.out else "<stdout>")
     try:
         load_texts([("imported", text)])
     except PolicyError as exc:  # a tlsgate bug: never hand out a policy `run` would refuse
-        print(f"tlsgate: the imported policy does not validate (a tlsgate bug):\n{exc}", file=sys.stderr)
-        return 1
+        shown = "\n".join(printable(line) for line in str(exc).splitlines())
+        print(f"tlsgate: the imported policy does not validate (a tlsgate bug):\n{shown}", file=sys.stderr)
+        return EXIT_INTERNAL
     for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(printable(f"warning: {warning}"), file=sys.stderr)
     if args.out:
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}: {len(config.domains)} rule(s), {len(config.warnings)} warning(s)", file=sys.stderr)
+        try:
+            Path(args.out).write_text(text)
+        except OSError as exc:
+            print(printable(f"tlsgate: {args.out}: cannot write the policy: {exc.strerror or exc}"), file=sys.stderr)
+            return EXIT_REFUSED
+        print(printable(f"wrote {args.out}: {len(config.domains)} rule(s), {len(config.warnings)} warning(s)"), file=sys.stderr)
     else:
         sys.stdout.write(text)
-    return 0
+    return EXIT_OK
+
+
+def cap_warnings(config: AppConfig) -> None:
+    """At most MAX_WARNINGS kept (and printed, and written); the rest counted, so a hostile file cannot flood either."""
+    if len(config.warnings) > MAX_WARNINGS:
+        rest = len(config.warnings) - MAX_WARNINGS
+        config.warnings[MAX_WARNINGS:] = [
+            Warning_(Origin(config.files[-1], None, "(import)"), f"{rest} more warning(s) not shown")
+        ]
 
 
 def read_app(path: Path, manifest: str | None, target_sdk: int | None, build: str | None) -> AppConfig:
     """Which reader a file needs, from what it is rather than only its name."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-        if "AndroidManifest.xml" in names:
-            return android.read_apk(path, build)
-        if any(n.startswith("Payload/") for n in names):
-            return ios.read_ipa(path)
-        raise AppFormatError(f"{path}: a zip that is neither an APK (AndroidManifest.xml) nor an IPA (Payload/)")
-    head = path.read_bytes()[:4096]
-    if head.startswith(b"bplist") or b"<plist" in head:
+    stream, size = open_regular(path)  # a device, FIFO or directory (or a link to one) is refused here, unread
+    with stream:
+        head = read_head(stream, 4096)
+        if looks_like_zip(head):
+            return _read_archive(Archive(stream, size, str(path)), build)
+    sniffed = _sniff(head)
+    if head.startswith(b"bplist") or "<plist" in sniffed or "<!DOCTYPE plist" in sniffed:
         return ios.read_plist_file(path)
-    if b"<manifest" in head:
-        nsc = android.nsc_beside_manifest(path)
+    if "<manifest" in sniffed:
+        found = android.Manifest(android.parse_any_xml(read_file(path), str(path)), str(path))
+        nsc = android.nsc_beside_manifest(found, path)
         if nsc is None:
-            return android.no_nsc(android.Manifest(android.parse_any_xml(path.read_bytes(), str(path)), str(path)), build)
-        return android.read_source(nsc, path, build, None, target_sdk)
+            return android.no_nsc(found, build)
+        if target_sdk is not None:
+            found.target_sdk, found.target_explicit = target_sdk, True
+        return android.read_nsc(read_file(nsc), str(nsc), found, build)
     return android.read_source(path, Path(manifest) if manifest else None, build, None, target_sdk)
+
+
+def _read_archive(archive: Archive, build: str | None) -> AppConfig:
+    """One walk of the directory finds what either platform needs; the archive's content says which it is."""
+    payload = False
+
+    def wanted(raw: bytes) -> bool:
+        nonlocal payload
+        if raw.startswith(b"Payload/"):
+            payload = True
+            return ios.is_app_plist(raw)
+        return raw in android.APK_ENTRIES
+
+    entries = archive.scan(wanted)
+    apk = {e.raw: e for e in entries if e.raw in android.APK_ENTRIES}
+    if b"AndroidManifest.xml" in apk:
+        return android.read_apk_archive(archive, apk, build, None)
+    if payload:
+        return ios.read_ipa_archive(archive, [e for e in entries if ios.is_app_plist(e.raw)])
+    raise archive.error("a zip that is neither an APK (AndroidManifest.xml) nor an IPA (Payload/)")
+
+
+def _sniff(head: bytes) -> str:
+    """The start of a text file as text, whatever its encoding says (UTF-16 plists and manifests exist)."""
+    for bom, encoding in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")):
+        if head.startswith(bom):
+            return head[len(bom) :].decode(encoding, "replace")
+    if head[:2] in (b"<\x00", b"\x00<"):
+        return head.decode("utf-16-le" if head[0] else "utf-16-be", "replace")
+    return head.decode("latin-1")
 
 
 # -- writing ---------------------------------------------------------------------------------------
 
 
 def _q(text: str) -> str:
-    """A YAML double-quoted scalar (JSON's escapes are YAML's)."""
-    return json.dumps(text, ensure_ascii=True)
+    """A YAML double-quoted scalar (JSON's escapes are YAML's) of printable text: a policy refuses control characters,
+    and these strings (file and element names from the app) may hold any."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else "?" for c in text)
+    quoted = json.dumps(text, ensure_ascii=False)  # not JSON's \ud83d\ude00 pairs: YAML reads those as two lone surrogates
+    return re.sub(r"[^\x00-\x7e]", lambda m: f"\\u{ord(m[0]):04x}" if ord(m[0]) < 0x10000 else f"\\U{ord(m[0]):08x}", quoted)
 
 
-def _c(text: str) -> str:
-    """A comment: one line, printable."""
-    return re.sub(r"[^\x20-\x7e]", "?", text)
+def _c(text: str, limit: int = 2000) -> str:
+    """A comment: one line, printable, bounded."""
+    return re.sub(r"[^\x20-\x7e]", "?", text if len(text) <= limit else text[:limit] + "...")
 
 
 def _name(config: AppConfig, index: int) -> str:

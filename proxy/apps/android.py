@@ -21,24 +21,29 @@ from __future__ import annotations
 
 import datetime as dt
 import posixpath
+import re
 import struct
-import zipfile
 from pathlib import Path
-from xml.parsers import expat
 
 from proxy.apps.axml import Element, parse_axml, resolve_file_reference
+from proxy.apps.files import read_file
 from proxy.apps.model import (
-    MAX_INPUT,
+    MAX_DOMAINS,
     AppConfig,
     AppFormatError,
     Declared,
     Origin,
     PinDeclaration,
     Warning_,
+    app_identifier,
     build_of,
+    clip,
     host_name,
+    host_patterns,
     short,
 )
+from proxy.apps.xmltext import parse_xml_text
+from proxy.apps.ziparchive import Archive, Entry
 from proxy.tls.pins import PinError, parse_pin
 
 CLEARTEXT_DEFAULT_OFF_SDK = 28  # Android 9: cleartext off by default
@@ -51,51 +56,18 @@ UNEXPRESSIBLE = {
 }
 
 
-def parse_xml_text(data: bytes, name: str) -> Element:
-    """Text XML -> Element tree with line numbers; DTDs and entities are refused (no expansion attacks)."""
-    parser = expat.ParserCreate(namespace_separator=" ")
-    stack: list[Element] = []
-    roots: list[Element] = []
-
-    def start(tag: str, attrs: dict[str, str]) -> None:
-        if len(stack) >= 64:
-            raise AppFormatError(f"{name}: elements nested too deeply")
-        element = Element(tag.rpartition(" ")[2], {k.rpartition(" ")[2]: v for k, v in attrs.items()}, parser.CurrentLineNumber)
-        (stack[-1].children if stack else roots).append(element)
-        stack.append(element)
-
-    def end(tag: str) -> None:
-        stack.pop()
-
-    def text(chars: str) -> None:
-        if stack:
-            stack[-1].text += chars
-
-    def refuse(*_: object) -> None:
-        raise AppFormatError(f"{name}: DOCTYPE and entity declarations are not accepted")
-
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.CharacterDataHandler = text
-    parser.StartDoctypeDeclHandler = refuse
-    parser.EntityDeclHandler = refuse
-    try:
-        parser.Parse(data, True)
-    except expat.ExpatError as exc:
-        raise AppFormatError(f"{name}: not well-formed XML ({exc})") from None
-    if len(roots) != 1:
-        raise AppFormatError(f"{name}: no root element")
-    return roots[0]
-
-
 def parse_any_xml(data: bytes, name: str) -> Element:
     """Compiled (from an APK) or text (from a source tree): the caller need not know which."""
     if data[:2] == b"\x03\x00":
         try:
             return parse_axml(data)
+        except AppFormatError as exc:
+            raise AppFormatError(f"{name}: {exc}") from None
         except (IndexError, struct.error, UnicodeError) as exc:
             raise AppFormatError(f"{name}: malformed binary XML ({type(exc).__name__})") from None
-    return parse_xml_text(data, name)
+    element = parse_xml_text(data, name)
+    assert element is not None
+    return element
 
 
 # -- the manifest ---------------------------------------------------------------------------------
@@ -108,9 +80,18 @@ class Manifest:
         self.name = name
         root = root or Element("manifest", {}, None)
         if root.tag != "manifest":
-            raise AppFormatError(f"{name}: root element is <{root.tag}>, not <manifest>")
+            raise AppFormatError(f"{name}: root element is <{clip(root.tag)}>, not <manifest>")
         self.line = root.line
-        self.package = root.attrs.get("package", "")
+        declared = root.attrs.get("package", "")
+        self.package = app_identifier(declared) or ""
+        self.warnings: list[Warning_] = []
+        if declared and not self.package:
+            self.warnings.append(
+                Warning_(
+                    Origin(name, root.line, "<manifest package>"),
+                    f"package={short(declared)} is not a package name; the policy names the app without it",
+                )
+            )
         sdk = root.find("uses-sdk")
         app = root.find("application")
         self.sdk_line = sdk.line if sdk else None
@@ -130,7 +111,7 @@ class Manifest:
 
 
 def _int(text: str | None) -> int | None:
-    if text is None:
+    if text is None or len(text) > 16:  # Android reads 32-bit integers; longer text is none (and would not print)
         return None
     try:
         return int(text, 0)
@@ -168,11 +149,11 @@ class NscReader:
         self.seen: dict[str, Origin] = {}
         self.pin_count = 0
         if root.tag != "network-security-config":
-            raise AppFormatError(f"{name}: root element is <{root.tag}>, not <network-security-config>")
+            raise AppFormatError(f"{name}: root element is <{clip(root.tag)}>, not <network-security-config>")
         self.root = root
 
     def origin(self, element: Element, shown: str | None = None) -> Origin:
-        return Origin(self.name, element.line, shown or f"<{element.tag}>")
+        return Origin(self.name, element.line, shown or f"<{clip(element.tag)}>")
 
     def warn(self, element: Element, message: str) -> None:
         self.warnings.append(Warning_(self.origin(element), message))
@@ -187,7 +168,7 @@ class NscReader:
             self.warnings.append(
                 Warning_(
                     self.manifest.origin(
-                        f'<application usesCleartextTraffic="{self.manifest.uses_cleartext}">', self.manifest.app_line
+                        f'<application usesCleartextTraffic="{clip(self.manifest.uses_cleartext)}">', self.manifest.app_line
                     ),
                     "ignored: with a network security config Android 7+ takes cleartext from the config and the target SDK",
                 )
@@ -196,7 +177,7 @@ class NscReader:
         debug = None
         for child in self.root.children:
             if child.tag not in NSC_TAGS:
-                self.warn(child, f"unknown element <{child.tag}> in <network-security-config>; not read")
+                self.warn(child, f"unknown element <{clip(child.tag)}> in <network-security-config>; not read")
         for element in [c for c in self.root.children if c.tag == "debug-overrides"][:1]:
             found = element.find("trust-anchors")
             if found is not None:
@@ -217,7 +198,7 @@ class NscReader:
                 if child.tag == "trust-anchors":
                     anchors = self._anchors(child)
                 else:
-                    self.warn(child, f"<{child.tag}> is not allowed in <base-config>; Android refuses such a config")
+                    self.warn(child, f"<{clip(child.tag)}> is not allowed in <base-config>; Android refuses such a config")
         base = self._declared([], base_origin, cleartext, anchors.merged(debug), None)
         for element in self.root.children:
             if element.tag == "domain-config":
@@ -240,17 +221,17 @@ class NscReader:
         sources: dict[str, bool] = {}
         for cert in element.children:
             if cert.tag != "certificates":
-                self.warn(cert, f"unknown element <{cert.tag}> in <trust-anchors>")
+                self.warn(cert, f"unknown element <{clip(cert.tag)}> in <trust-anchors>")
                 continue
             src = cert.attrs.get("src", "")
             override = cert.attrs.get("overridePins") == "true"
             if src not in ("system", "user"):
                 self.warn(
                     cert,
-                    f'the app trusts its own CA certificates (src="{src}"); tlsgate validates upstream servers against '
-                    "the system roots and --upstream-ca: pass that CA with --upstream-ca to validate as the app does",
+                    f"the app trusts its own CA certificates (src={short(src)}); tlsgate validates upstream servers "
+                    "against the system roots and --upstream-ca: pass that CA with --upstream-ca to validate as the app does",
                 )
-                src = f"bundled:{src}"
+                src = f"bundled:{clip(src)}"
             sources[src] = sources.get(src, False) or override
         return _Anchors(sources, self.origin(element))
 
@@ -266,13 +247,15 @@ class NscReader:
         pins, origins = [], []
         for pin in element.children:
             if pin.tag != "pin":
-                self.warn(pin, f"unknown element <{pin.tag}> in <pin-set>")
+                self.warn(pin, f"unknown element <{clip(pin.tag)}> in <pin-set>")
                 continue
             if pin.attrs.get("digest") != "SHA-256":
                 self.warn(pin, f"pin digest {short(pin.attrs.get('digest', ''))}: Android accepts only SHA-256; pin not read")
                 continue
             value = "sha256/" + pin.text.strip()
             try:
+                if len(value) > 100:  # a SHA-256 pin is 51 characters; PinError would quote all of it
+                    raise PinError(f"pin {short(value)} is {len(value)} characters long, not a SHA-256 pin")
                 parse_pin(value)
             except PinError as exc:
                 self.warn(pin, f"{exc}; pin not read")
@@ -314,7 +297,7 @@ class NscReader:
             elif child.tag == "pin-set":
                 pins = self._pins(child) or pins
             elif child.tag != "domain-config":
-                self.warn(child, f"unknown element <{child.tag}> in <domain-config>; not read")
+                self.warn(child, f"unknown element <{clip(child.tag)}> in <domain-config>; not read")
         if not any(c.tag == "domain" for c in element.children):
             self.warn(element, "a <domain-config> needs at least one <domain>; Android refuses such a config")
         if hosts:
@@ -331,7 +314,12 @@ class NscReader:
         if name is None:
             self.warn(element, f"domain {short(element.text.strip())} is not a host name (NSC takes no wildcards); not read")
             return []
-        patterns = [name, f"*.{name}"] if include else [name]
+        patterns = host_patterns(name, include)
+        if len(self.seen) + len(patterns) > MAX_DOMAINS:
+            raise AppFormatError(
+                f"{self.origin(element)}: more than {MAX_DOMAINS} domains; tlsgate writes at most {MAX_DOMAINS} host "
+                "patterns per app (a real config names tens)"
+            )
         out = []
         for pattern in patterns:
             if pattern in self.seen:
@@ -390,9 +378,9 @@ def read_nsc(data: bytes, name: str, manifest: Manifest, build: str | None = Non
     ]
     if base.values.get("user_cas", ("",))[0] == "trusted" and kind == "release":
         reader.warnings.append(Warning_(base.values["user_cas"][1], "this release build trusts user-installed CAs"))
-    return AppConfig(
-        "android", manifest.package or Path(name).stem, kind, [manifest.name, name], base, reader.domains, reader.warnings, facts
-    )
+    app_id = manifest.package or app_identifier(Path(name).stem) or "app"
+    warnings = manifest.warnings + reader.warnings
+    return AppConfig("android", app_id, kind, [manifest.name, name], base, reader.domains, warnings, facts)
 
 
 def no_nsc(manifest: Manifest, build: str | None = None) -> AppConfig:
@@ -401,7 +389,7 @@ def no_nsc(manifest: Manifest, build: str | None = None) -> AppConfig:
     sdk = manifest.target_sdk
     default = manifest.origin(f"platform default for targetSdkVersion {sdk}", manifest.sdk_line)
     if manifest.uses_cleartext is not None:
-        shown = f'<application usesCleartextTraffic="{manifest.uses_cleartext}">'
+        shown = f'<application usesCleartextTraffic="{clip(manifest.uses_cleartext)}">'
         cleartext = (manifest.uses_cleartext == "true", manifest.origin(shown, manifest.app_line))
     else:
         cleartext = (sdk < CLEARTEXT_DEFAULT_OFF_SDK, default)
@@ -409,66 +397,81 @@ def no_nsc(manifest: Manifest, build: str | None = None) -> AppConfig:
     base.values["cleartext"] = ("permit" if cleartext[0] else "forbid", cleartext[1])
     base.values["user_cas"] = ("trusted" if sdk < USER_CA_DEFAULT_OFF_SDK else "untrusted", default)
     warnings = [
-        Warning_(manifest.origin("<application>", manifest.app_line), "no networkSecurityConfig: platform defaults apply")
+        *manifest.warnings,
+        Warning_(manifest.origin("<application>", manifest.app_line), "no networkSecurityConfig: platform defaults apply"),
     ]
     facts = [f"package {manifest.package or '(unknown)'}, targetSdkVersion {sdk}", f"{kind} build"]
     return AppConfig("android", manifest.package or "app", kind, [manifest.name], base, [], warnings, facts)
 
 
-def read_entry(archive: zipfile.ZipFile, name: str) -> bytes:
-    """One archive member, refused before reading when it would inflate beyond MAX_INPUT."""
-    try:
-        info = archive.getinfo(name)
-    except KeyError:
-        raise AppFormatError(f"{archive.filename}: no {name}") from None
-    if info.file_size > MAX_INPUT:
-        raise AppFormatError(f"{archive.filename}: {name} is larger than {MAX_INPUT >> 20} MiB")
-    with archive.open(info) as stream:
-        data = stream.read(MAX_INPUT + 1)
-    if len(data) > MAX_INPUT:
-        raise AppFormatError(f"{archive.filename}: {name} inflates beyond {MAX_INPUT >> 20} MiB")
-    return data
+APK_ENTRIES = (b"AndroidManifest.xml", b"resources.arsc")
+_PLAIN_PATH = re.compile(r"^(?:[A-Za-z0-9_+@=,.~-]+/)*[A-Za-z0-9_+@=,.~-]+$")
 
 
 def read_apk(path: Path, build: str | None = None, today: dt.date | None = None) -> AppConfig:
     """An APK: the compiled manifest, `android:networkSecurityConfig` resolved through resources.arsc, the compiled NSC."""
+    with Archive.open(path) as apk:
+        return read_apk_archive(apk, {e.raw: e for e in apk.scan(APK_ENTRIES.__contains__)}, build, today)
+
+
+def read_apk_archive(apk: Archive, entries: dict[bytes, Entry], build: str | None, today: dt.date | None) -> AppConfig:
+    """An APK whose directory was scanned once: `entries` holds its manifest and resource table, when present."""
     try:
-        with zipfile.ZipFile(path) as apk:
-            manifest = Manifest(
-                parse_any_xml(read_entry(apk, "AndroidManifest.xml"), "AndroidManifest.xml"), "AndroidManifest.xml"
+        return _read_apk(apk, entries, build, today)
+    except AppFormatError as exc:
+        message = str(exc)
+        raise (exc if message.startswith(f"{apk.label}: ") else apk.error(message)) from None
+
+
+def _read_apk(apk: Archive, entries: dict[bytes, Entry], build: str | None, today: dt.date | None) -> AppConfig:
+    def read(name: bytes) -> bytes:
+        entry = entries.get(name)
+        if entry is None:
+            raise apk.error(f"no {name.decode()}")
+        return apk.read(entry)
+
+    manifest = Manifest(parse_any_xml(read(b"AndroidManifest.xml"), "AndroidManifest.xml"), "AndroidManifest.xml")
+    ref = manifest.nsc_ref
+    if ref is None:
+        return no_nsc(manifest, build)
+    if not ref.startswith("@0x"):
+        raise apk.error(f"AndroidManifest.xml: android:networkSecurityConfig={short(ref)} is not a resource reference")
+    table = read(b"resources.arsc")
+    try:
+        files = resolve_file_reference(table, int(ref[1:], 16))
+    except AppFormatError as exc:
+        raise apk.error(f"resources.arsc: {exc}") from None
+    except (IndexError, struct.error, UnicodeError) as exc:
+        raise apk.error(f"resources.arsc: malformed ({type(exc).__name__})") from None
+    del table
+    if not files:
+        raise apk.error(f"resource {ref[1:]} (android:networkSecurityConfig) is not in resources.arsc")
+    target = files[0]
+    if len(target) > 4096 or not _PLAIN_PATH.fullmatch(target) or any(part in (".", "..") for part in target.split("/")):
+        raise apk.error(f"resources.arsc names {short(target)} as the network security config: not a plain path inside the APK")
+    entry = apk.find(target)
+    if entry is None:
+        raise apk.error(f"no {target} (android:networkSecurityConfig, by resources.arsc)")
+    config = read_nsc(apk.read(entry), target, manifest, build, today)
+    variants = sorted({clip(f, 200) for f in files})
+    if len(variants) > 1:
+        shown = ", ".join(variants[:5]) + (f" and {len(variants) - 5} more" if len(variants) > 5 else "")
+        config.warnings.append(
+            Warning_(
+                Origin(target, None, "<network-security-config>"),
+                f"the app has {len(variants)} variants of this config by device configuration ({shown}); "
+                "tlsgate read the first, the default",
             )
-            ref = manifest.nsc_ref
-            if ref is None:
-                return no_nsc(manifest, build)
-            if not ref.startswith("@0x"):
-                raise AppFormatError(f"{path}: android:networkSecurityConfig={short(ref)} is not a resource reference")
-            table = read_entry(apk, "resources.arsc")
-            try:
-                files = resolve_file_reference(table, int(ref[1:], 16))
-            except (IndexError, struct.error, UnicodeError) as exc:
-                raise AppFormatError(f"{path}: malformed resources.arsc ({type(exc).__name__})") from None
-            if not files:
-                raise AppFormatError(f"{path}: resource {ref[1:]} (android:networkSecurityConfig) is not in resources.arsc")
-            config = read_nsc(read_entry(apk, files[0]), files[0], manifest, build, today)
-            if len(set(files)) > 1:
-                config.warnings.append(
-                    Warning_(
-                        Origin(files[0], None, "<network-security-config>"),
-                        f"the app has {len(set(files))} variants of this config by device configuration "
-                        f"({', '.join(sorted(set(files)))}); tlsgate read the first, the default",
-                    )
-                )
-            config.files = [str(path), "AndroidManifest.xml", files[0]]
-            return config
-    except zipfile.BadZipFile as exc:
-        raise AppFormatError(f"{path}: not an APK (zip): {exc}") from None
+        )
+    config.files = [apk.label, "AndroidManifest.xml", target]
+    return config
 
 
 def read_source(
     nsc: Path, manifest_path: Path | None, build: str | None, today: dt.date | None, target_sdk: int | None = None
 ) -> AppConfig:
     """A source tree's NSC XML, with its AndroidManifest.xml when given; without one the target SDK must be given."""
-    manifest_root = parse_any_xml(_read(manifest_path), str(manifest_path)) if manifest_path else None
+    manifest_root = parse_any_xml(read_file(manifest_path), str(manifest_path)) if manifest_path else None
     manifest = Manifest(manifest_root, str(manifest_path) if manifest_path else "AndroidManifest.xml (not given)")
     if target_sdk is not None:
         manifest.target_sdk, manifest.target_explicit = target_sdk, True
@@ -476,19 +479,12 @@ def read_source(
         raise AppFormatError(
             f"{nsc}: the defaults depend on the app's targetSdkVersion: give --manifest AndroidManifest.xml or --target-sdk N"
         )
-    return read_nsc(_read(nsc), str(nsc), manifest, build, today)
+    return read_nsc(read_file(nsc), str(nsc), manifest, build, today)
 
 
-def nsc_beside_manifest(manifest_path: Path) -> Path | None:
+def nsc_beside_manifest(manifest: Manifest, manifest_path: Path) -> Path | None:
     """`@xml/name` in a source manifest -> res/xml/name.xml next to it (the Gradle layout src/main/)."""
-    manifest = Manifest(parse_any_xml(_read(manifest_path), str(manifest_path)), str(manifest_path))
     ref = manifest.nsc_ref
     if not ref or not ref.startswith("@xml/"):
         return None
     return manifest_path.parent / "res" / "xml" / posixpath.basename(ref[len("@xml/") :] + ".xml")
-
-
-def _read(path: Path) -> bytes:
-    if path.stat().st_size > MAX_INPUT:
-        raise AppFormatError(f"{path}: larger than {MAX_INPUT >> 20} MiB")
-    return path.read_bytes()

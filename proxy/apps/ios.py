@@ -23,12 +23,28 @@ from __future__ import annotations
 import base64
 import binascii
 import plistlib
-import zipfile
-from pathlib import Path, PurePosixPath
+import struct
+from pathlib import Path
 from typing import Any
+from xml.parsers import expat
 
-from proxy.apps.android import read_entry
-from proxy.apps.model import MAX_INPUT, AppConfig, AppFormatError, Declared, Origin, PinDeclaration, Warning_, host_name, short
+from proxy.apps.files import read_file
+from proxy.apps.model import (
+    MAX_DOMAINS,
+    AppConfig,
+    AppFormatError,
+    Declared,
+    Origin,
+    PinDeclaration,
+    Warning_,
+    app_identifier,
+    clip,
+    host_name,
+    host_patterns,
+    short,
+)
+from proxy.apps.xmltext import parse_xml_text
+from proxy.apps.ziparchive import Archive, Entry
 
 ATS = "NSAppTransportSecurity"
 VERSIONS = {"TLSv1.0": "1.0", "TLSv1.1": "1.1", "TLSv1.2": "1.2", "TLSv1.3": "1.3"}
@@ -45,6 +61,27 @@ EXCEPTION_KEYS = {
 }
 PINNED_KEYS = {"NSIncludesSubdomains", "NSPinnedCAIdentities", "NSPinnedLeafIdentities"}
 TOP_KEYS = {"NSAllowsArbitraryLoads", *ARBITRARY_OVERRIDES, "NSExceptionDomains", "NSPinnedDomains"}
+MAX_PLIST = 8 << 20  # bytes; a real Info.plist is a few KiB to a few hundred
+MAX_OBJECTS = 1 << 20  # plist objects (XML elements, binary objects); a real Info.plist has hundreds to thousands
+MAX_PLIST_DEPTH = 128  # XML nesting; a real Info.plist nests under ten deep
+MAX_VISITS = 1_000_000  # ATS keys and items read; a binary plist can name one entry from every domain
+
+
+class _Visits:
+    """ATS keys and items read so far: a binary plist shares objects, so one entry of a million keys can be named by
+    ten thousand domains, and reading it per domain is quadratic in the file; this bounds it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.left = MAX_VISITS
+
+    def take(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise AppFormatError(
+                f"{self.name}: NSAppTransportSecurity takes more than {MAX_VISITS} keys and items to read "
+                "(entries shared between domains count once per domain); not an app's ATS"
+            )
 
 
 class AtsReader:
@@ -52,9 +89,10 @@ class AtsReader:
         self.ats = ats
         self.name = name
         self.warnings: list[Warning_] = []
+        self.visits = _Visits(name)
 
     def at(self, *path: str) -> Origin:
-        shown = ATS + "".join(f'["{p}"]' if "." in p or not p.startswith("NS") else f".{p}" for p in path)
+        shown = ATS + "".join(f'["{clip(p)}"]' if "." in p or not p.startswith("NS") else f".{clip(p)}" for p in map(_key, path))
         return Origin(self.name, None, shown)
 
     def warn(self, origin: Origin, message: str) -> None:
@@ -70,9 +108,10 @@ class AtsReader:
         return value
 
     def read(self) -> tuple[Declared, list[Declared]]:
+        self.visits.take(len(self.ats))
         for key in self.ats:
             if key not in TOP_KEYS:
-                self.warn(self.at(key), f"unknown ATS key {key}; not read")
+                self.warn(self.at(key), f"unknown ATS key {clip(_key(key))}; not read")
         arbitrary = bool(self.flag(self.ats, "NSAllowsArbitraryLoads"))
         overrides = [k for k in ARBITRARY_OVERRIDES if k in self.ats]
         if arbitrary and overrides:
@@ -115,14 +154,18 @@ class AtsReader:
         if not isinstance(value, dict):
             self.warn(self.at(key), f"{key} must be a dictionary; not read")
             return {}
+        self.visits.take(len(value))
         out = {}
         for domain, entry in value.items():
+            if not isinstance(domain, str):
+                self.warn(self.at(key, _key(domain)), "a key that is not a string; not read")
+                continue
             if not isinstance(entry, dict):
                 self.warn(self.at(key, domain), "must be a dictionary; not read")
                 continue
-            name = host_name(str(domain))
+            name = host_name(domain)
             if name is None:
-                self.warn(self.at(key, short(str(domain))), "not a host name (ATS takes no wildcards); not read")
+                self.warn(self.at(key, short(domain)), "not a host name (ATS takes no wildcards); not read")
                 continue
             if name != domain:
                 self.warn(self.at(key, domain), f"ATS expects lower-case names without a trailing dot; read as {name}")
@@ -132,12 +175,16 @@ class AtsReader:
     def _domains(self, base: Declared) -> list[Declared]:
         exceptions = self._table("NSExceptionDomains")
         pinned = self._table("NSPinnedDomains")
-        patterns: list[str] = []
+        patterns: dict[str, None] = {}  # ordered and O(1) to test: a list's `in` made 100,000 domains quadratic
         for table in (exceptions, pinned):
             for name, entry in table.items():
-                for pattern in (name, f"*.{name}") if entry.get("NSIncludesSubdomains") is True else (name,):
-                    if pattern not in patterns:
-                        patterns.append(pattern)
+                for pattern in host_patterns(name, entry.get("NSIncludesSubdomains") is True):
+                    patterns[pattern] = None
+        if len(patterns) > MAX_DOMAINS:
+            raise AppFormatError(
+                f"{self.name}: NSAppTransportSecurity names {len(patterns)} host patterns; tlsgate writes at most "
+                f"{MAX_DOMAINS} per app (a real app names tens)"
+            )
         groups: dict[tuple[str | None, str | None], list[str]] = {}
         for pattern in patterns:
             key = (_governing(exceptions, pattern), _governing(pinned, pattern))
@@ -170,9 +217,10 @@ class AtsReader:
 
     def _exception(self, name: str, entry: dict[str, Any]) -> Declared:
         path = ("NSExceptionDomains", name)
+        self.visits.take(len(entry))
         for key in entry:
             if key not in EXCEPTION_KEYS:
-                self.warn(self.at(*path, key), f"unknown exception-domain key {key}; not read")
+                self.warn(self.at(*path, _key(key)), f"unknown exception-domain key {clip(_key(key))}; not read")
         declared = self._defaults(Origin(self.name, None, f"{self.at(*path).element} (ATS defaults where it sets nothing)"))
         declared.origin = self.at(*path)
         for key in ("NSExceptionAllowsInsecureHTTPLoads", "NSThirdPartyExceptionAllowsInsecureHTTPLoads"):
@@ -198,9 +246,10 @@ class AtsReader:
 
     def _pins(self, name: str, entry: dict[str, Any]) -> PinDeclaration | None:
         path = ("NSPinnedDomains", name)
+        self.visits.take(len(entry))
         for key in entry:
             if key not in PINNED_KEYS:
-                self.warn(self.at(*path, key), f"unknown pinned-domain key {key}; not read")
+                self.warn(self.at(*path, _key(key)), f"unknown pinned-domain key {clip(_key(key))}; not read")
         pins: list[str] = []
         scopes: list[Any] = []
         origins: list[Origin] = []
@@ -208,6 +257,7 @@ class AtsReader:
             if key not in entry:
                 continue
             items = entry[key] if isinstance(entry[key], list) else None
+            self.visits.take(len(items or []))
             read = [pin for i, item in enumerate(items or []) if (pin := self._spki(item, (*path, key, str(i))))]
             if not read:
                 self.warn(
@@ -236,7 +286,14 @@ class AtsReader:
 
 def _shown(value: Any) -> str:
     """A plist value in a message: short, whatever the file put there."""
-    return repr(value)[:60] if isinstance(value, str | int | float | bool) else type(value).__name__
+    if isinstance(value, str):
+        return short(value, 60)
+    return repr(value)[:60] if isinstance(value, int | float | bool) and abs(value) < 1e60 else type(value).__name__
+
+
+def _key(key: object) -> str:
+    """A dictionary key in a message or origin: binary plists allow keys of any scalar type."""
+    return key if isinstance(key, str) else f"<{type(key).__name__}>"
 
 
 def _governing(table: dict[str, dict[str, Any]], pattern: str) -> str | None:
@@ -254,15 +311,18 @@ def _governing(table: dict[str, dict[str, Any]], pattern: str) -> str | None:
 
 
 def read_plist(data: bytes, name: str) -> AppConfig:
-    try:
-        plist = plistlib.loads(data)
-    except (plistlib.InvalidFileException, ValueError, OverflowError, TypeError, RecursionError, MemoryError) as exc:
-        raise AppFormatError(f"{name}: not a property list ({exc})") from None
+    plist = load_plist(data, name)
     if not isinstance(plist, dict):
         raise AppFormatError(f"{name}: the top level is not a dictionary")
-    app_id = str(plist.get("CFBundleIdentifier") or "app")
     ats = plist.get(ATS)
     reader = AtsReader(ats if isinstance(ats, dict) else {}, name)
+    declared = plist.get("CFBundleIdentifier")
+    app_id = app_identifier(declared) or "app"
+    if declared is not None and app_id != declared:
+        shown = short(declared) if isinstance(declared, str) else f"a {type(declared).__name__}"
+        reader.warn(
+            Origin(name, None, "CFBundleIdentifier"), f"{shown} is not a bundle identifier; the policy calls the app 'app'"
+        )
     if ats is None:
         reader.warn(Origin(name, None, ATS), "absent: the ATS defaults apply to every host")
     elif not isinstance(ats, dict):
@@ -270,27 +330,102 @@ def read_plist(data: bytes, name: str) -> AppConfig:
     base, domains = reader.read()
     fmt = "binary" if data.startswith(b"bplist") else "XML"
     version = plist.get("CFBundleShortVersionString")
-    facts = [f"bundle {app_id} ({fmt} plist)" + (f", version {version}" if isinstance(version, str) else "")]
+    shown_version = f", version {clip(version, 40)}" if isinstance(version, str) else ""
+    facts = [f"bundle {app_id} ({fmt} plist){shown_version}"]
     return AppConfig("ios", app_id, "release", [name], base, domains, reader.warnings, facts)
+
+
+def load_plist(data: bytes, name: str) -> Any:
+    """plistlib's reading, after the checks it lacks: an XML plist through the hardened expat pass (located errors,
+    no entities, bounded elements and depth), a binary one's trailer, offsets and counts against the file."""
+    if data.startswith(b"bplist"):
+        _check_binary(data, name)
+        fmt = plistlib.FMT_BINARY
+    else:
+        parse_xml_text(data, name, build=False, doctype="external", max_depth=MAX_PLIST_DEPTH, max_elements=MAX_OBJECTS)
+        fmt = plistlib.FMT_XML
+    try:
+        return plistlib.loads(data, fmt=fmt)
+    except RecursionError:
+        raise AppFormatError(f"{name}: not a property list: binary plist objects nested too deeply") from None
+    except plistlib.InvalidFileException:
+        raise AppFormatError(
+            f"{name}: not a property list (a malformed object: an offset, reference or count out of range, or text that "
+            "does not decode)"
+        ) from None
+    except (ValueError, OverflowError, TypeError, IndexError, struct.error, LookupError, expat.ExpatError) as exc:
+        raise AppFormatError(f"{name}: not a property list ({short(str(exc), 120)})") from None
+
+
+_TRAILER = struct.Struct(">6xBBQQQ")
+_CONTAINERS = {0xA0: 1, 0xB0: 1, 0xC0: 1, 0xD0: 2}  # array, ordset, set: one reference per item; dict: two
+
+
+def _check_binary(data: bytes, name: str) -> None:
+    """What plistlib trusts in a binary plist: the trailer's sizes and the references every container claims.
+
+    plistlib builds a tuple of every container's references before it reads
+    them, so the sum of the counts, not the number of objects, bounds memory.
+    """
+    if len(data) < 8 + _TRAILER.size:
+        raise AppFormatError(f"{name}: not a property list: binary plist too short for its trailer")
+    offset_size, ref_size, count, top, table = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
+    where = f"{name}: not a property list: binary plist trailer"
+    if not (1 <= offset_size <= 8 and 1 <= ref_size <= 8):
+        raise AppFormatError(f"{where}: offset size {offset_size} or reference size {ref_size} is not 1 to 8 bytes")
+    if count > MAX_OBJECTS:
+        raise AppFormatError(f"{where}: {count} objects, more than the {MAX_OBJECTS} tlsgate reads")
+    if top >= count:
+        raise AppFormatError(f"{where}: the top object {top} is not one of its {count} objects")
+    end = len(data) - _TRAILER.size
+    if table < 8 or table + count * offset_size > end:
+        raise AppFormatError(f"{where}: the offset table lies outside the file")
+    references = 0
+    for index in range(count):
+        at = table + index * offset_size
+        offset = int.from_bytes(data[at : at + offset_size], "big")
+        if not 8 <= offset < table:
+            raise AppFormatError(f"{name}: not a property list: binary object {index} is at byte {offset}, outside the objects")
+        per = _CONTAINERS.get(data[offset] & 0xF0)
+        if per is None:
+            continue
+        size = data[offset] & 0x0F
+        if size == 0x0F:
+            if offset + 2 > table:
+                raise AppFormatError(f"{name}: not a property list: binary object {index} at byte {offset} is cut short")
+            width = 1 << (data[offset + 1] & 0x03)
+            size = int.from_bytes(data[offset + 2 : offset + 2 + width], "big")
+        references += per * size
+        if references > 4 * MAX_OBJECTS or offset + per * size * ref_size > table:
+            raise AppFormatError(
+                f"{name}: not a property list: binary object {index} at byte {offset} claims {size} items: more than "
+                f"the file holds or the {4 * MAX_OBJECTS} references tlsgate reads"
+            )
+
+
+def is_app_plist(raw: bytes) -> bool:
+    """`Payload/<Name>.app/Info.plist`: the app's own, not a framework's or an extension's deeper down."""
+    return raw.startswith(b"Payload/") and raw.endswith(b".app/Info.plist") and raw.count(b"/") == 2
 
 
 def read_ipa(path: Path) -> AppConfig:
     """An IPA: the app's `Payload/<Name>.app/Info.plist` (not those of frameworks or extensions inside it)."""
+    with Archive.open(path) as ipa:
+        return read_ipa_archive(ipa, ipa.scan(is_app_plist))
+
+
+def read_ipa_archive(ipa: Archive, plists: list[Entry]) -> AppConfig:
+    if len(plists) != 1:
+        raise ipa.error(f"expected one Payload/<Name>.app/Info.plist, found {len(plists)}")
+    entry = plists[0]
     try:
-        with zipfile.ZipFile(path) as ipa:
-            plists = [
-                n for n in ipa.namelist() if (p := PurePosixPath(n)).match("Payload/*.app/Info.plist") and len(p.parts) == 3
-            ]
-            if len(plists) != 1:
-                raise AppFormatError(f"{path}: expected one Payload/<Name>.app/Info.plist, found {len(plists)}")
-            config = read_plist(read_entry(ipa, plists[0]), plists[0])
-            config.files = [str(path), plists[0]]
-            return config
-    except zipfile.BadZipFile as exc:
-        raise AppFormatError(f"{path}: not an IPA (zip): {exc}") from None
+        config = read_plist(ipa.read(entry, MAX_PLIST), entry.name)
+    except AppFormatError as exc:
+        message = str(exc)
+        raise (exc if message.startswith(f"{ipa.label}: ") else ipa.error(message)) from None
+    config.files = [ipa.label, entry.name]
+    return config
 
 
 def read_plist_file(path: Path) -> AppConfig:
-    if path.stat().st_size > MAX_INPUT:
-        raise AppFormatError(f"{path}: larger than {MAX_INPUT >> 20} MiB")
-    return read_plist(path.read_bytes(), str(path))
+    return read_plist(read_file(path, MAX_PLIST), str(path))
