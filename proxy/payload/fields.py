@@ -37,6 +37,7 @@ class Field:
     path: tuple[str, ...]
     text: str
     raw: bytes | None = None  # a binary body, judged as bytes rather than as an encoding
+    cut: bool = False  # the value ran past the inspection limit: what is here is its beginning only
 
 
 def url_fields(url: str) -> list[Field]:
@@ -75,7 +76,8 @@ def body_fields(content_type: str, body: bytes, complete: bool = True) -> list[F
     ctype = content_type.split(";", 1)[0].strip().lower()
     text = body.decode("utf-8", "replace")
     if ctype == "application/x-www-form-urlencoded":
-        return [Field(("form", k), v) for k, v in parse_qsl(text, keep_blank_values=True)][:MAX_FIELDS]
+        pairs = parse_qsl(text, keep_blank_values=True)[:MAX_FIELDS]
+        return [Field(("form", k), v, cut=not complete and i == len(pairs) - 1) for i, (k, v) in enumerate(pairs)]
     if complete and (ctype == "application/json" or ctype.endswith("+json") or text.lstrip()[:1] in ("{", "[")):
         try:
             data = json.loads(body)
@@ -86,17 +88,28 @@ def body_fields(content_type: str, body: bytes, complete: bool = True) -> list[F
     if ctype == "multipart/form-data":
         return _multipart(content_type, text)
     sample = body[:4096]
+    cut = not complete
     if len(sample.translate(None, _TEXT_BYTES)) > 0.05 * len(sample):  # more than 5% control bytes: binary
-        return [Field(("body",), "", raw=body)]
-    out = [Field(("body",), text.strip())]
-    if len(body) % 16 == 0 and len(body) >= 32:  # short binary can pass for text: judge its bytes as well
-        out.append(Field(("body", "bytes"), "", raw=body))
-    for index, token in enumerate(TOKEN.findall(text)):
+        return [Field(("body",), "", raw=body, cut=cut)]
+    out = [Field(("body",), text.strip(), cut=cut)]
+    if (len(body) % 16 == 0 and len(body) >= 32) or not _utf8(sample):  # binary can pass for text: judge its bytes too
+        out.append(Field(("body", "bytes"), "", raw=body, cut=cut))
+    stripped = text.rstrip()
+    for index, found in enumerate(TOKEN.finditer(text)):
         if index >= MAX_FIELDS - 1:
             break
-        if token != text.strip():
-            out.append(Field(("body", f"run{index}"), token))
+        if found.group(0) != text.strip():
+            out.append(Field(("body", f"run{index}"), found.group(0), cut=cut and found.end() >= len(stripped)))
     return out
+
+
+def _utf8(sample: bytes) -> bool:
+    """Valid UTF-8, but for a sequence the sample cut short at its end."""
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start >= len(sample) - 3
+    return True
 
 
 def _json_leaves(data: object, path: tuple[str, ...], depth: int, count: list[int]) -> Iterator[Field]:

@@ -1,4 +1,4 @@
-"""One pass over a message's fields: ECB and deterministic ciphertext, provider keys, unsigned JWTs, seeded identifiers.
+"""One pass over a message's fields: ECB and fixed-IV/nonce ciphertext, provider keys, unsigned JWTs, seeded identifiers.
 
 Returns value-free items only (field path as the caller's `namer` shows it,
 encoding, lengths, counts), so what it returns can be written anywhere.
@@ -6,20 +6,19 @@ encoding, lengths, counts), so what it returns can be written anywhere.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.payload.decode import decode
-from proxy.payload.ecb import BlockMemory, analyse
+from proxy.payload.decode import decode, random_text
+from proxy.payload.ecb import BLOCK, analyse, cipher_shaped, zero_iv
 from proxy.payload.fields import Field
 from proxy.payload.identifiers import Form, find
+from proxy.payload.recall import BlockMemory
 from proxy.payload.secrets import jwt_claims, jwts, provider_keys
 
 Namer = Callable[[tuple[str, ...]], str]
-# Fields where one value legitimately repeats in every request: the same-value rule would only flag tokens there.
-STATIC_PLACES = ("header", "cookie", "path")
+MAX_RECALLED = 32  # cipher-shaped values per message compared with earlier ones
 
 
 @dataclass
@@ -45,35 +44,42 @@ def scan(
     *,
     host: str,
     namer: Namer,
-    static_name: Callable[[str], bool],
     ecb: bool = True,
     secrets: bool = True,
     forms: list[Form] | None = None,
     memory: BlockMemory | None = None,
+    client: str = "",
+    body_bytes: int | None = None,
 ) -> ScanResult:
-    """`static_name(name)`: a field name whose value may repeat by design (tokens, IDs): exempt from `same_value`."""
+    """`client` keys the memory (one device's values are compared with its own); `body_bytes` is the whole body's
+    length when it is known (not content-encoded), which decides whether a cut binary body is whole blocks."""
     result = ScanResult()
     texts: list[tuple[str, str, str]] = []
-    candidates: list[tuple[int, str, str, bytes]] = []  # (index, shown path, encoding, bytes) of ciphertext-shaped values
-    for index, item in enumerate(fields):
+    candidates: list[tuple[str, str, bytes, bool]] = []  # (shown path, encoding, bytes, whole blocks) of cipher-shaped values
+    for item in fields:
         shown = namer(item.path)
         decoded: tuple[str, bytes] | None = ("binary", item.raw) if item.raw is not None else decode(item.text)
-        if ecb and decoded is not None:
+        if ecb and decoded is not None and random_text(item.text, decoded[0]) and cipher_shaped(decoded[1]):
             encoding, data = decoded
-            report = analyse(data)
-            if report is not None:
-                candidates.append((index, shown, encoding, data))
-                if report.ecb:
-                    result.ecb.append(
-                        {
-                            "field": shown,
-                            "encoding": encoding,
-                            "length": report.length,
-                            "blocks": report.blocks,
-                            "repeated_blocks": report.repeated,
-                            "basis": "repeated_block",
-                        }
-                    )
+            aligned = _whole_blocks(item, data, body_bytes)
+            candidates.append((shown, encoding, data, aligned))
+            zeros = zero_iv(data)
+            if zeros:
+                result.deterministic.append(
+                    {"field": shown, "encoding": encoding, "length": len(data), "basis": "zero_iv", "zero_bytes": zeros}
+                )
+            report = analyse(data[: len(data) // BLOCK * BLOCK]) if aligned else None
+            if report is not None and report.ecb:
+                result.ecb.append(
+                    {
+                        "field": shown,
+                        "encoding": encoding,
+                        "length": report.length,
+                        "blocks": report.blocks,
+                        "repeated_blocks": report.repeated,
+                        "basis": "repeated_block",
+                    }
+                )
         if secrets and item.text:
             for hit in provider_keys(item.text):
                 found = {"format": hit.format.name, "field": shown, "length": hit.length, "severity": hit.format.severity}
@@ -96,28 +102,30 @@ def scan(
     if forms:
         result.identifiers = [hit.as_dict() for hit in find(forms, texts)]
     if memory is not None and candidates:
-        _recall(fields, candidates, host, memory, static_name, result)
+        _recall(candidates, client, host, memory, result)
     return result
 
 
+def _whole_blocks(item: Field, data: bytes, body_bytes: int | None) -> bool:
+    """Whether the whole value is a whole number of cipher blocks: a value cut at the limit is only by accident."""
+    if not item.cut:
+        return len(data) % BLOCK == 0
+    return item.raw is not None and item.path[0] == "body" and body_bytes is not None and body_bytes % BLOCK == 0
+
+
 def _recall(
-    fields: list[Field],
-    candidates: list[tuple[int, str, str, bytes]],
-    host: str,
-    memory: BlockMemory,
-    static_name: Callable[[str], bool],
-    result: ScanResult,
+    candidates: list[tuple[str, str, bytes, bool]], client: str, host: str, memory: BlockMemory, result: ScanResult
 ) -> None:
-    shown_ecb = {item["field"] for item in result.ecb}
-    digests = [hashlib.blake2b(f"{f.path}\0{f.text}".encode(errors="replace"), digest_size=16).digest() for f in fields]
-    for index, shown, encoding, data in candidates[:32]:
-        context = b"".join(d for i, d in enumerate(digests) if i != index)
-        recall = memory.observe(host, shown, data, context)
-        if recall is None or shown in shown_ecb:
+    reported = {item["field"] for item in result.ecb + result.deterministic}
+    for shown, encoding, data, aligned in candidates[:MAX_RECALLED]:
+        recall = memory.observe(client, host, shown, data, aligned)
+        if recall is None or (shown in reported and recall.kind != "moved_block"):
             continue
-        path = fields[index].path
-        item = {"field": shown, "encoding": encoding, "length": len(data), "basis": recall.kind, "matching_blocks": recall.blocks}
-        if recall.kind == "moved_block":
-            result.ecb.append(item)
-        elif recall.kind != "same_value" or (path[0] not in STATIC_PLACES and not static_name(path[-1])):
-            result.deterministic.append(item)
+        item: dict[str, Any] = {"field": shown, "encoding": encoding, "length": len(data), "basis": recall.kind}
+        if recall.kind == "keystream_reuse":
+            item["evidence_bits"] = recall.bits
+        else:
+            item["matching_blocks"] = recall.blocks
+        if recall.prefixes:
+            item["prefix_blocks"] = list(recall.prefixes)
+        (result.ecb if recall.kind == "moved_block" else result.deterministic).append(item)
