@@ -45,17 +45,17 @@ def random_looking(block: bytes) -> bool:
 
 
 def cipher_shaped(data: bytes) -> bool:
-    """Bytes that could have come out of a cipher: at least one block, no file magic, and the byte statistics of
-    uniform random data: zero bytes, printable bytes and top bits each within their binomial 10^-6 tails, some
-    nibble above 9 (BCD digits have none), nibble counts within a chi-square of 80 (15 degrees of freedom).
+    """Bytes that could have come out of a cipher: at least one block, no file magic, not UTF-8 text, and the
+    byte statistics of uniform random data: zero bytes, printable bytes and top bits each within their binomial
+    10^-6 tails, some nibble above 9 (BCD digits have none), nibble counts within a chi-square of 80 (15 degrees
+    of freedom).
 
     Text, BCD digits, packed small integers and structured binary fail; uniformly random values fail with
     probability about 10^-4, mostly by starting with a file's magic number (a unit test measures it).
     """
-    if file_format(data) is not None:
+    if file_format(data) is not None or _utf8_text(data[:SHAPE_SAMPLE], cut=len(data) > SHAPE_SAMPLE):
         return False
-    zeros = len(data) - len(data.lstrip(b"\x00"))
-    sample = data[min(zeros, BLOCK) : SHAPE_SAMPLE]  # an all-zero IV or nonce sent in front is not what is judged
+    sample = data[zero_iv(data) : SHAPE_SAMPLE]  # an all-zero IV or nonce sent in front is not what is judged
     if len(sample) < BLOCK:
         return False
     n = len(sample)
@@ -79,6 +79,20 @@ def cipher_shaped(data: bytes) -> bool:
     return n < 32 or chi2 < 80  # P(chi2 with 15 degrees of freedom > 80) < 10^-9
 
 
+def _utf8_text(data: bytes, cut: bool) -> bool:
+    """UTF-8 with at least one character beyond ASCII (a multi-byte character cut at the end of a `cut` sample
+    allowed): text in a non-Latin script, whose bytes are mostly above 0x7F and whose XOR with another such text
+    is small, exactly like two plaintexts under one keystream. Random bytes are valid UTF-8 with probability
+    5 x 10^-5 at 16 bytes and far less beyond."""
+    if data.isascii():
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return cut and error.start >= len(data) - 3 and _utf8_text(data[: error.start], cut=False)
+    return True
+
+
 @lru_cache(maxsize=1024)
 def _tail(n: int, p: float, alpha: float = 1e-6) -> int:
     """The smallest k with P(Binomial(n, p) >= k) <= alpha."""
@@ -95,11 +109,14 @@ ZERO_IV = 12  # a GCM nonce is 12 bytes, a CBC or CTR IV 16
 
 
 def zero_iv(data: bytes) -> int:
-    """The length of an all-zero IV or nonce a cipher-shaped value starts with (`IV.fromLength(16)` or a zero GCM
-    nonce sent in front of the ciphertext), capped at one block; 0 when it starts with fewer than 12 zero bytes.
-    A random value starts so with probability 2^-96."""
+    """The length of an all-zero IV or nonce a value starts with (`IV.fromLength(16)`, or a zero GCM nonce, sent
+    in front of the ciphertext): 16 for 16 or more zero bytes, 12 for 12 or 13 (a 12-byte nonce, then cipher
+    output that starts with a zero byte one time in 256); else 0. Fourteen or fifteen zeros then a small number
+    are a counter IV (unique per message, which is right), not a fixed one."""
     zeros = len(data) - len(data.lstrip(b"\x00"))
-    return min(zeros, BLOCK) if zeros >= ZERO_IV else 0
+    if zeros >= BLOCK:
+        return BLOCK
+    return ZERO_IV if zeros in (ZERO_IV, ZERO_IV + 1) else 0
 
 
 def blocks_of(data: bytes) -> list[bytes] | None:

@@ -27,6 +27,10 @@ ciphertext never has, and that ordinary traffic does not have either:
 * `same_position` (ECB, or a fixed-nonce stream on block-aligned text): the
   same random-looking block at the same position as in an earlier value, after
   a block that differs.
+* `zero_iv`: two different values start with the same all-zero IV or nonce
+  (`IV.fromLength(16)` or a zero GCM nonce sent in front): a fixed IV is the
+  same IV twice, and an all-zero one is recognisably an IV. A counter IV sent
+  in front (unique per message, which is right) never repeats.
 * `same_prefix` (CBC with a fixed IV, or ECB): two values share their first k
   blocks and differ from the first byte of block k+1, and the field's values
   have shared two different numbers of leading blocks. A constant binary
@@ -57,7 +61,7 @@ import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-from proxy.payload.ecb import BLOCK, random_looking
+from proxy.payload.ecb import BLOCK, random_looking, zero_iv
 
 HEAD = 512  # bytes of each value kept and compared
 PER_KEY = 4  # values kept per field
@@ -140,13 +144,13 @@ def _common_prefix(a: bytes, b: bytes, size: int) -> int:
 class Recall:
     """What earlier values of the same field say about this one."""
 
-    kind: str  # "moved_block" (ECB) | "keystream_reuse" | "same_position" | "same_prefix"
-    blocks: int = 0  # how many blocks matched (block rules)
+    kind: str  # "moved_block" (ECB) | "keystream_reuse" | "zero_iv" | "same_position" | "same_prefix"
+    blocks: int = 0  # how many blocks matched (block rules); the zero IV's length (zero_iv)
     bits: int = 0  # evidence in bits (keystream rule)
     prefixes: tuple[int, ...] = ()  # the numbers of leading blocks values shared (same_prefix)
 
 
-RANK = {"moved_block": 4, "keystream_reuse": 3, "same_position": 2, "same_prefix": 1}
+RANK = {"moved_block": 5, "keystream_reuse": 4, "zero_iv": 3, "same_position": 2, "same_prefix": 1}
 
 _SALT = os.urandom(16)
 
@@ -221,6 +225,9 @@ def _compare(new: _Seen, state: _Field) -> Recall | None:
         with_tag, without_tag = keystream_bits(new.head, old.head)
         whole, cut = whole + with_tag, cut + without_tag
         found, prefix = _blocks(new, old)
+        iv = zero_iv(new.head)
+        if iv and zero_iv(old.head) == iv and (found is None or RANK[found.kind] < RANK["zero_iv"]):
+            found = Recall("zero_iv", iv)
         if prefix:
             shared.add(prefix)
         if found is not None and (best is None or RANK[found.kind] > RANK[best.kind]):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.payload.decode import decode, random_text
-from proxy.payload.ecb import BLOCK, analyse, cipher_shaped, zero_iv
+from proxy.payload.ecb import BLOCK, analyse, cipher_shaped
 from proxy.payload.fields import Field
 from proxy.payload.identifiers import Form, find
 from proxy.payload.recall import BlockMemory
@@ -63,11 +63,6 @@ def scan(
             encoding, data = decoded
             aligned = _whole_blocks(item, data, body_bytes)
             candidates.append((shown, encoding, data, aligned))
-            zeros = zero_iv(data)
-            if zeros:
-                result.deterministic.append(
-                    {"field": shown, "encoding": encoding, "length": len(data), "basis": "zero_iv", "zero_bytes": zeros}
-                )
             report = analyse(data[: len(data) // BLOCK * BLOCK]) if aligned else None
             if report is not None and report.ecb:
                 result.ecb.append(
@@ -116,14 +111,16 @@ def _whole_blocks(item: Field, data: bytes, body_bytes: int | None) -> bool:
 def _recall(
     candidates: list[tuple[str, str, bytes, bool]], client: str, host: str, memory: BlockMemory, result: ScanResult
 ) -> None:
-    reported = {item["field"] for item in result.ecb + result.deterministic}
+    reported = {item["field"] for item in result.ecb}
     for shown, encoding, data, aligned in candidates[:MAX_RECALLED]:
         recall = memory.observe(client, host, shown, data, aligned)
-        if recall is None or (shown in reported and recall.kind != "moved_block"):
+        if recall is None or shown in reported:
             continue
         item: dict[str, Any] = {"field": shown, "encoding": encoding, "length": len(data), "basis": recall.kind}
         if recall.kind == "keystream_reuse":
             item["evidence_bits"] = recall.bits
+        elif recall.kind == "zero_iv":
+            item["zero_bytes"] = recall.blocks
         else:
             item["matching_blocks"] = recall.blocks
         if recall.prefixes:

@@ -4,6 +4,7 @@ trigger: real AES from `cryptography`, values the way apps build them."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -185,8 +186,10 @@ def test_magic_numbers_cost_a_negligible_share_of_ciphertext() -> None:
         b"\x01\x00\x02\x00" * 16,
         bytes.fromhex("1234567890" * 8),
         b"\x0a\x10" + b"abcdefghijklmnop" * 4,
+        "привет как дела".encode(),
+        "明日会いましょう".encode(),
     ],
-    ids=["text", "zeros", "small integers", "BCD digits", "protobuf text"],
+    ids=["text", "zeros", "small integers", "BCD digits", "protobuf text", "Cyrillic", "Japanese"],
 )
 def test_structured_bytes_are_not_cipher_shaped(value: bytes) -> None:
     assert not cipher_shaped(value)
@@ -206,6 +209,19 @@ def test_structured_bytes_are_not_cipher_shaped(value: bytes) -> None:
 def test_ids_and_words_that_fit_an_alphabet_are_not_random_text(text: str) -> None:
     decoded = decode(text)
     assert decoded is not None and not random_text(text, decoded[0])
+
+
+def test_base64_of_text_in_any_script_is_not_ciphertext() -> None:
+    """Two short UTF-8 texts in one script XOR to small values, as two plaintexts under one keystream do: an app
+    that base64-encodes what users type in Russian or Japanese was blocked as `keystream_reuse`."""
+    rng = random.Random(13)
+    for words in ("привет как дела сегодня хорошо спасибо увидимся завтра", "こんにちは 元気 ですか 今日 天気 明日 会いましょう"):
+        memory = BlockMemory()
+        for _ in range(100):
+            text = " ".join(rng.choice(words.split()) for _ in range(rng.randrange(2, 6))).encode()
+            fields = [Field(("json", "text_b64"), base64.b64encode(text).decode())]
+            found = scan(fields, host="h", namer=".".join, memory=memory)
+            assert (found.ecb, found.deterministic) == ([], [])
 
 
 def test_identifiers_that_decode_as_base64_never_add_up_to_evidence() -> None:
@@ -238,14 +254,35 @@ def test_identifiers_that_decode_as_base64_never_add_up_to_evidence() -> None:
             assert memory.observe("phone", "h", "json.operation", decoded[1], False) is None
 
 
-def test_an_all_zero_iv_or_nonce_sent_in_front_is_evidence_in_one_value() -> None:
-    """Dart `IV.fromLength(16)` written in front of the ciphertext, or a zero GCM nonce: the value says it all."""
-    for value in (ZERO + _cbc(KEY, ZERO, b'{"pin":"1234"}'), ZERO[:12] + _gcm(KEY, ZERO, b'{"pin":"1234"}')):
-        assert cipher_shaped(value) and zero_iv(value) in (12, 16)
-    assert zero_iv(bytes(11) + os.urandom(40)) == 0
-    fields = [Field(("json", "data"), (ZERO + _cbc(KEY, ZERO, b'{"pin":"1234"}')).hex())]
-    found = scan(fields, host="h", namer=".".join, memory=BlockMemory())
-    assert [(d["field"], d["basis"]) for d in found.deterministic] == [("json.data", "zero_iv")]
+def test_the_same_all_zero_iv_or_nonce_sent_in_front_of_two_values_is_a_fixed_iv() -> None:
+    """Dart `IV.fromLength(16)` written in front of the ciphertext, or a zero GCM nonce: an all-zero IV is
+    recognisably an IV, and the same one twice is a fixed one."""
+    for make in (lambda pin: ZERO + _cbc(KEY, ZERO, pin), lambda pin: ZERO[:12] + _gcm(KEY, ZERO, pin)):
+        first, second = make(b'{"pin":"1234"}'), make(b'{"pin":"9876"}')
+        assert cipher_shaped(first) and zero_iv(first) in (12, 16)
+        memory = BlockMemory()
+        fields = [[Field(("json", "data"), value.hex())] for value in (first, second)]
+        assert scan(fields[0], host="h", namer=".".join, memory=memory).deterministic == []  # one value: could be a counter's 0
+        found = scan(fields[1], host="h", namer=".".join, memory=memory)
+        assert [(d["field"], d["basis"], d["zero_bytes"]) for d in found.deterministic] == [
+            ("json.data", "zero_iv", zero_iv(first))
+        ]
+
+
+def test_a_counter_iv_sent_in_front_is_unique_per_message_and_fine() -> None:
+    """GCM with the message number as its 12-byte nonce, CTR with it as the nonce half of the IV (the block
+    counter in the other half): unique per message, right, and never flagged, though the first one is zeros."""
+    rng = random.Random(14)
+    for ctr in (False, True):
+        memory = BlockMemory()
+        for counter in range(40):
+            if ctr:
+                iv = counter.to_bytes(8, "big") + bytes(8)
+                value = iv + _sic(KEY, iv, profile(rng))
+            else:
+                iv = counter.to_bytes(12, "big")
+                value = iv + _gcm(KEY, iv, profile(rng))
+            assert memory.observe("phone", "h", "json.data", value, False) is None
 
 
 # -- where values come from -----------------------------------------------------------------------------
