@@ -894,6 +894,29 @@ def chat(g: Gen) -> list[Req]:
     return out
 
 
+SCRIPTS = {
+    "ru": "привет как дела сегодня хорошо спасибо увидимся завтра вечером погода отличная работа дом друзья",
+    "ja": "こんにちは 元気 ですか 今日 天気 いい ですね 明日 会いましょう 駅 で 待って います",
+    "zh": "你好 今天 天气 很好 我们 明天 见面 吃饭 了吗 谢谢 朋友 工作",
+    "ar": "مرحبا كيف حالك اليوم الطقس جميل شكرا نلتقي غدا في المساء",
+    "hi": "नमस्ते आप कैसे हैं आज मौसम अच्छा है धन्यवाद कल मिलते हैं",
+    "el": "γεια σου τι κάνεις σήμερα ο καιρός είναι ωραίος ευχαριστώ αύριο",
+    "emoji": "😀 🎉 👍 ❤️ 🔥 🙏 😂 🚀 ✨ 🥳",
+}
+
+
+def base64_text(g: Gen) -> list[Req]:
+    """Apps that base64 what users type (so any script survives every layer): chat lines, names, notes."""
+    app = App(g, "api.chatworld.example")
+    words = SCRIPTS[g.pick(list(SCRIPTS))].split()
+    out: list[Req] = []
+    for _ in range(g.rng.randrange(4, 14)):
+        text = " ".join(g.pick(words) for _ in range(g.rng.randrange(1, 8))).encode()
+        encoded = g.pick((base64.b64encode(text).decode(), b64u(text)))
+        out.append(post_json(app.url("/v1/messages"), {"room": g.uuid(), "text_b64": encoded, "ts": g.ts()}, *app.headers()))
+    return out
+
+
 def ecommerce(g: Gen) -> list[Req]:
     """Browsing and a cart: product IDs, filters, a search, a cart with item IDs."""
     app = App(g, "api.shop.example")
@@ -1482,6 +1505,76 @@ def fresh_nonce_crypto(g: Gen) -> list[Req]:
     return out
 
 
+def counter_nonces(g: Gen) -> list[Req]:
+    """Encryption done right with the nonce a message counter, sent in front and starting at zero: GCM with the
+    message number as its 12-byte nonce, CTR with it as the nonce half of the IV."""
+    app = App(g, "api.telemetry-secure.example")
+    key = g.rng.randbytes(16)
+    gcm = g.rng.random() < 0.5
+    out: list[Req] = []
+    for counter in range(g.rng.randrange(3, 15)):
+        reading = json.dumps({"hr": g.rng.randrange(50, 180), "spo2": g.rng.randrange(90, 100), "ts": g.ts()}).encode()
+        if gcm:
+            nonce = counter.to_bytes(12, "big")
+            data = nonce + AESGCM(key).encrypt(nonce, reading, None)
+        else:
+            iv = counter.to_bytes(8, "big") + bytes(8)
+            enc = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+            data = iv + enc.update(reading) + enc.finalize()
+        out.append(
+            post_json(app.url("/v1/readings"), {"seq": counter, "sealed": base64.b64encode(data).decode()}, *app.headers())
+        )
+    return out
+
+
+def files_in_json(g: Gen) -> list[Req]:
+    """Files as base64 inside JSON: avatars, receipt scans, voice notes, stickers, documents."""
+    app = App(g, "api.helpdesk.example")
+    out: list[Req] = []
+    for _ in range(g.rng.randrange(2, 7)):
+        kind = g.pick(("jpeg", "png", "m4a", "ogg", "pdf", "webp"))
+        if kind == "jpeg":
+            data = files.jpeg(g.rng, g.rng.randrange(4000, 40000), g.pick(files.CAMERAS), flat=0.1)
+        elif kind == "png":
+            data = files.screenshot_png(g.rng, 120, 200)
+        elif kind == "m4a":
+            data = files.iso_bmff(g.rng, g.rng.randrange(5000, 40000), b"M4A ")
+        elif kind == "ogg":
+            data = files.ogg_opus(g.rng, g.rng.randrange(2, 10))
+        elif kind == "pdf":
+            data = files.pdf(g.rng, 1, FONT)
+        else:
+            data = files.riff_webp(g.rng, g.rng.randrange(3000, 30000))
+        out.append(
+            post_json(
+                app.url("/v1/tickets/attachments"),
+                {"ticket": g.rng.randrange(10**6), "name": f"file.{kind}", "content": base64.b64encode(data).decode()},
+                *app.headers(),
+            )
+        )
+    return out
+
+
+def large_json(g: Gen) -> list[Req]:
+    """Sync payloads past the 64 KiB limit (cut, so not parsed as JSON): records with IDs, hashes, base64 thumbnails."""
+    app = App(g, "api.notesync.example")
+    out: list[Req] = []
+    for _ in range(g.rng.randrange(2, 5)):
+        records = [
+            {
+                "id": g.uuid(),
+                "rev": g.hex(6),
+                "sha256": g.hex(32),
+                "title": " ".join(g.word() for _ in range(4)),
+                "thumb": base64.b64encode(files.jpeg(g.rng, g.rng.randrange(800, 3000), None)).decode(),
+                "updated": g.ts(),
+            }
+            for _ in range(g.rng.randrange(30, 90))
+        ]
+        out.append(post_json(app.url("/v1/sync/push"), {"device": app.device, "records": records}, *app.headers()))
+    return out
+
+
 def compressed_bodies(g: Gen) -> list[Req]:
     """Bodies sent compressed (Content-Encoding gzip, deflate, br, zstd), compressed data in base64 fields, and
     SAML redirect requests (raw DEFLATE, base64, in the URL)."""
@@ -1776,11 +1869,15 @@ ORDINARY: dict[str, tuple[Callable[[Gen], list[Req]], int]] = {
     "analytics (Segment, Amplitude, Mixpanel, Firebase, AppsFlyer, Sentry)": (analytics, 25),
     "chat: end-to-end encryption done right, attachments, receipts": (chat, 20),
     "e-commerce browsing and carts": (ecommerce, 15),
+    "user text in any script, base64-encoded (Cyrillic, CJK, Arabic, Devanagari, Greek, emoji)": (base64_text, 20),
     "OAuth/OIDC sign-in: Google, Apple, Microsoft, Facebook, GitHub, Okta, Auth0, Keycloak, Cognito": (oauth, 45),
     "signed API requests: bearer JWT, body HMAC, nonce, refresh rotation": (signed_api, 15),
     "Firebase: Remote Config, Firestore, Crashlytics, FCM": (firebase, 15),
     "signed URLs: CloudFront, Azure SAS, imgix, Cloudinary, Akamai, S3 and GCS (V2 and V4)": (signed_urls, 20),
     "encryption done right: fresh-nonce GCM/ChaCha, CBC+HMAC, key-ID prefixes, Tink, Fernet, ASP.NET": (fresh_nonce_crypto, 45),
+    "encryption done right with counter nonces sent in front (GCM, CTR), starting at zero": (counter_nonces, 15),
+    "files as base64 inside JSON (JPEG, PNG, M4A, Ogg, PDF, WebP)": (files_in_json, 15),
+    "sync bodies past 64 KiB (cut, unparsed): IDs, hashes, base64 thumbnails": (large_json, 15),
     "compressed bodies and fields (gzip, deflate, brotli, zstd), SAML redirects": (compressed_bodies, 20),
     "protobuf: telemetry, hash manifests, gRPC-Web": (protobuf_bodies, 20),
     "binary values: float32 batches, BLE frames, ObjectIds, UUIDv7, timestamps": (binary_values, 20),
@@ -2040,8 +2137,6 @@ def evidence(session: Session) -> tuple[str | None, str]:
         if not cipher_shaped(data) or data in seen:
             continue
         judged.add(data)
-        if zero_iv(data):
-            return "zero_iv", "a value starts with an all-zero IV or nonce"
         aligned = len(data) % 16 == 0
         report = analyse(data) if aligned else None
         if report is not None and report.ecb:
@@ -2049,6 +2144,8 @@ def evidence(session: Session) -> tuple[str | None, str]:
         shared: set[int] = set()
         sums = [0.0, 0.0]
         for old in seen:
+            if zero_iv(data) and zero_iv(old) == zero_iv(data):
+                return "zero_iv", "two values start with the same all-zero IV or nonce"
             a, b = data[: recall.HEAD], old[: recall.HEAD]
             sums = [total + bits for total, bits in zip(sums, recall.keystream_bits(a, b), strict=True)]
             if aligned and len(old) % 16 == 0:
