@@ -282,7 +282,8 @@ def test_a_counter_iv_sent_in_front_is_unique_per_message_and_fine() -> None:
             else:
                 iv = counter.to_bytes(12, "big")
                 value = iv + _gcm(KEY, iv, profile(rng))
-            assert memory.observe("phone", "h", "json.data", value, False) is None
+            found = scan([Field(("json", "sealed"), base64.b64encode(value).decode())], host="h", namer=".".join, memory=memory)
+            assert (found.ecb, found.deterministic) == ([], [])
 
 
 # -- where values come from -----------------------------------------------------------------------------
