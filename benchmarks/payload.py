@@ -39,7 +39,6 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from proxy.addons.payload import static_name  # noqa: E402
 from proxy.payload.fields import body_fields  # noqa: E402
 from proxy.payload.identifiers import SeedIndex  # noqa: E402
 from proxy.payload.scan import scan  # noqa: E402
@@ -156,7 +155,7 @@ def micro(mix: list[tuple[str, str, bytes, dict[str, str]]]) -> list[str]:
 
         def once(data: bytes = data, headers: dict[str, str] = headers) -> None:
             fields = body_fields(headers.get("Content-Type", ""), data, True)
-            scan(fields, host="api.test", namer=".".join, static_name=static_name, forms=forms)
+            scan(fields, host="api.test", namer=".".join, forms=forms)
 
         runs = 20
         best = min(timeit.repeat(once, number=runs, repeat=3)) / runs

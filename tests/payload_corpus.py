@@ -1,8 +1,11 @@
-"""A seeded corpus for the ECB rule: what must not be called ECB, and AES-ECB app payloads that should be.
+"""A seeded corpus for the ECB rule within one value: what must not be called ECB, and AES-ECB app payloads that
+should be, each judged on its own.
 
 Shared by the corpus test (tests/unit/test_payload_corpus.py) and the README
 figures: `python -m tests.payload_corpus` prints them. Everything derives from
-one `random.Random(seed)`, so the figures are exact for a given seed.
+one `random.Random(seed)`, so the figures are exact for a given seed. What
+several requests reveal together (ECB, fixed IVs and nonces across values) is
+measured on whole app sessions by tests/payload_sessions.py.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from proxy.payload.decode import decode
-from proxy.payload.ecb import BlockMemory, analyse
+from proxy.payload.ecb import analyse
 
 SEED = 14
 
@@ -214,9 +217,6 @@ def flagged(value: str | bytes) -> bool:
 class Figures:
     negatives: dict[str, tuple[int, int]]  # family -> (flagged, total)
     single: tuple[int, int]  # ECB values flagged within one message
-    sessions_ecb: tuple[int, int]  # sessions (5 requests, one field, one app screen) called ECB, within or across values
-    sessions_any: tuple[int, int]  # ... called ECB or deterministic
-    random_iv_sessions: tuple[int, int]  # CBC/GCM sessions where the cross-request memory said anything
     large_single: tuple[int, int]  # ECB of event batches >= 1 KiB, flagged within one message
 
 
@@ -228,34 +228,7 @@ def measure(seed: int = SEED) -> Figures:
     single = (sum(flagged(v) for v in values), len(values))
     large = [encode(rng, ecb(key, json.dumps({"events": [json.loads(app_json(rng)) for _ in range(12)]}).encode())) for _ in range(500)]
     large_single = (sum(flagged(v) for v in large), len(large))
-    ecb_hits = any_hits = 0
-    sessions = 500
-    memory = BlockMemory()
-    for index in range(sessions):
-        session_rng = random.Random(rng.getrandbits(64))
-        maker = session_rng.choice((app_json, app_form))
-        template = maker(session_rng)
-        got: set[str] = set()
-        for step in range(5):
-            plaintext = template if step == 0 else maker(random.Random(session_rng.getrandbits(64)))  # same screen, other values
-            data = ecb(key, plaintext)
-            report = analyse(data)
-            if report is not None and report.ecb:
-                got.add("ecb")
-            recall = memory.observe(f"host{index}", "form.data", data, bytes([step]))
-            if recall is not None:
-                got.add("ecb" if recall.kind == "moved_block" else "deterministic")
-        ecb_hits += "ecb" in got
-        any_hits += bool(got)
-    quiet = 0
-    for index in range(sessions):
-        for step in range(5):
-            data = (cbc if step % 2 else gcm)(rng, key, app_payload(rng))
-            data = data[: len(data) // 16 * 16]
-            if memory.observe(f"random-iv{index}", "json.data", data, bytes([step])) is not None:
-                quiet += 1
-                break
-    return Figures(neg, single, (ecb_hits, sessions), (any_hits, sessions), (quiet, sessions), large_single)
+    return Figures(neg, single, large_single)
 
 
 def main() -> None:
@@ -267,9 +240,6 @@ def main() -> None:
     print(f"false positives: {wrong}/{total}")
     print(f"ECB single message: {figures.single[0]}/{figures.single[1]}")
     print(f"ECB event batches >= 1 KiB, single message: {figures.large_single[0]}/{figures.large_single[1]}")
-    print(f"ECB sessions (5 requests) called ECB: {figures.sessions_ecb[0]}/{figures.sessions_ecb[1]}")
-    print(f"ECB sessions called ECB or deterministic: {figures.sessions_any[0]}/{figures.sessions_any[1]}")
-    print(f"random-IV sessions with any cross-request finding: {figures.random_iv_sessions[0]}/{figures.random_iv_sessions[1]}")
 
 
 if __name__ == "__main__":

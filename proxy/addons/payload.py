@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import re
 import time
 import weakref
 import zlib
@@ -48,9 +47,9 @@ from proxy.addons.verdicts import block, block_at_headers, body_may_stream, fail
 from proxy.checks.model import Action, Issue, decide
 from proxy.checks.payload import PayloadFacts, judge_payload, rules_of
 from proxy.payload.bounds import SEGMENT, Budget, Steps, drain
-from proxy.payload.ecb import BlockMemory
 from proxy.payload.fields import Field, body_field_steps, header_fields, url_fields
 from proxy.payload.identifiers import Form, mask
+from proxy.payload.recall import BlockMemory
 from proxy.payload.scan import scan_steps
 from proxy.policy import Match, Policy
 from proxy.policy.sections.payload import DEFAULT_MAX_BYTES, PayloadAction, PayloadRules
@@ -60,28 +59,30 @@ from proxy.sinks.findings import Finding
 logger = logging.getLogger("tlsgate.payload")
 HEADS_JUDGED = "tlsgate_payload_heads"
 TAP = "tlsgate_payload_tap"
-# OAuth 2.0 puts these in redirect URLs by design (RFC 6749 4.1, RFC 7636); an access token there is still a finding.
+# OAuth 2.0 puts these in redirect URLs by design (RFC 6749 4.1, RFC 7636, OIDC Session Management); an access
+# token there is still a finding. Options and indexes the identity providers add (Google's `authuser`, `hd`,
+# `prompt`; Microsoft's `client_info`; Facebook's `auth_type`, `granted_scopes`; Auth0's `auth0Client`) are not
+# credentials by name (`redact.is_credential_name`), so they need no entry here.
 OAUTH_URL_PARAMS = frozenset({"code", "state", "nonce", "code_challenge", "code_challenge_method", "session_state"})
-# Names whose value may repeat in every request by design: exempt from the "same ciphertext" rule.
-STATIC_NAME = re.compile(
-    r"(?i)(^|[-_.])(id|uuid|guid|udid|idfa|idfv|gaid|adid|device|install|salt|iv|nonce|key|kid)$|[a-z](Id|ID|Uuid|UUID)$"
-)
 
 
 def signed_url_params(url: str) -> frozenset[str]:
-    """Signed URLs carry a short-lived signature in the URL by design (S3 and GCS V4, CloudFront, Azure SAS):
-    their signing parameters are not counted as credentials in the URL."""
+    """Parameters that belong in the URL by design, because a signature binds them to this one request: signed
+    URLs (S3 and GCS, V4 and V2; CloudFront; Azure SAS) carry a short-lived signature, and OAuth 1.0a callbacks and
+    signed requests carry a token that is useless without the secret it was signed with."""
     keys = {key.lower() for key, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
     exempt = {key for key in keys if key.startswith(("x-amz-", "x-goog-"))}
     if "key-pair-id" in keys:  # CloudFront
         exempt |= {"signature", "policy", "key-pair-id"}
     if "sv" in keys and "sig" in keys:  # Azure shared access signature
         exempt.add("sig")
+    if "signature" in keys and "expires" in keys and keys & {"awsaccesskeyid", "googleaccessid"}:  # S3 and GCS V2
+        exempt |= {"signature", "awsaccesskeyid", "googleaccessid"}
+    if "oauth_verifier" in keys:  # OAuth 1.0a callback (RFC 5849 2.2): the request token and its verifier
+        exempt |= {"oauth_token", "oauth_verifier"}
+    if "oauth_signature_method" in keys:  # OAuth 1.0a request signed in the query string (RFC 5849 3.5.3)
+        exempt |= {"oauth_token", "oauth_signature", "oauth_consumer_key", "oauth_nonce"}
     return frozenset(exempt)
-
-
-def static_name(name: str) -> bool:
-    return redact.is_secret_name(name) or bool(STATIC_NAME.search(name))
 
 
 SLICE = 0.005  # seconds of scanning before the event loop is handed back to every other connection
@@ -306,12 +307,13 @@ class PayloadInspector:
             itertools.chain(fields, body_field_steps(request.headers.get("content-type", ""), data, complete, budget)),
             host=match.host,
             namer=lambda path: shown_path(path, hidden, names),
-            static_name=static_name,
             ecb=wants["ecb"],
             secrets=wants["secrets"],
             forms=forms,
             memory=self.memory,
             budget=budget,
+            client=client_key(state),
+            body_bytes=total if not request.headers.get("content-encoding") else None,
         )
         credentials: list[dict[str, str]] = []
         basic = False
@@ -409,7 +411,6 @@ class PayloadInspector:
                 body_field_steps(response.headers.get("content-type", ""), data, complete, budget),
                 host=match.host,
                 namer=lambda path: shown_path(path, hidden),
-                static_name=static_name,
                 secrets=False,
                 budget=budget,
             )
@@ -434,6 +435,15 @@ class PayloadInspector:
 
 def _said_key(state: ConnState, match: Match, issue: Issue) -> tuple[str, ...]:
     return ("payload", state.device or "", match.host, issue.kind, issue.detail)
+
+
+def client_key(state: ConnState) -> str:
+    """Whose values are compared with each other: the device, else the client's address (a device farm's phones
+    each have their own device IDs and keys in front of their ciphertext)."""
+    if state.device:
+        return state.device
+    peer = state.client.peername
+    return str(peer[0]) if peer else ""
 
 
 def rules_of_settings(value: object) -> PayloadRules:

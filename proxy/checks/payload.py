@@ -96,11 +96,15 @@ def judge_payload(facts: PayloadFacts, match: Match) -> list[Issue]:
             "in the app, or rely on TLS alone",
         )
     if facts.deterministic:
-        severity = Severity.MEDIUM if any(d.get("basis") != "same_value" for d in facts.deterministic) else Severity.LOW
+        reused = any(d.get("basis") == "keystream_reuse" for d in facts.deterministic)
         add(
             "deterministic_encryption",
-            severity,
-            f"{where} repeats ciphertext across requests (fixed IV or nonce, or ECB): "
+            Severity.HIGH if reused else Severity.MEDIUM,
+            (
+                f"{where} reuses a keystream (CTR or GCM with a fixed nonce: two messages XOR to their plaintexts' XOR): "
+                if reused
+                else f"{where} repeats ciphertext structure across requests (a fixed IV, or ECB): "
+            )
             + ", ".join(sorted({str(item["field"]) for item in facts.deterministic}))[:300],
             {"fields": facts.deterministic},
             "use a fresh random IV or nonce for every message (never a constant), with an AEAD mode",

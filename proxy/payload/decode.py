@@ -47,3 +47,21 @@ def decode(text: str) -> tuple[str, bytes] | None:
     except (binascii.Error, ValueError):
         return None
     return None
+
+
+_UPPER = re.compile(r"[A-Z]")
+_LOWER = re.compile(r"[a-z]")
+_HEX_LETTER = re.compile(r"[a-fA-F]")
+_DIGIT = re.compile(r"[0-9]")
+
+
+def random_text(text: str, encoding: str) -> bool:
+    """Whether `text` could be `encoding` of random bytes (ciphertext), not a word, an ID or a number that happens
+    to fit the alphabet: base64 of 16 or more random bytes has upper- and lower-case letters (missing one: about
+    2 x 10^-5), hex of them a letter and a digit. A UUID or a trace ID (hex and dashes) decodes as base64url;
+    `getUserProfileSettings` or an all-digit ID decodes as base64; none of them is ciphertext."""
+    if encoding == "hex":
+        return bool(_HEX_LETTER.search(text) and _DIGIT.search(text))
+    if encoding in ("base64", "base64url"):
+        return bool(_UPPER.search(text) and _LOWER.search(text))
+    return True

@@ -1,37 +1,35 @@
-"""Block structure of ciphertext: what AES in ECB mode, or with a fixed IV or nonce, leaves in the bytes.
+"""What one value's bytes say on their own: could they be ciphertext, and do they repeat a cipher block (AES-ECB).
 
-ECB encrypts equal 16-byte plaintext blocks to equal ciphertext blocks, and
-the same block to the same bytes in every message under one key. Good modes
-(CBC, CTR, GCM with a fresh IV) never repeat a block: among n random blocks
-the chance of any repeat is about n^2 / 2^129.
+ECB encrypts equal 16-byte plaintext blocks to equal ciphertext blocks. Good
+modes (CBC, CTR, GCM with a fresh IV) never repeat a block: among n random
+blocks the chance of any repeat is about n^2 / 2^129.
 
-The rule (the README has the measured figures):
-
-* within one value: the decoded bytes are a whole number of blocks, at least
-  two; at least 90% of the blocks look random (`random_looking`; in a long
-  value, of 64 blocks spread over it), and at least one random-looking block
-  occurs twice. Zero padding, pixel runs and other
-  structured data repeat blocks too, but those blocks fail `random_looking`.
-* across values of one field on one host (`BlockMemory`): a random-looking
-  block of this value appears at another position of an earlier, different
-  value: only ECB moves blocks between positions.
-* deterministic (lower severity): the same random-looking block at the same
-  position as in an earlier different value, after a block that differs (CTR or
-  GCM with a fixed nonce, or ECB), or the same leading blocks (CBC with a fixed
-  IV, or ECB); or the whole ciphertext repeated while the request's other
-  fields differ.
+The rule within one value (the README has the measured figures): the whole
+value is a whole number of blocks, at least two; it is `cipher_shaped`; at
+least 90% of its blocks look random (`random_looking`; in a long value, of 64
+blocks spread over it), and at least one random-looking block occurs twice.
+Zero padding, pixel runs and other structured data repeat blocks too, but
+those blocks fail `random_looking`; real files, which repeat random-looking
+material of their own (a ZIP with two equal entries), are known by their magic
+numbers (`proxy.payload.formats`) and never judged. What earlier values of the
+same field add is `proxy.payload.recall`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections import OrderedDict
+import math
+from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
+
+from proxy.payload.formats import file_format
 
 BLOCK = 16
 MIN_BLOCKS = 2
 SAMPLE = 64  # blocks the randomness test looks at in a long value
+SHAPE_SAMPLE = 4096  # bytes `cipher_shaped` looks at
+_PRINTABLE = bytes(range(0x20, 0x7F))
+_HIGH = bytes(range(0x80, 0x100))
 
 
 def random_looking(block: bytes) -> bool:
@@ -44,6 +42,81 @@ def random_looking(block: bytes) -> bool:
         return False
     steps = {(block[i + 1] - block[i]) & 0xFF for i in range(len(block) - 1)}
     return len(steps) > 2
+
+
+def cipher_shaped(data: bytes) -> bool:
+    """Bytes that could have come out of a cipher: at least one block, no file magic, not UTF-8 text, and the
+    byte statistics of uniform random data: zero bytes, printable bytes and top bits each within their binomial
+    10^-6 tails, some nibble above 9 (BCD digits have none), nibble counts within a chi-square of 80 (15 degrees
+    of freedom).
+
+    Text, BCD digits, packed small integers and structured binary fail; uniformly random values fail with
+    probability about 10^-4, mostly by starting with a file's magic number (a unit test measures it).
+    """
+    if file_format(data) is not None or _utf8_text(data[:SHAPE_SAMPLE], cut=len(data) > SHAPE_SAMPLE):
+        return False
+    sample = data[zero_iv(data) : SHAPE_SAMPLE]  # an all-zero IV or nonce sent in front is not what is judged
+    if len(sample) < BLOCK:
+        return False
+    n = len(sample)
+    rounded = n if n <= 128 else -(-n // 64) * 64  # thresholds for at most 128 + 62 sizes (a slightly looser tail)
+    if sample.count(0) >= _tail(rounded, 1 / 256):
+        return False
+    if n - len(sample.translate(None, _PRINTABLE)) >= _tail(rounded, 95 / 256):
+        return False
+    high = n - len(sample.translate(None, _HIGH))
+    if high >= _tail(rounded, 0.5) or n - high >= _tail(rounded, 0.5):
+        return False
+    counts = Counter(sample)
+    nibbles = [0] * 16
+    for byte, count in counts.items():
+        nibbles[byte >> 4] += count
+        nibbles[byte & 0x0F] += count
+    if sum(nibbles[10:]) == 0:  # decimal digits packed as hex (BCD): 2n nibbles, none of them a-f
+        return False
+    expected = 2 * n / 16
+    chi2 = sum((count - expected) ** 2 for count in nibbles) / expected
+    return n < 32 or chi2 < 80  # P(chi2 with 15 degrees of freedom > 80) < 10^-9
+
+
+def _utf8_text(data: bytes, cut: bool) -> bool:
+    """UTF-8 with at least one character beyond ASCII (a multi-byte character cut at the end of a `cut` sample
+    allowed): text in a non-Latin script, whose bytes are mostly above 0x7F and whose XOR with another such text
+    is small, exactly like two plaintexts under one keystream. Random bytes are valid UTF-8 with probability
+    5 x 10^-5 at 16 bytes and far less beyond."""
+    if data.isascii():
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return cut and error.start >= len(data) - 3 and _utf8_text(data[: error.start], cut=False)
+    return True
+
+
+@lru_cache(maxsize=1024)
+def _tail(n: int, p: float, alpha: float = 1e-6) -> int:
+    """The smallest k with P(Binomial(n, p) >= k) <= alpha."""
+    log_p, log_q = math.log(p), math.log1p(-p)
+    cdf = 0.0
+    for k in range(n + 1):
+        cdf += math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q)
+        if 1 - cdf <= alpha:
+            return k + 1
+    return n + 1
+
+
+ZERO_IV = 12  # a GCM nonce is 12 bytes, a CBC or CTR IV 16
+
+
+def zero_iv(data: bytes) -> int:
+    """The length of an all-zero IV or nonce a value starts with (`IV.fromLength(16)`, or a zero GCM nonce, sent
+    in front of the ciphertext): 16 for 16 or more zero bytes, 12 for 12 or 13 (a 12-byte nonce, then cipher
+    output that starts with a zero byte one time in 256); else 0. Fourteen or fifteen zeros then a small number
+    are a counter IV (unique per message, which is right), not a fixed one."""
+    zeros = len(data) - len(data.lstrip(b"\x00"))
+    if zeros >= BLOCK:
+        return BLOCK
+    return ZERO_IV if zeros in (ZERO_IV, ZERO_IV + 1) else 0
 
 
 def blocks_of(data: bytes) -> list[bytes] | None:
@@ -66,9 +139,14 @@ class BlockReport:
 
 
 def analyse(data: bytes) -> BlockReport | None:
-    """None when the bytes cannot be block-cipher output judged by this rule (length, or not random-looking)."""
+    """None when the bytes cannot be block-cipher output judged by this rule (length, a file, not random-looking).
+
+    The caller decides whether the value's whole length is a whole number of
+    blocks: a body cut at the inspection limit is passed only when the whole
+    body's length is.
+    """
     blocks = blocks_of(data)
-    if blocks is None:
+    if blocks is None or not cipher_shaped(data):
         return None
     step = max(1, len(blocks) // SAMPLE)  # the 90% test on at most SAMPLE blocks spread over the value
     sample = blocks[::step][:SAMPLE]
@@ -79,120 +157,3 @@ def analyse(data: bytes) -> BlockReport | None:
         counts[block] = counts.get(block, 0) + 1
     repeated = sum(n - 1 for block, n in counts.items() if n > 1 and random_looking(block))
     return BlockReport(len(data), len(blocks), repeated)
-
-
-@dataclass(frozen=True)
-class Recall:
-    """What an earlier value of the same field says about this one."""
-
-    kind: str  # "moved_block" (ECB) | "same_position" | "same_prefix" | "same_value"
-    blocks: int = 0  # how many blocks matched
-
-
-_SALT = os.urandom(16)
-
-
-def _digest(data: bytes) -> bytes:
-    """Blocks are kept as keyed 8-byte digests: enough to compare, nothing to decrypt or replay."""
-    return hashlib.blake2b(data, digest_size=8, key=_SALT).digest()
-
-
-@dataclass(frozen=True)
-class _Seen:
-    """One remembered value: its digest, its request's context digest, and per block an 8-byte digest and
-    whether the block looked random, packed into two bytes objects (about 600 bytes for 64 blocks)."""
-
-    value: bytes
-    context: bytes
-    packed: bytes  # 8 bytes per block
-    random_mask: bytes  # 1 byte per block: 1 if it looked random
-
-    @property
-    def blocks(self) -> list[bytes]:
-        return [self.packed[i : i + 8] for i in range(0, len(self.packed), 8)]
-
-    @property
-    def random(self) -> list[bool]:
-        return [b == 1 for b in self.random_mask]
-
-
-class BlockMemory:
-    """Recent ciphertext values per (host, field path), as digests; bounded in keys and values per key.
-
-    At most `keys` fields x `per_key` values x `MAX_BLOCKS` digests of 8 bytes, packed:
-    with the defaults 4096 x 4 x (64 x 9 + ~200) bytes, about 14 MiB in the worst case (a unit test measures it).
-    """
-
-    MAX_BLOCKS = 64
-
-    def __init__(self, keys: int = 4096, per_key: int = 4) -> None:
-        self.keys = keys
-        self.per_key = per_key
-        self._seen: OrderedDict[tuple[str, str], list[_Seen]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def observe(self, host: str, path: str, data: bytes, context: bytes) -> Recall | None:
-        """Compare `data` (one decoded value, whole blocks) with earlier values of the field, then remember it.
-
-        `context` is a digest of the request's other fields: the same
-        ciphertext under a different context is the deterministic case.
-        """
-        blocks = blocks_of(data) if len(data) % BLOCK == 0 and len(data) >= BLOCK else None
-        if blocks is None:
-            return None
-        blocks = blocks[: self.MAX_BLOCKS]
-        entry = _Seen(
-            _digest(data), _digest(context), b"".join(_digest(b) for b in blocks), bytes(random_looking(b) for b in blocks)
-        )
-        key = (host, path)
-        earlier = self._seen.get(key, [])
-        found = _compare(entry, earlier)
-        if not any(e.value == entry.value and e.context == entry.context for e in earlier):
-            earlier = [*earlier, entry][-self.per_key :]
-        self._seen[key] = earlier
-        self._seen.move_to_end(key)
-        while len(self._seen) > self.keys:
-            self._seen.popitem(last=False)
-        return found
-
-
-def _compare(entry: _Seen, earlier: list[_Seen]) -> Recall | None:
-    best: Recall | None = None
-    rank = {"moved_block": 3, "same_position": 2, "same_prefix": 1, "same_value": 0}
-    for old in earlier:
-        found = _compare_one(entry, old)
-        if found is not None and (best is None or rank[found.kind] > rank[best.kind]):
-            best = found
-    return best
-
-
-def _compare_one(new: _Seen, old: _Seen) -> Recall | None:
-    new_blocks, old_blocks = new.blocks, old.blocks
-    if new.value == old.value:
-        return Recall("same_value", len(new_blocks)) if new.context != old.context else None
-    positions: dict[bytes, list[int]] = {}
-    for index, (digest, ok) in enumerate(zip(old_blocks, old.random, strict=True)):
-        if ok:
-            positions.setdefault(digest, []).append(index)
-    moved = same = 0
-    differed = False
-    same_after_difference = 0
-    for index, (digest, ok) in enumerate(zip(new_blocks, new.random, strict=True)):
-        at = positions.get(digest, []) if ok else []
-        if index < len(old_blocks) and old_blocks[index] == digest and ok:
-            same += 1
-            if differed:
-                same_after_difference += 1
-        elif at:
-            moved += 1
-        if index >= len(old_blocks) or old_blocks[index] != digest:
-            differed = True
-    if moved:
-        return Recall("moved_block", moved)
-    if same_after_difference:
-        return Recall("same_position", same)
-    if same:
-        return Recall("same_prefix", same)
-    return None

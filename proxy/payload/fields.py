@@ -44,6 +44,7 @@ class Field:
     text: str
     raw: bytes | None = None  # a binary body, judged as bytes rather than as an encoding
     segment: int = 0  # which piece of a value too large to judge at once (0: the first, or the whole value)
+    cut: bool = False  # not the whole value: a piece of a larger one, or a value that ran past the inspection limit
 
 
 def url_fields(url: str) -> list[Field]:
@@ -92,7 +93,7 @@ def body_field_steps(content_type: str, body: bytes | bytearray, complete: bool,
         return
     ctype = content_type.split(";", 1)[0].strip().lower()
     if ctype == "application/x-www-form-urlencoded":
-        yield from _form(body, budget)
+        yield from _form(body, budget, complete)
         return
     if complete and len(body) <= SEGMENT and (ctype == "application/json" or ctype.endswith("+json") or _JSONISH.match(body)):
         try:
@@ -103,9 +104,9 @@ def body_field_steps(content_type: str, body: bytes | bytearray, complete: bool,
             yield from _json_leaves(data, ("json",), 0, [0], budget)
             return
     if ctype == "multipart/form-data" and multipart.boundary(content_type) is not None:
-        yield from _multipart(content_type, body, budget)
+        yield from _multipart(content_type, body, budget, complete)
         return
-    yield from _text(body, budget)
+    yield from _text(body, budget, complete)
 
 
 def _json_leaves(
@@ -132,13 +133,15 @@ def _json_leaves(
         budget.capped.add("fields")
 
 
-def _form(body: bytes | bytearray, budget: Budget) -> Iterator[Field | None]:
-    """`parse_qsl` one field at a time: the first MAX_FIELDS fields by name, the rest of the body as text."""
+def _form(body: bytes | bytearray, budget: Budget, complete: bool) -> Iterator[Field | None]:
+    """`parse_qsl` one field at a time: the first MAX_FIELDS fields by name, the rest of the body as text.
+
+    In a body cut at the limit, the last field is only the beginning of its value (`cut`)."""
     pos, size, fields, pieces = 0, len(body), 0, 0
     while pos < size:
         if fields >= MAX_FIELDS or pieces >= 4 * MAX_FIELDS:  # empty pieces (&&&&) are counted too
             budget.capped.add("fields")
-            yield from _segments(("body",), body, pos, size)
+            yield from _segments(("body",), body, pos, size, cut_end=not complete)
             return
         amp = body.find(b"&", pos)
         end = size if amp < 0 else amp
@@ -148,15 +151,17 @@ def _form(body: bytes | bytearray, budget: Budget) -> Iterator[Field | None]:
             equals = body.find(b"=", pos, min(end, pos + SEGMENT))
             if end - pos <= SEGMENT:
                 name, _, value = bytes(body[pos:end]).decode("utf-8", "replace").partition("=")
-                yield Field(("form", unquote_plus(name)), unquote_plus(value))
+                yield Field(("form", unquote_plus(name)), unquote_plus(value), cut=not complete and end == size)
             else:  # one huge value: its name, and the value in segments
                 name_end = equals if equals >= 0 else pos
                 name = unquote_plus(bytes(body[pos:name_end]).decode("utf-8", "replace"))
-                yield from _segments(("form", name), body, name_end + 1 if equals >= 0 else pos, end, unquote=True, strip=False)
+                start = name_end + 1 if equals >= 0 else pos
+                last = not complete and end == size
+                yield from _segments(("form", name), body, start, end, unquote=True, strip=False, cut_end=last)
         pos = end + 1
 
 
-def _multipart(content_type: str, body: bytes | bytearray, budget: Budget) -> Iterator[Field | None]:
+def _multipart(content_type: str, body: bytes | bytearray, budget: Budget, complete: bool) -> Iterator[Field | None]:
     """Each part's content under its field name (`proxy.tls.multipart` reads the names); parts without a name,
     parts whose header block could not be read and whatever follows the last part read are searched as text."""
     last = count = 0
@@ -164,29 +169,41 @@ def _multipart(content_type: str, body: bytes | bytearray, budget: Budget) -> It
         if part.start > last + 256:  # a preamble, or the header block of a part that could not be read
             yield from _segments(("body",), body, last, part.start)
         path = ("form", part.name) if part.name is not None else ("body",)
-        yield from _segments(path, body, part.start, part.end, strip=False)
+        yield from _segments(path, body, part.start, part.end, strip=False, cut_end=not complete and part.end == len(body))
         last, count = part.end, count + 1
     if len(body) - last > 256:  # parts past MAX_FIELDS, or an epilogue: searched as text
         if count >= MAX_FIELDS:
             budget.capped.add("fields")
-        yield from _segments(("body",), body, last, len(body))
+        yield from _segments(("body",), body, last, len(body), cut_end=not complete)
 
 
-def _text(body: bytes | bytearray, budget: Budget) -> Iterator[Field | None]:
+def _text(body: bytes | bytearray, budget: Budget, complete: bool) -> Iterator[Field | None]:
     """The whole body as `body` (in segments when it is large), its bytes as well when it could be ciphertext,
     and its blob-shaped runs (`body.runN`), at most MAX_FIELDS - 1 of them."""
     runs = [0]
     whole = len(body) <= SEGMENT
-    for item in _segments(("body",), body, 0, len(body)):
+    for item in _segments(("body",), body, 0, len(body), cut_end=not complete):
         yield item
         if item is None or item.raw is not None:
             continue
-        if whole and len(body) % 16 == 0 and len(body) >= 32:  # short binary can pass for text: judge its bytes as well
-            yield Field(("body", "bytes"), "", raw=bytes(body))
-        yield from _runs(item.text, runs, budget)
+        aligned = len(body) % 16 == 0 and len(body) >= 32
+        if whole and (aligned or not _utf8(bytes(body[:4096]))):  # binary can pass for text: judge its bytes as well
+            yield Field(("body", "bytes"), "", raw=bytes(body), cut=not complete)
+        yield from _runs(item, runs, budget)
 
 
-def _runs(text: str, count: list[int], budget: Budget) -> Iterator[Field | None]:
+def _utf8(sample: bytes) -> bool:
+    """Valid UTF-8, but for a sequence the sample cut short at its end."""
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start >= len(sample) - 3
+    return True
+
+
+def _runs(item: Field, count: list[int], budget: Budget) -> Iterator[Field | None]:
+    """A run reaching the end of a cut value is only the beginning of the run (`cut`)."""
+    text = item.text
     for found in windowed(TOKEN, text):
         if found is None:
             yield None
@@ -196,26 +213,36 @@ def _runs(text: str, count: list[int], budget: Budget) -> Iterator[Field | None]
             return
         token = found.group(0)
         if token != text:
-            yield Field(("body", f"run{count[0]}"), token)
+            yield Field(("body", f"run{count[0]}"), token, cut=item.cut and found.end() >= len(text.rstrip()))
             count[0] += 1
 
 
 def _segments(
-    path: tuple[str, ...], body: bytes | bytearray, start: int, end: int, unquote: bool = False, strip: bool = True
+    path: tuple[str, ...],
+    body: bytes | bytearray,
+    start: int,
+    end: int,
+    unquote: bool = False,
+    strip: bool = True,
+    cut_end: bool = False,
 ) -> Iterator[Field | None]:
     """`body[start:end]` as fields of at most SEGMENT bytes, cut after a separator near each limit where there
-    is one (so a key, a token or an identifier is rarely split): text, or bytes when it is binary."""
+    is one (so a key, a token or an identifier is rarely split): text, or bytes when it is binary.
+
+    Every piece but the last of a value split here is `cut`; so is the last when the value ran past the
+    inspection limit (`cut_end`)."""
     index = 0
     while start < end:
         cut = end if end - start <= SEGMENT else _cut(body, start, start + SEGMENT)
         chunk = bytes(body[start:cut])
         sample = chunk[:4096]
+        partial = cut < end or cut_end
         if len(sample.translate(None, _TEXT_BYTES)) > 0.05 * len(sample):  # more than 5% control bytes: binary
-            yield Field(path, "", raw=chunk, segment=index)
+            yield Field(path, "", raw=chunk, segment=index, cut=partial)
         else:
             text = chunk.decode("utf-8", "replace")
             text = unquote_plus(text) if unquote else text
-            yield Field(path, text.strip() if strip else text, segment=index)
+            yield Field(path, text.strip() if strip else text, segment=index, cut=partial)
         index += 1
         start = cut
         yield None

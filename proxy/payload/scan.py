@@ -1,4 +1,4 @@
-"""One pass over a message's fields: ECB and deterministic ciphertext, provider keys, unsigned JWTs, seeded identifiers.
+"""One pass over a message's fields: ECB and fixed-IV/nonce ciphertext, provider keys, unsigned JWTs, seeded identifiers.
 
 Returns value-free items only (field path as the caller's `namer` shows it,
 encoding, lengths, counts), so what it returns can be written anywhere.
@@ -6,21 +6,20 @@ encoding, lengths, counts), so what it returns can be written anywhere.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.payload.bounds import MAX_ANALYSED, MAX_ITEMS, WINDOW, Budget, Steps, drain
-from proxy.payload.decode import decode
-from proxy.payload.ecb import BlockMemory, analyse
+from proxy.payload.decode import decode, random_text
+from proxy.payload.ecb import BLOCK, analyse, cipher_shaped
 from proxy.payload.fields import Field
 from proxy.payload.identifiers import Form, Hit, find_steps
+from proxy.payload.recall import BlockMemory
 from proxy.payload.secrets import jwt_steps, provider_key_steps, provider_keys
 
 Namer = Callable[[tuple[str, ...]], str]
-# Fields where one value legitimately repeats in every request: the same-value rule would only flag tokens there.
-STATIC_PLACES = ("header", "cookie", "path")
+MAX_RECALLED = 32  # cipher-shaped values per message compared with earlier ones
 
 
 @dataclass
@@ -47,17 +46,19 @@ def scan(
     *,
     host: str,
     namer: Namer,
-    static_name: Callable[[str], bool],
     ecb: bool = True,
     secrets: bool = True,
     forms: list[Form] | None = None,
     memory: BlockMemory | None = None,
     budget: Budget | None = None,
+    client: str = "",
+    body_bytes: int | None = None,
 ) -> ScanResult:
-    """`static_name(name)`: a field name whose value may repeat by design (tokens, IDs): exempt from `same_value`."""
+    """`client` keys the memory (one device's values are compared with its own); `body_bytes` is the whole body's
+    length when it is known (not content-encoded), which decides whether a cut binary body is whole blocks."""
     steps = scan_steps(
-        fields, host=host, namer=namer, static_name=static_name, ecb=ecb, secrets=secrets, forms=forms, memory=memory,
-        budget=budget,
+        fields, host=host, namer=namer, ecb=ecb, secrets=secrets, forms=forms, memory=memory, budget=budget,
+        client=client, body_bytes=body_bytes,
     )  # fmt: skip
     return drain(steps)
 
@@ -70,12 +71,13 @@ def scan_steps(
     *,
     host: str,
     namer: Namer,
-    static_name: Callable[[str], bool],
     ecb: bool = True,
     secrets: bool = True,
     forms: list[Form] | None = None,
     memory: BlockMemory | None = None,
     budget: Budget | None = None,
+    client: str = "",
+    body_bytes: int | None = None,
 ) -> Steps[ScanResult]:
     """`scan`, yielding `None` after each bounded piece of work (see `proxy.payload.bounds`).
 
@@ -89,40 +91,42 @@ def scan_steps(
     texts: list[tuple[str, str, str]] = []
     batched = 0  # characters of values in `texts` (names and claims are short)
     hits: dict[tuple[str, str], Hit] = {}
-    paths: list[tuple[str, ...]] = []
-    digests: list[bytes | Field] = []  # per field, for `_recall`'s "the request's other fields" context
-    candidates: list[tuple[int, str, str, bytes]] = []  # (index, shown path, encoding, bytes) of ciphertext-shaped values
+    candidates: list[tuple[str, str, bytes, bool]] = []  # (shown path, encoding, bytes, whole blocks) of cipher-shaped values
     for item in fields:
         if item is None:
             yield None
             continue
-        index = len(paths)
         big = len(item.text) > WINDOW or (item.raw is not None and len(item.raw) > WINDOW)  # a step per pass over it
-        paths.append(item.path)
-        digests.append(_digest(item) if big else item)  # small ones only if some value is compared (`_recall`)
         shown = namer(item.path)
         decoded: tuple[str, bytes] | None = ("binary", item.raw) if item.raw is not None else decode(item.text)
         if big:
             yield None
-        if ecb and decoded is not None and item.segment == 0:
+        if (
+            ecb
+            and decoded is not None
+            and item.segment == 0
+            and budget.decode(len(decoded[1]))
+            and random_text(item.text, decoded[0])
+            and cipher_shaped(decoded[1])
+        ):
             encoding, data = decoded
-            report = analyse(data[:MAX_ANALYSED]) if budget.decode(len(data)) else None
-            if report is not None:
-                if len(candidates) < MAX_CANDIDATE_VALUES:
-                    candidates.append((index, shown, encoding, data))
-                if report.ecb:
-                    budget.keep(
-                        result.ecb,
-                        {
-                            "field": shown,
-                            "encoding": encoding,
-                            "length": len(data),
-                            "blocks": report.blocks,
-                            "repeated_blocks": report.repeated,
-                            "basis": "repeated_block",
-                        },
-                        "ecb",
-                    )
+            aligned = _whole_blocks(item, data, body_bytes)
+            if len(candidates) < MAX_RECALLED:
+                candidates.append((shown, encoding, data, aligned))
+            report = analyse(data[: min(len(data), MAX_ANALYSED) // BLOCK * BLOCK]) if aligned else None
+            if report is not None and report.ecb:
+                budget.keep(
+                    result.ecb,
+                    {
+                        "field": shown,
+                        "encoding": encoding,
+                        "length": len(data),
+                        "blocks": report.blocks,
+                        "repeated_blocks": report.repeated,
+                        "basis": "repeated_block",
+                    },
+                    "ecb",
+                )
             yield None
         claims: list[str] = []
         if item.text and secrets and len(result.keys) < MAX_ITEMS:  # a full list is not searched further
@@ -161,40 +165,33 @@ def scan_steps(
         for hit in hits.values():
             budget.keep(result.identifiers, hit.as_dict(), "identifiers")
     if memory is not None and candidates:
-        context = [d if isinstance(d, bytes) else _digest(d) for d in digests]
-        _recall(paths, context, candidates, host, memory, static_name, result)
+        _recall(candidates, client, host, memory, result)
     result.capped = sorted(budget.capped)
     return result
 
 
-MAX_CANDIDATE_VALUES = 32  # ciphertext-shaped values per message compared with earlier ones
-
-
-def _digest(item: Field) -> bytes:
-    """What `_recall` compares a request's other fields by: the path and the value, 16 bytes."""
-    value = hashlib.blake2b(digest_size=16)
-    value.update(f"{item.path}\0{item.text}".encode(errors="replace"))
-    return value.digest()
+def _whole_blocks(item: Field, data: bytes, body_bytes: int | None) -> bool:
+    """Whether the whole value is a whole number of cipher blocks: a value cut at the limit is only by accident."""
+    if not item.cut:
+        return len(data) % BLOCK == 0
+    return item.raw is not None and item.path[0] == "body" and body_bytes is not None and body_bytes % BLOCK == 0
 
 
 def _recall(
-    paths: list[tuple[str, ...]],
-    digests: list[bytes],
-    candidates: list[tuple[int, str, str, bytes]],
-    host: str,
-    memory: BlockMemory,
-    static_name: Callable[[str], bool],
-    result: ScanResult,
+    candidates: list[tuple[str, str, bytes, bool]], client: str, host: str, memory: BlockMemory, result: ScanResult
 ) -> None:
-    shown_ecb = {item["field"] for item in result.ecb}
-    for index, shown, encoding, data in candidates[:MAX_CANDIDATE_VALUES]:
-        context = b"".join(d for i, d in enumerate(digests) if i != index)
-        recall = memory.observe(host, shown, data, context)
-        if recall is None or shown in shown_ecb:
+    reported = {item["field"] for item in result.ecb}
+    for shown, encoding, data, aligned in candidates[:MAX_RECALLED]:
+        recall = memory.observe(client, host, shown, data, aligned)
+        if recall is None or shown in reported:
             continue
-        path = paths[index]
-        item = {"field": shown, "encoding": encoding, "length": len(data), "basis": recall.kind, "matching_blocks": recall.blocks}
-        if recall.kind == "moved_block":
-            result.ecb.append(item)
-        elif recall.kind != "same_value" or (path[0] not in STATIC_PLACES and not static_name(path[-1])):
-            result.deterministic.append(item)
+        item: dict[str, Any] = {"field": shown, "encoding": encoding, "length": len(data), "basis": recall.kind}
+        if recall.kind == "keystream_reuse":
+            item["evidence_bits"] = recall.bits
+        elif recall.kind == "zero_iv":
+            item["zero_bytes"] = recall.blocks
+        else:
+            item["matching_blocks"] = recall.blocks
+        if recall.prefixes:
+            item["prefix_blocks"] = list(recall.prefixes)
+        (result.ecb if recall.kind == "moved_block" else result.deterministic).append(item)

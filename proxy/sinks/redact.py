@@ -53,7 +53,83 @@ class Credential:
 
 
 def is_secret_name(name: str) -> bool:
+    """Whether a value under this name is hidden from findings, logs and the console: deliberately broad, since
+    hiding a harmless value costs nothing. What counts as a credential *found* is `is_credential_name`."""
     return bool(SECRET_NAME.search(name))
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# What a finding calls a credential, by the words of its name (split at separators and camelCase): a word that
+# names a secret, not a substring of some other word (`authuser`, Google's account index, holds `auth`;
+# `passport` holds `pass`), and not when the words around it say the value is about the secret rather than the
+# secret itself (`auth_type`, `token_type`, `session_state`, `signature_method`) or is a token of another
+# kind (`pageToken`, `NextToken`, `pagination_token`, `sync_token`, `idempotency_key`, `publicKey`).
+CREDENTIAL_WORDS = _words(
+    "password passwd pwd passphrase pass secret token apikey accesstoken authtoken idtoken sessionid sessid "
+    "jsessionid phpsessid session auth credential credentials cred creds jwt bearer otp totp cvv cvc ssn pin "
+    "pincode hmac signature assertion verifier"
+)
+EXACT_WORDS = frozenset(("key", "sig", "sid", "code", "state", "ticket", "hash"))  # credentials only as the whole name
+COMPOUND_ENDINGS = ("password", "passwd", "secret", "token", "apikey", "sessionid", "sessid")  # `accesstoken`, `userpassword`
+KEY_OWNERS = _words(
+    "api access secret private client app auth signing session master encryption license stream x consumer "
+    "subscription developer dev server partner account admin"
+)
+CODE_OWNERS = _words(
+    "auth authorization verification otp sms pin reset activation security access login confirmation recovery "
+    "mfa twofa onetime invite"
+)
+NOT_THE_SECRET_BEFORE = _words(
+    "page pagination next previous prev continuation sync cursor resume push registration idempotency public pub device fcm apns"
+)
+NOT_THE_SECRET_AFTER = _words(
+    "type types method methods mode provider providers flow url uri endpoint domain hint version status state name "
+    "count length expires expiry expiration ttl timeout required enabled scheme kind format algorithm alg policy "
+    "strength level"
+)
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+[a-z]*")
+
+
+def name_words(name: str) -> list[str]:
+    """`X-Session-Id` -> [x, session, id]; `NextToken` -> [next, token]; `auth0Client` -> [auth0, client]."""
+    return [word.lower() for part in re.split(r"[^A-Za-z0-9]+", name) for word in _merge_digits(_WORD.findall(part))]
+
+
+def _merge_digits(words: list[str]) -> list[str]:
+    out: list[str] = []
+    for word in words:
+        if out and word[0].isdigit():
+            out[-1] += word  # auth0, oauth2, x509: a number belongs to the word before it
+        else:
+            out.append(word)
+    return out
+
+
+def is_credential_name(name: str) -> bool:
+    """Whether a value under this name is a credential (a password, token, API key, session): see CREDENTIAL_WORDS."""
+    words = name_words(name)
+    if len(words) == 1 and words[0] in EXACT_WORDS:
+        return True
+    for index, word in enumerate(words):
+        before = words[index - 1] if index else ""
+        after = words[index + 1] if index + 1 < len(words) else ""
+        if word in CREDENTIAL_WORDS:
+            hit = True
+        elif word == "key":
+            hit = before in KEY_OWNERS
+        elif word == "code":
+            hit = before in CODE_OWNERS
+        else:
+            ending = next((e for e in COMPOUND_ENDINGS if word.endswith(e) and word != e), None)
+            if ending is None:
+                continue
+            hit, before = True, word[: -len(ending)] or before
+        if hit and before not in NOT_THE_SECRET_BEFORE and after not in NOT_THE_SECRET_AFTER:
+            return True
+    return False
 
 
 def header_credentials(headers: Iterable[tuple[str, str]]) -> list[Credential]:
@@ -67,7 +143,7 @@ def header_credentials(headers: Iterable[tuple[str, str]]) -> list[Credential]:
                 cookie = part.split("=", 1)[0].strip()
                 if cookie:
                     found.append(Credential("cookie", cookie[:64]))
-        elif lower in CREDENTIAL_HEADERS or is_secret_name(lower):
+        elif lower in CREDENTIAL_HEADERS or is_credential_name(lower):
             found.append(Credential("header", lower[:64]))
     return found
 
@@ -93,7 +169,7 @@ def url_credentials(url: str) -> list[Credential]:
     found = [Credential("userinfo", "user:password in URL")] if "@" in parts.netloc else []
     found += path_credentials(parts.path)
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if is_secret_name(key) or looks_like_token(value):
+        if is_credential_name(key) or looks_like_token(value):
             found.append(Credential("query", key[:64]))
         elif looks_like_token(key):
             found.append(Credential("query", "token as parameter name"))
@@ -106,7 +182,7 @@ def body_credentials(content_type: str, body: bytes) -> list[Credential]:
     sample = body[:65536]
     if ctype == "application/x-www-form-urlencoded":
         text = sample.decode("utf-8", "replace")
-        return [Credential("form", k[:64]) for k, _ in parse_qsl(text, keep_blank_values=True) if is_secret_name(k)]
+        return [Credential("form", k[:64]) for k, _ in parse_qsl(text, keep_blank_values=True) if is_credential_name(k)]
     if ctype == "application/json" or ctype.endswith("+json"):
         try:
             data = json.loads(sample)
@@ -114,7 +190,7 @@ def body_credentials(content_type: str, body: bytes) -> list[Credential]:
             return []
         return [Credential("json", name[:64]) for name in _json_secret_keys(data, depth=0)]
     if ctype == "multipart/form-data":  # each part's own name, never a filename="..." read as one
-        return [Credential("form", name[:64]) for name in multipart.names(content_type, sample, 256) if is_secret_name(name)]
+        return [Credential("form", name[:64]) for name in multipart.names(content_type, sample, 256) if is_credential_name(name)]
     return []
 
 
@@ -124,7 +200,7 @@ def _json_secret_keys(data: object, depth: int) -> list[str]:
     found: list[str] = []
     if isinstance(data, dict):
         for key, value in data.items():
-            if isinstance(key, str) and is_secret_name(key) and not isinstance(value, dict | list):
+            if isinstance(key, str) and is_credential_name(key) and not isinstance(value, dict | list):
                 found.append(key)
             found.extend(_json_secret_keys(value, depth + 1))
     elif isinstance(data, list):

@@ -199,6 +199,96 @@ def test_signed_urls_and_oauth_redirects_are_not_credentials_in_urls(gate: Gate)
     assert {c["name"] for c in gate.findings()[0]["evidence"]["credentials"]} == {"Signature", "token"}
 
 
+JWT = ".".join(base64.urlsafe_b64encode(part).decode().rstrip("=") for part in (b'{"alg":"RS256","kid":"k1"}',
+                                                                                   b'{"sub":"1234567890","aud":"app"}', os.urandom(64)))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        # Google: the account index, the hosted domain, the consent prompt, the granted scopes, the issuer
+        "/cb?state=St4te&iss=https%3A%2F%2Faccounts.google.com&code=4%2F0AeanS0b&scope=email+profile+openid"
+        "+https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fuserinfo.email&authuser=0&hd=example.com&prompt=consent",
+        # Microsoft: client_info (base64 JSON of the user and tenant IDs), session_state
+        "/cb?code=0.AXoAxyz&client_info=eyJ1aWQiOiIxMjMiLCJ1dGlkIjoiNDU2In0&state=St4te&session_state=3f2c8a1e-5b7d",
+        # Facebook: what the user granted and denied; the login dialog's own options
+        "/cb?code=AQBx&state=St4te&granted_scopes=email%2Cpublic_profile&denied_scopes=",
+        "/v18.0/dialog/oauth?client_id=123&auth_type=rerequest&return_scopes=true&e2e=%7B%7D&sdk=android-17.0.0",
+        # Auth0: the SDK's base64 JSON self-description; Okta: the IdP and the login hint
+        "/authorize?response_type=code&auth0Client=eyJuYW1lIjoiQXV0aDAuQW5kcm9pZCJ9&connection=google-oauth2&prompt=login",
+        "/oauth2/default/v1/authorize?idp=0oa1b2c3&login_hint=a%40b.c&acr_values=urn%3Aokta%3Aloa%3A1fa%3Aany",
+        # GitHub, Apple, Keycloak, Cognito: code and state, and Keycloak's session_state and iss
+        "/cb?code=0a1b2c3d4e5f6a7b8c9d&state=St4te",
+        "/cb?state=St4te&session_state=3f2c8a1e&iss=https%3A%2F%2Fsso.example%2Frealms%2Fapp&code=a.b.c",
+        # OAuth 1.0a callback (X/Twitter): the request token and its verifier
+        "/cb?oauth_token=NPcudxy0yU5T3tBzho7iCotZ3cnetKwcTIRlX0iwRl0&oauth_verifier=uw7NjWHT6OJ1MpJOXsHfNxoAhPKpgI8B",
+        # Pagination tokens of real APIs (Twitter, AWS, Google)
+        "/2/users/1/tweets?max_results=100&pagination_token=7140dibdnow9c7btw3w29grvxfhlo6kzkzl9r",
+        "/v1/items?MaxResults=100&NextToken=AAMA-EFRSURBSGhJSnpwZz09&pageToken=CiAKGjBpNDd2",
+        # S3 and GCS V2 signed URLs
+        "/legacy/a.mp3?AWSAccessKeyId=AKIA" + "IOSFODNN7EXAMPLE&Expires=1732003600&Signature=vjbyPxybdZaNmGa%2ByT272YEAiv4%3D",
+        "/bucket/a.png?GoogleAccessId=signer%40p.iam.gserviceaccount.com&Expires=1732003600&Signature=BCd%2Fe%3D%3D",
+    ],
+)
+def test_identity_provider_callbacks_and_pagination_tokens_are_not_credentials_in_urls(gate: Gate, path: str) -> None:
+    assert gate.run(https("api.test", path=path)).response is None
+    assert gate.findings() == []
+
+
+@pytest.mark.parametrize(
+    ("path", "names"),
+    [
+        (f"/logout?id_token_hint={JWT}&post_logout_redirect_uri=https%3A%2F%2Fapp", {"id_token_hint"}),  # an ID token
+        ("/me?access_token=EAAGm0PX4ZCpsBA&fields=id", {"access_token"}),
+        ("/x?auth=s3cr3t-t0k3n&x-api-key=k3y-k3y-k3y&sessionToken=20111h0ZlxjyJ", {"auth", "x-api-key", "sessionToken"}),
+    ],
+)
+def test_credentials_in_urls_are_still_found(gate: Gate, path: str, names: set[str]) -> None:
+    flow = gate.run(https("api.test", path=path))
+    assert flow.response is not None and flow.response.status_code == 403
+    assert {c["name"] for c in gate.findings()[0]["evidence"]["credentials"]} == names
+
+
+def test_uploads_past_the_limit_are_not_ciphertext(gate: Gate) -> None:
+    """The tester's first finding: files cut at 65,536 bytes (a whole number of blocks by accident of the limit)
+    share their format's header blocks, which look random (`same_prefix`, blocked)."""
+    import random
+
+    from tests.payload_files import CAMERAS, jpeg, screenshot_png
+
+    rng = random.Random(1)
+    files = [screenshot_png(rng, 393, 852, photo_rows=160) for _ in range(3)] + [jpeg(rng, 150_000, CAMERAS[0]) for _ in range(3)]
+    for index, data in enumerate(files):
+        assert len(data) > 65536
+        flow = gate.run(https("api.test", path=f"/u/{index}?X-Amz-Signature=ab12", body=data, ctype="application/octet-stream"))
+        assert flow.response is None
+    assert gate.findings() == []
+
+
+def test_a_content_hash_in_a_check_and_a_commit_request_is_not_ciphertext(gate: Gate) -> None:
+    digest = hashlib.sha256(os.urandom(1000)).hexdigest()
+    for step in ("check", "commit"):
+        body = json.dumps({"path": "/Notes/a.md", "sha256": digest, "step": step, "ts": os.urandom(4).hex()}).encode()
+        assert gate.run(https("api.test", path=f"/sync/{step}", body=body)).response is None
+    assert gate.findings() == []
+
+
+def test_gcm_with_a_fixed_nonce_is_blocked_at_any_length(gate: Gate) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = b"fixed-nonce!"
+    bodies = [json.dumps({"name": name, "email": f"{name}@example.com", "city": city, "note": "first login"}).encode()
+              for name, city in (("alice", "Berlin"), ("bob", "Lagos"), ("carol", "Lima"))]
+    flows = [gate.run(https("api.test", body=json.dumps({"data": base64.b64encode(AESGCM(KEY).encrypt(nonce, body, None)).decode()}).encode()))
+             for body in bodies]
+    assert flows[0].response is None
+    assert any(f.response is not None and f.response.status_code == 403 for f in flows[1:])
+    finding = gate.findings()[0]
+    assert finding["evidence"]["kind"] == "deterministic_encryption" and finding["severity"] == "high"
+    (item,) = finding["evidence"]["fields"]
+    assert item["basis"] == "keystream_reuse" and item["evidence_bits"] >= 41 and item["length"] % 16
+
+
 def test_seeded_values_are_masked_even_where_identifiers_are_not_searched_for(gate: Gate) -> None:
     gate.run(https("noid.test", path="/u/356938035643809/x?token=t0k3n-t0k3n-t0k3n"))
     (finding,) = gate.findings()

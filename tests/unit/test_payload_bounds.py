@@ -36,7 +36,7 @@ MiB = 1 << 20
 
 def scan_of(ctype: str, body: bytes, **kw: Any) -> Any:
     budget = Budget()
-    return scan(body_field_steps(ctype, body, True, budget), host="h", namer=".".join, static_name=lambda n: False,
+    return scan(body_field_steps(ctype, body, True, budget), host="h", namer=".".join,
                 budget=budget, **kw)  # fmt: skip
 
 
@@ -101,7 +101,7 @@ def test_key_shaped_tokens_cost_a_fixed_number_of_candidates_and_the_evidence_is
     body = (AWS + " ").encode() * (2 * MiB // 21)  # about 100,000 keys
     budget = Budget()
     found = scan(body_field_steps("text/plain", body, True, budget), host="h", namer=".".join,
-                 static_name=lambda n: False, budget=budget)  # fmt: skip
+                 budget=budget)  # fmt: skip
     assert len(found.keys) == MAX_ITEMS and {"keys", "candidates"} <= set(found.capped)
     assert budget.candidates == 0  # no more than MAX_CANDIDATES places were tried
     policy = load_texts([("p.yaml", "version: 1\ndefaults:\n  payload: report\n")])
@@ -117,7 +117,7 @@ def test_jwt_shapes_and_trigger_heavy_text_are_linear() -> None:
     for text in ("eyJ" * 400_000, "eyJzzzz.a.b " * 100_000, "x" * MiB, "-----BEGIN " * 90_000):
         budget = Budget()
         found = scan(iter([None, *body_fields("text/plain", text.encode())]), host="h", namer=".".join,
-                     static_name=lambda n: False, budget=budget, forms=forms_of("email", "a.person@example.com"))  # fmt: skip
+                     budget=budget, forms=forms_of("email", "a.person@example.com"))  # fmt: skip
         assert found.keys == [] and found.unsigned_jwts == []
         assert budget.candidates >= 0 and MAX_CANDIDATES - budget.candidates <= MAX_CANDIDATES
 
@@ -134,7 +134,7 @@ def test_a_body_over_one_segment_is_judged_in_segments_and_each_step_is_one_wind
     body = (b"word " * 200 + b"\n") * (8 * MiB // 1001)
     budget = Budget()
     steps = scan_steps(body_field_steps("text/plain", body, True, budget), host="h", namer=".".join,
-                       static_name=lambda n: False, budget=budget, forms=forms_of("email", "a.person@example.com"))  # fmt: skip
+                       budget=budget, forms=forms_of("email", "a.person@example.com"))  # fmt: skip
     pauses = 0
     try:
         while True:

@@ -25,9 +25,6 @@ def test_published_false_positive_and_detection_figures() -> None:
             "plaintext in base64 and zero-padded records": (0, 600),
         },
         single=(133, 2000),
-        sessions_ecb=(128, 500),
-        sessions_any=(438, 500),
-        random_iv_sessions=(0, 500),
         large_single=(439, 500),
     )
 

@@ -94,6 +94,33 @@ def test_url_credentials(url: str, expected: list[tuple[str, str]]) -> None:
     assert not leaks(found, SECRET, JWT)
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["password", "passwd", "pwd", "pass", "token", "access_token", "AccessToken", "id_token", "refresh_token", "api_key",
+     "apiKey", "API_KEY", "apikey", "x-api-key", "access-key", "key", "sig", "signature", "sid", "session", "sessionid",
+     "X-Session-Id", "JSESSIONID", "PHPSESSID", "auth", "x-auth-token", "authToken", "client_secret", "otp", "pin",
+     "pin_code", "cvv", "code", "auth_code", "verification_code", "state", "jwt", "credentials", "sessionToken",
+     "Ocp-Apim-Subscription-Key", "userpassword", "secret_key", "private_key", "hmac", "ticket"],
+)
+def test_credential_names_are_credentials(name: str) -> None:
+    assert redact.is_credential_name(name), redact.name_words(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["authuser", "auth_type", "auth0Client", "authority", "author", "authenticated", "passport", "bypass", "footprint",
+     "credit", "pagination_token", "NextToken", "nextPageToken", "pageToken", "syncToken", "continuationToken",
+     "idempotency_key", "Idempotency-Key", "publicKey", "cache_key", "sort_key", "session_state", "token_type",
+     "oauth_signature_method", "zip_code", "country_code", "ticket_id", "nonce", "code_challenge", "login_hint",
+     "id_token_hint", "hd", "prompt", "scope", "client_info", "granted_scopes", "monkey", "keyboard", "device_token",
+     "fcm_token", "x-request-id", "auth_provider", "authMethod", "spin", "x-signature-version"],
+)
+def test_names_that_only_contain_a_credential_word_are_not_credentials(name: str) -> None:
+    """Google's `authuser` (an account index) was a credential because `auth` matched anywhere in the name."""
+    assert not redact.is_credential_name(name), redact.name_words(name)
+    assert redact.url_credentials(f"https://accounts.example/cb?{name}=0") == []
+
+
 def test_redact_url_keeps_the_url_readable_without_its_secrets() -> None:
     url = f"http://user:{SECRET}@api.test:8080/v1/login?token={SECRET}&state={JWT}&page=2#frag-{SECRET}"
     redacted = redact.redact_url(url)
