@@ -210,7 +210,7 @@ class Summary:
             return self._last_second
         try:
             second = int(datetime.fromisoformat(head + zone).timestamp())
-        except ValueError:
+        except (ValueError, OverflowError, OSError):  # not a time, or one the platform cannot convert
             return None
         if not 0 <= second <= LAST_SECOND:
             return None  # before 1970 or near year 9999: not a time tlsgate wrote; kept as text, not charted

@@ -343,7 +343,7 @@ finding_dicts = st.fixed_dictionaries(
             "rule": ["policies/app.yaml:12", "embedded:policies/default.yaml:5", ":"],
             "detail": ["d"], "remedy": ["r"], "device": ["pixel-7"],
             "evidence": [{"kind": "pin_mismatch", "ja4": "t13"}, {"host_pattern": "*.test"}],
-            "time": ["2026-11-23T10:00:00.000+00:00", "0001-01-01T00:00:00+00:00", "9999-12-31T23:59:59+00:00"],
+            "time": ["2026-11-23T10:00:00.000+00:00", "0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00", "9999-12-31T23:59:59-14:00"],
             "occurrences": [1, 2, -1, 10**20],
         }.items()
     },
