@@ -20,17 +20,26 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PROXY_PORT") 2>/dev/null &
 # 2. The app's tests, through the proxy (devices: point their proxy setting at this host and port).
 sh -c "${APP_TESTS:-./run-ui-tests.sh}"; tests_status=$?
 
-# 3. Wait for tlsgate to go idle and stop; 0 clean, 1 gate failed, anything else: it never ran properly.
+# 3. Wait for tlsgate to go idle and stop: 0 clean, 1 the gate failed. Anything else means no verdict:
+#    2 it could not start (options, policy, port), 3 a tlsgate bug, above 128 it was killed.
 wait "$proxy"; proxy_status=$?
-if [ "$proxy_status" -gt 1 ]; then cat "$OUT/tlsgate.log"; exit "$proxy_status"; fi
+if [ "$proxy_status" -gt 1 ]; then
+  cat "$OUT/tlsgate.log"; echo "tlsgate run never ran properly (exit $proxy_status): no verdict" >&2; exit "$proxy_status"
+fi
 
-# 4. Reports for the CI: test results, code scanning, people, and the step summary.
-tlsgate report "$OUT/findings.jsonl" --format junit --out "$OUT/tlsgate-junit.xml"
-tlsgate report "$OUT/findings.jsonl" --format sarif --out "$OUT/tlsgate.sarif"
-tlsgate report "$OUT/findings.jsonl" --format html --out "$OUT/tlsgate-report.html"
-tlsgate report "$OUT/findings.jsonl" --format markdown >> "${GITHUB_STEP_SUMMARY:-$OUT/summary.md}"
+# 4. Reports for the CI: test results, code scanning, people, and the step summary. Without --fail-on a
+#    report exits 0, or 2 (bad input) or 3 (a tlsgate bug) when it cannot be made: never 1.
+reports_status=0
+tlsgate report "$OUT/findings.jsonl" --format junit --out "$OUT/tlsgate-junit.xml" || reports_status=$?
+tlsgate report "$OUT/findings.jsonl" --format sarif --out "$OUT/tlsgate.sarif" || reports_status=$?
+tlsgate report "$OUT/findings.jsonl" --format html --out "$OUT/tlsgate-report.html" || reports_status=$?
+tlsgate report "$OUT/findings.jsonl" --format markdown >> "${GITHUB_STEP_SUMMARY:-$OUT/summary.md}" || reports_status=$?
 
-# 5. The gate: the build fails if the app's tests failed or a finding was blocked or at least $GATE.
+# 5. The gate: the build fails if the app's tests failed or a finding was blocked or at least $GATE;
+#    a report or gate that could not be made fails it with its own code (2, 3), never as a verdict.
 tlsgate report "$OUT/findings.jsonl" --fail-on "$GATE" --format json --out "$OUT/tlsgate.json"; gate_status=$?
+for status in "$gate_status" "$reports_status"; do
+  if [ "$status" -gt 1 ]; then echo "tlsgate report failed (exit $status): no verdict" >&2; exit "$status"; fi
+done
 [ "$tests_status" -eq 0 ] || exit "$tests_status"
 exit "$gate_status"

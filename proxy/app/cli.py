@@ -13,6 +13,7 @@ from proxy import __version__
 from proxy.app.paths import default_confdir, new_ca_warning
 from proxy.policy import PolicyError, load_policy
 from proxy.policy.loader import embedded_policy
+from proxy.report import exitcodes
 
 CONFDIR_HELP = (
     "CA directory (default: $TLSGATE_CONFDIR, else the checkout's certs/ when run from a checkout, "
@@ -31,16 +32,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+        return exitcodes.USAGE
+    try:
+        return int(args.func(args) or 0)
+    except Exception as exc:  # noqa: BLE001 - the last boundary: Python's own exit status for a crash is 1, the verdict's
+        return exitcodes.internal_error(exc, f"running `tlsgate {args.command}`")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tlsgate", description="TLS-inspecting forward proxy with YAML policies.")
+    parser = argparse.ArgumentParser(
+        prog="tlsgate",
+        description="TLS-inspecting forward proxy with YAML policies.",
+        epilog=f"{exitcodes.SUMMARY}. `validate` exits 1 when a policy has errors.",
+    )
     parser.add_argument("--version", action="version", version=f"tlsgate {__version__}")
-    sub = parser.add_subparsers(metavar="COMMAND")
+    sub = parser.add_subparsers(metavar="COMMAND", dest="command")
 
-    run = sub.add_parser("run", help="start the proxy")
+    run = sub.add_parser(
+        "run",
+        help="start the proxy",
+        description="Exit 0 when stopped (and nothing of this run fails --fail-on); 1: this run's findings fail "
+        "--fail-on; 2: it could not start (bad options, a policy with errors, a port in use, an unreadable CA); "
+        "3: internal error (a tlsgate bug).",
+    )
     run.add_argument(
         "--policy",
         action="append",
@@ -144,9 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="pem",
         help="export format (android: <subject_hash_old>.0 for the system store)",
     )
-    ca.add_argument(
-        "--out", metavar="DIR", help="directory to export into (default: the CA directory); '-' writes to stdout"
-    )
+    ca.add_argument("--out", metavar="DIR", help="directory to export into (default: the CA directory); '-' writes to stdout")
     ca.set_defaults(func=cmd_ca)
     from proxy.report.cli import add_commands
 
@@ -294,28 +306,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         for message in [*exc.messages, *exc.warnings]:
             print(message, file=sys.stderr)
         print("tlsgate: the policy has errors; not starting (check it with `tlsgate validate`)", file=sys.stderr)
-        return 1
+        return exitcodes.USAGE  # not 1: a CI job would read "the gate failed" and report on an empty run
     if (args.duration or args.until_idle or args.fail_on) and args.workers > 1:
         # Each worker would stop and judge on its own; a supervisor that aggregates them is not built yet.
         print("tlsgate: --duration, --until-idle and --fail-on need --workers 1", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
     confdir, passthrough, problem = confdir_from_set(args.confdir, args.set)
     if problem:
         print(f"tlsgate: {problem}", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
     modes = args.mode or ["regular"]
     # '' is mitmproxy's "every address" (IPv4 and IPv6), not "not given": only a missing flag picks the default.
     listen_host = args.listen_host.strip() if args.listen_host is not None else default_listen_host(modes)
     problem = listen_problem(listen_host, modes) or (resolve_scope_error(modes) if args.resolve else None)
     if problem:
         print(f"tlsgate: {problem}", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
     from proxy.app.wireguard import wireguard_modes
 
     if args.workers > 1 and wireguard_modes(args.mode or []):
         # Each worker would bind UDP 51820 on its own; a WireGuard session cannot be shared between processes.
         print("tlsgate: --mode wireguard needs --workers 1", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
     inline = args.proxyauth and not args.proxyauth.startswith(("@", "ldap:", "ldaps:")) and ":" in args.proxyauth
     if inline and args.proxyauth != os.environ.get("TLSGATE_PROXYAUTH"):
         print(

@@ -20,6 +20,7 @@ from proxy import __version__
 from proxy.addons import make_addons
 from proxy.addons.console import ConsoleFlows
 from proxy.policy import Policy
+from proxy.report import exitcodes
 
 if TYPE_CHECKING:
     from mitmproxy import options
@@ -266,14 +267,14 @@ def run_proxy(config: RunConfig) -> int:
     problem = dropped_option_problem(config.extra_set) or ports_problem(config)
     if problem:  # before the CA or the banner: nothing is created or announced for a run that cannot start
         print(f"tlsgate: {problem}", file=sys.stderr)
-        return 1
+        return exitcodes.USAGE
     try:
         info, created = ensure_ca(config.confdir)
         if config.upstream_ca:
             build_bundle(config.upstream_ca, config.confdir / "upstream-trust.pem")
     except (CAError, TrustError) as exc:
         print(f"tlsgate: {exc}", file=sys.stderr)
-        return 1
+        return exitcodes.USAGE
     for note in info.notes:
         print(f"tlsgate: {note}", file=sys.stderr)
     if created:
@@ -402,7 +403,7 @@ async def _serve(config: RunConfig, announce: list[str] | None = None) -> int:
             opts.set(*config.extra_set)
     except exceptions.OptionsError as exc:
         print(f"tlsgate: {exc}", file=sys.stderr)
-        return 1
+        return exitcodes.USAGE
     for line in announce or []:  # only once every option was accepted
         print(line)
     sys.stdout.flush()
@@ -410,6 +411,11 @@ async def _serve(config: RunConfig, announce: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    await master.run()  # mitmproxy's errorcheck addon exits 1 itself on start-up errors (port in use, ...)
+    try:
+        await master.run()
+    except SystemExit as exc:
+        if exc.code == 1:  # mitmproxy's errorcheck add-on on a start-up error (port in use, ...): not a verdict
+            return exitcodes.USAGE
+        raise
     lifetime = master.addons.get("lifetime")
     return lifetime.exit_code if lifetime is not None else 0

@@ -18,6 +18,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from proxy.report import exitcodes
+
 
 def pick_port(host: str) -> int:
     """Workers must agree on one port, so port 0 is resolved once, here."""
@@ -48,7 +50,9 @@ def supervise(argvs: Sequence[list[str]]) -> int:
                 continue
             procs.remove(proc)
             if not stopping:
-                code = proc.returncode or 1
+                # A worker has no gate (--fail-on needs --workers 1): dying is never a verdict, so never 1.
+                returncode = proc.returncode
+                code = 128 - returncode if returncode < 0 else returncode if returncode > 1 else exitcodes.INTERNAL
                 print(f"tlsgate: worker {proc.pid} exited ({proc.returncode}); stopping the others", file=sys.stderr)
                 stop(signal.SIGTERM, None)
         time.sleep(0.2)

@@ -31,7 +31,9 @@ POLICY_VERSION = 1
 CORE_TOP_KEYS = ("version", "defaults", "rules", "devices")
 CORE_RULE_KEYS = ("name", "hosts")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-EMBEDDED_PREFIX = "embedded:"
+# The packaged default policy's name wherever it is loaded from: the path it has in a checkout (where
+# policies/default.yaml links to the packaged copy), the container and the Kubernetes ConfigMap.
+DEFAULT_POLICY_NAME = "policies/default.yaml"
 logger = logging.getLogger("tlsgate.policy")
 
 
@@ -59,16 +61,27 @@ def display_path(path: Path) -> str:
     Relative to the working directory when under it (`policies/app.yaml`);
     otherwise the file and the directory holding it (`tlsgate/policy.yaml` for
     `/etc/tlsgate/policy.yaml`), enough for the operator to find the line and
-    nothing about the proxy host's layout for a client. The embedded default
-    policy is `embedded:policies/default.yaml` wherever the package is installed.
+    nothing about the proxy host's layout for a client. The packaged default
+    policy is `policies/default.yaml` however it is reached: installed (no
+    `--policy`), or through the checkout's `policies/default.yaml` link under
+    `make run`. One rule, one name, so a finding from a laptop and one from CI
+    are the same problem to `tlsgate diff`.
     """
     absolute = Path(os.path.abspath(path))
-    if absolute == Path(os.path.abspath(embedded_policy())):
-        return f"{EMBEDDED_PREFIX}policies/default.yaml"
+    if _is_default_policy(absolute):
+        return DEFAULT_POLICY_NAME
     try:
         return str(absolute.relative_to(Path(os.path.abspath(Path.cwd()))))
     except ValueError:
         return str(Path(*absolute.parts[-2:])) if len(absolute.parts) > 2 else absolute.name
+
+
+def _is_default_policy(path: Path) -> bool:
+    """The packaged default policy itself, or a link to it (the checkout's `policies/default.yaml`)."""
+    try:
+        return path.resolve() == embedded_policy().resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
 
 
 def policy_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[PolicyMessage]]:

@@ -1,9 +1,10 @@
 """`tlsgate report` and `tlsgate diff`: findings files in, a report and an exit code out.
 
-Exit codes are the CI contract: 0 nothing fails the gate, 1 something does,
-2 the command could not judge (bad arguments, missing or non-findings input,
-unwritable output). Without --fail-on, `report` only renders and exits 0, so a
-job can write JUnit, SARIF and HTML first and gate once at the end.
+Exit codes are the CI contract (proxy/report/exitcodes.py): 0 nothing fails the
+gate, 1 something does, 2 the command could not judge (bad arguments, missing or
+non-findings input, unwritable output), 3 a tlsgate bug. Without --fail-on,
+`report` only renders and exits 0, so a job can write JUnit, SARIF and HTML
+first and gate once at the end.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from proxy.report import diff as diffing
-from proxy.report import formats
+from proxy.report import exitcodes, formats
 from proxy.report.model import GATE_LEVELS, RANK, InputError, Reader
 from proxy.report.summary import Summary
+from proxy.sinks.findings import printable
 
 FORMATS = ("html", "junit", "sarif", "markdown", "json")
 DEFAULT_GATE = "high"
@@ -28,8 +30,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     report = subparsers.add_parser(
         "report",
         help="turn findings files into an HTML, JUnit, SARIF, Markdown or JSON report; gate with --fail-on",
-        description="Exit 0: nothing fails the gate (or no --fail-on); 1: findings fail it; 2: usage or input error. "
-        "A finding fails when tlsgate blocked it or its severity is at least --fail-on; 'passed' ones never do.",
+        description="Exit 0: nothing fails the gate (or no --fail-on); 1: findings fail it; 2: usage or input error "
+        "(nothing was judged); 3: internal error (a tlsgate bug). "
+        "A finding fails when tlsgate blocked it or its severity is at least --fail-on; 'passed' ones never do. "
+        "Lines that are not findings are skipped with a warning naming FILE:LINE; every string from the file is "
+        "escaped (control characters, bidi overrides, bytes that are not UTF-8), whatever the format.",
     )
     report.add_argument("findings", nargs="+", metavar="FINDINGS", help="findings JSON-lines file(s), e.g. one per device")
     report.add_argument("--format", choices=FORMATS, default="markdown", help="report format (default markdown)")
@@ -47,8 +52,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     diff = subparsers.add_parser(
         "diff",
         help="compare two runs' findings (e.g. two app builds): new, fixed and unchanged problems",
-        description="Findings match by check, kind, host, deciding rule and device (or app fingerprint), "
-        "never by time or port. Exit 1 with --fail-on new:SEVERITY when a new problem fails that gate; 2 on errors.",
+        description="Findings match by check, kind, host, deciding rule (its file name and line) and device "
+        "(or app fingerprint), never by time or port. Exit 0: nothing new fails the gate (or no --fail-on); "
+        "1 with --fail-on new:SEVERITY when a new problem fails that gate; 2: usage or input error; 3: internal error.",
     )
     diff.add_argument("base", metavar="BASE", help="findings of the earlier run (e.g. the last release)")
     diff.add_argument("new", metavar="NEW", help="findings of the run under test")
@@ -60,7 +66,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _warn(message: str) -> None:
-    print(f"tlsgate: {message}", file=sys.stderr)
+    print(f"tlsgate: {printable(message)}", file=sys.stderr)
 
 
 def summarise(paths: list[str], threshold: int, warn: Callable[[str], None] = _warn) -> Summary:
@@ -69,9 +75,9 @@ def summarise(paths: list[str], threshold: int, warn: Callable[[str], None] = _w
     reader = Reader(warn)
     for path in paths:
         if Path(path).is_dir():
-            raise InputError(f"{path}: is a directory; give the findings file(s) inside it")
+            raise InputError(f"{printable(path)}: is a directory; give the findings file(s) inside it")
         summary.add_all(reader.read(path))
-        summary.sources.append(path)
+        summary.sources.append(printable(path))
     if reader.skipped:
         warn(f"{reader.skipped} of {reader.lines} line(s) skipped (see the warnings above)")
     return summary
@@ -81,7 +87,7 @@ def render(summary: Summary, fmt: str, title: str = "tlsgate report") -> str:
     if fmt == "html":
         from proxy.report.html import html
 
-        return html(summary, title)
+        return html(summary, printable(title))
     if fmt == "junit":
         return formats.junit(summary)
     if fmt == "sarif":
@@ -93,8 +99,14 @@ def render(summary: Summary, fmt: str, title: str = "tlsgate report") -> str:
 
 def _write(text: str, out: str) -> None:
     if out == "-":
-        sys.stdout.write(text)
+        # UTF-8 whatever the locale says: a report is a file format, not console text.
         sys.stdout.flush()
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None:
+            sys.stdout.write(text)
+        else:
+            buffer.write(text.encode("utf-8"))
+            buffer.flush()
         return
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,30 +114,44 @@ def _write(text: str, out: str) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        return _report(args)
+    except Exception as exc:  # noqa: BLE001 - the error boundary: a crash must never read as the verdict (1)
+        return exitcodes.internal_error(exc, "making the report")
+
+
+def _report(args: argparse.Namespace) -> int:
     gate = args.fail_on or DEFAULT_GATE
     try:
         summary = summarise(args.findings, RANK[gate])
         _write(render(summary, args.format, args.title), args.out)
     except InputError as exc:
         _warn(str(exc))
-        return 2
+        return exitcodes.USAGE
     except OSError as exc:
         _warn(f"{args.out}: cannot write the report: {exc.strerror or exc}")
-        return 2
+        return exitcodes.USAGE
     verdict = "PASS" if summary.passed else "FAIL"
     where = "" if args.out == "-" else f" -> {args.out}"
     _warn(f"{verdict}: {summary.total} finding(s), {summary.failing} failing (blocked or >= {gate}){where}")
     if args.fail_on is None:
-        return 0
-    return 0 if summary.passed else 1
+        return exitcodes.PASS
+    return exitcodes.PASS if summary.passed else exitcodes.FAIL
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     try:
+        return _diff(args)
+    except Exception as exc:  # noqa: BLE001 - the error boundary, as for `report`
+        return exitcodes.internal_error(exc, "comparing the runs")
+
+
+def _diff(args: argparse.Namespace) -> int:
+    try:
         threshold = diffing.threshold_of(args.fail_on) if args.fail_on else RANK[DEFAULT_GATE]
     except ValueError as exc:
         _warn(str(exc))
-        return 2
+        return exitcodes.USAGE
     try:
         base = summarise([args.base], threshold)
         new = summarise([args.new], threshold)
@@ -139,14 +165,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
         _write(text, args.out)
     except InputError as exc:
         _warn(str(exc))
-        return 2
+        return exitcodes.USAGE
     except OSError as exc:
         _warn(f"{args.out}: cannot write the diff: {exc.strerror or exc}")
-        return 2
+        return exitcodes.USAGE
     _warn(f"{len(result.added)} new, {len(result.fixed)} fixed, {len(result.unchanged)} unchanged problem(s)")
     if args.fail_on is None:
-        return 0
-    return 1 if result.failing_new else 0
+        return exitcodes.PASS
+    return exitcodes.FAIL if result.failing_new else exitcodes.PASS
 
 
 def main(argv: list[str] | None = None) -> int:

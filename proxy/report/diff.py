@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.report.formats import ICONS, _cell, _code
+from proxy.report.formats import ICONS, _code
 from proxy.report.model import RANK
 from proxy.report.summary import Group, Summary
 
@@ -101,7 +101,7 @@ def as_text(diff: Diff, show_unchanged: bool = True) -> str:
 def as_markdown(diff: Diff) -> str:
     def rows(groups: list[Group]) -> list[str]:
         return [
-            f"| {ICONS[g.severity]} {g.severity} | {_code(g.rule_id)} | {_cell(g.host)} | {_cell(g.who)} "
+            f"| {ICONS[g.severity]} {g.severity} | {_code(g.rule_id)} | {_code(g.host)} | {_code(g.who)} "
             f"| {g.count} | {_code(g.rule)} |"
             for g in groups
         ]

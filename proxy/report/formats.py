@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections import defaultdict
 from importlib import metadata
 from typing import Any
+from urllib.parse import quote
 
 from junitparser import Failure, JUnitXml, TestCase, TestSuite
 
-from proxy.report.model import RANK, SEVERITIES, Record
+from proxy.report.model import EMBEDDED_PREFIX, RANK, SEVERITIES, Record
 from proxy.report.summary import Group, Summary
+from proxy.sinks.findings import printable
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 SARIF_LEVELS = {"info": "note", "low": "note", "medium": "warning", "high": "error", "critical": "error"}
@@ -144,10 +147,23 @@ def _level_severity(rule: dict[str, Any]) -> str:
     return next(name for name, value in SECURITY_SEVERITY.items() if value == score)
 
 
+def artifact_uri(path: str) -> str:
+    """The policy file as a relative URI reference: percent-encoded, so no rule text can become a
+    `javascript:` (or any other scheme's) link in a code-scanning view; the packaged default policy is
+    the checkout's `policies/default.yaml`, whatever older findings called it."""
+    return quote(path.removeprefix(EMBEDDED_PREFIX), safe="/._-~") or "policy"
+
+
+def sarif_text(text: str) -> str:
+    """A SARIF message's plain text: `[text](target)` there is an embedded link (SARIF 3.11.6), so brackets,
+    and the backslash that would escape them, are escaped."""
+    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+
+
 def _sarif_result(group: Group, rule_index: int) -> dict[str, Any]:
     worst = group.worst
     path, line = worst.rule_location if worst else (group.rule, None)
-    physical: dict[str, Any] = {"artifactLocation": {"uri": path or "policy"}}
+    physical: dict[str, Any] = {"artifactLocation": {"uri": artifact_uri(path)}}
     if line:
         physical["region"] = {"startLine": line}
     message = f"{worst.detail if worst else group.rule_id} (host {group.host}, device {group.who}"
@@ -156,9 +172,10 @@ def _sarif_result(group: Group, rule_index: int) -> dict[str, Any]:
         "ruleId": group.rule_id,
         "ruleIndex": rule_index,
         "level": SARIF_LEVELS[group.severity],
-        "message": {"text": message},
+        "message": {"text": sarif_text(message)},
         "locations": [{"physicalLocation": physical}],
-        "partialFingerprints": {"tlsgateIdentity/v1": "|".join((group.check, group.kind, group.host, group.rule, group.who))},
+        # v2: the rule counts by file name and line (`rule_key`), so a laptop's and CI's runs are one alert.
+        "partialFingerprints": {"tlsgateIdentity/v2": "|".join((group.check, group.kind, group.host, group.rule_key, group.who))},
         "occurrenceCount": group.count,
         "properties": {
             "severity": group.severity,
@@ -178,14 +195,21 @@ def _sarif_result(group: Group, rule_index: int) -> dict[str, Any]:
 
 def _cell(text: str) -> str:
     """Table-safe text: findings carry client-controlled strings, which must not break out of a cell or add markup."""
-    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
-    for char in "`*_[]":
+    text = printable(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    for char in "`*_[]&@#:":
         text = text.replace(char, "\\" + char)
     return text
 
 
 def _code(text: str) -> str:
-    return "`" + text.replace("`", "'").replace("|", "\\|").replace("\n", " ") + "`"
+    """`text` as a code span, the only Markdown in which nothing is a link, a mention, an autolink
+    (`www.x.test`), HTML or emphasis: fenced by more backticks than it holds in a row, pipes escaped
+    for the table (GitHub's table parser takes `\\|` as a pipe even inside code)."""
+    text = printable(text).replace("|", "\\|")
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def markdown(summary: Summary, limit: int = 15) -> str:
@@ -207,7 +231,7 @@ def markdown(summary: Summary, limit: int = 15) -> str:
         for group in groups[:limit]:
             action = ", ".join(f"{name} {n}" for name, n in group.by_action.most_common())
             lines.append(
-                f"| {ICONS[group.severity]} {group.severity} | {_code(group.rule_id)} | {_cell(group.host)} | {_cell(group.who)} "
+                f"| {ICONS[group.severity]} {group.severity} | {_code(group.rule_id)} | {_code(group.host)} | {_code(group.who)} "
                 f"| {group.count} | {action} | {_code(group.rule)} |"
             )
         if len(groups) > limit:

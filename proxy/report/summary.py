@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from proxy.report.model import RANK, SEVERITIES, Record
+from proxy.report.model import RANK, SEVERITIES, Record, rule_key
 
 EXAMPLES_PER_GROUP = 50  # findings kept in full per group, for evidence in HTML and JUnit
 EXAMPLE_BUDGET = 5_000  # across all groups; past it each group keeps only its worst finding
@@ -24,11 +24,13 @@ MAX_HOSTS = 10_000
 MAX_TIMELINE_BINS = 2_048
 NICE_WIDTHS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 21600, 43200, 86400)
 BOUNDED_SET = 8  # ports, devices, versions... listed per host
+LAST_SECOND = 253_000_000_000  # late in year 9987: a timeline bin after it could not be labelled with a date
 
 
 def identity(record: Record, who: str | None = None) -> tuple[str, str, str, str, str]:
-    """What makes two findings "the same problem" across runs: never times, ports or client ports."""
-    return (record.check, record.kind or "", record.host_key, record.rule, who or record.who)
+    """What makes two findings "the same problem" across runs: never times, ports or client ports, and the
+    deciding rule by file name and line only (`rule_key`), so runs from other directories or machines match."""
+    return (record.check, record.kind or "", record.host_key, record.rule_key, who or record.who)
 
 
 def _add_bounded(items: list[str], value: str | None) -> None:
@@ -56,6 +58,10 @@ class Group:
     @property
     def rule_id(self) -> str:
         return f"{self.check}/{self.kind}" if self.kind else self.check
+
+    @property
+    def rule_key(self) -> str:
+        return rule_key(self.rule)
 
     @property
     def severity(self) -> str:
@@ -141,7 +147,8 @@ class Summary:
             if len(self.groups) >= MAX_GROUPS:
                 self.groups_dropped += 1
                 return
-            group = self.groups[key] = Group(*key)
+            # Shown with the first finding's rule reference as written; matched by its key.
+            group = self.groups[key] = Group(key[0], key[1], key[2], record.rule, key[4])
         group.count += record.occurrences
         group.failing += fails
         group.by_action[record.action] += record.occurrences
@@ -205,8 +212,10 @@ class Summary:
             return self._last_second
         try:
             second = int(datetime.fromisoformat(head + zone).timestamp())
-        except ValueError:
+        except (ValueError, OverflowError, OSError):  # not a time, or one the platform cannot convert
             return None
+        if not 0 <= second <= LAST_SECOND:
+            return None  # before 1970 or near year 9999: not a time tlsgate wrote; kept as text, not charted
         self._last_head, self._last_zone, self._last_second = head, zone, second
         return second
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,6 +24,19 @@ from typing import Any, TextIO
 from proxy.sinks.redact import redact_host
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
+# The longest value of each text field, in characters after escaping: generous next to what any check
+# writes (a host name is at most 255 bytes), small enough that the few thousand findings a report keeps
+# in full stay a few megabytes, whoever wrote the file. The writer cuts here and the reader cuts here.
+FIELD_CHARS = {
+    "check": 128,
+    "host": 2048,
+    "client": 256,
+    "rule": 2048,
+    "detail": 8192,
+    "remedy": 8192,
+    "device": 256,
+    "time": 64,
+}
 
 
 @dataclass(frozen=True)
@@ -51,11 +65,24 @@ class Finding:
         if isinstance(sni, str) and redact_host(sni) != sni:
             object.__setattr__(self, "evidence", {**self.evidence, "sni": redact_host(sni)})
 
+    def record(self) -> dict[str, Any]:
+        """The finding as it is written: every string escaped, evidence bounded in depth (see `json_safe`),
+        each field at most FIELD_CHARS long (what `tlsgate report` reads without cutting)."""
+        return self._record()[0]
+
+    def _record(self) -> tuple[dict[str, Any], bool]:
+        data = {f.name: json_safe(getattr(self, f.name)) for f in fields(self)}
+        if data.get("occurrences") is None:
+            data.pop("occurrences", None)  # a line without it stands for one occurrence
+        cut = False
+        for name, cap in FIELD_CHARS.items():
+            value = data[name]
+            if isinstance(value, str) and len(value) > cap:
+                data[name], cut = value[: cap - 1] + "…", True
+        return data, cut
+
     def as_json(self) -> str:
-        data = asdict(self)
-        if data["occurrences"] is None:
-            del data["occurrences"]  # a line without it stands for one occurrence
-        return json.dumps(data, sort_keys=False, default=str, separators=(",", ":"))
+        return json.dumps(self.record(), separators=(",", ":"))
 
     def console_line(self) -> str:
         """One line, whatever the client sent: control characters and undecodable bytes are escaped, so a
@@ -68,11 +95,52 @@ class Finding:
         return printable(line)
 
 
-_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def printable(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").translate(_CONTROL)
+    """`text` with every character that is not printable written as a visible escape (`\\x1b`, `\\u202e`).
+
+    Not printable: C0 and C1 controls (ESC, BEL, CR, LF, NUL...), lone surrogates (an undecodable byte of a
+    User-Agent arrives as one and breaks every UTF-8 encoder after it), bidi overrides and zero-width
+    characters (they reorder or hide what a reader sees), line and paragraph separators, unassigned code
+    points and non-characters (U+FFFE is not even allowed in XML). Whatever remains is valid UTF-8 and
+    XML 1.0, one line, and shows what it says, on a terminal, in a log shipper, in every report format.
+    """
+    if text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(char if char.isprintable() else _escape_char(char) for char in text)
+
+
+MAX_DEPTH = 16  # nesting kept in a finding's evidence; deeper values are replaced by a note
+_TOO_DEEP = f"[nested deeper than {MAX_DEPTH} levels]"
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """`value` as JSON that any reader can take: strings (and keys) through `printable`, no NaN or
+    Infinity (not JSON), nesting bounded, anything else as its escaped `str()`.
+
+    Applied where findings are written, so no finding file, log collector or report ever receives a raw
+    control character or a lone surrogate from what an app or a client sent; and on reading, so files
+    written by older versions (or by hand) are held to the same rule.
+    """
+    if isinstance(value, str):
+        return printable(value)
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict | list | tuple | set | frozenset):
+        if depth >= MAX_DEPTH:
+            return _TOO_DEEP
+        if isinstance(value, dict):
+            return {printable(str(key)): json_safe(item, depth + 1) for key, item in value.items()}
+        return [json_safe(item, depth + 1) for item in value]
+    return printable(str(value))
 
 
 Listener = Callable[[Finding], None]
@@ -90,17 +158,20 @@ def bounded(finding: Finding, limit: int = MAX_LINE) -> tuple[str, bool]:
     What is dropped is said in the line itself (`evidence.truncated`, the size and the evidence's keys), so
     a reader knows detail is missing rather than that it never existed.
     """
-    line = finding.as_json()
+    data, cut = finding._record()
+    line = json.dumps(data, separators=(",", ":"))
     if len(line) <= limit:
-        return line, False
+        return line, cut
+    kept = data["evidence"] if isinstance(data["evidence"], dict) else {}
     evidence = {
         "truncated": True,
-        "evidence_chars": len(json.dumps(finding.evidence, default=str)),
-        "keys": sorted(str(k)[:64] for k in finding.evidence)[:32],
+        "evidence_chars": len(json.dumps(data["evidence"])),
+        "keys": sorted(key[:64] for key in kept)[:32],
     }
-    short = {"host": finding.host[:255], "client": (finding.client or "")[:64] or None, "rule": finding.rule[:300]}
-    short |= {"detail": finding.detail[:1000], "remedy": finding.remedy[:1000], "device": finding.device and finding.device[:64]}
-    return Finding(**{**asdict(finding), **short, "evidence": evidence}).as_json(), True  # about 3 KiB at most
+    short = {"host": data["host"][:255], "client": (data["client"] or "")[:64] or None, "rule": data["rule"][:300]}
+    short |= {"detail": data["detail"][:1000], "remedy": data["remedy"][:1000], "device": data["device"] and data["device"][:64]}
+    short |= {"check": data["check"][:64], "time": str(data["time"])[:64]}
+    return replace(finding, **short, evidence=evidence).as_json(), True  # about 3 KiB at most
 
 
 class FindingsLog:

@@ -49,7 +49,7 @@ def test_run_refuses_a_broken_policy_with_its_location(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules:\n  - hosts: a.test\n    cleartext: nope\n")
     done = tlsgate("run", "--policy", str(bad), "--listen-port", "0", "--confdir", str(tmp_path / "certs"), cwd=tmp_path)
-    assert done.returncode == 1
+    assert done.returncode == 2, "bad input, not a verdict: a CI job must not read it as 'the gate failed'"
     assert "bad.yaml:3:16: rule.cleartext must be one of block, allow" in done.stderr
     assert not (tmp_path / "certs").exists(), "nothing is created for a run that cannot start"
 

@@ -40,7 +40,7 @@ def test_a_dropped_option_stops_the_run_before_the_banner_and_names_mitmdump(tmp
     argv = [sys.executable, "-m", "proxy", "run", "--listen-port", "0", "--confdir", str(tmp_path / "certs")]
     argv += ["--set", "termlog_verbosity=warn", "--set", "map_local=|~q|/srv/answers-token-7f3a"]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert done.returncode == 1, done
+    assert done.returncode == 2, done
     assert "tlsgate: --set map_local: tlsgate run leaves out mitmproxy's map_local" in done.stderr
     assert "use mitmdump -s proxy/addons/script.py --set map_local=..." in done.stderr
     assert "answers-token-7f3a" not in done.stderr + done.stdout  # an option's value is never echoed

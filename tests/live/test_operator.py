@@ -60,7 +60,7 @@ def test_quiet_drops_flow_lines_and_bodies_are_refused_before_the_banner(tlsgate
          "--confdir", str(tmp_path / "certs3"), "--set", "flow_detail=3"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
-    assert done.returncode == 1 and "flow_detail 3 prints request and response bodies" in done.stderr
+    assert done.returncode == 2 and "flow_detail 3 prints request and response bodies" in done.stderr
     assert "proxy:" not in done.stdout and "listening" not in done.stdout + done.stderr, "refused before the banner"
 
 
@@ -74,7 +74,7 @@ def test_a_taken_port_is_refused_in_tlsgates_words_before_anything_is_created(tm
                 [sys.executable, "-m", "proxy", "run", *flags, "--findings", "", "--confdir", str(tmp_path / "certs")],
                 capture_output=True, text=True, timeout=60, cwd=tmp_path,
             )  # fmt: skip
-            assert done.returncode == 1, done
+            assert done.returncode == 2, done  # could not start: not the gate's 1
             assert f"tlsgate: cannot listen on 127.0.0.1:{port}" in done.stderr and flags[flags.index(str(port)) - 1] in done.stderr
             assert "--mode regular@" not in done.stderr + done.stdout and "proxy:" not in done.stdout
     assert not (tmp_path / "certs").exists(), "no CA is created for a run that cannot start"

@@ -90,7 +90,7 @@ def test_default_policy_refuses_quic_at_once_and_the_upstream_gets_nothing(quicg
         assert response.status is None and response.close_code == HANDSHAKE_FAILURE  # a CONNECTION_CLOSE, not a timeout
     (finding,) = gate.wait_findings(1)
     assert (finding["check"], finding["action"], finding["host"]) == ("quic", "blocked", "api.test")
-    assert finding["rule"] == "embedded:policies/default.yaml:5" and "quic: inspect" in finding["remedy"]
+    assert finding["rule"] == "policies/default.yaml:5" and "quic: inspect" in finding["remedy"]
     assert finding["evidence"]["transport"] == "quic" and finding["evidence"]["alpn_offered"] == ["h3"]
     metrics = gate.scrape()
     assert value(metrics, "tlsgate_quic_connections_total", decision="refused") == 2

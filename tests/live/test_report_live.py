@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,17 @@ from junitparser import JUnitXml
 from proxy.tls.pins import spki_pin
 from tests.certgen import make_chain
 from tests.harness import REPO, Tlsgate, Upstream, curl
-from tests.report_consumers import chromium_available, render_in_chromium, validate_sarif
+from tests.live.test_log_injection import evil_sni_hello
+from tests.report_consumers import (
+    chromium_available,
+    github_markdown,
+    parse_html,
+    read_junit,
+    render_in_chromium,
+    strict_json,
+    validate_sarif,
+)
+from tests.unit.test_report_hostile import assert_inert, strings_in
 
 pytestmark = pytest.mark.live
 
@@ -125,6 +136,68 @@ def test_every_format_from_a_real_run_is_read_by_a_real_consumer(
     for host in ("api.test", "www.test", "img.cdn.test"):
         assert f"<code>{host}</code>" in table
     assert "MISMATCH" in table and "cleartext http" in table
+
+
+# -- what a hostile client sends reaches every format escaped ------------------------------------
+
+
+def test_a_hostile_sni_and_user_agent_go_through_the_real_sink_and_every_format_stays_valid_and_inert(
+    tlsgate, https_upstream: Upstream, http_upstream: Upstream, tmp_path: Path
+) -> None:
+    """The issue's two clients, for real: a ClientHello whose SNI carries ANSI escapes, BEL, CR/LF, a
+    Markdown link and a bidi override, and a plain-HTTP request whose User-Agent has bytes 0xff 0xfe."""
+    gate = tlsgate(resolve={"api.test": https_upstream.port, "www.test": http_upstream.port})
+    with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as sock:
+        target = f"api.test:{https_upstream.port}".encode()
+        sock.sendall(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.sendall(evil_sni_hello("api.test\x1b[31m\x07\r\n[x](javascript:alert(1))\u202e<marquee>".encode()))
+        _drain(sock)
+    with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as sock:
+        target = f"www.test:{http_upstream.port}".encode()
+        sock.sendall(
+            b"GET http://" + target + b"/login HTTP/1.1\r\nHost: " + target + b"\r\nUser-Agent: app/1.0 \xff\xfe\x1b[2J\r\n\r\n"
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 403")
+    findings = gate.wait_findings(2)
+    gate.stop()
+    assert {f["check"] for f in findings} >= {"cleartext", "client_ciphers"}
+    raw = gate.findings_path.read_bytes()
+    assert raw.isascii(), "the sink writes escapes, not raw bytes"
+    assert all(s.isprintable() for line in raw.decode().splitlines() for s in strings_in(json.loads(line)))
+    # The User-Agent's bytes, escaped visibly (then JSON-escaped: one backslash is two), not as \udcff escapes.
+    assert b'"user_agent":"app/1.0 \\\\udcff\\\\udcfe\\\\x1b[2J"' in raw
+
+    source, out = str(gate.findings_path), tmp_path / "out"
+    out.mkdir()
+    for fmt in ("html", "junit", "sarif", "markdown", "json"):
+        done = tlsgate_cli("report", source, "--format", fmt, "--out", str(out / f"r.{fmt}"))
+        assert done.returncode == 0, done.stderr  # was 1 (UnicodeEncodeError), the gate's code
+        assert_inert(done.stderr, "stderr")
+        text = (out / f"r.{fmt}").read_bytes().decode("utf-8")
+        assert_inert(text, fmt, "\n\t" if fmt == "junit" else "\n")
+    read_junit(out / "r.junit")
+    validate_sarif(strict_json((out / "r.sarif").read_text()))
+    strict_json((out / "r.json").read_text())
+    assert not {"a", "img", "marquee"} & {tag for tag, _ in github_markdown((out / "r.markdown").read_text()).tags}
+    markup = parse_html((out / "r.html").read_text())
+    assert len(markup.scripts) == 1 and "marquee" not in {tag for tag, _ in markup.tags}
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("")
+    for fmt in ("text", "markdown", "json"):
+        done = tlsgate_cli("diff", str(clean), source, "--format", fmt)
+        assert done.returncode == 0, done.stderr
+        assert_inert(done.stdout, f"diff {fmt}")
+    assert "\\x1b[31m\\x07\\x0d\\x0a" in tlsgate_cli("diff", str(clean), source).stdout
+
+
+def _drain(sock: socket.socket) -> None:
+    sock.settimeout(5)
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
 
 
 # -- diff across two builds ----------------------------------------------------------------------
@@ -265,3 +338,17 @@ def test_the_readme_ci_job_runs_reports_and_gates(
     step = (tmp_path / "step-summary.md").read_text()
     assert ("❌ **FAIL**" in step) is leaks_token and ("✅ **PASS**" in step) is not leaks_token
     assert ("FAIL: 1 finding(s) this run" in log) is leaks_token
+
+
+def test_the_readme_ci_job_tells_a_run_that_never_started_from_a_verdict(tmp_path: Path, pki) -> None:
+    """A policy with an error: `tlsgate run` exits 2 (it was 1, "the gate failed"), and the job stops there
+    with that code and says why, instead of writing PASS reports from an empty findings file."""
+    env = _job_env(tmp_path, pki, "true", _free_port(), {})
+    (tmp_path / "policy.yaml").write_text("version: 1\nrules:\n  - hosts: api.test\n    cleartext: nope\n")
+    done = subprocess.run(
+        ["bash", str(REPO / "examples" / "ci-job.sh")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "policy.yaml:4:16: rule.cleartext must be one of block, allow" in done.stdout
+    assert "tlsgate run never ran properly (exit 2): no verdict" in done.stderr
+    assert not (tmp_path / "out" / "tlsgate-junit.xml").exists() and not (tmp_path / "step-summary.md").exists()

@@ -7,10 +7,13 @@ through it blocked by the embedded policy.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 from tests.harness import REPO, Tlsgate, Upstream, curl
 
@@ -21,7 +24,10 @@ def run(*cmd: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.
     return done
 
 
-def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(tmp_path: Path, http_upstream: Upstream) -> None:
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel of this checkout, installed into a bare venv: tlsgate as a user's `pip install` has it."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     dist = tmp_path / "dist"
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO))
     (wheel,) = dist.glob("tlsgate-*.whl")
@@ -33,6 +39,12 @@ def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(tmp
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"]
     run(*pip, "--require-hashes", "-r", str(REPO / "requirements.lock"))
     run(*pip, str(wheel))
+    return venv
+
+
+def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(
+    venv: Path, tmp_path: Path, http_upstream: Upstream
+) -> None:
     tlsgate = venv / "bin" / "tlsgate"
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -43,11 +55,11 @@ def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(tmp
     command = [str(tlsgate), "run", "--listen-port", "0", "--metrics-port", "-1", "--resolve", resolve]
     gate = Tlsgate(empty, env=env, command=command).start()
     try:
-        assert "embedded:policies/default.yaml" in gate.output
+        assert "policy:   policies/default.yaml" in gate.output  # the name it has in a checkout and in findings
         blocked = curl(gate.proxy_url, f"http://api.test:{http_upstream.port}/login")
         assert blocked.status == 403, blocked
         assert blocked.headers["x-tlsgate-check"] == "cleartext"
-        assert blocked.headers["x-tlsgate-rule"].startswith("embedded:policies/default.yaml:"), blocked.headers
+        assert blocked.headers["x-tlsgate-rule"] == "policies/default.yaml:5", blocked.headers
         assert http_upstream.connections == 0
         # An installed tlsgate keeps one CA per user, wherever it is started: nothing lands in the working directory.
         ca_dir = home / ".local" / "share" / "tlsgate"
@@ -77,3 +89,46 @@ def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(tmp
         loud.wait_for(r"WARNING: created a NEW CA in .*home2.*a tlsgate CA already exists in .*old/certs/")
     finally:
         loud.stop()
+
+
+def test_a_checkout_run_and_an_installed_run_name_the_default_rule_alike_and_diff_to_nothing(
+    venv: Path, tmp_path: Path, http_upstream: Upstream
+) -> None:
+    """`make run` (the checkout's policies/, whose default.yaml links to the packaged copy) and an installed
+    tlsgate (no --policy: the packaged copy) block the same request by the same rule, under one name, so
+    `tlsgate diff` between a laptop's run and CI's finds nothing new and nothing fixed."""
+    resolve = f"api.test:{http_upstream.port}:127.0.0.1"
+    common = ["run", "--listen-port", "0", "--metrics-port", "-1", "--resolve", resolve]
+    runs = {
+        # As `make run` does it, from the checkout: `tlsgate run --policy policies/`.
+        "checkout": (REPO, [sys.executable, "-m", "proxy", *common, "--policy", "policies/"]),
+        "installed": (tmp_path / "installed", [str(venv / "bin" / "tlsgate"), *common]),
+    }
+    rules = {}
+    for name, (cwd, command) in runs.items():
+        cwd.mkdir(exist_ok=True)
+        findings = tmp_path / f"{name}.jsonl"
+        env = {"HOME": str(tmp_path / "home"), "XDG_DATA_HOME": "", "TLSGATE_CONFDIR": str(tmp_path / f"certs-{name}")}
+        gate = Tlsgate(cwd, env=env, command=[*command, "--findings", str(findings)]).start()
+        try:
+            for path in ("/login", "/feed"):
+                blocked = curl(gate.proxy_url, f"http://api.test:{http_upstream.port}{path}")
+                assert blocked.status == 403, blocked
+        finally:
+            gate.stop()
+        lines = [json.loads(line) for line in findings.read_text().splitlines()]
+        assert len(lines) == 2, lines
+        rules[name] = {line["rule"] for line in lines}
+    assert http_upstream.connections == 0
+    assert rules["checkout"] == rules["installed"] == {"policies/default.yaml:5"}, rules
+
+    tlsgate = venv / "bin" / "tlsgate"
+    done = subprocess.run(
+        [str(tlsgate), "diff", str(tmp_path / "checkout.jsonl"), str(tmp_path / "installed.jsonl"), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (len(result["added"]), len(result["fixed"]), len(result["unchanged"])) == (0, 0, 1), result

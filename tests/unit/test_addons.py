@@ -820,13 +820,13 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.WARNING), taddons.context(*addons) as tctx:
         for addon in addons:  # what mitmproxy does at startup: configure with every option
             tctx.master.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(tctx.options.keys())))
-        assert store.policy is not None and store.policy.files == ("embedded:policies/default.yaml",)
+        assert store.policy is not None and store.policy.files == ("policies/default.yaml",)
         flow = plain("anything.test")
         for addon in addons:
             if hasattr(addon, "request"):
                 result = addon.request(flow)
                 assert not inspect.isawaitable(result)  # nothing is left to scan once a verdict answered it
-        assert flow.response is not None and flow.response.headers["X-Tlsgate-Rule"] == "embedded:policies/default.yaml:5"
+        assert flow.response is not None and flow.response.headers["X-Tlsgate-Rule"] == "policies/default.yaml:5"
     assert "Addon error" not in caplog.text
 
 

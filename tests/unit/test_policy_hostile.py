@@ -288,5 +288,5 @@ def test_policy_paths_shown_to_clients_are_never_absolute(tmp_path: Path, monkey
     assert loaded.files == ("tlsgate/policy.yaml",) and loaded.defaults_location.rule_ref == "tlsgate/policy.yaml:2"
     monkeypatch.chdir(tmp_path)
     assert load_policy([policy]).defaults_location.rule_ref == "etc/tlsgate/policy.yaml:2"  # as typed from here
-    assert display_path(embedded_policy()) == "embedded:policies/default.yaml"
+    assert display_path(embedded_policy()) == "policies/default.yaml"
     assert display_path(Path("/policy.yaml")) == "policy.yaml"
