@@ -12,11 +12,10 @@ the operator's own choice and pass.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 
-from mitmproxy import connection, http
+from mitmproxy import connection, ctx, http
 from mitmproxy.proxy import mode_specs, server_hooks
 
 from proxy.addons.findings import FindingsSink
@@ -43,19 +42,25 @@ async def addresses_of(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def is_own_listener(client: connection.Client, address: str, port: int) -> bool:
-    """A transparent connection whose destination is the socket it arrived on: not redirected, sent to tlsgate itself.
+def transparent_ports() -> frozenset[int]:
+    """The ports tlsgate's transparent listeners are bound to (with `--listen-port 0`, the one the kernel chose)."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    ports: set[int] = set()
+    for server in getattr(proxyserver, "servers", []):
+        if isinstance(server.mode, mode_specs.TransparentMode):
+            ports.update(address[1] for address in server.listen_addrs)
+    return frozenset(ports)
 
-    A redirected connection arrives on the listener too, but its original
-    destination (the server) is another address; only a client that connected
-    to tlsgate's port directly (a proxy setting) has the two equal.
+
+def is_own_listener(client: connection.Client, port: int, listener_ports: frozenset[int]) -> bool:
+    """A transparent connection to one of the proxy host's own addresses on a transparent listener's port: not a
+    server the gateway redirected, but tlsgate itself, which a device with a proxy setting sends to.
+
+    mitmproxy sets a transparent client's `sockname` to the original destination, so the socket it arrived on
+    says nothing; the listeners' ports do. A redirected connection to another service on the gateway (another
+    port) is an ordinary local destination, which `local_destinations: allow` may let through.
     """
-    if not isinstance(client.proxy_mode, mode_specs.TransparentMode) or not client.sockname:
-        return False
-    try:
-        return (ipaddress.ip_address(address), port) == (ipaddress.ip_address(client.sockname[0]), client.sockname[1])
-    except ValueError:
-        return False
+    return isinstance(client.proxy_mode, mode_specs.TransparentMode) and port in listener_ports
 
 
 class DestinationGuard:
@@ -121,8 +126,9 @@ class DestinationGuard:
             addresses = await addresses_of(host_only(host), port)
             resolvable = isinstance(client.proxy_mode, NAMED_TARGETS)
             for address in addresses:
-                own = is_own_listener(client, address, port)
-                issue = judge_destination(local_kind(address), address, port, match, resolvable=resolvable, own_listener=own)
+                kind = local_kind(address)
+                own = kind is not None and is_own_listener(client, port, transparent_ports())
+                issue = judge_destination(kind, address, port, match, resolvable=resolvable, own_listener=own)
                 if issue is not None:
                     return record(self.sink, state, client, issue, match, port), None
             return None, addresses[0] if addresses else None

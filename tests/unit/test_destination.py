@@ -83,7 +83,9 @@ def test_a_proxy_request_to_the_transparent_listener_is_told_to_drop_the_proxy_s
     assert allowed is not None
 
 
-def test_own_listener_means_a_transparent_connection_that_was_not_redirected() -> None:
+def test_own_listener_means_a_transparent_connection_to_a_listener_port() -> None:
+    """mitmproxy sets a transparent client's sockname to the original destination, so the listener is known by its
+    port: a device sending to gateway:8080 as to a proxy loops back; one reaching the gateway's SSH is redirected."""
     from mitmproxy.proxy import mode_specs
     from mitmproxy.test import tflow
 
@@ -91,12 +93,12 @@ def test_own_listener_means_a_transparent_connection_that_was_not_redirected() -
 
     client = tflow.tclient_conn()
     client.proxy_mode = mode_specs.ProxyMode.parse("transparent")
-    client.sockname = ("fd00:231:1::1", 8080)
-    assert is_own_listener(client, "fd00:231:1:0::1", 8080)  # the same address, spelt otherwise
-    assert not is_own_listener(client, "fd00:231:2::10", 443)  # redirected: the server the device asked for
-    assert not is_own_listener(client, "fd00:231:1::1", 22)
+    client.sockname = ("fd00:231:1::1", 22)  # what mitmproxy sets: the original destination
+    assert is_own_listener(client, 8080, frozenset({8080}))
+    assert not is_own_listener(client, 22, frozenset({8080}))  # another service on the gateway, redirected
+    assert not is_own_listener(client, 8080, frozenset())  # no transparent listener
     client.proxy_mode = mode_specs.ProxyMode.parse("regular")
-    assert not is_own_listener(client, "fd00:231:1::1", 8080)  # a proxy's CONNECT to itself is another story
+    assert not is_own_listener(client, 8080, frozenset({8080}))  # a proxy's CONNECT to itself is another story
 
 
 def test_the_setting_is_validated_where_written() -> None:
