@@ -94,7 +94,12 @@ class Record:
     @property
     def kind(self) -> str | None:
         kind = self.evidence.get("kind")
-        return kind if isinstance(kind, str) and kind else None
+        if isinstance(kind, str) and kind:
+            return kind
+        protocol = self.evidence.get("protocol")
+        if self.check == "cleartext" and protocol in ("http", "ws"):
+            return f"plain_{protocol}"  # earlier tlsgate wrote these without a kind: one problem, one name
+        return None
 
     @property
     def rule_id(self) -> str:

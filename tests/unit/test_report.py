@@ -186,12 +186,12 @@ def test_sarif_is_valid_against_the_official_schema_and_names_rule_and_policy_li
     validate_sarif(document)
     (sarif_run,) = document["runs"]
     results = {r["ruleId"]: r for r in sarif_run["results"]}
-    assert set(results) == {"cleartext", "pin/pin_mismatch", "client_probe/self_signed", "client_hello/weak_suites_offered"}
+    assert set(results) == {"cleartext/plain_http", "pin/pin_mismatch", "client_probe/self_signed", "client_hello/weak_suites_offered"}
     pin = results["pin/pin_mismatch"]
     assert pin["level"] == "error"
     location = pin["locations"][0]["physicalLocation"]
     assert location == {"artifactLocation": {"uri": "policies/app.yaml"}, "region": {"startLine": 30}}
-    assert results["cleartext"]["occurrenceCount"] == 2 and results["cleartext"]["level"] == "warning"
+    assert results["cleartext/plain_http"]["occurrenceCount"] == 2 and results["cleartext/plain_http"]["level"] == "warning"
     assert results["client_probe/self_signed"]["level"] == "note"
     rules = [rule["id"] for rule in sarif_run["tool"]["driver"]["rules"]]
     assert all(rules[r["ruleIndex"]] == r["ruleId"] for r in sarif_run["results"])
@@ -264,6 +264,19 @@ def test_html_escapes_client_controlled_strings(tmp_path: Path) -> None:
 # -- diff ----------------------------------------------------------------------------------------
 
 
+def test_a_plain_http_finding_written_without_its_kind_is_the_same_problem_as_one_with_it(tmp_path: Path) -> None:
+    """Earlier tlsgate wrote plain-HTTP findings without `evidence.kind`; a baseline from then diffs clean."""
+    old = write(tmp_path / "old.jsonl", [finding()])
+    current = finding()
+    current["evidence"] = {"kind": "plain_http", **current["evidence"]}
+    new = write(tmp_path / "new.jsonl", [current])
+    out = tmp_path / "diff.json"
+    assert run("diff", str(old), str(new), "--format", "json", "--out", str(out)) == 0
+    data = json.loads(out.read_text())
+    assert (data["added"], data["fixed"]) == ([], [])
+    assert [g["rule_id"] for g in data["unchanged"]] == ["cleartext/plain_http"]
+
+
 def test_diff_matches_by_identity_not_time_or_port_and_gates_on_new(tmp_path: Path, capsys) -> None:
     base = write(tmp_path / "base.jsonl", [finding(action="reported"), PIN])
     token = finding(
@@ -277,13 +290,13 @@ def test_diff_matches_by_identity_not_time_or_port_and_gates_on_new(tmp_path: Pa
     out = tmp_path / "diff.json"
     assert run("diff", str(base), str(new), "--format", "json", "--out", str(out)) == 0
     data = json.loads(out.read_text())
-    assert [(g["rule_id"], g["host"]) for g in data["added"]] == [("cleartext", "login.test")]
+    assert [(g["rule_id"], g["host"]) for g in data["added"]] == [("cleartext/plain_http", "login.test")]
     assert [(g["rule_id"], g["host"]) for g in data["fixed"]] == [("pin/pin_mismatch", "api.test")]
-    assert [(g["rule_id"], g["host"]) for g in data["unchanged"]] == [("cleartext", "www.test")]
+    assert [(g["rule_id"], g["host"]) for g in data["unchanged"]] == [("cleartext/plain_http", "www.test")]
     assert run("diff", str(base), str(new), "--fail-on", "new:high", "--out", str(tmp_path / "d.txt")) == 1
     assert run("diff", str(base), str(new), "--fail-on", "new:critical", "--out", str(tmp_path / "d.txt")) == 1  # blocked
     text = (tmp_path / "d.txt").read_text()
-    assert "NEW (1)\n  + [high] cleartext login.test on pixel-7" in text and "FIXED (1)\n  - [critical] pin/pin_mismatch" in text
+    assert "NEW (1)\n  + [high] cleartext/plain_http login.test on pixel-7" in text and "FIXED (1)\n  - [critical] pin/pin_mismatch" in text
     assert run("diff", str(new), str(new), "--fail-on", "new:low", "--out", str(tmp_path / "same.txt")) == 0
     assert "NEW (0)" in (tmp_path / "same.txt").read_text()
     assert run("diff", str(base), str(new), "--format", "markdown", "--out", str(tmp_path / "d.md")) == 0

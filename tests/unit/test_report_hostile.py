@@ -523,7 +523,7 @@ def test_sarif_names_the_packaged_policy_as_the_checkouts_file_and_fingerprints_
     code, _ = run_report(capsys, "report", str(path), "--format", "sarif", "--out", str(tmp_path / "r.sarif"))
     (result,) = strict_json((tmp_path / "r.sarif").read_text())["runs"][0]["results"]
     assert result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "policies/default.yaml"
-    assert result["partialFingerprints"] == {"tlsgateIdentity/v2": "cleartext||www.test|default.yaml:5|pixel-7"}
+    assert result["partialFingerprints"] == {"tlsgateIdentity/v2": "cleartext|plain_http|www.test|default.yaml:5|pixel-7"}
 
 
 def test_the_checkouts_link_to_the_default_policy_has_the_packaged_policys_name_from_anywhere(
