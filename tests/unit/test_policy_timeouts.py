@@ -9,8 +9,9 @@ import jsonschema
 import pytest
 import yaml
 
+from proxy.checks import faults
 from proxy.policy import PolicyError, load_texts
-from proxy.policy.sections.timeouts import TimeoutRules
+from proxy.policy.sections.timeouts import TIMEOUT_KEYS, TimeoutRules
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "policies" / "tlsgate-policy.schema.json").read_text())
@@ -57,6 +58,53 @@ def test_a_rule_overrides_the_defaults_key_by_key_and_every_value_keeps_its_line
     for host in ("other.test", "nowhere.test"):  # a rule without timeouts:, and no rule: the defaults' values
         rules = timeouts_of(POLICY, host)
         assert rules is not None and rules.response_head is not None and rules.response_head.seconds == 30.0
+
+
+def test_without_a_timeouts_section_every_host_gets_the_options() -> None:
+    text = "version: 1\nrules:\n  - hosts: a.test\n    mode: report\n"
+    assert timeouts_of(text, "a.test") is None
+    limit = faults.limit_for(faults.RESPONSE_HEAD, None, 120.0)
+    assert (limit.seconds, limit.source, limit.set_at) == (120.0, "tlsgate_response_head_timeout", None)
+
+
+def test_a_rule_alone_sets_only_its_keys_and_the_options_fill_the_rest() -> None:
+    text = "version: 1\nrules:\n  - hosts: a.test\n    timeouts: {response_head: 5}\n"
+    rules = timeouts_of(text, "a.test")
+    head = faults.limit_for(faults.RESPONSE_HEAD, rules, 120.0)
+    connect = faults.limit_for(faults.CONNECT, rules, 10.0)
+    assert (head.seconds, head.source) == (5.0, "timeouts.response_head at p.yaml:4")
+    assert (connect.seconds, connect.source) == (10.0, "tlsgate_connect_timeout")
+    assert timeouts_of(text, "b.test") is None
+
+
+def test_the_finding_names_the_limit_that_applied() -> None:
+    rules = timeouts_of(POLICY, "poll.test")
+    own = faults.timeout_issue(faults.limit_for(faults.RESPONSE_HEAD, rules, 120.0))
+    assert "within 300 s (timeouts.response_head at p.yaml:10)" in own.detail
+    assert own.evidence == {
+        "phase": "response_head",
+        "timeout_s": 300.0,
+        "option": "tlsgate_response_head_timeout",
+        "policy_key": "timeouts.response_head",
+        "set_at": "p.yaml:10",
+    }
+    assert "raise timeouts.response_head at p.yaml:10" in own.remedy
+    default = faults.timeout_issue(faults.limit_for(faults.TLS_HANDSHAKE, rules, 15.0))
+    assert "within 15 s (tlsgate_tls_handshake_timeout)" in default.detail and "set_at" not in default.evidence
+    assert "--set tlsgate_tls_handshake_timeout=SECONDS" in default.remedy
+    for issue in (own, default):  # what an app's own timeout means next to tlsgate's, in the 504 page too
+        assert "OkHttp" in issue.remedy and "URLSession after 60 s" in issue.remedy and "client_gave_up" in issue.remedy
+
+
+def test_a_handshake_limit_survives_the_trip_through_mitmproxys_error_text() -> None:
+    rules = timeouts_of(POLICY, "x.quick.test")
+    for limit in (faults.limit_for(faults.TLS_HANDSHAKE, rules, 15.0), faults.limit_for(faults.TLS_HANDSHAKE, None, 15.0)):
+        issue = faults.timeout_from_text(faults.timeout_text(limit))
+        assert issue is not None and issue == faults.timeout_issue(limit)
+
+
+def test_phases_and_policy_keys_are_the_same_four() -> None:
+    assert tuple(phase.key for phase in faults.PHASES) == TIMEOUT_KEYS
 
 
 # name -> (the value as written, the words of its error)
