@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import select
 import socket
 import ssl
@@ -30,8 +31,8 @@ import h2.events
 import httpx
 import pytest
 
-from tests.certgen import Chain
-from tests.harness import Tlsgate, curl, eventually
+from tests.certgen import Chain, make_leaf, write_server_files
+from tests.harness import REPO, Tlsgate, curl, eventually
 from tests.tlsservers import serve_on_loopback
 
 POLICY = """\
@@ -319,6 +320,58 @@ def test_over_http2_a_stalled_request_is_reset_alone_and_the_apps_other_requests
 
 
 # -- per-host limits and apps that give up first --------------------------------------------------------------
+
+
+def readme_timeouts_policy() -> str:
+    """The policy block README's "Limits and timeouts" shows: this test runs it, as written."""
+    section = (REPO / "README.md").read_text().split("## Limits and timeouts", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    return block
+
+
+def test_a_rule_sets_one_hosts_head_limit_and_other_hosts_keep_the_option(
+    tlsgate, upstream, pki: tuple[Chain, Path, Path, Path], tmp_path: Path
+) -> None:
+    """README's example: pay.example.com gets its own 8 s; another host keeps the option (6 s here). An app that
+    gives up on that other host after 4 s is recorded as giving up, naming the option's limit, not as a timeout."""
+    leaf = make_leaf(pki[0].intermediate, ("pay.example.com", "shop.example.com"), ())
+    cert_file, key_file = write_server_files(tmp_path, leaf, pki[0].intermediate, name="example")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server = upstream("https-h1", context)
+    policy = readme_timeouts_policy()
+    hosts = {"pay.example.com": server.port, "shop.example.com": server.port}
+    gate = gate_with(tlsgate, hosts, "tlsgate_response_head_timeout=6", policy=policy)
+    answers: dict[str, Answer] = {}
+
+    def ask(host: str, patience: float) -> None:
+        answers[host] = fetch(gate, "https-h1", f"https://{host}:{server.port}/silent", patience=patience)
+
+    threads = [threading.Thread(target=ask, args=a) for a in (("pay.example.com", PATIENCE), ("shop.example.com", 4))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(PATIENCE + 10)
+    assert (answers["pay.example.com"].status, answers["pay.example.com"].check) == (504, "fault")
+    assert answers["shop.example.com"].status == 0  # curl's own --max-time ended it: no answer from tlsgate
+    findings = {f["host"]: f for f in gate.wait_findings(2)}
+    pay, shop = findings["pay.example.com"], findings["shop.example.com"]
+    line = policy.splitlines().index(next(x for x in policy.splitlines() if "response_head: 8" in x)) + 1
+    assert pay["evidence"]["kind"] == "timeout" and pay["evidence"]["timeout_s"] == 8.0
+    assert pay["evidence"]["set_at"] == f"policy.yaml:{line}" and pay["rule"].startswith("policy.yaml:")
+    assert f"within 8 s (timeouts.response_head at policy.yaml:{line})" in pay["detail"]
+    assert (shop["evidence"]["kind"], shop["evidence"]["phase"], shop["evidence"]["timeout_s"]) == (
+        "client_gave_up",
+        "response_head",
+        6.0,
+    )
+    assert shop["evidence"]["option"] == "tlsgate_response_head_timeout" and "set_at" not in shop["evidence"]
+    assert shop["evidence"]["waited_s"] >= 3.5 and "the app gave up after" in shop["detail"]
+    assert re.search(
+        r"shop\.example\.com: the app gave up after \d+\.\d s waiting for the server's complete "
+        r"response head \(tlsgate's limit: 6 s, tlsgate_response_head_timeout\)",
+        gate.output,
+    ), gate.output
 
 
 def test_an_app_that_gives_up_on_a_held_body_is_recorded_as_giving_up(tlsgate, upstream) -> None:
