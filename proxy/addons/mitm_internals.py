@@ -365,7 +365,7 @@ def watch_http_streams(watcher: StreamWatcher) -> None:
     `HttpStream` receives a `ResponseData` event: body bytes, de-chunked and
     decrypted, of this one flow, whatever the transport. Wraps
     `HttpStream._handle_event`; pinned in `tests/unit/test_mitm_internals.py`.
-    (`answer_upstream_errors` tells `watcher.client_gave_up`.)
+    (An app hanging up is told by `answer_upstream_errors`.)
     """
     from mitmproxy.proxy import events
     from mitmproxy.proxy.layers.http import HttpStream, RequestHeaders, ResponseData
@@ -429,9 +429,9 @@ class StreamClock(commands.RequestWakeup):
 def end_http_stream(flow: Any, phase: str, reason: str, confirm: Callable[[], bool]) -> bool:
     """End one exchange whose server ran out of time, inside mitmproxy's layers, as a server error on its stream.
 
-    The stream then cancels its request upstream (HTTP/2 and HTTP/3: a stream
-    reset, the connection lives on for the app's other requests; HTTP/1: the
-    connection, which carried only this exchange, is closed) and meets a
+    The stream then cancels its request upstream (HTTP/2: a stream reset, the
+    connection lives on for the app's other requests; HTTP/1: the connection,
+    which carried only this exchange, is closed) and meets a
     `ResponseProtocolError` carrying `reason`: `answer_upstream_errors` answers
     it (a 504) if the app has no response head yet, mitmproxy cuts the app's
     stream if it has. `confirm()` runs when the stream is reached, only if it
@@ -442,8 +442,7 @@ def end_http_stream(flow: Any, phase: str, reason: str, confirm: Callable[[], bo
     asked for it: each `HttpLayer` on the stream's path (`context.layers`) is
     told which child the command came from, and the event enters at the top of
     the client connection's layers, like every other event. Returns False when
-    there is no such stream or live connection (the caller closes the server
-    connection instead).
+    there is no such stream or live connection: nothing waits on it any more.
     """
     from mitmproxy.proxy import events
     from mitmproxy.proxy.layers.http import HttpLayer
@@ -487,7 +486,9 @@ def _clock_ran_out(stream: Any, clock: StreamClock) -> Any:
     if not in_phase or not clock.confirm():
         return
     server = stream.context.server
-    if server.connected:
+    layers = stream.context.layers
+    parent = layers[layers.index(stream) - 1] if stream in layers else None
+    if server.connected and server in getattr(parent, "connections", {}):  # the layer that routes what we send
         yield SendHttp(RequestProtocolError(stream.stream_id, clock.reason, ErrorCode.CANCEL), server)
     yield from stream.handle_protocol_error(ResponseProtocolError(stream.stream_id, clock.reason, ErrorCode.GENERIC_SERVER_ERROR))
 
