@@ -21,8 +21,9 @@ import asyncio
 import ipaddress
 import logging
 import re
+import weakref
 from collections.abc import Callable
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 from cryptography import x509
 from mitmproxy import certs, ctx, tls
@@ -34,6 +35,7 @@ from mitmproxy.addons.tlsconfig import (
     alpn_select_callback,
 )
 from mitmproxy.net import tls as net_tls
+from mitmproxy.proxy import commands
 from OpenSSL import SSL
 
 from proxy.tls import versions
@@ -368,28 +370,151 @@ def end_server_connection(client: Any, server: Any, reason: str, hooks_done: boo
     return "closed"
 
 
-def count_server_bytes(client: Any, server: Any, on_bytes: Callable[[int], None]) -> bool:
-    """Call `on_bytes(n)` for every chunk the server sends, as it arrives (before mitmproxy reads it).
+class StreamWatcher(Protocol):
+    """What UpstreamTimeouts hears from inside mitmproxy's HTTP streams (see `watch_http_streams`)."""
 
-    mitmproxy's layers buffer a response body without any hook until it is
-    complete, so progress can only be seen where asyncio hands bytes to the
-    connection's StreamReader (`feed_data`, called by its protocol).
+    def body_bytes(self, flow: Any, size: int) -> None: ...
+
+
+_streams: weakref.WeakKeyDictionary[Any, weakref.ref[Any]] = weakref.WeakKeyDictionary()  # flow -> its HttpStream
+_pending: set[asyncio.Task[None]] = set()  # end_http_stream's deliveries, referenced until done
+
+
+def watch_http_streams(watcher: StreamWatcher) -> None:
+    """Tell `watcher` of every response body chunk per flow, and make `end_http_stream` possible.
+
+    mitmproxy's layers hold a response body without any hook until it is
+    complete, and what reaches the upstream connection's socket is TLS records
+    or HTTP/2 frames of any stream, so body progress is only seen where
+    `HttpStream` receives a `ResponseData` event: body bytes, de-chunked and
+    decrypted, of this one flow, whatever the transport. Wraps
+    `HttpStream._handle_event`; pinned in `tests/unit/test_mitm_internals.py`.
+    (An app hanging up is told by `answer_upstream_errors`.)
     """
-    io = _server_io(client, server)
-    reader = getattr(io, "reader", None)
-    if reader is None or not hasattr(reader, "feed_data"):
-        return False
-    feed = reader.feed_data
+    from mitmproxy.proxy import events
+    from mitmproxy.proxy.layers.http import HttpStream, RequestHeaders, ResponseData
 
-    def counted(data: bytes) -> None:
+    handle = getattr(HttpStream._handle_event, "tlsgate_original", HttpStream._handle_event)
+
+    def _handle_event(self: Any, event: Any) -> Any:
+        if isinstance(event, ResponseData):
+            try:
+                watcher.body_bytes(self.flow, len(event.data))
+            except Exception:  # noqa: BLE001 - counting must never lose the server's bytes
+                logging.getLogger("tlsgate.timeouts").exception("tlsgate: counting response bytes failed")
+        elif isinstance(event, events.Wakeup) and isinstance(event.command, StreamClock):
+            yield from _clock_ran_out(self, event.command)
+            return
+        if isinstance(event, RequestHeaders):
+            yield from _registering(self, handle(self, event))
+        else:
+            yield from handle(self, event)
+
+    _handle_event.tlsgate_original = handle  # type: ignore[attr-defined]
+    HttpStream._handle_event = _handle_event  # type: ignore[method-assign]
+
+
+def _registering(stream: Any, commands_: Any) -> Any:
+    """`commands_` passed through, the stream remembered for its flow as soon as the flow exists (before the
+    first command: hooks and the connection to the server may hold this event's handling for a long time)."""
+    reply = None
+    while True:
         try:
-            on_bytes(len(data))
-        except Exception:  # noqa: BLE001 - counting must never lose the server's bytes
-            logging.getLogger("tlsgate.timeouts").exception("tlsgate: counting upstream bytes failed")
-        feed(data)
+            command = commands_.send(reply)
+        except StopIteration:
+            return
+        flow = getattr(stream, "flow", None)
+        if flow is not None and flow not in _streams:
+            _streams[flow] = weakref.ref(stream)
+        reply = yield command
 
-    reader.feed_data = counted
+
+def _waiting_for_server(stream: Any) -> bool:
+    """The app's whole request went upstream and the server's answer is not complete."""
+    return (
+        getattr(stream, "flow", None) is not None
+        and stream.client_state == stream.state_done
+        and stream.server_state
+        in (stream.state_wait_for_response_headers, stream.state_consume_response_body, stream.state_stream_response_body)
+    )
+
+
+class StreamClock(commands.RequestWakeup):
+    """The signal `end_http_stream` routes to one flow's HttpStream, the way a wakeup it had asked for would come."""
+
+    def __init__(self, flow: Any, phase: str, reason: str, confirm: Callable[[], bool]) -> None:
+        super().__init__(0)
+        self.flow = flow
+        self.phase = phase  # "response_head" or "response_body"
+        self.reason = reason
+        self.confirm = confirm  # asked once the stream is reached: does the clock still stand?
+
+
+def end_http_stream(flow: Any, phase: str, reason: str, confirm: Callable[[], bool]) -> bool:
+    """End one exchange whose server ran out of time, inside mitmproxy's layers, as a server error on its stream.
+
+    The stream then cancels its request upstream (HTTP/2: a stream reset, the
+    connection lives on for the app's other requests; HTTP/1: the connection,
+    which carried only this exchange, is closed) and meets a
+    `ResponseProtocolError` carrying `reason`: `answer_upstream_errors` answers
+    it (a 504) if the app has no response head yet, mitmproxy cuts the app's
+    stream if it has. `confirm()` runs when the stream is reached, only if it
+    is still in `phase` ("response_head": no head yet; "response_body": a body
+    under way), so a head or the body's end that arrived meanwhile wins.
+
+    The stream is reached the way mitmproxy routes a `Wakeup` to the layer that
+    asked for it: each `HttpLayer` on the stream's path (`context.layers`) is
+    told which child the command came from, and the event enters at the top of
+    the client connection's layers, like every other event. Returns False when
+    there is no such stream or live connection: nothing waits on it any more.
+    """
+    from mitmproxy.proxy import events
+    from mitmproxy.proxy.layers.http import HttpLayer
+
+    stream_ref = _streams.get(flow)
+    stream = stream_ref() if stream_ref is not None else None
+    handler = _handler_of(getattr(flow, "client_conn", None))
+    if stream is None or handler is None or getattr(stream, "flow", None) is not flow:
+        return False
+    path = stream.context.layers
+    clock = StreamClock(flow, phase, reason, confirm)
+    routed = False
+    for parent, child in zip(path, path[1:], strict=False):
+        if isinstance(parent, HttpLayer):
+            parent.command_sources[clock] = child
+            routed = routed or child is stream
+    if not routed:
+        return False
+    task = asyncio.get_running_loop().create_task(handler.server_event(events.Wakeup(clock)))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
     return True
+
+
+def _handler_of(client: Any) -> Any:
+    proxyserver = ctx.master.addons.get("proxyserver")
+    connections = getattr(proxyserver, "connections", None)
+    return connections.get(getattr(client, "id", None)) if isinstance(connections, dict) else None
+
+
+def _clock_ran_out(stream: Any, clock: StreamClock) -> Any:
+    from mitmproxy.proxy.layers.http import ErrorCode, RequestProtocolError, ResponseProtocolError, SendHttp
+
+    flow = getattr(stream, "flow", None)
+    if flow is not clock.flow or not flow.live or stream.client_state != stream.state_done:
+        return
+    if clock.phase == "response_head":
+        in_phase = stream.server_state == stream.state_wait_for_response_headers
+    else:
+        in_phase = stream.server_state in (stream.state_consume_response_body, stream.state_stream_response_body)
+    if not in_phase or not clock.confirm():
+        return
+    server = stream.context.server
+    layers = stream.context.layers
+    parent = layers[layers.index(stream) - 1] if stream in layers else None
+    if server.connected and server in getattr(parent, "connections", {}):  # the layer that routes what we send
+        yield SendHttp(RequestProtocolError(stream.stream_id, clock.reason, ErrorCode.CANCEL), server)
+    yield from stream.handle_protocol_error(ResponseProtocolError(stream.stream_id, clock.reason, ErrorCode.GENERIC_SERVER_ERROR))
 
 
 def server_reading(client: Any, server: Any) -> bool:
@@ -400,7 +525,7 @@ def server_reading(client: Any, server: Any) -> bool:
     return transport.is_reading() if transport is not None and hasattr(transport, "is_reading") else True
 
 
-def answer_upstream_errors(answer: Callable[[Any, str, str], Any]) -> None:
+def answer_upstream_errors(answer: Callable[[Any, str, str], Any], gave_up: Callable[[Any, str], None] | None = None) -> None:
     """Let tlsgate answer when the upstream fails an HTTP exchange before the client was sent anything.
 
     mitmproxy turns a failed connect, a server that closes or stalls, or an
@@ -412,14 +537,23 @@ def answer_upstream_errors(answer: Callable[[Any, str, str], Any]) -> None:
     may return a response (tlsgate's page, with its finding recorded), which is
     then sent the way a response set by an add-on is sent (`send_response`:
     the `response` hook runs, nothing of the broken answer is passed on).
-    Returning None, or raising, leaves mitmproxy's own handling. Pinned in
-    `tests/unit/test_mitm_internals.py`.
+    Returning None, or raising, leaves mitmproxy's own handling.
+
+    The app's side ending a stream whose request went upstream and whose answer
+    is not complete (a `RequestProtocolError`: a close, an HTTP/2 reset) is told
+    to `gave_up(flow, message)` first: mitmproxy only calls it an error. Pinned
+    in `tests/unit/test_mitm_internals.py`.
     """
-    from mitmproxy.proxy.layers.http import HttpStream, ResponseProtocolError
+    from mitmproxy.proxy.layers.http import HttpStream, RequestProtocolError, ResponseProtocolError
 
     original = getattr(HttpStream.handle_protocol_error, "tlsgate_original", HttpStream.handle_protocol_error)
 
     def handle_protocol_error(self: Any, event: Any) -> Any:
+        if gave_up is not None and isinstance(event, RequestProtocolError) and _waiting_for_server(self):
+            try:
+                gave_up(self.flow, event.message)
+            except Exception:  # noqa: BLE001 - mitmproxy's own handling goes on regardless
+                logging.getLogger("tlsgate.timeouts").exception("tlsgate: recording an app's hang-up failed")
         if (
             isinstance(event, ResponseProtocolError)
             and getattr(self, "flow", None) is not None

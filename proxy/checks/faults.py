@@ -18,22 +18,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.checks.model import Check, Effect, Issue, Severity
+from proxy.policy.sections.timeouts import TimeoutRules
 
 
 @dataclass(frozen=True)
 class Phase:
-    """One stage of talking to an upstream, with the option that bounds it and its default."""
+    """One stage of talking to an upstream, with the option that bounds it, its default, and its policy key."""
 
     name: str
     option: str
     default: float
     waiting_for: str  # "no <waiting_for> within N s"
+    key: str  # the key in a policy's `timeouts:` section
 
 
-CONNECT = Phase("connect", "tlsgate_connect_timeout", 10.0, "TCP connection (SYN answered)")
-TLS_HANDSHAKE = Phase("tls_handshake", "tlsgate_tls_handshake_timeout", 15.0, "completed TLS handshake")
-RESPONSE_HEAD = Phase("response_head", "tlsgate_response_head_timeout", 120.0, "complete response head")
-RESPONSE_BODY = Phase("response_body", "tlsgate_response_idle_timeout", 60.0, "progress on the response body")
+CONNECT = Phase("connect", "tlsgate_connect_timeout", 10.0, "TCP connection (SYN answered)", "connect")
+TLS_HANDSHAKE = Phase("tls_handshake", "tlsgate_tls_handshake_timeout", 15.0, "completed TLS handshake", "handshake")
+RESPONSE_HEAD = Phase("response_head", "tlsgate_response_head_timeout", 120.0, "complete response head", "response_head")
+RESPONSE_BODY = Phase("response_body", "tlsgate_response_idle_timeout", 60.0, "progress on the response body", "response_idle")
 PHASES = (CONNECT, TLS_HANDSHAKE, RESPONSE_HEAD, RESPONSE_BODY)
 
 # A held body (not streamed: the client sees nothing until it is complete) must bring at least this much in
@@ -41,11 +43,51 @@ PHASES = (CONNECT, TLS_HANDSHAKE, RESPONSE_HEAD, RESPONSE_BODY)
 HELD_BODY_PROGRESS = 1024
 
 _FAULT_REMEDY = "a network fault, not a policy verdict: check that the server is up and reachable from tlsgate"
+# What apps wait by default (README "Limits and timeouts" cites each): most give up before tlsgate does.
+APP_DEFAULTS = (
+    "apps often give up sooner on their own: OkHttp (most Android apps) after 10 s without a byte, "
+    "iOS URLSession after 60 s, while Dart's HttpClient and Java's HttpURLConnection wait with no limit"
+)
 
 
-def timeout_issue(phase: Phase, seconds: float, received: int | None = None) -> Issue:
-    """The server did not get through `phase` within `seconds`."""
-    evidence: dict[str, Any] = {"phase": phase.name, "timeout_s": seconds, "option": phase.option}
+@dataclass(frozen=True)
+class Limit:
+    """How long one phase may take for one host, and who said so: the option, or a policy's `timeouts:` line."""
+
+    phase: Phase
+    seconds: float
+    set_at: str | None = None  # "policies/app.yaml:12" when a policy set it
+
+    @property
+    def source(self) -> str:
+        """Where to change it, as a finding says it: `timeouts.response_head at policies/app.yaml:12` or the option."""
+        return f"timeouts.{self.phase.key} at {self.set_at}" if self.set_at else self.phase.option
+
+    def evidence(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"phase": self.phase.name, "timeout_s": self.seconds, "option": self.phase.option}
+        if self.set_at:
+            out.update({"policy_key": f"timeouts.{self.phase.key}", "set_at": self.set_at})
+        return out
+
+
+def limit_for(phase: Phase, rules: TimeoutRules | None, option_seconds: float) -> Limit:
+    """The host's own limit where a `timeouts:` block that applies sets one, else the option's."""
+    own = rules.get(phase.key) if isinstance(rules, TimeoutRules) else None
+    return Limit(phase, own.seconds, own.location.rule_ref) if own is not None else Limit(phase, option_seconds)
+
+
+def _raise_it(limit: Limit) -> str:
+    if limit.set_at:
+        return f"raise timeouts.{limit.phase.key} at {limit.set_at}"
+    return (
+        f"raise timeouts.{limit.phase.key} in a policy rule for this host, or {limit.phase.option} for every host "
+        f"(--set {limit.phase.option}=SECONDS)"
+    )
+
+
+def timeout_issue(limit: Limit, received: int | None = None) -> Issue:
+    """The server did not get through `limit.phase` within `limit.seconds`."""
+    evidence = limit.evidence()
     if received is not None:
         evidence["received_bytes"] = received
     return Issue(
@@ -53,16 +95,43 @@ def timeout_issue(phase: Phase, seconds: float, received: int | None = None) -> 
         "timeout",
         Effect.FAULT,
         Severity.LOW,
-        f"the server took too long: no {phase.waiting_for} within {seconds:g} s ({phase.option})",
+        f"the server took too long: no {limit.phase.waiting_for} within {limit.seconds:g} s ({limit.source})",
         evidence,
-        f"{_FAULT_REMEDY}; if this server is slow by design (long polling), raise {phase.option} "
-        f"(--set {phase.option}=SECONDS)",
+        f"{_FAULT_REMEDY}; if this server is slow by design (long polling), {_raise_it(limit)}. "
+        f"Note that {APP_DEFAULTS}: a limit above the app's own only makes it wait for an answer it no longer reads "
+        "(that shows as a `client_gave_up` finding)",
     )
 
 
-def timeout_text(phase: Phase, seconds: float) -> str:
+def timeout_text(limit: Limit) -> str:
     """The error text a timed-out connection carries inside mitmproxy (logs, `conn.error`): says "timed out"."""
-    return f"timed out: no {phase.waiting_for} within {seconds:g} s ({phase.option})"
+    return f"timed out: no {limit.phase.waiting_for} within {limit.seconds:g} s ({limit.source})"
+
+
+# An app that hangs up sooner than this (or half the limit, if that is less) after tlsgate started waiting has
+# cancelled (a screen closed, a search retyped: HTTP/2 apps reset streams all the time); later it is its own
+# timeout. Well under OkHttp's 10 s, which starts before tlsgate's wait does (the request still travels).
+GAVE_UP_AFTER = 5.0
+
+
+def app_gave_up(waited: float, limit: Limit) -> bool:
+    """Whether an app's hang-up after `waited` seconds of waiting on the upstream reads as its timeout, not a cancel."""
+    return waited >= min(GAVE_UP_AFTER, limit.seconds / 2)
+
+
+def gave_up_issue(limit: Limit, waited: float) -> Issue:
+    """The app hung up while tlsgate was still waiting for the upstream within `limit`: its own timeout came first."""
+    return Issue(
+        Check.FAULT,
+        "client_gave_up",
+        Effect.FAULT,
+        Severity.LOW,
+        f"the app gave up after {waited:.1f} s waiting for the server's {limit.phase.waiting_for}; tlsgate would "
+        f"have waited {limit.seconds:g} s ({limit.source}), so the app's own timeout is shorter and the server slow",
+        {**limit.evidence(), "waited_s": round(waited, 1)},
+        f"the server is slow, not blocked: check it. {APP_DEFAULTS}; to have tlsgate answer first (a 504 naming "
+        f"the host, which the app can show), set timeouts.{limit.phase.key} for this host below the app's timeout",
+    )
 
 
 # mitmproxy's HTTP/1 client error texts (proxy/layers/http/_http1.py) and h11's, most specific first.
@@ -157,15 +226,18 @@ def silent_close_excused(upstream_failed: bool, waited: float | None) -> bool:
     return upstream_failed or (waited is not None and waited >= UPSTREAM_WAIT_EXCUSES)
 
 
-_TIMEOUT_TEXT = re.compile(r"timed out: no .* within (\d+(?:\.\d+)?) s \((tlsgate_\w+)\)")
+_TIMEOUT_TEXT = re.compile(r"timed out: no .* within (\d+(?:\.\d+)?) s \((?:(tlsgate_\w+)|timeouts\.(\w+) at (.+))\)$", re.S)
 
 
 def timeout_from_text(error: str) -> Issue | None:
     """The timeout issue behind an error text made by `timeout_text` (a handshake this add-on's clock ended
     reaches UpstreamTls as mitmproxy's `conn.error`); None for any other text."""
     found = _TIMEOUT_TEXT.search(error or "")
-    phase = next((p for p in PHASES if found and p.option == found.group(2)), None)
-    return timeout_issue(phase, float(found.group(1))) if found and phase else None
+    if found is None:
+        return None
+    option, key, set_at = found.group(2), found.group(3), found.group(4)
+    phase = next((p for p in PHASES if p.option == option or (key is not None and p.key == key)), None)
+    return timeout_issue(Limit(phase, float(found.group(1)), set_at)) if phase is not None else None
 
 
 LIVE_STREAM_TYPES = ("text/event-stream", "application/grpc", "application/x-ndjson")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from proxy.policy.hosts import host_only
 from proxy.policy.model import HostPattern, Location, Match, Rule, Settings
+from proxy.policy.sections.base import SECTIONS
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,22 @@ class HostIndex:
 
 
 def merge(defaults: Settings, rule: Rule) -> Settings:
-    """A rule overrides defaults key by key; sections replace the default section whole.
+    """A rule overrides defaults key by key; sections replace the default section whole, unless they merge.
 
     Whole-section replacement keeps a rule readable on its own: what it says
     about pins is everything that applies, not a diff against a block elsewhere.
+    A section of independent numbers (`timeouts:`) merges instead, so a rule
+    need not repeat every limit to change one.
     """
     overrides = rule.overrides
     sections = dict(defaults.sections)
-    sections.update({k: v for k, v in overrides.items() if k != "mode"})
+    for key, value in overrides.items():
+        if key == "mode":
+            continue
+        section = SECTIONS.get(key)
+        if section is not None and section.merge is not None and key in sections:
+            value = section.merge(sections[key], value)
+        sections[key] = value
     return Settings(mode=overrides.get("mode", defaults.mode), sections=sections)
 
 

@@ -115,3 +115,18 @@ def test_the_start_banner_example_is_what_a_default_run_prints() -> None:
     assert [line.split(":")[0] for line in shown[1:]] == [line.split(":")[0] for line in printed[1:]]
     start = next(i for i, line in enumerate(printed) if line.startswith("findings:"))
     assert shown[start:] == printed[start:]
+
+
+def test_the_timeouts_example_is_a_valid_policy_that_sets_what_the_text_says() -> None:
+    """README's "Limits and timeouts" policy block loads as written (tests/live/test_upstream_clocks.py also runs
+    it through tlsgate), and the finding text the README quotes names the block's own line."""
+    from proxy.policy import load_texts
+    from tests.live.test_upstream_clocks import readme_timeouts_policy
+
+    policy = load_texts([("policies/app.yaml", readme_timeouts_policy())])
+    pay = policy.match("pay.example.com").settings.get("timeouts")
+    push = policy.match("push.example.com").settings.get("timeouts")
+    assert (pay.response_head.seconds, push.response_head.seconds) == (8.0, 300.0)
+    assert pay.connect is None and policy.match("shop.example.com").settings.get("timeouts") is None
+    quoted = f"within 8 s (timeouts.response_head at {pay.response_head.location.rule_ref})"
+    assert quoted in (REPO / "README.md").read_text()

@@ -67,21 +67,35 @@ def test_verify_helpers_on_a_real_connection() -> None:
 # end_server_connection cancels the task running ConnectionHandler.open_connection: safe only because its
 # try/except turns a cancelled connect into a failed one and handle_connection turns it into a close.
 # answer_upstream_errors wraps HttpStream.handle_protocol_error and answers through send_response; the fault
-# kinds (proxy.checks.faults) read Http1Client.read_headers' error texts.
+# kinds (proxy.checks.faults) read Http1Client.read_headers' error texts. watch_http_streams wraps
+# HttpStream._handle_event (ResponseData is a stream's body bytes); end_http_stream routes a Wakeup the way
+# HttpLayer routes CommandCompleted (command_sources, filled in event_to_child), through tunnel layers and a
+# CONNECT stream's passthrough, entering at ConnectionHandler.server_event; the stream then sends a
+# RequestProtocolError upstream (Http1Client.send: close; Http2Connection: reset the stream).
 
 
 def _upstream_pins() -> dict[str, tuple[object, str]]:
-    from mitmproxy.proxy import server
-    from mitmproxy.proxy.layers.http import HttpStream
+    from mitmproxy.proxy import server, tunnel
+    from mitmproxy.proxy.layers.http import HttpLayer, HttpStream
     from mitmproxy.proxy.layers.http._http1 import Http1Client
+    from mitmproxy.proxy.layers.http._http2 import Http2Connection
 
     handle_protocol_error = getattr(HttpStream.handle_protocol_error, "tlsgate_original", HttpStream.handle_protocol_error)
+    handle_event = getattr(HttpStream._handle_event, "tlsgate_original", HttpStream._handle_event)
     return {
         "ConnectionHandler.open_connection": (server.ConnectionHandler.open_connection, "5e0b3cbaf7a4030a"),
         "ConnectionHandler.handle_connection": (server.ConnectionHandler.handle_connection, "95c3f93e9824e527"),
+        "ConnectionHandler.server_event": (server.ConnectionHandler.server_event, "a2b42657ebe8bf6d"),
         "HttpStream.handle_protocol_error": (handle_protocol_error, "59fc3b2eeeabf63a"),
         "HttpStream.send_response": (HttpStream.send_response, "d581bc106152e369"),
+        "HttpStream._handle_event": (handle_event, "e3cbfef7310ae81f"),
+        "HttpStream.passthrough": (HttpStream.passthrough, "a6df32aba1ae251a"),
+        "HttpLayer._handle_event": (HttpLayer._handle_event, "6ba31883cc7a06b3"),
+        "HttpLayer.event_to_child": (HttpLayer.event_to_child, "1095f6e1581d1780"),
+        "TunnelLayer._handle_event": (tunnel.TunnelLayer._handle_event, "00676a887c456cec"),
         "Http1Client.read_headers": (Http1Client.read_headers, "415454c5fa8b5981"),
+        "Http1Client.send": (Http1Client.send, "35d961e20d481204"),
+        "Http2Connection._handle_event": (Http2Connection._handle_event, "a7f4a7a71d31074b"),
     }
 
 
@@ -91,7 +105,8 @@ def test_the_code_upstream_timeouts_rely_on_is_unchanged(name: str) -> None:
     digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]  # type: ignore[arg-type]
     assert digest == pinned, (
         f"mitmproxy {version.VERSION} changed {name}: re-read it, check proxy/addons/mitm_internals.py's "
-        f"end_server_connection / answer_upstream_errors still hold, then pin {digest}"
+        f"end_server_connection / answer_upstream_errors / watch_http_streams / end_http_stream still hold, "
+        f"then pin {digest}"
     )
 
 
@@ -101,9 +116,12 @@ def test_the_names_upstream_timeouts_reach_for_still_exist() -> None:
 
     assert isinstance(Proxyserver().connections, dict)
     assert {"handler", "reader", "writer"} <= set(ConnectionIO.__dataclass_fields__)
-    import asyncio
+    from mitmproxy.proxy.layers.http import HttpLayer, HttpStream
 
-    assert callable(asyncio.StreamReader.feed_data)
+    assert {"state_wait_for_response_headers", "state_consume_response_body", "state_stream_response_body"} <= set(
+        dir(HttpStream)
+    )
+    assert "command_sources" in HttpLayer.__init__.__code__.co_names
 
 
 # What the hostile-client bounds (proxy/addons/client_bounds.py, containment.py) wrap or read in mitmproxy.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from proxy.addons import make_addons
 from proxy.addons.findings import FindingsSink
 from proxy.addons.policy import PolicyStore
-from proxy.addons.upstream_timeouts import UpstreamTimeouts, Watch
+from proxy.addons.upstream_timeouts import FlowWatch, UpstreamTimeouts, Watch
 from proxy.checks import faults
 from proxy.checks.upstream import judge_failure
 from proxy.policy.sections.tls import TlsRules
@@ -124,6 +125,9 @@ def test_each_phase_arms_its_own_clock_and_the_next_phase_disarms_it(gate: Gate)
         flow.response = tutils.tresp()
         gate.timeouts.responseheaders(flow)
         assert head.timer is not None and round(head.timer.when() - loop.time()) == 6
+        gate.timeouts.body_bytes(flow, 10)
+        gate.timeouts.body_bytes(tflow.tflow(), 99)  # another flow's bytes are not this one's progress
+        assert head.received == 10
         gate.timeouts.response(flow)
         assert head.timer is None and flow not in gate.timeouts.flows
 
@@ -168,10 +172,15 @@ def test_a_failed_connect_is_one_fault_finding_and_a_connect_page_reuses_it(gate
     assert finding["evidence"]["phase"] == "connect"
 
 
+def watch_for(client: connection.Client, server: connection.Server, timed_out: faults.Limit | None = None) -> Watch:
+    connect, handshake = faults.Limit(faults.CONNECT, 10.0), faults.Limit(faults.TLS_HANDSHAKE, 15.0)
+    return Watch(client, weakref.ref(server), connect, handshake, timed_out=timed_out)
+
+
 def test_a_handshake_the_clock_ended_is_named_a_timeout_for_upstream_tls(gate: Gate) -> None:
     client = tflow.tclient_conn()
     server = connection.Server(address=("api.test", 443), error="connection closed")
-    watch = Watch(client, weakref.ref(server), timed_out=faults.TLS_HANDSHAKE, seconds=15.0)
+    watch = watch_for(client, server, faults.Limit(faults.TLS_HANDSHAKE, 15.0))
     gate.timeouts.watches[server] = watch
     gate.timeouts.tls_failed_server(tls.TlsData(server, Context(client, gate.tctx.options)))
     assert server.error == "timed out: no completed TLS handshake within 15 s (tlsgate_tls_handshake_timeout)"
@@ -179,6 +188,98 @@ def test_a_handshake_the_clock_ended_is_named_a_timeout_for_upstream_tls(gate: G
     assert (issue.check, issue.kind, issue.evidence["phase"], issue.evidence["timeout_s"]) == ("fault", "timeout", "tls_handshake", 15.0)
     assert "--set tlsgate_tls_handshake_timeout=" in issue.remedy
     assert faults.timeout_from_text("timed out") is None and faults.timeout_from_text("connection closed") is None
+
+
+# -- per-host limits and apps that give up first ---------------------------------------------------------
+
+HOST_LIMITS = """\
+version: 1
+defaults:
+  mode: report
+  timeouts: {response_idle: 30}
+rules:
+  - hosts: slow.test
+    timeouts:
+      connect: 3
+      response_head: 300
+"""
+
+
+def use_policy(gate: Gate, tmp_path: Path, text: str) -> None:
+    (tmp_path / "limits.yaml").write_text(text)
+    store = next(a for a in gate.tctx.master.addons.chain if isinstance(a, PolicyStore))
+    gate.tctx.configure(store, tlsgate_policy=[str(tmp_path / "limits.yaml")])
+
+
+def test_a_hosts_own_limits_arm_its_clocks_and_other_hosts_keep_the_options(gate: Gate, tmp_path: Path) -> None:
+    use_policy(gate, tmp_path, HOST_LIMITS)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        client = tflow.tclient_conn()
+        for host, connect, handshake in (("slow.test", 3, 15), ("other.test", 10, 15)):
+            server = connection.Server(address=(host, 443))
+            gate.timeouts.server_connect(server_hooks.ServerConnectionHookData(server, client))
+            watch = gate.timeouts.watches[server]
+            assert watch.timer is not None and round(watch.timer.when() - loop.time()) == connect
+            assert (watch.connect.seconds, watch.handshake.seconds) == (connect, handshake)
+        slow = flow_to("slow.test", 443, "https")
+        gate.timeouts.request(slow)
+        watch = gate.timeouts.flows[slow]
+        assert watch.timer is not None and round(watch.timer.when() - loop.time()) == 300
+        assert watch.head.source.startswith("timeouts.response_head at ") and watch.head.source.endswith("/limits.yaml:9")
+        assert watch.body.source.startswith("timeouts.response_idle at ") and watch.body.source.endswith("/limits.yaml:4")
+        other = flow_to("other.test", 443, "https")
+        gate.timeouts.request(other)
+        assert (gate.timeouts.flows[other].head.seconds, gate.timeouts.flows[other].head.source) == (
+            120.0, "tlsgate_response_head_timeout"
+        )
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("waited", "recorded"), [(6.0, True), (1.0, False)])
+def test_an_app_that_hangs_up_after_waiting_gave_up_and_one_that_cancels_at_once_did_not(
+    gate: Gate, waited: float, recorded: bool
+) -> None:
+    flow = flow_to("legacy.test")
+    head = faults.Limit(faults.RESPONSE_HEAD, 120.0)
+    gate.timeouts.flows[flow] = FlowWatch(head, faults.Limit(faults.RESPONSE_BODY, 60.0), time.monotonic() - waited)
+    gate.timeouts.client_gave_up(flow, "Client disconnected.")
+    if not recorded:
+        assert gate.findings() == [] and "tlsgate" not in flow.metadata
+        return
+    (finding,) = gate.findings()
+    assert (finding["check"], finding["action"], finding["evidence"]["kind"]) == ("fault", "failed", "client_gave_up")
+    assert finding["evidence"]["phase"] == "response_head" and finding["evidence"]["timeout_s"] == 120.0
+    assert 6.0 <= finding["evidence"]["waited_s"] < 7.0
+    assert "tlsgate would have waited 120 s (tlsgate_response_head_timeout)" in finding["detail"]
+    assert flow.metadata["tlsgate"]["action"] == "failed"  # metrics count it as the failed request it is
+    gate.timeouts.client_gave_up(flow, "Client disconnected.")  # once per request
+    assert len(gate.findings()) == 1
+
+
+def test_an_app_that_hangs_up_while_its_upstream_is_still_connecting_gave_up(gate: Gate) -> None:
+    async def scenario() -> None:
+        client = tflow.tclient_conn()
+        server = connection.Server(address=("api.test", 443))
+        gate.timeouts.server_connect(server_hooks.ServerConnectionHookData(server, client))
+        gate.timeouts.watches[server].started -= 6
+        gate.timeouts.client_disconnected(client)
+        del server
+
+    asyncio.run(scenario())
+    (finding,) = gate.findings()
+    assert (finding["evidence"]["kind"], finding["evidence"]["phase"], finding["evidence"]["timeout_s"]) == (
+        "client_gave_up", "connect", 10.0
+    )
+
+
+def test_a_cancel_is_not_a_timeout_and_a_short_limit_lowers_the_bar() -> None:
+    head = faults.Limit(faults.RESPONSE_HEAD, 120.0)
+    assert not faults.app_gave_up(faults.GAVE_UP_AFTER - 0.1, head) and faults.app_gave_up(faults.GAVE_UP_AFTER, head)
+    short = faults.Limit(faults.RESPONSE_HEAD, 4.0)
+    assert faults.app_gave_up(2.0, short) and not faults.app_gave_up(1.9, short)
 
 
 # -- the answer ------------------------------------------------------------------------------------------
@@ -198,10 +299,9 @@ def test_garbage_is_answered_502_with_a_fault_finding_that_quotes_none_of_it(gat
 
 def test_a_stalled_server_is_answered_504_naming_the_phase_and_option(gate: Gate) -> None:
     flow = flow_to("legacy.test")
-    gate.timeouts.watches[flow.server_conn] = Watch(
-        flow.client_conn, weakref.ref(flow.server_conn), timed_out=faults.RESPONSE_HEAD, seconds=120.0
-    )
-    response = gate.timeouts.answer(flow, "server closed connection", "GENERIC_SERVER_ERROR")
+    head = faults.Limit(faults.RESPONSE_HEAD, 120.0)
+    gate.timeouts.flows[flow] = FlowWatch(head, faults.Limit(faults.RESPONSE_BODY, 60.0), 0.0, timed_out=head)
+    response = gate.timeouts.answer(flow, faults.timeout_text(head), "GENERIC_SERVER_ERROR")
     assert response is not None and response.status_code == 504
     (finding,) = gate.findings()
     assert finding["evidence"] == {
@@ -255,7 +355,7 @@ def test_response_faults_are_named_by_kind(message: str, kind: str) -> None:
         ("[Errno 111] Connect call failed ('127.0.0.1', 9)", "refused"),
         ("[Errno -2] Name or service not known", "dns"),
         ("[Errno 101] Network is unreachable", "unreachable"),
-        (faults.timeout_text(faults.CONNECT, 10), "timeout"),
+        (faults.timeout_text(faults.Limit(faults.CONNECT, 10)), "timeout"),
         ("connection cancelled", "connect_failed"),
     ],
 )

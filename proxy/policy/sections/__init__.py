@@ -12,6 +12,7 @@ from proxy.policy.sections import certificates, cleartext, client, pins, tls  # 
 from proxy.policy.sections import destinations, quic  # noqa: F401  # isort: skip
 from proxy.policy.sections import payload  # noqa: F401  # isort: skip
 from proxy.policy.sections import app  # noqa: F401  # isort: skip
+from proxy.policy.sections import timeouts  # noqa: F401  # isort: skip
 
 # Schema and messages list the built-in sections in this order whatever order their modules were imported in,
 # and sections registered later after them.

@@ -33,6 +33,8 @@ class Context:
 Parser = Callable[[yaml.Node, yn.Reader, Context], Any]
 # Runs once every file is read: turns what the parser returned into the final value, adding messages.
 Resolver = Callable[[Any, Context, list[PolicyMessage]], Any]
+# (the defaults' value, a rule's value) -> what the rule's hosts get.
+Merger = Callable[[Any, Any], Any]
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class Section:
     YAML location. `default` is what a host gets when no `defaults:` block sets
     the section (None: absent). `schema` is the JSON Schema of the value and
     `defs` the shared `$defs` it refers to. A `top_level` section is read once
-    per file beside `defaults`/`rules` instead of per host.
+    per file beside `defaults`/`rules` instead of per host. A rule's value
+    replaces the defaults' whole unless the section has a `merge`.
     """
 
     name: str
@@ -53,6 +56,7 @@ class Section:
     defs: dict[str, Any] = field(default_factory=dict)
     top_level: bool = False
     resolve: Resolver | None = None
+    merge: Merger | None = None
 
 
 SECTIONS: dict[str, Section] = {}
