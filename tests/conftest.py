@@ -9,8 +9,15 @@ import pytest
 
 from tests.certgen import Chain, make_chain, write_pem, write_server_files
 from tests.harness import Tlsgate, Upstream
+from tests.seeded import reseed
 
 TEST_HOSTS = ("api.test", "www.test", "legacy.test", "cdn.test", "a.cdn.test")
+
+
+@pytest.fixture(autouse=True)
+def _seeded_random_bytes(request: pytest.FixtureRequest) -> None:
+    """`tests.seeded.urandom` gives each test the same bytes on every run (see tests/seeded.py)."""
+    reseed(request.node.nodeid)
 
 
 @pytest.fixture(scope="session")

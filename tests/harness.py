@@ -6,6 +6,7 @@ so "not one byte reached the upstream" is asserted as `connections == 0`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,11 +16,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -278,3 +281,35 @@ def eventually(check: Callable[[], bool], timeout: float = 10, interval: float =
             return True
         time.sleep(interval)
     return check()
+
+
+@contextlib.contextmanager
+def full_accept_queue() -> Iterator[int]:
+    """A port whose listener never accepts and whose accept queue is full: the kernel drops further SYNs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(8):  # bounded: Linux queues backlog + 1 connections
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+            probe = socket.socket()
+            probe.settimeout(0.5)
+            try:
+                probe.connect(("127.0.0.1", port))
+            except TimeoutError:
+                break
+            finally:
+                probe.close()
+        else:
+            pytest.fail("could not fill the accept queue")
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()

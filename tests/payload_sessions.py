@@ -1905,6 +1905,7 @@ class Scheme:
     name: str  # what the README calls the session kind
     mode: str  # "ecb" | "cbc-fixed-iv" | "ctr-fixed-nonce" | "gcm-fixed-nonce"
     encrypt: Callable[[bytes, bytes, bytes], bytes]  # (key, fixed iv/nonce, plaintext) -> bytes sent
+    kinds: tuple[str, ...] = ()  # what the app encrypts (`plaintext` kinds); empty: the ordinary app messages
 
 
 def _ecb(key: bytes, _iv: bytes, plaintext: bytes) -> bytes:
@@ -1948,6 +1949,14 @@ SCHEMES = (
     Scheme("AES-CTR, fixed IV, no padding (Dart SIC, padding: null)", "ctr-fixed-nonce", _sic),
     Scheme("AES-GCM, fixed nonce (ciphertext || tag)", "gcm-fixed-nonce", _gcm),
     Scheme("AES-GCM, fixed nonce sent in front (nonce || ciphertext || tag)", "gcm-fixed-nonce", _gcm_nonce_sent),
+    # The ECB penguin: where the plaintext repeats a block, so does the ciphertext (last, so the sessions above
+    # keep their seeds).
+    Scheme(
+        "AES-ECB of repetitive data (zero-padded records, pixel buffers, fixed-width lines)",
+        "ecb",
+        _ecb,
+        ("struct", "pixels", "lines"),
+    ),
 )
 
 
@@ -2000,6 +2009,16 @@ def plaintext(g: Gen, kind: str, user: dict[str, str]) -> bytes:
             "city": g.pick(("Berlin", "Lagos", "Lima", "Osaka")),
             "bio": " ".join(g.word() for _ in range(g.rng.randrange(0, 12))),
         }
+    elif kind == "struct":  # a fixed-size record, zero-padded (C structs, legacy wire formats)
+        record = f"{user['id']}|{user['name']}|{user['phone']}|{g.ts()}".encode()
+        return record.ljust(g.pick((128, 256, 512)), b"\0")
+    elif kind == "pixels":  # a small RGBA thumbnail: a flat background and a square of another colour
+        side, background, square = g.pick((16, 24, 32)), g.rng.randbytes(3) + b"\xff", g.rng.randbytes(3) + b"\xff"
+        low, high = sorted(g.rng.sample(range(side), 2))
+        return b"".join(square if low <= x < high and low <= y < high else background for y in range(side) for x in range(side))
+    elif kind == "lines":  # fixed-width text records, 32 characters each, some of them the same
+        states = ("STATUS=OK", "STATUS=IDLE", f"USER={user['name']}", f"BATTERY={g.rng.randrange(100)}")
+        return b"".join(g.pick(states).ljust(31).encode() + b"\n" for _ in range(g.rng.randrange(4, 24)))
     else:  # "token": a short secret-ish value on its own
         return g.hex(g.rng.randrange(8, 24)).encode()
     return json.dumps(doc, separators=(",", ":") if g.rng.random() < 0.5 else (", ", ": ")).encode()
@@ -2027,7 +2046,7 @@ def weak_app(g: Gen, scheme: Scheme, requests: int) -> tuple[list[Req], list[Sen
     key = g.rng.randbytes(g.pick((16, 32)))
     iv = bytes(16) if g.rng.random() < 0.5 else g.rng.randbytes(16)  # IV.fromLength(16), or a constant in the source
     place, how = g.pick(PLACES), g.pick(ENCODINGS)
-    kinds = [g.pick(KINDS) for _ in range(g.rng.randrange(1, 4))]
+    kinds = [g.pick(scheme.kinds or KINDS) for _ in range(g.rng.randrange(1, 4))]
     name = g.pick(("encryptedData", "data", "payload", "enc", "d"))
     user = {"name": g.name() + str(g.rng.randrange(1000)), "email": g.email(), "phone": g.phone(), "id": g.uuid()}
     out: list[Req] = []
@@ -2220,25 +2239,15 @@ class Outcome:
 def run(corpus: list[Session], workdir: Path) -> list[Outcome]:
     """Every session through `PayloadInspector` as `tlsgate run` wires it; findings read back per session."""
     from mitmproxy import http
-    from mitmproxy.test import taddons, tflow, tutils
+    from mitmproxy.test import tflow, tutils
 
-    from proxy.addons import make_addons
-    from proxy.addons.findings import FindingsSink
     from proxy.addons.payload import PayloadInspector
-    from proxy.addons.policy import PolicyStore
+    from tests.addonkit import wired
 
-    policy = workdir / "policy.yaml"
-    policy.write_text(POLICY)
-    findings = workdir / "findings.jsonl"
-    addons = make_addons()
     outcomes: list[Outcome] = []
     loop = asyncio.new_event_loop()
-    with taddons.context(*addons) as tctx:
-        (store,) = [a for a in addons if isinstance(a, PolicyStore)]
-        (sink,) = [a for a in addons if isinstance(a, FindingsSink)]
-        (inspector,) = [a for a in addons if isinstance(a, PayloadInspector)]
-        tctx.configure(store, tlsgate_policy=[str(policy)])
-        tctx.configure(sink, tlsgate_findings=str(findings))
+    with wired(POLICY, workdir) as kit:
+        inspector, findings = kit.get(PayloadInspector), kit.findings
         read = 0
         for session in corpus:
             blocked = 0

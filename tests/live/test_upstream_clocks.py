@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from tests.certgen import Chain, make_leaf, write_server_files
-from tests.harness import REPO, Tlsgate, curl, eventually
+from tests.harness import REPO, Tlsgate, curl, eventually, full_accept_queue
 from tests.tlsservers import serve_on_loopback
 
 POLICY = """\
@@ -394,38 +394,6 @@ def test_an_http2_app_that_gives_up_is_recorded_too(tlsgate, upstream) -> None:
         fetch(gate, "https-h2", f"https://api.test:{server.port}/silent", client="httpx", patience=6)
     finding = the_fault(gate, "api.test", "client_gave_up")
     assert (finding["evidence"]["phase"], finding["evidence"]["timeout_s"]) == ("response_head", 30.0)
-
-
-@contextlib.contextmanager
-def full_accept_queue() -> Iterator[int]:
-    """A port whose listener never accepts and whose accept queue is full: the kernel drops further SYNs."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers: list[socket.socket] = []
-    try:
-        for _ in range(8):  # bounded: Linux queues backlog + 1 connections
-            filler = socket.socket()
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.1", port))
-            fillers.append(filler)
-            probe = socket.socket()
-            probe.settimeout(0.5)
-            try:
-                probe.connect(("127.0.0.1", port))
-            except TimeoutError:
-                break
-            finally:
-                probe.close()
-        else:
-            pytest.fail("could not fill the accept queue")
-        yield port
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 def test_an_app_that_gives_up_while_tlsgate_is_still_connecting_is_recorded_not_blamed(tlsgate) -> None:

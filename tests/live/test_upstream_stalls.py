@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.certgen import Chain
-from tests.harness import Tlsgate, curl, eventually
+from tests.harness import Tlsgate, curl, eventually, full_accept_queue
 from tests.tlsservers import serve_on_loopback
 
 CLOCKS = (
@@ -127,38 +127,6 @@ def trickle(conn: socket.socket, stop: threading.Event) -> None:
 
 
 # -- timeouts ----------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def full_accept_queue() -> Iterator[int]:
-    """A port whose listener never accepts and whose accept queue is full: the kernel drops further SYNs."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers: list[socket.socket] = []
-    try:
-        for _ in range(8):  # bounded: Linux queues backlog + 1 connections
-            filler = socket.socket()
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.1", port))
-            fillers.append(filler)
-            probe = socket.socket()
-            probe.settimeout(0.5)
-            try:
-                probe.connect(("127.0.0.1", port))
-            except TimeoutError:
-                break
-            finally:
-                probe.close()
-        else:
-            pytest.fail("could not fill the accept queue")
-        yield port
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])

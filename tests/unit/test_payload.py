@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 
 import pytest
 
@@ -23,6 +22,7 @@ from proxy.payload.secrets import KEY_FORMATS, jwts, provider_keys
 from proxy.policy import PolicyError, load_texts
 from proxy.policy.sections.payload import PayloadAction, PayloadRules
 from tests.payload_corpus import cbc, ctr, ecb, gcm
+from tests.seeded import urandom
 
 KEY = bytes(range(16))
 
@@ -35,7 +35,7 @@ def b64(data: bytes) -> str:
 
 
 def test_values_decode_as_hex_base64_and_base64url_with_or_without_padding() -> None:
-    data = os.urandom(40)
+    data = urandom(40)
     assert decode(data.hex()) == ("hex", data)
     assert decode(b64(data)) == ("base64", data)
     assert decode(b64(data).rstrip("=")) == ("base64", data)
@@ -71,7 +71,7 @@ def test_repeated_blocks_that_do_not_look_random_are_not_ecb() -> None:
 
 
 def test_the_rule_needs_whole_blocks_and_two_of_them() -> None:
-    block = os.urandom(16)
+    block = urandom(16)
     assert analyse(block) is None
     assert analyse(block * 2 + b"x") is None
     report = analyse(block * 2)
@@ -107,13 +107,13 @@ def test_block_memory_is_bounded_in_keys_values_and_bytes() -> None:
     memory = BlockMemory(keys=8, per_key=2)
     for index in range(100):
         for _ in range(5):
-            memory.observe("phone", "h", f"field{index}", os.urandom(64), True)
+            memory.observe("phone", "h", f"field{index}", urandom(64), True)
     assert len(memory) == 8
     assert all(len(state.values) <= 2 for state in memory._seen.values())
     tracemalloc.start()
     try:
         full = BlockMemory()  # the add-on's bounds, filled with the largest values it keeps
-        value = os.urandom(64 * 1024)
+        value = urandom(64 * 1024)
         for index in range(full.keys + 100):
             for step in range(full.per_key + 1):
                 full.observe("phone", "h", f"f{index}", value[step:], True)
@@ -150,7 +150,7 @@ def test_published_key_formats_are_found_by_name(name: str, sample: str) -> None
 
 def test_every_key_format_names_its_source_and_ordinary_values_match_none() -> None:
     assert all(fmt.source and fmt.severity in ("low", "medium", "high", "critical") for fmt in KEY_FORMATS)
-    ordinary = ["pk_live_" + "a" * 24, "sk_something", "AKIA", "skip-this-token", str(os.urandom(40).hex()), "ghp_short"]
+    ordinary = ["pk_live_" + "a" * 24, "sk_something", "AKIA", "skip-this-token", str(urandom(40).hex()), "ghp_short"]
     assert [provider_keys(text) for text in ordinary] == [[]] * len(ordinary)
 
 

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import inspect
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,11 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
-from proxy.addons import make_addons
-from proxy.addons.findings import FindingsSink
 from proxy.addons.metrics import MetricsExporter
 from proxy.addons.payload import PayloadInspector, Tap, bounded_body
-from proxy.addons.policy import PolicyStore
+from tests.addonkit import wired
 from tests.payload_corpus import ecb
+from tests.seeded import urandom
 
 POLICY = """\
 version: 1
@@ -79,18 +77,8 @@ class Gate:
 
 @pytest.fixture
 def gate(tmp_path: Path) -> Iterator[Gate]:
-    addons = make_addons()
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    findings = tmp_path / "findings.jsonl"
-    with taddons.context(*addons) as tctx:
-        (store,) = [a for a in addons if isinstance(a, PolicyStore)]
-        (sink,) = [a for a in addons if isinstance(a, FindingsSink)]
-        (inspector,) = [a for a in addons if isinstance(a, PayloadInspector)]
-        (exporter,) = [a for a in addons if isinstance(a, MetricsExporter)]
-        tctx.configure(store, tlsgate_policy=[str(policy)])
-        tctx.configure(sink, tlsgate_findings=str(findings))
-        yield Gate(tctx, inspector, exporter, findings)
+    with wired(POLICY, tmp_path) as kit:
+        yield Gate(kit.tctx, kit.get(PayloadInspector), kit.get(MetricsExporter), kit.findings)
 
 
 def https(host: str, path: str = "/v1/data", body: bytes = b"", ctype: str = "application/json", **headers: str) -> http.HTTPFlow:
@@ -147,9 +135,9 @@ def test_aes_gcm_and_random_data_pass_without_a_finding(gate: Gate) -> None:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     for _ in range(3):
-        nonce = os.urandom(12)
+        nonce = urandom(12)
         sealed = base64.b64encode(nonce + AESGCM(KEY).encrypt(nonce, REPEATING, None)).decode()
-        flow = gate.run(https("api.test", body=json.dumps({"data": sealed, "n": os.urandom(4).hex()}).encode()))
+        flow = gate.run(https("api.test", body=json.dumps({"data": sealed, "n": urandom(4).hex()}).encode()))
         assert flow.response is None
     assert gate.findings() == []
 
@@ -165,8 +153,8 @@ def test_the_same_blocks_across_requests_are_caught_when_no_single_request_shows
 
 
 def test_secrets_in_urls_unsigned_jwts_and_provider_keys_are_named_never_valued(gate: Gate) -> None:
-    token = "s3cr3t-" + os.urandom(8).hex()
-    stripe = "sk" + "_live_" + os.urandom(12).hex()
+    token = "s3cr3t-" + urandom(8).hex()
+    stripe = "sk" + "_live_" + urandom(12).hex()
     header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').decode().rstrip("=")
     claims = base64.urlsafe_b64encode(b'{"sub":"42","role":"admin"}').decode().rstrip("=")
     unsigned = f"{header}.{claims}."
@@ -200,7 +188,7 @@ def test_signed_urls_and_oauth_redirects_are_not_credentials_in_urls(gate: Gate)
 
 
 JWT = ".".join(base64.urlsafe_b64encode(part).decode().rstrip("=") for part in (b'{"alg":"RS256","kid":"k1"}',
-                                                                                   b'{"sub":"1234567890","aud":"app"}', os.urandom(64)))
+                                                                                   b'{"sub":"1234567890","aud":"app"}', urandom(64)))
 
 
 @pytest.mark.parametrize(
@@ -266,9 +254,9 @@ def test_uploads_past_the_limit_are_not_ciphertext(gate: Gate) -> None:
 
 
 def test_a_content_hash_in_a_check_and_a_commit_request_is_not_ciphertext(gate: Gate) -> None:
-    digest = hashlib.sha256(os.urandom(1000)).hexdigest()
+    digest = hashlib.sha256(urandom(1000)).hexdigest()
     for step in ("check", "commit"):
-        body = json.dumps({"path": "/Notes/a.md", "sha256": digest, "step": step, "ts": os.urandom(4).hex()}).encode()
+        body = json.dumps({"path": "/Notes/a.md", "sha256": digest, "step": step, "ts": urandom(4).hex()}).encode()
         assert gate.run(https("api.test", path=f"/sync/{step}", body=body)).response is None
     assert gate.findings() == []
 
@@ -338,7 +326,7 @@ def test_console_and_log_lines_mask_the_seeded_identifiers_of_the_policy_in_forc
 
 
 def test_a_large_body_is_judged_at_its_headers_and_tapped_not_buffered(gate: Gate) -> None:
-    token = "s3cr3t-" + os.urandom(8).hex()
+    token = "s3cr3t-" + urandom(8).hex()
     flow = https("api.test", path=f"/upload?api_key={token}", body=b"")
     flow.request.headers["content-length"] = str(5 << 20)
     flow.request.stream = True  # what mitmproxy sets before `requestheaders` for a body above stream_large_bodies

@@ -13,12 +13,9 @@ from typing import Any
 
 import pytest
 from mitmproxy import http
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 
-from proxy.addons import make_addons
-from proxy.addons.findings import FindingsSink
 from proxy.addons.payload import HELD_LIMIT, PayloadInspector, Tap
-from proxy.addons.policy import PolicyStore
 from proxy.checks.payload import PayloadFacts, judge_payload
 from proxy.payload.bounds import MAX_CANDIDATES, MAX_ITEMS, SEGMENT, WINDOW, Budget
 from proxy.payload.fields import MAX_FIELDS, body_field_steps, body_fields
@@ -28,6 +25,7 @@ from proxy.policy import load_texts
 from proxy.sinks import redact
 from proxy.sinks.findings import MAX_LINE, Finding, bounded
 from proxy.tls import multipart
+from tests.addonkit import wired
 
 STRIPE = "sk" + "_live_" + "51Hx9qLyjWDarjtT1zdp7dcQz"  # built so no scanner mistakes this file for a leak
 AWS = "AKIA" + "ABCDEFGHIJKLMNOP"
@@ -189,17 +187,8 @@ rules:
 
 @pytest.fixture
 def inspector(tmp_path: Path) -> Iterator[tuple[PayloadInspector, Path]]:
-    addons = make_addons()
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    findings = tmp_path / "findings.jsonl"
-    with taddons.context(*addons) as tctx:
-        (store,) = [a for a in addons if isinstance(a, PolicyStore)]
-        (sink,) = [a for a in addons if isinstance(a, FindingsSink)]
-        (found,) = [a for a in addons if isinstance(a, PayloadInspector)]
-        tctx.configure(store, tlsgate_policy=[str(policy)])
-        tctx.configure(sink, tlsgate_findings=str(findings))
-        yield found, findings
+    with wired(POLICY, tmp_path) as kit:
+        yield kit.get(PayloadInspector), kit.findings
 
 
 def upload(body: bytes, ctype: str = "text/plain", length: int | None = None, host: str = "api.test") -> http.HTTPFlow:

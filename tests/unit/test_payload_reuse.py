@@ -8,7 +8,6 @@ import base64
 import hashlib
 import json
 import math
-import os
 import random
 
 import pytest
@@ -22,6 +21,7 @@ from proxy.payload.recall import LLR, THRESHOLD, BlockMemory, field_key, keystre
 from proxy.payload.scan import scan
 from tests.payload_corpus import ecb
 from tests.payload_sessions import _cbc, _gcm, _gcm_nonce_sent, _sic, _sic_padded
+from tests.seeded import urandom
 
 KEY = bytes(range(16))
 ZERO = bytes(16)
@@ -119,7 +119,7 @@ def test_equal_content_at_equal_offsets_is_no_evidence() -> None:
 
 
 def test_cbc_with_a_fixed_iv_is_caught_when_values_share_different_numbers_of_leading_blocks() -> None:
-    iv = os.urandom(16)
+    iv = urandom(16)
     values = [
         _cbc(KEY, iv, b"A" * 16 + b"first value....." + b"x" * 20),
         _cbc(KEY, iv, b"A" * 16 + b"other value....." + b"y" * 20),  # shares 1 block with the first
@@ -167,8 +167,8 @@ def test_a_file_hash_in_check_and_commit_and_other_repeats_are_not_findings() ->
 @pytest.mark.parametrize("name", sorted({name for name, _, _ in MAGIC}))
 def test_values_that_start_like_a_file_are_not_ciphertext(name: str) -> None:
     offset, prefix = next((o, p) for n, o, p in MAGIC if n == name)
-    value = os.urandom(offset) + prefix
-    value += os.urandom(16 - len(value) % 16) + os.urandom(32) * 2  # a repeated random-looking block
+    value = urandom(offset) + prefix
+    value += urandom(16 - len(value) % 16) + urandom(32) * 2  # a repeated random-looking block
     assert file_format(value) == name and not cipher_shaped(value) and analyse(value) is None
 
 
@@ -313,10 +313,29 @@ def test_one_device_is_not_compared_with_another() -> None:
 
 def test_a_body_cut_at_the_limit_is_whole_blocks_only_if_the_whole_body_is() -> None:
     """65,536 bytes are 4,096 blocks by accident of the limit: a 70,001-byte body is not block-cipher output."""
-    block = os.urandom(16)
-    head = (os.urandom(16 * 100) + block) * 40  # random-looking, with a block that repeats
+    block = urandom(16)
+    head = (urandom(16 * 100) + block) * 40  # random-looking, with a block that repeats
     fields = body_fields("application/octet-stream", head[:65536], complete=False)
     assert fields[0].cut
     assert scan(fields, host="h", namer=".".join, body_bytes=70_001).ecb == []
     assert scan(fields, host="h", namer=".".join, body_bytes=70_000).ecb != []  # whole blocks: judged
     assert scan(fields, host="h", namer=".".join, body_bytes=None).ecb == []  # content-encoded: unknown
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [
+        pytest.param(b"\0" * 4096, id="zero-filled buffer"),
+        pytest.param(b"".join(bytes([i]) * 16 for i in range(10)) * 40, id="ten pixel runs, tiled"),
+        pytest.param(json.dumps({"type": "heartbeat", "status": "ok!!"}).encode().ljust(48) * 60, id="one record 60 times"),
+        pytest.param(b"A" * 1024 + b"hello world, this is text " * 40, id="padding then text"),
+    ],
+)
+def test_the_most_repetitive_ecb_is_cipher_shaped_and_caught(plaintext: bytes) -> None:
+    """The ECB penguin: where the plaintext repeats blocks, ECB output repeats them too. Byte statistics counted
+    over every block saw a few distinct blocks many times and called it "not random": the blatant case was missed."""
+    ciphertext = ecb(urandom(16), plaintext)
+    assert cipher_shaped(ciphertext)
+    body = json.dumps({"data": base64.b64encode(ciphertext).decode()}).encode()
+    (found,) = scan(body_fields("application/json", body), host="h", namer=".".join).ecb
+    assert found["basis"] == "repeated_block" and found["repeated_blocks"] >= len(ciphertext) // 16 // 2

@@ -13,17 +13,16 @@ from typing import Any
 
 import pytest
 from mitmproxy import http
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 
-from proxy.addons import make_addons
 from proxy.addons.findings import FindingsSink
 from proxy.addons.metrics import MetricsExporter
 from proxy.addons.payload import PayloadInspector
-from proxy.addons.policy import PolicyStore
 from proxy.report.model import Reader
 from proxy.report.summary import Summary
 from proxy.sinks.findings import Finding, FindingsLog, Repeats, next_threshold
 from proxy.sinks.metrics import Metrics
+from tests.addonkit import wired
 from tests.harness import REPO
 
 STRIPE = "sk" + "_live_" + "51Hx9qLyjWDarjtT1zdp7dcQz"  # built so no scanner mistakes this file for a leak
@@ -106,18 +105,8 @@ devices:
 
 @pytest.fixture
 def gate(tmp_path: Path) -> Iterator[tuple[PayloadInspector, FindingsSink, MetricsExporter, Path]]:
-    addons = make_addons()
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    findings = tmp_path / "findings.jsonl"
-    with taddons.context(*addons) as tctx:
-        (store,) = [a for a in addons if isinstance(a, PolicyStore)]
-        (sink,) = [a for a in addons if isinstance(a, FindingsSink)]
-        (inspector,) = [a for a in addons if isinstance(a, PayloadInspector)]
-        (exporter,) = [a for a in addons if isinstance(a, MetricsExporter)]
-        tctx.configure(store, tlsgate_policy=[str(policy)])
-        tctx.configure(sink, tlsgate_findings=str(findings))
-        yield inspector, sink, exporter, findings
+    with wired(POLICY, tmp_path) as kit:
+        yield kit.get(PayloadInspector), kit.get(FindingsSink), kit.get(MetricsExporter), kit.findings
 
 
 def post(body: bytes) -> http.HTTPFlow:
