@@ -24,6 +24,7 @@ import ipaddress
 import logging
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from mitmproxy import connection, ctx, exceptions
@@ -40,6 +41,8 @@ REFRESH_SECONDS = 1.0  # how stale the LAN prefixes may be: a renumbered LAN is 
 READ_TIMEOUT = 2.0  # the kernel answers a dump at once; this only bounds a kernel that does not
 MAX_REPLY_BYTES = 8 << 20  # ~60,000 routes: a full internet routing table is refused, not read on the event loop
 NETLINK_ROUTE = 0
+LOG_EVERY = 60.0  # seconds between two log lines of the same refusal
+MAX_SAID = 4096  # refusals remembered for that
 
 Interfaces = tuple[list[Link], list[Address], list[Route]]
 
@@ -57,6 +60,8 @@ class Block(block.Block):
 
 def read_interfaces() -> Interfaces:
     """This network namespace's interfaces, addresses and unicast routes, both families, from rtnetlink."""
+    if not hasattr(socket, "AF_NETLINK"):
+        raise OSError("no rtnetlink on this system (Linux only)")
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) as sock:
         sock.settimeout(READ_TIMEOUT)
         sock.bind((0, 0))
@@ -114,7 +119,7 @@ def describe(lan: Lan) -> str:
     """The log line's account: which public prefixes are a LAN, and which are not, with why."""
     said = lan.summary() + (" (their clients are accepted like private ones)" if lan.prefixes else "")
     if lan.note:
-        said += f"; {lan.note}, so public clients are refused"
+        said += f"; {lan.note}"
     for passed in lan.passed_over:
         said += f"; not {passed.network} ({passed.interface}): {passed.reason}"
     return said
@@ -130,6 +135,7 @@ def _loopback(host: str) -> bool:
 class ClientAccess:
     def __init__(self, view: LanView | None = None) -> None:
         self.view = view or LanView()
+        self._said: OrderedDict[str, float] = OrderedDict()  # refusal text -> when last logged
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -158,12 +164,26 @@ class ClientAccess:
     def client_connected(self, client: connection.Client) -> None:
         if not client.peername or client.error or isinstance(client.proxy_mode, mode_specs.LocalMode):
             return
-        refusal = client_refusal(
-            client.peername[0],
-            self.view.current,
-            block_global=ctx.options.block_global,
-            block_private=ctx.options.block_private,
-        )
+        try:
+            refusal = client_refusal(
+                client.peername[0],
+                self.view.current,
+                block_global=ctx.options.block_global,
+                block_private=ctx.options.block_private,
+            )
+        except Exception as exc:  # fail closed: a client tlsgate could not judge is not served
+            refusal = f"client {client.peername[0]} refused: its access could not be judged ({type(exc).__name__}: {exc})"
         if refusal:
             client.error = f"tlsgate: {refusal}"
-            logger.warning(client.error)
+            self._log(client.error)
+
+    def _log(self, text: str) -> None:
+        """Each refusal, worded as it is, once a minute: an internet scanner's every SYN is not a log line."""
+        now = time.monotonic()
+        if now - self._said.get(text, now - LOG_EVERY) < LOG_EVERY:
+            return
+        self._said[text] = now
+        self._said.move_to_end(text)
+        while len(self._said) > MAX_SAID:
+            self._said.popitem(last=False)
+        logger.warning(text)

@@ -401,3 +401,31 @@ def test_the_readmes_lan_prefix_setting_accepts_that_lan_and_nothing_else() -> N
             access.client_connected(inside)
             access.client_connected(outside)
             assert inside.error is None and outside.error is not None, setting
+
+
+def test_a_flood_of_refusals_is_logged_once_a_minute_per_refusal(caplog: pytest.LogCaptureFixture) -> None:
+    access = ClientAccess(LanView(Kernel(address(3, f"{LAN6[1]}/64"))))
+    with taddons.context(Block(), access), caplog.at_level(logging.WARNING, "tlsgate.access"):
+        conns = [client("2a01:4f8::2") for _ in range(100)] + [client("2a01:4f8::3")]
+        for conn in conns:
+            access.client_connected(conn)
+        assert all(conn.error for conn in conns)  # every one refused ...
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "2a01:4f8::2" in lines[0] and "2a01:4f8::3" in lines[1]  # ... each said once
+
+
+def test_a_client_that_cannot_be_judged_is_refused() -> None:
+    """Fail closed: an error inside the decision (here: the LAN view itself breaks) refuses, never serves."""
+
+    class Broken(LanView):
+        def current(self) -> Lan:
+            raise RuntimeError("boom")
+
+    access = ClientAccess(Broken())
+    with taddons.context(Block(), access):
+        conn = client("2a01:4f8::2")
+        access.client_connected(conn)
+        assert conn.error == "tlsgate: client 2a01:4f8::2 refused: its access could not be judged (RuntimeError: boom)"
+        private = client("192.168.50.9")
+        access.client_connected(private)
+        assert private.error is None  # a private client's answer never needed the view
