@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mitmproxy import version as mitmproxy_version
 
+from proxy.addons.access import ClientAccess
 from proxy.addons.auththrottle import AuthThrottle
 from proxy.addons.cleartext import CleartextGuard
 from proxy.addons.client_audit import ClientAudit
@@ -46,6 +47,7 @@ def make_addons() -> list[object]:
     resolve = Resolve()
     return [
         SafeLog(),  # first: console lines are escaped before any other add-on logs
+        ClientAccess(),  # public clients off the LAN refused before any add-on spends work on them
         ClientLimits(),  # before any add-on spends work on a connection it would refuse
         AuthThrottle(),  # runs after mitmproxy's proxyauth: delays its repeated 407s
         store,

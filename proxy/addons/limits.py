@@ -8,7 +8,6 @@ and the refusal is logged at most once a minute per address.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import resource
 import time
@@ -20,25 +19,6 @@ from mitmproxy import connection, ctx, exceptions
 logger = logging.getLogger("tlsgate.limits")
 
 DEFAULT_MAX_CLIENT_CONNECTIONS = 512
-
-# Not globally routable by Python's `is_global` (so mitmproxy's `block_global` lets them in), yet a device lab
-# never has clients there: documentation ranges appear only in spoofed or misconfigured traffic, and Teredo and
-# 6to4 addresses are tunnels from anywhere on the internet. Refused with the public ones; CGNAT (100.64.0.0/10)
-# stays allowed: carrier and overlay VPNs (Tailscale) put real lab devices there.
-NOT_LAB_CLIENTS = tuple(
-    ipaddress.ip_network(net)
-    for net in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32", "2001::/32", "2002::/16")
-)
-
-
-def outside_the_lab(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in NOT_LAB_CLIENTS if net.version == ip.version)
 
 
 def raise_fd_limit() -> tuple[int, int]:
@@ -78,13 +58,9 @@ class ClientLimits:
             logger.info(f"tlsgate: open-files limit raised from {before} to {after}")
 
     def client_connected(self, client: connection.Client) -> None:
-        if not client.peername:
+        if not client.peername or client.error:  # refused already (ClientAccess): never counted
             return
         address = client.peername[0]
-        if getattr(ctx.options, "block_global", True) and outside_the_lab(address):
-            client.error = f"tlsgate: client {address} is in a documentation or tunnel range (see --allow-public-clients)"
-            logger.warning(client.error)
-            return
         cap = ctx.options.tlsgate_max_client_connections
         if cap and self.open[address] >= cap:
             client.error = f"tlsgate: {address} already holds {cap} connections (tlsgate_max_client_connections)"

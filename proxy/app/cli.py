@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--allow-public-clients",
         action="store_true",
-        help="accept clients from public (globally routable) addresses; off by default so tlsgate is never an open proxy",
+        help="accept clients from every public (globally routable) address; off by default so tlsgate is never an open "
+        "proxy (devices on this host's LAN prefixes, or --set tlsgate_lan_prefixes=PREFIX, are accepted without it)",
     )
     run.add_argument(
         "--workers", type=int, default=1, help="processes sharing the listening port (SO_REUSEPORT), e.g. one per core"

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 from mitmproxy import log, master, options
 from mitmproxy.addons import (
-    block,
     blocklist,
     core,
     disable_h2c,
@@ -38,6 +37,7 @@ from mitmproxy.addons import (
     upstream_auth,
 )
 
+from proxy.addons import access
 from proxy.app.dispatch import DispatchTable
 
 
@@ -45,7 +45,9 @@ def kept_addons() -> list[object]:
     """mitmproxy's add-ons a run keeps, in `default_addons()` order (hooks run in this order)."""
     return [
         core.Core(),  # options and commands everything else builds on
-        block.Block(),  # block_global: binding 0.0.0.0 in a lab never makes an open proxy
+        # block_global/block_private, as options only: tlsgate's ClientAccess applies them and takes this host's
+        # LAN prefixes as LAN (mitmproxy's check refuses a LAN's global IPv6 devices); 0.0.0.0 is no open proxy
+        access.Block(),
         # ECH would hide the real server name from the gate: DNS-mode answers lose their ech keys.
         strip_dns_https_records.StripDnsHttpsRecords(),
         blocklist.BlockList(),  # --set block_list=: refusing by filter is a gate's job too

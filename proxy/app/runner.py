@@ -87,8 +87,9 @@ def default_listen_host(modes: list[str]) -> str:
 
     There it is "" (mitmproxy's "every address"): a socket on 0.0.0.0 and one on
     ::, so redirected IPv6 is taken too; with 0.0.0.0 alone ip6tables REDIRECT
-    would only block. Binding every address is safe because mitmproxy's
-    `block_global` (kept on unless --allow-public-clients) still refuses public clients.
+    would only block. Binding every address is safe because `block_global`
+    (kept on unless --allow-public-clients) still refuses public clients that are
+    not on this host's LAN (proxy/addons/access.py).
     """
     if any(host == ALL_ADDRESSES for host in _transparent_listen_hosts(modes, None)):
         return ALL_ADDRESSES
@@ -229,7 +230,9 @@ def banner(config: RunConfig, ca_cert: Path, fingerprint: str) -> list[str]:
         elif not isinstance(mode, (*setting_modes, mode_specs.WireGuardMode)):
             lines.append(f"listen:   {host or '*'}:{port} ({mode.full_spec})")
     if not is_loopback(config.listen_host):
-        guard = "ACCEPTED (--allow-public-clients)" if config.allow_public_clients else "refused"
+        guard = (
+            "ACCEPTED (--allow-public-clients)" if config.allow_public_clients else "refused, but for this host's LAN prefixes"
+        )
         auth = "required" if config.proxyauth else "not required (see --proxyauth)"
         lines.append(f"access:   clients from public addresses {guard}; proxy authentication {auth}")
     return lines

@@ -726,6 +726,92 @@ def test_a_public_ipv6_client_is_refused(g: Gate) -> None:
         net.run(net.device, "ip", "-6", "addr", "del", f"{public}/128", "dev", link, check=False)
 
 
+# A LAN as an ISP delegates it: global unicast (not a documentation range, which is refused on its own), so
+# mitmproxy's `block_global` alone refuses its devices. It only exists inside this test's namespaces.
+LAN6, WAN6 = "2a01:db9:231:1::", "2a01:db9:231:2::"
+GATEWAY_LAN6, DEVICE_LAN6, GATEWAY_WAN6, NEIGHBOUR_WAN6 = f"{LAN6}1", f"{LAN6}2", f"{WAN6}1", f"{WAN6}99"
+
+
+def _via_ipv6(g: Gate, gateway: str) -> list[str]:
+    """How the device's curl reaches api.example.test over IPv6: the proxy at `gateway`, or straight (transparent)."""
+    if g.mode == "regular":
+        return ["-x", f"http://[{gateway}]:{PORT}"]
+    return ["--resolve", f"api.example.test:443:[{API_IP6}]", "--resolve", f"api.example.test:80:[{API_IP6}]"]
+
+
+@pytest.mark.parametrize("gate", ["regular", "transparent"], indirect=True)
+def test_a_device_with_a_global_ipv6_address_on_the_gateways_lan_is_served(g: Gate) -> None:
+    """The gateway's LAN has a global prefix (what most ISPs delegate): its devices are LAN clients, served and
+    inspected over IPv6. A prefix added while tlsgate runs is followed, and once the gateway no longer has it,
+    the same address (still routed to the device) is a public client again and refused."""
+    net, device = g.net, ["--interface", DEVICE_LAN6]
+    net.run(net.gateway, "ip", "-6", "addr", "add", f"{GATEWAY_LAN6}/64", "dev", "gw-dev", "nodad")
+    net.run(net.device, "ip", "-6", "addr", "add", f"{DEVICE_LAN6}/64", "dev", "dev0", "nodad")
+    try:
+        url = "https://api.example.test/v1/lan"
+        # At most a second until tlsgate reads the new prefix; until then the address is refused.
+        assert eventually(
+            lambda: g.curl(url, "--cacert", str(g.ca), *device, *_via_ipv6(g, GATEWAY_LAN6), by_name=True).status == 200
+        )
+        g.tlsgate.wait_for(rf"LAN prefixes changed: .*{re.escape(LAN6)}/64 \(gw-dev\)")
+        assert [r.path for r in g.world.api.requests][-1:] == ["/v1/lan"]
+        # Intercepted (tlsgate's CA, not the server's), and only tlsgate reached the server.
+        refused = g.curl(url, "--cacert", str(g.world.root_file), *device, *_via_ipv6(g, GATEWAY_LAN6), by_name=True)
+        assert refused.returncode != 0 and refused.status == 0, refused
+        assert set(g.world.api.peers) <= {netns.GATEWAY_UPSTREAM_SIDE, netns.GATEWAY_UPSTREAM_SIDE6}, g.world.api.peers
+        plain = g.curl("http://api.example.test/login?password=hunter2", "-H", "Accept: application/json", *device,
+                       *_via_ipv6(g, GATEWAY_LAN6), by_name=True)  # fmt: skip
+        assert plain.status == 403 and json.loads(plain.body)["check"] == "cleartext", plain
+        assert g.world.plain.requests == []
+        assert set(g.world.plain.peers) <= {netns.GATEWAY_UPSTREAM_SIDE, netns.GATEWAY_UPSTREAM_SIDE6}, g.world.plain.peers
+        finding = g.wait_finding("cleartext", "api.example.test", family=6)
+        assert finding["client"].startswith(f"[{DEVICE_LAN6}]:") and finding["action"] == "blocked", finding
+        # Renumbered away: the gateway drops the prefix, a host route still leads to the device. Not on-link now:
+        # refused once tlsgate reads the interfaces again (at most a second later), and from then on.
+        net.run(net.gateway, "ip", "-6", "addr", "del", f"{GATEWAY_LAN6}/64", "dev", "gw-dev")
+        net.run(net.gateway, "ip", "-6", "route", "add", f"{DEVICE_LAN6}/128", "dev", "gw-dev")
+        via = ["--cacert", str(g.ca), "--max-time", "5", *device, *_via_ipv6(g, netns.GATEWAY_DEVICE_SIDE6)]
+        assert eventually(lambda: g.curl(url, *via, by_name=True).returncode != 0)
+        g.tlsgate.wait_for(rf"{re.escape(DEVICE_LAN6)} killed by block_global: a public address off this host's LAN")
+        g.world.reset()
+        again = g.curl(url, *via, by_name=True)
+        assert again.returncode != 0 and again.status == 0, again
+        assert g.world.api.requests == [] and set(g.world.api.peers) <= {netns.GATEWAY_UPSTREAM_SIDE6}
+    finally:
+        net.run(net.gateway, "ip", "-6", "route", "del", f"{DEVICE_LAN6}/128", check=False)
+        net.run(net.gateway, "ip", "-6", "addr", "del", f"{GATEWAY_LAN6}/64", "dev", "gw-dev", check=False)
+        net.run(net.device, "ip", "-6", "addr", "del", f"{DEVICE_LAN6}/64", "dev", "dev0", check=False)
+
+
+@pytest.mark.parametrize("gate", ["regular"], indirect=True)
+def test_a_neighbour_on_the_gateways_internet_side_is_refused(g: Gate) -> None:
+    """The link the default route leaves by is the ISP's or cloud provider's, shared with other customers: a client
+    on its global prefix is on-link but no LAN device, and stays refused, with the option that would accept it."""
+    net = g.net
+    net.run(net.gateway, "ip", "-6", "addr", "add", f"{GATEWAY_WAN6}/64", "dev", "gw-up", "nodad")
+    net.run(net.gateway, "ip", "-6", "route", "add", "default", "via", netns.ip6_of(API_IP), "dev", "gw-up")
+    net.run(net.upstream, "ip", "-6", "addr", "add", f"{NEIGHBOUR_WAN6}/64", "dev", "up0", "nodad")
+    try:
+        why = re.compile(
+            rf"{re.escape(NEIGHBOUR_WAN6)} killed by block_global: .*it is on {re.escape(WAN6)}/64 of gw-up, not taken "
+            rf"as a LAN because gw-up carries this host's default route.*--set tlsgate_lan_prefixes={re.escape(WAN6)}/64"
+        )
+
+        def refused_with_why() -> bool:  # tlsgate reads the new prefix at most a second after it appears
+            done = net.run(net.upstream, "curl", "-sS", "--noproxy", "", "--max-time", "5", "--interface", NEIGHBOUR_WAN6,
+                           "-x", f"http://[{GATEWAY_WAN6}]:{PORT}", "--cacert", str(g.ca), "https://api.example.test/",
+                           check=False, timeout=30)  # fmt: skip
+            assert done.returncode != 0 and "hello from api" not in done.stdout, done
+            return any(why.search(line) for line in g.tlsgate.lines)
+
+        assert eventually(refused_with_why), g.tlsgate.output[-3000:]
+        assert g.world.api.requests == []
+    finally:
+        net.run(net.upstream, "ip", "-6", "addr", "del", f"{NEIGHBOUR_WAN6}/64", "dev", "up0", check=False)
+        net.run(net.gateway, "ip", "-6", "route", "del", "default", check=False)
+        net.run(net.gateway, "ip", "-6", "addr", "del", f"{GATEWAY_WAN6}/64", "dev", "gw-up", check=False)
+
+
 @pytest.mark.parametrize("gate", ["regular", "socks5"], indirect=True)
 def test_an_empty_listen_host_serves_the_lan_over_ipv4_and_ipv6(g: Gate) -> None:
     """`--listen-host ''` is mitmproxy's every address: the device reaches the proxy by either of the gateway's."""
@@ -865,7 +951,10 @@ def test_an_address_is_named_by_tlsgates_own_dns_answer(g: Gate) -> None:
     assert result.status == 200, result  # the rule for named.example.test is `mode: report`: forwarded
     assert [r.path for r in g.world.named.requests] == ["/report-me"]
     finding = g.wait_finding("cleartext", "named.example.test")
-    assert finding["action"] == "reported" and finding["rule"] == f"{g.world.policy_shown}:{rule_line(g.world.policy_text, 'named-by-dns')}"
+    assert (
+        finding["action"] == "reported"
+        and finding["rule"] == f"{g.world.policy_shown}:{rule_line(g.world.policy_text, 'named-by-dns')}"
+    )
 
 
 @pytest.mark.parametrize("gate", ["wireguard"], indirect=True)

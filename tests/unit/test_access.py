@@ -120,7 +120,7 @@ def test_captures_tlsgate_lets_mitmproxy_write_are_owner_only(tlsgate, http_upst
 
 
 def test_documentation_and_tunnel_ranges_are_not_lab_clients() -> None:
-    from proxy.addons.limits import outside_the_lab
+    from proxy.tls.lan import outside_the_lab
 
     for address in ("192.0.2.9", "198.51.100.7", "203.0.113.1", "2001:db8::1", "2001:0:4136:e378::1", "2002:c000:204::1",
                     "::ffff:198.51.100.7"):  # fmt: skip

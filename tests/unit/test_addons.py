@@ -793,6 +793,7 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
     assert isinstance(addons[-1], Connections)
     assert [type(a).__name__ for a in addons] == [
         "SafeLog",
+        "ClientAccess",
         "ClientLimits",
         "AuthThrottle",
         "PolicyStore",
@@ -814,7 +815,7 @@ def test_make_addons_loads_and_configures_cleanly(caplog: pytest.LogCaptureFixtu
         "ClientBounds",
         "Connections",
     ]
-    store = addons[3]
+    store = addons[[type(a).__name__ for a in addons].index("PolicyStore")]
     assert all(getattr(a, "connections", addons[-1]) is addons[-1] for a in addons)
     assert addons[-1].store is store
     with caplog.at_level(logging.WARNING), taddons.context(*addons) as tctx:
