@@ -14,6 +14,11 @@
   (up to `tlsgate_max_request_head` bytes of it, credentials included) and a
   ClientHello it could not parse (in hex, up to 128 KiB of text). Both are
   shortened to their length.
+- A connection whose close was requested while it waited for mitmproxy's
+  event lock was never closed: its socket stayed open and its descriptor
+  held for the life of the process. Every connection mitmproxy stops reading
+  is now closed, and its layers told, however its task ends
+  (`mitm_internals.close_connections_however_they_end`).
 
 Counted in `tlsgate_internal_errors_total{where}`: connection, accept, asyncio.
 """
@@ -28,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from proxy.addons import mitm_internals
 from proxy.sinks.findings import printable
 from proxy.sinks.metrics import Metrics
 
@@ -122,6 +128,7 @@ class ContainFailures:
             self.metrics.internal_error(where)
 
     def load(self, loader: object) -> None:
+        mitm_internals.close_connections_however_they_end()
         server_logger = logging.getLogger("mitmproxy.proxy.server")
         if not any(isinstance(f, ServerLogFilter) for f in server_logger.filters):
             server_logger.addFilter(self.filter)

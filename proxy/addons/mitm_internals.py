@@ -597,3 +597,63 @@ def close_client(client: object) -> bool:
 
 
 _closing: set[object] = set()  # the close tasks, referenced until done (asyncio keeps only weak references)
+
+
+# -- connections closed while waiting for the event lock (proxy.addons.containment) ------------------------
+
+
+def close_connections_however_they_end() -> None:
+    """Make every connection mitmproxy stops reading be closed, and its layers told, however its task ends.
+
+    `ConnectionHandler.handle_connection` closes a connection's socket at its
+    end, after the layers got a `ConnectionClosed`. A close is a cancellation
+    of the connection's task (a layer's `CloseConnection`, mitmproxy's idle
+    timeout, tlsgate's `close_client` and `end_server_connection`), and it is
+    caught only where the task reads or drains. Its other awaits are
+    `server_event` (`DataReceived`, then `ConnectionClosed`), which first wait
+    for the handler's event lock whenever another task's event is queued on it:
+    under mitmproxy's eager task factory a hook completing (the `next_layer`
+    that chose the HelloGate, a TCP message a blocked stream ends on, a killed
+    flow's verdict) queues there, and a connection with more bytes buffered
+    reads on without pausing and queues behind it. A close asked for by the
+    hook's event lands in the lock wait; the CancelledError then leaves
+    `handle_connection` before its end, so the socket was never closed: it
+    stayed ESTABLISHED, its descriptor held for the life of the process (the
+    event loop keeps a transport it is reading from), and the layers never
+    heard the connection end. All of 200 clients refused for an oversized
+    ClientHello with 100 KB behind it stayed open this way (half of them with
+    300 KB behind it: a transport whose reading had paused was closed when the
+    garbage collector happened to find its writer).
+
+    The wrapper finishes what was skipped, with mitmproxy's effects: the
+    connection is marked closed and dropped from the handler's transports (so
+    commands the layers still send for it are ignored), its socket is closed,
+    then the layers get their `ConnectionClosed`. mitmproxy's own end removes
+    the connection from `transports`, so finding it there means that end did
+    not run. `tests/unit/test_mitm_internals.py` pins the wrapped method and
+    what it relies on; `tests/unit/test_closing.py` drives the interleaving.
+    """
+    import contextlib
+
+    from mitmproxy.connection import ConnectionState
+    from mitmproxy.proxy import events, server
+
+    handler_class = server.ConnectionHandler
+    original = getattr(handler_class.handle_connection, "tlsgate_original", handler_class.handle_connection)
+
+    async def handle_connection(self: Any, connection: Any) -> None:
+        try:
+            await original(self, connection)
+        except BaseException as exc:
+            io = self.transports.pop(connection, None)
+            if io is not None:
+                connection.state = ConnectionState.CLOSED
+                if io.writer is not None:
+                    with contextlib.suppress(OSError):
+                        io.writer.close()
+                if isinstance(exc, Exception | asyncio.CancelledError):  # not while the coroutine is being discarded
+                    await self.server_event(events.ConnectionClosed(connection))
+            raise
+
+    handle_connection.tlsgate_original = original  # type: ignore[attr-defined]
+    handler_class.handle_connection = handle_connection  # type: ignore[method-assign]

@@ -14,11 +14,14 @@ import random
 import select
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 from tests.harness import Tlsgate, Upstream, curl, eventually, read_head
 
@@ -229,6 +232,59 @@ def test_a_hello_declaring_200000_bytes_is_closed_at_once_while_others_are_serve
     assert finding["evidence"]["kind"] == "oversized_hello"
     assert (finding["evidence"]["records"], finding["evidence"]["declared_bytes"]) == (4, 200_000)
     assert "Cannot parse ClientHello" not in gate.output
+
+
+CLEARTEXT_POLICY = "version: 1\ndefaults:\n  cleartext: block\nrules:\n  - hosts: [api.test]\n"
+MQTT_LOGIN = b"\x10\x1c\x00\x04MQTT\x04\xc2\x00\x3c\x00\x03dev\x00\x04user\x00\x06secret"
+
+
+def established(port: int) -> int:
+    """tlsgate's client sockets that are still ESTABLISHED, as `ss` lists them."""
+    listed = subprocess.run(
+        ["ss", "-tnH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+    )
+    return sum(1 for line in listed.stdout.splitlines() if line.strip())
+
+
+@pytest.mark.parametrize("refused", ["oversized_hello", "cleartext_stream"])
+def test_200_refused_clients_leave_no_socket_or_descriptor_behind(tlsgate, https_upstream: Upstream, refused: str) -> None:
+    """200 clients each send what tlsgate refuses (a hello declaring 200,000 bytes; MQTT with a password in the clear)
+    with 100 KB more behind it, and never hang up: only tlsgate can end their connections. mitmproxy reads on while
+    the next_layer hook completes, so the close lands while the connection waits for its event lock; before
+    `mitm_internals.close_connections_however_they_end` every one of them stayed ESTABLISHED, its descriptor held
+    for good (the flaky test above was one such client)."""
+    policy = POLICY if refused == "oversized_hello" else CLEARTEXT_POLICY
+    gate = tlsgate(policy, resolve={"api.test": https_upstream.port})
+    assert served(gate, https_upstream)
+    assert eventually(lambda: established(gate.port) == 0, timeout=10)
+    baseline = open_fds(gate)
+    if refused == "oversized_hello":
+        body = b"\x01" + (200_000 - 4).to_bytes(3, "big") + bytes(200_000 - 4)
+        start = records(body, 1)[:100_000]
+    else:
+        start = MQTT_LOGIN + bytes(100_000)
+
+    def refused_client(_: int) -> socket.socket:
+        sock = connect_tunnel(gate.port, f"api.test:{https_upstream.port}")
+        with contextlib.suppress(OSError):  # tlsgate may close before it has taken everything
+            sock.sendall(start)
+        return sock
+
+    with ThreadPoolExecutor(16) as pool:
+        clients = list(pool.map(refused_client, range(200)))
+    try:
+        gone = eventually(lambda: established(gate.port) == 0 and open_fds(gate) <= baseline, timeout=30, interval=0.5)
+        assert gone, f"{established(gate.port)} refused clients still ESTABLISHED, {open_fds(gate) - baseline} descriptors held"
+        assert all(closed_by_peer(sock, timeout=5) for sock in clients)
+    finally:
+        for sock in clients:
+            sock.close()
+    if refused == "oversized_hello":
+        assert metric(gate, "tlsgate_client_bounds_total", bound="hello_bytes") == 200
+    else:
+        assert metric(gate, "tlsgate_cleartext_total", action="blocked", protocol="mqtt") == 200
+    assert len(https_upstream.requests) == 1, "only the first ordinary client's request went upstream"
+    assert served(gate, https_upstream)
 
 
 # -- 2. Huge request heads ----------------------------------------------------------------------------

@@ -82,9 +82,11 @@ def _upstream_pins() -> dict[str, tuple[object, str]]:
 
     handle_protocol_error = getattr(HttpStream.handle_protocol_error, "tlsgate_original", HttpStream.handle_protocol_error)
     handle_event = getattr(HttpStream._handle_event, "tlsgate_original", HttpStream._handle_event)
+    handle_connection = server.ConnectionHandler.handle_connection
+    handle_connection = getattr(handle_connection, "tlsgate_original", handle_connection)
     return {
         "ConnectionHandler.open_connection": (server.ConnectionHandler.open_connection, "5e0b3cbaf7a4030a"),
-        "ConnectionHandler.handle_connection": (server.ConnectionHandler.handle_connection, "95c3f93e9824e527"),
+        "ConnectionHandler.handle_connection": (handle_connection, "95c3f93e9824e527"),
         "ConnectionHandler.server_event": (server.ConnectionHandler.server_event, "a2b42657ebe8bf6d"),
         "HttpStream.handle_protocol_error": (handle_protocol_error, "59fc3b2eeeabf63a"),
         "HttpStream.send_response": (HttpStream.send_response, "d581bc106152e369"),
@@ -130,6 +132,11 @@ CLIENT_BOUNDS_PINNED = {
     "Http1Connection._handle_event": "2ac8db3e43ae743f",  # appends each read to `buf`, then calls the state
     "ConnectionHandler.on_timeout": "0d1e6b0aa6e41173",  # close_client calls it
     "Proxyserver.register_connection": "d79bb91554a8bda2",  # close_client finds handlers in `connections`
+    # close_connections_however_they_end wraps handle_connection (pinned with the upstream-timeouts names): a close is a
+    # cancellation of the connection's task; the client's ending (client_disconnected, then every other transport's
+    # task cancelled) runs after that task is done, whatever it ended with.
+    "ConnectionHandler.close_connection": "c0d10cc05dd65b80",
+    "ConnectionHandler.handle_client": "01f1b7cc991c4711",
 }
 
 
@@ -144,6 +151,8 @@ def test_client_bounds_code_is_unchanged() -> None:
         "Http1Connection._handle_event": _http1.Http1Connection._handle_event,
         "ConnectionHandler.on_timeout": server.ConnectionHandler.on_timeout,
         "Proxyserver.register_connection": proxyserver.Proxyserver.register_connection,
+        "ConnectionHandler.close_connection": server.ConnectionHandler.close_connection,
+        "ConnectionHandler.handle_client": server.ConnectionHandler.handle_client,
     }
     for name, function in functions.items():
         digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
