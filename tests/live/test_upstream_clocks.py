@@ -305,16 +305,17 @@ def test_over_http2_a_stalled_request_is_reset_alone_and_the_apps_other_requests
     gate = gate_with(tlsgate, {"api.test": server.port}, "tlsgate_response_head_timeout=2")
     base = f"https://api.test:{server.port}"
 
-    async def app() -> tuple[httpx.Response, httpx.Response]:
+    async def app() -> tuple[httpx.Response, httpx.Response, bool]:
         async with httpx.AsyncClient(proxy=gate.proxy_url, verify=str(gate.ca_cert), http2=True, timeout=PATIENCE) as c:
             assert (await c.get(f"{base}/ok")).http_version == "HTTP/2"  # one connection, then two streams on it
             stalled, steady = await asyncio.gather(c.get(f"{base}/silent"), c.get(f"{base}/steady"))
-            return stalled, steady
+            # while the app still holds its connection: once it hangs up, tlsgate rightly closes the upstream too
+            return stalled, steady, server.closed.is_set()
 
-    stalled, steady = asyncio.run(app())
+    stalled, steady, closed_meanwhile = asyncio.run(app())
     assert (stalled.status_code, stalled.headers.get("x-tlsgate-check")) == (504, "fault")
     assert steady.status_code == 200 and steady.content == b"y" * 1500
-    assert server.connections == 1 and len(server.resets) == 1 and not server.closed.is_set()
+    assert server.connections == 1 and len(server.resets) == 1 and not closed_meanwhile
     (finding,) = gate.findings()
     assert (finding["evidence"]["kind"], finding["evidence"]["phase"]) == ("timeout", "response_head")
 
