@@ -334,18 +334,21 @@ def test_deployment_runs_the_images_command_with_findings_on_stdout() -> None:
 def test_ca_comes_from_the_secret_through_an_owner_only_copy() -> None:
     [workdir] = instruction("WORKDIR")
     confdir = {e["name"]: e["value"] for e in tlsgate()["env"]}["TLSGATE_CONFDIR"]
-    assert confdir == dockerfile_env().get("TLSGATE_CONFDIR", confdir), "the same CA directory as the image's"
+    # a directory of its own inside the image's CA volume: the emptyDir is root's and 0777, a directory others
+    # could replace the key in (tlsgate would say so at every start); the init container's ca/ is the pod user's
+    volume_dir = dockerfile_env()["TLSGATE_CONFDIR"]
+    assert Path(confdir).parent == Path(volume_dir), "the CA directory lies in the image's CA volume"
     key_name = ca_paths(Path(confdir)).key_pem.name
-    ca_mount = mount_at(tlsgate(), confdir)
+    ca_mount = mount_at(tlsgate(), volume_dir)
     assert volume(ca_mount["name"])["emptyDir"]["medium"] == "Memory"
     secret = volume("ca-secret")["secret"]
     assert secret["optional"] is False and secret["items"] == [{"key": key_name, "path": key_name}]
     assert secret["defaultMode"] & 0o007 == 0, "not readable by others even before the copy"
     init = init_container()
     command = init["command"]
-    assert command[:3] == ["install", "-m", "0600"], command
-    source, target = Path(command[3]), Path(command[4])
-    assert target == Path(confdir) / key_name and mount_at(init, confdir)["name"] == ca_mount["name"]
+    assert command[:4] == ["install", "-D", "-m", "0600"], command  # -D: makes ca/, 0755, the pod user's
+    source, target = Path(command[4]), Path(command[5])
+    assert target == Path(confdir) / key_name and mount_at(init, volume_dir)["name"] == ca_mount["name"]
     secret_mount = mount_at(init, str(source.parent))
     assert secret_mount["name"] == "ca-secret" and secret_mount["readOnly"] is True and source.name == key_name
     assert not any(m["name"] == "ca-secret" for m in tlsgate()["volumeMounts"]), "tlsgate sees only the copy"
@@ -393,7 +396,7 @@ def test_pod_meets_the_restricted_pod_security_standard() -> None:
         assert not security.get("privileged") and all("hostPort" not in port for port in spec.get("ports", []))
     writable = {m["mountPath"] for m in tlsgate()["volumeMounts"] if not m.get("readOnly")}
     confdir = {e["name"]: e["value"] for e in tlsgate()["env"]}["TLSGATE_CONFDIR"]
-    assert writable == {confdir, "/tmp"}, "the only places tlsgate writes: its CA directory and /tmp"
+    assert writable == {str(Path(confdir).parent), "/tmp"}, "the only places tlsgate writes: its CA volume and /tmp"
 
 
 def mib(quantity: str) -> float:
