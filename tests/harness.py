@@ -259,6 +259,17 @@ def read_head(sock: socket.socket, limit: int = 65536) -> bytes:
     return data
 
 
+def read_until_closed(sock: socket.socket, timeout: float = 5) -> None:
+    """Read and drop what the peer sends until it closes (or `timeout` passes between reads): tlsgate has
+    judged the connection by then, and its finding and log lines are written."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free now (the kernel's pick), for a process that must be told its port up front."""
     with socket.socket() as probe:

@@ -21,7 +21,7 @@ from junitparser import JUnitXml
 
 from proxy.tls.pins import spki_pin
 from tests.certgen import make_chain
-from tests.harness import REPO, Tlsgate, Upstream, curl
+from tests.harness import REPO, Tlsgate, Upstream, curl, read_until_closed
 from tests.live.test_log_injection import evil_sni_hello
 from tests.report_consumers import (
     chromium_available,
@@ -152,7 +152,7 @@ def test_a_hostile_sni_and_user_agent_go_through_the_real_sink_and_every_format_
         sock.sendall(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n")
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         sock.sendall(evil_sni_hello("api.test\x1b[31m\x07\r\n[x](javascript:alert(1))\u202e<marquee>".encode()))
-        _drain(sock)
+        read_until_closed(sock)
     with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as sock:
         target = f"www.test:{http_upstream.port}".encode()
         sock.sendall(
@@ -191,15 +191,6 @@ def test_a_hostile_sni_and_user_agent_go_through_the_real_sink_and_every_format_
     # the SNI's host name is kept up to its first character no host name has; the rest is withheld, never echoed
     shown = tlsgate_cli("diff", str(clean), source).stdout
     assert "api.test[REDACTED]" in shown and "\x1b" not in shown and "javascript:" not in shown
-
-
-def _drain(sock: socket.socket) -> None:
-    sock.settimeout(5)
-    try:
-        while sock.recv(4096):
-            pass
-    except OSError:
-        pass
 
 
 # -- diff across two builds ----------------------------------------------------------------------
