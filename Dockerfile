@@ -15,7 +15,7 @@ COPY requirements.lock ./
 RUN python -m pip install --require-hashes --no-deps -r requirements.lock
 
 COPY pyproject.toml README.md ./
-COPY proxy ./proxy
+COPY tlsgate ./tlsgate
 COPY policies ./policies
 RUN python -m pip install --no-deps --no-build-isolation . \
     && groupadd --system --gid 10001 tlsgate \

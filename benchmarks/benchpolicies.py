@@ -33,7 +33,7 @@ ALL_SECTIONS_TEXT = (
 
 
 def _pins(chain: Chain) -> str:
-    from proxy.tls.pins import spki_pin
+    from tlsgate.tls.pins import spki_pin
 
     return f"[{spki_pin(chain.leaf.cert)}, {spki_pin(chain.intermediate.cert)}]"
 

@@ -39,12 +39,12 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from proxy.payload.fields import body_fields  # noqa: E402
-from proxy.payload.identifiers import SeedIndex  # noqa: E402
-from proxy.payload.scan import scan  # noqa: E402
 from tests.certgen import make_chain, write_pem, write_server_files  # noqa: E402
 from tests.harness import Upstream  # noqa: E402
 from tests.payload_corpus import app_json, ecb, gcm, png  # noqa: E402
+from tlsgate.payload.fields import body_fields  # noqa: E402
+from tlsgate.payload.identifiers import SeedIndex  # noqa: E402
+from tlsgate.payload.scan import scan  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 POLICY = """\
@@ -102,7 +102,7 @@ class Gate:
         policy = work / f"{self.name}.yaml"
         policy.write_text(POLICY.format(setting=setting))
         self.port = free_port()
-        argv = [sys.executable, "-m", "proxy", "run", "--listen-port", str(self.port), "--confdir", str(work / "ca"),
+        argv = [sys.executable, "-m", "tlsgate", "run", "--listen-port", str(self.port), "--confdir", str(work / "ca"),
                 "--upstream-ca", str(root), "--findings", str(work / f"{self.name}.jsonl"), "--metrics-port", "0",
                 "--policy", str(policy), "--resolve", f"api.test:{upstream_port}:127.0.0.1",
                 "--set", "termlog_verbosity=warn", "--set", "flow_detail=0"]

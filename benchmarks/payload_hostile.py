@@ -274,7 +274,7 @@ def main() -> int:
         argv = [
             sys.executable,
             "-m",
-            "proxy",
+            "tlsgate",
             "run",
             "--listen-port",
             str(port),

@@ -31,7 +31,7 @@ def big_policy(count: int, *, pins: bool = True, bench_chain=None) -> str:
     for s in range(max(1, count // 100)):
         lines += [f"  set{s}:", f"    pins: [{fake_pin(f'{s}a')}, {fake_pin(f'{s}b')}]"]
     if bench_chain is not None:
-        from proxy.tls.pins import spki_pin
+        from tlsgate.tls.pins import spki_pin
 
         lines += ["  bench:", f"    pins: [{spki_pin(bench_chain.leaf.cert)}, {spki_pin(bench_chain.intermediate.cert)}]"]
     lines += ["defaults:", "  mode: enforce", "  cleartext: block", "rules:"]

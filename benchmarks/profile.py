@@ -10,7 +10,7 @@ policy, warn log level); hey opens a new TLS connection per request for the
 whole recording. `--master dump` serves with mitmproxy's DumpMaster (every
 default add-on) instead of tlsgate's lean master, so the two profiles differ in
 that alone; `--master walk` keeps the lean master's add-ons but dispatches
-with mitmproxy's AddonManager (before `proxy/app/dispatch.py`). `--keepalive`
+with mitmproxy's AddonManager (before `tlsgate/app/dispatch.py`). `--keepalive`
 reuses connections instead. Samples are stacks of every thread of the proxy, minus those waiting
 in epoll (py-spy counts epoll_wait as active: the metrics thread waits there all
 the time); "self" is the leaf frame, "total" any frame on the stack.
@@ -36,19 +36,19 @@ from benchmarks.run import bench_upstream, have_tools, hey, tlsgate_proxy  # noq
 # `tlsgate run` with the DumpMaster it used before the lean master, for a like-for-like "before" profile.
 DUMP_MASTER = """
 import sys
-import proxy.app.master as lean
+import tlsgate.app.master as lean
 from mitmproxy.tools.dump import DumpMaster
 lean.LeanMaster = lambda opts: DumpMaster(opts, with_termlog=True, with_dumper=False)
-from proxy.app.cli import main
+from tlsgate.app.cli import main
 sys.exit(main())
 """
 # The lean master with mitmproxy's own AddonManager (a walk over every add-on per event): "before" the dispatch table.
 WALK_MASTER = """
 import sys
-import proxy.app.master as lean
+import tlsgate.app.master as lean
 from mitmproxy.addonmanager import AddonManager
 lean.DispatchTable = AddonManager
-from proxy.app.cli import main
+from tlsgate.app.cli import main
 sys.exit(main())
 """
 
@@ -56,9 +56,9 @@ sys.exit(main())
 GROUPS: list[tuple[str, re.Pattern[str]]] = [
     (
         "event dispatch (mitmproxy addonmanager, hooks; tlsgate's table)",
-        re.compile(r"^mitmproxy/(addonmanager|hooks|eventsequence)\.py|^proxy/app/dispatch\.py"),
+        re.compile(r"^mitmproxy/(addonmanager|hooks|eventsequence)\.py|^tlsgate/app/dispatch\.py"),
     ),
-    ("tlsgate add-ons and checks (proxy/)", re.compile(r"^proxy/(?!app/|__main__)")),  # start-up frames: on every stack
+    ("tlsgate add-ons and checks (tlsgate/)", re.compile(r"^tlsgate/(?!app/|__main__)")),  # start-up frames: on every stack
     (
         "TLS (pyOpenSSL, cryptography, mitmproxy tls)",
         re.compile(r"^(OpenSSL|cryptography)/|^mitmproxy/(certs|net/tls|addons/tlsconfig|proxy/layers/tls)"),
@@ -66,7 +66,7 @@ GROUPS: list[tuple[str, re.Pattern[str]]] = [
     ("mitmproxy proxy core (layers, server, http)", re.compile(r"^mitmproxy/")),
     ("Python stdlib (asyncio, contextlib, ...)", re.compile(r"^(asyncio/|<frozen|[A-Za-z_]+\.py$)")),
 ]
-# "other" is the start-up frames below the event loop (proxy/app, `python -c`): stdlib time under them alone is
+# "other" is the start-up frames below the event loop (tlsgate/app, `python -c`): stdlib time under them alone is
 # the event loop's own (select, scheduling) and stays with the stdlib.
 STDLIB = GROUPS[-1][0]
 
@@ -163,7 +163,7 @@ def main() -> int:
         (work / "noisy.yaml").write_text(noisy_policy())
         extra = ["--policy", str(work / "noisy.yaml")]
     proxy = tlsgate_proxy(work, f"tlsgate-{args.master}", root, [f"localhost:{up_port}:127.0.0.1"], *extra)
-    if args.master != "lean":  # python -c CODE run ... (instead of python -m proxy run ...)
+    if args.master != "lean":  # python -c CODE run ... (instead of python -m tlsgate run ...)
         proxy.argv[1:3] = ["-c", DUMP_MASTER if args.master == "dump" else WALK_MASTER]
     raw = args.raw or work / "profile.txt"
     try:

@@ -62,7 +62,7 @@ def generate(path: Path, lines: int, seed: int = 12) -> None:
 
 CHILD = """
 import resource, sys, time
-from proxy.report.cli import main
+from tlsgate.report.cli import main
 started = time.perf_counter()
 code = main(sys.argv[1:])
 elapsed = time.perf_counter() - started

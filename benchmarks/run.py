@@ -46,8 +46,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.benchpolicies import ALL_SECTIONS_TEXT, NOISY_TEXT, PROBES, all_sections_policy, noisy_policy  # noqa: E402
 from benchmarks.policygen import big_policy, sample_hosts  # noqa: E402
-from proxy.policy import Match, Policy, load_policy, load_texts  # noqa: E402
 from tests.certgen import Chain, make_chain, write_pem, write_server_files  # noqa: E402
+from tlsgate.policy import Match, Policy, load_policy, load_texts  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # Both proxies log at the same level (warnings and findings, not per-connection chatter), so the
@@ -209,7 +209,7 @@ def have_tools(*tools: str) -> bool:
 
 def tlsgate_proxy(work: Path, name: str, root: Path, resolve: Sequence[str], *extra: str) -> Proxy:
     """tlsgate on a free port with the shared CA in `work/ca`, findings in `work/NAME.jsonl`, trusting `root` upstream."""
-    argv = [sys.executable, "-m", "proxy", "run", "--listen-port", str(port := free_port()), "--confdir", str(work / "ca")]
+    argv = [sys.executable, "-m", "tlsgate", "run", "--listen-port", str(port := free_port()), "--confdir", str(work / "ca")]
     argv += ["--upstream-ca", str(root), "--findings", str(work / f"{name}.jsonl"), "--metrics-port", "0"]
     argv += ["--set", f"termlog_verbosity={QUIET}", "--set", "flow_detail=0"]  # as mitmdump below: no per-flow lines
     # The upstream runs on this host: tlsgate refuses loopback destinations unless the operator names them.
@@ -447,7 +447,7 @@ def set_affinity(pids: Sequence[int], cpus: set[int]) -> None:
 def validated(path: Path, text: str) -> Path:
     """Write a policy and check it with `tlsgate validate`, as an operator would, before any proxy loads it."""
     path.write_text(text)
-    done = subprocess.run([sys.executable, "-m", "proxy", "validate", str(path)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "tlsgate", "validate", str(path)], capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"{path.name} is not a valid policy:\n{done.stdout}{done.stderr}")
     return path

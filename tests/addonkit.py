@@ -15,9 +15,9 @@ from typing import Any
 
 from mitmproxy.test import taddons
 
-from proxy.addons import make_addons
-from proxy.addons.findings import FindingsSink
-from proxy.addons.policy import PolicyStore
+from tlsgate.addons import make_addons
+from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.policy import PolicyStore
 
 
 @dataclass

@@ -105,12 +105,12 @@ LISTENING = re.compile(r"(?:[Pp]roxy|proxy to \S+|WireGuard server) listening at
 
 
 class Tlsgate:
-    """`python -m proxy run` as a subprocess on a free port, with its console captured."""
+    """`python -m tlsgate run` as a subprocess on a free port, with its console captured."""
 
     def __init__(
         self, workdir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None, command: Sequence[str] | None = None
     ) -> None:
-        self.command = list(command) if command else None  # a whole command line instead of `python -m proxy run ...`
+        self.command = list(command) if command else None  # a whole command line instead of `python -m tlsgate run ...`
         self.workdir = workdir
         self.findings_path = workdir / "findings.jsonl"
         self.args = list(args)
@@ -125,7 +125,7 @@ class Tlsgate:
         cmd = self.command or [
             sys.executable,
             "-m",
-            "proxy",
+            "tlsgate",
             "run",
             "--listen-port",
             "0",

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, hmac, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from proxy.payload.decode import decode
-from proxy.payload.ecb import analyse
+from tlsgate.payload.decode import decode
+from tlsgate.payload.ecb import analyse
 
 SEED = 14
 

@@ -2143,8 +2143,8 @@ def evidence(session: Session) -> tuple[str | None, str]:
     pair; what it cannot see is everything the add-on must get right to see the same bytes (fields, encodings,
     headers, bodies, memory keys).
     """
-    from proxy.payload import recall
-    from proxy.payload.ecb import analyse, cipher_shaped, zero_iv
+    from tlsgate.payload import recall
+    from tlsgate.payload.ecb import analyse, cipher_shaped, zero_iv
 
     window: dict[tuple[str, str], list[bytes]] = {}
     prefixes: dict[tuple[str, str], set[int]] = {}
@@ -2241,8 +2241,8 @@ def run(corpus: list[Session], workdir: Path) -> list[Outcome]:
     from mitmproxy import http
     from mitmproxy.test import tflow, tutils
 
-    from proxy.addons.payload import PayloadInspector
     from tests.addonkit import wired
+    from tlsgate.addons.payload import PayloadInspector
 
     outcomes: list[Outcome] = []
     loop = asyncio.new_event_loop()

@@ -61,8 +61,8 @@ def prometheus_rule() -> str:
 
 def policy_configmap() -> str:
     sys.path.insert(0, str(REPO))  # run as a script from a checkout
-    from proxy.policy import PolicyError, load_policy
-    from proxy.policy.loader import policy_files
+    from tlsgate.policy import PolicyError, load_policy
+    from tlsgate.policy.loader import policy_files
 
     try:
         load_policy([POLICIES])

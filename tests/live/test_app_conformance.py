@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from proxy.tls.pins import spki_digest, spki_pin
 from tests.certgen import Chain, make_leaf
 from tests.harness import Tlsgate, Upstream, curl, eventually
 from tests.plainpeers import RecordingServer, mqtt_connect
 from tests.tlsservers import RawTlsServer, tls_upstream
+from tlsgate.tls.pins import spki_digest, spki_pin
 
 FRAMEWORK = Path("/usr/share/android-framework-res/framework-res.apk")  # Debian's android-framework-res
 WRONG_PIN = base64.b64encode(hashlib.sha256(b"a key this server never had").digest()).decode()
@@ -34,7 +34,7 @@ OTHER_PIN = base64.b64encode(hashlib.sha256(b"the backup key, also absent").dige
 
 
 def tlsgate_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+    return subprocess.run([sys.executable, "-m", "tlsgate", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
 def build_apk(directory: Path, manifest: str, nsc: str) -> Path:

@@ -36,7 +36,7 @@ MEASURED = (
 
 
 def run_import(*args: str, cwd: Path) -> tuple[int, str, str, int]:
-    """(exit code, stdout, stderr, peak RSS in KiB) of `python -m proxy import ARGS` run as its own process."""
+    """(exit code, stdout, stderr, peak RSS in KiB) of `python -m tlsgate import ARGS` run as its own process."""
     out, err = cwd / "import.out", cwd / "import.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(

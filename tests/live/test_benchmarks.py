@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from benchmarks.policygen import big_policy, sample_hosts
-from proxy.policy import load_texts
 from tests.harness import REPO
+from tlsgate.policy import load_texts
 
 
 def test_generated_policy_is_valid_and_mixes_rule_kinds() -> None:

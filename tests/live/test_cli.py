@@ -14,7 +14,7 @@ from tests.harness import REPO
 
 
 def tlsgate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=60)
+    return subprocess.run([sys.executable, "-m", "tlsgate", *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=60)
 
 
 def openssl(*args: str) -> str:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.tls.probes import PROBE_KINDS
 from tests.harness import Tlsgate, Upstream, curl, eventually
 from tests.tlsservers import RawTlsServer
+from tlsgate.tls.probes import PROBE_KINDS
 
 ALL_PROBES = "[" + ", ".join(PROBE_KINDS) + "]"
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL's flag; Python has no name for it
@@ -296,7 +296,7 @@ def test_a_client_without_the_tlsgate_ca_gets_an_explanation(tlsgate, https_upst
 
 def test_sni_with_a_port_is_matched_on_its_host() -> None:
     """hey (Go) sends `localhost:PORT` as SNI; rules must still match `localhost`."""
-    from proxy.policy.hosts import split_host_port
+    from tlsgate.policy.hosts import split_host_port
 
     assert split_host_port("localhost:8443")[0] == "localhost"
     assert split_host_port("api.test")[0] == "api.test"

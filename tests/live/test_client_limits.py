@@ -42,7 +42,7 @@ def test_connections_beyond_the_per_client_cap_are_refused_and_freed_ones_reused
 def test_the_open_files_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:
     """Started with a soft limit of 256 (a common default), tlsgate raises it to the hard limit."""
     command = [
-        "prlimit", "--nofile=256:4096", sys.executable, "-m", "proxy", "run", "--listen-port", "0",
+        "prlimit", "--nofile=256:4096", sys.executable, "-m", "tlsgate", "run", "--listen-port", "0",
         "--metrics-port", "-1", "--confdir", str(tmp_path / "certs"), "--findings", "",
     ]  # fmt: skip
     gate = Tlsgate(tmp_path, command=command).start()

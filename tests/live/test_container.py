@@ -18,8 +18,8 @@ import jsonschema
 import pytest
 import yaml
 
-from proxy.app.cli import build_parser
 from tests.harness import REPO, Tlsgate
+from tlsgate.app.cli import build_parser
 
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"
@@ -134,7 +134,7 @@ def test_dockerfile_keeps_its_shape() -> None:
 
 def test_cmd_options_are_all_accepted_by_tlsgate_run() -> None:
     cmd = dockerfile_cmd()
-    done = subprocess.run([sys.executable, "-m", "proxy", "run", "--help"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "tlsgate", "run", "--help"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     accepted = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", done.stdout))
     used = {arg for arg in cmd if arg.startswith("--")}

@@ -408,7 +408,7 @@ def test_running_out_of_descriptors_logs_a_few_lines_and_recovers(tmp_path: Path
     root: Path = pki[1]
     (tmp_path / "policy.yaml").write_text(POLICY)
     command = [
-        "prlimit", "--nofile=128:128", sys.executable, "-m", "proxy", "run", "--listen-port", "0", "--metrics-port", "0",
+        "prlimit", "--nofile=128:128", sys.executable, "-m", "tlsgate", "run", "--listen-port", "0", "--metrics-port", "0",
         "--confdir", str(tmp_path / "certs"), "--findings", "", "--policy", str(tmp_path / "policy.yaml"),
         "--upstream-ca", str(root), "--resolve", f"api.test:{https_upstream.port}:127.0.0.1",
         "--set", "tlsgate_max_client_connections=0",

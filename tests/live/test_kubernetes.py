@@ -118,7 +118,7 @@ class Pod:
             env.update({"TMPDIR": str(target)} if mount["mountPath"] == "/tmp" else {})
         env = {key: str(self.root / value.lstrip("/")) if value.startswith("/") else value for key, value in env.items()}
         # the image's ENTRYPOINT is `tlsgate`; here it is this checkout's, with no capabilities at all
-        tlsgate = ["setpriv", "--no-new-privs", "--bounding-set", "-all", "--inh-caps", "-all", sys.executable, "-m", "proxy"]
+        tlsgate = ["setpriv", "--no-new-privs", "--bounding-set", "-all", "--inh-caps", "-all", sys.executable, "-m", "tlsgate"]
         script = " && ".join(mounts) + ' && cd "$0" && exec "$@"'
         command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(self.root / "app")]
         return [*command, *tlsgate, *args, *extra], env
@@ -133,7 +133,7 @@ class Pod:
 def ca_dir(tmp_path: Path) -> Path:
     """The CA made by the README's own `tlsgate ca create` line; the file its `kubectl create secret` line reads."""
     create = readme_command("tlsgate", "ca", "create")
-    done = subprocess.run([sys.executable, "-m", "proxy", *create[1:]], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    done = subprocess.run([sys.executable, "-m", "tlsgate", *create[1:]], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     secret = readme_command("kubectl", "-n", manifest("namespace.yaml")["metadata"]["name"], "create", "secret", "generic")
     [from_file] = [arg.split("=", 1)[1] for arg in secret if arg.startswith("--from-file=")]
@@ -178,7 +178,7 @@ def test_secret_mount_is_what_tlsgate_refuses_and_the_init_container_fixes(pod: 
     secret = pod.host_path("ca-key", "/etc/tlsgate/ca/" + CA_KEY)
     assert stat.S_IMODE(secret.stat().st_mode) == 0o440 and secret.is_symlink()
     refused = subprocess.run(
-        [sys.executable, "-m", "proxy", "ca", "show", "--confdir", str(secret.parent)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "tlsgate", "ca", "show", "--confdir", str(secret.parent)], capture_output=True, text=True, timeout=60
     )
     assert refused.returncode != 0 and "accessible by other users" in refused.stderr, refused.stderr
 

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.addons.access import read_interfaces
-from proxy.tls.lan import lan_of
 from tests import netns
+from tlsgate.addons.access import read_interfaces
+from tlsgate.tls.lan import lan_of
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.tls.pins import spki_pin
 from tests.certgen import make_chain
 from tests.harness import Upstream, curl, eventually, free_port
+from tlsgate.tls.pins import spki_pin
 
 POLICY = """\
 version: 1

@@ -262,7 +262,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         cert_file, key_file = write_server_files(directory, chain.leaf, chain.intermediate)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert_file, key_file)
-        from proxy.tls.pins import spki_pin
+        from tlsgate.tls.pins import spki_pin
 
         stranger = make_chain()
         policy_text = POLICY.format(pin_a=spki_pin(stranger.leaf.cert), pin_b=spki_pin(stranger.intermediate.cert))
@@ -419,7 +419,7 @@ def tlsgate_argv(line: str) -> list[str]:
     """A recipe's `tlsgate ...` line as the argv to run it (shell comments dropped)."""
     words = shlex.split(line, comments=True)
     assert words[0] == "tlsgate", line
-    return [sys.executable, "-m", "proxy", *words[1:]]
+    return [sys.executable, "-m", "tlsgate", *words[1:]]
 
 
 def recipe_shell(net: netns.Network, ns: str, line: str, cwd: Path, env: dict[str, str]) -> None:
@@ -537,7 +537,7 @@ def gate(request: pytest.FixtureRequest, world: World, tmp_path_factory: pytest.
     if mode in ("regular", "socks5"):
         extra += [arg for name, ip in NAMES.items() for arg in ("--resolve", f"{name}:*:{ip}")]
         # '' as in mitmproxy: every address, IPv4 and IPv6 (the README's `--listen-host ''`), public clients refused.
-        run = [sys.executable, "-m", "proxy", "run", "--listen-host", "", "--mode", mode]
+        run = [sys.executable, "-m", "tlsgate", "run", "--listen-host", "", "--mode", mode]
     elif mode == "transparent":
         run = _setup_transparent(world, workdir)
     else:

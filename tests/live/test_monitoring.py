@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.sinks.metrics import Metrics
 from tests.harness import REPO
+from tlsgate.sinks.metrics import Metrics
 
 MONITORING = REPO / "monitoring"
 PROMETHEUS_YML = MONITORING / "prometheus.yml"

@@ -56,7 +56,7 @@ def test_quiet_drops_flow_lines_and_bodies_are_refused_before_the_banner(tlsgate
         quiet.stop()
 
     done = subprocess.run(
-        [sys.executable, "-m", "proxy", "run", "--listen-port", "0", "--metrics-port", "-1", "--findings", "",
+        [sys.executable, "-m", "tlsgate", "run", "--listen-port", "0", "--metrics-port", "-1", "--findings", "",
          "--confdir", str(tmp_path / "certs3"), "--set", "flow_detail=3"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
@@ -71,7 +71,7 @@ def test_a_taken_port_is_refused_in_tlsgates_words_before_anything_is_created(tm
         port = taken.getsockname()[1]
         for flags in (["--listen-port", str(port), "--metrics-port", "-1"], ["--listen-port", "0", "--metrics-port", str(port)]):
             done = subprocess.run(
-                [sys.executable, "-m", "proxy", "run", *flags, "--findings", "", "--confdir", str(tmp_path / "certs")],
+                [sys.executable, "-m", "tlsgate", "run", *flags, "--findings", "", "--confdir", str(tmp_path / "certs")],
                 capture_output=True, text=True, timeout=60, cwd=tmp_path,
             )  # fmt: skip
             assert done.returncode == 2, done  # could not start: not the gate's 1
@@ -126,7 +126,7 @@ def test_set_confdir_as_mitmdump_users_give_it_serves_the_ca_the_banner_names(
     _, root_file, _, _ = pki
     default, chosen = tmp_path / "default-ca", tmp_path / "chosen-ca"
     command = [
-        sys.executable, "-m", "proxy", "run", "--listen-port", "0", "--metrics-port", "-1", "--findings", "",
+        sys.executable, "-m", "tlsgate", "run", "--listen-port", "0", "--metrics-port", "-1", "--findings", "",
         "--upstream-ca", str(root_file), "--resolve", f"api.test:{https_upstream.port}:127.0.0.1",
         "--set", f"confdir={chosen}",
     ]  # fmt: skip

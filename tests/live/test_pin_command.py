@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from proxy.tls.pins import spki_pin
 from tests.certgen import write_pem
 from tests.harness import Upstream, curl
+from tlsgate.tls.pins import spki_pin
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+    return subprocess.run([sys.executable, "-m", "tlsgate", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
 def snippet_of(output: str) -> str:

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from proxy.tls.pins import spki_pin
 from tests import quicpeers
 from tests.certgen import make_chain, write_pem
 from tests.harness import Tlsgate, eventually
 from tests.live.test_metrics import value
+from tlsgate.tls.pins import spki_pin
 
 HANDSHAKE_FAILURE = 0x100 + 40  # QUIC CRYPTO_ERROR carrying TLS alert handshake_failure
 

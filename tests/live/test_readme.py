@@ -91,7 +91,7 @@ def test_make_test_names_every_missing_program_in_one_message(tmp_path: Path) ->
 def test_the_ios_steps_name_the_ca_as_the_device_shows_it() -> None:
     from cryptography.x509.oid import NameOID
 
-    from proxy.tls.ca import _generate_ca  # noqa: PLC2701 - the real name the CA is given
+    from tlsgate.tls.ca import _generate_ca  # noqa: PLC2701 - the real name the CA is given
 
     (common_name,) = _generate_ca()[1].subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     assert str(common_name.value).startswith("tlsgate CA ")
@@ -102,8 +102,8 @@ def test_the_ios_steps_name_the_ca_as_the_device_shows_it() -> None:
 
 def test_the_start_banner_example_is_what_a_default_run_prints() -> None:
     """The README's banner (its section "Two commands") line for line, from `findings:` on; labels before."""
-    from proxy.app.runner import RunConfig, banner
-    from proxy.policy import load_policy
+    from tlsgate.app.runner import RunConfig, banner
+    from tlsgate.policy import load_policy
 
     text = (REPO / "README.md").read_text()
     example = re.search(r"On start tlsgate prints.*?```text\n(.*?)```", text, re.S)
@@ -120,8 +120,8 @@ def test_the_start_banner_example_is_what_a_default_run_prints() -> None:
 def test_the_timeouts_example_is_a_valid_policy_that_sets_what_the_text_says() -> None:
     """README's "Limits and timeouts" policy block loads as written (tests/live/test_upstream_clocks.py also runs
     it through tlsgate), and the finding text the README quotes names the block's own line."""
-    from proxy.policy import load_texts
     from tests.live.test_upstream_clocks import readme_timeouts_policy
+    from tlsgate.policy import load_texts
 
     policy = load_texts([("policies/app.yaml", readme_timeouts_policy())])
     pay = policy.match("pay.example.com").settings.get("timeouts")

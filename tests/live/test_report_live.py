@@ -19,7 +19,6 @@ import pytest
 import xunitparser
 from junitparser import JUnitXml
 
-from proxy.tls.pins import spki_pin
 from tests.certgen import make_chain
 from tests.harness import REPO, Tlsgate, Upstream, curl, read_until_closed
 from tests.live.test_log_injection import evil_sni_hello
@@ -33,6 +32,7 @@ from tests.report_consumers import (
     validate_sarif,
 )
 from tests.unit.test_report_hostile import assert_inert, strings_in
+from tlsgate.tls.pins import spki_pin
 
 pytestmark = pytest.mark.live
 
@@ -49,7 +49,7 @@ def policy(pins: list[str] | None = None, extra_rules: str = "") -> str:
 
 
 def tlsgate_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=120, cwd=cwd or REPO)
+    return subprocess.run([sys.executable, "-m", "tlsgate", *args], capture_output=True, text=True, timeout=120, cwd=cwd or REPO)
 
 
 def https(gate: Tlsgate, port: int, host: str = "api.test", path: str = "/") -> None:
@@ -279,7 +279,7 @@ def _job_env(tmp_path: Path, pki, app_tests: str, port: int, resolve: dict[str, 
     _, root_file, _, _ = pki
     shim = tmp_path / "bin" / "tlsgate"
     shim.parent.mkdir()
-    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m proxy "$@"\n')  # `tlsgate` as installed, from this checkout
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m tlsgate "$@"\n')  # `tlsgate` as installed, from this checkout
     shim.chmod(0o755)
     (tmp_path / "policy.yaml").write_text(policy())
     args = f"--confdir {tmp_path / 'certs'} --upstream-ca {root_file} --policy {tmp_path / 'policy.yaml'}"

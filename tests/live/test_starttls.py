@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.tls.pins import spki_pin
 from tests.certgen import Chain, make_chain, make_leaf, write_server_files
 from tests.harness import eventually
 from tests.plainpeers import RecordingServer, smtp_auth, smtp_starttls
+from tlsgate.tls.pins import spki_pin
 
 PINNED = """\
 version: 1

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.tls.pins import spki_pin
 from tests.certgen import make_chain, make_intermediate, make_leaf, utcnow
 from tests.harness import Upstream, curl
 from tests.tlsservers import TlsliteServer, tls_upstream
+from tlsgate.tls.pins import spki_pin
 
 HOST = "api.test"
 

@@ -32,7 +32,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO))
     (wheel,) = dist.glob("tlsgate-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "proxy/policy/default.yaml" in names and "proxy/tls/cipher_catalogue.csv" in names
+    assert "tlsgate/policy/default.yaml" in names and "tlsgate/tls/cipher_catalogue.csv" in names
 
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", str(venv))
@@ -48,7 +48,7 @@ def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(
     tlsgate = venv / "bin" / "tlsgate"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "site-packages" in run(str(venv / "bin" / "python"), "-c", "import proxy; print(proxy.__file__)", cwd=empty).stdout
+    assert "site-packages" in run(str(venv / "bin" / "python"), "-c", "import tlsgate; print(proxy.__file__)", cwd=empty).stdout
     resolve = f"api.test:{http_upstream.port}:127.0.0.1"
     home = tmp_path / "home"
     env = {"HOME": str(home), "XDG_DATA_HOME": "", "TLSGATE_CONFDIR": ""}
@@ -101,7 +101,7 @@ def test_a_checkout_run_and_an_installed_run_name_the_default_rule_alike_and_dif
     common = ["run", "--listen-port", "0", "--metrics-port", "-1", "--resolve", resolve]
     runs = {
         # As `make run` does it, from the checkout: `tlsgate run --policy policies/`.
-        "checkout": (REPO, [sys.executable, "-m", "proxy", *common, "--policy", "policies/"]),
+        "checkout": (REPO, [sys.executable, "-m", "tlsgate", *common, "--policy", "policies/"]),
         "installed": (tmp_path / "installed", [str(venv / "bin" / "tlsgate"), *common]),
     }
     rules = {}

@@ -126,7 +126,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def tlsgate_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "tlsgate", *args], capture_output=True, text=True, timeout=60)
 
 
 def bring_up_peer(lab: Lab, ns: str, name: str, endpoint: str, confdir: Path) -> dict[str, str]:
@@ -188,7 +188,7 @@ def test_two_wireguard_peers_proxy_at_once_and_are_named_apart(lab: Lab) -> None
         command=net.netns_command(
             net.gateway,
             [
-                sys.executable, "-m", "proxy", "run", "--listen-host", netns.GATEWAY_DEVICE_SIDE, "--listen-port", "0",
+                sys.executable, "-m", "tlsgate", "run", "--listen-host", netns.GATEWAY_DEVICE_SIDE, "--listen-port", "0",
                 "--mode", "regular", "--mode", "wireguard", "--metrics-port", "0", "--confdir", str(confdir),
                 "--findings", str(lab.workdir / "findings.jsonl"), "--policy", str(policy),
                 "--upstream-ca", str(lab.upstream_ca), "--resolve", f"{PROXY_HOST}:443:{net.upstream_ips[0]}",

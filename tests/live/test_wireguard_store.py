@@ -1,6 +1,6 @@
 """The WireGuard peer store under real concurrent `tlsgate wireguard` processes, a permissive umask and damage.
 
-No tunnel here (tests/live/test_wireguard_peers.py has those): real `python -m proxy wireguard ...`
+No tunnel here (tests/live/test_wireguard_peers.py has those): real `python -m tlsgate wireguard ...`
 processes started together against one confdir, as a device-farm script adding a peer per phone does.
 """
 
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from proxy.addons import wgpeers
+from tlsgate.addons import wgpeers
 
 
 def wireguard(confdir: Path, *args: str, umask: int | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "proxy", "wireguard", *args, "--confdir", str(confdir)],
+        [sys.executable, "-m", "tlsgate", "wireguard", *args, "--confdir", str(confdir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -77,7 +77,7 @@ def test_adds_and_removes_at_once_never_resurrect_a_removed_peer(tmp_path: Path)
     assert all(code == 0 for code, _, _ in results), results
     assert sorted(stored(confdir)) == new, "a removed peer came back, or an added one was lost"
     listed = subprocess.run(
-        [sys.executable, "-m", "proxy", "wireguard", "list", "--confdir", str(confdir)],
+        [sys.executable, "-m", "tlsgate", "wireguard", "list", "--confdir", str(confdir)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -114,7 +114,7 @@ def test_under_umask_000_every_directory_tlsgate_creates_is_0700(tmp_path: Path)
         assert mode_of(directory) == 0o700, (directory, oct(mode_of(directory)))
     assert mode_of(confdir / "wireguard" / "peers.json") == 0o600
     ca = subprocess.run(
-        [sys.executable, "-m", "proxy", "ca", "create", "--confdir", str(tmp_path / "ca" / "deeper")],
+        [sys.executable, "-m", "tlsgate", "ca", "create", "--confdir", str(tmp_path / "ca" / "deeper")],
         capture_output=True, text=True, timeout=60, preexec_fn=lambda: os.umask(0),
     )  # fmt: skip
     assert ca.returncode == 0, ca.stderr

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from proxy.app.runner import RunConfig, banner, mitmproxy_options
-from proxy.policy import load_policy
 from tests.harness import REPO, Tlsgate, Upstream, curl, eventually
+from tlsgate.app.runner import RunConfig, banner, mitmproxy_options
+from tlsgate.policy import load_policy
 
 
 def config(**kwargs: object) -> RunConfig:
@@ -45,7 +45,7 @@ def test_proxy_authentication(tlsgate, http_upstream: Upstream) -> None:
 
 
 def test_proxyauth_is_taken_from_the_environment_and_warned_about_on_the_command_line(tmp_path: Path) -> None:
-    from proxy.app.cli import build_parser
+    from tlsgate.app.cli import build_parser
 
     os.environ["TLSGATE_PROXYAUTH"] = "tester:from-env"
     try:
@@ -53,13 +53,13 @@ def test_proxyauth_is_taken_from_the_environment_and_warned_about_on_the_command
     finally:
         del os.environ["TLSGATE_PROXYAUTH"]
     assert build_parser().parse_args(["run"]).proxyauth is None
-    from proxy.app.runner import worker_argv
+    from tlsgate.app.runner import worker_argv
 
     assert "--proxyauth" not in worker_argv(config(proxyauth="tester:pw"), 0, 8080, None)
 
 
 def test_addons_load_into_stock_mitmdump(tmp_path: Path, http_upstream: Upstream) -> None:
-    """Someone living in mitmdump/mitmweb gets the same verdicts with `-s proxy/addons/script.py`."""
+    """Someone living in mitmdump/mitmweb gets the same verdicts with `-s tlsgate/addons/script.py`."""
     mitmdump = Path(sys.executable).parent / "mitmdump"
     policy = tmp_path / "p.yaml"
     policy.write_text("defaults:\n  cleartext: block\n")
@@ -78,7 +78,7 @@ def test_addons_load_into_stock_mitmdump(tmp_path: Path, http_upstream: Upstream
             "--set",
             "termlog_verbosity=info",
             "-s",
-            str(REPO / "proxy" / "addons" / "script.py"),
+            str(REPO / "tlsgate" / "addons" / "script.py"),
             "--set",
             f"tlsgate_policy={policy}",
             "--set",
@@ -120,7 +120,7 @@ def test_captures_tlsgate_lets_mitmproxy_write_are_owner_only(tlsgate, http_upst
 
 
 def test_documentation_and_tunnel_ranges_are_not_lab_clients() -> None:
-    from proxy.tls.lan import outside_the_lab
+    from tlsgate.tls.lan import outside_the_lab
 
     for address in ("192.0.2.9", "198.51.100.7", "203.0.113.1", "2001:db8::1", "2001:0:4136:e378::1", "2002:c000:204::1",
                     "::ffff:198.51.100.7"):  # fmt: skip

@@ -27,25 +27,25 @@ from mitmproxy.proxy.context import Context
 from mitmproxy.test import taddons, tflow, tutils
 from OpenSSL import SSL, crypto
 
-from proxy.addons import make_addons
-from proxy.addons.cleartext import CleartextGuard
-from proxy.addons.client_audit import Audit, ClientAudit
-from proxy.addons.findings import FindingsSink
-from proxy.addons.metrics import MetricsExporter, parse_listen
-from proxy.addons.policy import PolicyStore
-from proxy.addons.resolve import Resolve
-from proxy.addons.state import Connections, ServerSide, request_host, server_host
-from proxy.addons.upstream_tls import UpstreamTls
-from proxy.checks.model import Effect
-from proxy.checks.probes import CLOSED_AFTER_HANDSHAKE, ProbeRun
-from proxy.checks.upstream import HandshakeFacts
-from proxy.policy import Mode
-from proxy.policy.loader import display_path
-from proxy.sinks.findings import Finding
-from proxy.tls.clienthello import parse_client_hello
-from proxy.tls.pins import spki_pin
 from tests.certgen import make_chain
 from tests.unit.test_clienthello import extension, hello_body, sni_ext, u16_list, vec8
+from tlsgate.addons import make_addons
+from tlsgate.addons.cleartext import CleartextGuard
+from tlsgate.addons.client_audit import Audit, ClientAudit
+from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.metrics import MetricsExporter, parse_listen
+from tlsgate.addons.policy import PolicyStore
+from tlsgate.addons.resolve import Resolve
+from tlsgate.addons.state import Connections, ServerSide, request_host, server_host
+from tlsgate.addons.upstream_tls import UpstreamTls
+from tlsgate.checks.model import Effect
+from tlsgate.checks.probes import CLOSED_AFTER_HANDSHAKE, ProbeRun
+from tlsgate.checks.upstream import HandshakeFacts
+from tlsgate.policy import Mode
+from tlsgate.policy.loader import display_path
+from tlsgate.sinks.findings import Finding
+from tlsgate.tls.clienthello import parse_client_hello
+from tlsgate.tls.pins import spki_pin
 
 POLICY = """\
 version: 1
@@ -840,8 +840,8 @@ def test_a_proxied_name_is_not_resolved_at_its_request_headers(gate: Gate, monke
     localhost need no lookup and are still refused at the headers."""
     import asyncio
 
-    from proxy.addons import destination
-    from proxy.addons.destination import DestinationGuard
+    from tlsgate.addons import destination
+    from tlsgate.addons.destination import DestinationGuard
 
     looked_up: list[str] = []
 

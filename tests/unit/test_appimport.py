@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.app.cli import main
-from proxy.policy import load_policy
+from tlsgate.app.cli import main
+from tlsgate.policy import load_policy
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "apps" / "fixture.apk"
 NSC = """<?xml version="1.0" encoding="utf-8"?>

@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from proxy.apps.android import Manifest, no_nsc, parse_xml_text, read_nsc
-from proxy.apps.axml import Element
-from proxy.apps.model import AppConfig, AppFormatError, Declared
+from tlsgate.apps.android import Manifest, no_nsc, parse_xml_text, read_nsc
+from tlsgate.apps.axml import Element
+from tlsgate.apps.model import AppConfig, AppFormatError, Declared
 
 PIN_A = "sha256/" + "A" * 43 + "="
 PIN_B = "sha256/" + "B" * 43 + "="

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.apps.android import parse_any_xml, read_apk
-from proxy.apps.axml import parse_axml, resolve_file_reference
-from proxy.apps.model import AppFormatError
+from tlsgate.apps.android import parse_any_xml, read_apk
+from tlsgate.apps.axml import parse_axml, resolve_file_reference
+from tlsgate.apps.model import AppFormatError
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "apps" / "fixture.apk"  # see tests/data/apps/README.md
 
@@ -90,7 +90,7 @@ def test_mutated_resource_tables_and_archives_fail_cleanly(tmp_path: Path) -> No
 
 
 def test_an_archive_member_that_would_inflate_too_far_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("proxy.apps.ziparchive.MAX_INPUT", 1000)
+    monkeypatch.setattr("tlsgate.apps.ziparchive.MAX_INPUT", 1000)
     apk = tmp_path / "big.apk"
     with zipfile.ZipFile(apk, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("AndroidManifest.xml", b"\x00" * 5000)

@@ -24,14 +24,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.app.appimport import render
-from proxy.app.cli import main
-from proxy.apps import axml, ios, ziparchive
-from proxy.apps.android import Manifest, parse_any_xml, parse_xml_text, read_apk, read_nsc
-from proxy.apps.axml import Element, parse_axml
-from proxy.apps.ios import read_ipa, read_plist
-from proxy.apps.model import MAX_DOMAINS, AppConfig, AppFormatError
-from proxy.policy import load_texts
+from tlsgate.app.appimport import render
+from tlsgate.app.cli import main
+from tlsgate.apps import axml, ios, ziparchive
+from tlsgate.apps.android import Manifest, parse_any_xml, parse_xml_text, read_apk, read_nsc
+from tlsgate.apps.axml import Element, parse_axml
+from tlsgate.apps.ios import read_ipa, read_plist
+from tlsgate.apps.model import MAX_DOMAINS, AppConfig, AppFormatError
+from tlsgate.policy import load_texts
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "apps" / "fixture.apk"
 LOCATED = re.compile(r"^(?P<file>[^\n]+?):(?P<line>\d+):(?P<column>\d+): ")
@@ -785,7 +785,7 @@ def test_a_tlsgate_bug_is_one_line_and_exit_code_3(monkeypatch: pytest.MonkeyPat
     def broken(*_: object) -> str:
         raise KeyError("what a bug looks like")
 
-    monkeypatch.setattr("proxy.app.appimport.render", broken)
+    monkeypatch.setattr("tlsgate.app.appimport.render", broken)
     code, out, err = imported(capsys, str(FIXTURE))
     assert (code, out) == (3, "")
     assert err == f"tlsgate: internal error importing {FIXTURE} (KeyError: 'what a bug looks like'); a tlsgate bug\n"

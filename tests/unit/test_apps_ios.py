@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.apps.ios import read_ipa, read_plist
-from proxy.apps.model import AppConfig, AppFormatError, Declared
+from tlsgate.apps.ios import read_ipa, read_plist
+from tlsgate.apps.model import AppConfig, AppFormatError, Declared
 
 SPKI_A = base64.b64encode(b"a" * 32).decode()
 SPKI_B = base64.b64encode(b"b" * 32).decode()

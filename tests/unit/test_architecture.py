@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from proxy.policy import load_texts
-from proxy.policy import sections as registry
-from proxy.policy.schema import build_schema
+from tlsgate.policy import load_texts
+from tlsgate.policy import sections as registry
+from tlsgate.policy.schema import build_schema
 
-PACKAGE = Path(__file__).resolve().parents[2] / "proxy"
+PACKAGE = Path(__file__).resolve().parents[2] / "tlsgate"
 
 # Which tlsgate layers each layer may import (besides itself and the package root's __version__).
 ALLOWED: dict[str, set[str]] = {
@@ -67,7 +67,7 @@ def test_dependencies_point_one_way() -> None:
             continue
         for name, node in _imports(tree):
             parts = name.split(".")
-            if parts[0] != "proxy" or len(parts) < 2 or parts[1] in ("__version__", layer):
+            if parts[0] != "tlsgate" or len(parts) < 2 or parts[1] in ("__version__", layer):
                 continue
             if parts[1] in ALLOWED and parts[1] not in ALLOWED[layer]:
                 problems.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {layer} imports {name}")
@@ -102,14 +102,14 @@ def test_private_names_of_mitmproxy_and_pyopenssl_are_used_in_one_module_only() 
                 continue
             if node.attr in ("_ssl", "_lib", "_ffi") or (isinstance(node.value, ast.Name) and node.value.id in bound):
                 problems.append(f"{path.name}:{node.lineno}: uses private .{node.attr}")
-    assert not problems, "move these into proxy/addons/mitm_internals.py:\n" + "\n".join(problems)
+    assert not problems, "move these into tlsgate/addons/mitm_internals.py:\n" + "\n".join(problems)
 
 
 def test_the_contract_catches_a_wrong_way_import(tmp_path: Path) -> None:
     """The checks above must be able to fail: a policy module importing an add-on is found."""
-    tree = ast.parse("from proxy.addons.state import Connections\nimport mitmproxy.http\n")
+    tree = ast.parse("from tlsgate.addons.state import Connections\nimport mitmproxy.http\n")
     names = [name for name, _ in _imports(tree)]
-    assert "proxy.addons.state" in names and "mitmproxy.http" in names
+    assert "tlsgate.addons.state" in names and "mitmproxy.http" in names
     assert "addons" not in ALLOWED["policy"] and "policy" in MITMPROXY_FREE
 
 
@@ -121,9 +121,9 @@ def toy_section():
     """A section and its check written the way a new feature would be: nothing else in tlsgate changes."""
     import yaml
 
-    from proxy.checks.model import Check, Effect, Issue, Severity
-    from proxy.policy import yamlnodes as yn
-    from proxy.policy.sections.base import Section, register, unregister
+    from tlsgate.checks.model import Check, Effect, Issue, Severity
+    from tlsgate.policy import yamlnodes as yn
+    from tlsgate.policy.sections.base import Section, register, unregister
 
     def parse(node: yaml.Node, reader: yn.Reader, context: object) -> int | None:
         value = yn.scalar(node) if isinstance(node, yaml.ScalarNode) else None

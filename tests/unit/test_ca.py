@@ -1,4 +1,4 @@
-"""Unit tests for proxy.tls.ca, cross-checked against the openssl CLI and mitmproxy."""
+"""Unit tests for tlsgate.tls.ca, cross-checked against the openssl CLI and mitmproxy."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from proxy.tls.ca import (
+from tlsgate.tls.ca import (
     CA_BASENAME,
     CAError,
     CAInfo,

@@ -1,4 +1,4 @@
-"""Every verdict in `proxy.checks`, from plain facts: no proxy, no sockets.
+"""Every verdict in `tlsgate.checks`, from plain facts: no proxy, no sockets.
 
 The checks only return issues; whether an issue blocks is `decide`'s alone, so the truth table is
 tested once here and every other test asserts the effect an issue carries.
@@ -10,11 +10,13 @@ import datetime as dt
 
 import pytest
 
-from proxy.checks.certificates import check_chain
-from proxy.checks.cleartext import CleartextRequest, judge_cleartext
-from proxy.checks.client_hello import client_floor, judge_client_hello, judge_client_sni, judge_client_version
-from proxy.checks.model import Action, Check, Effect, Issue, Severity, blocks, decide, remedy_for
-from proxy.checks.probes import (
+from tests.certgen import make_chain, make_intermediate, make_leaf, make_root, utcnow
+from tests.unit.test_clienthello import extension, hello_body, sni_ext, u16_list, vec8
+from tlsgate.checks.certificates import check_chain
+from tlsgate.checks.cleartext import CleartextRequest, judge_cleartext
+from tlsgate.checks.client_hello import client_floor, judge_client_hello, judge_client_sni, judge_client_version
+from tlsgate.checks.model import Action, Check, Effect, Issue, Severity, blocks, decide, remedy_for
+from tlsgate.checks.probes import (
     CLOSED_AFTER_HANDSHAKE,
     CLOSED_SILENTLY,
     PROBE_REMEDIES,
@@ -24,7 +26,7 @@ from proxy.checks.probes import (
     client_rejection,
     trust_refused,
 )
-from proxy.checks.upstream import (
+from tlsgate.checks.upstream import (
     HandshakeFacts,
     evidence_for,
     judge_certificates,
@@ -34,16 +36,14 @@ from proxy.checks.upstream import (
     judge_pins,
     judge_protocol,
 )
-from proxy.policy import Location, Mode, load_texts
-from proxy.policy.sections.certificates import CertRules
-from proxy.policy.sections.client import ClientRules
-from proxy.policy.sections.pins import Pinning
-from proxy.policy.sections.tls import TlsRules
-from proxy.sinks.findings import SEVERITIES
-from proxy.tls.clienthello import parse_client_hello
-from proxy.tls.pins import PinSet, spki_pin
-from tests.certgen import make_chain, make_intermediate, make_leaf, make_root, utcnow
-from tests.unit.test_clienthello import extension, hello_body, sni_ext, u16_list, vec8
+from tlsgate.policy import Location, Mode, load_texts
+from tlsgate.policy.sections.certificates import CertRules
+from tlsgate.policy.sections.client import ClientRules
+from tlsgate.policy.sections.pins import Pinning
+from tlsgate.policy.sections.tls import TlsRules
+from tlsgate.sinks.findings import SEVERITIES
+from tlsgate.tls.clienthello import parse_client_hello
+from tlsgate.tls.pins import PinSet, spki_pin
 
 POLICY = """\
 version: 1
@@ -563,7 +563,7 @@ def test_judge_failure_certificate_evidence_keeps_openssls_words() -> None:
 
 
 def test_ambiguous_header_fields_are_named_never_valued() -> None:
-    from proxy.checks.request import judge_header_fields
+    from tlsgate.checks.request import judge_header_fields
 
     match = load_texts([("p.yaml", "version: 1\ndefaults:\n  mode: report\n")]).match("api.test")
     issue = judge_header_fields([(b"host", b"api.test"), (b"x-token", b"SECRET\rX-Injected: 1")], match)

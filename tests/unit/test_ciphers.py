@@ -19,7 +19,7 @@ import tlslite.constants
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.tls.ciphers import (
+from tlsgate.tls.ciphers import (
     BROKEN_WEAKNESSES,
     GREASE_VALUES,
     WEAKNESS_REASONS,
@@ -33,7 +33,7 @@ from proxy.tls.ciphers import (
     signalling_name,
     weakness_reasons,
 )
-from proxy.tls.presets import PRESETS, CipherPolicy, parse_cipher_names, preset
+from tlsgate.tls.presets import PRESETS, CipherPolicy, parse_cipher_names, preset
 
 TLS13_SUITES = ":".join(
     (
@@ -454,7 +454,7 @@ def test_every_code_is_exactly_one_of_suite_signalling_or_unknown(code: int) -> 
 
 def test_pure_modules_do_not_import_mitmproxy() -> None:
     code = (
-        "import sys, proxy.tls.ciphers, proxy.tls.presets;"
+        "import sys, tlsgate.tls.ciphers, tlsgate.tls.presets;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('mitmproxy', 'OpenSSL', 'ssl')];"
         "assert not bad, bad"
     )

@@ -24,21 +24,21 @@ from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.test import taddons, tflow
 
-from proxy.addons import make_addons
-from proxy.addons.cleartext import MAX_LOOKS, CleartextGuard, Refuse, StreamGate
-from proxy.addons.findings import FindingsSink
-from proxy.addons.metrics import MetricsExporter
-from proxy.addons.policy import PolicyStore
-from proxy.checks.cleartext import CleartextRequest, judge_cleartext, judge_stream, refusal
-from proxy.checks.model import Severity
-from proxy.policy import Cleartext, PolicyError, load_texts
-from proxy.policy.loader import display_path
-from proxy.policy.schema import build_schema
-from proxy.policy.sections.cleartext import CleartextRules, cleartext_for
-from proxy.sinks.findings import Finding
-from proxy.sinks.metrics import Metrics
-from proxy.tls.plaintext import classify
 from tests.plainpeers import SMTP_BANNER, SMTP_EHLO_REPLY, mqtt_connect_packet
+from tlsgate.addons import make_addons
+from tlsgate.addons.cleartext import MAX_LOOKS, CleartextGuard, Refuse, StreamGate
+from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.metrics import MetricsExporter
+from tlsgate.addons.policy import PolicyStore
+from tlsgate.checks.cleartext import CleartextRequest, judge_cleartext, judge_stream, refusal
+from tlsgate.checks.model import Severity
+from tlsgate.policy import Cleartext, PolicyError, load_texts
+from tlsgate.policy.loader import display_path
+from tlsgate.policy.schema import build_schema
+from tlsgate.policy.sections.cleartext import CleartextRules, cleartext_for
+from tlsgate.sinks.findings import Finding
+from tlsgate.sinks.metrics import Metrics
+from tlsgate.tls.plaintext import classify
 
 # -- the section ------------------------------------------------------------------------------------
 
@@ -457,7 +457,7 @@ def test_tls_streams_and_tls_clients_are_not_gated(rig: Rig) -> None:
 
 
 def test_a_verdict_that_raises_blocks(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    import proxy.addons.cleartext as module
+    import tlsgate.addons.cleartext as module
 
     def broken(*args: object) -> None:
         raise RuntimeError("bug")

@@ -20,16 +20,16 @@ from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import RequestHeaders
 from mitmproxy.test import tflow
 
-from proxy.addons import mitm_internals
-from proxy.addons.client_bounds import ClientBounds, HelloGate, Progress
-from proxy.addons.containment import ContainFailures, Folder, ServerLogFilter
-from proxy.checks.client_bounds import judge_hello, judge_request_head, judge_slow_client
-from proxy.checks.model import Action, Check, Effect, decide
-from proxy.policy import Mode
-from proxy.sinks.metrics import Metrics
-from proxy.tls.hellometer import Hello, HelloMeter
 from tests.unit import test_addons, test_cleartext_streams
 from tests.unit.test_addons import Gate
+from tlsgate.addons import mitm_internals
+from tlsgate.addons.client_bounds import ClientBounds, HelloGate, Progress
+from tlsgate.addons.containment import ContainFailures, Folder, ServerLogFilter
+from tlsgate.checks.client_bounds import judge_hello, judge_request_head, judge_slow_client
+from tlsgate.checks.model import Action, Check, Effect, decide
+from tlsgate.policy import Mode
+from tlsgate.sinks.metrics import Metrics
+from tlsgate.tls.hellometer import Hello, HelloMeter
 
 gate = test_addons.gate  # make_addons() in a mitmproxy test context
 

@@ -16,14 +16,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from proxy.checks.client_hello import client_floor, judge_client_hello, judge_client_suites
-from proxy.checks.model import Action, decide
-from proxy.checks.probes import CLOSED_SILENTLY, ProbeSchedule, client_rejection, likely_cause
-from proxy.policy import Mode, PolicyError, load_texts
-from proxy.policy.sections.client import ClientRules
-from proxy.tls.clienthello import ClientHello, parse_client_hello, parse_record
-from proxy.tls.probes import PROBE_KINDS, WRONG_HOST, ProbeMint
 from tests.certgen import make_root
+from tlsgate.checks.client_hello import client_floor, judge_client_hello, judge_client_suites
+from tlsgate.checks.model import Action, decide
+from tlsgate.checks.probes import CLOSED_SILENTLY, ProbeSchedule, client_rejection, likely_cause
+from tlsgate.policy import Mode, PolicyError, load_texts
+from tlsgate.policy.sections.client import ClientRules
+from tlsgate.tls.clienthello import ClientHello, parse_client_hello, parse_record
+from tlsgate.tls.probes import PROBE_KINDS, WRONG_HOST, ProbeMint
 
 # -- building ClientHellos --------------------------------------------------------------------------
 

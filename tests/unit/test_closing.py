@@ -36,13 +36,13 @@ from mitmproxy.proxy.layers import tcp
 from mitmproxy.test import tflow
 from mitmproxy.utils import asyncio_utils
 
-from proxy.addons.client_bounds import ClientBounds, HelloGate
-from proxy.addons.containment import ContainFailures
-from proxy.addons.findings import FindingsSink
-from proxy.addons.policy import PolicyStore
-from proxy.addons.state import Connections
-from proxy.sinks.metrics import Metrics
-from proxy.tls.hellometer import HelloMeter
+from tlsgate.addons.client_bounds import ClientBounds, HelloGate
+from tlsgate.addons.containment import ContainFailures
+from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.policy import PolicyStore
+from tlsgate.addons.state import Connections
+from tlsgate.sinks.metrics import Metrics
+from tlsgate.tls.hellometer import HelloMeter
 
 READ = 65535  # what ConnectionHandler.handle_connection reads at a time
 PENDING = 100_000  # more than one read: the connection's task reads on without pausing

@@ -6,16 +6,16 @@ import datetime as dt
 
 import pytest
 
-from proxy.app.appimport import render
-from proxy.apps.model import AppConfig, Declared, Origin, PinDeclaration
-from proxy.checks import conformance as c
-from proxy.checks.model import Check, Effect
-from proxy.policy import PolicyError, load_texts
-from proxy.policy.model import Location
-from proxy.policy.sections.app import AppRules
-from proxy.policy.sections.pins import Pinning
-from proxy.tls.pins import PinError, PinSet, parse_pin, spki_pin
 from tests.certgen import make_chain
+from tlsgate.app.appimport import render
+from tlsgate.apps.model import AppConfig, Declared, Origin, PinDeclaration
+from tlsgate.checks import conformance as c
+from tlsgate.checks.model import Check, Effect
+from tlsgate.policy import PolicyError, load_texts
+from tlsgate.policy.model import Location
+from tlsgate.policy.sections.app import AppRules
+from tlsgate.policy.sections.pins import Pinning
+from tlsgate.tls.pins import PinError, PinSet, parse_pin, spki_pin
 
 CHAIN = make_chain(dns=("api.test",))
 LEAF, MID, ROOT = (spki_pin(x.cert) for x in (CHAIN.leaf, CHAIN.intermediate, CHAIN.root))

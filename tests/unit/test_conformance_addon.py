@@ -13,14 +13,14 @@ from mitmproxy.addons.tlsconfig import TlsConfig
 from mitmproxy.proxy.context import Context
 from mitmproxy.test import taddons, tflow, tutils
 
-from proxy.addons import make_addons
-from proxy.addons.conformance import Conformance
-from proxy.addons.findings import FindingsSink
-from proxy.addons.metrics import MetricsExporter
-from proxy.addons.policy import PolicyStore
-from proxy.addons.state import Connections, ServerSide
-from proxy.checks.upstream import HandshakeFacts
 from tests.certgen import make_chain
+from tlsgate.addons import make_addons
+from tlsgate.addons.conformance import Conformance
+from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.metrics import MetricsExporter
+from tlsgate.addons.policy import PolicyStore
+from tlsgate.addons.state import Connections, ServerSide
+from tlsgate.checks.upstream import HandshakeFacts
 
 OTHER_PIN = "sha256/" + "Q" * 43 + "="
 BACKUP_PIN = "sha256/" + "R" * 43 + "="
@@ -174,7 +174,7 @@ def test_a_conformance_check_that_raises_blocks_the_request(harness: Harness, mo
     def broken(*_args: object) -> None:
         raise ValueError("broken")
 
-    monkeypatch.setattr("proxy.checks.conformance.judge_cleartext", broken)
+    monkeypatch.setattr("tlsgate.checks.conformance.judge_cleartext", broken)
     flow = harness.request(tflow.tclient_conn(), "api.test", "http")
     assert flow.response is not None and flow.response.status_code == 403  # in report mode too: nothing unjudged leaves
     assert harness.kinds() == [("request", "check_failed", "blocked")]
@@ -184,7 +184,7 @@ def test_a_server_check_that_raises_refuses_the_servers_requests(harness: Harnes
     def broken(*_args: object) -> None:
         raise ValueError("broken")
 
-    monkeypatch.setattr("proxy.checks.conformance.judge_server", broken)
+    monkeypatch.setattr("tlsgate.checks.conformance.judge_server", broken)
     client = tflow.tclient_conn()
     state = harness.connections.of(client)
     server = tflow.tserver_conn()

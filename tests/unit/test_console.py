@@ -8,7 +8,7 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from proxy.addons.console import ConsoleFlows, RedactingStream, redact_line
+from tlsgate.addons.console import ConsoleFlows, RedactingStream, redact_line
 
 SECRET = "s3cretTokenValue4242xyz"
 

@@ -6,11 +6,11 @@ import subprocess
 
 import pytest
 
-from proxy.checks.destination import judge_destination
-from proxy.checks.model import Action, Check, decide
-from proxy.policy import Mode
-from proxy.policy.loader import load_texts
-from proxy.tls.addresses import address_kind, is_own_address, local_kind
+from tlsgate.checks.destination import judge_destination
+from tlsgate.checks.model import Action, Check, decide
+from tlsgate.policy import Mode
+from tlsgate.policy.loader import load_texts
+from tlsgate.tls.addresses import address_kind, is_own_address, local_kind
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_own_listener_means_a_transparent_connection_to_a_listener_port() -> Non
     from mitmproxy.proxy import mode_specs
     from mitmproxy.test import tflow
 
-    from proxy.addons.destination import is_own_listener
+    from tlsgate.addons.destination import is_own_listener
 
     client = tflow.tclient_conn()
     client.proxy_mode = mode_specs.ProxyMode.parse("transparent")

@@ -12,9 +12,9 @@ from mitmproxy import log as mitmproxy_log
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import tflow
 
-from proxy.app.dispatch import DispatchTable
-from proxy.app.master import LeanMaster
-from proxy.app.runner import build_master
+from tlsgate.app.dispatch import DispatchTable
+from tlsgate.app.master import LeanMaster
+from tlsgate.app.runner import build_master
 
 
 class Recorder:

@@ -10,8 +10,8 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
-from proxy.addons.findings import FindingsSink
-from proxy.sinks.findings import FIELD_CHARS, MAX_LINE, Finding, FindingsLog
+from tlsgate.addons.findings import FindingsSink
+from tlsgate.sinks.findings import FIELD_CHARS, MAX_LINE, Finding, FindingsLog
 
 
 def finding(n: int, evidence_size: int = 10) -> Finding:

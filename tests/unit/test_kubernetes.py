@@ -28,13 +28,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from proxy import __version__
-from proxy.addons.policy import fingerprint
-from proxy.policy import load_policy
-from proxy.policy.loader import policy_files
-from proxy.tls.ca import ca_paths
 from tests.harness import REPO
 from tests.live.test_container import dockerfile_cmd, instruction, run_args
+from tlsgate import __version__
+from tlsgate.addons.policy import fingerprint
+from tlsgate.policy import load_policy
+from tlsgate.policy.loader import policy_files
+from tlsgate.tls.ca import ca_paths
 
 DEPLOY = REPO / "deploy" / "kubernetes"
 CRDS = REPO / "tests" / "data" / "k8s"
@@ -509,8 +509,8 @@ def test_findings_dash_writes_json_lines_to_stdout_and_no_file(
 ) -> None:
     from mitmproxy.test import taddons
 
-    from proxy.addons.findings import FindingsSink
-    from proxy.sinks.findings import Finding
+    from tlsgate.addons.findings import FindingsSink
+    from tlsgate.sinks.findings import Finding
 
     monkeypatch.chdir(tmp_path)
     sink = FindingsSink()

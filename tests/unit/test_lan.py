@@ -1,6 +1,6 @@
 """A client on the gateway's own LAN is served, whatever its address; every other public client is refused.
 
-The decision (`proxy.tls.lan`) is pure: prefixes in, verdict out. The reading
+The decision (`tlsgate.tls.lan`) is pure: prefixes in, verdict out. The reading
 of the kernel's interfaces is tested against the real kernel in
 tests/live/test_lan_interfaces.py; here its parser meets hostile bytes.
 """
@@ -19,10 +19,10 @@ from mitmproxy import connection, exceptions
 from mitmproxy.proxy import mode_specs
 from mitmproxy.test import taddons, tflow
 
-from proxy.addons.access import REFRESH_SECONDS, Block, ClientAccess, Interfaces, LanView
-from proxy.tls import netlink
-from proxy.tls.lan import MIN_PREFIX, Lan, LanPrefix, client_refusal, lan_of, parse_named_prefixes
-from proxy.tls.netlink import Address, Link, NetlinkError, Route
+from tlsgate.addons.access import REFRESH_SECONDS, Block, ClientAccess, Interfaces, LanView
+from tlsgate.tls import netlink
+from tlsgate.tls.lan import MIN_PREFIX, Lan, LanPrefix, client_refusal, lan_of, parse_named_prefixes
+from tlsgate.tls.netlink import Address, Link, NetlinkError, Route
 
 LAN6 = ipaddress.ip_network("2a01:db9:1:2::/64")  # global unicast, as an ISP delegates; not a documentation range
 WAN6 = ipaddress.ip_network("2a01:db9:ffff:1::/64")
@@ -373,7 +373,7 @@ def test_tlsgate_runs_with_its_own_block_in_mitmproxys_place() -> None:
 
     from mitmproxy import options
 
-    from proxy.app.runner import build_master
+    from tlsgate.app.runner import build_master
 
     async def chain() -> list[object]:
         return list(build_master(options.Options()).addons.chain)

@@ -8,9 +8,9 @@ import pytest
 from mitmproxy import addons as mitm_addons
 from mitmproxy import exceptions, options
 
-from proxy.addons import make_addons
-from proxy.app.master import DROPPED_OPTIONS, LeanMaster, dropped_option_problem, kept_addons
-from proxy.app.runner import build_master
+from tlsgate.addons import make_addons
+from tlsgate.app.master import DROPPED_OPTIONS, LeanMaster, dropped_option_problem, kept_addons
+from tlsgate.app.runner import build_master
 
 # mitmproxy's own add-ons under `tlsgate run`, by their mitmproxy names (hook order).
 KEPT = [
@@ -94,7 +94,7 @@ def test_a_dropped_option_names_the_mitmdump_alternative(setting: str) -> None:
     problem = dropped_option_problem(["termlog_verbosity=warn", setting])
     assert problem is not None
     assert problem.startswith(f"--set {name}: tlsgate run leaves out mitmproxy's ")
-    assert f"use mitmdump -s proxy/addons/script.py --set {name}=..." in problem
+    assert f"use mitmdump -s tlsgate/addons/script.py --set {name}=..." in problem
     assert "/tmp/answers" not in problem and "flows.mitm" not in problem  # the value may be a secret: never echoed
 
 

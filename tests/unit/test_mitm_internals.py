@@ -1,6 +1,6 @@
 """Fails when mitmproxy changes the code tlsgate's TLS rebuilds copy, or drops a private name they use.
 
-`proxy/addons/mitm_internals.py` builds client- and server-side TLS connections
+`tlsgate/addons/mitm_internals.py` builds client- and server-side TLS connections
 the way mitmproxy's `tlsconfig` add-on does, changing one thing each time. If
 an upgrade changes how tlsconfig builds them, the copies silently diverge (a
 probe certificate sent with another cipher list, a legacy upstream connection
@@ -19,7 +19,7 @@ from mitmproxy.addons import tlsconfig
 from mitmproxy.net import tls as net_tls
 from OpenSSL import SSL
 
-from proxy.addons import mitm_internals
+from tlsgate.addons import mitm_internals
 
 PINNED = {
     "TlsConfig.tls_start_client": (tlsconfig.TlsConfig.tls_start_client, "05334c27c22a10ed"),
@@ -34,7 +34,7 @@ def test_tlsconfig_code_the_rebuilds_follow_is_unchanged(name: str) -> None:
     function, pinned = PINNED[name]
     digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
     assert digest == pinned, (
-        f"mitmproxy {version.VERSION} changed {name}: re-read it, bring proxy/addons/mitm_internals.py in line, "
+        f"mitmproxy {version.VERSION} changed {name}: re-read it, bring tlsgate/addons/mitm_internals.py in line, "
         f"then pin {digest}"
     )
 
@@ -63,11 +63,11 @@ def test_verify_helpers_on_a_real_connection() -> None:
     assert "unable to get local issuer certificate" in mitm_internals.verify_error_text(20)
 
 
-# -- upstream timeouts (proxy.addons.upstream_timeouts) ----------------------------------------------------
+# -- upstream timeouts (tlsgate.addons.upstream_timeouts) ----------------------------------------------------
 # end_server_connection cancels the task running ConnectionHandler.open_connection: safe only because its
 # try/except turns a cancelled connect into a failed one and handle_connection turns it into a close.
 # answer_upstream_errors wraps HttpStream.handle_protocol_error and answers through send_response; the fault
-# kinds (proxy.checks.faults) read Http1Client.read_headers' error texts. watch_http_streams wraps
+# kinds (tlsgate.checks.faults) read Http1Client.read_headers' error texts. watch_http_streams wraps
 # HttpStream._handle_event (ResponseData is a stream's body bytes); end_http_stream routes a Wakeup the way
 # HttpLayer routes CommandCompleted (command_sources, filled in event_to_child), through tunnel layers and a
 # CONNECT stream's passthrough, entering at ConnectionHandler.server_event; the stream then sends a
@@ -106,7 +106,7 @@ def test_the_code_upstream_timeouts_rely_on_is_unchanged(name: str) -> None:
     function, pinned = _upstream_pins()[name]
     digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]  # type: ignore[arg-type]
     assert digest == pinned, (
-        f"mitmproxy {version.VERSION} changed {name}: re-read it, check proxy/addons/mitm_internals.py's "
+        f"mitmproxy {version.VERSION} changed {name}: re-read it, check tlsgate/addons/mitm_internals.py's "
         f"end_server_connection / answer_upstream_errors / watch_http_streams / end_http_stream still hold, "
         f"then pin {digest}"
     )
@@ -126,7 +126,7 @@ def test_the_names_upstream_timeouts_reach_for_still_exist() -> None:
     assert "command_sources" in HttpLayer.__init__.__code__.co_names
 
 
-# What the hostile-client bounds (proxy/addons/client_bounds.py, containment.py) wrap or read in mitmproxy.
+# What the hostile-client bounds (tlsgate/addons/client_bounds.py, containment.py) wrap or read in mitmproxy.
 CLIENT_BOUNDS_PINNED = {
     "Http1Server.read_headers": "3fe0945216bcf7bc",  # wrapped by bound_request_heads: `buf`, `state`, `done`
     "Http1Connection._handle_event": "2ac8db3e43ae743f",  # appends each read to `buf`, then calls the state
@@ -157,7 +157,7 @@ def test_client_bounds_code_is_unchanged() -> None:
     for name, function in functions.items():
         digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
         assert digest == CLIENT_BOUNDS_PINNED[name], (
-            f"mitmproxy {version.VERSION} changed {name}: re-read it, bring proxy/addons/mitm_internals.py in line, "
+            f"mitmproxy {version.VERSION} changed {name}: re-read it, bring tlsgate/addons/mitm_internals.py in line, "
             f"then pin {digest}"
         )
 
@@ -167,7 +167,7 @@ def test_the_lines_containment_rewrites_are_still_mitmproxys() -> None:
     from mitmproxy.proxy.layers import tls as tls_layer
     from mitmproxy.proxy.layers.http import _http1
 
-    from proxy.addons import containment
+    from tlsgate.addons import containment
 
     server_source = inspect.getsource(server)
     assert all(line in server_source for line in containment.CRASHES)

@@ -15,13 +15,13 @@ import pytest
 from mitmproxy import dns, exceptions, http
 from mitmproxy.test import tflow, tutils
 
-from proxy.addons.mitm_internals import EAGER_ADVICE, corrected_advice
-from proxy.addons.resolve import resolve_scope_error, unresolved_modes
-from proxy.addons.state import DnsNames, request_host, request_url
-from proxy.app.cli import main
-from proxy.app.runner import default_listen_host, listen_problem
 from tests.unit import test_addons
 from tests.unit.test_addons import Gate, plain
+from tlsgate.addons.mitm_internals import EAGER_ADVICE, corrected_advice
+from tlsgate.addons.resolve import resolve_scope_error, unresolved_modes
+from tlsgate.addons.state import DnsNames, request_host, request_url
+from tlsgate.app.cli import main
+from tlsgate.app.runner import default_listen_host, listen_problem
 
 gate = test_addons.gate  # the same fixture: make_addons() in a mitmproxy test context
 
@@ -189,8 +189,8 @@ def test_run_refuses_a_resolve_that_would_do_nothing_before_starting(capsys: pyt
 
 
 def _banner(tmp_path: Path, modes: list[str], listen_host: str = "127.0.0.1") -> str:
-    from proxy.app.runner import RunConfig, banner
-    from proxy.policy.loader import embedded_policy, load_policy
+    from tlsgate.app.runner import RunConfig, banner
+    from tlsgate.policy.loader import embedded_policy, load_policy
 
     config = RunConfig([], load_policy([embedded_policy()]), listen_host=listen_host, modes=modes, confdir=tmp_path)
     return "\n".join(banner(config, tmp_path / "ca.pem", "AB:CD"))
@@ -235,7 +235,7 @@ def test_a_socks5_banner_offers_a_socks5_client(tmp_path: Path) -> None:
 
 def test_an_empty_listen_host_is_every_address_as_in_mitmproxy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """`--listen-host ''` was taken for "not given" (loopback); it is mitmproxy's "every address", with the guard."""
-    from proxy.app import runner
+    from tlsgate.app import runner
 
     seen: list[runner.RunConfig] = []
     monkeypatch.setattr(runner, "run_proxy", lambda config: seen.append(config) or 0)
@@ -252,7 +252,7 @@ def test_an_empty_listen_host_is_every_address_as_in_mitmproxy(monkeypatch: pyte
 def test_a_port_taken_in_either_family_is_found_before_start_for_every_address() -> None:
     import socket
 
-    from proxy.app.runner import bind_error
+    from tlsgate.app.runner import bind_error
 
     with socket.socket(socket.AF_INET6) as taken:
         taken.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

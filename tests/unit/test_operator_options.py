@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.app.cli import confdir_from_set
+from tlsgate.app.cli import confdir_from_set
 
 
 def test_set_confdir_is_taken_as_the_confdir_and_not_passed_through() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.app import paths
-from proxy.tls.ca import ensure_ca
+from tlsgate.app import paths
+from tlsgate.tls.ca import ensure_ca
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,20 +9,20 @@ import json
 
 import pytest
 
-from proxy.checks.model import Check, Effect, Severity
-from proxy.checks.payload import PayloadFacts, judge_payload
-from proxy.payload.bounds import SEGMENT
-from proxy.payload.decode import decode
-from proxy.payload.ecb import analyse, random_looking
-from proxy.payload.fields import body_fields, header_fields, url_fields
-from proxy.payload.identifiers import SeedIndex, find, forms_of, mask
-from proxy.payload.recall import BlockMemory
-from proxy.payload.scan import scan
-from proxy.payload.secrets import KEY_FORMATS, jwts, provider_keys
-from proxy.policy import PolicyError, load_texts
-from proxy.policy.sections.payload import PayloadAction, PayloadRules
 from tests.payload_corpus import cbc, ctr, ecb, gcm
 from tests.seeded import urandom
+from tlsgate.checks.model import Check, Effect, Severity
+from tlsgate.checks.payload import PayloadFacts, judge_payload
+from tlsgate.payload.bounds import SEGMENT
+from tlsgate.payload.decode import decode
+from tlsgate.payload.ecb import analyse, random_looking
+from tlsgate.payload.fields import body_fields, header_fields, url_fields
+from tlsgate.payload.identifiers import SeedIndex, find, forms_of, mask
+from tlsgate.payload.recall import BlockMemory
+from tlsgate.payload.scan import scan
+from tlsgate.payload.secrets import KEY_FORMATS, jwts, provider_keys
+from tlsgate.policy import PolicyError, load_texts
+from tlsgate.policy.sections.payload import PayloadAction, PayloadRules
 
 KEY = bytes(range(16))
 

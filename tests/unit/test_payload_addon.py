@@ -19,11 +19,11 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
-from proxy.addons.metrics import MetricsExporter
-from proxy.addons.payload import PayloadInspector, Tap, bounded_body
 from tests.addonkit import wired
 from tests.payload_corpus import ecb
 from tests.seeded import urandom
+from tlsgate.addons.metrics import MetricsExporter
+from tlsgate.addons.payload import PayloadInspector, Tap, bounded_body
 
 POLICY = """\
 version: 1
@@ -318,7 +318,7 @@ def test_seeded_identifiers_are_found_hashed_and_encoded_with_the_receiving_host
 
 
 def test_console_and_log_lines_mask_the_seeded_identifiers_of_the_policy_in_force(gate: Gate) -> None:
-    from proxy.sinks.redact import redact_text
+    from tlsgate.sinks.redact import redact_text
 
     line = f"127.0.0.1:50000: GET https://tracker.test/u/356938035643809/p (for {EMAIL.upper()})"
     shown = redact_text(line)
@@ -373,7 +373,7 @@ def test_a_failing_payload_check_refuses_the_request(gate: Gate, monkeypatch: py
     def broken(*_args: object, **_kwargs: object) -> None:
         raise ValueError("boom")
 
-    monkeypatch.setattr("proxy.addons.payload.scan_steps", broken)
+    monkeypatch.setattr("tlsgate.addons.payload.scan_steps", broken)
     flow = gate.run(https("other.test", body=b'{"a": 1}'))
     assert flow.response is not None and flow.response.status_code == 403
     assert gate.findings()[0]["evidence"]["kind"] == "check_failed"

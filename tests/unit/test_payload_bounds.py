@@ -15,17 +15,17 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from proxy.addons.payload import HELD_LIMIT, PayloadInspector, Tap
-from proxy.checks.payload import PayloadFacts, judge_payload
-from proxy.payload.bounds import MAX_CANDIDATES, MAX_ITEMS, SEGMENT, WINDOW, Budget
-from proxy.payload.fields import MAX_FIELDS, body_field_steps, body_fields
-from proxy.payload.identifiers import forms_of
-from proxy.payload.scan import scan, scan_steps
-from proxy.policy import load_texts
-from proxy.sinks import redact
-from proxy.sinks.findings import MAX_LINE, Finding, bounded
-from proxy.tls import multipart
 from tests.addonkit import wired
+from tlsgate.addons.payload import HELD_LIMIT, PayloadInspector, Tap
+from tlsgate.checks.payload import PayloadFacts, judge_payload
+from tlsgate.payload.bounds import MAX_CANDIDATES, MAX_ITEMS, SEGMENT, WINDOW, Budget
+from tlsgate.payload.fields import MAX_FIELDS, body_field_steps, body_fields
+from tlsgate.payload.identifiers import forms_of
+from tlsgate.payload.scan import scan, scan_steps
+from tlsgate.policy import load_texts
+from tlsgate.sinks import redact
+from tlsgate.sinks.findings import MAX_LINE, Finding, bounded
+from tlsgate.tls import multipart
 
 STRIPE = "sk" + "_live_" + "51Hx9qLyjWDarjtT1zdp7dcQz"  # built so no scanner mistakes this file for a leak
 AWS = "AKIA" + "ABCDEFGHIJKLMNOP"

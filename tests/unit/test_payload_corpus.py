@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from proxy.payload.decode import decode
-from proxy.payload.ecb import blocks_of
 from tests.payload_corpus import Figures, measure, negatives
+from tlsgate.payload.decode import decode
+from tlsgate.payload.ecb import blocks_of
 
 
 def test_published_false_positive_and_detection_figures() -> None:

@@ -1,4 +1,4 @@
-"""ECB, fixed IVs and fixed nonces across the values of one field (`proxy.payload.recall`), what a value must look
+"""ECB, fixed IVs and fixed nonces across the values of one field (`tlsgate.payload.recall`), what a value must look
 like to be judged at all (`cipher_shaped`, `random_text`, file formats), and what ordinary repeats must not
 trigger: real AES from `cryptography`, values the way apps build them."""
 
@@ -13,15 +13,15 @@ import random
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from proxy.payload.decode import decode, random_text
-from proxy.payload.ecb import analyse, cipher_shaped, zero_iv
-from proxy.payload.fields import Field, body_fields
-from proxy.payload.formats import CHANCE, MAGIC, file_format
-from proxy.payload.recall import LLR, THRESHOLD, BlockMemory, field_key, keystream_bits
-from proxy.payload.scan import scan
 from tests.payload_corpus import ecb
 from tests.payload_sessions import _cbc, _gcm, _gcm_nonce_sent, _sic, _sic_padded
 from tests.seeded import urandom
+from tlsgate.payload.decode import decode, random_text
+from tlsgate.payload.ecb import analyse, cipher_shaped, zero_iv
+from tlsgate.payload.fields import Field, body_fields
+from tlsgate.payload.formats import CHANCE, MAGIC, file_format
+from tlsgate.payload.recall import LLR, THRESHOLD, BlockMemory, field_key, keystream_bits
+from tlsgate.payload.scan import scan
 
 KEY = bytes(range(16))
 ZERO = bytes(16)

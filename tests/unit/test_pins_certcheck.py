@@ -1,4 +1,4 @@
-"""Tests for proxy.tls.pins and proxy.tls.certcheck with generated certificates.
+"""Tests for tlsgate.tls.pins and tlsgate.tls.certcheck with generated certificates.
 
 Cross-checks use the real tools rather than restating our own logic: pins are
 compared with the openssl CLI pipeline, verify error texts with the libcrypto
@@ -32,32 +32,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.checks.certificates import check_chain
-from proxy.policy.sections.certificates import CertRules
-from proxy.tls.certcheck import (
-    FAILURE_NAMES,
-    SENTENCES,
-    VERIFY_ERRORS,
-    CertFailure,
-    ca_issuers_urls,
-    chain_summary,
-    classify_verify_error,
-    key_description,
-    refine_with_chain,
-    signature_hash_name,
-)
-from proxy.tls.pins import (
-    ChainPin,
-    PinError,
-    PinSet,
-    cert_role,
-    format_pin,
-    is_self_signed,
-    issued_by,
-    lint_pin_set,
-    parse_pin,
-    spki_pin,
-)
 from tests.certgen import (
     Chain,
     Issued,
@@ -69,6 +43,32 @@ from tests.certgen import (
     utcnow,
     write_pem,
     write_server_files,
+)
+from tlsgate.checks.certificates import check_chain
+from tlsgate.policy.sections.certificates import CertRules
+from tlsgate.tls.certcheck import (
+    FAILURE_NAMES,
+    SENTENCES,
+    VERIFY_ERRORS,
+    CertFailure,
+    ca_issuers_urls,
+    chain_summary,
+    classify_verify_error,
+    key_description,
+    refine_with_chain,
+    signature_hash_name,
+)
+from tlsgate.tls.pins import (
+    ChainPin,
+    PinError,
+    PinSet,
+    cert_role,
+    format_pin,
+    is_self_signed,
+    issued_by,
+    lint_pin_set,
+    parse_pin,
+    spki_pin,
 )
 
 OPENSSL = shutil.which("openssl")
@@ -85,7 +85,7 @@ def ca_chain() -> Chain:
 
 def test_modules_stay_free_of_mitmproxy() -> None:
     """A fresh interpreter, because this test session has long imported everything else."""
-    code = "import sys, proxy.tls.pins, proxy.tls.certcheck; print(sorted(m for m in sys.modules if 'mitmproxy' in m))"
+    code = "import sys, tlsgate.tls.pins, tlsgate.tls.certcheck; print(sorted(m for m in sys.modules if 'mitmproxy' in m))"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2]
     )

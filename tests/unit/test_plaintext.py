@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.tls.plaintext import INSPECT_LIMIT, PROTOCOLS, Sighting, classify
 from tests.plainpeers import SMTP_BANNER, SMTP_EHLO_REPLY, mqtt_connect_packet
+from tlsgate.tls.plaintext import INSPECT_LIMIT, PROTOCOLS, Sighting, classify
 
 SECRET_USER, SECRET_PASS = "u-SECRETUSER", "p-SECRETPASS"
 PLAIN = base64.b64encode(f"\0{SECRET_USER}\0{SECRET_PASS}".encode())

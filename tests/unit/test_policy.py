@@ -9,8 +9,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from proxy.policy import Cleartext, Mode, PolicyError, load_policy, load_texts
-from proxy.policy.hosts import is_address, normalize_host
+from tlsgate.policy import Cleartext, Mode, PolicyError, load_policy, load_texts
+from tlsgate.policy.hosts import is_address, normalize_host
 
 
 def errors_of(text: str, name: str = "p.yaml") -> list[str]:

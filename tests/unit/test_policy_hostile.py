@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mitmproxy.test import taddons
 
-from proxy.addons.policy import PolicyStore
-from proxy.policy import Policy, PolicyError, load_policy
-from proxy.policy import yamlnodes as yn
-from proxy.policy.loader import display_path, embedded_policy, load_texts
+from tlsgate.addons.policy import PolicyStore
+from tlsgate.policy import Policy, PolicyError, load_policy
+from tlsgate.policy import yamlnodes as yn
+from tlsgate.policy.loader import display_path, embedded_policy, load_texts
 
 REPO = Path(__file__).resolve().parents[2]
 LOCATED = re.compile(r"^(?P<file>[^\n]+?):(?P<line>\d+):(?P<column>\d+): ")
@@ -105,7 +105,7 @@ def test_validate_refuses_a_50000_deep_document_without_crashing(tmp_path: Path)
     deep = tmp_path / "deep.yaml"
     deep.write_text("version: 1\nrules: " + "[" * 50_000 + "]" * 50_000 + "\n")
     result = subprocess.run(
-        [sys.executable, "-m", "proxy", "validate", str(deep)],
+        [sys.executable, "-m", "tlsgate", "validate", str(deep)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -118,7 +118,7 @@ def test_validate_refuses_a_50000_deep_document_without_crashing(tmp_path: Path)
 
 
 def test_an_internal_error_is_a_located_refusal_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from proxy.policy import loader
+    from tlsgate.policy import loader
 
     def explode(self: object, name: str, text: str) -> None:
         raise KeyError("a bug")

@@ -9,9 +9,9 @@ import jsonschema
 import pytest
 import yaml
 
-from proxy.checks import faults
-from proxy.policy import PolicyError, load_texts
-from proxy.policy.sections.timeouts import TIMEOUT_KEYS, TimeoutRules
+from tlsgate.checks import faults
+from tlsgate.policy import PolicyError, load_texts
+from tlsgate.policy.sections.timeouts import TIMEOUT_KEYS, TimeoutRules
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "policies" / "tlsgate-policy.schema.json").read_text())

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.app.cli import main
-from proxy.tls.privdir import ensure_private_dir, secure_dir, writable_by_others
+from tlsgate.app.cli import main
+from tlsgate.tls.privdir import ensure_private_dir, secure_dir, writable_by_others
 
 
 def mode_of(path: Path) -> int:

@@ -8,8 +8,8 @@ from benchmarks.profile import summarise
 
 LOOP = "run (asyncio/runners.py:194);BaseEventLoop._run_once (asyncio/base_events.py:1971)"
 RAW = f"""\
-{LOOP};DispatchTable.trigger_event (proxy/app/dispatch.py:120);__exit__ (contextlib.py:144) 3
-{LOOP};trigger_event (mitmproxy/addonmanager.py:280);request (proxy/addons/cleartext.py:10);judge (proxy/checks/cleartext.py:5) 2
+{LOOP};DispatchTable.trigger_event (tlsgate/app/dispatch.py:120);__exit__ (contextlib.py:144) 3
+{LOOP};trigger_event (mitmproxy/addonmanager.py:280);request (tlsgate/addons/cleartext.py:10);judge (tlsgate/checks/cleartext.py:5) 2
 {LOOP};do_handshake (OpenSSL/SSL.py:1900) 4
 {LOOP};handle_event (mitmproxy/proxy/layer.py:157) 1
 {LOOP};EpollSelector.select (selectors.py:468) 7

@@ -22,20 +22,20 @@ from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.quic import QuicTlsData, QuicTlsSettings, ServerQuicLayer
 from mitmproxy.test import tflow
 
-from proxy.addons.quic import REFUSED_ALPN, QuicGuard, refuse_handshake
-from proxy.checks.model import Action, Check, decide
-from proxy.checks.probes import client_rejection
-from proxy.checks.quic import quic_client_error, quic_facts, quic_failure_text, quic_refused, refuses, suite_name
-from proxy.checks.upstream import judge_failure, judge_handshake
-from proxy.policy import PolicyError, load_texts
-from proxy.policy.sections.quic import Quic
-from proxy.tls.clienthello import parse_client_hello
-from proxy.tls.pins import spki_pin
-from proxy.tls.probes import ProbeMint
 from tests.certgen import make_chain
 from tests.unit import test_addons
 from tests.unit.test_addons import POLICY, Gate, by_type
 from tests.unit.test_clienthello import alpn_ext, extension, hello_body, sni_ext, u16_list, vec8
+from tlsgate.addons.quic import REFUSED_ALPN, QuicGuard, refuse_handshake
+from tlsgate.checks.model import Action, Check, decide
+from tlsgate.checks.probes import client_rejection
+from tlsgate.checks.quic import quic_client_error, quic_facts, quic_failure_text, quic_refused, refuses, suite_name
+from tlsgate.checks.upstream import judge_failure, judge_handshake
+from tlsgate.policy import PolicyError, load_texts
+from tlsgate.policy.sections.quic import Quic
+from tlsgate.tls.clienthello import parse_client_hello
+from tlsgate.tls.pins import spki_pin
+from tlsgate.tls.probes import ProbeMint
 
 
 @pytest.fixture
@@ -75,8 +75,8 @@ def test_an_invalid_quic_value_is_located(text: str, expected: str) -> None:
 
 
 def test_the_embedded_default_policy_refuses_quic() -> None:
-    from proxy.policy import load_policy
-    from proxy.policy.loader import embedded_policy
+    from tlsgate.policy import load_policy
+    from tlsgate.policy.loader import embedded_policy
 
     policy = load_policy([embedded_policy()])
     assert policy.match("anything.test").settings.get("quic") is Quic.REFUSE

@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from proxy.policy import PolicyError, load_texts
 from tests.harness import REPO
+from tlsgate.policy import PolicyError, load_texts
 
 README = REPO / "README.md"
 

@@ -6,8 +6,8 @@ from urllib.parse import quote
 
 import pytest
 
-from proxy.sinks import redact
-from proxy.sinks.redact import REDACTED
+from tlsgate.sinks import redact
+from tlsgate.sinks.redact import REDACTED
 
 SECRET = "Zq8sP1anted5ecretVa1ue"  # mixed letters and digits, like real tokens
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJwbGFudGVkIn0.c2lnbmF0dXJlc2lnbmF0dXJl"

@@ -13,7 +13,7 @@ import logging
 
 from mitmproxy.test import tflow
 
-from proxy.addons.console import RefusalReasons
+from tlsgate.addons.console import RefusalReasons
 
 PIN_DETAIL = "no certificate in the server's chain matches pin set 'prod'"
 

@@ -15,15 +15,15 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from proxy.addons.findings import FindingsSink
-from proxy.addons.metrics import MetricsExporter
-from proxy.addons.payload import PayloadInspector
-from proxy.report.model import Reader
-from proxy.report.summary import Summary
-from proxy.sinks.findings import Finding, FindingsLog, Repeats, next_threshold
-from proxy.sinks.metrics import Metrics
 from tests.addonkit import wired
 from tests.harness import REPO
+from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.metrics import MetricsExporter
+from tlsgate.addons.payload import PayloadInspector
+from tlsgate.report.model import Reader
+from tlsgate.report.summary import Summary
+from tlsgate.sinks.findings import Finding, FindingsLog, Repeats, next_threshold
+from tlsgate.sinks.metrics import Metrics
 
 STRIPE = "sk" + "_live_" + "51Hx9qLyjWDarjtT1zdp7dcQz"  # built so no scanner mistakes this file for a leak
 

@@ -11,9 +11,9 @@ import pytest
 import xunitparser
 from junitparser import JUnitXml
 
-from proxy.report import cli
-from proxy.report.model import InputError, Reader
 from tests.report_consumers import github_markdown, validate_sarif
+from tlsgate.report import cli
+from tlsgate.report.model import InputError, Reader
 
 
 def finding(**overrides: Any) -> dict[str, Any]:

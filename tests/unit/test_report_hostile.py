@@ -21,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.policy.loader import display_path, embedded_policy
-from proxy.report import cli, formats
-from proxy.report.model import MAX_LINE_BYTES, Reader, rule_key
-from proxy.sinks.findings import Finding, FindingsLog, json_safe, printable
-from proxy.sinks.redact import redact_host
 from tests.report_consumers import REPO, github_markdown, parse_html, read_junit, strict_json, validate_sarif
 from tests.unit.test_report import finding
+from tlsgate.policy.loader import display_path, embedded_policy
+from tlsgate.report import cli, formats
+from tlsgate.report.model import MAX_LINE_BYTES, Reader, rule_key
+from tlsgate.sinks.findings import Finding, FindingsLog, json_safe, printable
+from tlsgate.sinks.redact import redact_host
 
 C0 = "".join(map(chr, range(0x20))) + "\x7f"
 C1 = "".join(map(chr, range(0x80, 0xA0)))
@@ -377,7 +377,7 @@ def test_fuzz_every_format_and_diff_stay_valid_for_any_finding_dicts(tmp_path_fa
             assert not {"a", "img", "script"} & {tag for tag, _ in markup.tags}
     for warning in warnings:
         assert_inert(warning, "warning")
-    from proxy.report import diff as diffing
+    from tlsgate.report import diff as diffing
 
     base = cli.summarise([str(path)], 3, warnings.append)
     other = cli.summarise([str(path)], 3, warnings.append)
@@ -450,12 +450,12 @@ def test_an_internal_error_is_exit_3_in_one_line_never_the_verdicts_1(tmp_path: 
     code, err = run_report(capsys, "report", str(path), "--format", "junit", "--fail-on", "high")
     assert code == 3
     # Located at the innermost frame of tlsgate's own code: where the report called the broken renderer.
-    assert "internal error while making the report: RuntimeError: boom \\x1b[2J at proxy/report/cli.py:" in err
+    assert "internal error while making the report: RuntimeError: boom \\x1b[2J at tlsgate/report/cli.py:" in err
     assert "exit 3 (not a verdict)" in err and len(err.splitlines()) == 1
 
 
 def test_tlsgate_main_catches_what_a_command_lets_escape(capsys, monkeypatch) -> None:
-    from proxy.app import cli as app_cli
+    from tlsgate.app import cli as app_cli
 
     def broken(args: Any) -> int:
         raise KeyError("x")
@@ -468,7 +468,7 @@ def test_tlsgate_main_catches_what_a_command_lets_escape(capsys, monkeypatch) ->
 
 
 def test_help_documents_the_exit_codes(capsys) -> None:
-    from proxy.app import cli as app_cli
+    from tlsgate.app import cli as app_cli
 
     for argv in (["--help"], ["report", "--help"], ["diff", "--help"], ["run", "--help"]):
         with pytest.raises(SystemExit):

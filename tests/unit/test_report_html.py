@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.report import cli
 from tests.report_consumers import chromium_available, render_in_chromium
 from tests.unit.test_report import LOW_REPORTED, PIN, PROBE_PASSED, finding
+from tlsgate.report import cli
 
 pytestmark = pytest.mark.skipif(not chromium_available(), reason="needs the Debian chromium package (/usr/bin/chromium)")
 

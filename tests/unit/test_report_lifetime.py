@@ -9,7 +9,7 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
-from proxy.addons.lifetime import Lifetime, parse_duration
+from tlsgate.addons.lifetime import Lifetime, parse_duration
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("10m", 600), ("1h", 3600), ("2.5", 2.5), ("250ms", 0.25)])

@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 import yaml
 
-from proxy.policy import loader
-from proxy.policy.schema import build_schema
+from tlsgate.policy import loader
+from tlsgate.policy.schema import build_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "policies" / "tlsgate-policy.schema.json").read_text())
@@ -27,7 +27,7 @@ def test_schema_keys_match_the_loader() -> None:
 
 
 def test_schema_file_is_what_the_sections_build() -> None:
-    """Regenerate with `python -m proxy.policy.schema > policies/tlsgate-policy.schema.json`."""
+    """Regenerate with `python -m tlsgate.policy.schema > policies/tlsgate-policy.schema.json`."""
     assert build_schema() == SCHEMA
 
 

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from proxy.sinks import redact
-from proxy.sinks.blockpage import Block, render, wants_json
-from proxy.sinks.findings import SEVERITIES, Finding, FindingsLog
-from proxy.sinks.metrics import Metrics
-from proxy.sinks.redact import REDACTED, Credential
+from tlsgate.sinks import redact
+from tlsgate.sinks.blockpage import Block, render, wants_json
+from tlsgate.sinks.findings import SEVERITIES, Finding, FindingsLog
+from tlsgate.sinks.metrics import Metrics
+from tlsgate.sinks.redact import REDACTED, Credential
 
 SECRET = "S3cr3tV4lue"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJl"
@@ -393,7 +393,7 @@ def test_findings_metric_labels_devices_by_policy_name_or_unnamed() -> None:
     labels = {"severity": "critical", "check": "pin", "action": "blocked"}
     assert sample(metrics, "tlsgate_findings_total", **labels, device="unnamed") == 1
     assert sample(metrics, "tlsgate_findings_total", **labels, device="pixel-7") == 2
-    assert sample(metrics, "tlsgate_build_info", version=__import__("proxy").__version__, mitmproxy_version="12.2.3") == 1
+    assert sample(metrics, "tlsgate_build_info", version=__import__("tlsgate").__version__, mitmproxy_version="12.2.3") == 1
 
 
 def test_certificate_expiry_only_for_host_patterns_the_policy_names() -> None:
@@ -434,7 +434,7 @@ def test_reload_and_request_counters() -> None:
 def test_console_filter_escapes_whatever_a_record_carries() -> None:
     import logging
 
-    from proxy.addons.logsafety import EscapeControls
+    from tlsgate.addons.logsafety import EscapeControls
 
     record = logging.LogRecord("mitmproxy.proxy.server", logging.INFO, __file__, 1, "for %s (%s)", ("a\n[CRITICAL] x", "\ud800\x1b"), None)
     assert EscapeControls().filter(record) is True

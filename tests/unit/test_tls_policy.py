@@ -6,14 +6,14 @@ import datetime as dt
 
 import pytest
 
-from proxy.checks.upstream import HandshakeFacts, handshake_floor, judge_cipher, judge_failure, judge_handshake, judge_protocol
-from proxy.policy import Match, PolicyError, Settings, load_texts
-from proxy.policy.sections.certificates import CertRules
-from proxy.policy.sections.pins import Pinning
-from proxy.policy.sections.tls import TlsRules
-from proxy.tls.pins import PinSet, spki_pin
-from proxy.tls.presets import CipherPolicy
 from tests.certgen import make_chain
+from tlsgate.checks.upstream import HandshakeFacts, handshake_floor, judge_cipher, judge_failure, judge_handshake, judge_protocol
+from tlsgate.policy import Match, PolicyError, Settings, load_texts
+from tlsgate.policy.sections.certificates import CertRules
+from tlsgate.policy.sections.pins import Pinning
+from tlsgate.policy.sections.tls import TlsRules
+from tlsgate.tls.pins import PinSet, spki_pin
+from tlsgate.tls.presets import CipherPolicy
 
 PIN_A = "sha256/" + "A" * 43 + "="
 PIN_B = "sha256/" + "B" * 43 + "="

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CHECKED = ("proxy", "benchmarks")
+CHECKED = ("tlsgate", "benchmarks")
 # What makes the run worth having; see the comment on [tool.mypy] in pyproject.toml.
 REQUIRED_FLAGS = ("check_untyped_defs", "warn_unused_ignores", "warn_redundant_casts", "no_implicit_optional")
 

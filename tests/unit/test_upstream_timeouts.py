@@ -1,4 +1,4 @@
-"""UpstreamTimeouts' options and decisions, and the fault words in proxy.checks.faults (live: tests/live/test_upstream_stalls.py)."""
+"""UpstreamTimeouts' options and decisions, and the fault words in tlsgate.checks.faults (live: tests/live/test_upstream_stalls.py)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.test import taddons, tflow, tutils
 
-from proxy.addons import make_addons
-from proxy.addons.findings import FindingsSink
-from proxy.addons.policy import PolicyStore
-from proxy.addons.upstream_timeouts import FlowWatch, UpstreamTimeouts, Watch
-from proxy.checks import faults
-from proxy.checks.upstream import judge_failure
-from proxy.policy.sections.tls import TlsRules
+from tlsgate.addons import make_addons
+from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.policy import PolicyStore
+from tlsgate.addons.upstream_timeouts import FlowWatch, UpstreamTimeouts, Watch
+from tlsgate.checks import faults
+from tlsgate.checks.upstream import judge_failure
+from tlsgate.policy.sections.tls import TlsRules
 
 POLICY = """\
 version: 1

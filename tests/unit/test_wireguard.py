@@ -20,12 +20,12 @@ import segno
 from mitmproxy.proxy import mode_servers, mode_specs
 from mitmproxy.test import taddons, tflow
 
-from proxy.addons import wgpeers, wireguard
-from proxy.addons.mitm_internals import replace_server_instance
-from proxy.addons.wgpeers import PeerError
-from proxy.app.cli import main
-from proxy.app.wireguard import qr_text
-from proxy.policy import load_texts
+from tlsgate.addons import wgpeers, wireguard
+from tlsgate.addons.mitm_internals import replace_server_instance
+from tlsgate.addons.wgpeers import PeerError
+from tlsgate.app.cli import main
+from tlsgate.app.wireguard import qr_text
+from tlsgate.policy import load_texts
 
 
 def mode_of(path: Path) -> int:
@@ -413,7 +413,7 @@ PINNED = {
 def test_mitmproxy_wireguard_code_the_replacement_follows_is_unchanged(name: str) -> None:
     function, pinned = PINNED[name]
     digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
-    assert digest == pinned, f"mitmproxy changed {name}: re-read it, bring proxy/addons/wireguard.py in line, then pin {digest}"
+    assert digest == pinned, f"mitmproxy changed {name}: re-read it, bring tlsgate/addons/wireguard.py in line, then pin {digest}"
 
 
 def test_replacement_is_what_mitmproxy_starts_and_is_idempotent() -> None:
@@ -430,7 +430,7 @@ def test_replacement_is_what_mitmproxy_starts_and_is_idempotent() -> None:
 
 
 def test_banner_names_the_udp_port_and_the_show_command_never_a_key() -> None:
-    from proxy.app.wireguard import banner_lines
+    from tlsgate.app.wireguard import banner_lines
 
     assert banner_lines(["regular"], "0.0.0.0", Path("certs")) == []
     lines = banner_lines(["regular", "wireguard"], "0.0.0.0", Path("certs"))

@@ -1,1 +1,0 @@
-"""Where verdicts go: findings, metrics, block pages and redaction. Depend on nothing above `proxy.tls`."""

@@ -1,0 +1,5 @@
+import sys
+
+from tlsgate.app.cli import main
+
+sys.exit(main())

@@ -1,0 +1,322 @@
+"""Judges the apps themselves: what their ClientHello offers, why they refuse tlsgate, and whether they verify at all.
+
+Per client connection, in mitmproxy's order of events:
+
+- `tls_clienthello`: the hello is parsed and judged under the `client` rules of
+  the host asked for (SNI, else the CONNECT/destination host). A client below
+  `client.min_version` in enforce mode is to be refused; a connection under
+  probe is to get an invalid certificate. Both turn off the early upstream
+  handshake (`establish_server_tls_first`), so the server sees nothing beyond
+  mitmproxy's eager TCP connect.
+- `tls_start_client`: runs after tlsconfig built the client-side connection,
+  which is rebuilt with the probe certificate or another version floor. A floor
+  above the client's best version makes OpenSSL refuse the hello before any
+  certificate is sent (mitmproxy 12 then closes the connection without flushing
+  OpenSSL's protocol_version alert, so the client sees it closed mid-handshake).
+- the first request: its User-Agent becomes evidence and the hello findings are
+  recorded. On a connection whose client accepted a probe certificate nothing is
+  forwarded, ever: each request gets a 403, and anything but HTTP gets a layer
+  that hangs up (mitmproxy 12 relays a raw TCP flow even after `flow.kill()`).
+- `tls_failed_client`: a probe the client refused has passed; a normal
+  connection it refused is explained (CA not installed, or pinning).
+
+QUIC connections that are inspected (see `tlsgate.addons.quic`) get the same
+audits: the hello arrives in the Initial packet, the probe certificate (or a
+refusal) is set in `quic_start_client`, and the client's verdict is read from
+its CONNECTION_CLOSE (`tlsgate.checks.quic.quic_client_error`). Refused QUIC
+connections are never shown a certificate, so they are not audited.
+
+What each outcome means is decided in `tlsgate.checks.client_hello` and
+`tlsgate.checks.probes`; this add-on only gathers and applies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import connection, http, tcp, tls
+from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy.layers.quic import QuicTlsData
+
+from tlsgate.addons.cleartext import credentials_in
+from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.mitm_internals import client_connection, configured_floor, tlsconfig_addon
+from tlsgate.addons.quic import is_quic, refuse_handshake
+from tlsgate.addons.state import Connections, ConnState, request_url, server_host
+from tlsgate.addons.verdicts import block, fail_closed, record
+from tlsgate.checks.client_hello import client_floor, judge_client_hello
+from tlsgate.checks.faults import silent_close_excused
+from tlsgate.checks.model import Action, Check, Issue, blocks, decide
+from tlsgate.checks.probes import CLOSED_SILENTLY, ProbeRun, ProbeSchedule, trust_refused
+from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP, quic_client_error
+from tlsgate.policy import Mode
+from tlsgate.policy.sections.client import ClientRules
+from tlsgate.sinks import redact
+from tlsgate.sinks.findings import Finding
+from tlsgate.tls.clienthello import ClientHello, parse_client_hello
+from tlsgate.tls.probes import ProbeCertificate, ProbeMint
+
+logger = logging.getLogger("tlsgate.client")
+
+
+@dataclass(eq=False)
+class Audit:
+    """The client audit's part of a connection's state."""
+
+    hello: ClientHello
+    port: int | None
+    pending: list[Issue] = field(default_factory=list)  # hello findings, recorded once the User-Agent is known
+    refuse: bool = False
+    floor: str | None = None  # client-side TLS floor, when it differs from mitmproxy's
+    probe: ProbeCertificate | None = None
+    run: ProbeRun | None = None
+    accepted: Finding | None = None  # the critical finding, once the client used a probe connection
+    user_agent: str | None = None
+    quic: bool = False  # a QUIC connection: the hello came in an Initial packet, the handshake is aioquic's
+    hello_at: float = field(default_factory=time.monotonic)
+    waited: float | None = None  # seconds the app's handshake waited for tlsgate's upstream handshake
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "sni": self.hello.sni,
+            "best_offered_version": self.hello.best_version_word,
+            **self.hello.fingerprint(self.quic),
+            "user_agent": self.user_agent,
+            "transport": TRANSPORT_QUIC if self.quic else TRANSPORT_TCP,
+        }
+
+
+class Hangup(layer.Layer):
+    """Replaces any non-HTTP layer on an accepted probe connection: close both sides, relay nothing."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.CloseConnection(self.context.client)
+            if self.context.server.connected:
+                yield commands.CloseConnection(self.context.server)
+
+
+class ClientAudit:
+    def __init__(self, connections: Connections, sink: FindingsSink, probe_pairs: int = 4096) -> None:
+        self.connections = connections
+        self.sink = sink
+        self.schedule = ProbeSchedule(probe_pairs)
+        self._mint: ProbeMint | None = None
+        self._mint_source: object | None = None
+        # Reported hello findings describe the app's TLS stack, not one connection: each is written once per
+        # (client address, fingerprint, host, kind) and then counted (`sink.repeats`), not written per connection.
+
+    @staticmethod
+    def _audit(state: ConnState | None) -> Audit | None:
+        return state.audit if state is not None and isinstance(state.audit, Audit) else None
+
+    # -- the hello ---------------------------------------------------------------------------------
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        client = data.context.client
+        if data.ignore_connection or client.transport_protocol not in ("tcp", "udp"):
+            return
+        state = self.connections.of(client)
+        if state is None or state.quic_refused:  # a refused QUIC connection is never shown a certificate
+            return
+        try:
+            hello = parse_client_hello(data.client_hello.raw_bytes(wrap_in_record=False))
+        except ValueError as exc:
+            logger.info(f"tlsgate: cannot judge a ClientHello from {client.peername}: {exc}")
+            return
+        audit = self._judge(state, data.context.server, hello, is_quic(client))
+        if audit.refuse or audit.probe:
+            data.establish_server_tls_first = False  # the server is never involved in a refusal or a probe
+        state.audit = audit
+
+    def _judge(self, state: ConnState, server: connection.Server, hello: ClientHello, quic: bool = False) -> Audit:
+        match = state.settle(hello.sni or server_host(server))
+        enforce = match.settings.mode is Mode.ENFORCE
+        rules: ClientRules = match.settings.get("client") or ClientRules()
+        audit = Audit(hello, server.address[1] if server.address else None, quic=quic)
+        audit.pending = judge_client_hello(hello, rules, enforce, match.host)
+        audit.refuse = blocks(audit.pending, match.settings.mode)
+        # QUIC is TLS 1.3 only, and aioquic has no version floor to move.
+        audit.floor = None if quic else client_floor(hello.best_version_word, rules, enforce, configured_floor())
+        client = state.client
+        if rules.probes and not audit.refuse and client.peername:
+            kind = self.schedule.next_kind(client.peername[0], match.host, rules.probes)
+            if kind:
+                audit.probe = self._mint_for().certificate(match.host, kind)
+                audit.run = ProbeRun(kind, match.host, audit.probe.summary())
+        return audit
+
+    def _mint_for(self) -> ProbeMint:
+        """Probe certificates signed by the CA mitmproxy itself signs with (rebuilt if its store is reloaded)."""
+        store = tlsconfig_addon().certstore
+        if self._mint is None or self._mint_source is not store:
+            self._mint = ProbeMint(store.default_privatekey, store.default_ca.to_cryptography())
+            self._mint_source = store
+        return self._mint
+
+    def tls_start_client(self, tls_start: tls.TlsData) -> None:
+        if not isinstance(tls_start.conn, connection.Client):  # a client hook: mitmproxy types the side as Connection
+            return
+        audit = self._audit(self.connections.peek(tls_start.conn))
+        if audit is None or tls_start.ssl_conn is None or tls_start.is_dtls:
+            return
+        audit.waited = time.monotonic() - audit.hello_at  # tlsgate's upstream handshake came first
+        if audit.probe is not None:
+            probe = audit.probe
+            tls_start.ssl_conn = client_connection(tls_start, audit.floor, probe.cert, probe.key, probe.chain)
+        elif audit.floor is not None:
+            tls_start.ssl_conn = client_connection(tls_start, audit.floor)
+
+    def quic_start_client(self, data: QuicTlsData) -> None:
+        """The QUIC counterpart of `tls_start_client`: refuse the hello, or show the probe certificate."""
+        if not isinstance(data.conn, connection.Client):
+            return
+        audit = self._audit(self.connections.peek(data.conn))
+        if audit is None or data.settings is None:
+            return
+        if audit.refuse:
+            refuse_handshake(data)
+        elif audit.probe is not None:
+            data.settings.certificate = audit.probe.cert
+            data.settings.certificate_private_key = audit.probe.key
+            data.settings.certificate_chain = list(audit.probe.chain)
+
+    # -- handshake outcome -------------------------------------------------------------------------
+
+    def tls_established_client(self, data: tls.TlsData) -> None:
+        if not isinstance(data.conn, connection.Client):
+            return
+        audit = self._audit(self.connections.peek(data.conn))
+        if audit is not None and audit.run is not None:
+            audit.run.handshake_done = True
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        if not isinstance(data.conn, connection.Client):
+            return
+        state = self.connections.peek(data.conn)
+        audit = self._audit(state)
+        if state is None or audit is None:
+            return
+        error = quic_client_error(data.conn.error) if audit.quic else data.conn.error
+        if audit.run is not None:
+            passed = audit.run.handshake_failed(error)
+            if passed is not None:
+                self._record(state, audit, passed)
+            elif data.conn.peername:  # failed for another reason: the probe proved nothing, so it is tried again
+                self.schedule.retry(data.conn.peername[0], audit.run.host, audit.run.kind)
+        elif not audit.refuse and (data.ssl_conn is not None or audit.quic):
+            refused = trust_refused(state.match.host if state.match else "", error)
+            if refused is not None and not _kept_waiting(state, audit, refused):
+                self._record(state, audit, refused)
+        self._flush(state, audit)
+
+    # -- what the client sends ---------------------------------------------------------------------
+
+    @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        state = self.connections.peek(flow.client_conn)
+        audit = self._audit(state)
+        if state is None or audit is None or flow.request.method == "CONNECT" or flow.response or not flow.live:
+            return
+        if audit.user_agent is None:
+            audit.user_agent = redact.redact_user_agent(flow.request.headers.get("user-agent", ""))
+        self._flush(state, audit)
+        if audit.run is not None and flow.request.stream:
+            # A streamed body would start flowing upstream right after this hook: no response can stop it, a kill can.
+            self._probe_accepted(state, audit, _request_evidence(flow.request))
+            flow.kill()
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        """Answer every request on an accepted probe connection here; by now the body is read, so leaks are named."""
+        state = self.connections.peek(flow.client_conn)
+        audit = self._audit(state)
+        if state is None or audit is None or audit.run is None or flow.response or not flow.live:
+            return
+        block(flow, self._probe_accepted(state, audit, _request_evidence(flow.request)))
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """Inside an accepted probe connection only HTTP may run (and every request is answered here)."""
+        state = self.connections.peek(nextlayer.context.client)
+        audit = self._audit(state)
+        if state is None or audit is None or audit.run is None or not audit.run.handshake_done or nextlayer.layer is None:
+            return
+        if isinstance(nextlayer.layer, layers.HttpLayer):
+            return
+        self._probe_accepted(state, audit, {"protocol": "tcp", "bytes": len(nextlayer.data_client())})
+        nextlayer.layer = Hangup(nextlayer.context)
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        state = self.connections.peek(flow.client_conn)
+        audit = self._audit(state)
+        if state is not None and audit is not None:
+            self._flush(state, audit)
+
+    def _probe_accepted(self, state: ConnState, audit: Audit, sent: dict[str, Any]) -> Finding:
+        """The critical finding, recorded once per connection whatever the client sends next."""
+        assert audit.run is not None
+        if audit.accepted is None:
+            audit.accepted = self._record(state, audit, audit.run.sent(sent))
+        return audit.accepted
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        state = self.connections.peek(client)
+        audit = self._audit(state)
+        if state is None or audit is None:
+            return
+        if audit.run is not None:
+            passed = audit.run.closed()
+            if passed is not None:
+                self._record(state, audit, passed)
+        self._flush(state, audit)
+
+    # -- recording ---------------------------------------------------------------------------------
+
+    def _flush(self, state: ConnState, audit: Audit) -> None:
+        """Record the hello findings (once), with whatever is known about the app by now."""
+        pending, audit.pending = audit.pending, []
+        match = state.match
+        assert match is not None  # an Audit exists only once `_judge` settled the match, and a match stays settled
+        for issue in pending:
+            reported = decide(issue, match.settings.mode) is not Action.BLOCKED
+            key = self._said_key(state, audit, issue.kind)
+            if reported and self.sink.repeats.again(key):
+                continue  # counted: a follow-up line says how many connections showed it (`Repeats`)
+            finding = self._record(state, audit, issue)
+            if reported:
+                self.sink.repeats.first(key, finding)
+
+    @staticmethod
+    def _said_key(state: ConnState, audit: Audit, kind: str) -> tuple[str, ...]:
+        client = state.client
+        address = client.peername[0] if client.peername else "?"
+        return ("client_audit", address, audit.hello.ja3(), state.match.host if state.match else "", kind)
+
+    def _record(self, state: ConnState, audit: Audit, issue: Issue) -> Finding:
+        assert state.match is not None
+        evidence = {"kind": issue.kind, **issue.evidence, **audit.evidence()}
+        return record(self.sink, state, state.client, issue, state.match, audit.port, evidence=evidence)
+
+
+def _kept_waiting(state: ConnState, audit: Audit, refused: Issue) -> bool:
+    """A silent hang-up after tlsgate kept the app waiting for a failed or slow upstream is the app's own timeout
+    as likely as distrust: the upstream's `fault` finding says what happened, a `client_trust` one would mislead."""
+    if refused.evidence.get("rejection") != CLOSED_SILENTLY:
+        return False
+    upstream_failed = any(
+        side.blocked is not None and side.blocked.check == Check.FAULT for side in state.servers.values()
+    )
+    return silent_close_excused(upstream_failed, audit.waited)
+
+
+def _request_evidence(request: http.Request) -> dict[str, Any]:
+    """What the app sent to the impostor, redacted: method, URL without secrets, and which credentials."""
+    return {
+        "protocol": "http",
+        "method": request.method,
+        "url": redact.redact_url(request_url(request)),
+        "credentials": [c.as_dict() for c in credentials_in(request)],
+    }

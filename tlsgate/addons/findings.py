@@ -1,0 +1,90 @@
+"""Sends findings to the JSON-lines file and the console; other sinks subscribe to it."""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import ctx, exceptions
+
+from tlsgate.sinks.findings import KEEP, MAX_BYTES, Finding, FindingsLog, Repeats
+
+logger = logging.getLogger("tlsgate.findings")
+
+_LEVEL = {
+    "info": logging.INFO,
+    "low": logging.INFO,
+    "medium": logging.WARNING,
+    "high": logging.WARNING,
+    "critical": logging.ERROR,
+}
+
+
+class FindingsSink:
+    """Every finding is written to the findings file (or stdout) and logged as one console line.
+
+    The console line's level is the finding's severity, so `termlog_verbosity`
+    (`-q`: errors only) filters them like any other line, except when the
+    console is the only record (`--findings ''`, or stock mitmdump without
+    `tlsgate_findings`): then the line is raised to the level the console
+    shows, so no verdict is ever without a trace.
+    """
+
+    def __init__(self, log: FindingsLog | None = None) -> None:
+        self.log = log or FindingsLog()
+        self.log.subscribe(self._to_console)
+        self.repeats = Repeats(self.log)  # shared by the add-ons that write a standing problem once, then count it
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "tlsgate_findings",
+            str,
+            "",
+            "Append tlsgate findings to this JSON-lines file; '-': JSON lines on stdout (for a container's log collector). "
+            "Empty: console only.",
+        )
+        loader.add_option(
+            "tlsgate_findings_max_bytes",
+            int,
+            MAX_BYTES,
+            "Rotate the findings file when it would grow past this many bytes (0: never rotate).",
+        )
+        loader.add_option("tlsgate_findings_keep", int, KEEP, "Rotated findings files to keep (findings.jsonl.1 is the newest).")
+
+    def configure(self, updated: set[str]) -> None:
+        if updated & {"tlsgate_findings_max_bytes", "tlsgate_findings_keep"}:
+            if ctx.options.tlsgate_findings_max_bytes < 0 or ctx.options.tlsgate_findings_keep < 0:
+                raise exceptions.OptionsError("tlsgate_findings_max_bytes and tlsgate_findings_keep must be 0 or more")
+            self.log.max_bytes = ctx.options.tlsgate_findings_max_bytes
+            self.log.keep = ctx.options.tlsgate_findings_keep
+        if "tlsgate_findings" in updated:
+            path = ctx.options.tlsgate_findings
+            try:
+                if path:
+                    self.log.open(path)
+                else:
+                    self.log.close()
+            except OSError as exc:
+                raise exceptions.OptionsError(f"cannot open findings file {path}: {exc}") from None
+
+    def done(self) -> None:
+        self.repeats.flush()  # before the file closes: every count that is not yet written
+        self.log.close()
+
+    def record(self, finding: Finding) -> None:
+        self.log.record(finding)
+
+    def _to_console(self, finding: Finding) -> None:
+        level = _LEVEL[finding.severity]
+        if not self.log.recording:
+            level = max(level, console_level())
+        logger.log(level, f"tlsgate: {finding.console_line()}")
+
+
+def console_level() -> int:
+    """The lowest level the terminal shows (`termlog_verbosity`); INFO where mitmproxy's terminal log is absent."""
+    try:
+        verbosity = str(ctx.options.termlog_verbosity)
+    except (AttributeError, KeyError):
+        return logging.INFO
+    level = logging.getLevelName(verbosity.upper())
+    return level if isinstance(level, int) else logging.INFO

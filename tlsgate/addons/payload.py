@@ -1,0 +1,469 @@
+"""Looks inside every decrypted request (and response) for what TLS hides from the network but not from tlsgate.
+
+AES-ECB and deterministic ciphertext, credentials in URLs, unsigned JWTs,
+Basic auth to hosts no rule names, provider API keys, and the device's seeded
+identifiers in any of their wire forms: judged by `tlsgate.checks.payload` under
+the host's `payload:` settings, in every mode and transport that ends in an
+HTTP flow (regular, socks5, transparent, WireGuard, HTTP/2, HTTP/3).
+
+Cost is bounded by `payload.max_bytes` (64 KiB by default):
+
+* a body mitmproxy buffers (up to its 1 MiB streaming threshold) is judged in
+  the `request` hook, before any byte of it goes upstream, on its first
+  `max_bytes` bytes (gzip/deflate bodies are inflated up to that many bytes);
+* a request whose body may stream (large or chunked) has its URL and headers
+  judged at `requestheaders`, where a block refuses it before the body is
+  read; a body mitmproxy streams by its Content-Length is tapped as it passes
+  (`Tap`): its first `max_bytes` bytes are copied, nothing is held back, and
+  what they show is recorded (it can no longer be blocked). A chunked body
+  that outgrows the threshold is streamed by mitmproxy before tlsgate sees it,
+  and only its URL and headers are judged.
+
+Responses are looked at for ECB only, and recorded: the request has already
+reached the server, and what must change is the app's crypto.
+
+A reported finding is written once per (device, host, kind, detail), then
+counted: follow-up lines carry how often it recurred (`tlsgate.sinks.findings.Repeats`);
+blocked ones are written every time, since each block must say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import weakref
+import zlib
+from collections.abc import Coroutine
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from mitmproxy import http
+
+from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.state import Connections, ConnState, request_host, request_url
+from tlsgate.addons.verdicts import block, block_at_headers, body_may_stream, fail_closed, mark, record
+from tlsgate.checks.model import Action, Issue, decide
+from tlsgate.checks.payload import PayloadFacts, judge_payload, rules_of
+from tlsgate.payload.bounds import SEGMENT, Budget, Steps, drain
+from tlsgate.payload.fields import Field, body_field_steps, header_fields, url_fields
+from tlsgate.payload.identifiers import Form, mask
+from tlsgate.payload.recall import BlockMemory
+from tlsgate.payload.scan import scan_steps
+from tlsgate.policy import Match, Policy
+from tlsgate.policy.sections.payload import DEFAULT_MAX_BYTES, PayloadAction, PayloadRules
+from tlsgate.sinks import redact
+from tlsgate.sinks.findings import Finding
+
+logger = logging.getLogger("tlsgate.payload")
+HEADS_JUDGED = "tlsgate_payload_heads"
+TAP = "tlsgate_payload_tap"
+# OAuth 2.0 puts these in redirect URLs by design (RFC 6749 4.1, RFC 7636, OIDC Session Management); an access
+# token there is still a finding. Options and indexes the identity providers add (Google's `authuser`, `hd`,
+# `prompt`; Microsoft's `client_info`; Facebook's `auth_type`, `granted_scopes`; Auth0's `auth0Client`) are not
+# credentials by name (`redact.is_credential_name`), so they need no entry here.
+OAUTH_URL_PARAMS = frozenset({"code", "state", "nonce", "code_challenge", "code_challenge_method", "session_state"})
+
+
+def signed_url_params(url: str) -> frozenset[str]:
+    """Parameters that belong in the URL by design, because a signature binds them to this one request: signed
+    URLs (S3 and GCS, V4 and V2; CloudFront; Azure SAS) carry a short-lived signature, and OAuth 1.0a callbacks and
+    signed requests carry a token that is useless without the secret it was signed with."""
+    keys = {key.lower() for key, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
+    exempt = {key for key in keys if key.startswith(("x-amz-", "x-goog-"))}
+    if "key-pair-id" in keys:  # CloudFront
+        exempt |= {"signature", "policy", "key-pair-id"}
+    if "sv" in keys and "sig" in keys:  # Azure shared access signature
+        exempt.add("sig")
+    if "signature" in keys and "expires" in keys and keys & {"awsaccesskeyid", "googleaccessid"}:  # S3 and GCS V2
+        exempt |= {"signature", "awsaccesskeyid", "googleaccessid"}
+    if "oauth_verifier" in keys:  # OAuth 1.0a callback (RFC 5849 2.2): the request token and its verifier
+        exempt |= {"oauth_token", "oauth_verifier"}
+    if "oauth_signature_method" in keys:  # OAuth 1.0a request signed in the query string (RFC 5849 3.5.3)
+        exempt |= {"oauth_token", "oauth_signature", "oauth_consumer_key", "oauth_nonce"}
+    return frozenset(exempt)
+
+
+SLICE = 0.005  # seconds of scanning before the event loop is handed back to every other connection
+HELD_LIMIT = 64 * 1024 * 1024  # body bytes held for inspection at once, beyond what mitmproxy buffers itself
+
+
+class Holdings:
+    """The bytes tlsgate holds to inspect bodies (tapped streams, inflated bodies), across every request at once.
+
+    Each request may hold up to its `max_bytes`, while the total stays under
+    `limit`; past it, a request still gets the default 64 KiB, and its finding
+    says its inspection was cut (`capped: ["held_bytes"]`).
+    """
+
+    def __init__(self, limit: int = HELD_LIMIT, floor: int = DEFAULT_MAX_BYTES) -> None:
+        self.limit = limit
+        self.floor = floor
+        self.held = 0
+
+    def reserve(self, wanted: int) -> int:
+        granted = max(min(wanted, self.limit - self.held), min(wanted, self.floor))
+        self.held += granted
+        return granted
+
+    def release(self, size: int) -> None:
+        self.held = max(0, self.held - size)
+
+
+class Tap:
+    """`request.stream` for a body mitmproxy streams: every chunk passes unchanged; the first `limit` bytes are copied."""
+
+    def __init__(self, limit: int, wanted: int | None = None, holdings: Holdings | None = None) -> None:
+        self.limit = limit
+        self.wanted = limit if wanted is None else wanted  # what the policy asked for; more than `limit` when cut
+        self.data = bytearray()
+        self.total = 0
+        # the reservation ends with the tap, however its flow ends (judged, killed, or the client gone)
+        self._release = weakref.finalize(self, holdings.release, limit) if holdings is not None else None
+
+    def __call__(self, chunk: bytes) -> bytes:
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+        self.total += len(chunk)
+        return chunk
+
+    def release(self) -> None:
+        self.data = bytearray()
+        if self._release is not None:
+            self._release()
+
+
+def bounded_body(raw: bytes, encoding: str, limit: int) -> tuple[bytes | bytearray, bool]:
+    """At most `limit` bytes of the body as the app wrote it (gzip/deflate inflated, never past `limit`), and
+    whether that is all of it."""
+    return drain(inflate_steps(raw, encoding, limit))
+
+
+def inflate_steps(raw: bytes | bytearray, encoding: str, limit: int) -> Steps[tuple[bytes | bytearray, bool]]:
+    """`bounded_body`, inflating at most `SEGMENT` bytes per step."""
+    if encoding.strip().lower() in ("gzip", "x-gzip", "deflate"):
+        inflater = zlib.decompressobj(wbits=47)  # gzip or zlib, by the header
+        out = bytearray()
+        pending = raw
+        try:
+            while len(out) < limit:
+                chunk = inflater.decompress(pending, min(SEGMENT, limit - len(out)))
+                out += chunk
+                pending = inflater.unconsumed_tail
+                if inflater.eof or not (pending or chunk):
+                    break
+                yield None
+            return out, inflater.eof and not inflater.unconsumed_tail
+        except zlib.error:
+            pass  # not what it says it is: judged as the bytes it is
+    return (raw if len(raw) <= limit else raw[:limit]), len(raw) <= limit
+
+
+def stepped(steps: Steps[Any], label: str) -> Coroutine[Any, Any, None] | None:
+    """Run `steps` now for up to `SLICE`; what is left runs as a coroutine that hands the event loop back every
+    `SLICE`, so one large body never holds up other devices' requests. mitmproxy awaits a hook's awaitable
+    result before the flow moves on, so the request is still held until its verdict."""
+    deadline = time.perf_counter() + SLICE
+    for _ in steps:
+        if time.perf_counter() >= deadline:
+            return _finish(steps, label)
+    return None
+
+
+async def _finish(steps: Steps[Any], label: str) -> None:
+    logger.debug(f"tlsgate: {label}: scanning in slices")
+    deadline = time.perf_counter() + SLICE
+    for _ in steps:
+        if time.perf_counter() >= deadline:
+            await asyncio.sleep(0)
+            deadline = time.perf_counter() + SLICE
+
+
+class PayloadInspector:
+    def __init__(self, connections: Connections, sink: FindingsSink) -> None:
+        self.connections = connections
+        self.sink = sink
+        self.memory = BlockMemory()
+        self.holdings = Holdings()
+        self._masked: object | None = None  # the seed index whose wire forms the console and logs mask
+        connections.store.subscribe(self._on_reload)
+
+    def _on_reload(self, result: str, policy: Policy | None) -> None:
+        """A new policy's seeded identifiers are masked in console and log lines from the moment it is in force."""
+        if policy is not None:
+            self._mask_seeded(rules_of_settings(policy.defaults.get("payload")))
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A body that may stream is not waited for: URL and headers are judged now, and a Content-Length body
+        mitmproxy streams is tapped up to `max_bytes` on its way."""
+        context = self._context(flow)
+        if context is None or not body_may_stream(flow.request):
+            return
+        state, match, rules = context
+        flow.metadata[HEADS_JUDGED] = True
+        if drain(self._judge(flow, state, match, rules, heads=True, body=None, at_headers=True)):
+            return
+        if flow.request.stream is True:  # mitmproxy decided (by Content-Length) to stream: look at what passes
+            length = flow.request.headers.get("content-length", "")
+            wanted = min(rules.max_bytes, int(length)) if length.isascii() and length.isdigit() else rules.max_bytes
+            tap = Tap(self.holdings.reserve(wanted), wanted, self.holdings)
+            flow.request.stream = tap
+            flow.metadata[TAP] = tap
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Everything not judged yet; a buffered body is judged before any byte of it goes upstream.
+
+        A scan that outlasts one slice finishes as a coroutine mitmproxy awaits (the request is held meanwhile)."""
+        heads_judged = bool(flow.metadata.pop(HEADS_JUDGED, False))
+        tap = flow.metadata.pop(TAP, None)
+        context = self._context(flow)
+        if context is None:
+            if isinstance(tap, Tap):
+                tap.release()
+            return None
+        state, match, rules = context
+        return stepped(self._request_steps(flow, state, match, rules, heads_judged, tap), "request")
+
+    def _request_steps(
+        self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules, heads_judged: bool, tap: object
+    ) -> Steps[bool]:
+        capped: list[str] = []
+        held = 0
+        try:
+            if isinstance(tap, Tap):
+                if tap.limit < tap.wanted and tap.total > tap.limit:
+                    capped.append("held_bytes")
+                body: tuple[bytes | bytearray, bool, int | None, bool] | None = (
+                    tap.data, tap.total <= tap.limit, tap.total, True
+                )  # fmt: skip
+            elif flow.request.stream:
+                body = (b"", True, None, True)  # streamed by mitmproxy before any hook saw it (a large chunked body)
+            else:
+                raw = flow.request.raw_content or b""
+                encoding = flow.request.headers.get("content-encoding", "")
+                limit = rules.max_bytes
+                if encoding and len(raw) < limit:  # an inflated body is held beside the raw one: within `holdings`
+                    held = limit = self.holdings.reserve(limit)
+                data, complete = yield from inflate_steps(raw, encoding, limit)
+                if limit < rules.max_bytes and not complete:
+                    capped.append("held_bytes")
+                body = (data, complete, len(raw), False)
+            return (yield from self._judge(flow, state, match, rules, not heads_judged, body, False, capped))
+        finally:
+            if isinstance(tap, Tap):
+                tap.release()
+            self.holdings.release(held)
+
+    def _context(self, flow: http.HTTPFlow) -> tuple[ConnState, Match, PayloadRules] | None:
+        if flow.response or flow.error or not flow.live or flow.request.method == "CONNECT":
+            return None
+        state = self.connections.of(flow.client_conn)
+        if state is None:
+            return None
+        match = state.match_for(request_host(flow.request), self.connections.store.policy)
+        rules = rules_of(match)
+        self._mask_seeded(rules)
+        return None if rules.off else (state, match, rules)
+
+    def _mask_seeded(self, rules: PayloadRules) -> None:
+        """Before mitmproxy's flow line for this request is printed, the console knows what to hide."""
+        if rules.seeds is None or rules.seeds is self._masked:
+            return
+        self._masked = rules.seeds
+        redact.mask_seeded(form.needle for form in rules.seeds.all_forms)
+
+    def _judge(
+        self,
+        flow: http.HTTPFlow,
+        state: ConnState,
+        match: Match,
+        rules: PayloadRules,
+        heads: bool,
+        body: tuple[bytes | bytearray, bool, int | None, bool] | None,
+        at_headers: bool,
+        capped: list[str] | None = None,
+    ) -> Steps[bool]:
+        """Record what the request shows; True when it was refused. Steps: see `tlsgate.payload.bounds`."""
+        request = flow.request
+        wants = {check: rules.action(check) is not PayloadAction.IGNORE for check in ("ecb", "secrets", "identifiers")}
+        forms = rules.seeds.forms_for(state.device) if wants["identifiers"] and rules.seeds else []
+        hidden = rules.seeds.all_forms if rules.seeds else []  # masked in names and URLs even where not searched for
+        url = request_url(request)
+        budget = Budget()
+        fields: list[Field] = []
+        if heads:
+            fields += url_fields(url) + header_fields(request.headers.items(multi=True))
+        data, complete, total, streamed = body if body is not None else (b"", True, None, False)
+        if not fields and not data:
+            return False
+        names: dict[str, str] = {}  # field names repeat (event batches): each is vetted once per request
+        found = yield from scan_steps(
+            itertools.chain(fields, body_field_steps(request.headers.get("content-type", ""), data, complete, budget)),
+            host=match.host,
+            namer=lambda path: shown_path(path, hidden, names),
+            ecb=wants["ecb"],
+            secrets=wants["secrets"],
+            forms=forms,
+            memory=self.memory,
+            budget=budget,
+            client=client_key(state),
+            body_bytes=total if not request.headers.get("content-encoding") else None,
+        )
+        credentials: list[dict[str, str]] = []
+        basic = False
+        keys = found.keys
+        if heads and wants["secrets"]:
+            exempt = OAUTH_URL_PARAMS | signed_url_params(url)
+            # a presigned URL names its access key ID (AKIA...) by design; the secret key never travels
+            keys = [k for k in keys if not (k["field"].startswith("query.") and k["field"][6:].lower() in exempt)]
+            credentials = [
+                {"kind": c.kind, "name": shown_name(c.name, hidden)}
+                for c in redact.dedupe(redact.url_credentials(url))
+                if c.name.lower() not in exempt
+            ]
+            basic = match.rule is None and any(
+                v.strip().lower().startswith("basic ") for v in request.headers.get_all("authorization")
+            )
+        facts = PayloadFacts(
+            method=request.method[:16],
+            url=mask(redact.redact_url(url), hidden),
+            streamed=streamed and body is not None,
+            inspected_bytes=len(data),
+            body_bytes=total,
+            ecb=found.ecb,
+            deterministic=found.deterministic,
+            url_credentials=credentials,
+            unsigned_jwts=found.unsigned_jwts,
+            basic_auth=basic,
+            keys=keys,
+            identifiers=found.identifiers,
+            capped=sorted({*found.capped, *(capped or ())}),
+        )
+        return self._verdict(flow, state, match, judge_payload(facts, match), at_headers)
+
+    def _verdict(self, flow: http.HTTPFlow, state: ConnState, match: Match, issues: list[Issue], at_headers: bool) -> bool:
+        refused = None
+        for issue in issues:
+            action = decide(issue, match.settings.mode)
+            if action is not Action.BLOCKED and self._said_before(state, match, issue):
+                continue
+            finding = record(self.sink, state, flow.client_conn, issue, match, flow.request.port)
+            if action is not Action.BLOCKED:
+                self._remember(state, match, issue, finding)
+            if action is Action.BLOCKED and refused is None:
+                refused = finding
+            elif "tlsgate" not in flow.metadata:
+                mark(flow, finding)
+        if refused is None:
+            return False
+        if at_headers:
+            block_at_headers(flow, refused)
+        else:
+            block(flow, refused)
+        return True
+
+    def _said_before(self, state: ConnState, match: Match, issue: Issue) -> bool:
+        """Recorded before for this device, host, kind and detail: counted (`Repeats`), not written again."""
+        return self.sink.repeats.again(_said_key(state, match, issue))
+
+    def _remember(self, state: ConnState, match: Match, issue: Issue, finding: Finding) -> None:
+        self.sink.repeats.first(_said_key(state, match, issue), finding)
+
+    # -- responses ----------------------------------------------------------------------------------
+
+    def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """ECB in what the server sends back: recorded, never blocked (the request already reached it)."""
+        return stepped(self._guarded_response(flow), "response")
+
+    def _guarded_response(self, flow: http.HTTPFlow) -> Steps[None]:
+        try:
+            yield from self._response(flow)
+        except Exception:  # noqa: BLE001 - a failed look at a response must not break it; it was never a verdict
+            logger.exception("tlsgate: inspecting a response for ECB failed; the response is passed unjudged")
+
+    def _response(self, flow: http.HTTPFlow) -> Steps[None]:
+        response = flow.response
+        if response is None or response.stream or not response.raw_content:
+            return
+        if flow.metadata.get("tlsgate", {}).get("action") == "blocked":
+            return  # tlsgate's own block page
+        state = self.connections.peek(flow.client_conn)
+        if state is None:
+            return
+        match = state.match_for(request_host(flow.request), self.connections.store.policy)
+        rules = rules_of(match)
+        if rules.action("ecb") is PayloadAction.IGNORE:
+            return
+        raw = response.raw_content
+        encoding = response.headers.get("content-encoding", "")
+        held = self.holdings.reserve(rules.max_bytes) if encoding and len(raw) < rules.max_bytes else 0
+        try:
+            data, complete = yield from inflate_steps(raw, encoding, held or rules.max_bytes)
+            budget = Budget()
+            hidden = rules.seeds.all_forms if rules.seeds else []
+            found = yield from scan_steps(
+                body_field_steps(response.headers.get("content-type", ""), data, complete, budget),
+                host=match.host,
+                namer=lambda path: shown_path(path, hidden),
+                secrets=False,
+                budget=budget,
+            )
+        finally:
+            self.holdings.release(held)
+        if not found.ecb:
+            return
+        facts = PayloadFacts(
+            method=flow.request.method[:16],
+            url=mask(redact.redact_url(request_url(flow.request)), hidden),
+            direction="response",
+            streamed=True,  # the exchange has happened: recorded only
+            inspected_bytes=len(data),
+            body_bytes=len(raw),
+            ecb=found.ecb,
+            capped=found.capped,
+        )
+        for issue in judge_payload(facts, match):
+            if not self._said_before(state, match, issue):
+                self._remember(state, match, issue, record(self.sink, state, flow.client_conn, issue, match, flow.request.port))
+
+
+def _said_key(state: ConnState, match: Match, issue: Issue) -> tuple[str, ...]:
+    return ("payload", state.device or "", match.host, issue.kind, issue.detail)
+
+
+def client_key(state: ConnState) -> str:
+    """Whose values are compared with each other: the device, else the client's address (a device farm's phones
+    each have their own device IDs and keys in front of their ciphertext)."""
+    if state.device:
+        return state.device
+    peer = state.client.peername
+    return str(peer[0]) if peer else ""
+
+
+def rules_of_settings(value: object) -> PayloadRules:
+    return value if isinstance(value, PayloadRules) else PayloadRules()
+
+
+def shown_name(name: str, forms: list[Form]) -> str:
+    """A field name as findings may show it: names that could be secrets or identifiers themselves are withheld."""
+    if not redact.PLAIN_NAME.fullmatch(name) or redact.looks_like_token(name) or redact.TOKEN_SEGMENT.fullmatch(name):
+        return redact.REDACTED
+    return mask(name, forms) if forms else name
+
+
+def shown_path(path: tuple[str, ...], forms: list[Form], cache: dict[str, str] | None = None) -> str:
+    if cache is None:
+        return ".".join(shown_name(part, forms) for part in path)[:200]
+    parts = []
+    for part in path:
+        shown = cache.get(part)
+        if shown is None:
+            shown = cache[part] = shown_name(part, forms)
+        parts.append(shown)
+    return ".".join(parts)[:200]

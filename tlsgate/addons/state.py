@@ -1,0 +1,191 @@
+"""What tlsgate knows about one client connection, in one object every add-on shares.
+
+Keyed by mitmproxy's `Client` in a weak dictionary, the way mitmproxy's own
+`proxyauth` keeps per-connection state, so nothing outlives the connection.
+The host the client asked for and the policy match for it are settled once:
+both sides of one connection (the app's hello and the upstream handshake) are
+judged under one policy even when a reload lands in between.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from mitmproxy import connection, dns, http
+
+from tlsgate.addons.wireguard import peer_device
+from tlsgate.policy import Match, Policy
+from tlsgate.policy.hosts import host_only, is_address, split_host_port
+
+if TYPE_CHECKING:
+    from tlsgate.addons.policy import PolicyStore
+    from tlsgate.checks.upstream import HandshakeFacts
+    from tlsgate.sinks.findings import Finding
+
+
+@dataclass(eq=False)
+class ServerSide:
+    """One upstream TLS connection of this client: facts until its handshake ends, then the verdict."""
+
+    match: Match
+    facts: HandshakeFacts
+    issues: list | None = None  # set once the leaf has been judged
+    done: bool = False  # the handshake ended (established or failed) and was recorded
+    blocked: Finding | None = None  # why requests on this server connection are refused
+
+
+@dataclass(eq=False)
+class ConnState:
+    policy: Policy
+    client: connection.Client
+    host: str | None = None  # the host the client asked for, once known
+    match: Match | None = None  # the one policy match for `host`
+    connect_host: str | None = None  # the CONNECT authority's host, a fallback for the asked-for host
+    device: str | None = None
+    servers: dict[str, ServerSide] = field(default_factory=dict)  # server connection id -> state
+    audit: object | None = None  # the client audit's own record (tlsgate.addons.client_audit.Audit)
+    quic_refused: bool = False  # a QUIC connection refused under `quic: refuse` (tlsgate.addons.quic)
+    names: DnsNames | None = None  # what tlsgate's own DNS told this client (WireGuard and DNS modes)
+
+    def name_of(self, host: str) -> str:
+        """The asked-for name for `host`: itself, unless it is a bare address tlsgate's own DNS gave this client for a name.
+
+        Callers pass the best name they have (SNI, else the Host header, else the
+        CONNECT authority, else the destination address); only the last can be
+        an address. In transparent and WireGuard modes that address is all a
+        connection without SNI or Host header carries, and a rule for
+        `api.example.com` must still apply to it.
+        """
+        name = host_only(host)
+        if self.names is None or not self.client.peername or not is_address(name):
+            return name
+        return self.names.name_for(self.client.peername[0], name) or name
+
+    def settle(self, host: str) -> Match:
+        """Fix the asked-for host and its match; a later, different guess does not move it."""
+        if self.match is None:
+            self.host = self.name_of(host)
+            self.match = self.policy.match(self.host)
+        return self.match
+
+    def match_for(self, host: str, current: Policy | None) -> Match:
+        """The match for a host this connection talks to: the settled one for its own host under an unchanged policy.
+
+        A plain-HTTP proxy connection may send requests for many hosts, and a
+        request after a reload is judged under the new policy.
+        """
+        policy = current or self.policy
+        name = self.name_of(host)
+        if self.match is not None and name == self.host and policy is self.policy:
+            return self.match
+        return policy.match(name)
+
+
+class Connections:
+    """The shared table; `of(client)` creates a connection's state on first use."""
+
+    def __init__(self, store: PolicyStore) -> None:
+        self.store = store
+        self.names = DnsNames()
+        self._states: weakref.WeakKeyDictionary[connection.Client, ConnState] = weakref.WeakKeyDictionary()
+
+    def of(self, client: connection.Client) -> ConnState | None:
+        """None only before any policy is loaded."""
+        state = self._states.get(client)
+        if state is None:
+            policy = self.store.policy
+            if policy is None:
+                return None
+            device = policy.device_for(client.peername[0]) if client.peername else None
+            device = device or peer_device(client, policy)  # WireGuard: by the peer's IPv4 entry, else its name
+            state = ConnState(policy, client, device=device, names=self.names)
+            self._states[client] = state
+        return state
+
+    def peek(self, client: connection.Client) -> ConnState | None:
+        return self._states.get(client)
+
+    def dns_response(self, flow: dns.DNSFlow) -> None:
+        """Remember which name each address answered to tlsgate's own DNS was for (WireGuard's 10.0.0.53, `--mode dns`)."""
+        if flow.response is None or flow.request.question is None or not flow.client_conn.peername:
+            return
+        name = flow.request.question.name
+        for answer in flow.response.answers:
+            if answer.type in (dns.types.A, dns.types.AAAA):
+                try:
+                    address = str(answer.ipv4_address if answer.type == dns.types.A else answer.ipv6_address)
+                except (ValueError, TypeError):  # a malformed answer says nothing about names
+                    continue
+                self.names.remember(flow.client_conn.peername[0], address, name)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        """Loaded after every add-on that reads the state, so this runs last for each connection."""
+        self._states.pop(client, None)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+class DnsNames:
+    """(client address, answered address) -> the name asked for; bounded, least recently answered forgotten first.
+
+    Keyed by client too, because two devices may be told different things for
+    one address (CDNs), and one's answer must never name the other's traffic.
+    """
+
+    def __init__(self, limit: int = 65536) -> None:
+        self.limit = limit
+        self._names: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def remember(self, client: str, address: str, name: str) -> None:
+        key = (client, host_only(address))
+        self._names[key] = host_only(name)
+        self._names.move_to_end(key)
+        while len(self._names) > self.limit:
+            self._names.popitem(last=False)
+
+    def name_for(self, client: str, address: str) -> str | None:
+        return self._names.get((client, host_only(address)))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+
+
+def request_url(request: http.Request) -> str:
+    """The request's URL as the app asked for it: in transparent modes mitmproxy's has the destination address."""
+    if not is_address(request.host):
+        return request.url
+    name = request_host(request)
+    if is_address(name) or not _HOST_NAME.fullmatch(name):
+        return request.url  # no name, or a Host header that is no host name: the address is the honest URL
+    shown = name
+    default = {"http": 80, "https": 443}.get(request.scheme)
+    authority = shown if request.port == default else f"{shown}:{request.port}"
+    return f"{request.scheme}://{authority}{request.path}"
+
+
+def request_host(request: http.Request) -> str:
+    """The name the app asked for; `ConnState.name_of` turns a remaining bare address into its DNS name.
+
+    A name the proxy itself connects to (the proxy-form URL's, the CONNECT or
+    SOCKS authority) is where the request goes, so it wins over a Host header
+    that could say anything. In transparent and WireGuard modes the target is
+    only an address and the Host header is the one name there is.
+    """
+    host = request.host
+    if not is_address(host):
+        return host
+    header = request.host_header
+    return split_host_port(header)[0] if header else host
+
+
+def server_host(server: connection.Server) -> str:
+    """The upstream's name as the client gave it: SNI, else the address it asked to reach."""
+    return server.sni or (server.address[0] if server.address else "")

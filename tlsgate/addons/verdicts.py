@@ -1,0 +1,210 @@
+"""The one place add-ons turn an issue into a finding, a flow mark and, when blocked, a block response.
+
+Keeping this shared means every check reports the same fields and every block
+page names check, host, rule and remedy the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import connection, http, version
+
+from tlsgate import __version__
+from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.state import ConnState
+from tlsgate.checks.model import Action, Check, Effect, Issue, Severity, decide
+from tlsgate.policy import Match
+from tlsgate.sinks.blockpage import Block, render
+from tlsgate.sinks.findings import Finding
+
+
+def client_label(client: connection.Client | None) -> str | None:
+    if client is None or not client.peername:
+        return None
+    host, port = client.peername[0], client.peername[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def record(
+    sink: FindingsSink,
+    state: ConnState | None,
+    client: connection.Client | None,
+    issue: Issue,
+    match: Match,
+    port: int | None,
+    evidence: dict[str, Any] | None = None,
+    remedy: str | None = None,
+) -> Finding:
+    """Record `issue` against the rule that matched the host (or the defaults block), decided by the host's mode."""
+    finding = Finding(
+        check=str(issue.check),
+        action=str(decide(issue, match.settings.mode)),
+        severity=str(issue.severity),
+        host=match.host,
+        port=port,
+        client=client_label(client),
+        device=state.device if state is not None else None,
+        rule=match.rule_ref,
+        detail=issue.detail,
+        remedy=issue.remedy if remedy is None else remedy,
+        evidence={"kind": issue.kind, **issue.evidence} if evidence is None else evidence,
+    )
+    sink.record(finding)
+    return finding
+
+
+def mark(flow: http.HTTPFlow, finding: Finding) -> None:
+    """What other add-ons (metrics) and mitmproxy's own tools see of the verdict on this flow."""
+    flow.metadata["tlsgate"] = {"check": finding.check, "action": finding.action, "rule": finding.rule}
+    # mitmweb's flow list shows marks and comments, not metadata: say why there too.
+    flow.marked = FLOW_MARKS.get(finding.action, flow.marked)
+    note = f"tlsgate {finding.action}: {finding.check} ({finding.rule}): {finding.detail}"
+    flow.comment = "\n".join(filter(None, (flow.comment, note)))[-2000:]
+
+
+FLOW_MARKS: dict[str, str] = {Action.BLOCKED: ":no_entry:", Action.FAILED: ":warning:", Action.REPORTED: ":eyes:"}
+
+
+def block(flow: http.HTTPFlow, finding: Finding) -> None:
+    """Answer the request here: it never reaches the upstream."""
+    mark(flow, finding)
+    flow.response = block_response(finding, flow.request.headers.get("accept", ""))
+
+
+BODY_SAMPLE = 65536  # the most of a body any check reads (redact.body_credentials)
+
+
+def body_may_stream(request: http.Request) -> bool:
+    """Whether mitmproxy may stream this request's body upstream before the `request` hook runs.
+
+    mitmproxy streams a body above `stream_large_bodies` (tlsgate sets 1 MiB),
+    deciding from Content-Length at the headers or, for a chunked body, once
+    the buffered part passes the limit; the `request` hook only runs after a
+    streamed body was sent. Such a request must be decided at its headers.
+    """
+    if request.stream:
+        return True
+    length = request.headers.get("content-length", "")
+    if length.isascii() and length.isdigit():
+        return int(length) > BODY_SAMPLE
+    return "chunked" in request.headers.get("transfer-encoding", "").lower()
+
+
+def block_at_headers(flow: http.HTTPFlow, finding: Finding, status: int | None = None) -> None:
+    """Refuse from a `requestheaders`/`http_connect` hook without reading the body.
+
+    mitmproxy cannot answer before reading a body it might stream (setting a
+    response on a streamed request raises inside its HTTP layer), so such a
+    request is refused by closing the connection; the finding says why.
+    """
+    if flow.request.method != "CONNECT" and body_may_stream(flow.request):
+        mark(flow, finding)
+        flow.kill()
+        return
+    block(flow, finding)
+    if status is not None and flow.response is not None:
+        flow.response.status_code = status
+
+
+def apply(flow: http.HTTPFlow, finding: Finding) -> None:
+    """Mark the flow, and answer it with the block page when the finding blocked (or the upstream failed)."""
+    if finding.action in (Action.BLOCKED, Action.FAILED):
+        block(flow, finding)
+    else:
+        mark(flow, finding)
+
+
+def block_response(finding: Finding, accept: str) -> http.Response:
+    page = Block(finding.check, finding.host, finding.rule, finding.detail, finding.remedy, finding.evidence)
+    body, content_type = render(page, accept)
+    headers = {"Content-Type": content_type, "Server": f"tlsgate/{__version__} ({version.MITMPROXY})", **page.headers()}
+    return http.Response.make(status_for(finding), body, headers)
+
+
+def status_for(finding: Finding) -> int:
+    """403 for a verdict; a network fault is the gateway's failure, as mitmdump says it (502, 504 on a timeout),
+    so apps do not take it for an authorisation error and the blocks alert does not fire on network trouble."""
+    if finding.action != Action.FAILED:
+        return 403
+    return 504 if finding.evidence.get("kind") == "timeout" else 502
+
+
+logger = logging.getLogger("tlsgate.verdicts")
+HTTP_VERDICT_HOOKS = ("http_connect", "requestheaders", "request")
+
+
+def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap an HTTP verdict hook so an exception inside it blocks the request instead of letting it through.
+
+    mitmproxy logs an add-on's exception and carries on, which for a verdict
+    hook means forwarding a request the policy may block (a 0xff byte in a
+    Host header once did exactly that). Every HTTP verdict hook wears this;
+    a contract test checks it.
+    """
+    if inspect.iscoroutinefunction(hook):
+
+        @functools.wraps(hook)
+        async def guarded_async(addon: Any, flow: http.HTTPFlow) -> None:
+            try:
+                await hook(addon, flow)
+            except Exception as exc:  # noqa: BLE001 - the point of the wrapper
+                refuse_unjudged(addon, flow, hook.__qualname__, exc)
+
+        guarded_async.tlsgate_fail_closed = True  # type: ignore[attr-defined]
+        return guarded_async
+
+    @functools.wraps(hook)
+    def guarded(addon: Any, flow: http.HTTPFlow) -> Any:
+        try:
+            result = hook(addon, flow)
+        except Exception as exc:  # noqa: BLE001 - the point of the wrapper
+            refuse_unjudged(addon, flow, hook.__qualname__, exc)
+            return None
+        if inspect.isawaitable(result):  # judged now when that is quick, else finished later (mitmproxy awaits it)
+            return _guard_awaitable(addon, flow, hook.__qualname__, result)
+        return result
+
+    guarded.tlsgate_fail_closed = True  # type: ignore[attr-defined]
+    return guarded
+
+
+async def _guard_awaitable(addon: Any, flow: http.HTTPFlow, where: str, pending: Any) -> None:
+    try:
+        await pending
+    except Exception as exc:  # noqa: BLE001 - the point of the wrapper
+        refuse_unjudged(addon, flow, where, exc)
+
+
+def refuse_unjudged(addon: Any, flow: http.HTTPFlow, where: str, exc: Exception) -> None:
+    """Block `flow` because a check raised: with a finding when one can be built, with a bare 403 otherwise."""
+    logger.error(f"tlsgate: {where} failed ({type(exc).__name__}); the request is refused, not forwarded", exc_info=exc)
+    issue = Issue(
+        Check.REQUEST,
+        "check_failed",
+        Effect.ALWAYS,
+        Severity.HIGH,
+        f"tlsgate could not judge this request ({where}: {type(exc).__name__}); it was refused, not forwarded",
+        {"where": where, "error": type(exc).__name__},
+        "report this as a tlsgate bug, with the log line above",
+    )
+    try:
+        state = addon.connections.of(flow.client_conn)
+        host = flow.request.pretty_host.encode("ascii", "backslashreplace").decode()[:255]
+        match = state.policy.match(host) if state is not None else None
+        if state is None or match is None:
+            raise LookupError("no policy state")
+        block_at_headers(flow, record(addon.sink, state, flow.client_conn, issue, match, flow.request.port))
+    except Exception:  # noqa: BLE001 - even the finding failed: still refuse
+        logger.exception("tlsgate: could not record the refusal; refusing without a finding")
+        try:
+            if body_may_stream(flow.request):
+                flow.kill()
+            else:
+                flow.response = http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
+        except Exception:  # noqa: BLE001
+            flow.kill()

@@ -1,0 +1,205 @@
+"""Invalid-certificate probes as verdicts: which connection gets one, and what the client's answer means.
+
+A probe connection moves through: offered (tlsgate presented the bad certificate)
+-> the handshake failed with a certificate alert (passed: the client verifies)
+or for another reason (proved nothing: the kind is tried again)
+-> the handshake completed, then either the client sent data (accepted: it would
+talk to any impostor; nothing is forwarded, ever) or it hung up without a byte
+(passed: host name checks and pinning often run after the handshake).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from tlsgate.checks.model import Check, Effect, Issue, Severity
+from tlsgate.tls.probes import WRONG_HOST
+
+CLOSED_AFTER_HANDSHAKE: Final = "closed after the handshake without sending a request"
+TRUST_REMEDY: Final = (
+    "if the CA is missing: install it on the device (open http://mitm.it through the proxy, or `tlsgate ca export`; "
+    "for apps that ignore user CAs on Android 7+, `tlsgate ca export --format android` into the system store of a test "
+    "device). If the CA is installed and other apps work through tlsgate, the app pins its certificates: good for the "
+    "app; to inspect it anyway, test a debug build whose network security config trusts the tlsgate CA"
+)
+
+# What the client was shown, as a finding's sentence says it.
+PROBE_WORDS: Final = {
+    "self_signed": "a self-signed certificate",
+    "wrong_host": f"a certificate for another host ({WRONG_HOST})",
+    "expired": "an expired certificate",
+    "untrusted_ca": "a certificate from an untrusted CA",
+}
+
+# What accepting each one says about the app, and where such bugs usually live.
+PROBE_REMEDIES: Final = {
+    "self_signed": "the app accepts any certificate: remove the trust-all TrustManager / badCertificateCallback / "
+    "verify=False / curl -k; verification must stay on in every build that leaves the developer's desk",
+    "untrusted_ca": "the app accepts certificates from any issuer: remove the trust-all TrustManager / "
+    "badCertificateCallback / verify=False, and trust only the platform store (or your pinned keys)",
+    "wrong_host": "the app does not check the host name: remove the accept-all HostnameVerifier "
+    "(ALLOW_ALL_HOSTNAME_VERIFIER, check_hostname=False, CURLOPT_SSL_VERIFYHOST=0)",
+    "expired": "the app ignores certificate expiry: remove the custom trust check that skips the validity "
+    "dates (or the disabled time check)",
+}
+
+
+
+class ProbeSchedule:
+    """Which probe the next connection from a client to a host gets: each kind once, then none.
+
+    Keyed by (client address, host), not by connection: the point is that a
+    well-behaved app keeps working after one failed connection per kind. A kind
+    is used up when a connection starts with it, so parallel connections get
+    different kinds. The table is bounded; when full, the pair probed least
+    recently is forgotten, and that pair starts over with the first kind if it
+    comes back.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._tried: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
+
+    def next_kind(self, client: str, host: str, kinds: Sequence[str]) -> str | None:
+        key = (client, host)
+        tried = self._tried.get(key, [])
+        kind = next((k for k in kinds if k not in tried), None)
+        if kind is None:
+            return None
+        self._tried[key] = [*tried, kind]
+        self._tried.move_to_end(key)
+        while len(self._tried) > self.capacity:
+            self._tried.popitem(last=False)
+        return kind
+
+    def retry(self, client: str, host: str, kind: str) -> None:
+        """Give a kind back: the connection failed for a reason that says nothing about the certificate."""
+        tried = self._tried.get((client, host))
+        if tried and kind in tried:
+            tried.remove(kind)
+
+    def tried(self, client: str, host: str) -> tuple[str, ...]:
+        return tuple(self._tried.get((client, host), ()))
+
+    def __len__(self) -> int:
+        return len(self._tried)
+
+
+# -- reading a client's refusal ---------------------------------------------------------------------
+
+# TLS alerts a client sends when it will not accept the certificate it was shown (RFC 8446 6.2).
+CERTIFICATE_ALERTS: Final = (
+    "unknown ca",
+    "bad certificate",
+    "certificate unknown",
+    "certificate expired",
+    "certificate revoked",
+    "unsupported certificate",
+)
+CLOSED_SILENTLY: Final = "closed without an alert"
+
+# mitmproxy's words for a client that hung up mid-handshake, after it was sent the certificate.
+_SILENT_CLOSE: Final = "disconnected during the handshake"
+
+
+def client_rejection(error: str | None) -> str | None:
+    """The alert (or silent close) with which a client refused tlsgate's certificate; None for other failures.
+
+    A version or cipher mismatch, an unparseable hello or a client that left
+    before the handshake began say nothing about trust, so they are not read
+    as a refusal (and a probe that ends that way is tried again).
+    """
+    if not error:
+        return None
+    text = error.lower()
+    for alert in CERTIFICATE_ALERTS:
+        if alert in text:
+            return alert
+    if text.strip() == "connection closed" or _SILENT_CLOSE in text:
+        return CLOSED_SILENTLY
+    return None
+
+
+def likely_cause(rejection: str) -> str:
+    """Why a client most likely refused tlsgate's normal certificate, in a tester's words."""
+    if rejection == "unknown ca":
+        return (
+            "most likely tlsgate's CA is not installed, or not trusted by this app, on the device; "
+            "an app that pins its certificates can answer the same way"
+        )
+    if rejection == CLOSED_SILENTLY:
+        return (
+            "the app hung up as soon as it saw the certificate, without saying why: typical of certificate "
+            "pinning, or of a CA the app does not trust"
+        )
+    return "either tlsgate's CA is not trusted by this app on the device, or the app pins its certificates"
+
+
+@dataclass
+class ProbeRun:
+    """One probe on one client connection, from offer to outcome; each outcome is said once."""
+
+    kind: str
+    host: str
+    certificate: dict[str, Any]  # what the client was shown (ProbeCertificate.summary())
+    handshake_done: bool = False
+    accepted: Issue | None = None
+    passed: Issue | None = None
+
+    def handshake_failed(self, error: str | None) -> Issue | None:
+        """The passed issue when the client refused the certificate; None when the failure proved nothing."""
+        rejection = client_rejection(error)
+        return self._pass(rejection) if rejection is not None else None
+
+    def sent(self, what: dict[str, Any]) -> Issue:
+        """The client used the probed connection: the critical issue (the same one for every later send)."""
+        if self.accepted is None:
+            shown = f"{what['method']} {what['url']}" if what.get("protocol") == "http" else "raw TCP data"
+            self.accepted = Issue(
+                Check.CLIENT_PROBE,
+                self.kind,
+                Effect.ALWAYS,
+                Severity.CRITICAL,
+                f"the client accepted {PROBE_WORDS[self.kind]} for {self.host} and sent {shown} over it: "
+                "it would talk to any impostor on the network; tlsgate answered itself and forwarded nothing",
+                {"kind": self.kind, "certificate": self.certificate, "sent": what},
+                PROBE_REMEDIES[self.kind],
+            )
+        return self.accepted
+
+    def closed(self) -> Issue | None:
+        """The connection ended: a completed handshake followed by silence is a refusal too."""
+        if self.handshake_done and self.accepted is None and self.passed is None:
+            return self._pass(CLOSED_AFTER_HANDSHAKE)
+        return None
+
+    def _pass(self, rejection: str) -> Issue:
+        self.passed = Issue(
+            Check.CLIENT_PROBE,
+            self.kind,
+            Effect.PASSED,
+            Severity.INFO,
+            f"the client refused {PROBE_WORDS[self.kind]} for {self.host} ({rejection}): "
+            "it verifies this part of the certificate",
+            {"kind": self.kind, "rejection": rejection, "certificate": self.certificate},
+        )
+        return self.passed
+
+
+def trust_refused(host: str, error: str | None) -> Issue | None:
+    """A normal (unprobed) connection whose client refused tlsgate's certificate, explained; None for other failures."""
+    rejection = client_rejection(error)
+    if rejection is None:
+        return None
+    return Issue(
+        Check.CLIENT_TRUST,
+        "certificate_refused",
+        Effect.RECORD,
+        Severity.INFO,
+        f"the client refused tlsgate's certificate for {host} ({rejection}): {likely_cause(rejection)}",
+        {"kind": "certificate_refused", "rejection": rejection, "error": (error or "")[:300]},
+        TRUST_REMEDY,
+    )

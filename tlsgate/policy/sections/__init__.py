@@ -1,0 +1,23 @@
+"""The policy's sections, one module each; importing this package registers the built-in ones.
+
+To add a section: write `tlsgate/policy/sections/<name>.py` with its rules type,
+parser and schema fragment, `register(Section(...))` it, and import it below.
+Its check goes in `tlsgate/checks/`, and the add-on that applies it reads
+`match.settings.get("<name>")`.
+"""
+
+from tlsgate.policy.sections.base import SECTIONS, Context, Section, register, unregister
+
+from tlsgate.policy.sections import certificates, cleartext, client, pins, tls  # noqa: F401  # isort: skip
+from tlsgate.policy.sections import destinations, quic  # noqa: F401  # isort: skip
+from tlsgate.policy.sections import payload  # noqa: F401  # isort: skip
+from tlsgate.policy.sections import app  # noqa: F401  # isort: skip
+from tlsgate.policy.sections import timeouts  # noqa: F401  # isort: skip
+
+# Schema and messages list the built-in sections in this order whatever order their modules were imported in,
+# and sections registered later after them.
+_BUILT_IN = ("cleartext", "tls", "certificates", "pins", "client", "quic", "local_destinations", "pin_sets")
+for _name in sorted(SECTIONS, key=lambda n: _BUILT_IN.index(n) if n in _BUILT_IN else len(_BUILT_IN)):
+    SECTIONS[_name] = SECTIONS.pop(_name)
+
+__all__ = ["SECTIONS", "Context", "Section", "register", "unregister"]

@@ -1,0 +1,245 @@
+"""JUnit XML, SARIF 2.1.0, Markdown and JSON renderings of a Summary.
+
+JUnit is written with junitparser (the library CI result publishers read it
+with) rather than string templates, so escaping and the element order the
+consumers expect are not ours to get wrong. SARIF is plain JSON shaped by the
+OASIS 2.1.0 schema; the tests validate it against the official schema file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections import defaultdict
+from importlib import metadata
+from typing import Any
+from urllib.parse import quote
+
+from junitparser import Failure, JUnitXml, TestCase, TestSuite
+
+from tlsgate.report.model import EMBEDDED_PREFIX, RANK, SEVERITIES, Record
+from tlsgate.report.summary import Group, Summary
+from tlsgate.sinks.findings import printable
+
+SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+SARIF_LEVELS = {"info": "note", "low": "note", "medium": "warning", "high": "error", "critical": "error"}
+# GitHub code scanning and others sort by this 0.0-10.0 score when it is present.
+SECURITY_SEVERITY = {"info": "0.0", "low": "3.0", "medium": "5.5", "high": "8.0", "critical": "9.5"}
+ICONS = {"critical": "🟥", "high": "🟧", "medium": "🟨", "low": "🟦", "info": "⬜"}
+
+
+def tool_version() -> str:
+    try:
+        return metadata.version("tlsgate")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+def _finding_line(record: Record) -> str:
+    where = f"{record.host}:{record.port}" if record.port else record.host
+    line = (
+        f"[{record.severity}] {record.action} {record.rule_id} {where} from {record.who} at {record.time or '?'}: {record.detail}"
+    )
+    return line + (f"\n    remedy: {record.remedy}" if record.remedy else "")
+
+
+# -- JUnit ---------------------------------------------------------------------------------------
+
+
+def junit(summary: Summary) -> str:
+    """One suite per device (or app fingerprint, or address), one case per (check, host); failures by the gate's rule."""
+    by_suite: dict[str, dict[tuple[str, str], list[Group]]] = defaultdict(lambda: defaultdict(list))
+    for group in summary.sorted_groups():
+        by_suite[group.who][(group.check, group.host)].append(group)
+    xml = JUnitXml("tlsgate")
+    for who in sorted(by_suite):
+        suite = TestSuite(who)
+        for (check, host), groups in sorted(by_suite[who].items()):
+            case = TestCase(f"{check} {host}", classname=f"tlsgate.{check}", time=0.0)
+            records = [r for g in groups for r in g.examples]
+            count = sum(g.count for g in groups)
+            failing = sum(g.failing for g in groups)
+            worst = max((g.worst for g in groups if g.worst), key=lambda r: r.rank)
+            shown = "\n".join(_finding_line(r) for r in records)
+            left_out = count - len(records)
+            if left_out:
+                shown += f"\n... and {left_out} more finding(s) like these"
+            if failing:
+                failure = Failure(f"{failing} of {count} finding(s) fail the gate: {worst.detail}", f"{worst.severity}")
+                failure.text = shown
+                case.result = [failure]
+            else:
+                case.system_out = shown
+            suite.append(case)  # add_testcase recounts the whole suite each time: quadratic on big runs
+        suite.update_statistics()
+        xml.add_testsuite(suite)
+    if not by_suite:
+        # An empty report is still a report: one passing case says the run was checked and found clean.
+        suite = TestSuite("tlsgate")
+        case = TestCase("no findings", classname="tlsgate", time=0.0)
+        case.system_out = f"{summary.total} finding(s) in {', '.join(summary.sources) or 'the input'}"
+        suite.append(case)
+        suite.update_statistics()
+        xml.add_testsuite(suite)
+    # Run-wide facts go on the first suite only, each name once: some readers (xunitparser) merge all
+    # suites' properties into one map and refuse repeated names.
+    first = next(iter(xml))
+    first.add_property("tlsgate.fail_on", f"blocked or >= {summary.threshold_name}")
+    first.add_property("tlsgate.sources", ", ".join(summary.sources))
+    if summary.notes():
+        first.add_property("tlsgate.notes", "; ".join(summary.notes()))
+    xml.update_statistics()
+    buffer = io.BytesIO()
+    xml.write(buffer, pretty=True)
+    return buffer.getvalue().decode("utf-8")
+
+
+# -- SARIF ---------------------------------------------------------------------------------------
+
+
+def sarif(summary: Summary) -> dict[str, Any]:
+    """One result per distinct problem (identity), so a million repeats stay one result with a count."""
+    groups = summary.sorted_groups()
+    rules: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        worst = group.worst
+        rule = rules.get(group.rule_id)
+        if rule is None:
+            rules[group.rule_id] = rule = {
+                "id": group.rule_id,
+                "name": group.rule_id.replace("/", "_"),
+                "shortDescription": {"text": f"tlsgate {group.check} check" + (f": {group.kind}" if group.kind else "")},
+                "fullDescription": {"text": worst.detail if worst and worst.detail else group.rule_id},
+                "help": {"text": worst.remedy if worst and worst.remedy else "see the finding's detail"},
+                "defaultConfiguration": {"level": SARIF_LEVELS[group.severity]},
+                "properties": {"tags": ["security", "tls", group.check], "security-severity": SECURITY_SEVERITY[group.severity]},
+            }
+        elif RANK[group.severity] > SEVERITIES.index(_level_severity(rule)):
+            rule["defaultConfiguration"]["level"] = SARIF_LEVELS[group.severity]
+            rule["properties"]["security-severity"] = SECURITY_SEVERITY[group.severity]
+    index = {rule_id: position for position, rule_id in enumerate(rules)}
+    results = [_sarif_result(group, index[group.rule_id]) for group in groups]
+    run: dict[str, Any] = {
+        "tool": {
+            "driver": {
+                "name": "tlsgate",
+                "version": tool_version(),
+                "informationUri": "https://github.com/tlsgate/tlsgate",
+                "rules": list(rules.values()),
+            }
+        },
+        "results": results,
+        "columnKind": "unicodeCodePoints",
+        "properties": {
+            "verdict": "pass" if summary.passed else "fail",
+            "failOn": summary.threshold_name,
+            "total": summary.total,
+            "failing": summary.failing,
+            "notes": summary.notes(),
+        },
+    }
+    return {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}
+
+
+def _level_severity(rule: dict[str, Any]) -> str:
+    score = rule["properties"]["security-severity"]
+    return next(name for name, value in SECURITY_SEVERITY.items() if value == score)
+
+
+def artifact_uri(path: str) -> str:
+    """The policy file as a relative URI reference: percent-encoded, so no rule text can become a
+    `javascript:` (or any other scheme's) link in a code-scanning view; the packaged default policy is
+    the checkout's `policies/default.yaml`, whatever older findings called it."""
+    return quote(path.removeprefix(EMBEDDED_PREFIX), safe="/._-~") or "policy"
+
+
+def sarif_text(text: str) -> str:
+    """A SARIF message's plain text: `[text](target)` there is an embedded link (SARIF 3.11.6), so brackets,
+    and the backslash that would escape them, are escaped."""
+    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+
+
+def _sarif_result(group: Group, rule_index: int) -> dict[str, Any]:
+    worst = group.worst
+    path, line = worst.rule_location if worst else (group.rule, None)
+    physical: dict[str, Any] = {"artifactLocation": {"uri": artifact_uri(path)}}
+    if line:
+        physical["region"] = {"startLine": line}
+    message = f"{worst.detail if worst else group.rule_id} (host {group.host}, device {group.who}"
+    message += f", {group.count} time(s))" if group.count > 1 else ")"
+    return {
+        "ruleId": group.rule_id,
+        "ruleIndex": rule_index,
+        "level": SARIF_LEVELS[group.severity],
+        "message": {"text": sarif_text(message)},
+        "locations": [{"physicalLocation": physical}],
+        # v2: the rule counts by file name and line (`rule_key`), so a laptop's and CI's runs are one alert.
+        "partialFingerprints": {"tlsgateIdentity/v2": "|".join((group.check, group.kind, group.host, group.rule_key, group.who))},
+        "occurrenceCount": group.count,
+        "properties": {
+            "severity": group.severity,
+            "host": group.host,
+            "device": group.who,
+            "actions": dict(group.by_action),
+            "failing": group.failing,
+            "remedy": worst.remedy if worst else "",
+            "firstSeen": group.first_time,
+            "lastSeen": group.last_time,
+        },
+    }
+
+
+# -- Markdown ------------------------------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    """Table-safe text: findings carry client-controlled strings, which must not break out of a cell or add markup."""
+    text = printable(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    for char in "`*_[]&@#:":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _code(text: str) -> str:
+    """`text` as a code span, the only Markdown in which nothing is a link, a mention, an autolink
+    (`www.x.test`), HTML or emphasis: fenced by more backticks than it holds in a row, pipes escaped
+    for the table (GitHub's table parser takes `\\|` as a pipe even inside code)."""
+    text = printable(text).replace("|", "\\|")
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def markdown(summary: Summary, limit: int = 15) -> str:
+    """A short summary for a pull-request comment or a CI step summary: verdict, counts, the worst problems."""
+    verdict = "✅ **PASS**" if summary.passed else "❌ **FAIL**"
+    lines = [
+        f"### tlsgate: {verdict} (fail on blocked or ≥ {summary.threshold_name})",
+        "",
+        f"{summary.total} finding(s), {summary.failing} failing, on {len(summary.hosts)} host(s) "
+        f"from {len(summary.by_who)} device(s).",
+        "",
+        "| " + " | ".join(f"{ICONS[name]} {name}" for name in reversed(SEVERITIES)) + " |",
+        "|" + "---:|" * len(SEVERITIES),
+        "| " + " | ".join(str(summary.by_severity[name]) for name in reversed(SEVERITIES)) + " |",
+    ]
+    groups = summary.sorted_groups()
+    if groups:
+        lines += ["", "| severity | problem | host | device | count | action | rule |", "|---|---|---|---|---:|---|---|"]
+        for group in groups[:limit]:
+            action = ", ".join(f"{name} {n}" for name, n in group.by_action.most_common())
+            lines.append(
+                f"| {ICONS[group.severity]} {group.severity} | {_code(group.rule_id)} | {_code(group.host)} | {_code(group.who)} "
+                f"| {group.count} | {action} | {_code(group.rule)} |"
+            )
+        if len(groups) > limit:
+            lines.append(f"\n…and {len(groups) - limit} more problem(s); see the HTML or SARIF report.")
+    for note in summary.notes():
+        lines.append(f"\n> {_cell(note)}")
+    return "\n".join(lines) + "\n"
+
+
+def as_json(summary: Summary) -> str:
+    return json.dumps(summary.as_dict(), indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,329 @@
+"""Folding a stream of findings into a bounded summary every format renders from.
+
+A device-farm run can log a million findings, mostly the same few problems
+over and over. Nothing here grows with the number of lines: counters, one
+group per finding identity (capped), one row per host (capped), a timeline
+whose bins widen as the run gets longer, and at most a few example findings
+per group. Whatever a cap leaves out is counted, so every report can say so.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from tlsgate.report.model import RANK, SEVERITIES, Record, rule_key
+
+EXAMPLES_PER_GROUP = 50  # findings kept in full per group, for evidence in HTML and JUnit
+EXAMPLE_BUDGET = 5_000  # across all groups; past it each group keeps only its worst finding
+MAX_GROUPS = 20_000
+MAX_HOSTS = 10_000
+MAX_TIMELINE_BINS = 2_048
+NICE_WIDTHS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 21600, 43200, 86400)
+BOUNDED_SET = 8  # ports, devices, versions... listed per host
+LAST_SECOND = 253_000_000_000  # late in year 9987: a timeline bin after it could not be labelled with a date
+
+
+def identity(record: Record, who: str | None = None) -> tuple[str, str, str, str, str]:
+    """What makes two findings "the same problem" across runs: never times, ports or client ports, and the
+    deciding rule by file name and line only (`rule_key`), so runs from other directories or machines match."""
+    return (record.check, record.kind or "", record.host_key, record.rule_key, who or record.who)
+
+
+def _add_bounded(items: list[str], value: str | None) -> None:
+    if value and len(items) < BOUNDED_SET and value not in items:
+        items.append(value)
+
+
+@dataclass
+class Group:
+    """Every finding with one identity: counts, the worst, and a few kept in full."""
+
+    check: str
+    kind: str
+    host: str
+    rule: str
+    who: str
+    count: int = 0
+    failing: int = 0
+    worst: Record | None = None
+    by_action: Counter[str] = field(default_factory=Counter)
+    examples: list[Record] = field(default_factory=list)
+    first_time: str | None = None
+    last_time: str | None = None
+
+    @property
+    def rule_id(self) -> str:
+        return f"{self.check}/{self.kind}" if self.kind else self.check
+
+    @property
+    def rule_key(self) -> str:
+        return rule_key(self.rule)
+
+    @property
+    def severity(self) -> str:
+        return self.worst.severity if self.worst else "info"
+
+    @property
+    def omitted(self) -> int:
+        return self.count - len(self.examples)
+
+
+@dataclass
+class HostRow:
+    host: str
+    count: int = 0
+    failing: int = 0
+    ports: list[str] = field(default_factory=list)
+    transports: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    suites: list[str] = field(default_factory=list)
+    pins: str = ""
+    devices: list[str] = field(default_factory=list)
+    worst: Record | None = None
+
+
+PIN_WORDS = {"pin_mismatch": "MISMATCH", "pin_set_expired": "pin set expired"}
+
+
+class Summary:
+    """Everything the reports say about one or more findings files, built in one pass."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.total = 0
+        self.failing = 0
+        self.by_severity: Counter[str] = Counter({name: 0 for name in SEVERITIES})
+        self.by_action: Counter[str] = Counter()
+        self.by_check: Counter[str] = Counter()
+        self.by_who: Counter[str] = Counter()
+        self.who_severity: dict[str, Counter[str]] = {}
+        self.groups: dict[tuple[str, str, str, str, str], Group] = {}
+        self.groups_dropped = 0  # findings whose group did not fit under MAX_GROUPS
+        self.hosts: dict[str, HostRow] = {}
+        self.hosts_dropped = 0
+        self.examples_kept = 0
+        self.bin_seconds = 1
+        self.bins: dict[int, Counter[str]] = {}
+        self.first_time: str | None = None
+        self.last_time: str | None = None
+        self.sources: list[str] = []
+        self._last_head = self._last_zone = ""
+        self._last_second: int | None = None
+
+    # -- folding ---------------------------------------------------------------------------------
+
+    def add_all(self, records: Iterable[Record]) -> Summary:
+        for record in records:
+            self.add(record)
+        return self
+
+    def add(self, record: Record) -> None:
+        """Every count is of occurrences: a follow-up line stands for `record.occurrences` of them."""
+        times = record.occurrences
+        self.total += times
+        fails = record.fails(self.threshold) * times
+        self.failing += fails
+        self.by_severity[record.severity] += times
+        self.by_action[record.action] += times
+        self.by_check[record.check] += times
+        who = record.who
+        self.by_who[who] += times
+        per_who = self.who_severity.get(who)
+        if per_who is None:
+            per_who = self.who_severity[who] = Counter()
+        per_who[record.severity] += times
+        self._group(record, fails, who)
+        self._host(record, fails, who)
+        self._time(record)
+
+    def _group(self, record: Record, fails: int, who: str) -> None:
+        key = identity(record, who)
+        group = self.groups.get(key)
+        if group is None:
+            if len(self.groups) >= MAX_GROUPS:
+                self.groups_dropped += 1
+                return
+            # Shown with the first finding's rule reference as written; matched by its key.
+            group = self.groups[key] = Group(key[0], key[1], key[2], record.rule, key[4])
+        group.count += record.occurrences
+        group.failing += fails
+        group.by_action[record.action] += record.occurrences
+        if group.worst is None or record.rank > group.worst.rank:
+            group.worst = record
+        if len(group.examples) < EXAMPLES_PER_GROUP and (not group.examples or self.examples_kept < EXAMPLE_BUDGET):
+            group.examples.append(record)
+            self.examples_kept += 1
+        if record.time:
+            group.first_time = min(group.first_time or record.time, record.time)
+            group.last_time = max(group.last_time or record.time, record.time)
+
+    def _host(self, record: Record, fails: int, who: str) -> None:
+        row = self.hosts.get(record.host)
+        if row is None:
+            if len(self.hosts) >= MAX_HOSTS:
+                self.hosts_dropped += 1
+                return
+            row = self.hosts[record.host] = HostRow(record.host)
+        row.count += record.occurrences
+        row.failing += fails
+        evidence = record.evidence
+        _add_bounded(row.ports, str(record.port) if record.port else None)
+        _add_bounded(row.transports, record.transport)
+        version = evidence.get("negotiated_version") or evidence.get("best_offered_version")
+        _add_bounded(row.versions, version if isinstance(version, str) else None)
+        suite = evidence.get("negotiated_suite")
+        _add_bounded(row.suites, suite if isinstance(suite, str) else None)
+        _add_bounded(row.devices, who)
+        if record.kind in PIN_WORDS:
+            row.pins = PIN_WORDS[record.kind] if row.pins != "MISMATCH" else row.pins
+        elif evidence.get("pin_set") and not row.pins:
+            row.pins = f"pinned ({evidence['pin_set']})"
+        if row.worst is None or record.rank > row.worst.rank:
+            row.worst = record
+
+    def _time(self, record: Record) -> None:
+        if not record.time:
+            return
+        second = self._second_of(record.time)
+        if second is None:
+            return
+        if self.first_time is None or record.time < self.first_time:
+            self.first_time = record.time
+        if self.last_time is None or record.time > self.last_time:
+            self.last_time = record.time
+        key = second - second % self.bin_seconds
+        counts = self.bins.get(key)
+        if counts is None:
+            counts = self.bins[key] = Counter()
+        counts[record.severity] += record.occurrences
+        if len(self.bins) > MAX_TIMELINE_BINS:
+            self._widen()
+
+    def _second_of(self, text: str) -> int | None:
+        """Epoch second of an ISO time; findings come in bursts within one second, so the last parse is reused."""
+        head, zone = text[:19], text[19:]
+        if zone.startswith("."):
+            zone = zone[1:].lstrip("0123456789")
+        if head == self._last_head and zone == self._last_zone:
+            return self._last_second
+        try:
+            second = int(datetime.fromisoformat(head + zone).timestamp())
+        except (ValueError, OverflowError, OSError):  # not a time, or one the platform cannot convert
+            return None
+        if not 0 <= second <= LAST_SECOND:
+            return None  # before 1970 or near year 9999: not a time tlsgate wrote; kept as text, not charted
+        self._last_head, self._last_zone, self._last_second = head, zone, second
+        return second
+
+    def _widen(self) -> None:
+        """Halve the timeline's resolution, so a long run keeps the same number of bins as a short one."""
+        self.bin_seconds *= 2
+        merged: dict[int, Counter[str]] = {}
+        for key, counts in self.bins.items():
+            merged.setdefault(key - key % self.bin_seconds, Counter()).update(counts)
+        self.bins = merged
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    @property
+    def passed(self) -> bool:
+        return self.failing == 0
+
+    @property
+    def threshold_name(self) -> str:
+        return SEVERITIES[self.threshold]
+
+    @property
+    def worst_severity(self) -> str | None:
+        present = [name for name in SEVERITIES if self.by_severity[name]]
+        return present[-1] if present else None
+
+    def sorted_groups(self) -> list[Group]:
+        return sorted(self.groups.values(), key=lambda g: (-RANK[g.severity], -g.failing, -g.count, g.rule_id, g.host, g.who))
+
+    def sorted_hosts(self) -> list[HostRow]:
+        return sorted(self.hosts.values(), key=lambda h: (-(h.worst.rank if h.worst else 0), -h.failing, -h.count, h.host))
+
+    def devices(self) -> list[str]:
+        return [who for who, _ in self.by_who.most_common()]
+
+    def timeline(self, columns: int = 48) -> tuple[list[tuple[int, Counter[str]]], int]:
+        """Up to `columns` bins of equal width from the first to the last finding: (start, counts) and the width in s."""
+        if not self.bins:
+            return [], 0
+        start, end = min(self.bins), max(self.bins) + self.bin_seconds
+        needed = max(self.bin_seconds, -(-(end - start) // columns))
+        width = next((nice for nice in NICE_WIDTHS if nice >= needed), needed)
+        out: dict[int, Counter[str]] = {}
+        for key, counts in self.bins.items():
+            out.setdefault(start + (key - start) // width * width, Counter()).update(counts)
+        return [(key, out.get(key, Counter())) for key in range(start, end, width)], width
+
+    def notes(self) -> list[str]:
+        """What the caps left out, in words every format can print."""
+        notes = []
+        if self.groups_dropped:
+            notes.append(f"{self.groups_dropped} finding(s) beyond {MAX_GROUPS} distinct problems are counted but not listed")
+        if self.hosts_dropped:
+            notes.append(f"{self.hosts_dropped} finding(s) on hosts beyond the first {MAX_HOSTS} are not in the host table")
+        omitted = sum(g.omitted for g in self.groups.values())
+        if omitted:
+            notes.append(
+                f"{omitted} repeated finding(s) are counted but not shown in full (at most {EXAMPLES_PER_GROUP} per problem)"
+            )
+        return notes
+
+    def as_dict(self) -> dict[str, Any]:
+        """The machine-readable report (`--format json`): totals, the verdict, and one entry per problem."""
+        return {
+            "verdict": "pass" if self.passed else "fail",
+            "fail_on": self.threshold_name,
+            "total": self.total,
+            "failing": self.failing,
+            "by_severity": dict(self.by_severity),
+            "by_action": dict(self.by_action),
+            "by_check": dict(self.by_check.most_common()),
+            "by_device": dict(self.by_who.most_common()),
+            "first_time": self.first_time,
+            "last_time": self.last_time,
+            "problems": [
+                {
+                    "rule_id": g.rule_id,
+                    "check": g.check,
+                    "kind": g.kind or None,
+                    "host": g.host,
+                    "rule": g.rule,
+                    "device": g.who,
+                    "severity": g.severity,
+                    "count": g.count,
+                    "failing": g.failing,
+                    "actions": dict(g.by_action),
+                    "detail": g.worst.detail if g.worst else "",
+                    "remedy": g.worst.remedy if g.worst else "",
+                    "first_time": g.first_time,
+                    "last_time": g.last_time,
+                }
+                for g in self.sorted_groups()
+            ],
+            "hosts": [
+                {
+                    "host": h.host,
+                    "count": h.count,
+                    "failing": h.failing,
+                    "ports": h.ports,
+                    "transports": h.transports,
+                    "tls_versions": h.versions,
+                    "suites": h.suites,
+                    "pins": h.pins or None,
+                    "worst": h.worst.rule_id if h.worst else None,
+                    "worst_severity": h.worst.severity if h.worst else None,
+                }
+                for h in self.sorted_hosts()
+            ],
+            "notes": self.notes(),
+            "sources": self.sources,
+        }

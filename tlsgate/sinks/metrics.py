@@ -1,0 +1,223 @@
+"""Prometheus metrics: what the dashboards and alert rules read.
+
+Cardinality is bounded by construction, because tlsgate runs for days beside a
+device farm: no URL, path, user or client-address label anywhere. Hosts appear
+only as the host patterns a policy names; devices only as the names the
+policy gives them or WireGuard peer names, both chosen by the operator ("unnamed" otherwise); versions and suites come from the
+small set OpenSSL can negotiate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector, generate_latest
+
+from tlsgate import __version__
+from tlsgate.sinks.findings import Finding
+from tlsgate.tls.plaintext import PROTOCOLS
+
+UNNAMED = "unnamed"
+PAYLOAD_KINDS = (
+    "ecb", "deterministic_encryption", "secret_in_url", "unsigned_jwt", "basic_auth_third_party", "provider_key", "identifier"
+)
+NONE = "none"
+# `tlsgate_app_conformance_total{check, kind}`: what an app's traffic did against its own declaration.
+APP_KINDS = {
+    "conformance": (
+        "cleartext_forbidden", "pin_mismatch", "pins_expire_soon", "pins_expired", "below_declared_min_version",
+        "no_forward_secrecy", "user_cas_in_release",
+    ),
+    "pinning": ("not_pinned", "pinned", "ca_not_installed", "undetermined"),
+}  # fmt: skip
+
+
+class Metrics:
+    def __init__(self, mitmproxy_version: str = "unknown") -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        # process_* (CPU, RSS, open fds, start time) and python_info, as every Prometheus client exports them:
+        # the soak and fd-exhaustion alerts read these, and dashboards expect them.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Gauge(
+            "tlsgate_build_info", "tlsgate and mitmproxy versions; always 1.", ["version", "mitmproxy_version"], registry=r
+        )
+        self.build_info.labels(__version__, mitmproxy_version).set(1)
+        self.requests = Counter(
+            "tlsgate_requests_total",
+            "HTTP requests through the proxy by decision (allowed, blocked, reported), the check that decided, "
+            "and transport (tcp; quic for HTTP/3).",
+            ["decision", "check", "transport"],
+            registry=r,
+        )
+        self.upstream_connections = Counter(
+            "tlsgate_upstream_connections_total",
+            "TLS connections to upstream servers by decision, the first check that objected, and transport (tcp, quic).",
+            ["decision", "check", "transport"],
+            registry=r,
+        )
+        self.handshakes = Counter(
+            "tlsgate_tls_handshakes_total",
+            "Completed or failed TLS handshakes by side (client, server), protocol version, suite and transport (tcp, quic).",
+            ["side", "result", "version", "suite", "transport"],
+            registry=r,
+        )
+        self.quic_connections = Counter(
+            "tlsgate_quic_connections_total",
+            "QUIC connections from clients by decision: refused (quic: refuse), inspected (quic: inspect), "
+            "reported (quic: refuse in report mode: inspected, and a finding says it would be refused).",
+            ["decision"],
+            registry=r,
+        )
+        self.pin_checks = Counter(
+            "tlsgate_pin_checks_total", "Pin set checks on upstream chains by result.", ["result"], registry=r
+        )
+        self.findings = Counter(
+            "tlsgate_findings_total",
+            "Findings by severity, check, action and device (as named in the policy).",
+            ["severity", "check", "action", "device"],
+            registry=r,
+        )
+        self.cleartext = Counter(
+            "tlsgate_cleartext_total",
+            "Cleartext findings (plain HTTP/WebSocket requests, non-TLS streams) by protocol and action.",
+            ["protocol", "action"],
+            registry=r,
+        )
+        self.payload = Counter(
+            "tlsgate_payload_findings_total",
+            "Payload findings (inside decrypted requests) by kind (ecb, deterministic_encryption, secret_in_url, "
+            "unsigned_jwt, basic_auth_third_party, provider_key, identifier), action, and whether the host is one no "
+            "rule names (third_party). Never a value, field or identifier kind.",
+            ["kind", "action", "third_party"],
+            registry=r,
+        )
+        self.app_conformance = Counter(
+            "tlsgate_app_conformance_total",
+            "Traffic held to the app's own declaration (`app:` rules from `tlsgate import`) by check (conformance, "
+            "pinning), kind (cleartext_forbidden, pin_mismatch, pins_expire_soon, ..., not_pinned, pinned, "
+            "ca_not_installed, undetermined) and action.",
+            ["check", "kind", "action"],
+            registry=r,
+        )
+        for check, kinds in APP_KINDS.items():  # present from the start, so increase() sees the first one
+            for kind in kinds:
+                self.app_conformance.labels(check, kind, "passed" if kind == "pinned" else "reported")
+        self.cert_expiry = Gauge(
+            "tlsgate_certificate_expiry_timestamp_seconds",
+            "Earliest expiry (Unix time) in the last chain seen for each host pattern a policy names.",
+            ["host"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "tlsgate_policy_reloads_total", "Policy load attempts by result (ok, failed).", ["result"], registry=r
+        )
+        self.last_reload = Gauge(
+            "tlsgate_policy_last_reload_success_timestamp_seconds", "Unix time the policy in force was loaded.", registry=r
+        )
+        self.rules = Gauge("tlsgate_policy_rules", "Number of rules in the policy in force.", registry=r)
+        self.latency = Histogram(
+            "tlsgate_upstream_response_seconds",
+            "Time from the request's last byte sent upstream to the response's first byte.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            "tlsgate_open_connections", "Connections open now, by side (client, server).", ["side"], registry=r
+        )
+        for side in ("client", "server"):
+            self.open_connections.labels(side).set(0)
+        self.client_bounds = Counter(
+            "tlsgate_client_bounds_total",
+            "Client connections closed for going past a bound: hello_bytes, hello_records, hello_malformed "
+            "(ClientHello), request_head (431), head_timeout (too slow to its first request).",
+            ["bound"],
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "tlsgate_internal_errors_total",
+            "Exceptions contained instead of logged as tracebacks: connection (mitmproxy's per-connection crash), "
+            "accept (out of file descriptors), asyncio (other unhandled errors).",
+            ["where"],
+            registry=r,
+        )
+        for bound in ("hello_bytes", "hello_records", "hello_malformed", "request_head", "head_timeout"):
+            self.client_bounds.labels(bound)
+        for where in ("connection", "accept", "asyncio"):
+            self.internal_errors.labels(where)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        for result in ("match", "mismatch", "expired"):  # present from the start, so increase() sees the first one
+            self.pin_checks.labels(result)
+        for decision in ("refused", "inspected", "reported"):
+            self.quic_connections.labels(decision)
+        self._named_hosts: set[str] = set()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- sinks the addons call ------------------------------------------------------------------
+
+    def on_finding(self, finding: Finding) -> None:
+        """A finding line; a follow-up line (`occurrences`) is not counted again: each occurrence it stands for
+        was counted as it happened (`on_repeat`)."""
+        if finding.occurrences is None:
+            self.on_repeat(finding)
+
+    def on_repeat(self, finding: Finding) -> None:
+        """One occurrence of a finding, written or only counted."""
+        self.findings.labels(finding.severity, finding.check, finding.action, finding.device or UNNAMED).inc()
+        if finding.check == "cleartext":
+            protocol = finding.evidence.get("protocol") if isinstance(finding.evidence, dict) else None
+            protocol = "http" if protocol == "ws" else protocol
+            self.cleartext.labels(protocol if protocol in PROTOCOLS else "unknown", finding.action).inc()
+        elif finding.check in APP_KINDS and isinstance(finding.evidence, dict):
+            kind = finding.evidence.get("kind")
+            kind = kind if kind in APP_KINDS[finding.check] else "other"
+            self.app_conformance.labels(finding.check, kind, finding.action).inc()
+        elif finding.check == "payload" and isinstance(finding.evidence, dict):
+            kind = finding.evidence.get("kind")
+            third = "true" if finding.evidence.get("third_party") else "false"
+            self.payload.labels(kind if kind in PAYLOAD_KINDS else "other", finding.action, third).inc()
+
+    def on_reload(self, result: str, rule_count: int | None, host_patterns: Iterable[str] = ()) -> None:
+        """A policy load attempt; on success, the rule count and the host patterns the policy names."""
+        self.reloads.labels(result).inc()
+        if rule_count is None:
+            return
+        self.last_reload.set(time.time())
+        self.rules.set(rule_count)
+        named = set(host_patterns)
+        for stale in self._named_hosts - named:
+            self.cert_expiry.remove(stale)
+        self._named_hosts = named
+
+    def request(self, decision: str, check: str | None, transport: str = "tcp") -> None:
+        self.requests.labels(decision, check or NONE, transport).inc()
+
+    def upstream_connection(self, decision: str, check: str | None, transport: str = "tcp") -> None:
+        self.upstream_connections.labels(decision, check or NONE, transport).inc()
+
+    def handshake(self, side: str, ok: bool, version: str | None, suite: str | None, transport: str = "tcp") -> None:
+        self.handshakes.labels(side, "ok" if ok else "failed", version or NONE, suite or NONE, transport).inc()
+
+    def client_bound(self, bound: str) -> None:
+        self.client_bounds.labels(bound).inc()
+
+    def internal_error(self, where: str) -> None:
+        self.internal_errors.labels(where).inc()
+
+    def quic_connection(self, decision: str) -> None:
+        self.quic_connections.labels(decision).inc()
+
+    def pin_check(self, result: str) -> None:
+        self.pin_checks.labels(result).inc()
+
+    def certificate_expiry(self, host_pattern: str | None, not_after: Iterable[float]) -> None:
+        """Only for patterns the policy names: an arbitrary host name would be an unbounded label."""
+        times = list(not_after)
+        if host_pattern is None or host_pattern not in self._named_hosts or not times:
+            return
+        self.cert_expiry.labels(host_pattern).set(min(times))
