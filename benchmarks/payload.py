@@ -102,10 +102,30 @@ class Gate:
         policy = work / f"{self.name}.yaml"
         policy.write_text(POLICY.format(setting=setting))
         self.port = free_port()
-        argv = [sys.executable, "-m", "tlsgate", "run", "--listen-port", str(self.port), "--confdir", str(work / "ca"),
-                "--upstream-ca", str(root), "--findings", str(work / f"{self.name}.jsonl"), "--metrics-port", "0",
-                "--policy", str(policy), "--resolve", f"api.test:{upstream_port}:127.0.0.1",
-                "--set", "termlog_verbosity=warn", "--set", "flow_detail=0"]
+        argv = [
+            sys.executable,
+            "-m",
+            "tlsgate",
+            "run",
+            "--listen-port",
+            str(self.port),
+            "--confdir",
+            str(work / "ca"),
+            "--upstream-ca",
+            str(root),
+            "--findings",
+            str(work / f"{self.name}.jsonl"),
+            "--metrics-port",
+            "0",
+            "--policy",
+            str(policy),
+            "--resolve",
+            f"api.test:{upstream_port}:127.0.0.1",
+            "--set",
+            "termlog_verbosity=warn",
+            "--set",
+            "flow_detail=0",
+        ]
         self.log = open(work / f"{self.name}.log", "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(argv, cwd=work, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -142,8 +162,16 @@ def run_round(gate: Gate, ca: Path, upstream_port: int, mix: Mix, repeat: int) -
 
 def micro(mix: list[tuple[str, str, bytes, dict[str, str]]]) -> list[str]:
     """The scan alone, per body kind, with four seeded identifiers (what one request costs the add-on)."""
-    forms = SeedIndex({"p": {"email": ("bench.user@example.org",), "phone": ("+15550100999",), "username": ("bench_user_01",),
-                             "advertising_id": ("38400000-8cf0-11bd-b23e-10b96e40000d",)}}).forms_for("p")
+    forms = SeedIndex(
+        {
+            "p": {
+                "email": ("bench.user@example.org",),
+                "phone": ("+15550100999",),
+                "username": ("bench_user_01",),
+                "advertising_id": ("38400000-8cf0-11bd-b23e-10b96e40000d",),
+            }
+        }
+    ).forms_for("p")
     lines = ["| body | bytes | scan (µs) |", "|---|---:|---:|"]
     seen: set[str] = set()
     for name, _path, body, headers in mix:

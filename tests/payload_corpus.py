@@ -80,27 +80,54 @@ NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "iv
 def app_json(rng: random.Random) -> bytes:
     shape = rng.randrange(5)
     if shape == 0:  # login
-        doc: object = {"username": rng.choice(NAMES) + str(rng.randrange(1000)), "password": rng.randbytes(6).hex(),
-                       "device": "android", "app_version": "3.4.1"}
+        doc: object = {
+            "username": rng.choice(NAMES) + str(rng.randrange(1000)),
+            "password": rng.randbytes(6).hex(),
+            "device": "android",
+            "app_version": "3.4.1",
+        }
     elif shape == 1:  # one analytics event
-        doc = {"event": rng.choice(WORDS), "ts": 1700000000 + rng.randrange(10**6), "screen": rng.choice(WORDS),
-               "session": str(uuid.UUID(int=rng.getrandbits(128)))}
+        doc = {
+            "event": rng.choice(WORDS),
+            "ts": 1700000000 + rng.randrange(10**6),
+            "screen": rng.choice(WORDS),
+            "session": str(uuid.UUID(int=rng.getrandbits(128))),
+        }
     elif shape == 2:  # a batch of events, as analytics SDKs send them
-        doc = {"events": [{"event": rng.choice(WORDS), "ts": 1700000000 + rng.randrange(10**6), "props": {"screen": rng.choice(WORDS)}}
-                          for _ in range(rng.randrange(2, 12))]}
+        doc = {
+            "events": [
+                {"event": rng.choice(WORDS), "ts": 1700000000 + rng.randrange(10**6), "props": {"screen": rng.choice(WORDS)}}
+                for _ in range(rng.randrange(2, 12))
+            ]
+        }
     elif shape == 3:  # a location ping
-        doc = {"lat": round(rng.uniform(-90, 90), 6), "lon": round(rng.uniform(-180, 180), 6),
-               "accuracy": rng.randrange(5, 50), "battery": rng.randrange(100)}
+        doc = {
+            "lat": round(rng.uniform(-90, 90), 6),
+            "lon": round(rng.uniform(-180, 180), 6),
+            "accuracy": rng.randrange(5, 50),
+            "battery": rng.randrange(100),
+        }
     else:  # a profile update
-        doc = {"user": {"name": rng.choice(NAMES).title(), "email": f"{rng.choice(NAMES)}@example.com",
-                        "phone": f"+1555{rng.randrange(10**7):07d}", "city": rng.choice(("Berlin", "Lagos", "Lima"))},
-               "consent": {"ads": rng.random() < 0.5, "analytics": True}}
+        doc = {
+            "user": {
+                "name": rng.choice(NAMES).title(),
+                "email": f"{rng.choice(NAMES)}@example.com",
+                "phone": f"+1555{rng.randrange(10**7):07d}",
+                "city": rng.choice(("Berlin", "Lagos", "Lima")),
+            },
+            "consent": {"ads": rng.random() < 0.5, "analytics": True},
+        }
     return json.dumps(doc).encode()
 
 
 def app_form(rng: random.Random) -> bytes:
-    pairs = [("user", rng.choice(NAMES)), ("pin", f"{rng.randrange(10**4):04d}"), ("amount", f"{rng.randrange(10**5)}"),
-             ("currency", "EUR"), ("note", " ".join(rng.choice(WORDS) for _ in range(rng.randrange(1, 6))))]
+    pairs = [
+        ("user", rng.choice(NAMES)),
+        ("pin", f"{rng.randrange(10**4):04d}"),
+        ("amount", f"{rng.randrange(10**5)}"),
+        ("currency", "EUR"),
+        ("note", " ".join(rng.choice(WORDS) for _ in range(rng.randrange(1, 6)))),
+    ]
     return "&".join(f"{k}={v}" for k, v in pairs).encode()
 
 
@@ -159,7 +186,9 @@ def rgba(rng: random.Random) -> bytes:
     if kind == 2:
         on, off = bytes([255, 255, 255, 255]), bytes([0, 0, 0, 255])
         return b"".join((on if ((x // 4) + (y // 4)) % 2 else off) for y in range(height) for x in range(width))
-    return b"".join(bytes([(x * 37 + y * 11) & 0xFF, (x * 5) & 0xFF, (y * 3) & 0xFF, 255]) for y in range(height) for x in range(width))
+    return b"".join(
+        bytes([(x * 37 + y * 11) & 0xFF, (x * 5) & 0xFF, (y * 3) & 0xFF, 255]) for y in range(height) for x in range(width)
+    )
 
 
 def jwt(rng: random.Random) -> str:
@@ -167,7 +196,9 @@ def jwt(rng: random.Random) -> str:
         return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
     header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    claims = b64(json.dumps({"sub": str(rng.randrange(10**9)), "iat": 1700000000 + rng.randrange(10**6), "scope": "read write"}).encode())
+    claims = b64(
+        json.dumps({"sub": str(rng.randrange(10**9)), "iat": 1700000000 + rng.randrange(10**6), "scope": "read write"}).encode()
+    )
     mac = hmac.HMAC(rng.randbytes(32), hashes.SHA256())
     mac.update(f"{header}.{claims}".encode())
     return f"{header}.{claims}.{b64(mac.finalize())}"
@@ -190,7 +221,8 @@ def negatives(rng: random.Random) -> dict[str, list[str | bytes]]:
     out["images (PNG, BMP, raw RGBA)"] = [rng.choice((png, bmp, rgba, rgba))(rng) for _ in range(800)]
     out["JWTs (HS256) and their segments"] = [s for _ in range(250) for s in (lambda t: [t, *t.split(".")])(jwt(rng))]
     out["UUIDs (text, hex, base64)"] = [
-        f(uuid.UUID(int=rng.getrandbits(128))) for _ in range(500)
+        f(uuid.UUID(int=rng.getrandbits(128)))
+        for _ in range(500)
         for f in (str, lambda u: u.hex, lambda u: base64.b64encode(u.bytes).decode())
     ]
     out["hashes (MD5, SHA-1, SHA-256, SHA-512; hex, base64)"] = [
@@ -226,7 +258,9 @@ def measure(seed: int = SEED) -> Figures:
     key = rng.randbytes(16)
     values = [encode(rng, ecb(key, app_payload(rng))) for _ in range(2000)]
     single = (sum(flagged(v) for v in values), len(values))
-    large = [encode(rng, ecb(key, json.dumps({"events": [json.loads(app_json(rng)) for _ in range(12)]}).encode())) for _ in range(500)]
+    large = [
+        encode(rng, ecb(key, json.dumps({"events": [json.loads(app_json(rng)) for _ in range(12)]}).encode())) for _ in range(500)
+    ]
     large_single = (sum(flagged(v) for v in large), len(large))
     return Figures(neg, single, large_single)
 

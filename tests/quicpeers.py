@@ -117,7 +117,9 @@ class _ServerProtocol(QuicConnectionProtocol):
 class RecordingServer:
     """An HTTP/3 server on its own thread and event loop; `requests` and `connections` fill as clients arrive."""
 
-    def __init__(self, cert: Path | str, key: Path | str, *, host: str = "127.0.0.1", port: int = 0, record: Path | str | None = None) -> None:
+    def __init__(
+        self, cert: Path | str, key: Path | str, *, host: str = "127.0.0.1", port: int = 0, record: Path | str | None = None
+    ) -> None:
         self.cert, self.key, self.host, self.port = str(cert), str(key), host, port
         self.record = Path(record) if record else None
         self.requests: list[Request] = []
@@ -174,7 +176,10 @@ class RecordingServer:
         configuration = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN, max_datagram_frame_size=65536)
         configuration.load_cert_chain(self.cert, self.key)
         server = await serve(
-            self.host, self.port, configuration=configuration, create_protocol=lambda *a, **k: _ServerProtocol(*a, owner=self, **k)
+            self.host,
+            self.port,
+            configuration=configuration,
+            create_protocol=lambda *a, **k: _ServerProtocol(*a, owner=self, **k),
         )
         received = server.datagram_received
 
@@ -244,7 +249,9 @@ class _ClientProtocol(QuicConnectionProtocol):
         self.transmit()
 
 
-async def _get(url: str, server_name: str, ca_file: str | None, verify: bool, connect_host: str, port: int, timeout: float) -> Response:
+async def _get(
+    url: str, server_name: str, ca_file: str | None, verify: bool, connect_host: str, port: int, timeout: float
+) -> Response:
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=server_name, idle_timeout=timeout)

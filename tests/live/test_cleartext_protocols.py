@@ -126,9 +126,7 @@ def test_smtp_auth_in_clear_is_blocked_after_ehlo(tlsgate, via: str) -> None:
         seen = smtp_auth(f"smtp.test:{server.port}", "alice", "s3cret", **proxy)
         assert seen.extra["banner"] and seen.extra["starttls_offered"], seen.as_dict()
         assert seen.closed and not seen.timeout and seen.extra.get("authenticated") is not True, seen.as_dict()
-        assert (
-            "421 4.7.0 tlsgate blocked cleartext smtp (rule policies/default.yaml:5)" in seen.as_dict()["received_head"]
-        )
+        assert "421 4.7.0 tlsgate blocked cleartext smtp (rule policies/default.yaml:5)" in seen.as_dict()["received_head"]
         (finding,) = gate.wait_findings(1)
         assert bytes(server.received) == b"EHLO client.test\r\n"
     evidence = finding["evidence"]

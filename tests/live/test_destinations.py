@@ -96,9 +96,7 @@ def test_plain_http_to_the_metadata_address_is_refused(tlsgate) -> None:
     assert finding["evidence"]["kind"] == "link_local"
 
 
-def test_a_rule_or_resolve_lets_the_operator_allow_a_local_upstream(
-    tlsgate, service: Service, http_upstream: Upstream
-) -> None:
+def test_a_rule_or_resolve_lets_the_operator_allow_a_local_upstream(tlsgate, service: Service, http_upstream: Upstream) -> None:
     gate = tlsgate(ALLOW_LOCAL)
     answer = connect_through(gate.port, f"127.0.0.1:{service.port}")
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]

@@ -133,7 +133,9 @@ class Pod:
 def ca_dir(tmp_path: Path) -> Path:
     """The CA made by the README's own `tlsgate ca create` line; the file its `kubectl create secret` line reads."""
     create = readme_command("tlsgate", "ca", "create")
-    done = subprocess.run([sys.executable, "-m", "tlsgate", *create[1:]], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "tlsgate", *create[1:]], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     secret = readme_command("kubectl", "-n", manifest("namespace.yaml")["metadata"]["name"], "create", "secret", "generic")
     [from_file] = [arg.split("=", 1)[1] for arg in secret if arg.startswith("--from-file=")]
@@ -178,13 +180,18 @@ def test_secret_mount_is_what_tlsgate_refuses_and_the_init_container_fixes(pod: 
     secret = pod.host_path("ca-key", "/etc/tlsgate/ca/" + CA_KEY)
     assert stat.S_IMODE(secret.stat().st_mode) == 0o440 and secret.is_symlink()
     refused = subprocess.run(
-        [sys.executable, "-m", "tlsgate", "ca", "show", "--confdir", str(secret.parent)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "tlsgate", "ca", "show", "--confdir", str(secret.parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert refused.returncode != 0 and "accessible by other users" in refused.stderr, refused.stderr
 
     done = pod.run_init("ca-key")
     assert done.returncode == 0, done.stderr
-    copied = pod.host_path("tlsgate", {item["name"]: item["value"] for item in container("tlsgate")["env"]}["TLSGATE_CONFDIR"] + "/" + CA_KEY)
+    copied = pod.host_path(
+        "tlsgate", {item["name"]: item["value"] for item in container("tlsgate")["env"]}["TLSGATE_CONFDIR"] + "/" + CA_KEY
+    )
     assert copied.read_bytes() == ca_secret
     assert stat.S_IMODE(copied.stat().st_mode) == 0o600 and not copied.is_symlink()
 

@@ -104,7 +104,9 @@ def test_exposition_is_prometheus_clients_openmetrics_gzip_and_head(busy_gate) -
     text = plain.read().decode()
     assert value(text, "process_resident_memory_bytes") > 1e6 and value(text, "process_open_fds") > 3
 
-    asked = urllib.request.Request(url, headers={"Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"})
+    asked = urllib.request.Request(
+        url, headers={"Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"}
+    )
     with urllib.request.urlopen(asked, timeout=10) as answer:
         assert answer.headers["Content-Type"].startswith("application/openmetrics-text")
         assert answer.headers["Content-Encoding"] == "gzip"

@@ -213,7 +213,7 @@ def test_alerts_have_severity_for_and_annotations_that_say_what_to_do() -> None:
         assert name.startswith("Tlsgate"), name
         # a label the query aggregates by should be named in the text, so the alert says where
         aggregated = re.search(r"\b(?:sum|max|min|count) by \(([^)]*)\)", rule["expr"])
-        for label in (aggregated.group(1).split(",") if aggregated else []):
+        for label in aggregated.group(1).split(",") if aggregated else []:
             label = label.strip()
             if label != "job":
                 assert f"$labels.{label}" in json.dumps(rule["annotations"]), f"{name}: annotations do not name {label}"
@@ -316,7 +316,7 @@ def test_metric_name_extraction() -> None:
     expr = (
         'sum by (check) (increase(tlsgate_findings_total{device=~"$device", check="a b"}[$__range])) '
         "/ ignoring (check) group_left sum(rate(tlsgate_requests_total[5m] offset 1h)) > 1e3 "
-        "and on() up{job=\"tlsgate\"} == bool 0 or histogram_quantile(0.99, sum by (le) (rate(x_bucket[5m])))"
+        'and on() up{job="tlsgate"} == bool 0 or histogram_quantile(0.99, sum by (le) (rate(x_bucket[5m])))'
     )
     assert metric_names(expr) == {"tlsgate_findings_total", "tlsgate_requests_total", "up", "x_bucket"}
     assert unknown_names(expr, exported_series() | PROMETHEUS_SERIES) == {"x_bucket"}

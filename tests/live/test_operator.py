@@ -36,7 +36,9 @@ def test_per_flow_lines_are_mitmdumps_and_carry_no_secrets(tlsgate, http_upstrea
     gate = tlsgate(resolve={"api.test": http_upstream.port}, args=("--set", "flow_detail=2"))
     planted(gate, http_upstream.port)
     gate.wait_for(r"<< 403 Forbidden")
-    line = gate.wait_for(rf"127\.0\.0\.1:\d+: GET http://api\.test:{http_upstream.port}/login\?token=\[REDACTED\]&page=2").group(0)
+    line = gate.wait_for(rf"127\.0\.0\.1:\d+: GET http://api\.test:{http_upstream.port}/login\?token=\[REDACTED\]&page=2").group(
+        0
+    )
     assert line
     assert gate.wait_for(r"^\s+Authorization: \[REDACTED\] \(Bearer, \d+ chars\)$")
     assert gate.wait_for(r"^\s+X-Tlsgate-Check: cleartext$")  # the response headers, as flow_detail=2 shows them
@@ -44,7 +46,9 @@ def test_per_flow_lines_are_mitmdumps_and_carry_no_secrets(tlsgate, http_upstrea
     assert http_upstream.connections == 0
 
 
-def test_quiet_drops_flow_lines_and_bodies_are_refused_before_the_banner(tlsgate, http_upstream: Upstream, tmp_path: Path) -> None:
+def test_quiet_drops_flow_lines_and_bodies_are_refused_before_the_banner(
+    tlsgate, http_upstream: Upstream, tmp_path: Path
+) -> None:
     port = free_port()
     quiet = Tlsgate(tmp_path, ["-q", "--listen-port", str(port), "--resolve", f"api.test:{http_upstream.port}:127.0.0.1"])
     quiet.start(port=port)  # -q silences the "listening" line the harness usually waits for
@@ -75,7 +79,9 @@ def test_a_taken_port_is_refused_in_tlsgates_words_before_anything_is_created(tm
                 capture_output=True, text=True, timeout=60, cwd=tmp_path,
             )  # fmt: skip
             assert done.returncode == 2, done  # could not start: not the gate's 1
-            assert f"tlsgate: cannot listen on 127.0.0.1:{port}" in done.stderr and flags[flags.index(str(port)) - 1] in done.stderr
+            assert (
+                f"tlsgate: cannot listen on 127.0.0.1:{port}" in done.stderr and flags[flags.index(str(port)) - 1] in done.stderr
+            )
             assert "--mode regular@" not in done.stderr + done.stdout and "proxy:" not in done.stdout
     assert not (tmp_path / "certs").exists(), "no CA is created for a run that cannot start"
 
@@ -91,7 +97,9 @@ def stock_command() -> list[str]:
     return shlex.split(lines[0])
 
 
-def test_the_readmes_stock_mitmdump_command_uses_tlsgates_ca_and_listens_on_loopback(tmp_path: Path, http_upstream: Upstream) -> None:
+def test_the_readmes_stock_mitmdump_command_uses_tlsgates_ca_and_listens_on_loopback(
+    tmp_path: Path, http_upstream: Upstream
+) -> None:
     argv = stock_command()
     assert argv[0] == ".venv/bin/mitmdump", argv
     argv[0] = str(Path(sys.executable).parent / "mitmdump")

@@ -73,7 +73,14 @@ def event_batch(user: str) -> bytes:
 
 def planted_forms() -> list[str]:
     """Every planted value in the forms a leak could take: plain, lower-case, URL-encoded, base64 and hashes."""
-    out = [ACCESS_TOKEN, API_KEY, STRIPE, BASIC_PASSWORD, KEY.decode(), base64.b64encode(f"svc:{BASIC_PASSWORD}".encode()).decode()]
+    out = [
+        ACCESS_TOKEN,
+        API_KEY,
+        STRIPE,
+        BASIC_PASSWORD,
+        KEY.decode(),
+        base64.b64encode(f"svc:{BASIC_PASSWORD}".encode()).decode(),
+    ]
     for value in (EMAIL, EMAIL.lower(), PHONE_DIGITS, "+1 555 0100 777", ADID, USERNAME):
         raw = value.encode()
         out += [value, urllib.parse.quote(value, safe=""), base64.b64encode(raw).decode().rstrip("=")]
@@ -101,16 +108,25 @@ def test_python_client_ecb_is_blocked_before_upstream_and_gcm_passes(gate: Tlsga
     port = https_upstream.port
     ecb_value = base64.b64encode(aes_ecb(event_batch("u-1001"))).decode()
     with httpx.Client(proxy=gate.proxy_url, verify=str(gate.ca_cert), timeout=20) as client:
-        blocked = client.post(f"https://api.test:{port}/v1/sync", json={"encryptedData": ecb_value},
-                              headers={"Accept": "application/json"})
+        blocked = client.post(
+            f"https://api.test:{port}/v1/sync", json={"encryptedData": ecb_value}, headers={"Accept": "application/json"}
+        )
         gcm_values = [base64.b64encode(aes_gcm(event_batch("u-1001"), bytes([n]) * 12)).decode() for n in (1, 2)]
         passed = [client.post(f"https://api.test:{port}/v1/sync-gcm", json={"encryptedData": v}) for v in gcm_values]
         reported = client.post(f"https://www.test:{port}/v1/sync-web", data={"encryptedData": ecb_value})
         # two short logins: no block repeats inside either, and the two share their first two blocks only, as
         # a key ID before fresh ciphertext would: not evidence on its own (README: the minimums)
-        logins = [client.post(f"https://www.test:{port}/v1/login", data={"payload": base64.b64encode(
-            aes_ecb(json.dumps({"username": "user-4242", "password": pw, "device": "android"}).encode())).decode()})
-            for pw in ("first-password", "second-pass")]
+        logins = [
+            client.post(
+                f"https://www.test:{port}/v1/login",
+                data={
+                    "payload": base64.b64encode(
+                        aes_ecb(json.dumps({"username": "user-4242", "password": pw, "device": "android"}).encode())
+                    ).decode()
+                },
+            )
+            for pw in ("first-password", "second-pass")
+        ]
     assert blocked.status_code == 403, blocked.text
     body = blocked.json()
     assert body["check"] == "payload" and body["host"] == "api.test" and body["rule"].endswith("policy.yaml:14")
@@ -143,21 +159,46 @@ def test_uploads_past_the_limit_hashes_and_oauth_callbacks_pass_and_a_fixed_gcm_
 
     port = https_upstream.port
     rng = random.Random(21)
-    uploads = [jpeg(rng, 180_000, CAMERAS[1]) for _ in range(3)] + [screenshot_png(rng, 393, 852, photo_rows=200) for _ in range(2)]
+    uploads = [jpeg(rng, 180_000, CAMERAS[1]) for _ in range(3)] + [
+        screenshot_png(rng, 393, 852, photo_rows=200) for _ in range(2)
+    ]
     digest = hashlib.sha256(uploads[0]).hexdigest()
     nonce = b"0123456789ab"  # a constant in the app's source
-    profiles = [json.dumps({"name": name, "email": f"{name}@example.org", "city": city, "bio": "loves maps and cats"}).encode()
-                for name, city in (("jane", "Berlin"), ("omar", "Lagos"), ("li", "Lima"), ("ana", "Porto"))]
+    profiles = [
+        json.dumps({"name": name, "email": f"{name}@example.org", "city": city, "bio": "loves maps and cats"}).encode()
+        for name, city in (("jane", "Berlin"), ("omar", "Lagos"), ("li", "Lima"), ("ana", "Porto"))
+    ]
     with httpx.Client(proxy=gate.proxy_url, verify=str(gate.ca_cert), timeout=30) as client:
         checked = client.post(f"https://api.test:{port}/v1/sync/check", json={"path": "/DCIM/IMG_1.JPG", "sha256": digest})
-        put = [client.put(f"https://api.test:{port}/photos/{i}.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature={'ab' * 32}",
-                          content=data, headers={"Content-Type": "application/octet-stream"}) for i, data in enumerate(uploads)]
-        committed = client.post(f"https://api.test:{port}/v1/sync/commit", json={"path": "/DCIM/IMG_1.JPG", "sha256": digest, "rev": 2})
-        callback = client.get(f"https://api.test:{port}/auth/google/callback", params={
-            "state": "St4te", "code": "4/0AeanS0b", "scope": "email profile openid", "authuser": "0", "hd": "example.org",
-            "prompt": "consent"})
-        sealed = [client.post(f"https://api.test:{port}/v1/profile", json={"data": base64.b64encode(
-            AESGCM(KEY).encrypt(nonce, profile, None)).decode()}) for profile in profiles]
+        put = [
+            client.put(
+                f"https://api.test:{port}/photos/{i}.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature={'ab' * 32}",
+                content=data,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            for i, data in enumerate(uploads)
+        ]
+        committed = client.post(
+            f"https://api.test:{port}/v1/sync/commit", json={"path": "/DCIM/IMG_1.JPG", "sha256": digest, "rev": 2}
+        )
+        callback = client.get(
+            f"https://api.test:{port}/auth/google/callback",
+            params={
+                "state": "St4te",
+                "code": "4/0AeanS0b",
+                "scope": "email profile openid",
+                "authuser": "0",
+                "hd": "example.org",
+                "prompt": "consent",
+            },
+        )
+        sealed = [
+            client.post(
+                f"https://api.test:{port}/v1/profile",
+                json={"data": base64.b64encode(AESGCM(KEY).encrypt(nonce, profile, None)).decode()},
+            )
+            for profile in profiles
+        ]
     assert all(len(data) > 65536 for data in uploads)
     assert [r.status_code for r in (checked, *put, committed, callback)] == [200] * 8
     assert sum(p.startswith("/photos/") for p in paths(https_upstream)) == 5
@@ -215,8 +256,12 @@ function post(host, path, body) {
 def test_node_client_ecb_hex_and_gcm(gate: Tlsgate, https_upstream: Upstream, tmp_path: Path) -> None:
     script = tmp_path / "client.js"
     script.write_text(NODE_CLIENT)
-    done = subprocess.run(["node", str(script), str(gate.port), str(https_upstream.port), str(gate.ca_cert)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["node", str(script), str(gate.port), str(https_upstream.port), str(gate.ca_cert)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"ecb": 403, "gcm": 200, "reported": 200}
     assert paths(https_upstream) == ["/v1/node-gcm", "/v1/node-ecb"]  # the blocked post never arrived
@@ -232,21 +277,32 @@ def test_tokens_in_urls_keys_basic_auth_and_hashed_identifiers_to_a_tracker(gate
     ca = ("--cacert", str(gate.ca_cert))
     blocked = curl(gate.proxy_url, f"https://api.test:{port}/v1/profile?access_token={ACCESS_TOKEN}&page=2", *ca)
     reported = curl(gate.proxy_url, f"https://www.test:{port}/v1/config?api_key={API_KEY}&lang=en", *ca)
-    unsigned = ".".join(base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
-                        for part in ({"alg": "none", "typ": "JWT"}, {"sub": USERNAME, "role": "admin"})) + "."
+    unsigned = (
+        ".".join(
+            base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+            for part in ({"alg": "none", "typ": "JWT"}, {"sub": USERNAME, "role": "admin"})
+        )
+        + "."
+    )
     with httpx.Client(proxy=gate.proxy_url, verify=str(gate.ca_cert), timeout=20) as client:
         tracker = client.post(
             f"https://cdn.test:{port}/collect",
             json={
-                "ud": {"em": hashlib.sha256(EMAIL.lower().encode()).hexdigest(), "ph": hashlib.sha256(PHONE_DIGITS.encode()).hexdigest()},
+                "ud": {
+                    "em": hashlib.sha256(EMAIL.lower().encode()).hexdigest(),
+                    "ph": hashlib.sha256(PHONE_DIGITS.encode()).hexdigest(),
+                },
                 "advertiser_id": ADID.upper(),
                 "uname_b64": base64.b64encode(USERNAME.encode()).decode(),
             },
             auth=("svc", BASIC_PASSWORD),
         )
         in_url = client.get(f"https://cdn.test:{port}/u/{USERNAME}/pixel", params={"e": EMAIL, "adid": ADID})
-        keyed = client.post(f"https://www.test:{port}/v1/pay", json={"stripe": STRIPE, "amount": 100},
-                            headers={"Authorization": f"Bearer {unsigned}"})
+        keyed = client.post(
+            f"https://www.test:{port}/v1/pay",
+            json={"stripe": STRIPE, "amount": 100},
+            headers={"Authorization": f"Bearer {unsigned}"},
+        )
     assert blocked.status == 403 and blocked.headers["x-tlsgate-check"] == "payload"
     assert "/v1/profile" not in " ".join(paths(https_upstream))
     assert reported.status == 200 and tracker.status_code == 200 and keyed.status_code == 200 and in_url.status_code == 200
@@ -271,11 +327,16 @@ def test_tokens_in_urls_keys_basic_auth_and_hashed_identifiers_to_a_tracker(gate
     assert ident["evidence"]["third_party"] is True and ident["severity"] == "medium"
     assert ident["evidence"]["identifier_kinds"] == ["advertising_id", "email", "phone", "username"]
     assert {(i["field"], i["encoding"]) for i in ident["evidence"]["identifiers"]} >= {
-        ("json.ud.em", "sha256-hex"), ("json.ud.ph", "sha256-hex"), ("json.advertiser_id", "plain"), ("json.uname_b64", "base64"),
+        ("json.ud.em", "sha256-hex"),
+        ("json.ud.ph", "sha256-hex"),
+        ("json.advertiser_id", "plain"),
+        ("json.uname_b64", "base64"),
     }
     pixel = [f for f in gate.findings() if f["host"] == "cdn.test" and f["evidence"]["kind"] == "identifier"][1]
     assert {(i["field"], i["encoding"]) for i in pixel["evidence"]["identifiers"]} == {
-        ("path.2", "plain"), ("query.e", "plain"), ("query.adid", "plain")
+        ("path.2", "plain"),
+        ("query.e", "plain"),
+        ("query.adid", "plain"),
     }
     assert pixel["evidence"]["url"].endswith("/u/[REDACTED]/pixel?e=[REDACTED]&adid=[REDACTED]")
     first_party = by_kind[("www.test", "identifier")]
@@ -312,7 +373,9 @@ def test_a_large_streamed_body_is_tapped_up_to_the_limit_and_forwarded_whole(gat
 
 def test_the_payload_benchmark_runs(tmp_path: Path) -> None:
     """benchmarks/payload.py --quick: both proxies serve the whole body mix (speed is measured, not asserted)."""
-    done = subprocess.run([sys.executable, "benchmarks/payload.py", "--quick"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "benchmarks/payload.py", "--quick"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert re.search(r"^\| payload-ignore \| [\d.]+ \| 1\.00x \|", done.stdout, re.M), done.stdout
     assert re.search(r"^\| payload-report \| [\d.]+ \| [\d.]+x \|", done.stdout, re.M), done.stdout

@@ -45,7 +45,14 @@ def quicgate(tmp_path: Path, pki, upstream: quicpeers.RecordingServer) -> Iterat
 
     def start(policy: str | None, *, upstream_ca: Path | None = None) -> Tlsgate:
         port = upstream.port
-        args = ["--upstream-ca", str(upstream_ca or root_file), "--mode", f"reverse:http3://api.test:{port}", "--resolve", f"api.test:{port}:127.0.0.1"]
+        args = [
+            "--upstream-ca",
+            str(upstream_ca or root_file),
+            "--mode",
+            f"reverse:http3://api.test:{port}",
+            "--resolve",
+            f"api.test:{port}:127.0.0.1",
+        ]
         if policy is not None:
             path = tmp_path / "policy.yaml"
             path.write_text(policy)
@@ -120,7 +127,9 @@ def test_the_reported_case_pins_min_version_and_probes_without_a_quic_setting_is
 
 def test_inspected_quic_with_matching_pins_passes_without_findings(quicgate, upstream, pki) -> None:
     chain = pki[0]
-    gate = quicgate(rule_policy("quic: inspect", "tls:", "  min_version: '1.3'", pins=[spki_pin(chain.leaf.cert), spki_pin(chain.root.cert)]))
+    gate = quicgate(
+        rule_policy("quic: inspect", "tls:", "  min_version: '1.3'", pins=[spki_pin(chain.leaf.cert), spki_pin(chain.root.cert)])
+    )
     response = get(gate)
     assert (response.status, response.body) == (200, "quicpeers ok /one")
     assert upstream.paths == ["/one"]
@@ -141,7 +150,12 @@ def test_inspected_quic_with_mismatching_pins_is_blocked_before_any_stream_reach
     assert response.status == 403 and response.headers["x-tlsgate-check"] == "pin"
     assert response.headers["x-tlsgate-rule"].endswith(rule)
     (finding,) = gate.wait_findings(1)
-    assert (finding["check"], finding["action"], finding["host"], finding["evidence"]["kind"]) == ("pin", "blocked", "api.test", "pin_mismatch")
+    assert (finding["check"], finding["action"], finding["host"], finding["evidence"]["kind"]) == (
+        "pin",
+        "blocked",
+        "api.test",
+        "pin_mismatch",
+    )
     assert finding["rule"].endswith(rule) and "add one of the chain's pins" in finding["remedy"]
     assert finding["evidence"]["transport"] == "quic" and finding["evidence"]["negotiated_version"] == "TLSv1.3"
     assert upstream.requests == []
@@ -190,7 +204,11 @@ def test_probes_over_quic_catch_an_accepting_client_and_credit_a_verifying_one(q
     caught, credited = findings["api.test"], findings["www.test"]
     assert (caught["check"], caught["action"], caught["severity"]) == ("client_probe", "blocked", "critical")
     assert caught["evidence"]["sent"]["method"] == "GET" and caught["evidence"]["ja4"].startswith("q13")
-    assert (credited["check"], credited["action"], credited["evidence"]["rejection"]) == ("client_probe", "passed", "bad certificate")
+    assert (credited["check"], credited["action"], credited["evidence"]["rejection"]) == (
+        "client_probe",
+        "passed",
+        "bad certificate",
+    )
     assert all(f["evidence"]["transport"] == "quic" for f in findings.values())
     assert upstream.requests == [] and upstream.datagrams == 0  # a probe never involves the server
 
@@ -201,14 +219,27 @@ def test_probes_over_quic_catch_an_accepting_client_and_credit_a_verifying_one(q
 def test_quicpeers_command_line_serves_records_and_gets(pki, tmp_path: Path) -> None:
     _, root_file, cert_file, key_file = pki
     record = tmp_path / "record.jsonl"
-    cmd = [sys.executable, "-m", "tests.quicpeers", "serve", "--cert", str(cert_file), "--key", str(key_file), "--record", str(record)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.quicpeers",
+        "serve",
+        "--cert",
+        str(cert_file),
+        "--key",
+        str(key_file),
+        "--record",
+        str(record),
+    ]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
         port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
         client = [sys.executable, "-m", "tests.quicpeers", "get", "https://api.test/cli", "--connect", f"127.0.0.1:{port}"]
-        ok = subprocess.run([*client, "--server-name", "api.test", "--ca", str(root_file)], capture_output=True, text=True, timeout=30)
+        ok = subprocess.run(
+            [*client, "--server-name", "api.test", "--ca", str(root_file)], capture_output=True, text=True, timeout=30
+        )
         assert ok.returncode == 0 and '"status": 200' in ok.stdout
         refused = subprocess.run([*client, "--server-name", "api.test"], capture_output=True, text=True, timeout=30)  # system CAs
         assert refused.returncode == 1 and '"status": null' in refused.stdout
@@ -223,6 +254,10 @@ def test_an_app_that_does_not_trust_tlsgates_ca_over_quic_is_explained(quicgate,
     response = quicpeers.get("https://api.test/", server_name="api.test", port=gate.port, timeout=8)  # system CAs only
     assert response.status is None and response.close_code == 0x100 + 42  # CRYPTO_ERROR: bad_certificate
     (finding,) = gate.wait_findings(1)
-    assert (finding["check"], finding["action"], finding["evidence"]["kind"]) == ("client_trust", "reported", "certificate_refused")
+    assert (finding["check"], finding["action"], finding["evidence"]["kind"]) == (
+        "client_trust",
+        "reported",
+        "certificate_refused",
+    )
     assert finding["evidence"]["transport"] == "quic" and finding["evidence"]["rejection"] == "bad certificate"
     assert upstream.requests == []

@@ -79,7 +79,9 @@ def test_make_test_names_every_missing_program_in_one_message(tmp_path: Path) ->
         found = shutil.which(tool)
         assert found, tool
         (bin_dir / tool).symlink_to(found)
-    done = subprocess.run(["make", "-s", "prereqs"], cwd=REPO, env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["make", "-s", "prereqs"], cwd=REPO, env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode != 0
     first = done.stderr.splitlines()[0]
     assert first.startswith("make test needs these programs:"), done.stderr

@@ -52,6 +52,6 @@ def test_ordinary_headers_pass(tlsgate, http_upstream: Upstream) -> None:
     gate = tlsgate(ALLOW, resolve={"api.test": http_upstream.port})
     target = f"http://api.test:{http_upstream.port}/ok".encode()
     with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as sock:
-        answer = exchange(sock, b"GET " + target + b" HTTP/1.1\r\nHost: api.test\r\nX-Note: a\tb \"quoted\"\r\n\r\n")
+        answer = exchange(sock, b"GET " + target + b' HTTP/1.1\r\nHost: api.test\r\nX-Note: a\tb "quoted"\r\n\r\n')
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     assert [r.path for r in http_upstream.requests] == ["/ok"] and gate.findings() == []

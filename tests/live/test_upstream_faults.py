@@ -67,4 +67,6 @@ def test_a_broken_upstream_is_a_502_fault_not_a_block(tlsgate, broken: tuple[Raw
     assert finding["evidence"]["kind"] in kinds, finding
     scraped = gate.scrape()
     assert 'tlsgate_upstream_connections_total{check="fault",decision="failed",transport="tcp"} 1.0' in scraped
-    assert 'decision="blocked"' not in "\n".join(line for line in scraped.splitlines() if line.startswith("tlsgate_requests_total"))
+    assert 'decision="blocked"' not in "\n".join(
+        line for line in scraped.splitlines() if line.startswith("tlsgate_requests_total")
+    )

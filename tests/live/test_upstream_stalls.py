@@ -179,9 +179,7 @@ def test_a_body_trickled_a_byte_a_second_is_a_504_and_none_of_it_is_passed_on(tl
     assert 'tlsgate_requests_total{check="fault",decision="failed",transport="tcp"} 1.0' in gate.scrape()
 
 
-def test_an_app_hanging_up_as_the_certificate_arrives_after_a_stalled_upstream_is_not_client_trust(
-    tlsgate, servers
-) -> None:
+def test_an_app_hanging_up_as_the_certificate_arrives_after_a_stalled_upstream_is_not_client_trust(tlsgate, servers) -> None:
     """tlsgate holds the app's handshake while it waits for the upstream; the app's own timeout can end it just as
     tlsgate gives up and shows its certificate. That close is the stall's doing, not distrust."""
     server = servers(silent)
@@ -213,7 +211,10 @@ GARBAGE = {
     "binary-then-close": (b"\x00\x01\x02\xff\xfe\x7f", ("not_http",)),
     "http09-body": (b"<html><body>secret-token-123</body></html>\n", ("not_http",)),
     "head-without-blank-line": (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", ("not_http",)),
-    "head-then-body-cut-short": (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nsecret-token-123", ("truncated", "malformed_body")),
+    "head-then-body-cut-short": (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nsecret-token-123",
+        ("truncated", "malformed_body"),
+    ),
 }
 
 

@@ -191,9 +191,7 @@ def test_domains_are_spelled_as_tlsgate_matches_them() -> None:
 
 def test_declared_domains_are_encoded_as_android_encodes_them_idna_2008() -> None:
     """Android reaches `faß.de` at xn--fa-hia.de; the IDNA 2003 spelling fass.de is another host."""
-    config = read(
-        "<network-security-config><domain-config><domain>faß.de</domain></domain-config></network-security-config>"
-    )
+    config = read("<network-security-config><domain-config><domain>faß.de</domain></domain-config></network-security-config>")
     assert [d.hosts for d in config.domains] == [["xn--fa-hia.de"]]
 
 

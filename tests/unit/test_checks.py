@@ -572,4 +572,4 @@ def test_ambiguous_header_fields_are_named_never_valued() -> None:
     assert issue.evidence == {"header": "x-token", "value_length": 20}
     assert "NUL" in judge_header_fields([(b"a", b"\x00")], match).detail
     assert "not an HTTP token" in judge_header_fields([(b"bad name", b"x")], match).detail
-    assert judge_header_fields([(b"x-ok", b"a\tb \"c\" \xff")], match) is None
+    assert judge_header_fields([(b"x-ok", b'a\tb "c" \xff')], match) is None

@@ -159,7 +159,9 @@ def test_the_run_master_dispatches_through_the_table_and_skips_unhandled_updates
         # Exactly one manager listens to option changes: the replaced one would configure termlog twice.
         listeners = [r() for r in m.options.changed.receivers]
         assert [getattr(r, "__self__", None) for r in listeners].count(m.addons) == 1
-        assert not any(isinstance(getattr(r, "__self__", None), addonmanager.AddonManager) and r.__self__ is not m.addons for r in listeners)
+        assert not any(
+            isinstance(getattr(r, "__self__", None), addonmanager.AddonManager) and r.__self__ is not m.addons for r in listeners
+        )
         return m, len(m.addons.handlers("update")), len(m.addons.handlers("request"))
 
     m, updates, requests = asyncio.run(go())

@@ -15,7 +15,17 @@ from tlsgate.sinks.findings import FIELD_CHARS, MAX_LINE, Finding, FindingsLog
 
 
 def finding(n: int, evidence_size: int = 10) -> Finding:
-    return Finding("cleartext", "blocked", "high", "api.test", 80, "10.0.0.2:1", "p.yaml:3", f"request {n}", evidence={"blob": "x" * evidence_size})
+    return Finding(
+        "cleartext",
+        "blocked",
+        "high",
+        "api.test",
+        80,
+        "10.0.0.2:1",
+        "p.yaml:3",
+        f"request {n}",
+        evidence={"blob": "x" * evidence_size},
+    )
 
 
 def lines(path: Path) -> list[dict]:

@@ -98,7 +98,10 @@ def test_random_ivs_say_nothing_however_often_the_plaintext_repeats() -> None:
     rng = random.Random(3)
     for _ in range(50):
         for good in (cbc, ctr, gcm):
-            assert memory.observe("phone", "h", good.__name__, good(rng, KEY, b"the same plaintext every time, twice over"), True) is None
+            assert (
+                memory.observe("phone", "h", good.__name__, good(rng, KEY, b"the same plaintext every time, twice over"), True)
+                is None
+            )
 
 
 def test_block_memory_is_bounded_in_keys_values_and_bytes() -> None:
@@ -216,7 +219,9 @@ def test_fields_walk_json_forms_multipart_headers_and_urls() -> None:
     ]
     assert [f.path for f in body_fields("application/x-www-form-urlencoded", b"a=1&b=2")] == [("form", "a"), ("form", "b")]
     multipart = b'--XX\r\nContent-Disposition: form-data; name="blob"\r\n\r\nvalue1\r\n--XX--\r\n'
-    assert [(f.path, f.text) for f in body_fields("multipart/form-data; boundary=XX", multipart)] == [(("form", "blob"), "value1")]
+    assert [(f.path, f.text) for f in body_fields("multipart/form-data; boundary=XX", multipart)] == [
+        (("form", "blob"), "value1")
+    ]
     binary = bytes(range(64))
     assert body_fields("application/octet-stream", binary)[0].raw == binary
     textlike = bytes(range(32, 96))  # binary that happens to be printable is judged as bytes too
@@ -224,7 +229,9 @@ def test_fields_walk_json_forms_multipart_headers_and_urls() -> None:
     truncated = body_fields("application/json", b'{"data":"' + b"A1b2" * 20, complete=False)
     assert truncated[0].path == ("body",) and any(f.path[0] == "body" and f.text.startswith("A1b2") for f in truncated[1:])
     assert [f.path for f in header_fields([("Host", "x"), ("Cookie", "sid=1; t=2"), ("X-Data", "v")])] == [
-        ("cookie", "sid"), ("cookie", "t"), ("header", "x-data")
+        ("cookie", "sid"),
+        ("cookie", "t"),
+        ("header", "x-data"),
     ]
     assert [f.path for f in url_fields("https://h/a/b?x=1")] == [("path", "1"), ("path", "2"), ("query", "x")]
 
@@ -256,8 +263,7 @@ def test_hostile_bodies_are_scanned_within_their_bounds(ctype: str, body: bytes)
     fields = body_fields(ctype, body)
     named = [f for f in fields if f.path != ("body",)]
     assert len(named) <= 512 and len(fields) - len(named) <= 1 + len(body) // SEGMENT  # the rest is searched as text
-    scan(fields, host="h", namer=".".join, forms=forms_of("email", "a.person@example.com"),
-         memory=BlockMemory())
+    scan(fields, host="h", namer=".".join, forms=forms_of("email", "a.person@example.com"), memory=BlockMemory())
 
 
 def test_scan_reports_value_free_items() -> None:
@@ -353,7 +359,9 @@ def test_block_enforces_report_records_ignore_drops_and_a_streamed_body_is_only_
 def test_keystream_reuse_is_high_and_other_fixed_iv_evidence_medium() -> None:
     policy = load_texts([("p.yaml", POLICY)])
     item = {"field": "json.data", "encoding": "base64", "length": 71}
-    (reused,) = judge_payload(_facts(deterministic=[{**item, "basis": "keystream_reuse", "evidence_bits": 90}]), policy.match("api.test"))
+    (reused,) = judge_payload(
+        _facts(deterministic=[{**item, "basis": "keystream_reuse", "evidence_bits": 90}]), policy.match("api.test")
+    )
     assert (reused.kind, reused.severity) == ("deterministic_encryption", Severity.HIGH) and "reuses a keystream" in reused.detail
     for basis in ("same_prefix", "same_position", "zero_iv"):
         (issue,) = judge_payload(_facts(deterministic=[{**item, "basis": basis}]), policy.match("api.test"))

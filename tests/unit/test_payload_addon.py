@@ -82,7 +82,9 @@ def gate(tmp_path: Path) -> Iterator[Gate]:
 
 
 def https(host: str, path: str = "/v1/data", body: bytes = b"", ctype: str = "application/json", **headers: str) -> http.HTTPFlow:
-    hdrs = http.Headers([(b"host", host.encode()), (b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())])
+    hdrs = http.Headers(
+        [(b"host", host.encode()), (b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())]
+    )
     for name, value in headers.items():
         hdrs[name.replace("_", "-")] = value
     flow = tflow.tflow(req=tutils.treq(host=host, port=443, scheme=b"https", path=path.encode(), headers=hdrs, content=body))
@@ -105,8 +107,14 @@ def test_ecb_in_a_json_field_is_blocked_before_upstream_where_the_policy_says_bl
     (finding,) = gate.findings()
     assert finding["action"] == "blocked" and finding["severity"] == "high" and finding["device"] == "pixel-7"
     (item,) = finding["evidence"]["fields"]
-    assert item == {"field": "json.payload.data", "encoding": "base64", "length": 80, "blocks": 5, "repeated_blocks": 1,
-                    "basis": "repeated_block"}
+    assert item == {
+        "field": "json.payload.data",
+        "encoding": "base64",
+        "length": 80,
+        "blocks": 5,
+        "repeated_blocks": 1,
+        "basis": "repeated_block",
+    }
     assert finding["rule"].endswith("policy.yaml:12") and "ecb: ignore" in finding["remedy"]
     assert value not in gate.raw()
 
@@ -128,7 +136,10 @@ def test_ecb_in_a_header_and_in_a_raw_binary_body_is_found(gate: Gate) -> None:
     flow = https("other.test", body=ecb(KEY, REPEATING), ctype="application/octet-stream", x_payload=ecb(KEY, REPEATING).hex())
     gate.run(flow)
     (finding,) = gate.findings()
-    assert {(i["field"], i["encoding"]) for i in finding["evidence"]["fields"]} == {("header.x-payload", "hex"), ("body", "binary")}
+    assert {(i["field"], i["encoding"]) for i in finding["evidence"]["fields"]} == {
+        ("header.x-payload", "hex"),
+        ("body", "binary"),
+    }
 
 
 def test_aes_gcm_and_random_data_pass_without_a_finding(gate: Gate) -> None:
@@ -158,13 +169,21 @@ def test_secrets_in_urls_unsigned_jwts_and_provider_keys_are_named_never_valued(
     header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').decode().rstrip("=")
     claims = base64.urlsafe_b64encode(b'{"sub":"42","role":"admin"}').decode().rstrip("=")
     unsigned = f"{header}.{claims}."
-    flow = gate.run(https("other.test", path=f"/v1/me?access_token={token}&page=2", body=json.dumps({"k": stripe}).encode(),
-                          authorization=f"Bearer {unsigned}"))
+    flow = gate.run(
+        https(
+            "other.test",
+            path=f"/v1/me?access_token={token}&page=2",
+            body=json.dumps({"k": stripe}).encode(),
+            authorization=f"Bearer {unsigned}",
+        )
+    )
     assert flow.response is None
     kinds = {f["evidence"]["kind"]: f for f in gate.findings()}
     assert set(kinds) == {"secret_in_url", "unsigned_jwt", "provider_key"}
     assert kinds["secret_in_url"]["evidence"]["credentials"] == [{"kind": "query", "name": "access_token"}]
-    assert kinds["unsigned_jwt"]["evidence"]["tokens"] == [{"field": "header.authorization", "alg": "none", "length": len(unsigned)}]
+    assert kinds["unsigned_jwt"]["evidence"]["tokens"] == [
+        {"field": "header.authorization", "alg": "none", "length": len(unsigned)}
+    ]
     assert kinds["provider_key"]["evidence"]["keys"][0]["format"] == "stripe_secret_key"
     for planted in (token, stripe, unsigned, claims):
         assert planted not in gate.raw()
@@ -187,8 +206,10 @@ def test_signed_urls_and_oauth_redirects_are_not_credentials_in_urls(gate: Gate)
     assert {c["name"] for c in gate.findings()[0]["evidence"]["credentials"]} == {"Signature", "token"}
 
 
-JWT = ".".join(base64.urlsafe_b64encode(part).decode().rstrip("=") for part in (b'{"alg":"RS256","kid":"k1"}',
-                                                                                   b'{"sub":"1234567890","aud":"app"}', urandom(64)))
+JWT = ".".join(
+    base64.urlsafe_b64encode(part).decode().rstrip("=")
+    for part in (b'{"alg":"RS256","kid":"k1"}', b'{"sub":"1234567890","aud":"app"}', urandom(64))
+)
 
 
 @pytest.mark.parametrize(
@@ -265,10 +286,18 @@ def test_gcm_with_a_fixed_nonce_is_blocked_at_any_length(gate: Gate) -> None:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     nonce = b"fixed-nonce!"
-    bodies = [json.dumps({"name": name, "email": f"{name}@example.com", "city": city, "note": "first login"}).encode()
-              for name, city in (("alice", "Berlin"), ("bob", "Lagos"), ("carol", "Lima"))]
-    flows = [gate.run(https("api.test", body=json.dumps({"data": base64.b64encode(AESGCM(KEY).encrypt(nonce, body, None)).decode()}).encode()))
-             for body in bodies]
+    bodies = [
+        json.dumps({"name": name, "email": f"{name}@example.com", "city": city, "note": "first login"}).encode()
+        for name, city in (("alice", "Berlin"), ("bob", "Lagos"), ("carol", "Lima"))
+    ]
+    flows = [
+        gate.run(
+            https(
+                "api.test", body=json.dumps({"data": base64.b64encode(AESGCM(KEY).encrypt(nonce, body, None)).decode()}).encode()
+            )
+        )
+        for body in bodies
+    ]
     assert flows[0].response is None
     assert any(f.response is not None and f.response.status_code == 403 for f in flows[1:])
     finding = gate.findings()[0]
@@ -312,9 +341,12 @@ def test_seeded_identifiers_are_found_hashed_and_encoded_with_the_receiving_host
     text = gate.raw()
     for planted in (EMAIL, EMAIL.lower(), sha, md5, imei_b64, "356938035643809", "tester.person"):
         assert planted.lower() not in text.lower()
-    assert gate.exporter.metrics.registry.get_sample_value(
-        "tlsgate_payload_findings_total", {"kind": "identifier", "action": "reported", "third_party": "true"}
-    ) == 1
+    assert (
+        gate.exporter.metrics.registry.get_sample_value(
+            "tlsgate_payload_findings_total", {"kind": "identifier", "action": "reported", "third_party": "true"}
+        )
+        == 1
+    )
 
 
 def test_console_and_log_lines_mask_the_seeded_identifiers_of_the_policy_in_force(gate: Gate) -> None:

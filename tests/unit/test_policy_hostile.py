@@ -30,7 +30,11 @@ PINS = "[sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=]"
 
 # name -> (policy text, the line:column the first error must point at, words it must contain)
 HOSTILE = {
-    "impossible date": (f"version: 1\npin_sets:\n  a:\n    expires: 2027-06-31\n    pins: {PINS}\n", "4:14", "day is out of range"),
+    "impossible date": (
+        f"version: 1\npin_sets:\n  a:\n    expires: 2027-06-31\n    pins: {PINS}\n",
+        "4:14",
+        "day is out of range",
+    ),
     "month 13": (f"version: 1\npin_sets:\n  a:\n    expires: 2027-13-01\n    pins: {PINS}\n", "4:14", "invalid value"),
     "year 0": (f"version: 1\npin_sets:\n  a:\n    expires: 0000-01-01\n    pins: {PINS}\n", "4:14", "invalid value"),
     "5,000-digit number": ("version: " + "9" * 5000 + "\n", "1:10", "4300 digits"),
@@ -124,17 +128,70 @@ def test_an_internal_error_is_a_located_refusal_not_a_traceback(monkeypatch: pyt
         raise KeyError("a bug")
 
     monkeypatch.setattr(loader._Builder, "add_file", explode)
-    assert first_error("version: 1\n") == "p.yaml:1:1: tlsgate could not read this policy (KeyError); this is a tlsgate bug, please report it"
+    assert (
+        first_error("version: 1\n")
+        == "p.yaml:1:1: tlsgate could not read this policy (KeyError); this is a tlsgate bug, please report it"
+    )
 
 
 # -- fuzzing ------------------------------------------------------------------------------------------
 
 SEEDS = [embedded_policy().read_text(), *(p.read_text() for p in sorted((REPO / "policies/examples").glob("*.yaml")))]
 TOKENS = [
-    "&a ", "*a", "<<: ", "!!python/name:os.system ", "!!binary ", "!!set ", "!!timestamp ", "? ", "- ", ": ", "[", "]",
-    "{", "}", ",", "\n", "\n  ", "\t", "#", "'", '"', "\\", "\\ud800", "\\x00", "\x00", "\x07", "\x85", "\ufeff", "\ud800",
-    "2027-06-31", "2027-13-01", "0000-01-01", "9" * 4400, "1e999", ".nan", "~", "null", "yes", "0x", "0o8", "---\n",
-    "...\n", "%YAML 1.1\n", "|\n", ">-\n", "hosts", "pins", "sha256/", "*.", "**", "tls", "min_version", "1.0", "devices",
+    "&a ",
+    "*a",
+    "<<: ",
+    "!!python/name:os.system ",
+    "!!binary ",
+    "!!set ",
+    "!!timestamp ",
+    "? ",
+    "- ",
+    ": ",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    "\n",
+    "\n  ",
+    "\t",
+    "#",
+    "'",
+    '"',
+    "\\",
+    "\\ud800",
+    "\\x00",
+    "\x00",
+    "\x07",
+    "\x85",
+    "\ufeff",
+    "\ud800",
+    "2027-06-31",
+    "2027-13-01",
+    "0000-01-01",
+    "9" * 4400,
+    "1e999",
+    ".nan",
+    "~",
+    "null",
+    "yes",
+    "0x",
+    "0o8",
+    "---\n",
+    "...\n",
+    "%YAML 1.1\n",
+    "|\n",
+    ">-\n",
+    "hosts",
+    "pins",
+    "sha256/",
+    "*.",
+    "**",
+    "tls",
+    "min_version",
+    "1.0",
+    "devices",
 ]
 
 

@@ -92,7 +92,11 @@ def policy_match(quic: str, mode: str = "enforce", extra: str = ""):
 
 @pytest.mark.parametrize(
     ("quic", "mode", "refused", "action"),
-    [("refuse", "enforce", True, Action.BLOCKED), ("refuse", "report", False, Action.REPORTED), ("inspect", "enforce", False, None)],
+    [
+        ("refuse", "enforce", True, Action.BLOCKED),
+        ("refuse", "report", False, Action.REPORTED),
+        ("inspect", "enforce", False, None),
+    ],
 )
 def test_only_an_enforced_refuse_refuses(quic: str, mode: str, refused: bool, action: Action | None) -> None:
     match = policy_match(quic, mode)
@@ -117,7 +121,9 @@ def test_quic_pins_are_judged_like_tcp() -> None:
     chain = make_chain(dns=("a.test",))
     other = make_chain(dns=("a.test",))
     pins = f"    pins: ['{spki_pin(other.leaf.cert)}', '{spki_pin(other.root.cert)}']\n"
-    issues = judge_handshake(quic_facts("AES_256_GCM_SHA384", chain.certs), policy_match("inspect", extra=pins), dt.datetime.now(dt.UTC))
+    issues = judge_handshake(
+        quic_facts("AES_256_GCM_SHA384", chain.certs), policy_match("inspect", extra=pins), dt.datetime.now(dt.UTC)
+    )
     assert [(i.check, i.kind) for i in issues] == [(Check.PIN, "pin_mismatch")]
 
 
@@ -169,7 +175,9 @@ def quic_client() -> connection.Client:
     return client
 
 
-def quic_hello(gate: Gate, client: connection.Client, sni: str = "api.test", alpn: tuple[bytes, ...] = (b"h3",)) -> tls.ClientHelloData:
+def quic_hello(
+    gate: Gate, client: connection.Client, sni: str = "api.test", alpn: tuple[bytes, ...] = (b"h3",)
+) -> tls.ClientHelloData:
     context = Context(client, gate.tctx.options)
     context.server = tflow.tserver_conn()
     context.server.transport_protocol = "udp"
@@ -266,7 +274,11 @@ def test_a_probe_is_served_over_quic_and_a_refusal_is_read_from_aioquics_words(g
     client.error = "self-signed certificate"  # aioquic's reason phrase when it refuses the certificate
     gate.audit.tls_failed_client(QuicTlsData(client, Context(client, gate.tctx.options)))
     (finding,) = gate.findings()
-    assert (finding["check"], finding["action"], finding["evidence"]["rejection"]) == ("client_probe", "passed", "bad certificate")
+    assert (finding["check"], finding["action"], finding["evidence"]["rejection"]) == (
+        "client_probe",
+        "passed",
+        "bad certificate",
+    )
     assert finding["evidence"]["transport"] == "quic" and finding["evidence"]["ja4"].startswith("q")
 
 
@@ -283,7 +295,9 @@ def real_quic_server_layer(gate: Gate, client: connection.Client, server: connec
 
 
 @pytest.mark.parametrize(("mode", "blocked"), [("enforce", True), ("report", False)])
-def test_a_quic_pin_mismatch_closes_the_upstream_before_any_stream_and_blocks_requests(gate: Gate, mode: str, blocked: bool) -> None:
+def test_a_quic_pin_mismatch_closes_the_upstream_before_any_stream_and_blocks_requests(
+    gate: Gate, mode: str, blocked: bool
+) -> None:
     other = make_chain(dns=("quic.test",))
     pins = f"['{spki_pin(other.leaf.cert)}', '{spki_pin(other.root.cert)}']"
     set_policy(gate, f"  - hosts: [quic.test]\n    mode: {mode}\n    quic: inspect\n    pins: {pins}\n")
@@ -337,7 +351,10 @@ def test_a_failed_quic_upstream_handshake_is_named_and_counted_as_quic(gate: Gat
 
 def test_a_quic_upstream_whose_start_hook_was_missed_is_still_judged(gate: Gate) -> None:
     other = make_chain(dns=("quic.test",))
-    set_policy(gate, f"  - hosts: [quic.test]\n    quic: inspect\n    pins: ['{spki_pin(other.leaf.cert)}', '{spki_pin(other.root.cert)}']\n")
+    set_policy(
+        gate,
+        f"  - hosts: [quic.test]\n    quic: inspect\n    pins: ['{spki_pin(other.leaf.cert)}', '{spki_pin(other.root.cert)}']\n",
+    )
     client, server = quic_client(), tflow.tserver_conn()
     server.transport_protocol, server.sni = "udp", "quic.test"
     quic_hello(gate, client, sni="quic.test")

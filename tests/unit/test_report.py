@@ -186,7 +186,12 @@ def test_sarif_is_valid_against_the_official_schema_and_names_rule_and_policy_li
     validate_sarif(document)
     (sarif_run,) = document["runs"]
     results = {r["ruleId"]: r for r in sarif_run["results"]}
-    assert set(results) == {"cleartext/plain_http", "pin/pin_mismatch", "client_probe/self_signed", "client_hello/weak_suites_offered"}
+    assert set(results) == {
+        "cleartext/plain_http",
+        "pin/pin_mismatch",
+        "client_probe/self_signed",
+        "client_hello/weak_suites_offered",
+    }
     pin = results["pin/pin_mismatch"]
     assert pin["level"] == "error"
     location = pin["locations"][0]["physicalLocation"]
@@ -296,7 +301,10 @@ def test_diff_matches_by_identity_not_time_or_port_and_gates_on_new(tmp_path: Pa
     assert run("diff", str(base), str(new), "--fail-on", "new:high", "--out", str(tmp_path / "d.txt")) == 1
     assert run("diff", str(base), str(new), "--fail-on", "new:critical", "--out", str(tmp_path / "d.txt")) == 1  # blocked
     text = (tmp_path / "d.txt").read_text()
-    assert "NEW (1)\n  + [high] cleartext/plain_http login.test on pixel-7" in text and "FIXED (1)\n  - [critical] pin/pin_mismatch" in text
+    assert (
+        "NEW (1)\n  + [high] cleartext/plain_http login.test on pixel-7" in text
+        and "FIXED (1)\n  - [critical] pin/pin_mismatch" in text
+    )
     assert run("diff", str(new), str(new), "--fail-on", "new:low", "--out", str(tmp_path / "same.txt")) == 0
     assert "NEW (0)" in (tmp_path / "same.txt").read_text()
     assert run("diff", str(base), str(new), "--format", "markdown", "--out", str(tmp_path / "d.md")) == 0

@@ -96,11 +96,53 @@ def test_url_credentials(url: str, expected: list[tuple[str, str]]) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["password", "passwd", "pwd", "pass", "token", "access_token", "AccessToken", "id_token", "refresh_token", "api_key",
-     "apiKey", "API_KEY", "apikey", "x-api-key", "access-key", "key", "sig", "signature", "sid", "session", "sessionid",
-     "X-Session-Id", "JSESSIONID", "PHPSESSID", "auth", "x-auth-token", "authToken", "client_secret", "otp", "pin",
-     "pin_code", "cvv", "code", "auth_code", "verification_code", "state", "jwt", "credentials", "sessionToken",
-     "Ocp-Apim-Subscription-Key", "userpassword", "secret_key", "private_key", "hmac", "ticket"],
+    [
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "token",
+        "access_token",
+        "AccessToken",
+        "id_token",
+        "refresh_token",
+        "api_key",
+        "apiKey",
+        "API_KEY",
+        "apikey",
+        "x-api-key",
+        "access-key",
+        "key",
+        "sig",
+        "signature",
+        "sid",
+        "session",
+        "sessionid",
+        "X-Session-Id",
+        "JSESSIONID",
+        "PHPSESSID",
+        "auth",
+        "x-auth-token",
+        "authToken",
+        "client_secret",
+        "otp",
+        "pin",
+        "pin_code",
+        "cvv",
+        "code",
+        "auth_code",
+        "verification_code",
+        "state",
+        "jwt",
+        "credentials",
+        "sessionToken",
+        "Ocp-Apim-Subscription-Key",
+        "userpassword",
+        "secret_key",
+        "private_key",
+        "hmac",
+        "ticket",
+    ],
 )
 def test_credential_names_are_credentials(name: str) -> None:
     assert redact.is_credential_name(name), redact.name_words(name)
@@ -108,12 +150,53 @@ def test_credential_names_are_credentials(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["authuser", "auth_type", "auth0Client", "authority", "author", "authenticated", "passport", "bypass", "footprint",
-     "credit", "pagination_token", "NextToken", "nextPageToken", "pageToken", "syncToken", "continuationToken",
-     "idempotency_key", "Idempotency-Key", "publicKey", "cache_key", "sort_key", "session_state", "token_type",
-     "oauth_signature_method", "zip_code", "country_code", "ticket_id", "nonce", "code_challenge", "login_hint",
-     "id_token_hint", "hd", "prompt", "scope", "client_info", "granted_scopes", "monkey", "keyboard", "device_token",
-     "fcm_token", "x-request-id", "auth_provider", "authMethod", "spin", "x-signature-version"],
+    [
+        "authuser",
+        "auth_type",
+        "auth0Client",
+        "authority",
+        "author",
+        "authenticated",
+        "passport",
+        "bypass",
+        "footprint",
+        "credit",
+        "pagination_token",
+        "NextToken",
+        "nextPageToken",
+        "pageToken",
+        "syncToken",
+        "continuationToken",
+        "idempotency_key",
+        "Idempotency-Key",
+        "publicKey",
+        "cache_key",
+        "sort_key",
+        "session_state",
+        "token_type",
+        "oauth_signature_method",
+        "zip_code",
+        "country_code",
+        "ticket_id",
+        "nonce",
+        "code_challenge",
+        "login_hint",
+        "id_token_hint",
+        "hd",
+        "prompt",
+        "scope",
+        "client_info",
+        "granted_scopes",
+        "monkey",
+        "keyboard",
+        "device_token",
+        "fcm_token",
+        "x-request-id",
+        "auth_provider",
+        "authMethod",
+        "spin",
+        "x-signature-version",
+    ],
 )
 def test_names_that_only_contain_a_credential_word_are_not_credentials(name: str) -> None:
     """Google's `authuser` (an account index) was a credential because `auth` matched anywhere in the name."""
@@ -426,7 +509,12 @@ def test_reload_and_request_counters() -> None:
     assert sample(metrics, "tlsgate_requests_total", decision="blocked", check="cleartext", transport="tcp") == 1
     metrics.handshake("server", False, None, None)
     metrics.pin_check("mismatch")
-    assert sample(metrics, "tlsgate_tls_handshakes_total", side="server", result="failed", version="none", suite="none", transport="tcp") == 1
+    assert (
+        sample(
+            metrics, "tlsgate_tls_handshakes_total", side="server", result="failed", version="none", suite="none", transport="tcp"
+        )
+        == 1
+    )
     assert sample(metrics, "tlsgate_pin_checks_total", result="mismatch") == 1
     assert sample(metrics, "tlsgate_pin_checks_total", result="match") == 0
 
@@ -436,7 +524,9 @@ def test_console_filter_escapes_whatever_a_record_carries() -> None:
 
     from tlsgate.addons.logsafety import EscapeControls
 
-    record = logging.LogRecord("mitmproxy.proxy.server", logging.INFO, __file__, 1, "for %s (%s)", ("a\n[CRITICAL] x", "\ud800\x1b"), None)
+    record = logging.LogRecord(
+        "mitmproxy.proxy.server", logging.INFO, __file__, 1, "for %s (%s)", ("a\n[CRITICAL] x", "\ud800\x1b"), None
+    )
     assert EscapeControls().filter(record) is True
     assert record.getMessage() == "for a\\x0a[CRITICAL] x (\\ud800\\x1b)"
     broken = logging.LogRecord("x", logging.INFO, __file__, 1, "%d", ("not a number",), None)

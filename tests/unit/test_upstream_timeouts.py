@@ -185,7 +185,12 @@ def test_a_handshake_the_clock_ended_is_named_a_timeout_for_upstream_tls(gate: G
     gate.timeouts.tls_failed_server(tls.TlsData(server, Context(client, gate.tctx.options)))
     assert server.error == "timed out: no completed TLS handshake within 15 s (tlsgate_tls_handshake_timeout)"
     issue = judge_failure(server.error, None, [], TlsRules())
-    assert (issue.check, issue.kind, issue.evidence["phase"], issue.evidence["timeout_s"]) == ("fault", "timeout", "tls_handshake", 15.0)
+    assert (issue.check, issue.kind, issue.evidence["phase"], issue.evidence["timeout_s"]) == (
+        "fault",
+        "timeout",
+        "tls_handshake",
+        15.0,
+    )
     assert "--set tlsgate_tls_handshake_timeout=" in issue.remedy
     assert faults.timeout_from_text("timed out") is None and faults.timeout_from_text("connection closed") is None
 
@@ -232,7 +237,8 @@ def test_a_hosts_own_limits_arm_its_clocks_and_other_hosts_keep_the_options(gate
         other = flow_to("other.test", 443, "https")
         gate.timeouts.request(other)
         assert (gate.timeouts.flows[other].head.seconds, gate.timeouts.flows[other].head.source) == (
-            120.0, "tlsgate_response_head_timeout"
+            120.0,
+            "tlsgate_response_head_timeout",
         )
 
     asyncio.run(scenario())
@@ -271,7 +277,9 @@ def test_an_app_that_hangs_up_while_its_upstream_is_still_connecting_gave_up(gat
     asyncio.run(scenario())
     (finding,) = gate.findings()
     assert (finding["evidence"]["kind"], finding["evidence"]["phase"], finding["evidence"]["timeout_s"]) == (
-        "client_gave_up", "connect", 10.0
+        "client_gave_up",
+        "connect",
+        10.0,
     )
 
 
@@ -287,7 +295,9 @@ def test_a_cancel_is_not_a_timeout_and_a_short_limit_lowers_the_bar() -> None:
 
 def test_garbage_is_answered_502_with_a_fault_finding_that_quotes_none_of_it(gate: Gate) -> None:
     flow = flow_to("legacy.test")
-    response = gate.timeouts.answer(flow, "Cannot parse HTTP response: Bad HTTP response line: b'token=abc123'", "GENERIC_SERVER_ERROR")
+    response = gate.timeouts.answer(
+        flow, "Cannot parse HTTP response: Bad HTTP response line: b'token=abc123'", "GENERIC_SERVER_ERROR"
+    )
     assert response is not None and response.status_code == 502
     assert response.headers["x-tlsgate-check"] == "fault" and b"abc123" not in response.content
     assert flow.metadata["tlsgate"] == {"check": "fault", "action": "failed", "rule": flow.metadata["tlsgate"]["rule"]}
@@ -305,7 +315,10 @@ def test_a_stalled_server_is_answered_504_naming_the_phase_and_option(gate: Gate
     assert response is not None and response.status_code == 504
     (finding,) = gate.findings()
     assert finding["evidence"] == {
-        "kind": "timeout", "phase": "response_head", "timeout_s": 120.0, "option": "tlsgate_response_head_timeout"
+        "kind": "timeout",
+        "phase": "response_head",
+        "timeout_s": 120.0,
+        "option": "tlsgate_response_head_timeout",
     }
     assert "--set tlsgate_response_head_timeout=" in finding["remedy"]
 

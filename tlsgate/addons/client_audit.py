@@ -306,9 +306,7 @@ def _kept_waiting(state: ConnState, audit: Audit, refused: Issue) -> bool:
     as likely as distrust: the upstream's `fault` finding says what happened, a `client_trust` one would mislead."""
     if refused.evidence.get("rejection") != CLOSED_SILENTLY:
         return False
-    upstream_failed = any(
-        side.blocked is not None and side.blocked.check == Check.FAULT for side in state.servers.values()
-    )
+    upstream_failed = any(side.blocked is not None and side.blocked.check == Check.FAULT for side in state.servers.values())
     return silent_close_excused(upstream_failed, audit.waited)
 
 

@@ -81,7 +81,7 @@ def _existing(confdir: Path) -> wgpeers.Store:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    confdir = (args.confdir or default_confdir())
+    confdir = args.confdir or default_confdir()
     try:
         wgpeers.check_name(args.name)
         _, peer, notes = wgpeers.update(confdir, lambda store: store.add(args.name, args.address))
@@ -97,7 +97,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from mitmproxy.net import local_ip
 
-    confdir = (args.confdir or default_confdir())
+    confdir = args.confdir or default_confdir()
     try:
         store = _existing(confdir)
         peer = store.get(args.name)
@@ -143,7 +143,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    confdir = (args.confdir or default_confdir())
+    confdir = args.confdir or default_confdir()
     try:
         _, peer, notes = wgpeers.update(confdir, lambda store: store.remove(args.name), create=False)
     except (PeerError, OSError) as exc:

@@ -33,8 +33,6 @@ class CertIssue:
     blocking: bool
 
 
-
-
 def _issue(kind: str, chain: Sequence[x509.Certificate], index: int, detail: str, blocking: bool) -> CertIssue:
     return CertIssue(kind, index, subject_text(chain[index]), detail, blocking)
 
@@ -117,5 +115,3 @@ def check_chain(chain: Sequence[x509.Certificate], rules: CertRules, now: dt.dat
         issues += _signature_issues(chain, index, rules)
         issues += _date_issues(chain, index, rules, moment)
     return issues
-
-

@@ -140,26 +140,33 @@ _RESPONSE_FAULTS: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("not_http", re.compile(r"^Cannot parse HTTP response|^unexpected server response", re.I), "it did not answer in HTTP"),
     ("truncated", re.compile(r"without sending complete message body|incomplete", re.I), "the response body ended early"),
     ("malformed_body", re.compile(r"^HTTP/1 protocol error", re.I), "the response body was malformed"),
-    ("protocol_error", re.compile(r"^HTTP/2 protocol error|^Received HTTP/2|stream reset|^HTTP/3", re.I),
-     "it broke the HTTP/2 protocol"),
-    ("closed", re.compile(r"^server closed connection|^peer closed connection|closed by peer|connection closed", re.I),
-     "it closed the connection without answering"),
+    (
+        "protocol_error",
+        re.compile(r"^HTTP/2 protocol error|^Received HTTP/2|stream reset|^HTTP/3", re.I),
+        "it broke the HTTP/2 protocol",
+    ),
+    (
+        "closed",
+        re.compile(r"^server closed connection|^peer closed connection|closed by peer|connection closed", re.I),
+        "it closed the connection without answering",
+    ),
     ("reset", re.compile(r"reset|broken pipe", re.I), "it reset the connection"),
 )
 _CONNECT_FAULTS: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("timeout", re.compile(r"timed? ?out", re.I), "it did not answer the connection"),
     ("refused", re.compile(r"refused|Connect call failed", re.I), "it refused the connection"),
     ("unreachable", re.compile(r"unreachable|no route", re.I), "it could not be reached"),
-    ("dns", re.compile(r"Name or service not known|nodename nor servname|getaddrinfo|Temporary failure in name", re.I),
-     "its name did not resolve"),
+    (
+        "dns",
+        re.compile(r"Name or service not known|nodename nor servname|getaddrinfo|Temporary failure in name", re.I),
+        "its name did not resolve",
+    ),
     ("reset", re.compile(r"reset", re.I), "it reset the connection"),
 )
 _QUOTED = re.compile(r":?\s*b(['\"]).*$", re.S)  # a repr of the bytes the server sent, to the end of the text
 
 
-def _classify(
-    table: tuple[tuple[str, re.Pattern[str], str], ...], error: str, default: tuple[str, str]
-) -> tuple[str, str]:
+def _classify(table: tuple[tuple[str, re.Pattern[str], str], ...], error: str, default: tuple[str, str]) -> tuple[str, str]:
     """(kind, words) of the first entry whose pattern finds `error`; tables are ordered most specific first."""
     return next(((kind, words) for kind, pattern, words in table if pattern.search(error)), default)
 

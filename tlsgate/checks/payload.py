@@ -152,8 +152,7 @@ def judge_payload(facts: PayloadFacts, match: Match) -> list[Issue]:
         add(
             "identifier",
             Severity.MEDIUM if third_party else Severity.LOW,
-            f"{where}, {party}, received the device's {', '.join(kinds)}"
-            + (" (hashed)" if hashed else ""),
+            f"{where}, {party}, received the device's {', '.join(kinds)}" + (" (hashed)" if hashed else ""),
             {"identifiers": facts.identifiers, "identifier_kinds": kinds},
             f"check that {match.host} may receive {', '.join(kinds)} (a hash of an identifier is still the identifier)",
         )

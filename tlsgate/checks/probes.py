@@ -47,7 +47,6 @@ PROBE_REMEDIES: Final = {
 }
 
 
-
 class ProbeSchedule:
     """Which probe the next connection from a client to a host gets: each kind once, then none.
 

@@ -302,6 +302,7 @@ _WEAK_CRYPTO = {
     68: ("sha1_signature", "a certificate in the server's chain is signed with SHA-1 or MD5, which is broken"),
 }
 
+
 def _weak_key_kind(kind: str, verify_code: int, presented: Sequence[x509.Certificate]) -> str:
     """Name a key OpenSSL refused as small the way the certificate rules name it (weak_rsa_key, weak_ec_key),
     so one server gets one finding kind in enforce and report mode alike."""

@@ -27,9 +27,23 @@ MAX_DEPTH = 8
 # Headers that are protocol plumbing; everything else (custom X- headers, Authorization, Cookie) is a field.
 PLUMBING = frozenset(
     (
-        "host", "content-length", "content-type", "accept", "accept-encoding", "accept-language", "connection",
-        "user-agent", "te", "transfer-encoding", "cache-control", "pragma", "origin", "referer", "upgrade",
-        "sec-websocket-version", "expect",
+        "host",
+        "content-length",
+        "content-type",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "connection",
+        "user-agent",
+        "te",
+        "transfer-encoding",
+        "cache-control",
+        "pragma",
+        "origin",
+        "referer",
+        "upgrade",
+        "sec-websocket-version",
+        "expect",
     )
 )
 

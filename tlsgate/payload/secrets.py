@@ -170,9 +170,7 @@ def provider_key_steps(text: str, budget: Budget) -> Steps[list[KeyHit]]:
 
 # Bounded parts (a JOSE header is short; a token is a header line): a hostile run costs each match a fixed amount.
 # The literal comes first (then "not inside a longer run"), so the regex engine skips to each "eyJ" at C speed.
-JWT_SHAPE = re.compile(
-    r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]{4,8192}\.[A-Za-z0-9_-]{0,65536}\.[A-Za-z0-9_-]{0,8192}"
-)
+JWT_SHAPE = re.compile(r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]{4,8192}\.[A-Za-z0-9_-]{0,65536}\.[A-Za-z0-9_-]{0,8192}")
 
 
 @dataclass(frozen=True)

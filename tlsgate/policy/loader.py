@@ -350,4 +350,3 @@ class _Builder:
             index=HostIndex(settings, defaults_location, rules),
             device_index=DeviceIndex(self.devices),
         )
-

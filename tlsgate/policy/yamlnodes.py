@@ -67,9 +67,7 @@ _constructor = yaml.constructor.SafeConstructor()
 MAX_DEPTH = 64
 MAX_BYTES = 32 * 1024 * 1024
 INVALID_TAG = "tag:tlsgate,invalid"  # a node already reported; later checks stay quiet about it
-_SCALAR_TAGS = frozenset(
-    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "timestamp")
-)
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "timestamp"))
 _COLLECTION_TAGS = frozenset(("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"))
 _LINE_PREFIX = re.compile(r"^[ \t?-]*", re.MULTILINE)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")

@@ -20,7 +20,13 @@ from tlsgate.tls.plaintext import PROTOCOLS
 
 UNNAMED = "unnamed"
 PAYLOAD_KINDS = (
-    "ecb", "deterministic_encryption", "secret_in_url", "unsigned_jwt", "basic_auth_third_party", "provider_key", "identifier"
+    "ecb",
+    "deterministic_encryption",
+    "secret_in_url",
+    "unsigned_jwt",
+    "basic_auth_third_party",
+    "provider_key",
+    "identifier",
 )
 NONE = "none"
 # `tlsgate_app_conformance_total{check, kind}`: what an app's traffic did against its own declaration.

@@ -88,7 +88,6 @@ APPLE_ATS_TLS12: Final = (
 )
 
 
-
 @dataclass(frozen=True)
 class Preset:
     """A named, sourced set of acceptable suites and protocol versions.

@@ -23,7 +23,7 @@ TO_MITMPROXY_OPTION: Final = {word: name for name, word in FROM_MITMPROXY_OPTION
 
 
 def from_openssl(protocol: str | None) -> str | None:
-    """"TLSv1.2" (OpenSSL's and mitmproxy's `tls_version`) -> "1.2"; None when unknown."""
+    """ "TLSv1.2" (OpenSSL's and mitmproxy's `tls_version`) -> "1.2"; None when unknown."""
     return FROM_OPENSSL.get(protocol or "")
 
 

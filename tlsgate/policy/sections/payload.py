@@ -165,10 +165,16 @@ SECTION = register(
                         "minProperties": 1,
                         "properties": {
                             "ecb": {**_ACTION, "description": "AES-ECB (repeated cipher blocks) and deterministic encryption."},
-                            "secrets": {**_ACTION, "description": "Credentials in URLs, unsigned JWTs, Basic auth to "
-                                        "unnamed hosts, provider API keys."},
-                            "identifiers": {**_ACTION, "description": "Seeded personal identifiers, in plain, "
-                                            "URL-encoded, base64 or MD5/SHA-1/SHA-256 form."},
+                            "secrets": {
+                                **_ACTION,
+                                "description": "Credentials in URLs, unsigned JWTs, Basic auth to "
+                                "unnamed hosts, provider API keys.",
+                            },
+                            "identifiers": {
+                                **_ACTION,
+                                "description": "Seeded personal identifiers, in plain, "
+                                "URL-encoded, base64 or MD5/SHA-1/SHA-256 form.",
+                            },
                             "max_bytes": {
                                 "type": "integer",
                                 "minimum": 1024,

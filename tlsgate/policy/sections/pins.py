@@ -46,9 +46,7 @@ def parse_pins(node: yaml.Node, reader: yn.Reader, context: Context) -> PinRef |
     return Pinning(pin_set, reader.loc(node)) if pin_set else None
 
 
-def read_pin_list(
-    node: yaml.Node, reader: yn.Reader, name: str, expires: dt.date | None, lint: bool = True
-) -> PinSet | None:
+def read_pin_list(node: yaml.Node, reader: yn.Reader, name: str, expires: dt.date | None, lint: bool = True) -> PinSet | None:
     texts = yn.strings(node, reader, "pins")
     ok = True
     for item, text in texts:
