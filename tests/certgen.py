@@ -276,6 +276,7 @@ def make_leaf(
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
     ca_issuers_url: str | None = None,
+    must_staple: bool = False,
 ) -> Issued:
     """A TLS server certificate; ``issuer=None`` makes it self-signed.
 
@@ -283,6 +284,7 @@ def make_leaf(
     so pass an empty ``dns``/``ips`` to test a name mismatch.
     ``ca_issuers_url`` adds the AIA caIssuers pointer public CAs put in every
     leaf (browsers use it to fetch a missing intermediate; nothing is fetched here).
+    ``must_staple`` adds the TLS Feature extension with status_request (RFC 7633 OCSP Must-Staple).
     """
     private = make_key(key)
     subject = _name(cn or (list(dns) + list(ips) + ["tlsgate test leaf"])[0])
@@ -296,6 +298,8 @@ def make_leaf(
         builder = builder.add_extension(_san(dns, ips), critical=False)
     if ca_issuers_url:
         builder = builder.add_extension(_aia(ca_issuers_url), critical=False)
+    if must_staple:
+        builder = builder.add_extension(x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False)
     signer = issuer.key if issuer else private
     return Issued(_sign(builder, signer, digest), private)
 
