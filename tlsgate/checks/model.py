@@ -20,6 +20,7 @@ class Check(enum.StrEnum):
     CIPHER = "cipher"
     CERTIFICATE = "certificate"
     PIN = "pin"
+    REVOCATION = "revocation"  # the upstream's stapled OCSP response (`revocation:`)
     TLS = "tls"
     CLIENT_PROTOCOL = "client_protocol"
     CLIENT_CIPHERS = "client_ciphers"
