@@ -158,6 +158,37 @@ def verify_error_text(code: int) -> str:
     return SSL._ffi.string(SSL._lib.X509_verify_cert_error_string(code)).decode()
 
 
+# -- stapled OCSP responses (tlsgate.addons.upstream_tls, `revocation:`) ------------------------------------------
+
+
+def ask_for_staple(conn: SSL.Connection) -> None:
+    """Send the status_request extension on this one upstream connection; nothing else about it changes.
+
+    OpenSSL then keeps whatever the server staples on the connection, for
+    `stapled_response` to read once the handshake is done. The usual route, a
+    status callback, lives on the SSL_CTX, and the context here is tlsconfig's
+    cached one shared by every upstream with the same settings, which
+    pyOpenSSL refuses to change once a connection was made from it; reading
+    the response afterwards leaves that context, and every connection that did
+    not ask, exactly as mitmproxy built them.
+    """
+    conn.request_ocsp()
+
+
+def stapled_response(conn: SSL.Connection) -> bytes:
+    """What the server stapled on a connection that asked (b"": nothing); pyOpenSSL exposes it only to a callback.
+
+    OpenSSL bounds it (16 KiB in TLS 1.2, the Certificate message's 100 KiB in
+    TLS 1.3), and OpenSSL 4 keeps only a response that parses as an
+    OCSPResponse; `tlsgate.tls.ocsp.read_staple` judges the rest.
+    """
+    pointer = SSL._ffi.new("unsigned char **")
+    length = SSL._lib.SSL_get_tlsext_status_ocsp_resp(conn._ssl, pointer)
+    if length <= 0 or pointer[0] == SSL._ffi.NULL:
+        return b""
+    return bytes(SSL._ffi.buffer(pointer[0], length))
+
+
 class _ReusePortAsyncio:
     """asyncio as mitmproxy's server module sees it, with listeners that share their port."""
 
