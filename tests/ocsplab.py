@@ -157,7 +157,7 @@ class StaplingServer:
         return [data for data in self.received if data]
 
     def _serve(self, client: socket.socket) -> None:
-        client.settimeout(10)
+        client.setblocking(True)  # pyOpenSSL over a socket with a timeout (non-blocking underneath) raises WantRead
         conn = SSL.Connection(self._context, client)
         conn.set_accept_state()
         got = b""

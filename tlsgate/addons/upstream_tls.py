@@ -26,10 +26,12 @@ from OpenSSL import SSL
 from tlsgate.addons.console import explain_refusals
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.mitm_internals import (
+    ask_for_staple,
     close_quic,
     correct_connection_advice,
     corrected_advice,
     legacy_connection,
+    stapled_response,
     verify_result,
 )
 from tlsgate.addons.quic import is_quic
@@ -37,6 +39,7 @@ from tlsgate.addons.state import Connections, ConnState, ServerSide, server_host
 from tlsgate.addons.verdicts import block, fail_closed, record
 from tlsgate.checks.model import Action, Check, Effect, Issue, Severity, blocks, decide, remedy_for
 from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP, quic_facts, quic_failure_text
+from tlsgate.checks.revocation import asks_for_staple, judge_revocation
 from tlsgate.checks.upstream import HandshakeFacts, evidence_for, handshake_floor, judge_cipher, judge_failure, judge_handshake
 from tlsgate.policy import Mode
 from tlsgate.sinks.findings import Finding
@@ -99,6 +102,9 @@ class UpstreamTls:
             tls_start.ssl_conn = legacy_connection(tls_start, floor)
         ssl_conn = tls_start.ssl_conn
         ssl_conn.set_verify(ssl_conn.get_verify_mode() or SSL.VERIFY_NONE, self._verify_callback(side, tls_start.context.client))
+        if asks_for_staple(match):  # `revocation:` (tlsgate.checks.revocation): judged once established
+            ask_for_staple(ssl_conn)
+            side.facts.stapled = b""
         state.servers[tls_start.conn.id] = side
 
     def quic_start_server(self, data: QuicTlsData) -> None:
@@ -181,6 +187,7 @@ class UpstreamTls:
             # TLS 1.2 only reveals the suite once the handshake is done (pyOpenSSL has no SSL_get_pending_cipher).
             facts.cipher = data.conn.cipher
             side.issues = [*judge_cipher(facts.cipher, side.match.settings.get("tls")), *side.issues]
+        side.issues = [*side.issues, *self._revocation(side, data)]
         side.blocked = self._record(state, side, side.issues, data.conn)
         self._observe(side, side.issues, side.blocked, pins_checked=True, transport=transport_of(data.conn))
         if side.blocked is not None and quic:
@@ -193,6 +200,22 @@ class UpstreamTls:
             # down session refuses to write, so even a request routed here later cannot leave.
             with contextlib.suppress(SSL.Error):
                 data.ssl_conn.shutdown()
+
+    @staticmethod
+    def _revocation(side: ServerSide, data: tls.TlsData) -> list[Issue]:
+        """The stapled-response verdict, once the handshake is done: OpenSSL has kept what the server stapled.
+
+        Taken before tlsgate sends anything on the connection (connection_strategy=eager), so a refused
+        server has seen the handshake and nothing more.
+        """
+        try:
+            if side.facts.stapled is not None and data.ssl_conn is not None:
+                side.facts.stapled = stapled_response(data.ssl_conn)
+            return judge_revocation(side.facts.stapled, side.facts.chain, side.match, dt.datetime.now(dt.UTC))
+        except Exception:  # as in the verify callback: a check that cannot run refuses the server
+            logger.exception("tlsgate: the stapled OCSP response check failed; refusing the connection")
+            detail = "tlsgate could not check this server's stapled OCSP response (see log)"
+            return [Issue(Check.REVOCATION, "check_failed", Effect.ALWAYS, Severity.HIGH, detail)]
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
         if not isinstance(data.conn, connection.Server):

@@ -31,10 +31,16 @@ _FIX_INVALID = "make the server staple its CA's current response for this certif
 _FIX_INVALID += "broken or foreign one)"
 
 
+def asks_for_staple(match: Match) -> bool:
+    """Whether the upstream handshake for this host carries status_request (only when its rules look at staples)."""
+    rules = match.settings.get("revocation")
+    return isinstance(rules, RevocationRules) and rules.asks
+
+
 def judge_revocation(stapled: bytes | None, chain: Sequence[x509.Certificate], match: Match, now: dt.datetime) -> list[Issue]:
     """`stapled`: what the handshake stapled (b"": nothing), or None when no response could be asked for (QUIC)."""
-    rules: RevocationRules = match.settings.get("revocation") or RevocationRules()
-    if not rules.asks:
+    rules = match.settings.get("revocation")
+    if not isinstance(rules, RevocationRules) or not rules.asks:
         return []
     demanded = bool(chain) and must_staple(chain[0])
     if stapled is None:

@@ -37,6 +37,7 @@ class HandshakeFacts:
     protocol: str | None = None  # OpenSSL's name, e.g. "TLSv1.2"
     cipher: str | None = None  # OpenSSL's suite name; known only after the handshake for TLS 1.2
     chain: list[x509.Certificate] = field(default_factory=list)  # validated chain, leaf first
+    stapled: bytes | None = None  # the stapled OCSP response (b"": none) once asked for; None: not asked (QUIC)
 
 
 def judge_protocol(protocol: str | None, rules: TlsRules) -> list[Issue]:
