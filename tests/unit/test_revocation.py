@@ -242,3 +242,13 @@ def test_a_must_staple_leaf_from_the_chain(chain: Chain) -> None:
     leaf = make_leaf(chain.intermediate, ("api.test",), must_staple=True)
     (issue,) = judge_revocation(b"", [leaf.cert, chain.intermediate.cert], match(POLICY, "legacy.test"), utcnow())
     assert issue.evidence["must_staple"] is True and issue.severity is Severity.HIGH
+
+
+def test_the_readme_example_means_what_the_readme_says() -> None:
+    from tests.unit.test_readme_policies import BLOCKS
+
+    (text,) = [text for _, text, _ in BLOCKS if "revocation:" in text and "stapling: require" in text]
+    strict = rules_of(text, "api.example.com")
+    assert (strict.stapling, strict.revoked) == (Stapling.REQUIRE, Revoked.BLOCK)
+    legacy = rules_of(text, "legacy.example.com")
+    assert (legacy.stapling, legacy.revoked) == (Stapling.REPORT, Revoked.BLOCK)
