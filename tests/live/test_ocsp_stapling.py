@@ -8,6 +8,7 @@ saw the handshake and not one byte of the request.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from collections.abc import Iterator
@@ -17,9 +18,10 @@ import pytest
 from cryptography import x509
 from OpenSSL import SSL
 
+from tests import quicpeers
 from tests.certgen import Chain, make_leaf, utcnow
-from tests.harness import curl, eventually
-from tests.ocsplab import StaplingServer, make_responder, ocsp_response, s_server
+from tests.harness import Tlsgate, curl, eventually
+from tests.ocsplab import StaplingServer, make_responder, ocsp_response, s_server, tampered
 
 HOST = "api.test"
 
@@ -139,8 +141,6 @@ def test_staples_that_prove_nothing_are_refused_under_require(tlsgate, servers, 
     A response about another certificate is served by s_server below: OpenSSL 4 (pyOpenSSL's) will not staple one.
     """
     now = utcnow()
-    import datetime as dt
-
     stranger_ca = make_responder(chain.root)  # issued by the root, not by the leaf's issuer
     no_purpose = make_responder(chain.intermediate, ocsp_signing=False)
     cases = {
@@ -162,6 +162,11 @@ def test_staples_that_prove_nothing_are_refused_under_require(tlsgate, servers, 
             "staple_invalid",
             "bad_signature",
         ),
+        "a.cdn.test": (
+            tampered(ocsp_response(chain.leaf, chain.intermediate, status="revoked")),
+            "staple_invalid",
+            "bad_signature",
+        ),
     }
     ports = {host: stapling(servers, tmp_path, chain, staple).port for host, (staple, _, _) in cases.items()}
     gate = tlsgate(policy("require"), resolve=ports)
@@ -173,6 +178,30 @@ def test_staples_that_prove_nothing_are_refused_under_require(tlsgate, servers, 
         finding = findings[host]
         assert (finding["action"], finding["evidence"]["kind"], finding["evidence"]["staple"]) == ("blocked", kind, outcome)
     assert "OCSP signing purpose" in findings["cdn.test"]["detail"]
+
+
+@pytest.mark.parametrize(("version", "copies"), [(SSL.TLS1_2_VERSION, 40), (SSL.TLS1_3_VERSION, 40)], ids=["tls1.2", "tls1.3"])
+def test_an_oversized_staple_never_lets_a_request_through(
+    tlsgate, servers, tmp_path: Path, chain: Chain, version: int, copies: int
+) -> None:
+    """A valid response padded with copies of a certificate (about 20 KiB): OpenSSL takes at most 16 KiB of
+    CertificateStatus in TLS 1.2 and fails the handshake; TLS 1.3 carries it, and tlsgate judges it."""
+    padding = make_responder(chain.intermediate).cert
+    big = ocsp_response(chain.leaf, chain.intermediate, status="revoked", carry=[padding] * copies)
+    assert len(big) > 16 * 1024
+    server = stapling(servers, tmp_path, chain, big, tls_version=version)
+    gate = tlsgate(policy("report"), resolve={HOST: server.port})
+    assert get(gate, HOST, server.port).status == 403
+    assert server.requests == []
+    (finding,) = [f for f in gate.wait_findings(1) if f["action"] == "blocked"]
+    if version == SSL.TLS1_2_VERSION:
+        assert finding["check"] == "tls" and "excessive message size" in finding["detail"], finding
+    else:
+        assert (finding["check"], finding["evidence"]["kind"], finding["evidence"]["staple_bytes"]) == (
+            "revocation",
+            "revoked",
+            len(big),
+        )
 
 
 def test_a_delegated_responder_and_revoked_report_pass(tlsgate, servers, tmp_path: Path, chain: Chain) -> None:
@@ -245,3 +274,31 @@ def test_openssl_s_server_good_revoked_foreign_and_no_stapling(tlsgate, tmp_path
         # s_server's echo mode prints what it receives: the handshake completed, the request never came
         assert eventually(lambda: any("CIPHER is" in line or "Cipher is" in line for line in revoked_log), 5), revoked_log
         assert not any("never-sent" in line or "GET" in line for line in revoked_log), revoked_log
+
+
+# -- QUIC: aioquic cannot ask for a staple --------------------------------------------------------------
+
+
+def test_a_quic_upstream_under_require_is_refused_not_passed_unchecked(tmp_path: Path, pki) -> None:
+    _, root_file, cert_file, key_file = pki
+    upstream = quicpeers.RecordingServer(cert_file, key_file).start()
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\ndefaults:\n  quic: inspect\n  revocation: require\n")
+    args = ["--upstream-ca", str(root_file), "--mode", f"reverse:http3://{HOST}:{upstream.port}", "--policy", str(path)]
+    gate = Tlsgate(tmp_path, [*args, "--resolve", f"{HOST}:{upstream.port}:127.0.0.1"]).start()
+    try:
+        response = quicpeers.get(
+            f"https://{HOST}/one", server_name=HOST, port=gate.port, ca_file=gate.ca_cert, verify=True, timeout=8
+        )
+        assert response.status == 403 and response.headers["x-tlsgate-check"] == "revocation"
+        assert upstream.requests == []
+        (finding,) = revocation_findings(gate)
+        assert (finding["action"], finding["evidence"]["kind"], finding["evidence"]["transport"]) == (
+            "blocked",
+            "staple_not_requested",
+            "quic",
+        )
+        assert "quic: refuse" in finding["remedy"]
+    finally:
+        gate.stop()
+        upstream.stop()
