@@ -8,6 +8,7 @@ import os
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from tests.certgen import Chain, make_chain, make_intermediate, make_leaf, make_root, utcnow
 from tests.ocsplab import make_responder, ocsp_response, tampered, unsuccessful
@@ -119,6 +120,25 @@ def test_a_response_about_another_certificate(chain: Chain) -> None:
     assert read(chain, ocsp_response(other, chain.intermediate)).outcome is Outcome.WRONG_CERTIFICATE
     stranger = make_chain()  # another issuer, and the serial forced equal would still not match its hashes
     assert read(chain, ocsp_response(stranger.leaf, stranger.intermediate)).outcome is Outcome.WRONG_CERTIFICATE
+
+
+def test_same_serial_and_issuer_name_but_another_ca_key(chain: Chain) -> None:
+    """certID holds the issuer's key hash too: a namesake CA's certificate with our leaf's serial is not ours."""
+    namesake = make_intermediate(make_root())
+    assert namesake.cert.subject == chain.intermediate.cert.subject
+    now = utcnow()
+    twin = (
+        x509.CertificateBuilder()
+        .subject_name(chain.leaf.cert.subject)
+        .issuer_name(namesake.cert.subject)
+        .public_key(chain.leaf.key.public_key())
+        .serial_number(chain.leaf.cert.serial_number)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .sign(namesake.key, hashes.SHA256())
+    )
+    staple = read(chain, ocsp_response(twin, namesake, status="revoked"))
+    assert staple.outcome is Outcome.WRONG_CERTIFICATE, staple
 
 
 def test_expired_and_not_yet_valid(chain: Chain) -> None:
