@@ -3,7 +3,9 @@
 Servers are `tests.ocsplab.StaplingServer` (pyOpenSSL: staples what it is
 given and records every application byte it receives) and OpenSSL's own
 `openssl s_server -status_file`. Each blocked case asserts that the server
-saw the handshake and not one byte of the request.
+was asked for its staple and not one byte of the request reached it; tlsgate
+judges the staple inside the handshake (OpenSSL's status callback), so a
+refused server's handshake never completes.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ def test_a_revoked_staple_is_blocked_before_any_request_byte(
     body = json.loads(result.body)
     assert body["check"] == "revocation" and body["host"] == HOST and body["rule"] == "policy.yaml:2"
     assert "revoked" in body["reason"] and "key_compromise" in body["reason"]
-    assert eventually(lambda: server.handshakes >= 1)
+    # asked for its staple, refused inside the handshake: it never completed one, so no request byte could follow
+    assert eventually(lambda: len(server.errors) >= 1) and server.status_requests == 1 and server.handshakes == 0
     assert server.requests == [], "the revoked server saw request bytes"
     (finding,) = revocation_findings(gate)
     assert (finding["action"], finding["severity"], finding["evidence"]["kind"]) == ("blocked", "critical", "revoked")
@@ -271,8 +274,9 @@ def test_openssl_s_server_good_revoked_foreign_and_no_stapling(tlsgate, tmp_path
             "legacy.test": ("blocked", "staple_invalid", "wrong_certificate"),
             "cdn.test": ("blocked", "staple_missing", "absent"),
         }
-        # s_server's echo mode prints what it receives: the handshake completed, the request never came
-        assert eventually(lambda: any("CIPHER is" in line or "Cipher is" in line for line in revoked_log), 5), revoked_log
+        # s_server's echo mode prints what it receives: the handshake was aborted (refused inside it), no request came
+        assert eventually(lambda: "ERROR" in revoked_log, 5), revoked_log
+        assert not any("CIPHER is" in line or "Cipher is" in line for line in revoked_log), revoked_log
         assert not any("never-sent" in line or "GET" in line for line in revoked_log), revoked_log
 
 

@@ -13,11 +13,13 @@ from cryptography import x509
 
 from tests.certgen import Chain, make_chain, make_leaf, utcnow
 from tests.ocsplab import make_responder, ocsp_response, tampered, unsuccessful
+from tlsgate.checks import registry
 from tlsgate.checks.model import Action, Check, Effect, Severity, decide
+from tlsgate.checks.registry import HandshakeFacts, Phase
 from tlsgate.checks.revocation import judge_revocation, judge_staple
 from tlsgate.policy import Mode, PolicyError, load_texts
 from tlsgate.policy.model import Match
-from tlsgate.policy.sections.revocation import RevocationRules, Revoked, Stapling
+from tlsgate.policy.sections.revocation import REVOCATION, RevocationRules, Revoked, Stapling
 from tlsgate.tls.ocsp import Outcome, Staple
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,10 +48,20 @@ def match(text: str, host: str) -> Match:
     return load_texts([("p.yaml", text)]).match(host)
 
 
-def rules_of(text: str, host: str) -> RevocationRules:
-    value = match(text, host).settings.get("revocation")
-    assert isinstance(value, RevocationRules)
-    return value
+def rules_of(text: str, host: str) -> RevocationRules | None:
+    return REVOCATION.get(match(text, host).settings)
+
+
+def set_rules(text: str, host: str) -> RevocationRules:
+    rules = rules_of(text, host)
+    assert rules is not None
+    return rules
+
+
+def stapled(data: bytes | None, chain: Chain, text: str, host: str, now: dt.datetime) -> list:
+    """The stapled phase as the add-on runs it: every registered judge whose section is set for the host."""
+    facts = HandshakeFacts(protocol="TLSv1.3", chain=list(chain.certs), stapled_ocsp=data)
+    return registry.issues_of(registry.run(Phase.STAPLED, facts, match(text, host), now).found)
 
 
 def errors_of(text: str) -> list[str]:
@@ -62,29 +74,31 @@ def errors_of(text: str) -> list[str]:
 
 
 def test_without_a_section_nothing_is_asked() -> None:
-    rules = rules_of("version: 1\n", "any.test")
-    assert rules == RevocationRules() and not rules.asks and rules.where == "tlsgate's built-in default"
+    assert rules_of("version: 1\n", "any.test") is None
+    assert not registry.wanted(Phase.STAPLED, match("version: 1\n", "any.test"))  # the hello stays mitmproxy's
+    assert registry.wanted(Phase.STAPLED, match(POLICY, "any.test"))
 
 
 def test_forms_and_where_each_was_written() -> None:
-    defaults = rules_of(POLICY, "other.test")
+    defaults = set_rules(POLICY, "other.test")
     assert (defaults.stapling, defaults.revoked, defaults.where) == (Stapling.REQUIRE, Revoked.BLOCK, "p.yaml:4")
-    legacy = rules_of(POLICY, "legacy.test")
+    legacy = set_rules(POLICY, "legacy.test")
     assert (legacy.stapling, legacy.revoked, legacy.where) == (Stapling.REPORT, Revoked.BLOCK, "p.yaml:7")
-    tolerant = rules_of(POLICY, "tolerant.test")
+    tolerant = set_rules(POLICY, "tolerant.test")
     assert (tolerant.stapling, tolerant.revoked) == (Stapling.REQUIRE, Revoked.REPORT)
-    assert rules_of(POLICY, "off.test").stapling is Stapling.OFF  # YAML reads a bare off as false
-    assert rules_of("defaults:\n  revocation: 'off'\n", "a.test").stapling is Stapling.OFF
+    # `off` is no value at all: a rule's off drops the defaults' rules, and nothing is asked. YAML reads a bare off as false.
+    assert rules_of(POLICY, "off.test") is None and not registry.wanted(Phase.STAPLED, match(POLICY, "off.test"))
+    assert rules_of("defaults:\n  revocation: 'off'\n", "a.test") is None
 
 
 def test_a_rule_that_changes_another_section_keeps_the_defaults_requirement() -> None:
     """Why revocation is a section of its own: a rule's tls: replaces the defaults' tls: whole."""
-    assert rules_of(POLICY, "tls-only.test").stapling is Stapling.REQUIRE
-    assert rules_of(POLICY, "watch.test").stapling is Stapling.REQUIRE
+    assert set_rules(POLICY, "tls-only.test").stapling is Stapling.REQUIRE
+    assert set_rules(POLICY, "watch.test").stapling is Stapling.REQUIRE
 
 
 def test_a_mapping_without_stapling_asks_and_records() -> None:
-    rules = rules_of("defaults:\n  revocation: {revoked: report}\n", "a.test")
+    rules = set_rules("defaults:\n  revocation: {revoked: report}\n", "a.test")
     assert (rules.stapling, rules.revoked) == (Stapling.REPORT, Revoked.REPORT)
 
 
@@ -182,7 +196,7 @@ def test_revoked_blocks_or_reports_as_the_rule_says(
     ],
 )
 def test_a_staple_that_proves_nothing_is_refused_under_require_and_recorded_under_report(outcome: Outcome, kind: str) -> None:
-    located = RevocationRules(Stapling.REQUIRE, location=load_texts([("p.yaml", POLICY)]).defaults.get("revocation").location)
+    located = set_rules(POLICY, "api.test")
     (required,) = judge_staple(staple(outcome), located)
     assert (required.kind, required.effect, required.severity) == (kind, Effect.ENFORCED, Severity.HIGH)
     assert decide(required, Mode.ENFORCE) is Action.BLOCKED and decide(required, Mode.REPORT) is Action.REPORTED
@@ -205,50 +219,62 @@ def chain() -> Chain:
     return make_chain(dns=("api.test",))
 
 
-def test_from_bytes_to_verdict(chain: Chain) -> None:
+def test_from_bytes_to_verdict_through_the_registry(chain: Chain) -> None:
     now = utcnow()
-    required = match(POLICY, "api.test")
-    assert judge_revocation(ocsp_response(chain.leaf, chain.intermediate), chain.certs, required, now) == []
+    assert stapled(ocsp_response(chain.leaf, chain.intermediate), chain, POLICY, "api.test", now) == []
     revoked = ocsp_response(chain.leaf, chain.intermediate, status="revoked", reason=x509.ReasonFlags.key_compromise)
-    (issue,) = judge_revocation(revoked, chain.certs, required, now)
-    assert issue.kind == "revoked" and issue.evidence["revocation_reason"] == "key_compromise"
+    (issue,) = stapled(revoked, chain, POLICY, "api.test", now)
+    assert (issue.check, issue.kind, issue.evidence["revocation_reason"]) == (Check.REVOCATION, "revoked", "key_compromise")
     responder = make_responder(chain.intermediate)
     delegated = ocsp_response(chain.leaf, chain.intermediate, signer=responder, carry=[responder.cert])
-    assert judge_revocation(delegated, chain.certs, required, now) == []
+    assert stapled(delegated, chain, POLICY, "api.test", now) == []
     for proves_nothing in (b"", b"junk", unsuccessful(), tampered(revoked)):
-        (issue,) = judge_revocation(proves_nothing, chain.certs, required, now)
+        (issue,) = stapled(proves_nothing, chain, POLICY, "api.test", now)
         assert issue.kind in ("staple_missing", "staple_invalid") and issue.effect is Effect.ENFORCED
-    assert judge_revocation(revoked, chain.certs, match(POLICY, "off.test"), now) == []
+    assert stapled(revoked, chain, POLICY, "off.test", now) == []
 
 
 def test_an_expired_staple_is_judged_by_the_clock_given(chain: Chain) -> None:
-    required = match(POLICY, "api.test")
     now = utcnow()
     data = ocsp_response(chain.leaf, chain.intermediate, this_update=now - dt.timedelta(hours=1))
-    assert judge_revocation(data, chain.certs, required, now) == []
-    (issue,) = judge_revocation(data, chain.certs, required, now + dt.timedelta(days=3))
+    assert judge_revocation(data, chain.certs, REQUIRE, now) == []
+    (issue,) = judge_revocation(data, chain.certs, REQUIRE, now + dt.timedelta(days=3))
     assert issue.kind == "staple_invalid" and issue.evidence["staple"] == "expired"
 
 
-def test_a_quic_upstream_is_not_passed_silently(chain: Chain) -> None:
-    (issue,) = judge_revocation(None, chain.certs, match(POLICY, "api.test"), utcnow())
+def test_no_staple_asked_for_quic_or_a_resumed_session_is_not_passed_silently(chain: Chain) -> None:
+    (issue,) = stapled(None, chain, POLICY, "api.test", utcnow())
     assert issue.kind == "staple_not_requested" and issue.effect is Effect.ENFORCED and "quic: refuse" in issue.remedy
-    (recorded,) = judge_revocation(None, chain.certs, match(POLICY, "legacy.test"), utcnow())
+    (recorded,) = stapled(None, chain, POLICY, "legacy.test", utcnow())
     assert recorded.effect is Effect.RECORD
-    assert judge_revocation(None, chain.certs, match(POLICY, "off.test"), utcnow()) == []
 
 
 def test_a_must_staple_leaf_from_the_chain(chain: Chain) -> None:
     leaf = make_leaf(chain.intermediate, ("api.test",), must_staple=True)
-    (issue,) = judge_revocation(b"", [leaf.cert, chain.intermediate.cert], match(POLICY, "legacy.test"), utcnow())
+    (issue,) = judge_revocation(b"", [leaf.cert, chain.intermediate.cert], REPORT, utcnow())
     assert issue.evidence["must_staple"] is True and issue.severity is Severity.HIGH
+
+
+def test_a_judge_that_raises_refuses_the_server(chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry turns an exception into a blocking check_failed named after this check."""
+    import tlsgate.checks.revocation as module
+
+    def broken(*args: object) -> list:
+        raise RuntimeError("a bug")
+
+    (judge,) = [j for j in registry.judges(Phase.STAPLED) if j.name == "revocation"]
+    assert (judge.check, judge.section) == (Check.REVOCATION, REVOCATION)
+    monkeypatch.setattr(module, "read_staple", broken)  # read_staple itself never raises: break it from outside
+    (issue,) = stapled(b"x", chain, POLICY, "legacy.test", utcnow())
+    assert (issue.check, issue.kind, issue.effect) == (Check.REVOCATION, "check_failed", Effect.ALWAYS)
+    assert "stapled OCSP response" in issue.detail
 
 
 def test_the_readme_example_means_what_the_readme_says() -> None:
     from tests.unit.test_readme_policies import BLOCKS
 
     (text,) = [text for _, text, _ in BLOCKS if "revocation:" in text and "stapling: require" in text]
-    strict = rules_of(text, "api.example.com")
+    strict = set_rules(text, "api.example.com")
     assert (strict.stapling, strict.revoked) == (Stapling.REQUIRE, Revoked.BLOCK)
-    legacy = rules_of(text, "legacy.example.com")
+    legacy = set_rules(text, "legacy.example.com")
     assert (legacy.stapling, legacy.revoked) == (Stapling.REPORT, Revoked.BLOCK)

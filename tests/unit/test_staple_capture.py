@@ -1,4 +1,4 @@
-"""`mitm_internals.ask_for_staple` / `stapled_response` on real OpenSSL handshakes: a shared context, each connection's own staple.
+"""`mitm_internals.request_staple` on real OpenSSL handshakes: a shared, already used context, each connection's own staple.
 
 Handshakes run over memory BIOs (no sockets): a pyOpenSSL server that staples
 what it is told, and client connections on one context, as mitmproxy's cached
@@ -8,6 +8,8 @@ upstream context is shared.
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Callable
 
 import pytest
 from OpenSSL import SSL
@@ -68,46 +70,70 @@ def handshake(client: SSL.Connection, server: SSL.Connection) -> None:
     raise AssertionError("handshake did not finish")
 
 
-def test_the_private_reader_still_exists() -> None:
-    assert hasattr(SSL._lib, "SSL_get_tlsext_status_ocsp_resp")
-
-
 @pytest.mark.parametrize("version", [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION])
-def test_each_connection_on_a_used_shared_context_reads_its_own_staple(chain: Chain, version: int) -> None:
+def test_each_connection_on_a_used_shared_context_gets_its_own_staple(chain: Chain, version: int) -> None:
     shared = client_context(chain)
     SSL.Connection(shared)  # mitmproxy's cached context has made connections before: pyOpenSSL freezes it then
     good = ocsp_response(chain.leaf, chain.intermediate)
     revoked = ocsp_response(chain.leaf, chain.intermediate, status="revoked")
-    got = []
-    for staple in (good, revoked, b""):
+    seen: list[tuple[str, bytes]] = []
+
+    def waiter(name: str) -> Callable[[bytes], bool]:
+        def wait(der: bytes) -> bool:
+            seen.append((name, der))
+            return True
+
+        return wait
+
+    for name, staple in (("good", good), ("revoked", revoked), ("none", b"")):
         client = SSL.Connection(shared)
-        mitm_internals.ask_for_staple(client)
+        mitm_internals.request_staple(client, waiter(name))
         handshake(client, SSL.Connection(server_context(chain, staple, version)))
-        got.append(mitm_internals.stapled_response(client))
-    assert got == [good, revoked, b""]
+    assert seen == [("good", good), ("revoked", revoked), ("none", b"")]
 
 
-def test_a_connection_that_did_not_ask_sends_no_status_request(chain: Chain) -> None:
+def test_a_connection_that_did_not_ask_sends_no_status_request_and_is_not_judged(chain: Chain) -> None:
+    shared = client_context(chain)
     good = ocsp_response(chain.leaf, chain.intermediate)
-    server_context_ = server_context(chain, good)
-    asked: list[int] = []
+    judged: list[bytes] = []
+    asked = SSL.Connection(shared)
+    mitm_internals.request_staple(asked, lambda der: judged.append(der) is None)
+    handshake(asked, SSL.Connection(server_context(chain, good)))
+    requests: list[int] = []
+    server = server_context(chain, good)
 
     def staple(conn: SSL.Connection, data: object) -> bytes:
-        asked.append(1)
+        requests.append(1)
         return good
 
-    server_context_.set_ocsp_server_callback(staple)
-    client = SSL.Connection(client_context(chain))
-    handshake(client, SSL.Connection(server_context_))
-    assert asked == [] and mitm_internals.stapled_response(client) == b""
+    server.set_ocsp_server_callback(staple)
+    plain = SSL.Connection(shared)  # same context, dispatcher installed, no status asked for
+    handshake(plain, SSL.Connection(server))
+    assert judged == [good] and requests == []
 
 
-def test_a_server_that_does_not_staple(chain: Chain) -> None:
-    plain = SSL.Context(SSL.TLS_SERVER_METHOD)
-    plain.use_certificate(chain.leaf.cert)
-    plain.use_privatekey(chain.leaf.key)
-    plain.add_extra_chain_cert(chain.intermediate.cert)
+def test_refusing_aborts_the_handshake_before_it_completes(chain: Chain) -> None:
     client = SSL.Connection(client_context(chain))
-    mitm_internals.ask_for_staple(client)
-    handshake(client, SSL.Connection(plain))
-    assert mitm_internals.stapled_response(client) == b""
+    mitm_internals.request_staple(client, lambda der: False)
+    server = SSL.Connection(server_context(chain, ocsp_response(chain.leaf, chain.intermediate, status="revoked")))
+    with pytest.raises(SSL.Error, match="status response|certificate status"):
+        handshake(client, server)
+    with pytest.raises(SSL.Error):  # the server never completed: it can read no application data
+        server.recv(1)
+
+
+def test_a_waiter_that_raises_refuses_and_spoils_no_later_connection(chain: Chain, caplog: pytest.LogCaptureFixture) -> None:
+    shared = client_context(chain)
+    good = ocsp_response(chain.leaf, chain.intermediate)
+
+    def broken(der: bytes) -> bool:
+        raise RuntimeError("a bug in a judge")
+
+    client = SSL.Connection(shared)
+    mitm_internals.request_staple(client, broken)
+    with caplog.at_level(logging.ERROR, "tlsgate.tls"), pytest.raises(SSL.Error):
+        handshake(client, SSL.Connection(server_context(chain, good)))
+    assert "refusing the connection" in caplog.text
+    later = SSL.Connection(shared)
+    mitm_internals.request_staple(later, lambda der: True)
+    handshake(later, SSL.Connection(server_context(chain, good)))  # no exception left behind on the shared context

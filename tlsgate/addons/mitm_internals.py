@@ -18,6 +18,7 @@ connection differs from a normal one only in what is being tested.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
 import re
@@ -158,35 +159,39 @@ def verify_error_text(code: int) -> str:
     return SSL._ffi.string(SSL._lib.X509_verify_cert_error_string(code)).decode()
 
 
-# -- stapled OCSP responses (tlsgate.addons.upstream_tls, `revocation:`) ------------------------------------------
+StapleCallback = Callable[[bytes], bool]
+_staple_callbacks: weakref.WeakKeyDictionary[SSL.Connection, StapleCallback] = weakref.WeakKeyDictionary()
+_stapling_contexts: weakref.WeakSet[SSL.Context] = weakref.WeakSet()
 
 
-def ask_for_staple(conn: SSL.Connection) -> None:
-    """Send the status_request extension on this one upstream connection; nothing else about it changes.
+def request_staple(conn: SSL.Connection, on_staple: StapleCallback) -> None:
+    """Ask the server to staple an OCSP response; `on_staple(der)` (b"": it stapled none) says whether the handshake goes on.
 
-    OpenSSL then keeps whatever the server staples on the connection, for
-    `stapled_response` to read once the handshake is done. The usual route, a
-    status callback, lives on the SSL_CTX, and the context here is tlsconfig's
-    cached one shared by every upstream with the same settings, which
-    pyOpenSSL refuses to change once a connection was made from it; reading
-    the response afterwards leaves that context, and every connection that did
-    not ask, exactly as mitmproxy built them.
+    OpenSSL's status callback belongs to the SSL context, and mitmproxy shares
+    one context among many upstream connections (`create_proxy_server_context`
+    is cached): each such context gets one dispatcher, which hands each
+    connection's response to that connection's own callback. OpenSSL calls it
+    only for connections that asked for a staple, and reads it at each
+    handshake, so setting it on a context already in use (which pyOpenSSL's
+    method refuses, hence its unwrapped form) changes nothing for the others.
     """
+    context = conn.get_context()
+    if context not in _stapling_contexts:
+        inspect.unwrap(SSL.Context.set_ocsp_client_callback)(context, _dispatch_staple)
+        _stapling_contexts.add(context)
+    _staple_callbacks[conn] = on_staple
     conn.request_ocsp()
 
 
-def stapled_response(conn: SSL.Connection) -> bytes:
-    """What the server stapled on a connection that asked (b"": nothing); pyOpenSSL exposes it only to a callback.
-
-    OpenSSL bounds it (16 KiB in TLS 1.2, the Certificate message's 100 KiB in
-    TLS 1.3), and OpenSSL 4 keeps only a response that parses as an
-    OCSPResponse; `tlsgate.tls.ocsp.read_staple` judges the rest.
-    """
-    pointer = SSL._ffi.new("unsigned char **")
-    length = SSL._lib.SSL_get_tlsext_status_ocsp_resp(conn._ssl, pointer)
-    if length <= 0 or pointer[0] == SSL._ffi.NULL:
-        return b""
-    return bytes(SSL._ffi.buffer(pointer[0], length))
+def _dispatch_staple(conn: SSL.Connection, der: bytes, data: object) -> bool:
+    on_staple = _staple_callbacks.pop(conn, None)
+    if on_staple is None:
+        return True
+    try:
+        return bool(on_staple(der))
+    except Exception:  # noqa: BLE001 - raised inside OpenSSL it would surface as a crash mid-handshake: refuse instead
+        logging.getLogger("tlsgate.tls").exception("tlsgate: judging a stapled OCSP response failed; refusing the connection")
+        return False
 
 
 class _ReusePortAsyncio:

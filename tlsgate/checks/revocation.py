@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from cryptography import x509
 
 from tlsgate.checks.model import Check, Effect, Issue, Severity
+from tlsgate.checks.registry import HandshakeFacts, Phase, upstream_judge
 from tlsgate.policy.model import Match
-from tlsgate.policy.sections.revocation import RevocationRules, Revoked, Stapling
+from tlsgate.policy.sections.revocation import REVOCATION, RevocationRules, Revoked, Stapling
 from tlsgate.tls.ocsp import Outcome, Staple, must_staple, read_staple
 
 # What to do about a response that proves nothing, by why it proves nothing.
@@ -31,16 +32,23 @@ _FIX_INVALID = "make the server staple its CA's current response for this certif
 _FIX_INVALID += "broken or foreign one)"
 
 
-def asks_for_staple(match: Match) -> bool:
-    """Whether the upstream handshake for this host carries status_request (only when its rules look at staples)."""
-    rules = match.settings.get("revocation")
-    return isinstance(rules, RevocationRules) and rules.asks
+@upstream_judge(
+    Phase.STAPLED,
+    REVOCATION,
+    name="revocation",
+    check=Check.REVOCATION,
+    failure="tlsgate could not check this server's stapled OCSP response (see log)",
+)
+def revocation_judge(facts: HandshakeFacts, rules: RevocationRules, match: Match, now: dt.datetime) -> list[Issue]:
+    """Runs only where `revocation:` is set (report or require): only there is a staple asked for."""
+    return judge_revocation(facts.stapled_ocsp, facts.chain, rules, now)
 
 
-def judge_revocation(stapled: bytes | None, chain: Sequence[x509.Certificate], match: Match, now: dt.datetime) -> list[Issue]:
-    """`stapled`: what the handshake stapled (b"": nothing), or None when no response could be asked for (QUIC)."""
-    rules = match.settings.get("revocation")
-    if not isinstance(rules, RevocationRules) or not rules.asks:
+def judge_revocation(
+    stapled: bytes | None, chain: Sequence[x509.Certificate], rules: RevocationRules, now: dt.datetime
+) -> list[Issue]:
+    """`stapled`: what the handshake stapled (b"": nothing), or None when no staple could be asked for."""
+    if not rules.asks:
         return []
     demanded = bool(chain) and must_staple(chain[0])
     if stapled is None:
@@ -87,15 +95,15 @@ def judge_staple(staple: Staple, rules: RevocationRules, demanded: bool = False)
 
 
 def _not_asked(rules: RevocationRules, demanded: bool) -> Issue:
-    """A QUIC upstream: aioquic sends no status_request, so there is nothing to judge, and that is said, not passed."""
+    """A QUIC upstream (aioquic sends no status_request) or a resumed session: nothing to judge, and that is said."""
     required = rules.stapling is Stapling.REQUIRE
     return Issue(
         Check.REVOCATION,
         "staple_not_requested",
         Effect.ENFORCED if required else Effect.RECORD,
         Severity.HIGH if required or demanded else Severity.LOW,
-        "tlsgate cannot ask a QUIC server for a stapled OCSP response (aioquic has no status_request), "
-        "so revocation could not be checked",
+        "tlsgate could not ask this server for a stapled OCSP response (over QUIC, aioquic has no status_request; "
+        "a resumed TLS session carries none), so revocation could not be checked",
         {"stapling": str(rules.stapling), "must_staple": demanded, "revocation_rule": rules.where},
         "set quic: refuse for this host so the app uses TCP, where the stapled response is checked"
         + (f"; or set revocation.stapling: report at {rules.where}" if required else ""),

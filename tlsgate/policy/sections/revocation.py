@@ -11,7 +11,9 @@ the defaults' whole, and a rule that only tightens `tls.min_version` must not
 silently drop the defaults' stapling requirement with it.
 
 `stapling` says whether tlsgate asks the server for a stapled response at all:
-`off` (the default) leaves the handshake exactly as mitmproxy makes it;
+`off` (the default) leaves the handshake exactly as mitmproxy makes it, so it
+resolves to no value: the stapled-phase judge (`tlsgate.checks.revocation`)
+runs, and a staple is asked for, only where a value is set;
 `report` asks, and records a missing or unusable one; `require` asks, and
 refuses the server without a good one (recorded under `mode: report`, as
 everywhere). `revoked` says what an authentic `revoked` answer does once one
@@ -28,7 +30,7 @@ from typing import Any
 import yaml
 
 from tlsgate.policy import yamlnodes as yn
-from tlsgate.policy.model import Location
+from tlsgate.policy.model import Location, PolicyMessage
 from tlsgate.policy.sections.base import Context, Section, register
 
 
@@ -102,6 +104,13 @@ def parse_revocation(node: yaml.Node, reader: yn.Reader, context: Context) -> Re
     return RevocationRules(**values) if ok else None
 
 
+def resolve_revocation(value: Any, context: Context, messages: list[PolicyMessage]) -> RevocationRules | None:
+    """`off` -> no value, so a rule's `off` also drops the defaults' rules for its hosts."""
+    if isinstance(value, RevocationRules) and not value.asks:
+        return None
+    return value
+
+
 _STAPLING = {
     "enum": [str(s) for s in Stapling],
     "description": "off (default): no stapled response is asked for; report: ask, record a missing or unusable one; "
@@ -109,11 +118,11 @@ _STAPLING = {
     "mode: report).",
 }
 
-SECTION = register(
+REVOCATION: Section[RevocationRules] = register(
     Section(
         name="revocation",
         parse=parse_revocation,
-        default=RevocationRules(),
+        resolve=resolve_revocation,
         schema={"$ref": "#/$defs/revocation"},
         defs={
             "revocation": {
