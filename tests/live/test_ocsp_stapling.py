@@ -234,6 +234,21 @@ def test_without_the_section_the_handshake_asks_for_nothing(tlsgate, servers, tm
     assert gate.findings() == []
 
 
+def test_a_host_that_does_not_ask_is_untouched_after_one_that_did(tlsgate, servers, tmp_path: Path, chain: Chain) -> None:
+    """mitmproxy shares one upstream context among hosts: the status callback tlsgate put on it for api.test
+    must leave www.test's handshakes (whose rule turns stapling off) exactly as mitmproxy makes them."""
+    good = stapling(servers, tmp_path, chain, ocsp_response(chain.leaf, chain.intermediate))
+    revoked = stapling(servers, tmp_path, chain, ocsp_response(chain.leaf, chain.intermediate, status="revoked"))
+    text = "version: 1\ndefaults:\n  revocation: require\nrules:\n  - hosts: www.test\n    revocation: 'off'\n"
+    gate = tlsgate(text, resolve={HOST: good.port, "www.test": revoked.port})
+    for _ in range(2):
+        assert get(gate, HOST, good.port).status == 200
+        assert get(gate, "www.test", revoked.port, "/untouched").status == 200
+    assert (good.status_requests, good.handshakes) == (2, 2)
+    assert (revoked.status_requests, revoked.handshakes, len(revoked.requests)) == (0, 2, 2)
+    assert gate.findings() == []
+
+
 def test_a_must_staple_leaf_without_a_staple_is_recorded_high_under_report(
     tlsgate, servers, tmp_path: Path, chain: Chain
 ) -> None:
