@@ -20,6 +20,7 @@ class Check(enum.StrEnum):
     CIPHER = "cipher"
     CERTIFICATE = "certificate"
     PIN = "pin"
+    CT = "ct"  # Certificate Transparency: the SCTs a server's certificate embeds (`ct:`)
     TLS = "tls"
     CLIENT_PROTOCOL = "client_protocol"
     CLIENT_CIPHERS = "client_ciphers"
