@@ -20,6 +20,8 @@ from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.metrics import MetricsExporter
 from tlsgate.addons.policy import PolicyStore
 from tlsgate.addons.state import Connections, ServerSide
+from tlsgate.addons.upstream_tls import UpstreamTls
+from tlsgate.checks.registry import Phase
 from tlsgate.checks.upstream import HandshakeFacts
 
 OTHER_PIN = "sha256/" + "Q" * 43 + "="
@@ -50,6 +52,7 @@ class Harness:
     def __init__(self, tctx: taddons.context, addons: list[object], findings: Path) -> None:
         self.tctx = tctx
         self.addon = next(a for a in addons if isinstance(a, Conformance))
+        self.upstream = next(a for a in addons if isinstance(a, UpstreamTls))  # runs the app's judge on the server
         self.connections = next(a for a in addons if isinstance(a, Connections))
         self.metrics = next(a for a in addons if isinstance(a, MetricsExporter)).metrics
         self.findings_path = findings
@@ -159,8 +162,9 @@ def test_a_server_matching_none_of_the_apps_pins_is_refused_in_enforce_mode(harn
     state = harness.connections.of(client)
     match = state.settle("api.test")
     server = tflow.tserver_conn()
-    state.servers[server.id] = ServerSide(match, HandshakeFacts("TLSv1.3", "TLS_AES_128_GCM_SHA256", list(chain.certs)))
-    harness.addon.tls_established_server(harness.data(client, server))
+    facts = HandshakeFacts("TLSv1.3", "TLS_AES_128_GCM_SHA256", list(chain.certs))
+    state.servers[server.id] = ServerSide(match, facts, phases={Phase.CHAIN})  # as after the verify callback
+    harness.upstream.tls_established_server(harness.data(client, server))
     (finding,) = harness.findings()
     assert (finding["check"], finding["evidence"]["kind"]) == ("conformance", "pin_mismatch")
     assert finding["evidence"]["days_left"] == {"app": None}
@@ -188,8 +192,8 @@ def test_a_server_check_that_raises_refuses_the_servers_requests(harness: Harnes
     client = tflow.tclient_conn()
     state = harness.connections.of(client)
     server = tflow.tserver_conn()
-    state.servers[server.id] = ServerSide(state.settle("api.test"), HandshakeFacts("TLSv1.3", None, []))
-    harness.addon.tls_established_server(harness.data(client, server))
+    state.servers[server.id] = ServerSide(state.settle("api.test"), HandshakeFacts("TLSv1.3", None, []), phases={Phase.CHAIN})
+    harness.upstream.tls_established_server(harness.data(client, server))
     flow = tflow.tflow(client_conn=client, server_conn=server, req=tutils.treq(host="api.test", port=443, scheme=b"https"))
     flow.client_conn.timestamp_tls_setup = 1.0
     harness.addon.requestheaders(flow)

@@ -53,7 +53,7 @@ from tlsgate.checks.model import Action, Check, Issue, blocks, decide
 from tlsgate.checks.probes import CLOSED_SILENTLY, ProbeRun, ProbeSchedule, trust_refused
 from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP, quic_client_error
 from tlsgate.policy import Mode
-from tlsgate.policy.sections.client import ClientRules
+from tlsgate.policy.sections.client import CLIENT
 from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.clienthello import ClientHello, parse_client_hello
@@ -135,7 +135,7 @@ class ClientAudit:
     def _judge(self, state: ConnState, server: connection.Server, hello: ClientHello, quic: bool = False) -> Audit:
         match = state.settle(hello.sni or server_host(server))
         enforce = match.settings.mode is Mode.ENFORCE
-        rules: ClientRules = match.settings.get("client") or ClientRules()
+        rules = CLIENT.of(match.settings)
         audit = Audit(hello, server.address[1] if server.address else None, quic=quic)
         audit.pending = judge_client_hello(hello, rules, enforce, match.host)
         audit.refuse = blocks(audit.pending, match.settings.mode)

@@ -1,12 +1,16 @@
 """Holds live traffic to what the app declares (`app:` rules) and runs the pinning assertion (`app.must_pin`).
 
-Reads the facts the other add-ons leave on the shared `ConnState` (the upstream
-handshake's chain, version and suite; the client audit's ClientHello) and
-adds its own from the client side of each connection, in mitmproxy's order:
+The server against the app's pins, declared minimum version and forward
+secrecy is an upstream judge of the established phase
+(`tlsgate.checks.conformance.app_server_judge`, run by `UpstreamTls`); its
+blocking verdict is the server connection's one verdict (`ServerSide.blocked`),
+and this add-on refuses that connection's requests at their headers, after the
+pinning assertion has recorded what the app sent.
 
-- `tls_established_server` (after `UpstreamTls`): the server against the app's
-  pins, declared minimum version and forward secrecy. A blocking verdict is
-  kept for the connection; its requests are answered here, never forwarded.
+Reads the facts the other add-ons leave on the shared `ConnState` (the client
+audit's ClientHello) and adds its own from the client side of each
+connection, in mitmproxy's order:
+
 - `tls_clienthello` (after `ClientAudit`): the app's best offered version
   against its declared minimum.
 - `tls_established_client` / `tls_failed_client` / `requestheaders` /
@@ -20,7 +24,6 @@ adds its own from the client side of each connection, in mitmproxy's order:
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import weakref
 from collections import OrderedDict
@@ -36,10 +39,12 @@ from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.state import Connections, ConnState, request_host, request_url, server_host
 from tlsgate.addons.verdicts import block_at_headers, fail_closed, mark, record
 from tlsgate.checks import conformance as verdicts
-from tlsgate.checks.model import Action, Check, Effect, Issue, Severity, decide, remedy_for
+from tlsgate.checks.conformance import ONCE_KINDS
+from tlsgate.checks.model import Action, Effect, Issue, remedy_for
 from tlsgate.checks.probes import CLOSED_AFTER_HANDSHAKE, client_rejection
+from tlsgate.checks.registry import Phase
 from tlsgate.policy import Match, Mode
-from tlsgate.policy.sections.app import AppRules
+from tlsgate.policy.sections.app import APP, AppRules
 from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.plaintext import classify
@@ -47,7 +52,6 @@ from tlsgate.tls.plaintext import classify
 logger = logging.getLogger("tlsgate.conformance")
 STARTTLS_PROTOCOLS = ("smtp", "imap", "pop3", "ftp", "xmpp")  # cleartext first, TLS after the upgrade: not judged here
 PENDING_HOSTS = 16  # must-pin refusals per device waiting for evidence; the oldest is dropped (already said as undetermined)
-ONCE_KINDS = ("pins_expire_soon", "pins_expired", "user_cas_in_release", "below_declared_min_version", "no_forward_secrecy")
 
 
 @dataclass(eq=False)
@@ -69,34 +73,10 @@ class Conformance:
         self.sink = sink
         self.trust = verdicts.DeviceTrust(limit)
         self._clients: weakref.WeakKeyDictionary[connection.Client, ClientSide] = weakref.WeakKeyDictionary()
-        self._blocked: weakref.WeakKeyDictionary[connection.Client, dict[str, Finding]] = weakref.WeakKeyDictionary()
         # device -> host -> a must-pin refusal said as undetermined, waiting for the device to show more
         self._pending: OrderedDict[str, dict[str, tuple[ConnState, AppRules, str, int | None]]] = OrderedDict()
         self._limit = limit
         self._streams: OrderedDict[str, None] = OrderedDict()  # plain TCP flows already judged (their first bytes)
-
-    # -- the server --------------------------------------------------------------------------------
-
-    def tls_established_server(self, data: tls.TlsData) -> None:
-        server = data.conn
-        state = self.connections.peek(data.context.client)
-        side = state.servers.get(server.id) if state is not None else None
-        if state is None or side is None or side.blocked is not None or not isinstance(server, connection.Server):
-            return
-        app = _app(side.match)
-        if app is None:
-            return
-        try:
-            issues = verdicts.judge_server(app, side.facts.protocol, side.facts.cipher, side.facts.chain, dt.date.today())
-        except Exception:  # a check that cannot run refuses the server's requests rather than waving them through
-            logger.exception("tlsgate: conformance check of an upstream failed; its requests are refused")
-            detail = "tlsgate could not check this server against the app's declaration (see log)"
-            issues = [Issue(Check.CONFORMANCE, "check_failed", Effect.ALWAYS, Severity.HIGH, detail)]
-        port = server.address[1] if server.address else None
-        for issue in issues:
-            finding = self._record(state, side.match, issue, port)
-            if finding is not None and decide(issue, side.match.settings.mode) is Action.BLOCKED:
-                self._blocked.setdefault(state.client, {}).setdefault(server.id, finding)
 
     # -- the client --------------------------------------------------------------------------------
 
@@ -194,7 +174,7 @@ class Conformance:
         finding = None
         if side is not None:  # said before any block: sending this over tlsgate's certificate is a fact either way
             finding = self._sent(state, side, f"{flow.request.method} {redact.redact_url(request_url(flow.request))}")
-        blocked = self._blocked.get(flow.client_conn, {}).get(flow.server_conn.id if flow.server_conn else "")
+        blocked = _refused_once_established(state, flow.server_conn)
         if finding is not None and finding.action == Action.BLOCKED:
             block_at_headers(flow, finding)
         elif blocked is not None:
@@ -272,10 +252,6 @@ class Conformance:
         for issue in verdicts.judge_cleartext_stream(_app(match), match.host, protocol):
             self._record(state, match, issue, port, once=False)
 
-    def tcp_start(self, flow: tcp.TCPFlow) -> None:
-        if flow.server_conn is not None and self._blocked.get(flow.client_conn, {}).get(flow.server_conn.id):
-            flow.kill()
-
     # -- recording ---------------------------------------------------------------------------------
 
     def _record(self, state: ConnState, match: Match, issue: Issue, port: int | None, once: bool = True) -> Finding | None:
@@ -321,8 +297,15 @@ class FirstByte(layer.Layer):
 
 
 def _app(match: Match | None) -> AppRules | None:
-    value = match.settings.get("app") if match is not None else None
-    return value if isinstance(value, AppRules) else None
+    return APP.get(match.settings) if match is not None else None
+
+
+def _refused_once_established(state: ConnState, server: connection.Server | None) -> Finding | None:
+    """The server's verdict when it was taken on the established connection (the app's declaration): the connection
+    was left up, so its requests are refused here, at their headers. A verdict taken in the handshake closed the
+    connection itself, and `UpstreamTls` answers its requests."""
+    side = state.servers.get(server.id) if server is not None else None
+    return side.blocked if side is not None and side.blocked_in is Phase.ESTABLISHED else None
 
 
 def _audit(state: ConnState | None) -> Audit | None:

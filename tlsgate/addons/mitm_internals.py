@@ -18,6 +18,7 @@ connection differs from a normal one only in what is being tested.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
 import re
@@ -156,6 +157,41 @@ def verify_result(conn: SSL.Connection | None) -> int | None:
 
 def verify_error_text(code: int) -> str:
     return SSL._ffi.string(SSL._lib.X509_verify_cert_error_string(code)).decode()
+
+
+StapleCallback = Callable[[bytes], bool]
+_staple_callbacks: weakref.WeakKeyDictionary[SSL.Connection, StapleCallback] = weakref.WeakKeyDictionary()
+_stapling_contexts: weakref.WeakSet[SSL.Context] = weakref.WeakSet()
+
+
+def request_staple(conn: SSL.Connection, on_staple: StapleCallback) -> None:
+    """Ask the server to staple an OCSP response; `on_staple(der)` (b"": it stapled none) says whether the handshake goes on.
+
+    OpenSSL's status callback belongs to the SSL context, and mitmproxy shares
+    one context among many upstream connections (`create_proxy_server_context`
+    is cached): each such context gets one dispatcher, which hands each
+    connection's response to that connection's own callback. OpenSSL calls it
+    only for connections that asked for a staple, and reads it at each
+    handshake, so setting it on a context already in use (which pyOpenSSL's
+    method refuses, hence its unwrapped form) changes nothing for the others.
+    """
+    context = conn.get_context()
+    if context not in _stapling_contexts:
+        inspect.unwrap(SSL.Context.set_ocsp_client_callback)(context, _dispatch_staple)
+        _stapling_contexts.add(context)
+    _staple_callbacks[conn] = on_staple
+    conn.request_ocsp()
+
+
+def _dispatch_staple(conn: SSL.Connection, der: bytes, data: object) -> bool:
+    on_staple = _staple_callbacks.pop(conn, None)
+    if on_staple is None:
+        return True
+    try:
+        return bool(on_staple(der))
+    except Exception:  # noqa: BLE001 - raised inside OpenSSL it would surface as a crash mid-handshake: refuse instead
+        logging.getLogger("tlsgate.tls").exception("tlsgate: judging a stapled OCSP response failed; refusing the connection")
+        return False
 
 
 class _ReusePortAsyncio:

@@ -52,7 +52,7 @@ from tlsgate.payload.identifiers import Form, mask
 from tlsgate.payload.recall import BlockMemory
 from tlsgate.payload.scan import scan_steps
 from tlsgate.policy import Match, Policy
-from tlsgate.policy.sections.payload import DEFAULT_MAX_BYTES, PayloadAction, PayloadRules
+from tlsgate.policy.sections.payload import DEFAULT_MAX_BYTES, PAYLOAD, PayloadAction, PayloadRules
 from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
 
@@ -193,7 +193,7 @@ class PayloadInspector:
     def _on_reload(self, result: str, policy: Policy | None) -> None:
         """A new policy's seeded identifiers are masked in console and log lines from the moment it is in force."""
         if policy is not None:
-            self._mask_seeded(rules_of_settings(policy.defaults.get("payload")))
+            self._mask_seeded(PAYLOAD.of(policy.defaults))
 
     # -- requests -----------------------------------------------------------------------------------
 
@@ -444,10 +444,6 @@ def client_key(state: ConnState) -> str:
         return state.device
     peer = state.client.peername
     return str(peer[0]) if peer else ""
-
-
-def rules_of_settings(value: object) -> PayloadRules:
-    return value if isinstance(value, PayloadRules) else PayloadRules()
 
 
 def shown_name(name: str, forms: list[Form]) -> str:

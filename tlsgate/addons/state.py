@@ -18,24 +18,32 @@ from typing import TYPE_CHECKING
 from mitmproxy import connection, dns, http
 
 from tlsgate.addons.wireguard import peer_device
+from tlsgate.checks.model import Issue
+from tlsgate.checks.registry import Found, HandshakeFacts, Phase, UpstreamJudge
 from tlsgate.policy import Match, Policy
 from tlsgate.policy.hosts import host_only, is_address, split_host_port
 
 if TYPE_CHECKING:
     from tlsgate.addons.policy import PolicyStore
-    from tlsgate.checks.upstream import HandshakeFacts
     from tlsgate.sinks.findings import Finding
 
 
 @dataclass(eq=False)
 class ServerSide:
-    """One upstream TLS connection of this client: facts until its handshake ends, then the verdict."""
+    """One upstream TLS connection of this client: facts until its handshake ends, then the one verdict on it."""
 
     match: Match
     facts: HandshakeFacts
-    issues: list | None = None  # set once the leaf has been judged
+    found: list[Found] = field(default_factory=list)  # what the judges of the phases so far found
+    phases: set[Phase] = field(default_factory=set)  # the phases judged so far (`tlsgate.checks.registry`)
+    deferred: list[UpstreamJudge] = field(default_factory=list)  # judges waiting for the established connection
     done: bool = False  # the handshake ended (established or failed) and was recorded
     blocked: Finding | None = None  # why requests on this server connection are refused
+    blocked_in: Phase | None = None  # when that verdict was taken
+
+    @property
+    def issues(self) -> list[Issue]:
+        return [found.issue for found in self.found]
 
 
 @dataclass(eq=False)

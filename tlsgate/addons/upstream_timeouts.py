@@ -56,7 +56,7 @@ from tlsgate.addons.state import Connections, request_host, server_host
 from tlsgate.addons.verdicts import block_response, fail_closed, mark, record
 from tlsgate.checks import faults
 from tlsgate.checks.model import Action, Issue
-from tlsgate.policy.sections.timeouts import TimeoutRules
+from tlsgate.policy.sections.timeouts import TIMEOUTS, TimeoutRules
 from tlsgate.sinks.findings import Finding
 from tlsgate.sinks.metrics import Metrics
 
@@ -158,8 +158,7 @@ class UpstreamTimeouts:
         state = self.connections.of(client)
         if state is None:
             return None
-        rules = state.match_for(host, self.connections.store.policy).settings.get("timeouts")
-        return rules if isinstance(rules, TimeoutRules) else None
+        return TIMEOUTS.get(state.match_for(host, self.connections.store.policy).settings)
 
     def limit(self, phase: faults.Phase, rules: TimeoutRules | None) -> faults.Limit:
         return faults.limit_for(phase, rules, self.timeout(phase))

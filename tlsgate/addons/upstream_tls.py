@@ -1,10 +1,14 @@
-"""Checks the proxy's connection to each upstream server: protocol, suite, certificates, pins.
+"""Checks the proxy's connection to each upstream server with the judges of `tlsgate.checks.registry`.
 
-The verdict is taken inside OpenSSL's certificate verify callback, where the
-version and suite are already negotiated and the validated chain is at hand:
-refusing there aborts the handshake, so a blocked server never receives a
-request byte. mitmproxy's own validation runs first and is never loosened;
-the callback can only add refusals. The client's request on such a
+This add-on gathers the facts and runs each phase's judges when they exist:
+the chain phase (protocol, suite, certificates, pins, ...) inside OpenSSL's
+certificate verify callback, where the version and suite are already
+negotiated and the validated chain is at hand; the stapled phase inside
+OpenSSL's OCSP status callback (only where a judge of it applies); the
+established phase (the app's declaration, ...) once the handshake is done.
+Refusing in a callback aborts the handshake, so a blocked server never
+receives a request byte. mitmproxy's own validation runs first and is never
+loosened; the callbacks can only add refusals. The client's request on such a
 connection is then answered by tlsgate with a block page naming the reason.
 
 QUIC upstreams (aioquic, no verify callback) are judged by the same checks in
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import Callable
 
 from cryptography import x509
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
@@ -30,15 +35,20 @@ from tlsgate.addons.mitm_internals import (
     correct_connection_advice,
     corrected_advice,
     legacy_connection,
+    request_staple,
     verify_result,
 )
 from tlsgate.addons.quic import is_quic
 from tlsgate.addons.state import Connections, ConnState, ServerSide, server_host
 from tlsgate.addons.verdicts import block, fail_closed, record
+from tlsgate.checks import registry
 from tlsgate.checks.model import Action, Check, Effect, Issue, Severity, blocks, decide, remedy_for
 from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP, quic_facts, quic_failure_text
-from tlsgate.checks.upstream import HandshakeFacts, evidence_for, handshake_floor, judge_cipher, judge_failure, judge_handshake
+from tlsgate.checks.registry import Found, HandshakeFacts, Phase
+from tlsgate.checks.upstream import evidence_for, handshake_floor, judge_failure
 from tlsgate.policy import Mode
+from tlsgate.policy.sections.pins import PINS
+from tlsgate.policy.sections.tls import TLS
 from tlsgate.sinks.findings import Finding
 from tlsgate.sinks.metrics import Metrics
 
@@ -94,11 +104,14 @@ class UpstreamTls:
         host = server_host(tls_start.conn)
         match = state.settle(host) if state.match is None else state.match_for(host, state.policy)
         side = ServerSide(match, HandshakeFacts())
-        floor = handshake_floor(match.settings.get("tls"), match.settings.mode is Mode.REPORT)
+        floor = handshake_floor(TLS.of(match.settings), match.settings.mode is Mode.REPORT)
         if floor is not None:
             tls_start.ssl_conn = legacy_connection(tls_start, floor)
         ssl_conn = tls_start.ssl_conn
-        ssl_conn.set_verify(ssl_conn.get_verify_mode() or SSL.VERIFY_NONE, self._verify_callback(side, tls_start.context.client))
+        client = tls_start.context.client
+        ssl_conn.set_verify(ssl_conn.get_verify_mode() or SSL.VERIFY_NONE, self._verify_callback(side, client))
+        if registry.wanted(Phase.STAPLED, match):  # only then: asking changes the hello every upstream sees
+            request_staple(ssl_conn, self._staple_callback(side, client))
         state.servers[tls_start.conn.id] = side
 
     def quic_start_server(self, data: QuicTlsData) -> None:
@@ -123,16 +136,14 @@ class UpstreamTls:
             try:
                 # OpenSSL walks the chain from the trust anchor down to the leaf (depth 0).
                 side.facts.chain.insert(0, cert.to_cryptography())
-                if depth != 0 or not ok:
+                if depth != 0 or not ok or Phase.CHAIN in side.phases:
                     return bool(ok)
                 side.facts.protocol = conn.get_protocol_version_name()
                 side.facts.cipher = conn.get_cipher_name()
-                side.issues = judge_handshake(side.facts, side.match, dt.datetime.now(dt.UTC))
-                refused = blocks(side.issues, side.match.settings.mode)
+                refused = self._judge(side, Phase.CHAIN, dt.datetime.now(dt.UTC))
             except Exception:  # an exception here would surface as a crash mid-handshake: fail closed instead
                 logger.exception("tlsgate: upstream certificate check failed; refusing the connection")
-                detail = "tlsgate could not check this server (see log)"
-                side.issues = [Issue(Check.TLS, "check_failed", Effect.ALWAYS, Severity.HIGH, detail)]
+                side.found = [_check_failed()]
                 refused = True
             if refused and client is not None:  # OpenSSL's own words: "unspecified certificate verification error"
                 self._explain(side, client)
@@ -140,13 +151,36 @@ class UpstreamTls:
 
         return callback
 
+    def _staple_callback(self, side: ServerSide, client: connection.Client) -> Callable[[bytes], bool]:
+        def on_staple(der: bytes) -> bool:
+            try:
+                side.facts.stapled_ocsp = bytes(der)
+                refused = self._judge(side, Phase.STAPLED, dt.datetime.now(dt.UTC))
+            except Exception:  # as in the verify callback: a check that cannot run refuses the server
+                logger.exception("tlsgate: upstream OCSP check failed; refusing the connection")
+                side.found = [*side.found, _check_failed()]
+                refused = True
+            if refused:
+                self._explain(side, client)
+            return not refused
+
+        return on_staple
+
+    @staticmethod
+    def _judge(side: ServerSide, phase: Phase, now: dt.datetime) -> bool:
+        """Run `phase`'s judges on what the handshake has shown; True when the connection must be refused now."""
+        judged = registry.run(phase, side.facts, side.match, now)
+        side.phases.add(phase)
+        side.found += judged.found
+        side.deferred += judged.deferred
+        return blocks(side.issues, side.match.settings.mode)
+
     @staticmethod
     def _explain(side: ServerSide, client: connection.Client) -> None:
         """Give mitmproxy's coming handshake-failure lines tlsgate's reason; never raises (it runs inside OpenSSL)."""
         try:
             mode = side.match.settings.mode
-            issues = side.issues or []
-            issue = next((i for i in issues if decide(i, mode) in (Action.BLOCKED, Action.FAILED)), None)
+            issue = next((i for i in side.issues if decide(i, mode) in (Action.BLOCKED, Action.FAILED)), None)
             if issue is not None:
                 explain_refusals().note(client, "Server", side.match.host, str(issue.check), side.match.rule_ref, issue.detail)
         except Exception:  # the console line stays mitmproxy's own; the refusal and its finding are unaffected
@@ -164,24 +198,22 @@ class UpstreamTls:
         state, side = self._side(data)
         if state is None or side is None:
             return
-        facts = side.facts
         quic = is_quic(data.conn)
-        if quic:
-            try:
-                side.facts = facts = quic_facts(data.conn.cipher, presented_chain(data))
-                side.issues = judge_handshake(facts, side.match, dt.datetime.now(dt.UTC))
-            except Exception:  # as in the verify callback: a check that cannot run refuses the server
-                logger.exception("tlsgate: upstream QUIC check failed; refusing the connection")
-                detail = "tlsgate could not check this server (see log)"
-                side.issues = [Issue(Check.TLS, "check_failed", Effect.ALWAYS, Severity.HIGH, detail)]
-        elif side.issues is None:  # no verify callback ran (resumed session, verification off): judge now
-            facts.chain, facts.protocol, facts.cipher = presented_chain(data), data.conn.tls_version, data.conn.cipher
-            side.issues = judge_handshake(facts, side.match, dt.datetime.now(dt.UTC))
-        elif facts.cipher is None:
-            # TLS 1.2 only reveals the suite once the handshake is done (pyOpenSSL has no SSL_get_pending_cipher).
-            facts.cipher = data.conn.cipher
-            side.issues = [*judge_cipher(facts.cipher, side.match.settings.get("tls")), *side.issues]
-        side.blocked = self._record(state, side, side.issues, data.conn)
+        now = dt.datetime.now(dt.UTC)
+        try:
+            if quic:  # judged only now: aioquic has no callback to judge in
+                side.facts = quic_facts(data.conn.cipher, presented_chain(data))
+            elif Phase.CHAIN not in side.phases:  # no verify callback ran (resumed session, verification off)
+                facts = side.facts
+                facts.chain, facts.protocol, facts.cipher = presented_chain(data), data.conn.tls_version, data.conn.cipher
+            elif side.facts.cipher is None:
+                side.facts.cipher = data.conn.cipher  # TLS 1.2 names its suite only now
+            self._judge_the_rest(side, now)
+        except Exception:  # as in the verify callback: a check that cannot run refuses the server
+            logger.exception("tlsgate: upstream check failed; refusing the connection")
+            side.found = [_check_failed()]
+        side.blocked = self._record(state, side, side.found, data.conn)
+        side.blocked_in = Phase.CHAIN if side.blocked is not None else None
         self._observe(side, side.issues, side.blocked, pins_checked=True, transport=transport_of(data.conn))
         if side.blocked is not None and quic:
             # aioquic still holds the client Finished: after this it sends only CONNECTION_CLOSE, so the server
@@ -193,6 +225,28 @@ class UpstreamTls:
             # down session refuses to write, so even a request routed here later cannot leave.
             with contextlib.suppress(SSL.Error):
                 data.ssl_conn.shutdown()
+        if side.blocked is None:
+            self._judge_established(state, side, data.conn, now)
+
+    def _judge_the_rest(self, side: ServerSide, now: dt.datetime) -> None:
+        """The handshake phases no callback judged (QUIC, resumed sessions, no staple asked for), then the judges that
+        waited for the established connection (listed first: what they find is about the handshake's start)."""
+        for phase in (Phase.CHAIN, Phase.STAPLED):
+            if phase not in side.phases:
+                self._judge(side, phase, now)
+        if side.deferred:
+            again = registry.run_judges(side.deferred, side.facts, side.match, now)
+            side.deferred = []
+            side.found = [*again.found, *side.found]
+
+    def _judge_established(self, state: ConnState, side: ServerSide, server: connection.Server, now: dt.datetime) -> None:
+        """The established phase: the connection stays up, and a block refuses its requests at their headers."""
+        judged = registry.run(Phase.ESTABLISHED, side.facts, side.match, now)
+        side.phases.add(Phase.ESTABLISHED)
+        side.found += judged.found
+        blocked = self._record(state, side, judged.found, server)
+        if blocked is not None:
+            side.blocked, side.blocked_in = blocked, Phase.ESTABLISHED
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
         if not isinstance(data.conn, connection.Server):
@@ -201,16 +255,18 @@ class UpstreamTls:
         if state is None or side is None:
             return
         if side.issues and any(i.blocking for i in side.issues):
-            side.blocked = self._record(state, side, side.issues, data.conn)  # our own refusal from the verify callback
+            side.blocked = self._record(state, side, side.found, data.conn)  # our own refusal from a handshake callback
+            side.blocked_in = Phase.CHAIN if side.blocked is not None else None
             self._observe(side, side.issues, side.blocked, pins_checked=True, transport=transport_of(data.conn))
             return
         presented = presented_chain(data)
         error = quic_failure_text(data.conn.error) if is_quic(data.conn) else data.conn.error or "handshake failed"
         chain = presented or side.facts.chain
-        issues = [judge_failure(error, verify_result(data.ssl_conn), chain, side.match.settings.get("tls"))]
+        issues = [judge_failure(error, verify_result(data.ssl_conn), chain, TLS.of(side.match.settings))]
         side.facts.chain = presented or side.facts.chain
         # Validation failures block in every mode: report mode never loosens mitmproxy's own checks.
-        side.blocked = self._record(state, side, issues, data.conn)
+        side.blocked = self._record(state, side, [Found(None, issue) for issue in issues], data.conn)
+        side.blocked_in = Phase.CHAIN if side.blocked is not None else None
         self._observe(side, issues, side.blocked, pins_checked=False, transport=transport_of(data.conn))
 
     def _side(self, data: tls.TlsData) -> tuple[ConnState | None, ServerSide | None]:
@@ -221,19 +277,24 @@ class UpstreamTls:
         side.done = True
         return state, side
 
-    def _record(self, state: ConnState, side: ServerSide, issues: list[Issue], server: connection.Server) -> Finding | None:
+    def _record(self, state: ConnState, side: ServerSide, found: list[Found], server: connection.Server) -> Finding | None:
         """Findings for every issue; returns the first blocking one when requests must be refused."""
         first_block: Finding | None = None
-        if not issues:
+        if not found:
             return None  # the common case: no evidence to build
         match = side.match
         base = evidence_for(side.facts.protocol, side.facts.cipher, side.facts.chain)
         base["transport"] = TRANSPORT_QUIC if is_quic(server) else TRANSPORT_TCP
-        for issue in issues:
+        for judge, issue in ((f.judge, f.issue) for f in found):
             remedy = issue.remedy
             if issue.effect is Effect.ENFORCED:
                 to_report = remedy_for(match, "mode: report")
                 remedy = f"{remedy}; or {to_report}" if remedy else to_report
+            once = judge is not None and issue.kind in judge.once and issue.effect is Effect.RECORD
+            key = (judge.name if judge else "", _device(state), match.host, issue.kind)
+            if once and self.sink.repeats.again(key):
+                continue  # said before for this device and host: counted (`Repeats`)
+            with_connection = judge is None or judge.connection_evidence
             finding = record(
                 self.sink,
                 state,
@@ -241,9 +302,11 @@ class UpstreamTls:
                 issue,
                 match,
                 server.address[1] if server.address else None,
-                evidence={"kind": issue.kind, **base, **issue.evidence},
+                evidence={"kind": issue.kind, **base, **issue.evidence} if with_connection else None,
                 remedy=remedy,
             )
+            if once:
+                self.sink.repeats.first(key, finding)
             if decide(issue, match.settings.mode) in (Action.BLOCKED, Action.FAILED) and first_block is None:
                 first_block = finding
         return first_block
@@ -256,7 +319,7 @@ class UpstreamTls:
         objection = block.check if block else next((str(i.check) for i in issues), None)
         decision = block.action if block else "reported" if issues else "allowed"
         self.metrics.upstream_connection(decision, objection, transport)
-        if pins_checked and side.match.settings.get("pins") is not None:
+        if pins_checked and PINS.get(side.match.settings) is not None:
             kinds = {i.kind for i in issues}
             self.metrics.pin_check(
                 "mismatch" if "pin_mismatch" in kinds else "expired" if "pin_set_expired" in kinds else "match"
@@ -284,3 +347,15 @@ class UpstreamTls:
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         if self._blocked(flow.client_conn, flow.server_conn) is not None:
             flow.kill()
+
+
+def _check_failed() -> Found:
+    detail = "tlsgate could not check this server (see log)"
+    return Found(None, Issue(Check.TLS, "check_failed", Effect.ALWAYS, Severity.HIGH, detail))
+
+
+def _device(state: ConnState) -> str:
+    """Whose standing problem a `once` kind is: the device's name, else the client's address."""
+    if state.device:
+        return state.device
+    return state.client.peername[0] if state.client.peername else "?"

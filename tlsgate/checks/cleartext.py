@@ -12,7 +12,7 @@ from typing import Any
 
 from tlsgate.checks.model import Check, Effect, Issue, Severity, remedy_for
 from tlsgate.policy.model import Match
-from tlsgate.policy.sections.cleartext import Cleartext, cleartext_for
+from tlsgate.policy.sections.cleartext import CLEARTEXT, Cleartext, cleartext_for
 from tlsgate.tls.plaintext import Sighting
 
 
@@ -26,7 +26,7 @@ class CleartextRequest:
 
 
 def judge_cleartext(request: CleartextRequest, match: Match) -> Issue | None:
-    if cleartext_for(match.settings.get("cleartext"), "http") is Cleartext.ALLOW:
+    if cleartext_for(CLEARTEXT.get(match.settings), "http") is Cleartext.ALLOW:
         return None
     scheme = "ws" if request.websocket else "http"
     detail = f"plain {scheme}:// request to {match.host} ({request.method})"
@@ -52,7 +52,7 @@ def judge_cleartext(request: CleartextRequest, match: Match) -> Issue | None:
 
 def allow_setting(match: Match, protocol: str) -> str:
     """What to write so `protocol` passes for this host, in the spelling the host's section already uses."""
-    if isinstance(match.settings.get("cleartext"), Cleartext):
+    if isinstance(CLEARTEXT.get(match.settings), Cleartext):
         return "cleartext: allow" if protocol == "http" else f"cleartext: {{default: block, {protocol}: allow}}"
     return f"cleartext: {{..., {protocol}: allow}}"
 
@@ -77,7 +77,7 @@ def judge_stream(sighting: Sighting, match: Match, port: int | None) -> Issue | 
     deployed), any other cleartext (medium).
     """
     protocol = sighting.protocol
-    if sighting.upgraded or cleartext_for(match.settings.get("cleartext"), protocol) is Cleartext.ALLOW:
+    if sighting.upgraded or cleartext_for(CLEARTEXT.get(match.settings), protocol) is Cleartext.ALLOW:
         return None
     where = f"{match.host}:{port}" if port else match.host
     detail = f"cleartext {protocol} stream to {where}"

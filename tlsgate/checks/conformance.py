@@ -25,12 +25,17 @@ from typing import Any
 from cryptography import x509
 
 from tlsgate.checks.model import Check, Effect, Issue, Severity
-from tlsgate.policy.sections.app import AppRules
+from tlsgate.checks.registry import HandshakeFacts, Phase, upstream_judge
+from tlsgate.policy.model import Match
+from tlsgate.policy.sections.app import APP, AppRules
 from tlsgate.tls import versions
 from tlsgate.tls.ciphers import lookup
 from tlsgate.tls.pins import chain_pins
 
 EXPIRY_HORIZON_DAYS = 30  # pins that lapse within this many days are a finding: the next release must rotate them
+# Recorded (not blocking) kinds that describe the app or the server rather than one connection: said once per
+# device and host, then counted.
+ONCE_KINDS = ("pins_expire_soon", "pins_expired", "user_cas_in_release", "below_declared_min_version", "no_forward_secrecy")
 
 
 def _evidence(app: AppRules, key: str, **more: Any) -> dict[str, Any]:
@@ -120,6 +125,20 @@ def judge_server(
             )
         )
     return issues
+
+
+@upstream_judge(
+    Phase.ESTABLISHED,
+    APP,
+    name="app_declaration",
+    check=Check.CONFORMANCE,
+    failure="tlsgate could not check this server against the app's declaration (see log)",
+    once=ONCE_KINDS,
+    connection_evidence=False,
+)
+def app_server_judge(facts: HandshakeFacts, app: AppRules, match: Match, now: dt.datetime) -> list[Issue]:
+    """The established server against the app's declaration (the date is the local one, as the app's pins read it)."""
+    return judge_server(app, facts.protocol, facts.cipher, facts.chain, now.astimezone().date())
 
 
 def _judge_pins(app: AppRules, chain: Sequence[x509.Certificate], today: dt.date) -> list[Issue]:

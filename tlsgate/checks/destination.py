@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tlsgate.checks.model import Check, Effect, Issue, Severity, remedy_for
 from tlsgate.policy.model import Match
-from tlsgate.policy.sections.destinations import LocalDestinations
+from tlsgate.policy.sections.destinations import LOCAL_DESTINATIONS, LocalDestinations
 
 WORDS = {
     "loopback": "the proxy host's loopback",
@@ -41,7 +41,7 @@ def judge_destination(
             "in transparent mode the gateway redirects the device's traffic: remove the device's proxy setting; "
             "for devices that must keep one, add --mode regular@PORT and point their proxy setting at that port",
         )
-    if match.settings.get("local_destinations") is LocalDestinations.ALLOW:
+    if LOCAL_DESTINATIONS.get(match.settings) is LocalDestinations.ALLOW:
         return None
     remedy = f"if this host really is served from the proxy host, {remedy_for(match, 'local_destinations: allow')}"
     if resolvable:

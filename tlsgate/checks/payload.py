@@ -15,7 +15,7 @@ from typing import Any
 
 from tlsgate.checks.model import Check, Effect, Issue, Severity, remedy_for
 from tlsgate.policy.model import Match
-from tlsgate.policy.sections.payload import PayloadAction, PayloadRules
+from tlsgate.policy.sections.payload import PAYLOAD, PayloadAction, PayloadRules
 
 # Which sub-key of `payload:` governs each finding kind.
 CATEGORY = {
@@ -50,8 +50,7 @@ class PayloadFacts:
 
 
 def rules_of(match: Match) -> PayloadRules:
-    value = match.settings.get("payload")
-    return value if isinstance(value, PayloadRules) else PayloadRules()
+    return PAYLOAD.of(match.settings)
 
 
 def judge_payload(facts: PayloadFacts, match: Match) -> list[Issue]:

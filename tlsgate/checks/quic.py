@@ -15,7 +15,7 @@ from cryptography import x509
 from tlsgate.checks.model import Check, Effect, Issue, Severity, remedy_for
 from tlsgate.checks.upstream import HandshakeFacts
 from tlsgate.policy.model import Match, Mode
-from tlsgate.policy.sections.quic import Quic
+from tlsgate.policy.sections.quic import QUIC, Quic
 
 TRANSPORT_TCP = "tcp"
 TRANSPORT_QUIC = "quic"
@@ -26,9 +26,8 @@ _CERT_FAILURE_MARKERS = ("certificate", "verify", "issuer", "self-signed", "self
 
 
 def quic_setting(match: Match) -> Quic:
-    """The host's `quic:` value; a policy without the section (an old loader) still refuses."""
-    value = match.settings.get("quic")
-    return value if isinstance(value, Quic) else Quic.REFUSE
+    """The host's `quic:` value (refuse by default)."""
+    return QUIC.of(match.settings)
 
 
 def refuses(match: Match) -> bool:

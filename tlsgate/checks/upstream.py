@@ -3,7 +3,8 @@
 The add-on gathers `HandshakeFacts` from OpenSSL mid-handshake (in the
 certificate verify callback, where version and suite are already negotiated)
 and applies the verdict; everything here is pure so each case is a one-line
-unit test.
+unit test. The judges below are registered for the chain phase
+(`tlsgate.checks.registry`), in the order users fix them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
@@ -20,23 +20,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tlsgate.checks.certificates import check_chain
 from tlsgate.checks.faults import timeout_from_text
 from tlsgate.checks.model import Check, Effect, Issue, Severity
+from tlsgate.checks.registry import HandshakeFacts, Phase, issues_of, run, upstream_judge
 from tlsgate.policy.model import Match
-from tlsgate.policy.sections.certificates import CertRules
-from tlsgate.policy.sections.pins import Pinning
-from tlsgate.policy.sections.tls import TlsRules
+from tlsgate.policy.sections.certificates import CERTIFICATES, CertRules
+from tlsgate.policy.sections.pins import PINS, Pinning
+from tlsgate.policy.sections.tls import TLS, TlsRules
 from tlsgate.tls import versions
 from tlsgate.tls.certcheck import chain_summary, classify_verify_error, public_key_or_none, refine_with_chain
 from tlsgate.tls.ciphers import WEAKNESS_LABELS, lookup, weakness_reasons
 from tlsgate.tls.pins import chain_pins
 
-
-@dataclass
-class HandshakeFacts:
-    """What one upstream handshake has shown: filled in as OpenSSL reveals it."""
-
-    protocol: str | None = None  # OpenSSL's name, e.g. "TLSv1.2"
-    cipher: str | None = None  # OpenSSL's suite name; known only after the handshake for TLS 1.2
-    chain: list[x509.Certificate] = field(default_factory=list)  # validated chain, leaf first
+__all__ = ["HandshakeFacts"]  # defined with the registry; imported from here by older code
 
 
 def judge_protocol(protocol: str | None, rules: TlsRules) -> list[Issue]:
@@ -165,15 +159,33 @@ def judge_pins(chain: Sequence[x509.Certificate], pinning: Pinning | None, today
     ]
 
 
+# The chain phase's judges, registered in the order users fix them (and findings list them).
+
+
+@upstream_judge(Phase.CHAIN, TLS, name="protocol")
+def protocol_judge(facts: HandshakeFacts, rules: TlsRules, match: Match, now: dt.datetime) -> list[Issue]:
+    return judge_protocol(facts.protocol, rules)
+
+
+@upstream_judge(Phase.CHAIN, TLS, name="cipher")
+def cipher_judge(facts: HandshakeFacts, rules: TlsRules, match: Match, now: dt.datetime) -> list[Issue] | None:
+    """TLS 1.2 names its suite only once the handshake is done (pyOpenSSL has no SSL_get_pending_cipher): judged then."""
+    return None if facts.cipher is None else judge_cipher(facts.cipher, rules)
+
+
+@upstream_judge(Phase.CHAIN, CERTIFICATES, name="certificates")
+def certificates_judge(facts: HandshakeFacts, rules: CertRules, match: Match, now: dt.datetime) -> list[Issue]:
+    return judge_certificates(facts.chain, rules, now)
+
+
+@upstream_judge(Phase.CHAIN, PINS, name="pins")
+def pins_judge(facts: HandshakeFacts, pinning: Pinning, match: Match, now: dt.datetime) -> list[Issue]:
+    return judge_pins(facts.chain, pinning, now.date())
+
+
 def judge_handshake(facts: HandshakeFacts, match: Match, now: dt.datetime) -> list[Issue]:
-    """Everything known once the server's certificate has been received, in the order users fix them."""
-    settings = match.settings
-    return [
-        *judge_protocol(facts.protocol, settings.get("tls")),
-        *judge_cipher(facts.cipher, settings.get("tls")),
-        *judge_certificates(facts.chain, settings.get("certificates"), now),
-        *judge_pins(facts.chain, settings.get("pins"), now.date()),
-    ]
+    """Everything known once the server's certificate has been received: the chain phase's judges, in order."""
+    return issues_of(run(Phase.CHAIN, facts, match, now).found)
 
 
 # Handshake failures as OpenSSL words them -> what they mean for a tester.

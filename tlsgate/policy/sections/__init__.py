@@ -1,9 +1,11 @@
 """The policy's sections, one module each; importing this package registers the built-in ones.
 
 To add a section: write `tlsgate/policy/sections/<name>.py` with its rules type,
-parser and schema fragment, `register(Section(...))` it, and import it below.
-Its check goes in `tlsgate/checks/`, and the add-on that applies it reads
-`match.settings.get("<name>")`.
+parser and schema fragment, `NAME = register(Section(...))` it, and import it
+below. Its check goes in `tlsgate/checks/` and reads a host's value through
+that object, typed: `NAME.of(match.settings)` (sections with a default) or
+`NAME.get(match.settings)` (None where unset). An upstream check registers its
+judge with the section (`tlsgate.checks.registry`) and needs no add-on code.
 """
 
 from tlsgate.policy.sections.base import SECTIONS, Context, Section, register, unregister

@@ -120,7 +120,7 @@ def resolve_app(value: Any, context: Context, messages: list[PolicyMessage]) -> 
     return AppRules(**{**value.__dict__, "pins": pinning})
 
 
-SECTION = register(
+APP: Section[AppRules] = register(
     Section(
         name="app",
         parse=parse_app,

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from tlsgate.policy import yamlnodes as yn
-from tlsgate.policy.model import PolicyMessage
+from tlsgate.policy.model import PolicyMessage, Settings
 
 
 @dataclass
@@ -38,8 +38,8 @@ Merger = Callable[[Any, Any], Any]
 
 
 @dataclass(frozen=True)
-class Section:
-    """One policy section.
+class Section[T]:
+    """One policy section, whose hosts' values are `T` (`TlsRules`, `Pinning`, ...).
 
     `parse` returns the validated value, or None after reporting errors at their
     YAML location. `default` is what a host gets when no `defaults:` block sets
@@ -47,22 +47,42 @@ class Section:
     `defs` the shared `$defs` it refers to. A `top_level` section is read once
     per file beside `defaults`/`rules` instead of per host. A rule's value
     replaces the defaults' whole unless the section has a `merge`.
+
+    Checks and add-ons read a host's value through the registered object
+    (`TLS.of(match.settings)`), never by name: the type checker then knows it
+    is a `TlsRules`, and a misspelt name is an import error, not a silent None.
     """
 
     name: str
     parse: Parser
     schema: dict[str, Any]
-    default: Any = None
+    default: T | None = None
     defs: dict[str, Any] = field(default_factory=dict)
     top_level: bool = False
     resolve: Resolver | None = None
     merge: Merger | None = None
 
+    def get(self, settings: Settings) -> T | None:
+        """This section's value for one host; None where neither the host's rule nor the defaults set it.
 
-SECTIONS: dict[str, Section] = {}
+        A section with a default always has a value in a loaded policy; a
+        `Settings` built by hand without it gets the default here too.
+        """
+        value = settings.sections.get(self.name)
+        return self.default if value is None else value
+
+    def of(self, settings: Settings) -> T:
+        """`get` for a section with a default: every host has a value (LookupError otherwise: a verdict path fails closed)."""
+        value = self.get(settings)
+        if value is None:
+            raise LookupError(f"policy section {self.name!r} is not set for this host and has no default")
+        return value
 
 
-def register(section: Section) -> Section:
+SECTIONS: dict[str, Section[Any]] = {}
+
+
+def register[T](section: Section[T]) -> Section[T]:
     if section.name in SECTIONS or section.name in ("mode", "name", "hosts", "version", "defaults", "rules", "devices"):
         raise ValueError(f"policy section {section.name!r} is already defined")
     SECTIONS[section.name] = section
@@ -74,11 +94,11 @@ def unregister(name: str) -> None:
     SECTIONS.pop(name, None)
 
 
-def setting_sections() -> list[Section]:
+def setting_sections() -> list[Section[Any]]:
     return [s for s in SECTIONS.values() if not s.top_level]
 
 
-def top_sections() -> list[Section]:
+def top_sections() -> list[Section[Any]]:
     return [s for s in SECTIONS.values() if s.top_level]
 
 
@@ -94,10 +114,10 @@ def boolean(node: yaml.Node, reader: yn.Reader, what: str) -> bool | None:
     return value
 
 
-def choice_section(name: str, choices: type[enum.StrEnum], default: enum.StrEnum, description: str) -> Section:
+def choice_section[E: enum.StrEnum](name: str, choices: type[E], default: E, description: str) -> Section[E]:
     """A section whose value is one word of `choices` (`quic: refuse`), registered with its schema."""
 
-    def parse(node: yaml.Node, reader: yn.Reader, context: Context) -> enum.StrEnum | None:
+    def parse(node: yaml.Node, reader: yn.Reader, context: Context) -> E | None:
         value = yn.choice(node, reader, f"{context.where}.{name}", tuple(choices))
         return choices(value) if value else None
 

@@ -47,7 +47,7 @@ def _integer(key: str, default: int) -> dict[str, Any]:
     return {"type": "integer", "minimum": low, "maximum": high, "default": default}
 
 
-SECTION = register(
+CERTIFICATES = register(
     Section(
         name="certificates",
         parse=parse_certificates,

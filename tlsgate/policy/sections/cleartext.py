@@ -89,7 +89,7 @@ def parse_cleartext(node: yaml.Node, reader: yn.Reader, context: Context) -> Cle
 
 _VERDICT = {"enum": ["block", "allow"]}
 
-SECTION = register(
+CLEARTEXT: Section[Cleartext | CleartextRules] = register(
     Section(
         name="cleartext",
         parse=parse_cleartext,

@@ -65,7 +65,7 @@ def parse_probes(node: yaml.Node, reader: yn.Reader) -> tuple[str, ...] | None:
     return tuple(kinds)
 
 
-SECTION = register(
+CLIENT = register(
     Section(
         name="client",
         parse=parse_client,

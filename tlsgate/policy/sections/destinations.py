@@ -18,7 +18,7 @@ class LocalDestinations(enum.StrEnum):
     ALLOW = "allow"
 
 
-SECTION = choice_section(
+LOCAL_DESTINATIONS = choice_section(
     "local_destinations",
     LocalDestinations,
     LocalDestinations.REFUSE,

@@ -144,7 +144,7 @@ def resolve_payload(value: Any, context: Context, messages: list[PolicyMessage])
 
 _ACTION = {"enum": [str(a) for a in PayloadAction]}
 
-SECTION = register(
+PAYLOAD = register(
     Section(
         name="payload",
         parse=parse_payload,
@@ -198,7 +198,7 @@ _KIND_VALUES = {
     ]
 }
 
-IDENTIFIERS = register(
+IDENTIFIERS: Section[Any] = register(
     Section(
         name="identifiers",
         parse=parse_identifiers,

@@ -142,7 +142,7 @@ PIN_DEF: dict[str, Any] = {
     "description": "sha256/<base64 of the SHA-256 of the certificate's SubjectPublicKeyInfo> (Android NSC, OkHttp, HPKP format).",
 }
 
-SECTION = register(
+PINS: Section[Pinning] = register(
     Section(
         name="pins",
         parse=parse_pins,
@@ -159,7 +159,7 @@ SECTION = register(
     )
 )
 
-PIN_SETS = register(
+PIN_SETS: Section[Any] = register(
     Section(
         name="pin_sets",
         parse=parse_pin_sets,

@@ -21,7 +21,7 @@ class Quic(enum.StrEnum):
     INSPECT = "inspect"
 
 
-SECTION = choice_section(
+QUIC = choice_section(
     "quic",
     Quic,
     Quic.REFUSE,

@@ -109,7 +109,7 @@ def merge_timeouts(defaults: Any, rule: Any) -> Any:
 
 _SECONDS_SCHEMA = {"type": "number", "minimum": MIN_SECONDS, "maximum": MAX_SECONDS}
 
-SECTION = register(
+TIMEOUTS: Section[TimeoutRules] = register(
     Section(
         name="timeouts",
         parse=parse_timeouts,

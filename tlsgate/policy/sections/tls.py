@@ -76,7 +76,7 @@ def cipher_codes(node: yaml.Node, reader: yn.Reader, what: str) -> frozenset[int
 
 VERSION_DEF: dict[str, Any] = {"enum": [*versions.TLS_VERSIONS, *(float(v) for v in versions.TLS_VERSIONS)]}
 
-SECTION = register(
+TLS = register(
     Section(
         name="tls",
         parse=parse_tls,
