@@ -20,11 +20,12 @@ from hypothesis import strategies as st
 
 from tests.certgen import Chain, make_chain, make_leaf
 from tests.ctgen import TestLog, leaf_with_scts, log_list_json, make_sct, octet_string
+from tlsgate.checks import registry
 from tlsgate.checks.ct import judge_ct, required_scts
 from tlsgate.checks.model import Action, Check, Effect, decide
 from tlsgate.policy import PolicyError, load_texts
 from tlsgate.policy.model import Mode
-from tlsgate.policy.sections.ct import CtRules
+from tlsgate.policy.sections.ct import CT, CtRules
 from tlsgate.tls import ct, ctlogs
 from tlsgate.tls.ct import MAX_SCTS, SctStatus, examine, parse_sct_list
 
@@ -68,6 +69,14 @@ def statuses(facts: ct.CtFacts) -> list[SctStatus]:
 def match(ct_yaml: str, mode: str = "enforce"):
     policy = load_texts([("policy.yaml", f"version: 1\ndefaults:\n  mode: {mode}\n  ct: {ct_yaml}\n")])
     return policy.match(HOST)
+
+
+def verdict(certs: list[x509.Certificate], ct_yaml: str, logs: ctlogs.LogList):
+    """The check as the registry runs it for a host whose defaults say `ct: <ct_yaml>`."""
+    found = match(ct_yaml)
+    rules = CT.get(found.settings)
+    assert rules is not None
+    return judge_ct(certs, rules, found, NOW, logs)
 
 
 # -- real certificates, real logs -------------------------------------------------------------------------
@@ -355,15 +364,19 @@ def test_ct_section_errors_are_located(value: str, says: str) -> None:
 # -- the verdicts -----------------------------------------------------------------------------------------
 
 
-def test_no_ct_section_means_no_verdict(chain: Chain, log_list) -> None:
-    none = make_leaf(chain.intermediate, (HOST,))
-    policy = load_texts([("policy.yaml", "version: 1\n")])
-    assert judge_ct(full(chain, none), policy.match(HOST), NOW, log_list) == []
+def test_the_registry_runs_the_ct_judge_in_the_chain_phase_only_where_ct_is_set(chain: Chain) -> None:
+    facts = registry.HandshakeFacts(protocol="TLSv1.3", chain=full(chain, make_leaf(chain.intermediate, (HOST,))))
+    unset = load_texts([("policy.yaml", "version: 1\n")]).match(HOST)
+    assert [f for f in registry.run(registry.Phase.CHAIN, facts, unset, NOW).found if f.issue.check is Check.CT] == []
+    found = [f for f in registry.run(registry.Phase.CHAIN, facts, match("{min_scts: 2}"), NOW).found if f.issue.check is Check.CT]
+    assert [(f.judge.name, f.issue.kind) for f in found if f.judge] == [("ct_judge", "no_scts")]
+    # The shipped list is months old by now, so the verdict it gives is recorded, not enforced.
+    assert found[0].issue.effect is Effect.RECORD and "Not enforced" in found[0].issue.detail
 
 
 def test_no_scts_blocks_in_enforce_and_is_reported_in_report_mode(chain: Chain, log_list) -> None:
     none = make_leaf(chain.intermediate, (HOST,))
-    (issue,) = judge_ct(full(chain, none), match("{min_scts: 2}"), NOW, log_list)
+    (issue,) = verdict(full(chain, none), "{min_scts: 2}", log_list)
     assert (issue.check, issue.kind, issue.effect) == (Check.CT, "no_scts", Effect.ENFORCED)
     assert decide(issue, Mode.ENFORCE) is Action.BLOCKED and decide(issue, Mode.REPORT) is Action.REPORTED
     assert "embeds no SCTs" in issue.detail and "requires 2" in issue.detail
@@ -372,27 +385,27 @@ def test_no_scts_blocks_in_enforce_and_is_reported_in_report_mode(chain: Chain, 
 
 def test_one_valid_sct_of_two_required_names_each_sct(chain: Chain, logs, log_list) -> None:
     leaf = leaf_with_scts(chain.intermediate, (HOST,), [logs["argon"], logs["stranger"]])
-    (issue,) = judge_ct(full(chain, leaf), match("{min_scts: 2}"), NOW, log_list)
+    (issue,) = verdict(full(chain, leaf), "{min_scts: 2}", log_list)
     assert issue.kind == "too_few_scts" and issue.effect is Effect.ENFORCED
     assert "embeds 1 SCT from distinct trusted logs; ct.min_scts requires 2" in issue.detail
     assert "SCT 1 (Test 'Argon' log): verifies" in issue.detail and "SCT 2 (log ID " in issue.detail
-    assert "tlsgate_ct_log_list" in issue.remedy  # an unknown log may only be newer than the list
+    assert "ct_log_list: FILE" in issue.remedy  # an unknown log may only be newer than the list
     assert issue.evidence["counted"] == 1 and issue.evidence["required"] == 2
     assert [s["status"] for s in issue.evidence["scts"]] == ["valid", "unknown_log"]
 
 
 def test_two_scts_from_one_operator_pass_only_without_distinct_operators(chain: Chain, logs, log_list) -> None:
     leaf = leaf_with_scts(chain.intermediate, (HOST,), [logs["argon"], logs["xenon"]])
-    (issue,) = judge_ct(full(chain, leaf), match("{min_scts: 2}"), NOW, log_list)
+    (issue,) = verdict(full(chain, leaf), "{min_scts: 2}", log_list)
     assert issue.kind == "one_operator" and "run by Google" in issue.detail
-    assert judge_ct(full(chain, leaf), match("{min_scts: 2, distinct_operators: false}"), NOW, log_list) == []
+    assert verdict(full(chain, leaf), "{min_scts: 2, distinct_operators: false}", log_list) == []
 
 
 def test_two_operators_pass_and_two_scts_from_one_log_count_once(chain: Chain, logs, log_list) -> None:
     passing = leaf_with_scts(chain.intermediate, (HOST,), [logs["argon"], logs["nimbus"]])
-    assert judge_ct(full(chain, passing), match("{min_scts: 2}"), NOW, log_list) == []
+    assert verdict(full(chain, passing), "{min_scts: 2}", log_list) == []
     twice = leaf_with_scts(chain.intermediate, (HOST,), [logs["argon"], logs["argon"]])
-    (issue,) = judge_ct(full(chain, twice), match("{min_scts: 2, distinct_operators: false}"), NOW, log_list)
+    (issue,) = verdict(full(chain, twice), "{min_scts: 2, distinct_operators: false}", log_list)
     assert issue.kind == "too_few_scts" and issue.evidence["counted"] == 1
 
 
@@ -402,7 +415,7 @@ def test_a_bad_signature_is_recorded_even_when_enough_others_verify(chain: Chain
         (HOST,),
         [logs["argon"], logs["nimbus"], (logs["sphinx"], {"signed_timestamp": NOW - dt.timedelta(days=2)})],
     )
-    (issue,) = judge_ct(full(chain, leaf), match("{min_scts: 2}"), NOW, log_list)
+    (issue,) = verdict(full(chain, leaf), "{min_scts: 2}", log_list)
     assert (issue.kind, issue.effect) == ("invalid_sct", Effect.RECORD)
     assert "SCT 3 (Test 'Sphinx' log)" in issue.detail
 
@@ -416,27 +429,65 @@ def test_by_lifetime_asks_three_scts_of_a_long_lived_certificate(chain: Chain, l
         chain.intermediate, (HOST,), [logs["argon"], logs["nimbus"]], not_before=start, not_after=start + dt.timedelta(days=181)
     )
     assert required_scts(CtRules(None), short.cert) == 2 and required_scts(CtRules(None), long.cert) == 3
-    assert judge_ct(full(chain, short), match("{min_scts: by_lifetime}"), NOW, log_list) == []
-    (issue,) = judge_ct(full(chain, long), match("{min_scts: by_lifetime}"), NOW, log_list)
+    assert verdict(full(chain, short), "{min_scts: by_lifetime}", log_list) == []
+    (issue,) = verdict(full(chain, long), "{min_scts: by_lifetime}", log_list)
     assert "ct.min_scts by the certificate's lifetime requires 3" in issue.detail
 
 
 def test_a_stale_log_list_records_instead_of_blocking(chain: Chain, logs) -> None:
     old = ctlogs.parse_log_list(log_list_json([logs["argon"]], NOW - dt.timedelta(days=71)), "old list")
     none = make_leaf(chain.intermediate, (HOST,))
-    (issue,) = judge_ct(full(chain, none), match("{min_scts: 2}"), NOW, old)
+    (issue,) = verdict(full(chain, none), "{min_scts: 2}", old)
     assert issue.effect is Effect.RECORD and decide(issue, Mode.ENFORCE) is Action.REPORTED
     assert "Not enforced: the CT log list (old list, published" in issue.detail and "71 days old" in issue.detail
     assert issue.evidence["log_list"]["age_days"] == 71
     fresh = ctlogs.parse_log_list(log_list_json([logs["argon"]], NOW - dt.timedelta(days=69)), "fresh list")
-    assert judge_ct(full(chain, none), match("{min_scts: 2}"), NOW, fresh)[0].effect is Effect.ENFORCED
+    assert verdict(full(chain, none), "{min_scts: 2}", fresh)[0].effect is Effect.ENFORCED
 
 
-def test_the_operators_log_list_replaces_the_shipped_one(logs) -> None:
-    mine = ctlogs.parse_log_list(log_list_json([logs["argon"]]), "mine.json")
-    try:
-        ctlogs.use_log_list(mine)
-        assert ctlogs.active_log_list() is mine
-    finally:
-        ctlogs.use_log_list(None)
-    assert ctlogs.active_log_list() is ctlogs.shipped_log_list()
+def test_the_policys_ct_log_list_replaces_the_shipped_one_for_every_rule(chain: Chain, logs, tmp_path: Path) -> None:
+    mine = tmp_path / "mine.json"
+    mine.write_bytes(log_list_json([logs["argon"], logs["nimbus"]], NOW - dt.timedelta(days=3)))
+    policy = load_texts(
+        [
+            ("a.yaml", f"version: 1\nct_log_list: {mine}\nrules:\n  - hosts: [other.test]\n    ct: {{min_scts: 2}}\n"),
+            ("b.yaml", "version: 1\ndefaults:\n  ct: {min_scts: 2}\n"),
+        ]
+    )
+    leaf = leaf_with_scts(chain.intermediate, (HOST,), [logs["argon"], logs["nimbus"]])
+    facts = registry.HandshakeFacts(protocol="TLSv1.3", chain=full(chain, leaf))
+    for host in (HOST, "other.test"):
+        rules = CT.get(policy.match(host).settings)
+        assert rules is not None and rules.logs is not None and rules.logs.source == "mine.json"
+        assert registry.run(registry.Phase.CHAIN, facts, policy.match(host), NOW).found == []
+    # Without the policy's list the same leaf names logs the shipped list does not know.
+    shipped = load_texts([("b.yaml", "version: 1\ndefaults:\n  ct: {min_scts: 2}\n")]).match(HOST)
+    (found,) = registry.run(registry.Phase.CHAIN, facts, shipped, NOW).found
+    assert found.issue.kind == "too_few_scts" and "ct_log_list: FILE" in found.issue.remedy
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "a.yaml:2:14: cannot read the CT log list missing.json"),
+        (b'{"operators": 5}', "a.yaml:2:14: CT log list missing.json: the log list has no 'operators' list"),
+    ],
+)
+def test_an_unusable_ct_log_list_refuses_the_policy_at_its_line(tmp_path: Path, content: bytes | None, says: str) -> None:
+    path = tmp_path / "missing.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(PolicyError) as raised:
+        load_texts([("a.yaml", f"version: 1\nct_log_list: {path}\n")])
+    assert [str(m)[: len(says)] for m in raised.value.messages] == [says]
+
+
+def test_ct_log_list_is_set_in_one_file_only(tmp_path: Path, logs) -> None:
+    path = tmp_path / "logs.json"
+    path.write_bytes(log_list_json([logs["argon"]]))
+    text = f"version: 1\nct_log_list: {path}\n"
+    with pytest.raises(PolicyError) as raised:
+        load_texts([("a.yaml", text), ("b.yaml", text)])
+    assert [str(m) for m in raised.value.messages] == [
+        "b.yaml:2:14: ct_log_list is already set at a.yaml:2:14; set it in one file only"
+    ]

@@ -19,10 +19,11 @@ from typing import Any
 from cryptography import x509
 
 from tlsgate.checks.model import Check, Effect, Issue, Severity, remedy_for
+from tlsgate.checks.registry import HandshakeFacts, Phase, upstream_judge
 from tlsgate.policy.model import Match
-from tlsgate.policy.sections.ct import CtRules
+from tlsgate.policy.sections.ct import CT, CtRules
 from tlsgate.tls.ct import CtFacts, SctResult, SctStatus, examine
-from tlsgate.tls.ctlogs import STALE_AFTER, LogList, active_log_list
+from tlsgate.tls.ctlogs import STALE_AFTER, LogList, shipped_log_list
 
 LIFETIME_SPLIT = dt.timedelta(days=180)
 
@@ -83,12 +84,16 @@ def _evidence(
     return evidence
 
 
-def judge_ct(chain: Sequence[x509.Certificate], match: Match, now: dt.datetime, logs: LogList | None = None) -> list[Issue]:
-    """Findings for the leaf's SCTs under the host's `ct:` rules; none when the host has no `ct:`."""
-    rules: CtRules | None = match.settings.get("ct")
-    if rules is None or not chain:
+@upstream_judge(Phase.CHAIN, CT, check=Check.CT, failure="tlsgate could not check this server's SCTs (see log)")
+def ct_judge(facts: HandshakeFacts, rules: CtRules, match: Match, now: dt.datetime) -> list[Issue]:
+    """The chain phase: embedded SCTs are in the leaf, and the issuer whose key they are bound to is in the chain."""
+    return judge_ct(facts.chain, rules, match, now, rules.logs or shipped_log_list())
+
+
+def judge_ct(chain: Sequence[x509.Certificate], rules: CtRules, match: Match, now: dt.datetime, logs: LogList) -> list[Issue]:
+    """Findings for the leaf's SCTs under the host's `ct:` rules, judged against `logs`."""
+    if not chain:
         return []
-    logs = logs or active_log_list()
     facts = examine(chain, logs, now, verify=rules.verify)
     needed = required_scts(rules, chain[0])
     counted = _counted(facts)
@@ -107,7 +112,7 @@ def judge_ct(chain: Sequence[x509.Certificate], match: Match, now: dt.datetime, 
     listed = "; ".join(_describe(s) for s in facts.scts) or facts.error or ""
     refresh = ""
     if stale or any(s.status is SctStatus.UNKNOWN_LOG for s in facts.scts):
-        refresh = "; if its logs are newer than tlsgate's log list, give tlsgate a current one (--set tlsgate_ct_log_list=FILE)"
+        refresh = "; if its logs are newer than tlsgate's log list, name a current one in the policy (ct_log_list: FILE)"
     operators = " of two operators" if rules.distinct_operators else ""
     fix = f"have the CA embed SCTs from {needed} logs{operators} the log list trusts (reissue the certificate){refresh}"
     remedy = f"{fix}; or {remedy_for(match, 'ct: off')}"

@@ -1,8 +1,8 @@
 """The Certificate Transparency logs an SCT is checked against: a log list in Google's v3 format.
 
 tlsgate ships one copy (`ct_log_list.json`, with where it came from and when it
-was published recorded in it); an operator can point tlsgate at a newer one
-(`--set tlsgate_ct_log_list=FILE`). A log list goes stale as logs are added
+was published recorded in it); a policy can name a newer one
+(`ct_log_list: FILE`, read by `tlsgate.policy.sections.ct`). A log list goes stale as logs are added
 and retired, and Chrome stops enforcing CT when its list is older than ten
 weeks rather than refuse servers it simply does not know: the age is kept here
 so the check can do the same.
@@ -210,17 +210,3 @@ def load_log_list(path: str | Path) -> LogList:
         return parse_log_list(data, name)
     except LogListError as exc:
         raise LogListError(f"CT log list {name}: {exc}") from None
-
-
-_active: LogList | None = None
-
-
-def active_log_list() -> LogList:
-    """The list checks use: the operator's (`use_log_list`) or the shipped copy."""
-    return _active if _active is not None else shipped_log_list()
-
-
-def use_log_list(log_list: LogList | None) -> None:
-    """Put an operator's list in force (None: back to the shipped copy)."""
-    global _active
-    _active = log_list

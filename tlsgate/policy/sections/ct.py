@@ -5,11 +5,16 @@ replaces those sections whole, so a rule that lowers `tls.min_version` for a
 legacy host would silently drop its CT requirement, and CT is off unless asked
 for while those two always apply. `ct: off` in a rule drops a requirement the
 defaults set (a private-CA host has no SCTs to show).
+
+`ct_log_list:` (top level, once per policy) names a newer log list than the
+one tlsgate ships. It is policy, not a proxy option: which logs to trust is
+part of the verdict, a reload picks up a new list, and a list that cannot be
+used is a located error that keeps the old policy in force.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -17,6 +22,7 @@ import yaml
 from tlsgate.policy import yamlnodes as yn
 from tlsgate.policy.model import PolicyMessage
 from tlsgate.policy.sections.base import Context, Section, boolean, register
+from tlsgate.tls.ctlogs import LogList, LogListError, load_log_list
 
 CT_KEYS = ("min_scts", "distinct_operators", "verify")
 CT_OFF = "off"
@@ -31,6 +37,7 @@ class CtRules:
     min_scts: int | None = 2
     distinct_operators: bool = True  # the counted SCTs come from logs of at least two operators
     verify: bool = True  # check each SCT's signature against its log's key from the log list
+    logs: LogList | None = field(default=None, compare=False, repr=False)  # `ct_log_list:`; None: the shipped list
 
 
 def parse_ct(node: yaml.Node, reader: yn.Reader, context: Context) -> CtRules | str | None:
@@ -71,11 +78,31 @@ def parse_ct(node: yaml.Node, reader: yn.Reader, context: Context) -> CtRules | 
 
 
 def resolve_ct(value: Any, context: Context, messages: list[PolicyMessage]) -> CtRules | None:
-    """`off` becomes no requirement, so a rule's `ct: off` overrides what the defaults ask."""
-    return None if value == CT_OFF else value
+    """`off` becomes no requirement, so a rule's `ct: off` overrides what the defaults ask; every rule gets the
+    policy's `ct_log_list`, read once, whichever file set it."""
+    if value == CT_OFF or value is None:
+        return None
+    return replace(value, logs=context.table("ct_log_list").get("list"))
 
 
-SECTION = register(
+def parse_ct_log_list(node: yaml.Node, reader: yn.Reader, context: Context) -> None:
+    """Read the named list now, so a missing or broken one refuses the policy at its line, not a server later."""
+    path = yn.string(node, reader, "ct_log_list")
+    if path is None:
+        return
+    known = context.table("ct_log_list")
+    if "where" in known:
+        reader.error(node, f"ct_log_list is already set at {known['where']}; set it in one file only")
+        return
+    try:
+        known["list"] = load_log_list(path)
+    except LogListError as exc:
+        reader.error(node, str(exc))
+        return
+    known["where"] = reader.loc(node)
+
+
+CT: Section[CtRules] = register(
     Section(
         name="ct",
         parse=parse_ct,
@@ -111,6 +138,19 @@ SECTION = register(
                 },
             ],
             "description": "Certificate Transparency: embedded SCTs the server's certificate must carry, or off.",
+        },
+    )
+)
+
+CT_LOG_LIST: Section[Any] = register(
+    Section(
+        name="ct_log_list",
+        parse=parse_ct_log_list,
+        top_level=True,
+        schema={
+            "type": "string",
+            "description": "A CT log list in Google's v3 log_list.json schema (path absolute or relative to where tlsgate "
+            "runs) that ct: checks SCTs against instead of the copy tlsgate ships.",
         },
     )
 )
