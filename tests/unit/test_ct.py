@@ -379,7 +379,7 @@ def test_no_scts_blocks_in_enforce_and_is_reported_in_report_mode(chain: Chain, 
     (issue,) = verdict(full(chain, none), "{min_scts: 2}", log_list)
     assert (issue.check, issue.kind, issue.effect) == (Check.CT, "no_scts", Effect.ENFORCED)
     assert decide(issue, Mode.ENFORCE) is Action.BLOCKED and decide(issue, Mode.REPORT) is Action.REPORTED
-    assert "embeds no SCTs" in issue.detail and "requires 2" in issue.detail
+    assert "embeds no SCTs" in issue.detail and "requires 2" in issue.detail and "embedded SCTs only" in issue.detail
     assert "policy.yaml:2" in issue.remedy and "'ct: off'" in issue.remedy
 
 
@@ -407,6 +407,20 @@ def test_two_operators_pass_and_two_scts_from_one_log_count_once(chain: Chain, l
     twice = leaf_with_scts(chain.intermediate, (HOST,), [logs["argon"], logs["argon"]])
     (issue,) = verdict(full(chain, twice), "{min_scts: 2, distinct_operators: false}", log_list)
     assert issue.kind == "too_few_scts" and issue.evidence["counted"] == 1
+
+
+def test_scts_only_from_logs_retired_since_do_not_satisfy_chrome(chain: Chain, logs) -> None:
+    before = {"timestamp": NOW - dt.timedelta(days=40)}
+    leaf = leaf_with_scts(chain.intermediate, (HOST,), [(logs["argon"], before), (logs["nimbus"], before)])
+    retired = ("retired", NOW - dt.timedelta(days=10))
+    both = ctlogs.parse_log_list(
+        log_list_json([logs["argon"], logs["nimbus"]], NOW, {"Argon": retired, "Nimbus": retired}), "both retired"
+    )
+    (issue,) = verdict(full(chain, leaf), "{min_scts: 2}", both)
+    assert (issue.kind, issue.effect) == ("retired_logs_only", Effect.ENFORCED)
+    assert [s.get("log_retired") for s in issue.evidence["scts"]] == [True, True]
+    one = ctlogs.parse_log_list(log_list_json([logs["argon"], logs["nimbus"]], NOW, {"Argon": retired}), "one retired")
+    assert verdict(full(chain, leaf), "{min_scts: 2}", one) == []
 
 
 def test_a_bad_signature_is_recorded_even_when_enough_others_verify(chain: Chain, logs, log_list) -> None:

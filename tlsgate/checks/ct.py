@@ -119,6 +119,7 @@ def judge_ct(chain: Sequence[x509.Certificate], rules: CtRules, match: Match, no
     if len(counted) < needed:
         if not facts.present:
             kind, detail = "no_scts", f"the server's certificate embeds no SCTs; ct.min_scts{by_lifetime} requires {needed}"
+            detail += " (tlsgate reads embedded SCTs only, not SCTs sent in the TLS extension or a stapled OCSP response)"
         else:
             have = f"{len(counted)} SCT{'s' if len(counted) != 1 else ''} from distinct trusted logs"
             detail = f"the server's certificate embeds {have}; ct.min_scts{by_lifetime} requires {needed}"
@@ -128,6 +129,12 @@ def judge_ct(chain: Sequence[x509.Certificate], rules: CtRules, match: Match, no
         operator = evidence["operators"][0] if evidence["operators"] else "one operator"
         detail = f"all {len(counted)} counted SCTs come from logs run by {operator}; ct.distinct_operators asks for two operators"
         issues.append(Issue(Check.CT, "one_operator", effect, severity, detail + unless, evidence, remedy))
+    elif all(s.retired for s in counted.values()):
+        detail = (
+            f"all {len(counted)} counted SCTs come from logs that have retired since; Chrome also asks for one from a "
+            "log still qualified, usable or read-only"
+        )
+        issues.append(Issue(Check.CT, "retired_logs_only", effect, severity, detail + unless, evidence, remedy))
     forged = [s for s in facts.scts if s.status is SctStatus.BAD_SIGNATURE]
     if forged:
         names = ", ".join(f"SCT {s.index} ({s.log})" for s in forged)

@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from tlsgate.tls.ctlogs import LogKey, LogList
+from tlsgate.tls.ctlogs import LogKey, LogList, LogState
 
 SCT_LIST_OID = "1.3.6.1.4.1.11129.2.4.2"
 _SCT_LIST_OID_DER = bytes.fromhex("060a2b06010401d679020402")
@@ -87,6 +87,7 @@ class SctResult:
     operator: str | None = None
     timestamp: str | None = None
     note: str = ""
+    retired: bool = False  # the log has retired since: its SCT counts, but Chrome also wants one from a running log
 
     @property
     def counts(self) -> bool:
@@ -98,6 +99,8 @@ class SctResult:
             value = getattr(self, key)
             if value:
                 item[key] = value
+        if self.retired:
+            item["log_retired"] = True
         if self.note:
             item["note"] = self.note
         return item
@@ -342,8 +345,10 @@ def _judge_one(
     if log is None:
         return SctResult(index, SctStatus.UNKNOWN_LOG, log_id, timestamp=_iso(issued), note="no log in the log list has this ID")
 
+    retired = log.state is LogState.RETIRED and (log.state_since is None or log.state_since <= now)
+
     def result(status: SctStatus, note: str = "") -> SctResult:
-        return SctResult(index, status, log_id, log.description, log.operator, _iso(issued), note)
+        return SctResult(index, status, log_id, log.description, log.operator, _iso(issued), note, retired)
 
     if sct.hash_algorithm != HASH_SHA256 or sct.signature_algorithm not in (SIG_RSA, SIG_ECDSA):
         algorithms = f"hash {sct.hash_algorithm} / signature {sct.signature_algorithm}"
