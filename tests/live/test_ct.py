@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,3 +164,38 @@ def test_an_unusable_log_list_stops_tlsgate_at_start_saying_where(lab: Lab) -> N
         gate.start(timeout=30)
     gate.stop()
     assert gate.proc is not None and gate.proc.returncode == 2
+
+
+def test_a_reload_puts_a_new_log_list_in_force_and_a_broken_one_keeps_the_last_good(lab: Lab) -> None:
+    """The README's update steps: replace the list, touch the policy that names it."""
+    listed = lab.workdir / "reload-logs.json"
+    listed.write_bytes(log_list_json([ARGON]))  # Nimbus unknown: two.test has one SCT the list trusts
+    workdir = lab.workdir / "gate-reload"
+    workdir.mkdir()
+    policy = workdir / "policy.yaml"
+    policy.write_text(f"version: 1\ndefaults:\n  ct: {{min_scts: 2}}\nct_log_list: {listed}\n")
+    server = lab.servers["two.test"]
+    args = ["--upstream-ca", str(lab.root_file), "--policy", str(policy), "--resolve", f"two.test:{server.port}:127.0.0.1"]
+    gate = Tlsgate(workdir, args).start()
+    try:
+        assert ask(gate, "two.test", server.port).status == 403
+        listed.write_bytes(log_list_json([ARGON, NIMBUS]))
+        mark = len(gate.lines)
+        touch(policy)
+        gate.wait_for("policy reloaded", start=mark)
+        assert ask(gate, "two.test", server.port).status == 200
+        listed.write_text('{"operators": 5}')
+        mark = len(gate.lines)
+        touch(policy)
+        failure = gate.wait_for(
+            r"policy reload failed: (policy\.yaml:4:14): CT log list reload-logs\.json: .*'operators'", start=mark
+        )
+        assert failure.group(1) == "policy.yaml:4:14"
+        assert ask(gate, "two.test", server.port).status == 200, "the last good policy, and its list, stay in force"
+    finally:
+        gate.stop()
+
+
+def touch(path: Path) -> None:
+    stamp = time.time() + 1  # visible even on coarse-mtime filesystems
+    os.utime(path, (stamp, stamp))

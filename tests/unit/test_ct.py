@@ -150,6 +150,15 @@ def test_the_shipped_log_list_is_googles_list_unchanged_with_its_source_recorded
     assert len(upstream) == 53530  # the mirror's file (53,604 characters) less its one marker line
 
 
+def test_the_readme_names_the_shipped_lists_version_date_and_copy() -> None:
+    """Updating the shipped list without its README paragraph fails here, not in a user's hands."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = " ".join(readme.split("### Certificate Transparency\n", 1)[1].split("\n## ", 1)[0].split())
+    shipped, source = ctlogs.shipped_log_list(), json.loads(SHIPPED.read_text())["tlsgate_source"]
+    assert f"version {shipped.version}, published {shipped.published.date().isoformat()}" in section
+    assert f"copied on {source['copied_on']}" in section and f"{ctlogs.STALE_AFTER.days} days" in section
+
+
 def test_every_shipped_log_id_is_the_hash_of_its_key_and_the_list_parses() -> None:
     document = json.loads(SHIPPED.read_text())
     entries = [log for op in document["operators"] for kind in ("logs", "tiled_logs") for log in op.get(kind, [])]
