@@ -114,6 +114,9 @@ def test_enforce_blocks_every_leaf_short_of_two_verified_scts_before_a_byte_reac
         garbage = next(f for f in ct_findings(gate, "garbage.test"))
         assert "declares 256 bytes but 4 follow" in garbage["evidence"]["sct_list_error"]
         assert "Traceback" not in gate.output
+        # The one recording path counts what it wrote: five blocked hosts (plus the reported forged SCT).
+        scraped = gate.scrape()
+        assert 'tlsgate_findings_total{action="blocked",check="ct",device="unnamed",severity="high"} 5.0' in scraped
     finally:
         gate.stop()
 
