@@ -37,6 +37,7 @@ def leaves(intermediate: Issued) -> dict[str, Issued]:
         "forged.test": leaf_with_scts(intermediate, ("forged.test",), [ARGON, forged]),
         "stranger.test": leaf_with_scts(intermediate, ("stranger.test",), [ARGON, STRANGER]),
         "garbage.test": leaf_with_scts(intermediate, ("garbage.test",), [], raw_extension=octet_string(b"\x01\x00junk")),
+        "tls12.test": leaf_with_scts(intermediate, ("tls12.test",), [ARGON]),  # served at TLS 1.2 only
     }
     return cases
 
@@ -71,7 +72,8 @@ def lab(pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     chain: Chain = pki[0]
     workdir = tmp_path_factory.mktemp("ct")
     servers = {
-        host: tls_upstream(workdir, leaf, chain.intermediate, name=host) for host, leaf in leaves(chain.intermediate).items()
+        host: tls_upstream(workdir, leaf, chain.intermediate, name=host, version="1.2" if host == "tls12.test" else None)
+        for host, leaf in leaves(chain.intermediate).items()
     }
     log_list = workdir / "logs.json"
     log_list.write_bytes(log_list_json([ARGON, NIMBUS]))
@@ -94,7 +96,7 @@ def test_enforce_blocks_every_leaf_short_of_two_verified_scts_before_a_byte_reac
         answers = {host: ask(gate, host, server.port) for host, server in lab.servers.items()}
         assert answers["two.test"].status == 200 and len(lab.servers["two.test"].requests) == 1
         blocked = {"zero.test": "no_scts", "one.test": "too_few_scts", "forged.test": "too_few_scts"}
-        blocked |= {"stranger.test": "too_few_scts", "garbage.test": "too_few_scts"}
+        blocked |= {"stranger.test": "too_few_scts", "garbage.test": "too_few_scts", "tls12.test": "too_few_scts"}
         for host, kind in blocked.items():
             assert answers[host].status == 403, (host, answers[host])
             assert lab.servers[host].requests == [], f"{host}: a blocked server must not receive the request"
@@ -111,12 +113,14 @@ def test_enforce_blocks_every_leaf_short_of_two_verified_scts_before_a_byte_reac
         stranger = next(f for f in ct_findings(gate, "stranger.test"))
         assert "ct_log_list: FILE" in stranger["remedy"]
         assert [s["status"] for s in stranger["evidence"]["scts"]] == ["valid", "unknown_log"]
+        (tls12,) = ct_findings(gate, "tls12.test")  # judged in the chain phase at TLS 1.2 too, before the suite is known
+        assert "TLSv1.2" in json.dumps(tls12["evidence"])
         garbage = next(f for f in ct_findings(gate, "garbage.test"))
         assert "declares 256 bytes but 4 follow" in garbage["evidence"]["sct_list_error"]
         assert "Traceback" not in gate.output
-        # The one recording path counts what it wrote: five blocked hosts (plus the reported forged SCT).
+        # The one recording path counts what it wrote: six blocked hosts (the forged SCT's own finding is medium).
         scraped = gate.scrape()
-        assert 'tlsgate_findings_total{action="blocked",check="ct",device="unnamed",severity="high"} 5.0' in scraped
+        assert 'tlsgate_findings_total{action="blocked",check="ct",device="unnamed",severity="high"} 6.0' in scraped
     finally:
         gate.stop()
 
@@ -130,8 +134,8 @@ def test_report_mode_forwards_every_leaf_and_records_what_enforce_would_block(la
             if host != "garbage.test":
                 assert ask(gate, host, server.port).status == 200, host
                 assert len(server.requests) >= 1
-        gate.wait_findings(5)
-        for host in ("zero.test", "one.test", "forged.test", "stranger.test"):
+        gate.wait_findings(6)
+        for host in ("zero.test", "one.test", "forged.test", "stranger.test", "tls12.test"):
             kinds = {f["evidence"]["kind"]: f for f in ct_findings(gate, host)}
             finding = kinds["no_scts" if host == "zero.test" else "too_few_scts"]
             assert finding["action"] == "reported" and finding["rule"].endswith("policy-report.yaml:2"), (host, finding)
