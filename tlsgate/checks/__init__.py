@@ -7,3 +7,4 @@ a new judge's module is imported after them.
 from tlsgate.checks import upstream  # noqa: F401  # isort: skip
 from tlsgate.checks import conformance  # noqa: F401  # isort: skip
 from tlsgate.checks import revocation  # noqa: F401  # isort: skip
+from tlsgate.checks import ct  # noqa: F401  # isort: skip

@@ -21,6 +21,7 @@ class Check(enum.StrEnum):
     CERTIFICATE = "certificate"
     PIN = "pin"
     REVOCATION = "revocation"  # the upstream's stapled OCSP response (`revocation:`)
+    CT = "ct"  # Certificate Transparency: the SCTs a server's certificate embeds (`ct:`)
     TLS = "tls"
     CLIENT_PROTOCOL = "client_protocol"
     CLIENT_CIPHERS = "client_ciphers"

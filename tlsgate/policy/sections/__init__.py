@@ -16,6 +16,7 @@ from tlsgate.policy.sections import payload  # noqa: F401  # isort: skip
 from tlsgate.policy.sections import app  # noqa: F401  # isort: skip
 from tlsgate.policy.sections import timeouts  # noqa: F401  # isort: skip
 from tlsgate.policy.sections import revocation  # noqa: F401  # isort: skip
+from tlsgate.policy.sections import ct  # noqa: F401  # isort: skip
 
 # Schema and messages list the built-in sections in this order whatever order their modules were imported in,
 # and sections registered later after them.
