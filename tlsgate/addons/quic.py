@@ -30,7 +30,7 @@ from mitmproxy.proxy.layers.quic import QuicTlsData
 from tlsgate.addons.console import explain_refusals
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.mitm_internals import quic_client_id
-from tlsgate.addons.state import Connections, server_host
+from tlsgate.addons.state import Connections, is_quic, server_host
 from tlsgate.addons.verdicts import record
 from tlsgate.checks.quic import quic_refused, quic_setting, refuses
 from tlsgate.policy.sections.quic import Quic
@@ -40,11 +40,6 @@ logger = logging.getLogger("tlsgate.quic")
 
 # An ALPN value no client offers: a server that only speaks it fails every QUIC handshake at the ClientHello.
 REFUSED_ALPN = "tlsgate-refused-quic"
-
-
-def is_quic(conn: connection.Connection) -> bool:
-    """mitmproxy marks a QUIC connection (client or server side) as UDP with TLS."""
-    return conn.transport_protocol == "udp"
 
 
 def refuse_handshake(data: QuicTlsData) -> None:

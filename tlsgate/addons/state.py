@@ -10,22 +10,35 @@ judged under one policy even when a reload lands in between.
 from __future__ import annotations
 
 import re
+import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from mitmproxy import connection, dns, http
 
 from tlsgate.addons.wireguard import peer_device
 from tlsgate.checks.model import Issue
+from tlsgate.checks.probes import ProbeRun
+from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP
 from tlsgate.checks.registry import Found, HandshakeFacts, Phase, UpstreamJudge
 from tlsgate.policy import Match, Policy
 from tlsgate.policy.hosts import host_only, is_address, split_host_port
+from tlsgate.sinks.findings import Finding
+from tlsgate.tls.clienthello import ClientHello
+from tlsgate.tls.probes import ProbeCertificate
 
-if TYPE_CHECKING:
-    from tlsgate.addons.policy import PolicyStore
-    from tlsgate.sinks.findings import Finding
+
+class PolicySource(Protocol):
+    """What the shared state needs of the add-on that holds the policy (`tlsgate.addons.policy.PolicyStore`):
+    the policy in force, and word of each reload. A protocol, so that state depends on no other add-on."""
+
+    @property
+    def policy(self) -> Policy | None: ...
+
+    def subscribe(self, listener: Callable[[str, Policy | None], None]) -> None: ...
 
 
 @dataclass(eq=False)
@@ -47,6 +60,34 @@ class ServerSide:
 
 
 @dataclass(eq=False)
+class Audit:
+    """The client audit's part of a connection's state (`tlsgate.addons.client_audit`); `Conformance` reads
+    its hello and port, so it is shared state, typed, rather than one add-on's private record."""
+
+    hello: ClientHello
+    port: int | None
+    pending: list[Issue] = field(default_factory=list)  # hello findings, recorded once the User-Agent is known
+    refuse: bool = False
+    floor: str | None = None  # client-side TLS floor, when it differs from mitmproxy's
+    probe: ProbeCertificate | None = None
+    run: ProbeRun | None = None
+    accepted: Finding | None = None  # the critical finding, once the client used a probe connection
+    user_agent: str | None = None
+    quic: bool = False  # a QUIC connection: the hello came in an Initial packet, the handshake is aioquic's
+    hello_at: float = field(default_factory=time.monotonic)
+    waited: float | None = None  # seconds the app's handshake waited for tlsgate's upstream handshake
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "sni": self.hello.sni,
+            "best_offered_version": self.hello.best_version_word,
+            **self.hello.fingerprint(self.quic),
+            "user_agent": self.user_agent,
+            "transport": TRANSPORT_QUIC if self.quic else TRANSPORT_TCP,
+        }
+
+
+@dataclass(eq=False)
 class ConnState:
     policy: Policy
     client: connection.Client
@@ -55,7 +96,7 @@ class ConnState:
     connect_host: str | None = None  # the CONNECT authority's host, a fallback for the asked-for host
     device: str | None = None
     servers: dict[str, ServerSide] = field(default_factory=dict)  # server connection id -> state
-    audit: object | None = None  # the client audit's own record (tlsgate.addons.client_audit.Audit)
+    audit: Audit | None = None  # the client audit's record, once the app's hello was judged
     quic_refused: bool = False  # a QUIC connection refused under `quic: refuse` (tlsgate.addons.quic)
     names: DnsNames | None = None  # what tlsgate's own DNS told this client (WireGuard and DNS modes)
 
@@ -96,7 +137,7 @@ class ConnState:
 class Connections:
     """The shared table; `of(client)` creates a connection's state on first use."""
 
-    def __init__(self, store: PolicyStore) -> None:
+    def __init__(self, store: PolicySource) -> None:
         self.store = store
         self.names = DnsNames()
         self._states: weakref.WeakKeyDictionary[connection.Client, ConnState] = weakref.WeakKeyDictionary()
@@ -192,6 +233,11 @@ def request_host(request: http.Request) -> str:
         return host
     header = request.host_header
     return split_host_port(header)[0] if header else host
+
+
+def is_quic(conn: connection.Connection) -> bool:
+    """mitmproxy marks a QUIC connection (client or server side) as UDP with TLS."""
+    return conn.transport_protocol == "udp"
 
 
 def server_host(server: connection.Server) -> str:

@@ -38,8 +38,7 @@ from tlsgate.addons.mitm_internals import (
     request_staple,
     verify_result,
 )
-from tlsgate.addons.quic import is_quic
-from tlsgate.addons.state import Connections, ConnState, ServerSide, server_host
+from tlsgate.addons.state import Connections, ConnState, ServerSide, is_quic, server_host
 from tlsgate.addons.verdicts import block, fail_closed, record
 from tlsgate.checks import registry
 from tlsgate.checks.model import Action, Check, Effect, Issue, Severity, blocks, decide, remedy_for
