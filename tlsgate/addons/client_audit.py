@@ -42,8 +42,7 @@ from mitmproxy.proxy.layers.quic import QuicTlsData
 
 from tlsgate.addons.cleartext import credentials_in
 from tlsgate.addons.findings import FindingsSink
-from tlsgate.addons.mitm_internals import client_connection, configured_floor, tlsconfig_addon
-from tlsgate.addons.quic import refuse_handshake
+from tlsgate.addons.mitm_internals import client_connection, configured_floor, refuse_handshake, tlsconfig_addon
 from tlsgate.addons.state import Audit, Connections, ConnState, is_quic, request_url, server_host
 from tlsgate.addons.verdicts import block, fail_closed, record
 from tlsgate.checks.client_hello import client_floor, judge_client_hello
