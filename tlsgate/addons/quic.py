@@ -27,7 +27,6 @@ from collections import OrderedDict
 from mitmproxy import connection, tls
 from mitmproxy.proxy.layers.quic import QuicTlsData
 
-from tlsgate.addons.console import explain_refusals
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.mitm_internals import quic_client_id, refuse_handshake
 from tlsgate.addons.state import Connections, is_quic, server_host
@@ -35,6 +34,7 @@ from tlsgate.addons.verdicts import record
 from tlsgate.checks.quic import quic_refused, quic_setting, refuses
 from tlsgate.policy.sections.quic import Quic
 from tlsgate.sinks.metrics import Metrics
+from tlsgate.sinks.refusals import explain_refusals
 
 logger = logging.getLogger("tlsgate.quic")
 

@@ -28,7 +28,6 @@ from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy.layers.quic import QuicTlsData
 from OpenSSL import SSL
 
-from tlsgate.addons.console import explain_refusals
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.mitm_internals import (
     close_quic,
@@ -50,6 +49,7 @@ from tlsgate.policy.sections.pins import PINS
 from tlsgate.policy.sections.tls import TLS
 from tlsgate.sinks.findings import Finding
 from tlsgate.sinks.metrics import Metrics
+from tlsgate.sinks.refusals import explain_refusals
 
 logger = logging.getLogger("tlsgate.tls")
 
