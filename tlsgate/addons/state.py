@@ -9,6 +9,7 @@ judged under one policy even when a reload lands in between.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 import weakref
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mitmproxy import connection, dns, http
+from mitmproxy.proxy import mode_specs
 
-from tlsgate.addons.wireguard import peer_device
 from tlsgate.checks.model import Issue
 from tlsgate.checks.probes import ProbeRun
 from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP
@@ -177,6 +178,30 @@ class Connections:
 
     def __len__(self) -> int:
         return len(self._states)
+
+
+# Tunnel address (IPv4 and IPv6) -> (peer name, the peer's IPv4 address), for the peers the running WireGuard
+# server accepts: filled by `tlsgate.addons.wireguard` when it starts, read here to name a connection's device.
+TUNNEL_DEVICES: dict[str, tuple[str, str]] = {}
+
+
+def peer_device(client: connection.Client, policy: Policy) -> str | None:
+    """The device name of a WireGuard connection, by its tunnel source address.
+
+    A `devices:` entry for the peer's IPv4 address names its IPv6 traffic too
+    (one device, two address families); with no entry, the peer's own name.
+    """
+    if not isinstance(client.proxy_mode, mode_specs.WireGuardMode) or not client.peername:
+        return None
+    try:
+        address = str(ipaddress.ip_address(client.peername[0]))
+    except ValueError:
+        return None
+    found = TUNNEL_DEVICES.get(address)
+    if found is None:
+        return None
+    name, ipv4 = found
+    return policy.device_for(ipv4) or name
 
 
 class DnsNames:
