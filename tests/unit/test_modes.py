@@ -145,7 +145,7 @@ def test_resolve_warns_when_it_covers_only_some_listeners(gate: Gate, caplog: py
     with caplog.at_level(logging.WARNING, logger="tlsgate.resolve"):
         gate.tctx.configure(gate.resolve, mode=["regular", "wireguard"], tlsgate_resolve=["api.test:443:127.0.0.1"])
     assert "applies to regular clients only" in caplog.text and "wireguard" in caplog.text
-    assert gate.resolve.table == {("api.test", 443): "127.0.0.1"}
+    assert gate.resolve.redirects.table == {("api.test", 443): "127.0.0.1"}
 
 
 def test_resolve_scope_by_mode() -> None:

@@ -180,6 +180,10 @@ class Connections:
         return len(self._states)
 
 
+# Modes whose targets arrive as names tlsgate looks up (and so can redirect with --resolve, and must check after
+# resolving); in the others the device resolved the name and connects to an address.
+NAMED_TARGETS = (mode_specs.RegularMode, mode_specs.Socks5Mode, mode_specs.UpstreamMode, mode_specs.ReverseMode)
+
 # Tunnel address (IPv4 and IPv6) -> (peer name, the peer's IPv4 address), for the peers the running WireGuard
 # server accepts: filled by `tlsgate.addons.wireguard` when it starts, read here to name a connection's device.
 TUNNEL_DEVICES: dict[str, tuple[str, str]] = {}

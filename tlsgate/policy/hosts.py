@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
+from collections.abc import Iterable
 
 from tlsgate.tls.hostnames import to_ascii
 
@@ -141,3 +142,28 @@ def parse_resolve(spec: str) -> tuple[str, int | None, str]:
     except ValueError:
         raise ValueError(f"{spec!r}: {address!r} is not an IP address") from None
     return normalize_host(host), port, bare
+
+
+class Redirects:
+    """`--resolve` as a table: (host, port or None for any) -> the address to connect to instead.
+
+    One object, shared: the `Resolve` add-on fills it from its option, and
+    `DestinationGuard` asks it whether the operator chose an address, without
+    either add-on knowing the other.
+    """
+
+    def __init__(self) -> None:
+        self.table: dict[tuple[str, int | None], str] = {}
+
+    def load(self, specs: Iterable[str]) -> None:
+        """Replace the table with `specs` (`HOST:PORT:ADDRESS` each); ValueError names the bad one, and the
+        table stays as it was."""
+        table = {}
+        for spec in specs:
+            host, port, address = parse_resolve(spec)
+            table[(host, port)] = address
+        self.table = table
+
+    def mapped(self, name: str, port: int | None) -> str | None:
+        """The address `--resolve` gives this name and port, if any."""
+        return self.table.get((name, port)) or self.table.get((name, None)) if self.table else None
