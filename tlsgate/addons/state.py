@@ -10,7 +10,6 @@ judged under one policy even when a reload lands in between.
 from __future__ import annotations
 
 import ipaddress
-import re
 import time
 import weakref
 from collections import OrderedDict
@@ -26,7 +25,7 @@ from tlsgate.checks.probes import ProbeRun
 from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP
 from tlsgate.checks.registry import Found, HandshakeFacts, Phase, UpstreamJudge
 from tlsgate.policy import Match, Policy
-from tlsgate.policy.hosts import host_only, is_address, split_host_port
+from tlsgate.policy.hosts import RequestName, host_only, is_address, name_request
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.clienthello import ClientHello
 from tlsgate.tls.probes import ProbeCertificate
@@ -233,35 +232,31 @@ class DnsNames:
         return len(self._names)
 
 
-_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+# Each request's name, with what it was read from: add-ons ask in several hooks, and an add-on between them
+# (RequestHygiene, a user's map_remote) may rewrite the target or the Host header, which the key notices.
+_NAMES: weakref.WeakKeyDictionary[http.Request, tuple[tuple[object, ...], RequestName]] = weakref.WeakKeyDictionary()
+
+
+def request_name(request: http.Request) -> RequestName:
+    """The request's host and URL as the app asked for them (`tlsgate.policy.hosts.name_request`), once per request."""
+    data = request.data
+    read = (data.host, data.port, data.scheme, data.authority, data.path, data.headers.fields)
+    known = _NAMES.get(request)
+    if known is not None and known[0] == read:
+        return known[1]
+    name = name_request(request.scheme, request.host, request.port, request.path, request.url, request.host_header)
+    _NAMES[request] = (read, name)
+    return name
 
 
 def request_url(request: http.Request) -> str:
     """The request's URL as the app asked for it: in transparent modes mitmproxy's has the destination address."""
-    if not is_address(request.host):
-        return request.url
-    name = request_host(request)
-    if is_address(name) or not _HOST_NAME.fullmatch(name):
-        return request.url  # no name, or a Host header that is no host name: the address is the honest URL
-    shown = name
-    default = {"http": 80, "https": 443}.get(request.scheme)
-    authority = shown if request.port == default else f"{shown}:{request.port}"
-    return f"{request.scheme}://{authority}{request.path}"
+    return request_name(request).url
 
 
 def request_host(request: http.Request) -> str:
-    """The name the app asked for; `ConnState.name_of` turns a remaining bare address into its DNS name.
-
-    A name the proxy itself connects to (the proxy-form URL's, the CONNECT or
-    SOCKS authority) is where the request goes, so it wins over a Host header
-    that could say anything. In transparent and WireGuard modes the target is
-    only an address and the Host header is the one name there is.
-    """
-    host = request.host
-    if not is_address(host):
-        return host
-    header = request.host_header
-    return split_host_port(header)[0] if header else host
+    """The name the app asked for; `ConnState.name_of` turns a remaining bare address into its DNS name."""
+    return request_name(request).host
 
 
 def is_quic(conn: connection.Connection) -> bool:
