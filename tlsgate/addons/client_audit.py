@@ -40,10 +40,9 @@ from mitmproxy import connection, http, tcp, tls
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.layers.quic import QuicTlsData
 
-from tlsgate.addons.cleartext import credentials_in
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.mitm_internals import client_connection, configured_floor, refuse_handshake, tlsconfig_addon
-from tlsgate.addons.state import Audit, Connections, ConnState, is_quic, request_url, server_host
+from tlsgate.addons.state import Audit, Connections, ConnState, credentials_in, is_quic, request_url, server_host
 from tlsgate.addons.verdicts import block, fail_closed, record
 from tlsgate.checks.client_hello import client_floor, judge_client_hello
 from tlsgate.checks.faults import silent_close_excused

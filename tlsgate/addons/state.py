@@ -26,6 +26,7 @@ from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP
 from tlsgate.checks.registry import Found, HandshakeFacts, Phase, UpstreamJudge
 from tlsgate.policy import Match, Policy
 from tlsgate.policy.hosts import RequestName, host_only, is_address, name_request
+from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.clienthello import ClientHello
 from tlsgate.tls.probes import ProbeCertificate
@@ -257,6 +258,14 @@ def request_url(request: http.Request) -> str:
 def request_host(request: http.Request) -> str:
     """The name the app asked for; `ConnState.name_of` turns a remaining bare address into its DNS name."""
     return request_name(request).host
+
+
+def credentials_in(request: http.Request, with_body: bool = True) -> list[redact.Credential]:
+    """The credentials a request carries (`tlsgate.sinks.redact.request_credentials`), read off the flow."""
+    body = request.raw_content if with_body else None
+    return redact.request_credentials(
+        request.headers.items(multi=True), request.url, request.headers.get("content-type", ""), body
+    )
 
 
 def is_quic(conn: connection.Connection) -> bool:
