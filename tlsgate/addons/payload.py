@@ -34,7 +34,6 @@ import itertools
 import logging
 import time
 import weakref
-import zlib
 from collections.abc import Coroutine
 from typing import Any
 
@@ -45,7 +44,7 @@ from tlsgate.addons.state import Connections, ConnState, request_host, request_u
 from tlsgate.addons.verdicts import block, block_at_headers, body_may_stream, fail_closed, mark, record
 from tlsgate.checks.model import Action, Issue, decide
 from tlsgate.checks.payload import PayloadFacts, judge_payload, rules_of
-from tlsgate.payload.bounds import SEGMENT, Budget, Steps, drain
+from tlsgate.payload.bounds import Budget, Steps, drain, inflate_steps
 from tlsgate.payload.exemptions import exempt_params, without_exempt_keys
 from tlsgate.payload.fields import Field, body_field_steps, header_fields, url_fields
 from tlsgate.payload.identifiers import Form, mask
@@ -107,32 +106,6 @@ class Tap:
         self.data = bytearray()
         if self._release is not None:
             self._release()
-
-
-def bounded_body(raw: bytes, encoding: str, limit: int) -> tuple[bytes | bytearray, bool]:
-    """At most `limit` bytes of the body as the app wrote it (gzip/deflate inflated, never past `limit`), and
-    whether that is all of it."""
-    return drain(inflate_steps(raw, encoding, limit))
-
-
-def inflate_steps(raw: bytes | bytearray, encoding: str, limit: int) -> Steps[tuple[bytes | bytearray, bool]]:
-    """`bounded_body`, inflating at most `SEGMENT` bytes per step."""
-    if encoding.strip().lower() in ("gzip", "x-gzip", "deflate"):
-        inflater = zlib.decompressobj(wbits=47)  # gzip or zlib, by the header
-        out = bytearray()
-        pending = raw
-        try:
-            while len(out) < limit:
-                chunk = inflater.decompress(pending, min(SEGMENT, limit - len(out)))
-                out += chunk
-                pending = inflater.unconsumed_tail
-                if inflater.eof or not (pending or chunk):
-                    break
-                yield None
-            return out, inflater.eof and not inflater.unconsumed_tail
-        except zlib.error:
-            pass  # not what it says it is: judged as the bytes it is
-    return (raw if len(raw) <= limit else raw[:limit]), len(raw) <= limit
 
 
 def stepped(steps: Steps[Any], label: str) -> Coroutine[Any, Any, None] | None:
