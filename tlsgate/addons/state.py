@@ -241,7 +241,7 @@ _NAMES: weakref.WeakKeyDictionary[http.Request, tuple[tuple[object, ...], Reques
 def request_name(request: http.Request) -> RequestName:
     """The request's host and URL as the app asked for them (`tlsgate.policy.hosts.name_request`), once per request."""
     data = request.data
-    read = (data.host, data.port, data.scheme, data.authority, data.path, data.headers.fields)
+    read = (data.method, data.host, data.port, data.scheme, data.authority, data.path, data.headers.fields)
     known = _NAMES.get(request)
     if known is not None and known[0] == read:
         return known[1]
