@@ -6,7 +6,7 @@ config (private key included) to the console and listens on `--listen-port`
 the same mode spec, differs in three things and keeps the rest (the
 transparent layer, DNS at 10.0.0.53, dual-stack listening):
 
-- every peer of `<confdir>/wireguard/peers.json` (see `wgpeers`) is accepted,
+- every peer of `<confdir>/wireguard/peers.json` (see `tlsgate.tls.wgpeers`) is accepted,
   and a first one, `device-1`, is created when there is none;
 - the port is 51820 unless the mode says `wireguard@PORT`, so
   `--mode regular --mode wireguard` is TCP 8080 plus UDP 51820;
