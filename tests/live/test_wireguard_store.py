@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tlsgate.addons import wgpeers
+from tlsgate.tls import wgpeers
 
 
 def wireguard(confdir: Path, *args: str, umask: int | None = None) -> subprocess.Popen[str]:

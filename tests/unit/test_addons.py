@@ -31,12 +31,12 @@ from tests.certgen import make_chain
 from tests.unit.test_clienthello import extension, hello_body, sni_ext, u16_list, vec8
 from tlsgate.addons import make_addons
 from tlsgate.addons.cleartext import CleartextGuard
-from tlsgate.addons.client_audit import Audit, ClientAudit
+from tlsgate.addons.client_audit import ClientAudit
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.metrics import MetricsExporter, parse_listen
 from tlsgate.addons.policy import PolicyStore
 from tlsgate.addons.resolve import Resolve
-from tlsgate.addons.state import Connections, ServerSide, request_host, server_host
+from tlsgate.addons.state import Audit, Connections, ServerSide, request_host, server_host
 from tlsgate.addons.upstream_tls import UpstreamTls
 from tlsgate.checks.model import Effect
 from tlsgate.checks.probes import CLOSED_AFTER_HANDSHAKE, ProbeRun

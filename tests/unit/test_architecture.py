@@ -3,6 +3,7 @@
 tls <- policy <- checks <- addons <- app, with the sinks (findings, metrics, block page, redaction)
 beside them depending on nothing above tls. Read from the source with `ast`, so a new import that
 breaks the direction fails here, in CI, before anyone relies on it.
+Inside addons/, a module may import only the shared state, the recording path and mitm_internals.
 """
 
 from __future__ import annotations
@@ -111,6 +112,100 @@ def test_the_contract_catches_a_wrong_way_import(tmp_path: Path) -> None:
     names = [name for name, _ in _imports(tree)]
     assert "tlsgate.addons.state" in names and "mitmproxy.http" in names
     assert "addons" not in ALLOWED["policy"] and "policy" in MITMPROXY_FREE
+
+
+# -- add-ons are glue: they share state and the recording path, nothing else of each other ------------------
+
+ADDONS = PACKAGE / "addons"
+# What an add-on module may import from its own folder: the shared per-connection state, the one recording path
+# (verdicts, and findings, the sink it delegates to) and the one module allowed mitmproxy's private names. Any
+# other logic one add-on needs from another is not glue: it belongs below (checks/, policy/, tls/, payload/,
+# apps/, sinks/), where it is pure and tested without a proxy.
+ADDON_MAY_IMPORT = frozenset({"state", "verdicts", "findings", "mitm_internals"})
+# Modules whose job is to know every add-on: `make_addons()` wires them, script.py is mitmdump's `-s` entry point.
+ADDON_ASSEMBLY = frozenset({"__init__", "script"})
+# Known debts, each with its reason; remove an entry with the import it excuses.
+ADDON_EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("metrics", "policy"): "the readiness probe reads PolicyStore; issue 22 item 3 (one route into metrics) reworks it",
+}
+
+
+def _addon_imports(tree: ast.Module) -> list[tuple[str, int]]:
+    """(sibling add-on module, line) for every import of one: absolute or relative, at module level or in a function."""
+    found: list[tuple[str, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[:2] == ["tlsgate", "addons"]:
+                    found.append((parts[2] if len(parts) > 2 else "__init__", node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module.split(".") if node.module else []
+            if node.level == 0:
+                base = module
+            elif node.level == 1:  # `from . import state`, `from .state import ConnState`
+                base = ["tlsgate", "addons", *module]
+            else:  # `from ..addons import state` from a sibling package
+                base = ["tlsgate", *module]
+            if base[:2] != ["tlsgate", "addons"]:
+                continue
+            if len(base) > 2:
+                found.append((base[2], node.lineno))
+            else:  # `from tlsgate.addons import state, make_addons`: a module, or a name of the package itself
+                found += [(alias.name, node.lineno) for alias in node.names]
+    return found
+
+
+def _addon_problems(name: str, tree: ast.Module) -> list[str]:
+    if name in ADDON_ASSEMBLY:
+        return []
+    return [
+        f"tlsgate/addons/{name}.py:{line}: imports tlsgate.addons.{imported}"
+        for imported, line in _addon_imports(tree)
+        if imported != name and imported not in ADDON_MAY_IMPORT and (name, imported) not in ADDON_EXCEPTIONS
+    ]
+
+
+def test_add_ons_import_only_the_shared_state_the_recording_path_and_mitm_internals() -> None:
+    problems = []
+    for path in sorted(ADDONS.glob("*.py")):
+        problems += _addon_problems(path.stem, ast.parse(path.read_text(), str(path)))
+    assert not problems, (
+        f"an add-on may import from tlsgate.addons only {sorted(ADDON_MAY_IMPORT)}; move what these need below "
+        "(checks/, policy/, tls/, payload/, apps/, sinks/) or into the shared state:\n" + "\n".join(problems)
+    )
+
+
+def test_the_add_on_contract_sees_every_form_of_import() -> None:
+    """It must be able to fail: each way of reaching a sibling add-on is found, with module and line."""
+    source = (
+        "from tlsgate.addons.state import Connections\n"  # allowed
+        "from tlsgate.addons import verdicts, mitm_internals\n"  # allowed
+        "from tlsgate.addons.cleartext import CleartextGuard\n"
+        "import tlsgate.addons.quic as quic\n"
+        "from . import console\n"
+        "from .resolve import Resolve\n"
+        "from tlsgate.addons import make_addons\n"
+        "def hook():\n"
+        "    from tlsgate.addons.wireguard import install\n"
+    )
+    assert _addon_problems("toy", ast.parse(source)) == [
+        "tlsgate/addons/toy.py:3: imports tlsgate.addons.cleartext",
+        "tlsgate/addons/toy.py:4: imports tlsgate.addons.quic",
+        "tlsgate/addons/toy.py:5: imports tlsgate.addons.console",
+        "tlsgate/addons/toy.py:6: imports tlsgate.addons.resolve",
+        "tlsgate/addons/toy.py:7: imports tlsgate.addons.make_addons",
+        "tlsgate/addons/toy.py:9: imports tlsgate.addons.wireguard",
+    ]
+    assert _addon_problems("__init__", ast.parse(source)) == []  # the assembly wires every add-on
+
+
+def test_each_add_on_exception_still_excuses_an_import() -> None:
+    """A debt paid off leaves no stale excuse behind that would let the import come back unnoticed."""
+    imports = {
+        (path.stem, imported) for path in ADDONS.glob("*.py") for imported, _ in _addon_imports(ast.parse(path.read_text()))
+    }
+    assert set(ADDON_EXCEPTIONS) <= imports, f"remove from ADDON_EXCEPTIONS: {set(ADDON_EXCEPTIONS) - imports}"
 
 
 # -- adding a section touches one policy module and one check module ------------------------------

@@ -7,16 +7,19 @@ The add-ons run in mitmproxy's test context (`taddons`/`tflow`) through the same
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from pathlib import Path
 
 import pytest
 from mitmproxy import dns, exceptions, http
+from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpRequestHook
 from mitmproxy.test import tflow, tutils
 
 from tests.unit import test_addons
 from tests.unit.test_addons import Gate, plain
+from tlsgate.addons import state
 from tlsgate.addons.mitm_internals import EAGER_ADVICE, corrected_advice
 from tlsgate.addons.resolve import resolve_scope_error, unresolved_modes
 from tlsgate.addons.state import DnsNames, request_host, request_url
@@ -70,6 +73,35 @@ def test_request_url_names_the_host_instead_of_the_destination_address() -> None
     nameless = tutils.treq(host="192.0.2.7", port=80, path=b"/", headers=http.Headers())
     nameless.scheme = "http"
     assert request_url(nameless) == "http://192.0.2.7/"
+
+
+def test_a_request_is_named_once_however_many_add_ons_ask(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host and URL are one fact: every add-on of a plain-HTTP verdict reads it, one pure function decides it."""
+    calls: list[str] = []
+    real = state.name_request
+    monkeypatch.setattr(state, "name_request", lambda *args: calls.append(args[1]) or real(*args))
+    flow = transparent_request("192.0.2.7", "api.test")
+
+    async def hooks() -> None:  # every add-on, in make_addons() order, as mitmproxy calls them
+        await gate.tctx.master.addons.handle_lifecycle(HttpRequestHeadersHook(flow))
+        await gate.tctx.master.addons.handle_lifecycle(HttpRequestHook(flow))
+
+    asyncio.run(hooks())
+    assert flow.response is not None and flow.response.status_code == 403  # blocked: plain HTTP
+    assert calls == ["192.0.2.7"]  # named once, for every add-on and hook that judged it
+
+
+def test_a_rewritten_request_is_named_again() -> None:
+    """An add-on between two hooks (RequestHygiene, a user's map_remote) may change what names the request."""
+    request = tutils.treq(host="192.0.2.7", port=80, path=b"/a", headers=http.Headers(host="api.test"))
+    request.scheme = "http"
+    assert (request_host(request), request_url(request)) == ("api.test", "http://api.test/a")
+    request.headers["host"] = "other.test"
+    assert (request_host(request), request_url(request)) == ("other.test", "http://other.test/a")
+    request.path = "/b"
+    assert request_url(request) == "http://other.test/b"
+    request.host = "named.test"
+    assert (request_host(request), request_url(request)) == ("named.test", "http://named.test/b")
 
 
 def test_a_cleartext_request_to_an_address_meets_the_rule_for_its_host_header(gate: Gate) -> None:
@@ -145,7 +177,7 @@ def test_resolve_warns_when_it_covers_only_some_listeners(gate: Gate, caplog: py
     with caplog.at_level(logging.WARNING, logger="tlsgate.resolve"):
         gate.tctx.configure(gate.resolve, mode=["regular", "wireguard"], tlsgate_resolve=["api.test:443:127.0.0.1"])
     assert "applies to regular clients only" in caplog.text and "wireguard" in caplog.text
-    assert gate.resolve.table == {("api.test", 443): "127.0.0.1"}
+    assert gate.resolve.redirects.table == {("api.test", 443): "127.0.0.1"}
 
 
 def test_resolve_scope_by_mode() -> None:

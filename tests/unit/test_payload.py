@@ -366,3 +366,15 @@ def test_keystream_reuse_is_high_and_other_fixed_iv_evidence_medium() -> None:
     for basis in ("same_prefix", "same_position", "zero_iv"):
         (issue,) = judge_payload(_facts(deterministic=[{**item, "basis": basis}]), policy.match("api.test"))
         assert issue.severity is Severity.MEDIUM and "fixed IV" in issue.detail
+
+
+def test_url_exemptions_are_decided_without_a_flow() -> None:
+    """Presigned-URL and OAuth exemptions are pure facts of the URL (`tlsgate.payload.exemptions`), testable alone."""
+    from tlsgate.payload.exemptions import exempt_params, without_exempt_keys
+
+    s3 = "https://b.test/a.jpg?X-Amz-Credential=AKIA" + "IOSFODNN7EXAMPLE&X-Amz-Signature=0123abcd"
+    assert {"x-amz-credential", "x-amz-signature", "code", "state"} <= exempt_params(s3)
+    assert "signature" not in exempt_params("https://b.test/a.jpg?Signature=abc&token=t")  # no signed-URL scheme
+    assert {"sig"} <= exempt_params("https://b.test/c?sv=2022-11-02&sig=abc")
+    keys = [{"field": "query.X-Amz-Credential", "kind": "aws"}, {"field": "header.x-key", "kind": "aws"}]
+    assert without_exempt_keys(keys, exempt_params(s3)) == [keys[1]]

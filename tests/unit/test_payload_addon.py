@@ -23,7 +23,8 @@ from tests.addonkit import wired
 from tests.payload_corpus import ecb
 from tests.seeded import urandom
 from tlsgate.addons.metrics import MetricsExporter
-from tlsgate.addons.payload import PayloadInspector, Tap, bounded_body
+from tlsgate.addons.payload import PayloadInspector, Tap
+from tlsgate.payload.bounds import bounded_body
 
 POLICY = """\
 version: 1

@@ -26,7 +26,8 @@ from tests.certgen import make_chain
 from tests.unit import test_addons
 from tests.unit.test_addons import POLICY, Gate, by_type
 from tests.unit.test_clienthello import alpn_ext, extension, hello_body, sni_ext, u16_list, vec8
-from tlsgate.addons.quic import REFUSED_ALPN, QuicGuard, refuse_handshake
+from tlsgate.addons.mitm_internals import REFUSED_ALPN, refuse_handshake
+from tlsgate.addons.quic import QuicGuard
 from tlsgate.checks.model import Action, Check, decide
 from tlsgate.checks.probes import client_rejection
 from tlsgate.checks.quic import quic_client_error, quic_facts, quic_failure_text, quic_refused, refuses, suite_name

@@ -13,7 +13,7 @@ import logging
 
 from mitmproxy.test import tflow
 
-from tlsgate.addons.console import RefusalReasons
+from tlsgate.sinks.refusals import RefusalReasons
 
 PIN_DETAIL = "no certificate in the server's chain matches pin set 'prod'"
 

@@ -531,3 +531,17 @@ def test_console_filter_escapes_whatever_a_record_carries() -> None:
     assert record.getMessage() == "for a\\x0a[CRITICAL] x (\\ud800\\x1b)"
     broken = logging.LogRecord("x", logging.INFO, __file__, 1, "%d", ("not a number",), None)
     assert EscapeControls().filter(broken) and "\n" not in broken.getMessage()
+
+
+def test_a_requests_credentials_come_from_headers_url_and_body_each_named_once() -> None:
+    """One function names what a request carries, for the cleartext finding and the accepted-probe finding alike."""
+    headers = [("Authorization", "Bearer abc.def"), ("Content-Type", "application/x-www-form-urlencoded")]
+    body = b"username=a&password=SECRET"
+    found = redact.request_credentials(headers, "http://u:p@api.test/login?api_key=SECRET&password=x", headers[1][1], body)
+    named = [(c.kind, c.name) for c in found]
+    assert ("authorization", "authorization: Bearer") in named and ("userinfo", "user:password in URL") in named
+    assert ("query", "api_key") in named and ("form", "password") in named
+    assert len(named) == len(set(named))  # each kind and name once
+    assert "SECRET" not in repr(found) and "abc.def" not in repr(found)
+    without_body = redact.request_credentials(headers, "http://api.test/login", "", None)
+    assert [(c.kind, c.name) for c in without_body] == [("authorization", "authorization: Bearer")]

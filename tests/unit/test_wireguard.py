@@ -20,12 +20,13 @@ import segno
 from mitmproxy.proxy import mode_servers, mode_specs
 from mitmproxy.test import taddons, tflow
 
-from tlsgate.addons import wgpeers, wireguard
+from tlsgate.addons import state, wireguard
 from tlsgate.addons.mitm_internals import replace_server_instance
-from tlsgate.addons.wgpeers import PeerError
 from tlsgate.app.cli import main
 from tlsgate.app.wireguard import qr_text
 from tlsgate.policy import load_texts
+from tlsgate.tls import wgpeers
+from tlsgate.tls.wgpeers import PeerError
 
 
 def mode_of(path: Path) -> int:
@@ -372,12 +373,12 @@ def test_server_passes_every_peer_and_names_them(tmp_path: Path) -> None:
     client.proxy_mode = mode_specs.ProxyMode.parse("wireguard")
     for address, name in (("10.0.0.1", "a"), ("10.0.0.2", "pixel-b"), (store.get("b").address6, "pixel-b"), ("10.0.0.3", "c")):
         client.peername = (address, 40000)
-        assert wireguard.peer_device(client, policy) == name
+        assert state.peer_device(client, policy) == name
     client.peername = ("10.0.0.99", 40000)
-    assert wireguard.peer_device(client, policy) is None
+    assert state.peer_device(client, policy) is None
     client.proxy_mode = mode_specs.ProxyMode.parse("regular")
     client.peername = ("10.0.0.1", 40000)
-    assert wireguard.peer_device(client, policy) is None
+    assert state.peer_device(client, policy) is None
 
 
 def test_wireguard_path_spec_is_refused_with_a_pointer(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def make_addons() -> list[object]:
         WireGuardPeers(),  # installs the per-device WireGuard server before mitmproxy starts its servers
         lifetime,
         RequestHygiene(connections, sink),  # before any check reads a header
-        DestinationGuard(connections, sink, resolve),  # after Resolve: judges the address Resolve chose
+        DestinationGuard(connections, sink, resolve.redirects),  # after Resolve: judges the address Resolve chose
         CleartextGuard(connections, sink),
         QuicGuard(connections, sink, metrics),
         UpstreamTimeouts(connections, sink, metrics),  # after DestinationGuard (address settled), before UpstreamTls

@@ -42,7 +42,7 @@ from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.layers.tcp import TcpEndHook
 
 from tlsgate.addons.findings import FindingsSink
-from tlsgate.addons.state import Connections, ConnState, request_host, request_url, server_host
+from tlsgate.addons.state import Connections, ConnState, credentials_in, request_host, request_url, server_host
 from tlsgate.addons.verdicts import apply, block_at_headers, body_may_stream, fail_closed, record
 from tlsgate.checks.cleartext import CleartextRequest, judge_cleartext, judge_stream, refusal, upstream_refusal
 from tlsgate.checks.model import Action, Issue, decide
@@ -55,14 +55,6 @@ from tlsgate.tls.plaintext import INSPECT_LIMIT, STREAM_PROTOCOLS, Sighting, cla
 logger = logging.getLogger("tlsgate.cleartext")
 MAX_LOOKS = 64  # client chunks a stream is looked at before it is judged on what it has shown
 UPGRADING = ("smtp", "imap", "pop3", "ftp", "xmpp")  # text protocols with STARTTLS: a chunk opening a TLS record is one
-
-
-def credentials_in(request: http.Request, with_body: bool = True) -> list[redact.Credential]:
-    found = redact.header_credentials(request.headers.items(multi=True))
-    found += redact.url_credentials(request.url)
-    if with_body and request.raw_content:
-        found += redact.body_credentials(request.headers.get("content-type", ""), request.raw_content)
-    return redact.dedupe(found)
 
 
 class CleartextGuard:

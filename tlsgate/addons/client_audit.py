@@ -34,59 +34,29 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import connection, http, tcp, tls
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.layers.quic import QuicTlsData
 
-from tlsgate.addons.cleartext import credentials_in
 from tlsgate.addons.findings import FindingsSink
-from tlsgate.addons.mitm_internals import client_connection, configured_floor, tlsconfig_addon
-from tlsgate.addons.quic import is_quic, refuse_handshake
-from tlsgate.addons.state import Connections, ConnState, request_url, server_host
+from tlsgate.addons.mitm_internals import client_connection, configured_floor, refuse_handshake, tlsconfig_addon
+from tlsgate.addons.state import Audit, Connections, ConnState, credentials_in, is_quic, request_url, server_host
 from tlsgate.addons.verdicts import block, fail_closed, record
 from tlsgate.checks.client_hello import client_floor, judge_client_hello
 from tlsgate.checks.faults import silent_close_excused
 from tlsgate.checks.model import Action, Check, Issue, blocks, decide
 from tlsgate.checks.probes import CLOSED_SILENTLY, ProbeRun, ProbeSchedule, trust_refused
-from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP, quic_client_error
+from tlsgate.checks.quic import quic_client_error
 from tlsgate.policy import Mode
 from tlsgate.policy.sections.client import CLIENT
 from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.clienthello import ClientHello, parse_client_hello
-from tlsgate.tls.probes import ProbeCertificate, ProbeMint
+from tlsgate.tls.probes import ProbeMint
 
 logger = logging.getLogger("tlsgate.client")
-
-
-@dataclass(eq=False)
-class Audit:
-    """The client audit's part of a connection's state."""
-
-    hello: ClientHello
-    port: int | None
-    pending: list[Issue] = field(default_factory=list)  # hello findings, recorded once the User-Agent is known
-    refuse: bool = False
-    floor: str | None = None  # client-side TLS floor, when it differs from mitmproxy's
-    probe: ProbeCertificate | None = None
-    run: ProbeRun | None = None
-    accepted: Finding | None = None  # the critical finding, once the client used a probe connection
-    user_agent: str | None = None
-    quic: bool = False  # a QUIC connection: the hello came in an Initial packet, the handshake is aioquic's
-    hello_at: float = field(default_factory=time.monotonic)
-    waited: float | None = None  # seconds the app's handshake waited for tlsgate's upstream handshake
-
-    def evidence(self) -> dict[str, Any]:
-        return {
-            "sni": self.hello.sni,
-            "best_offered_version": self.hello.best_version_word,
-            **self.hello.fingerprint(self.quic),
-            "user_agent": self.user_agent,
-            "transport": TRANSPORT_QUIC if self.quic else TRANSPORT_TCP,
-        }
 
 
 class Hangup(layer.Layer):
@@ -111,7 +81,7 @@ class ClientAudit:
 
     @staticmethod
     def _audit(state: ConnState | None) -> Audit | None:
-        return state.audit if state is not None and isinstance(state.audit, Audit) else None
+        return state.audit if state is not None else None
 
     # -- the hello ---------------------------------------------------------------------------------
 

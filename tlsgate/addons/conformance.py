@@ -34,9 +34,8 @@ from mitmproxy import connection, http, tcp, tls
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.context import Context
 
-from tlsgate.addons.client_audit import Audit
 from tlsgate.addons.findings import FindingsSink
-from tlsgate.addons.state import Connections, ConnState, request_host, request_url, server_host
+from tlsgate.addons.state import Audit, Connections, ConnState, request_host, request_url, server_host
 from tlsgate.addons.verdicts import block_at_headers, fail_closed, mark, record
 from tlsgate.checks import conformance as verdicts
 from tlsgate.checks.conformance import ONCE_KINDS
@@ -309,7 +308,7 @@ def _refused_once_established(state: ConnState, server: connection.Server | None
 
 
 def _audit(state: ConnState | None) -> Audit | None:
-    return state.audit if state is not None and isinstance(state.audit, Audit) else None
+    return state.audit if state is not None else None
 
 
 def _probing(state: ConnState) -> bool:

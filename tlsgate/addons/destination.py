@@ -19,12 +19,11 @@ from mitmproxy import connection, ctx, http
 from mitmproxy.proxy import mode_specs, server_hooks
 
 from tlsgate.addons.findings import FindingsSink
-from tlsgate.addons.resolve import NAMED_TARGETS, Resolve
-from tlsgate.addons.state import Connections, server_host
+from tlsgate.addons.state import NAMED_TARGETS, Connections, server_host
 from tlsgate.addons.verdicts import block_at_headers, fail_closed, record
 from tlsgate.checks.destination import judge_destination
 from tlsgate.checks.model import Check, Effect, Issue, Severity
-from tlsgate.policy.hosts import host_only, is_address
+from tlsgate.policy.hosts import Redirects, host_only, is_address
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.addresses import local_kind
 
@@ -64,10 +63,10 @@ def is_own_listener(client: connection.Client, port: int, listener_ports: frozen
 
 
 class DestinationGuard:
-    def __init__(self, connections: Connections, sink: FindingsSink, resolve: Resolve) -> None:
+    def __init__(self, connections: Connections, sink: FindingsSink, redirects: Redirects) -> None:
         self.connections = connections
         self.sink = sink
-        self.resolve = resolve
+        self.redirects = redirects  # the operator's --resolve choices (filled by the `Resolve` add-on)
 
     @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -92,7 +91,7 @@ class DestinationGuard:
 
     async def _refuse_early(self, flow: http.HTTPFlow) -> None:
         host, port = flow.request.host, flow.request.port
-        if self.resolve.mapped(host_only(host), port) is not None:
+        if self.redirects.mapped(host_only(host), port) is not None:
             return  # the operator pointed this name here with --resolve
         finding, _ = await self._judge(flow.client_conn, host, port)
         if finding is not None:
@@ -103,7 +102,7 @@ class DestinationGuard:
         if server.address is None or server.via is not None or server.error:
             return
         host, port = server.address[0], server.address[1]
-        if server.sni and self.resolve.mapped(host_only(server.sni), port) == host:
+        if server.sni and self.redirects.mapped(host_only(server.sni), port) == host:
             return  # the operator pointed this name here with --resolve
         finding, pinned = await self._judge(data.client, host, port, server)
         if finding is not None:

@@ -37,6 +37,7 @@ from mitmproxy.addons.tlsconfig import (
 )
 from mitmproxy.net import tls as net_tls
 from mitmproxy.proxy import commands
+from mitmproxy.proxy.layers.quic import QuicTlsData
 from OpenSSL import SSL
 
 from tlsgate.tls import versions
@@ -248,6 +249,25 @@ def close_quic(context: object, conn: object, reason: str) -> bool:
             layer.quic.close(error_code=QuicErrorCode.CONNECTION_REFUSED, reason_phrase=reason[:200])
             return True
     return False
+
+
+# An ALPN value no client offers: a server that only speaks it fails every QUIC handshake at the ClientHello.
+REFUSED_ALPN = "tlsgate-refused-quic"
+
+
+def refuse_handshake(data: QuicTlsData) -> None:
+    """Make this client-side QUIC handshake fail at the ClientHello, with a CONNECTION_CLOSE and nothing else.
+
+    Here because it leans on what aioquic does with settings mitmproxy passes
+    through, not on a promise: with no common ALPN it closes before any
+    certificate, and with no settings mitmproxy drops the connection.
+    """
+    if data.settings is None or not data.conn.alpn_offers:
+        # Without an ALPN offer aioquic would not fail on ALPN: provide no settings, and mitmproxy drops the
+        # connection (silently, but still before any certificate or upstream packet).
+        data.settings = None
+        return
+    data.settings.alpn_protocols = [REFUSED_ALPN]
 
 
 def quic_client_id(context: object, conn: object) -> str | None:

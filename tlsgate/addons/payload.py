@@ -34,10 +34,8 @@ import itertools
 import logging
 import time
 import weakref
-import zlib
 from collections.abc import Coroutine
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from mitmproxy import http
 
@@ -46,7 +44,8 @@ from tlsgate.addons.state import Connections, ConnState, request_host, request_u
 from tlsgate.addons.verdicts import block, block_at_headers, body_may_stream, fail_closed, mark, record
 from tlsgate.checks.model import Action, Issue, decide
 from tlsgate.checks.payload import PayloadFacts, judge_payload, rules_of
-from tlsgate.payload.bounds import SEGMENT, Budget, Steps, drain
+from tlsgate.payload.bounds import Budget, Steps, drain, inflate_steps
+from tlsgate.payload.exemptions import exempt_params, without_exempt_keys
 from tlsgate.payload.fields import Field, body_field_steps, header_fields, url_fields
 from tlsgate.payload.identifiers import Form, mask
 from tlsgate.payload.recall import BlockMemory
@@ -59,32 +58,6 @@ from tlsgate.sinks.findings import Finding
 logger = logging.getLogger("tlsgate.payload")
 HEADS_JUDGED = "tlsgate_payload_heads"
 TAP = "tlsgate_payload_tap"
-# OAuth 2.0 puts these in redirect URLs by design (RFC 6749 4.1, RFC 7636, OIDC Session Management); an access
-# token there is still a finding. Options and indexes the identity providers add (Google's `authuser`, `hd`,
-# `prompt`; Microsoft's `client_info`; Facebook's `auth_type`, `granted_scopes`; Auth0's `auth0Client`) are not
-# credentials by name (`redact.is_credential_name`), so they need no entry here.
-OAUTH_URL_PARAMS = frozenset({"code", "state", "nonce", "code_challenge", "code_challenge_method", "session_state"})
-
-
-def signed_url_params(url: str) -> frozenset[str]:
-    """Parameters that belong in the URL by design, because a signature binds them to this one request: signed
-    URLs (S3 and GCS, V4 and V2; CloudFront; Azure SAS) carry a short-lived signature, and OAuth 1.0a callbacks and
-    signed requests carry a token that is useless without the secret it was signed with."""
-    keys = {key.lower() for key, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
-    exempt = {key for key in keys if key.startswith(("x-amz-", "x-goog-"))}
-    if "key-pair-id" in keys:  # CloudFront
-        exempt |= {"signature", "policy", "key-pair-id"}
-    if "sv" in keys and "sig" in keys:  # Azure shared access signature
-        exempt.add("sig")
-    if "signature" in keys and "expires" in keys and keys & {"awsaccesskeyid", "googleaccessid"}:  # S3 and GCS V2
-        exempt |= {"signature", "awsaccesskeyid", "googleaccessid"}
-    if "oauth_verifier" in keys:  # OAuth 1.0a callback (RFC 5849 2.2): the request token and its verifier
-        exempt |= {"oauth_token", "oauth_verifier"}
-    if "oauth_signature_method" in keys:  # OAuth 1.0a request signed in the query string (RFC 5849 3.5.3)
-        exempt |= {"oauth_token", "oauth_signature", "oauth_consumer_key", "oauth_nonce"}
-    return frozenset(exempt)
-
-
 SLICE = 0.005  # seconds of scanning before the event loop is handed back to every other connection
 HELD_LIMIT = 64 * 1024 * 1024  # body bytes held for inspection at once, beyond what mitmproxy buffers itself
 
@@ -133,32 +106,6 @@ class Tap:
         self.data = bytearray()
         if self._release is not None:
             self._release()
-
-
-def bounded_body(raw: bytes, encoding: str, limit: int) -> tuple[bytes | bytearray, bool]:
-    """At most `limit` bytes of the body as the app wrote it (gzip/deflate inflated, never past `limit`), and
-    whether that is all of it."""
-    return drain(inflate_steps(raw, encoding, limit))
-
-
-def inflate_steps(raw: bytes | bytearray, encoding: str, limit: int) -> Steps[tuple[bytes | bytearray, bool]]:
-    """`bounded_body`, inflating at most `SEGMENT` bytes per step."""
-    if encoding.strip().lower() in ("gzip", "x-gzip", "deflate"):
-        inflater = zlib.decompressobj(wbits=47)  # gzip or zlib, by the header
-        out = bytearray()
-        pending = raw
-        try:
-            while len(out) < limit:
-                chunk = inflater.decompress(pending, min(SEGMENT, limit - len(out)))
-                out += chunk
-                pending = inflater.unconsumed_tail
-                if inflater.eof or not (pending or chunk):
-                    break
-                yield None
-            return out, inflater.eof and not inflater.unconsumed_tail
-        except zlib.error:
-            pass  # not what it says it is: judged as the bytes it is
-    return (raw if len(raw) <= limit else raw[:limit]), len(raw) <= limit
 
 
 def stepped(steps: Steps[Any], label: str) -> Coroutine[Any, Any, None] | None:
@@ -319,9 +266,8 @@ class PayloadInspector:
         basic = False
         keys = found.keys
         if heads and wants["secrets"]:
-            exempt = OAUTH_URL_PARAMS | signed_url_params(url)
-            # a presigned URL names its access key ID (AKIA...) by design; the secret key never travels
-            keys = [k for k in keys if not (k["field"].startswith("query.") and k["field"][6:].lower() in exempt)]
+            exempt = exempt_params(url)
+            keys = without_exempt_keys(keys, exempt)
             credentials = [
                 {"kind": c.kind, "name": shown_name(c.name, hidden)}
                 for c in redact.dedupe(redact.url_credentials(url))

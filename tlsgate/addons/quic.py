@@ -27,34 +27,16 @@ from collections import OrderedDict
 from mitmproxy import connection, tls
 from mitmproxy.proxy.layers.quic import QuicTlsData
 
-from tlsgate.addons.console import explain_refusals
 from tlsgate.addons.findings import FindingsSink
-from tlsgate.addons.mitm_internals import quic_client_id
-from tlsgate.addons.state import Connections, server_host
+from tlsgate.addons.mitm_internals import quic_client_id, refuse_handshake
+from tlsgate.addons.state import Connections, is_quic, server_host
 from tlsgate.addons.verdicts import record
 from tlsgate.checks.quic import quic_refused, quic_setting, refuses
 from tlsgate.policy.sections.quic import Quic
 from tlsgate.sinks.metrics import Metrics
+from tlsgate.sinks.refusals import explain_refusals
 
 logger = logging.getLogger("tlsgate.quic")
-
-# An ALPN value no client offers: a server that only speaks it fails every QUIC handshake at the ClientHello.
-REFUSED_ALPN = "tlsgate-refused-quic"
-
-
-def is_quic(conn: connection.Connection) -> bool:
-    """mitmproxy marks a QUIC connection (client or server side) as UDP with TLS."""
-    return conn.transport_protocol == "udp"
-
-
-def refuse_handshake(data: QuicTlsData) -> None:
-    """Make this client-side QUIC handshake fail at the ClientHello, with a CONNECTION_CLOSE and nothing else."""
-    if data.settings is None or not data.conn.alpn_offers:
-        # Without an ALPN offer aioquic would not fail on ALPN: provide no settings, and mitmproxy drops the
-        # connection (silently, but still before any certificate or upstream packet).
-        data.settings = None
-        return
-    data.settings.alpn_protocols = [REFUSED_ALPN]
 
 
 class QuicGuard:

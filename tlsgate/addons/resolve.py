@@ -21,14 +21,10 @@ from collections.abc import Sequence
 from mitmproxy import ctx, exceptions
 from mitmproxy.proxy import mode_specs, server_hooks
 
-from tlsgate.policy.hosts import host_only, parse_resolve
-
-ResolveTable = dict[tuple[str, int | None], str]
+from tlsgate.addons.state import NAMED_TARGETS
+from tlsgate.policy.hosts import Redirects, host_only
 
 logger = logging.getLogger("tlsgate.resolve")
-
-# Modes whose targets arrive as names tlsgate looks up (and so can redirect).
-NAMED_TARGETS = (mode_specs.RegularMode, mode_specs.Socks5Mode, mode_specs.UpstreamMode, mode_specs.ReverseMode)
 
 
 def unresolved_modes(specs: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -56,8 +52,8 @@ def resolve_scope_error(specs: Sequence[str]) -> str | None:
 
 
 class Resolve:
-    def __init__(self) -> None:
-        self.table: ResolveTable = {}
+    def __init__(self, redirects: Redirects | None = None) -> None:
+        self.redirects = redirects if redirects is not None else Redirects()  # shared with `DestinationGuard`
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -80,24 +76,16 @@ class Resolve:
                     f"in {', '.join(cannot)} mode the device connects to the address its own DNS gave"
                 )
         if "tlsgate_resolve" in updated:
-            table: ResolveTable = {}
-            for spec in ctx.options.tlsgate_resolve:
-                try:
-                    host, port, address = parse_resolve(spec)
-                except ValueError as exc:
-                    raise exceptions.OptionsError(f"tlsgate_resolve: {exc}") from None
-                table[(host, port)] = address
-            self.table = table
-
-    def mapped(self, name: str, port: int | None) -> str | None:
-        """The address `--resolve` gives this name and port, if any."""
-        return self.table.get((name, port)) or self.table.get((name, None)) if self.table else None
+            try:
+                self.redirects.load(ctx.options.tlsgate_resolve)
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"tlsgate_resolve: {exc}") from None
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        if not self.table or data.server.address is None:
+        if not self.redirects.table or data.server.address is None:
             return
         host, port = data.server.address[0], data.server.address[1]
-        address = self.mapped(host_only(host), port)
+        address = self.redirects.mapped(host_only(host), port)
         if address is None:
             return
         if data.server.sni is None:

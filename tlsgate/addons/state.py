@@ -9,23 +9,37 @@ judged under one policy even when a reload lands in between.
 
 from __future__ import annotations
 
-import re
+import ipaddress
+import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from mitmproxy import connection, dns, http
+from mitmproxy.proxy import mode_specs
 
-from tlsgate.addons.wireguard import peer_device
 from tlsgate.checks.model import Issue
+from tlsgate.checks.probes import ProbeRun
+from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP
 from tlsgate.checks.registry import Found, HandshakeFacts, Phase, UpstreamJudge
 from tlsgate.policy import Match, Policy
-from tlsgate.policy.hosts import host_only, is_address, split_host_port
+from tlsgate.policy.hosts import RequestName, host_only, is_address, name_request
+from tlsgate.sinks import redact
+from tlsgate.sinks.findings import Finding
+from tlsgate.tls.clienthello import ClientHello
+from tlsgate.tls.probes import ProbeCertificate
 
-if TYPE_CHECKING:
-    from tlsgate.addons.policy import PolicyStore
-    from tlsgate.sinks.findings import Finding
+
+class PolicySource(Protocol):
+    """What the shared state needs of the add-on that holds the policy (`tlsgate.addons.policy.PolicyStore`):
+    the policy in force, and word of each reload. A protocol, so that state depends on no other add-on."""
+
+    @property
+    def policy(self) -> Policy | None: ...
+
+    def subscribe(self, listener: Callable[[str, Policy | None], None]) -> None: ...
 
 
 @dataclass(eq=False)
@@ -47,6 +61,34 @@ class ServerSide:
 
 
 @dataclass(eq=False)
+class Audit:
+    """The client audit's part of a connection's state (`tlsgate.addons.client_audit`); `Conformance` reads
+    its hello and port, so it is shared state, typed, rather than one add-on's private record."""
+
+    hello: ClientHello
+    port: int | None
+    pending: list[Issue] = field(default_factory=list)  # hello findings, recorded once the User-Agent is known
+    refuse: bool = False
+    floor: str | None = None  # client-side TLS floor, when it differs from mitmproxy's
+    probe: ProbeCertificate | None = None
+    run: ProbeRun | None = None
+    accepted: Finding | None = None  # the critical finding, once the client used a probe connection
+    user_agent: str | None = None
+    quic: bool = False  # a QUIC connection: the hello came in an Initial packet, the handshake is aioquic's
+    hello_at: float = field(default_factory=time.monotonic)
+    waited: float | None = None  # seconds the app's handshake waited for tlsgate's upstream handshake
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "sni": self.hello.sni,
+            "best_offered_version": self.hello.best_version_word,
+            **self.hello.fingerprint(self.quic),
+            "user_agent": self.user_agent,
+            "transport": TRANSPORT_QUIC if self.quic else TRANSPORT_TCP,
+        }
+
+
+@dataclass(eq=False)
 class ConnState:
     policy: Policy
     client: connection.Client
@@ -55,7 +97,7 @@ class ConnState:
     connect_host: str | None = None  # the CONNECT authority's host, a fallback for the asked-for host
     device: str | None = None
     servers: dict[str, ServerSide] = field(default_factory=dict)  # server connection id -> state
-    audit: object | None = None  # the client audit's own record (tlsgate.addons.client_audit.Audit)
+    audit: Audit | None = None  # the client audit's record, once the app's hello was judged
     quic_refused: bool = False  # a QUIC connection refused under `quic: refuse` (tlsgate.addons.quic)
     names: DnsNames | None = None  # what tlsgate's own DNS told this client (WireGuard and DNS modes)
 
@@ -96,7 +138,7 @@ class ConnState:
 class Connections:
     """The shared table; `of(client)` creates a connection's state on first use."""
 
-    def __init__(self, store: PolicyStore) -> None:
+    def __init__(self, store: PolicySource) -> None:
         self.store = store
         self.names = DnsNames()
         self._states: weakref.WeakKeyDictionary[connection.Client, ConnState] = weakref.WeakKeyDictionary()
@@ -138,6 +180,34 @@ class Connections:
         return len(self._states)
 
 
+# Modes whose targets arrive as names tlsgate looks up (and so can redirect with --resolve, and must check after
+# resolving); in the others the device resolved the name and connects to an address.
+NAMED_TARGETS = (mode_specs.RegularMode, mode_specs.Socks5Mode, mode_specs.UpstreamMode, mode_specs.ReverseMode)
+
+# Tunnel address (IPv4 and IPv6) -> (peer name, the peer's IPv4 address), for the peers the running WireGuard
+# server accepts: filled by `tlsgate.addons.wireguard` when it starts, read here to name a connection's device.
+TUNNEL_DEVICES: dict[str, tuple[str, str]] = {}
+
+
+def peer_device(client: connection.Client, policy: Policy) -> str | None:
+    """The device name of a WireGuard connection, by its tunnel source address.
+
+    A `devices:` entry for the peer's IPv4 address names its IPv6 traffic too
+    (one device, two address families); with no entry, the peer's own name.
+    """
+    if not isinstance(client.proxy_mode, mode_specs.WireGuardMode) or not client.peername:
+        return None
+    try:
+        address = str(ipaddress.ip_address(client.peername[0]))
+    except ValueError:
+        return None
+    found = TUNNEL_DEVICES.get(address)
+    if found is None:
+        return None
+    name, ipv4 = found
+    return policy.device_for(ipv4) or name
+
+
 class DnsNames:
     """(client address, answered address) -> the name asked for; bounded, least recently answered forgotten first.
 
@@ -163,35 +233,44 @@ class DnsNames:
         return len(self._names)
 
 
-_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+# Each request's name, with what it was read from: add-ons ask in several hooks, and an add-on between them
+# (RequestHygiene, a user's map_remote) may rewrite the target or the Host header, which the key notices.
+_NAMES: weakref.WeakKeyDictionary[http.Request, tuple[tuple[object, ...], RequestName]] = weakref.WeakKeyDictionary()
+
+
+def request_name(request: http.Request) -> RequestName:
+    """The request's host and URL as the app asked for them (`tlsgate.policy.hosts.name_request`), once per request."""
+    data = request.data
+    read = (data.method, data.host, data.port, data.scheme, data.authority, data.path, data.headers.fields)
+    known = _NAMES.get(request)
+    if known is not None and known[0] == read:
+        return known[1]
+    name = name_request(request.scheme, request.host, request.port, request.path, request.url, request.host_header)
+    _NAMES[request] = (read, name)
+    return name
 
 
 def request_url(request: http.Request) -> str:
     """The request's URL as the app asked for it: in transparent modes mitmproxy's has the destination address."""
-    if not is_address(request.host):
-        return request.url
-    name = request_host(request)
-    if is_address(name) or not _HOST_NAME.fullmatch(name):
-        return request.url  # no name, or a Host header that is no host name: the address is the honest URL
-    shown = name
-    default = {"http": 80, "https": 443}.get(request.scheme)
-    authority = shown if request.port == default else f"{shown}:{request.port}"
-    return f"{request.scheme}://{authority}{request.path}"
+    return request_name(request).url
 
 
 def request_host(request: http.Request) -> str:
-    """The name the app asked for; `ConnState.name_of` turns a remaining bare address into its DNS name.
+    """The name the app asked for; `ConnState.name_of` turns a remaining bare address into its DNS name."""
+    return request_name(request).host
 
-    A name the proxy itself connects to (the proxy-form URL's, the CONNECT or
-    SOCKS authority) is where the request goes, so it wins over a Host header
-    that could say anything. In transparent and WireGuard modes the target is
-    only an address and the Host header is the one name there is.
-    """
-    host = request.host
-    if not is_address(host):
-        return host
-    header = request.host_header
-    return split_host_port(header)[0] if header else host
+
+def credentials_in(request: http.Request, with_body: bool = True) -> list[redact.Credential]:
+    """The credentials a request carries (`tlsgate.sinks.redact.request_credentials`), read off the flow."""
+    body = request.raw_content if with_body else None
+    return redact.request_credentials(
+        request.headers.items(multi=True), request.url, request.headers.get("content-type", ""), body
+    )
+
+
+def is_quic(conn: connection.Connection) -> bool:
+    """mitmproxy marks a QUIC connection (client or server side) as UDP with TLS."""
+    return conn.transport_protocol == "udp"
 
 
 def server_host(server: connection.Server) -> str:

@@ -28,7 +28,6 @@ from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy.layers.quic import QuicTlsData
 from OpenSSL import SSL
 
-from tlsgate.addons.console import explain_refusals
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.mitm_internals import (
     close_quic,
@@ -38,8 +37,7 @@ from tlsgate.addons.mitm_internals import (
     request_staple,
     verify_result,
 )
-from tlsgate.addons.quic import is_quic
-from tlsgate.addons.state import Connections, ConnState, ServerSide, server_host
+from tlsgate.addons.state import Connections, ConnState, ServerSide, is_quic, server_host
 from tlsgate.addons.verdicts import block, fail_closed, record
 from tlsgate.checks import registry
 from tlsgate.checks.model import Action, Check, Effect, Issue, Severity, blocks, decide, remedy_for
@@ -51,6 +49,7 @@ from tlsgate.policy.sections.pins import PINS
 from tlsgate.policy.sections.tls import TLS
 from tlsgate.sinks.findings import Finding
 from tlsgate.sinks.metrics import Metrics
+from tlsgate.sinks.refusals import explain_refusals
 
 logger = logging.getLogger("tlsgate.tls")
 

@@ -6,7 +6,7 @@ config (private key included) to the console and listens on `--listen-port`
 the same mode spec, differs in three things and keeps the rest (the
 transparent layer, DNS at 10.0.0.53, dual-stack listening):
 
-- every peer of `<confdir>/wireguard/peers.json` (see `wgpeers`) is accepted,
+- every peer of `<confdir>/wireguard/peers.json` (see `tlsgate.tls.wgpeers`) is accepted,
   and a first one, `device-1`, is created when there is none;
 - the port is 51820 unless the mode says `wireguard@PORT`, so
   `--mode regular --mode wireguard` is TCP 8080 plus UDP 51820;
@@ -15,49 +15,26 @@ transparent layer, DNS at 10.0.0.53, dual-stack listening):
 
 A connection from a peer's tunnel address is named by the policy's `devices:`
 entry for that address, else for the peer's IPv4 address, else after the peer
-(`peer_device`).
+(`tlsgate.addons.state.peer_device`, which reads the table this server fills).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 from pathlib import Path
 
 import mitmproxy_rs
-from mitmproxy import addonmanager, connection, ctx
+from mitmproxy import addonmanager, ctx
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.mode_servers import WireGuardServerInstance
 
-from tlsgate.addons import wgpeers
 from tlsgate.addons.mitm_internals import replace_server_instance
-from tlsgate.policy import Policy
+from tlsgate.addons.state import TUNNEL_DEVICES
+from tlsgate.tls import wgpeers
 
 logger = logging.getLogger("tlsgate")
-
-# Tunnel address (IPv4 and IPv6) -> (peer name, the peer's IPv4 address), for the peers the running server accepts.
-TUNNEL_DEVICES: dict[str, tuple[str, str]] = {}
-
-
-def peer_device(client: connection.Client, policy: Policy) -> str | None:
-    """The device name of a WireGuard connection, by its tunnel source address.
-
-    A `devices:` entry for the peer's IPv4 address names its IPv6 traffic too
-    (one device, two address families); with no entry, the peer's own name.
-    """
-    if not isinstance(client.proxy_mode, mode_specs.WireGuardMode) or not client.peername:
-        return None
-    try:
-        address = str(ipaddress.ip_address(client.peername[0]))
-    except ValueError:
-        return None
-    found = TUNNEL_DEVICES.get(address)
-    if found is None:
-        return None
-    name, ipv4 = found
-    return policy.device_for(ipv4) or name
 
 
 class _NotRegistered:

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tlsgate.addons import wgpeers
-from tlsgate.addons.wgpeers import PeerError
 from tlsgate.app.paths import default_confdir
+from tlsgate.tls import wgpeers
+from tlsgate.tls.wgpeers import PeerError
 
 if TYPE_CHECKING:
     from mitmproxy.proxy import mode_specs

@@ -21,6 +21,7 @@ can hand the event loop back to other devices between steps.
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -100,3 +101,29 @@ def drain[T](steps: Steps[T]) -> T:
             next(steps)
         except StopIteration as done:
             return done.value
+
+
+def bounded_body(raw: bytes, encoding: str, limit: int) -> tuple[bytes | bytearray, bool]:
+    """At most `limit` bytes of the body as the app wrote it (gzip/deflate inflated, never past `limit`), and
+    whether that is all of it."""
+    return drain(inflate_steps(raw, encoding, limit))
+
+
+def inflate_steps(raw: bytes | bytearray, encoding: str, limit: int) -> Steps[tuple[bytes | bytearray, bool]]:
+    """`bounded_body`, inflating at most `SEGMENT` bytes per step."""
+    if encoding.strip().lower() in ("gzip", "x-gzip", "deflate"):
+        inflater = zlib.decompressobj(wbits=47)  # gzip or zlib, by the header
+        out = bytearray()
+        pending = raw
+        try:
+            while len(out) < limit:
+                chunk = inflater.decompress(pending, min(SEGMENT, limit - len(out)))
+                out += chunk
+                pending = inflater.unconsumed_tail
+                if inflater.eof or not (pending or chunk):
+                    break
+                yield None
+            return out, inflater.eof and not inflater.unconsumed_tail
+        except zlib.error:
+            pass  # not what it says it is: judged as the bytes it is
+    return (raw if len(raw) <= limit else raw[:limit]), len(raw) <= limit

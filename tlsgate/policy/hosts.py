@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from tlsgate.tls.hostnames import to_ascii
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _NAME = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9_-]{1,63}(?<!-))*$")
 _SPACE = re.compile(r"\s")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")  # what a Host header must look like to name a URL
 
 
 class PatternError(ValueError):
@@ -76,6 +79,32 @@ def split_host_port(authority: str) -> tuple[str, int | None]:
 def host_only(authority: str) -> str:
     """The normalised host of an authority, port dropped."""
     return normalize_host(split_host_port(authority)[0])
+
+
+@dataclass(frozen=True)
+class RequestName:
+    """The host and URL of a request as the app asked for them: one fact, decided in one place."""
+
+    host: str  # `ConnState.name_of` may still turn a bare address into the name tlsgate's DNS gave for it
+    url: str
+
+
+def name_request(scheme: str, host: str, port: int, path: str, url: str, host_header: str | None) -> RequestName:
+    """Name a request from what mitmproxy read off the wire (`url` is mitmproxy's own, from the target it connects to).
+
+    A name the proxy itself connects to (the proxy-form URL's, the CONNECT or
+    SOCKS authority) is where the request goes, so it wins over a Host header
+    that could say anything. In transparent and WireGuard modes the target is
+    only an address and the Host header is the one name there is; it names the
+    URL too, unless it is no host name (then the address is the honest URL).
+    """
+    if not is_address(host):
+        return RequestName(host, url)
+    name = split_host_port(host_header)[0] if host_header else host
+    if is_address(name) or not _HOST_NAME.fullmatch(name):
+        return RequestName(name, url)
+    authority = name if port == {"http": 80, "https": 443}.get(scheme) else f"{name}:{port}"
+    return RequestName(name, f"{scheme}://{authority}{path}")
 
 
 def parse_pattern(text: str) -> tuple[str, bool]:
@@ -141,3 +170,28 @@ def parse_resolve(spec: str) -> tuple[str, int | None, str]:
     except ValueError:
         raise ValueError(f"{spec!r}: {address!r} is not an IP address") from None
     return normalize_host(host), port, bare
+
+
+class Redirects:
+    """`--resolve` as a table: (host, port or None for any) -> the address to connect to instead.
+
+    One object, shared: the `Resolve` add-on fills it from its option, and
+    `DestinationGuard` asks it whether the operator chose an address, without
+    either add-on knowing the other.
+    """
+
+    def __init__(self) -> None:
+        self.table: dict[tuple[str, int | None], str] = {}
+
+    def load(self, specs: Iterable[str]) -> None:
+        """Replace the table with `specs` (`HOST:PORT:ADDRESS` each); ValueError names the bad one, and the
+        table stays as it was."""
+        table = {}
+        for spec in specs:
+            host, port, address = parse_resolve(spec)
+            table[(host, port)] = address
+        self.table = table
+
+    def mapped(self, name: str, port: int | None) -> str | None:
+        """The address `--resolve` gives this name and port, if any."""
+        return self.table.get((name, port)) or self.table.get((name, None)) if self.table else None

@@ -1,1 +1,4 @@
-"""Where verdicts go: findings, metrics, block pages and redaction. Depend on nothing above `tlsgate.tls`."""
+"""Where verdicts go: findings, metrics, block pages, redaction, and the console's reasons for refused handshakes.
+
+Depend on nothing above `tlsgate.tls`.
+"""

@@ -420,3 +420,13 @@ def dedupe(creds: Iterable[Credential]) -> list[Credential]:
     for cred in creds:
         seen.setdefault((cred.kind, cred.name), cred)
     return list(seen.values())
+
+
+def request_credentials(headers: Iterable[tuple[str, str]], url: str, content_type: str, body: bytes | None) -> list[Credential]:
+    """Every credential a request carries (headers, URL, and a form or JSON body when given), each kind and name
+    once: what the cleartext finding and the accepted-probe finding both name."""
+    found = header_credentials(headers)
+    found += url_credentials(url)
+    if body:
+        found += body_credentials(content_type, body)
+    return dedupe(found)
