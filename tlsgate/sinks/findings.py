@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tlsgate.sinks.redact import redact_host
+from tlsgate.tls.severity import SEVERITIES
 
-SEVERITIES = ("info", "low", "medium", "high", "critical")
 # The longest value of each text field, in characters after escaping: generous next to what any check
 # writes (a host name is at most 255 bytes), small enough that the few thousand findings a report keeps
 # in full stay a few megabytes, whoever wrote the file. The writer cuts here and the reader cuts here.
