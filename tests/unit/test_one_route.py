@@ -11,9 +11,14 @@ import ast
 import re
 from pathlib import Path
 
+from prometheus_client import Counter
+
 from tlsgate.checks import model
+from tlsgate.checks.client_bounds import HELLO_KINDS, STAGES, judge_request_head, judge_slow_client
 from tlsgate.report import model as report_model
 from tlsgate.sinks import findings as findings_sink
+from tlsgate.sinks.findings import Finding
+from tlsgate.sinks.metrics import BOUND_KINDS, FINDING_METRICS, Metrics
 from tlsgate.tls import severity
 
 PACKAGE = Path(__file__).resolve().parents[2] / "tlsgate"
@@ -42,3 +47,61 @@ def test_every_layer_uses_that_definition() -> None:
     assert findings_sink.SEVERITIES is severity.SEVERITIES
     assert report_model.SEVERITIES is severity.SEVERITIES and report_model.RANK is severity.RANK
     assert list(severity.RANK) == ["info", "low", "medium", "high", "critical"]  # least to most severe
+
+
+# -- metrics: one row per check -----------------------------------------------------------------------
+
+
+def _finding(check: str, **evidence: object) -> Finding:
+    return Finding(check, "reported", "low", "api.example.com", 443, "10.0.0.2:5000", "policy.yaml:3", "x", evidence=evidence)
+
+
+def test_every_check_has_a_metrics_row() -> None:
+    """A check added to `Check` without saying what its findings count fails here, not silently on a dashboard."""
+    missing = [check.value for check in model.Check if check.value not in FINDING_METRICS]
+    assert not missing, f"checks without a row in tlsgate.sinks.metrics.FINDING_METRICS: {missing}"
+    assert set(FINDING_METRICS) == {check.value for check in model.Check}, "rows for checks that no longer exist"
+
+
+def test_every_row_names_a_counter_and_labels_it_fully() -> None:
+    metrics = Metrics()
+    for check, row in FINDING_METRICS.items():
+        assert (row.counter is None) == (row.labels is None), check
+        if row.counter is None or row.labels is None:
+            continue
+        counter = getattr(metrics, row.counter)
+        assert isinstance(counter, Counter), check
+        labels = row.labels(_finding(check, kind="anything"))
+        assert labels is None or len(labels) == len(counter._labelnames), check
+
+
+def test_a_finding_counts_in_its_checks_counter() -> None:
+    metrics = Metrics()
+    for finding in (
+        _finding("cleartext", kind="plain_http", protocol="ws"),
+        _finding("payload", kind="ecb", third_party=True),
+        _finding("pinning", kind="not_pinned"),
+        _finding("request", kind="oversized_request_head"),
+        _finding("client_hello", kind="slow_client"),
+        _finding("request", kind="check_failed"),  # not a bound: tlsgate_findings_total only
+        _finding("pin", kind="pin_mismatch"),
+    ):
+        metrics.on_finding(finding)
+    sample = metrics.registry.get_sample_value
+    assert sample("tlsgate_cleartext_total", {"protocol": "http", "action": "reported"}) == 1
+    assert sample("tlsgate_payload_findings_total", {"kind": "ecb", "action": "reported", "third_party": "true"}) == 1
+    assert sample("tlsgate_app_conformance_total", {"check": "pinning", "kind": "not_pinned", "action": "reported"}) == 1
+    assert sample("tlsgate_client_bounds_total", {"bound": "request_head"}) == 1
+    assert sample("tlsgate_client_bounds_total", {"bound": "head_timeout"}) == 1
+    assert sum(sample("tlsgate_client_bounds_total", {"bound": b}) or 0 for b in ("hello_bytes", "hello_records")) == 0
+    assert sample("tlsgate_findings_total", {"severity": "low", "check": "pin", "action": "reported", "device": "unnamed"}) == 1
+
+
+def test_every_client_bound_verdict_names_a_bound() -> None:
+    """`tlsgate_client_bounds_total` is driven by the findings the bounds record: each one they can make has its label."""
+    issues = [judge_request_head(70000, 65536, "c", "h")]
+    issues += [judge_slow_client(31, 30, stage, "c", "h") for stage in STAGES]
+    bounds = {"hello_bytes", "hello_records", "hello_malformed", "request_head", "head_timeout"}
+    kinds = {(str(model.Check.CLIENT_HELLO), kind) for kind in HELLO_KINDS.values()}
+    kinds |= {(str(issue.check), issue.kind) for issue in issues}
+    assert {BOUND_KINDS[check][kind] for check, kind in kinds} == bounds

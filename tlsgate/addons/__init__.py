@@ -66,6 +66,6 @@ def make_addons() -> list[object]:
         Conformance(connections, sink),  # after UpstreamTls and ClientAudit: reads the facts they gathered
         PayloadInspector(connections, sink),  # after every check that may refuse a request on other grounds
         ContainFailures(metrics),  # mitmproxy's crash tracebacks and asyncio's error floods: one line, counted
-        ClientBounds(connections, sink, metrics),  # last to choose layers: wraps what the others chose
+        ClientBounds(connections, sink),  # last to choose layers: wraps what the others chose
         connections,
     ]
