@@ -11,8 +11,13 @@ import ast
 import re
 from pathlib import Path
 
+from mitmproxy.test import tflow
 from prometheus_client import Counter
 
+from tlsgate.addons import verdicts
+from tlsgate.addons.metrics import MetricsExporter
+from tlsgate.addons.policy import PolicyStore
+from tlsgate.addons.state import Connections
 from tlsgate.checks import model
 from tlsgate.checks.client_bounds import HELLO_KINDS, STAGES, judge_request_head, judge_slow_client
 from tlsgate.report import model as report_model
@@ -105,3 +110,57 @@ def test_every_client_bound_verdict_names_a_bound() -> None:
     kinds = {(str(model.Check.CLIENT_HELLO), kind) for kind in HELLO_KINDS.values()}
     kinds |= {(str(issue.check), issue.kind) for issue in issues}
     assert {BOUND_KINDS[check][kind] for check, kind in kinds} == bounds
+
+
+# -- one way into the metrics -------------------------------------------------------------------------
+
+ADDONS = PACKAGE / "addons"
+# The wiring, the recording path's sinks (which hold the metrics) and the exporter that serves them.
+HOLD_METRICS = {"__init__.py", "findings.py", "metrics.py"}
+
+
+def _imported(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+        elif isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+    return names
+
+
+def test_no_addon_feeds_the_metrics_itself() -> None:
+    """Verdicts reach the metrics through the recording path (`verdicts`, `FindingsSink`), never from a check's add-on."""
+    holders = sorted(path.name for path in ADDONS.glob("*.py") if "tlsgate.sinks.metrics" in _imported(path))
+    assert set(holders) <= HOLD_METRICS, holders
+    callers = sorted(
+        path.name
+        for path in ADDONS.glob("*.py")
+        if path.name not in HOLD_METRICS
+        and any(isinstance(node, ast.Attribute) and node.attr == "metrics" for node in ast.walk(ast.parse(path.read_text())))
+    )
+    assert callers == ["verdicts.py"], callers
+
+
+def test_the_metrics_addon_learns_nothing_from_other_addons() -> None:
+    exporter = ADDONS / "metrics.py"
+    assert "metadata" not in exporter.read_text()
+    addons = {name for name in _imported(exporter) if name.startswith("tlsgate.addons.")}
+    assert addons <= {"tlsgate.addons.state", "tlsgate.addons.state.Connections", "tlsgate.addons.verdicts"} | {
+        "tlsgate.addons.verdicts.verdict_of"
+    }, addons
+
+
+def test_a_request_is_counted_by_its_recorded_verdict_not_by_what_a_script_left_in_metadata() -> None:
+    metrics = Metrics()
+    exporter = MetricsExporter(Connections(PolicyStore()), metrics)
+    flow = tflow.tflow(resp=True)
+    verdicts.mark(flow, Finding("cleartext", "blocked", "high", "example.com", 80, None, "p.yaml:3", "plain HTTP"))
+    flow.metadata["tlsgate"] = {"action": "allowed"}  # another script's edit: not the verdict
+    exporter.response(flow)
+    allowed = tflow.tflow(resp=True)
+    exporter.response(allowed)
+    sample = metrics.registry.get_sample_value
+    assert sample("tlsgate_requests_total", {"decision": "blocked", "check": "cleartext", "transport": "tcp"}) == 1
+    assert sample("tlsgate_requests_total", {"decision": "allowed", "check": "none", "transport": "tcp"}) == 1
+    assert verdicts.answered(flow) and not verdicts.answered(allowed)

@@ -43,7 +43,7 @@ from mitmproxy import http
 
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.state import Connections, ConnState, request_host, request_url
-from tlsgate.addons.verdicts import block, block_at_headers, body_may_stream, fail_closed, mark, record
+from tlsgate.addons.verdicts import block, block_at_headers, body_may_stream, fail_closed, mark, record, verdict_of
 from tlsgate.checks.model import Action, Issue, decide
 from tlsgate.checks.payload import PayloadFacts, judge_payload, rules_of
 from tlsgate.payload.bounds import SEGMENT, Budget, Steps, drain
@@ -358,7 +358,7 @@ class PayloadInspector:
                 self._remember(state, match, issue, finding)
             if action is Action.BLOCKED and refused is None:
                 refused = finding
-            elif "tlsgate" not in flow.metadata:
+            elif verdict_of(flow) is None:
                 mark(flow, finding)
         if refused is None:
             return False
@@ -391,7 +391,7 @@ class PayloadInspector:
         response = flow.response
         if response is None or response.stream or not response.raw_content:
             return
-        if flow.metadata.get("tlsgate", {}).get("action") == "blocked":
+        if (verdict := verdict_of(flow)) is not None and verdict.action == "blocked":
             return  # tlsgate's own block page
         state = self.connections.peek(flow.client_conn)
         if state is None:

@@ -31,10 +31,9 @@ from tlsgate.addons.console import explain_refusals
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.mitm_internals import quic_client_id
 from tlsgate.addons.state import Connections, server_host
-from tlsgate.addons.verdicts import record
+from tlsgate.addons.verdicts import quic_decided, record
 from tlsgate.checks.quic import quic_refused, quic_setting, refuses
 from tlsgate.policy.sections.quic import Quic
-from tlsgate.sinks.metrics import Metrics
 
 logger = logging.getLogger("tlsgate.quic")
 
@@ -58,12 +57,9 @@ def refuse_handshake(data: QuicTlsData) -> None:
 
 
 class QuicGuard:
-    def __init__(
-        self, connections: Connections, sink: FindingsSink, metrics: Metrics | None = None, capacity: int = 4096
-    ) -> None:
+    def __init__(self, connections: Connections, sink: FindingsSink, capacity: int = 4096) -> None:
         self.connections = connections
         self.sink = sink
-        self.metrics = metrics
         # (client address, host) pairs already told about: a refused app retries QUIC on every request.
         self._said: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._capacity = capacity
@@ -95,8 +91,7 @@ class QuicGuard:
             state.quic_refused = True
             decision = "refused"
             explain_refusals().note(client, "Client", "this QUIC connection", "quic", "-", "tlsgate could not judge it (see log)")
-        if self.metrics is not None:
-            self.metrics.quic_connection(decision)
+        quic_decided(self.sink, decision)
 
     def quic_start_client(self, data: QuicTlsData) -> None:
         if not isinstance(data.conn, connection.Client):  # a client hook: mitmproxy types the side as Connection
