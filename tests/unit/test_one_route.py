@@ -22,9 +22,10 @@ from tlsgate.checks import model
 from tlsgate.checks.client_bounds import HELLO_KINDS, STAGES, judge_request_head, judge_slow_client
 from tlsgate.report import model as report_model
 from tlsgate.sinks import findings as findings_sink
-from tlsgate.sinks.findings import Finding
+from tlsgate.sinks.findings import Finding, FindingsLog, Repeats
 from tlsgate.sinks.metrics import BOUND_KINDS, FINDING_METRICS, Metrics
 from tlsgate.tls import severity
+from tlsgate.tls.recent import Once, Recent
 
 PACKAGE = Path(__file__).resolve().parents[2] / "tlsgate"
 SEVERITY_WORDS = re.compile(r"""["']info["']\s*,\s*["']low["']\s*,\s*["']medium["']""")
@@ -164,3 +165,55 @@ def test_a_request_is_counted_by_its_recorded_verdict_not_by_what_a_script_left_
     assert sample("tlsgate_requests_total", {"decision": "blocked", "check": "cleartext", "transport": "tcp"}) == 1
     assert sample("tlsgate_requests_total", {"decision": "allowed", "check": "none", "transport": "tcp"}) == 1
     assert verdicts.answered(flow) and not verdicts.answered(allowed)
+
+
+# -- once per key ------------------------------------------------------------------------------------
+
+
+def test_recent_forgets_the_least_recently_used_and_stays_bounded() -> None:
+    forgotten: list[tuple[str, int]] = []
+    recent: Recent[str, int] = Recent(3, lambda key, value: forgotten.append((key, value)))
+    for index, key in enumerate("abc"):
+        recent.put(key, index)
+    assert recent.get("a") == 0  # used: now the most recent, so "b" is the least recently used
+    recent.put("d", 3)
+    assert forgotten == [("b", 1)] and "b" not in recent and recent.get("b") is None
+    for index in range(1000):
+        recent.put(f"k{index}", index)
+    assert len(recent) == 3 and len(forgotten) == 1001
+    assert [key for key, _ in forgotten[:5]] == ["b", "c", "a", "d", "k0"]  # least recently used first
+
+
+def test_once_says_each_key_once_until_it_is_forgotten() -> None:
+    once: Once[str] = Once(2)
+    assert once.first("a") and not once.first("a")
+    assert once.first("b")
+    assert not once.first("a")  # refreshed: "b" is now the least recently seen
+    assert once.first("c")  # forgets "b"
+    assert len(once) == 2
+    assert not once.first("a") and once.first("b")
+
+
+def test_repeats_keeps_its_tallies_by_the_same_rule() -> None:
+    """A forgotten problem's count is written, not lost; the least recently seen one is forgotten first."""
+    log = FindingsLog()
+    written: list[Finding] = []
+    log.subscribe(written.append)
+    repeats = Repeats(log, limit=2)
+    for key in ("a", "b"):
+        repeats.first(key, _finding("payload", kind=key))
+    assert repeats.again("a") and repeats.again("a") and repeats.again("b")
+    assert repeats.again("a")  # "b" is now the least recently seen
+    repeats.first("c", _finding("payload", kind="c"))  # forgets "b"
+    assert len(repeats) == 2 and not repeats.again("b")
+    assert [(f.evidence["kind"], f.occurrences) for f in written] == [("b", 1)]
+
+
+def test_only_the_recording_path_says_things_once() -> None:
+    """Add-ons hand a key to `verdicts.record_once`; none keeps its own again/first dance over `Repeats`."""
+    users = sorted(
+        path.name
+        for path in ADDONS.glob("*.py")
+        if any(isinstance(node, ast.Attribute) and node.attr == "repeats" for node in ast.walk(ast.parse(path.read_text())))
+    )
+    assert users == ["findings.py", "verdicts.py"], users

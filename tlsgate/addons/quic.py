@@ -22,7 +22,6 @@ bypass every pyOpenSSL-based check, so each one is judged at its ClientHello:
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 
 from mitmproxy import connection, tls
 from mitmproxy.proxy.layers.quic import QuicTlsData
@@ -34,6 +33,7 @@ from tlsgate.addons.state import Connections, server_host
 from tlsgate.addons.verdicts import quic_decided, record
 from tlsgate.checks.quic import quic_refused, quic_setting, refuses
 from tlsgate.policy.sections.quic import Quic
+from tlsgate.tls.recent import Once
 
 logger = logging.getLogger("tlsgate.quic")
 
@@ -61,8 +61,7 @@ class QuicGuard:
         self.connections = connections
         self.sink = sink
         # (client address, host) pairs already told about: a refused app retries QUIC on every request.
-        self._said: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._capacity = capacity
+        self._said: Once[tuple[str, str]] = Once(capacity)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         client = data.context.client
@@ -105,11 +104,4 @@ class QuicGuard:
                 refusals.note_quic_id(connection_id, reason)
 
     def _first(self, client: connection.Client, host: str) -> bool:
-        key = (client.peername[0] if client.peername else "?", host)
-        if key in self._said:
-            self._said.move_to_end(key)
-            return False
-        self._said[key] = None
-        if len(self._said) > self._capacity:
-            self._said.popitem(last=False)
-        return True
+        return self._said.first((client.peername[0] if client.peername else "?", host))

@@ -40,7 +40,7 @@ from tlsgate.addons.mitm_internals import (
 )
 from tlsgate.addons.quic import is_quic
 from tlsgate.addons.state import Connections, ConnState, ServerSide, server_host
-from tlsgate.addons.verdicts import block, chain_seen, fail_closed, pin_set_checked, record, upstream_decided
+from tlsgate.addons.verdicts import block, chain_seen, fail_closed, pin_set_checked, record_once, upstream_decided
 from tlsgate.checks import registry
 from tlsgate.checks.model import Action, Check, Effect, Issue, Severity, blocks, decide, remedy_for
 from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP, quic_facts, quic_failure_text
@@ -289,12 +289,11 @@ class UpstreamTls:
                 to_report = remedy_for(match, "mode: report")
                 remedy = f"{remedy}; or {to_report}" if remedy else to_report
             once = judge is not None and issue.kind in judge.once and issue.effect is Effect.RECORD
-            key = (judge.name if judge else "", _device(state), match.host, issue.kind)
-            if once and self.sink.repeats.again(key):
-                continue  # said before for this device and host: counted (`Repeats`)
+            key = (judge.name if judge else "", _device(state), match.host, issue.kind) if once else None
             with_connection = judge is None or judge.connection_evidence
-            finding = record(
+            finding = record_once(
                 self.sink,
+                key,
                 state,
                 state.client,
                 issue,
@@ -303,8 +302,8 @@ class UpstreamTls:
                 evidence={"kind": issue.kind, **base, **issue.evidence} if with_connection else None,
                 remedy=remedy,
             )
-            if once:
-                self.sink.repeats.first(key, finding)
+            if finding is None:
+                continue  # said before for this device and host: counted (`Repeats`)
             if decide(issue, match.settings.mode) in (Action.BLOCKED, Action.FAILED) and first_block is None:
                 first_block = finding
         return first_block

@@ -10,7 +10,7 @@ import functools
 import inspect
 import logging
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 from mitmproxy import connection, http, version
@@ -61,6 +61,30 @@ def record(
 
 # The verdict each flow was last marked with: what add-ons ask (`verdict_of`) instead of reading metadata back.
 _VERDICTS: weakref.WeakKeyDictionary[http.HTTPFlow, Finding] = weakref.WeakKeyDictionary()
+
+
+def record_once(
+    sink: FindingsSink,
+    key: Hashable | None,
+    state: ConnState | None,
+    client: connection.Client | None,
+    issue: Issue,
+    match: Match,
+    port: int | None,
+    evidence: dict[str, Any] | None = None,
+    remedy: str | None = None,
+) -> Finding | None:
+    """`record`, once per `key`: later occurrences are counted against the first finding (`Repeats`), None returned.
+
+    For a standing problem (the app's TLS stack, a server, a payload habit) that
+    every connection or request shows again. `key` None records every time.
+    """
+    if key is not None and sink.repeats.again(key):
+        return None
+    finding = record(sink, state, client, issue, match, port, evidence, remedy)
+    if key is not None:
+        sink.repeats.first(key, finding)
+    return finding
 
 
 def mark(flow: http.HTTPFlow, finding: Finding) -> None:
