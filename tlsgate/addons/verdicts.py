@@ -59,10 +59,6 @@ def record(
     return finding
 
 
-# The verdict each flow was last marked with: what add-ons ask (`verdict_of`) instead of reading metadata back.
-_VERDICTS: weakref.WeakKeyDictionary[http.HTTPFlow, Finding] = weakref.WeakKeyDictionary()
-
-
 def record_once(
     sink: FindingsSink,
     key: Hashable | None,
@@ -85,6 +81,10 @@ def record_once(
     if key is not None:
         sink.repeats.first(key, finding)
     return finding
+
+
+# The verdict each flow was last marked with: what add-ons ask (`verdict_of`) instead of reading metadata back.
+_VERDICTS: weakref.WeakKeyDictionary[http.HTTPFlow, Finding] = weakref.WeakKeyDictionary()
 
 
 def mark(flow: http.HTTPFlow, finding: Finding) -> None:
