@@ -125,9 +125,7 @@ ADDON_MAY_IMPORT = frozenset({"state", "verdicts", "findings", "mitm_internals"}
 # Modules whose job is to know every add-on: `make_addons()` wires them, script.py is mitmdump's `-s` entry point.
 ADDON_ASSEMBLY = frozenset({"__init__", "script"})
 # Known debts, each with its reason; remove an entry with the import it excuses.
-ADDON_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("metrics", "policy"): "the readiness probe reads PolicyStore; issue 22 item 3 (one route into metrics) reworks it",
-}
+ADDON_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def _addon_imports(tree: ast.Module) -> list[tuple[str, int]]:
@@ -253,3 +251,20 @@ def test_a_toy_section_needs_no_change_elsewhere(toy_section) -> None:
 def test_without_the_toy_section_its_key_is_unknown() -> None:
     with pytest.raises(Exception, match="unknown key 'toy'"):
         load_texts([("p.yaml", "defaults:\n  toy: 2\n")])
+
+
+# -- an upstream check is a section, a judge and an import: no add-on names it ---------------------
+
+
+@pytest.mark.parametrize("name", ["revocation", "ct"])
+def test_the_upstream_checks_added_through_the_registry_touch_no_add_on(name: str) -> None:
+    """The README's walk-through counts what OCSP stapling and CT took; this keeps the 'add-ons: none' row true."""
+    from tlsgate.checks.registry import JUDGES
+
+    (judge,) = [judge for judge in JUDGES if judge.check.value == name]
+    assert judge.judge.__module__ == f"tlsgate.checks.{name}"
+    assert (PACKAGE / "policy" / "sections" / f"{name}.py").read_text().count(f'name="{judge.section.name}"') == 1
+    for path in sorted(ADDONS.glob("*.py")):
+        text = path.read_text()
+        for spelled in (f"checks.{name}", f"sections.{name}", f"Check.{name.upper()}", f"tls.{name}"):
+            assert spelled not in text, f"{path.name} names {spelled}: the check is no longer added the registry's way"

@@ -25,6 +25,7 @@ from tests.unit.test_addons import Gate
 from tlsgate.addons import mitm_internals
 from tlsgate.addons.client_bounds import ClientBounds, HelloGate, Progress
 from tlsgate.addons.containment import ContainFailures, Folder, ServerLogFilter
+from tlsgate.addons.findings import FindingsSink
 from tlsgate.checks.client_bounds import judge_hello, judge_request_head, judge_slow_client
 from tlsgate.checks.model import Action, Check, Effect, decide
 from tlsgate.policy import Mode
@@ -417,7 +418,7 @@ def test_client_bytes_in_mitmproxys_lines_are_shortened_to_their_length() -> Non
 
 def test_accept_failures_are_folded_and_counted(caplog: pytest.LogCaptureFixture) -> None:
     metrics = Metrics()
-    contain = ContainFailures(metrics)
+    contain = ContainFailures(FindingsSink(metrics=metrics))
     error = OSError(errno.EMFILE, "Too many open files")
     with caplog.at_level(logging.DEBUG, logger="tlsgate.containment"):
         for _ in range(1000):
@@ -430,7 +431,7 @@ def test_accept_failures_are_folded_and_counted(caplog: pytest.LogCaptureFixture
 
 
 def test_the_handler_goes_in_front_of_mitmproxys_and_comes_off_at_the_end() -> None:
-    contain = ContainFailures(Metrics())
+    contain = ContainFailures(FindingsSink(metrics=Metrics()))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

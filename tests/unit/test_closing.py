@@ -51,7 +51,7 @@ PENDING = 100_000  # more than one read: the connection's task reads on without 
 @pytest.fixture(autouse=True)
 def _contained() -> None:
     """The fix is installed the way tlsgate installs it: by loading the containment add-on."""
-    ContainFailures(Metrics()).load(None)
+    ContainFailures(FindingsSink(metrics=Metrics())).load(None)
 
 
 def queued(sock: socket.socket | Any) -> int:

@@ -22,9 +22,11 @@ from tlsgate.addons import make_addons
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.policy import PolicyStore
 from tlsgate.addons.upstream_timeouts import FlowWatch, UpstreamTimeouts, Watch
+from tlsgate.addons.verdicts import mark
 from tlsgate.checks import faults
 from tlsgate.checks.upstream import judge_failure
 from tlsgate.policy.sections.tls import TlsRules
+from tlsgate.sinks.findings import Finding
 
 POLICY = """\
 version: 1
@@ -325,7 +327,7 @@ def test_a_stalled_server_is_answered_504_naming_the_phase_and_option(gate: Gate
 
 def test_a_reported_flow_that_meets_garbage_still_gets_the_fault_page(gate: Gate) -> None:
     flow = flow_to("api.test")  # cleartext in report mode: forwarded, marked "reported"
-    flow.metadata["tlsgate"] = {"check": "cleartext", "action": "reported", "rule": "policy.yaml:2"}
+    mark(flow, Finding("cleartext", "reported", "high", "api.test", 80, None, "policy.yaml:2", "plain HTTP"))
     response = gate.timeouts.answer(flow, "server closed connection", "GENERIC_SERVER_ERROR")
     assert response is not None and response.status_code == 502
     assert flow.metadata["tlsgate"]["action"] == "failed"
@@ -335,7 +337,7 @@ def test_a_reported_flow_that_meets_garbage_still_gets_the_fault_page(gate: Gate
 def test_tlsgates_own_refusals_and_answered_flows_are_left_alone(gate: Gate) -> None:
     flow = flow_to("legacy.test")
     assert gate.timeouts.answer(flow, "Connection killed: tlsgate refused: the proxy host", "CONNECT_FAILED") is None
-    flow.metadata["tlsgate"] = {"check": "cleartext", "action": "blocked", "rule": "p.yaml:2"}
+    mark(flow, Finding("cleartext", "blocked", "high", "legacy.test", 80, None, "p.yaml:2", "plain HTTP"))  # a block page
     assert gate.timeouts.answer(flow, "server closed connection", "GENERIC_SERVER_ERROR") is None
     assert gate.findings() == []
 

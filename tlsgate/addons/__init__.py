@@ -37,10 +37,8 @@ def make_addons() -> list[object]:
     add-on that still reads a closing connection's state.
     """
     store = PolicyStore()
-    sink = FindingsSink()
     metrics = Metrics(mitmproxy_version.VERSION)
-    sink.log.subscribe(metrics.on_finding)
-    sink.log.subscribe_counts(metrics.on_repeat)
+    sink = FindingsSink(metrics=metrics)  # the recording path's sinks: findings file, console, metrics
     lifetime = Lifetime()
     sink.log.subscribe(lifetime.on_finding)
     connections = Connections(store)
@@ -52,20 +50,20 @@ def make_addons() -> list[object]:
         AuthThrottle(),  # runs after mitmproxy's proxyauth: delays its repeated 407s
         store,
         sink,
-        MetricsExporter(store, metrics),
+        MetricsExporter(connections, metrics),
         resolve,
         WireGuardPeers(),  # installs the per-device WireGuard server before mitmproxy starts its servers
         lifetime,
         RequestHygiene(connections, sink),  # before any check reads a header
         DestinationGuard(connections, sink, resolve.redirects),  # after Resolve: judges the address Resolve chose
         CleartextGuard(connections, sink),
-        QuicGuard(connections, sink, metrics),
-        UpstreamTimeouts(connections, sink, metrics),  # after DestinationGuard (address settled), before UpstreamTls
-        UpstreamTls(connections, sink, metrics),
+        QuicGuard(connections, sink),
+        UpstreamTimeouts(connections, sink),  # after DestinationGuard (address settled), before UpstreamTls
+        UpstreamTls(connections, sink),
         ClientAudit(connections, sink),
         Conformance(connections, sink),  # after UpstreamTls and ClientAudit: reads the facts they gathered
         PayloadInspector(connections, sink),  # after every check that may refuse a request on other grounds
-        ContainFailures(metrics),  # mitmproxy's crash tracebacks and asyncio's error floods: one line, counted
-        ClientBounds(connections, sink, metrics),  # last to choose layers: wraps what the others chose
+        ContainFailures(sink),  # mitmproxy's crash tracebacks and asyncio's error floods: one line, counted
+        ClientBounds(connections, sink),  # last to choose layers: wraps what the others chose
         connections,
     ]

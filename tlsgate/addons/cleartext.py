@@ -43,7 +43,7 @@ from mitmproxy.proxy.layers.tcp import TcpEndHook
 
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.state import Connections, ConnState, credentials_in, request_host, request_url, server_host
-from tlsgate.addons.verdicts import apply, block_at_headers, body_may_stream, fail_closed, record
+from tlsgate.addons.verdicts import apply, block_at_headers, body_may_stream, fail_closed, record, record_once
 from tlsgate.checks.cleartext import CleartextRequest, judge_cleartext, judge_stream, refusal, upstream_refusal
 from tlsgate.checks.model import Action, Issue, decide
 from tlsgate.policy import Match
@@ -118,9 +118,8 @@ class CleartextGuard:
             if issue is None:
                 return
             key = ("cleartext_udp", context.client.peername[0] if context.client.peername else "?", match.host, port)
-            if not self.sink.repeats.again(key):  # one line per client, host and port; later flows are counted
-                evidence = {"kind": issue.kind, **issue.evidence}
-                self.sink.repeats.first(key, record(self.sink, state, context.client, issue, match, port, evidence=evidence))
+            evidence = {"kind": issue.kind, **issue.evidence}  # one line per client, host and port; later flows are counted
+            record_once(self.sink, key, state, context.client, issue, match, port, evidence=evidence)
             blocked = decide(issue, match.settings.mode) is Action.BLOCKED
         except Exception:  # noqa: BLE001 - fail closed: a datagram flow that cannot be judged is not relayed
             logger.exception("tlsgate: could not judge a UDP flow; dropping it")

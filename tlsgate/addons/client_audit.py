@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Hashable
 from typing import Any
 
 from mitmproxy import connection, http, tcp, tls
@@ -43,7 +44,7 @@ from mitmproxy.proxy.layers.quic import QuicTlsData
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.mitm_internals import client_connection, configured_floor, refuse_handshake, tlsconfig_addon
 from tlsgate.addons.state import Audit, Connections, ConnState, credentials_in, is_quic, request_url, server_host
-from tlsgate.addons.verdicts import block, fail_closed, record
+from tlsgate.addons.verdicts import block, fail_closed, record_once
 from tlsgate.checks.client_hello import client_floor, judge_client_hello
 from tlsgate.checks.faults import silent_close_excused
 from tlsgate.checks.model import Action, Check, Issue, blocks, decide
@@ -230,6 +231,7 @@ class ClientAudit:
         assert audit.run is not None
         if audit.accepted is None:
             audit.accepted = self._record(state, audit, audit.run.sent(sent))
+        assert audit.accepted is not None  # recorded without a key: never None
         return audit.accepted
 
     def client_disconnected(self, client: connection.Client) -> None:
@@ -252,12 +254,8 @@ class ClientAudit:
         assert match is not None  # an Audit exists only once `_judge` settled the match, and a match stays settled
         for issue in pending:
             reported = decide(issue, match.settings.mode) is not Action.BLOCKED
-            key = self._said_key(state, audit, issue.kind)
-            if reported and self.sink.repeats.again(key):
-                continue  # counted: a follow-up line says how many connections showed it (`Repeats`)
-            finding = self._record(state, audit, issue)
-            if reported:
-                self.sink.repeats.first(key, finding)
+            key = self._said_key(state, audit, issue.kind) if reported else None  # a block is said every time
+            self._record(state, audit, issue, key)
 
     @staticmethod
     def _said_key(state: ConnState, audit: Audit, kind: str) -> tuple[str, ...]:
@@ -265,10 +263,11 @@ class ClientAudit:
         address = client.peername[0] if client.peername else "?"
         return ("client_audit", address, audit.hello.ja3(), state.match.host if state.match else "", kind)
 
-    def _record(self, state: ConnState, audit: Audit, issue: Issue) -> Finding:
+    def _record(self, state: ConnState, audit: Audit, issue: Issue, once: Hashable | None = None) -> Finding | None:
+        """The finding; with `once`, only the first time that key is seen (then counted, `record_once`)."""
         assert state.match is not None
         evidence = {"kind": issue.kind, **issue.evidence, **audit.evidence()}
-        return record(self.sink, state, state.client, issue, state.match, audit.port, evidence=evidence)
+        return record_once(self.sink, once, state, state.client, issue, state.match, audit.port, evidence=evidence)
 
 
 def _kept_waiting(state: ConnState, audit: Audit, refused: Issue) -> bool:

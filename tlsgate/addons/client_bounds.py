@@ -50,7 +50,6 @@ from tlsgate.addons.state import Connections, server_host
 from tlsgate.addons.verdicts import block_response, client_label, fail_closed, record
 from tlsgate.checks.client_bounds import STAGES, judge_hello, judge_request_head, judge_slow_client
 from tlsgate.checks.model import Issue
-from tlsgate.sinks.metrics import Metrics
 from tlsgate.tls.hellometer import Hello, HelloMeter
 
 logger = logging.getLogger("tlsgate.client_bounds")
@@ -66,7 +65,6 @@ DEFAULT_MAX_REQUEST_HEAD = 65536  # Squid's request_header_max_size; nginx: 4 x 
 DEFAULT_HEAD_TIMEOUT = 30  # nginx's client_header_timeout is 60 s, Apache's RequestReadTimeout header 20-40 s
 
 OPTIONS = ("tlsgate_max_hello_bytes", "tlsgate_max_hello_records", "tlsgate_max_request_head", "tlsgate_client_head_timeout")
-HELLO_BOUND = {Hello.OVERSIZED: "hello_bytes", Hello.FRAGMENTED: "hello_records", Hello.MALFORMED: "hello_malformed"}
 
 
 @dataclass(eq=False)
@@ -81,10 +79,9 @@ class Progress:
 
 
 class ClientBounds:
-    def __init__(self, connections: Connections, sink: FindingsSink, metrics: Metrics | None = None) -> None:
+    def __init__(self, connections: Connections, sink: FindingsSink) -> None:
         self.connections = connections
         self.sink = sink
-        self.metrics = metrics
         self.progress: weakref.WeakKeyDictionary[connection.Client, Progress] = weakref.WeakKeyDictionary()
 
     def load(self, loader) -> None:
@@ -229,10 +226,8 @@ class ClientBounds:
 
     # -- verdicts -------------------------------------------------------------------------------------
 
-    def _record(self, context: Context, issue: Issue, bound: str) -> None:
-        """The finding and the metric; a failure here is logged, the connection is closed all the same."""
-        if self.metrics is not None:
-            self.metrics.client_bound(bound)
+    def _record(self, context: Context, issue: Issue) -> None:
+        """The finding, which also counts `tlsgate_client_bounds_total`; a failure is logged, the connection closes anyway."""
         state = self.connections.of(context.client)
         if state is None:
             return
@@ -245,14 +240,12 @@ class ClientBounds:
         try:
             issue = judge_hello(meter, client_label(context.client) or "?", _host(context))
             if issue is not None:
-                self._record(context, issue, HELLO_BOUND[meter.state])
+                self._record(context, issue)
         except Exception:  # noqa: BLE001 - the connection is closed whatever happens here
             logger.exception("tlsgate: recording a refused ClientHello failed")
 
     def head_expired(self, client: connection.Client, progress: Progress, waited: float, limit: int) -> None:
         try:
-            if self.metrics is not None:
-                self.metrics.client_bound("head_timeout")
             state = self.connections.of(client)
             if state is None:
                 return
@@ -269,8 +262,6 @@ class ClientBounds:
     def _refuse_head(self, context: Context, size: int, limit: int) -> bytes:
         """What a client whose request head passed the bound is told: the block page, as 431, and the connection closes."""
         issue = judge_request_head(size, limit, client_label(context.client) or "?", _host(context))
-        if self.metrics is not None:
-            self.metrics.client_bound("request_head")
         state = self.connections.of(context.client)
         if state is None:
             raise LookupError("no policy loaded")

@@ -36,7 +36,7 @@ from mitmproxy.proxy.context import Context
 
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.state import Audit, Connections, ConnState, request_host, request_url, server_host
-from tlsgate.addons.verdicts import block_at_headers, fail_closed, mark, record
+from tlsgate.addons.verdicts import block_at_headers, fail_closed, mark, record_once
 from tlsgate.checks import conformance as verdicts
 from tlsgate.checks.conformance import ONCE_KINDS
 from tlsgate.checks.model import Action, Effect, Issue, remedy_for
@@ -47,6 +47,7 @@ from tlsgate.policy.sections.app import APP, AppRules
 from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.plaintext import classify
+from tlsgate.tls.recent import Once
 
 logger = logging.getLogger("tlsgate.conformance")
 STARTTLS_PROTOCOLS = ("smtp", "imap", "pop3", "ftp", "xmpp")  # cleartext first, TLS after the upgrade: not judged here
@@ -75,7 +76,7 @@ class Conformance:
         # device -> host -> a must-pin refusal said as undetermined, waiting for the device to show more
         self._pending: OrderedDict[str, dict[str, tuple[ConnState, AppRules, str, int | None]]] = OrderedDict()
         self._limit = limit
-        self._streams: OrderedDict[str, None] = OrderedDict()  # plain TCP flows already judged (their first bytes)
+        self._streams: Once[str] = Once(limit)  # plain TCP flows already judged (their first bytes)
 
     # -- the client --------------------------------------------------------------------------------
 
@@ -234,11 +235,8 @@ class Conformance:
 
     def _cleartext_stream(self, flow: tcp.TCPFlow, state: ConnState) -> None:
         """The first client bytes of a plain TCP stream the cleartext gate let through (report mode, or allowed)."""
-        if flow.id in self._streams:
+        if not self._streams.first(flow.id):
             return
-        self._streams[flow.id] = None
-        while len(self._streams) > self._limit:
-            self._streams.popitem(last=False)
         sent = b"".join(m.content for m in flow.messages if m.from_client)
         protocol = classify(sent, b"".join(m.content for m in flow.messages if not m.from_client)).protocol
         if protocol in STARTTLS_PROTOCOLS or protocol == "tls":
@@ -255,18 +253,13 @@ class Conformance:
 
     def _record(self, state: ConnState, match: Match, issue: Issue, port: int | None, once: bool = True) -> Finding | None:
         """A finding; the kinds that describe the app or server rather than one connection, once per device and host."""
-        key = ("conformance", _device(state), match.host, issue.kind)
         counted = once and issue.kind in ONCE_KINDS and issue.effect is Effect.RECORD
-        if counted and self.sink.repeats.again(key):
-            return None  # said before: counted, and a follow-up line says how often (`Repeats`)
+        key = ("conformance", _device(state), match.host, issue.kind) if counted else None
         remedy = issue.remedy
         if issue.effect is Effect.ENFORCED:  # what lets the traffic through while the app is being fixed
             relax = remedy_for(match, "mode: report")
             remedy = f"{remedy}; or {relax}" if remedy else relax
-        finding = record(self.sink, state, state.client, issue, match, port, remedy=remedy)
-        if counted:
-            self.sink.repeats.first(key, finding)
-        return finding
+        return record_once(self.sink, key, state, state.client, issue, match, port, remedy=remedy)
 
 
 class FirstByte(layer.Layer):

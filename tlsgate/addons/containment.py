@@ -34,8 +34,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tlsgate.addons import mitm_internals
+from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.verdicts import error_contained
 from tlsgate.sinks.findings import printable
-from tlsgate.sinks.metrics import Metrics
 
 logger = logging.getLogger("tlsgate.containment")
 EVERY = 10.0  # seconds between two lines about the same kind of failure
@@ -116,16 +117,16 @@ class ServerLogFilter(logging.Filter):
 
 
 class ContainFailures:
-    def __init__(self, metrics: Metrics | None = None) -> None:
-        self.metrics = metrics
+    def __init__(self, sink: FindingsSink | None = None) -> None:
+        self.sink = sink
         self.folder = Folder()
         self.filter = ServerLogFilter(self.folder, self.count)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: Any = None
 
     def count(self, where: str) -> None:
-        if self.metrics is not None:
-            self.metrics.internal_error(where)
+        if self.sink is not None:
+            error_contained(self.sink, where)
 
     def load(self, loader: object) -> None:
         mitm_internals.close_connections_however_they_end()

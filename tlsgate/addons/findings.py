@@ -1,4 +1,4 @@
-"""Sends findings to the JSON-lines file and the console; other sinks subscribe to it."""
+"""Where the recording path (`tlsgate.addons.verdicts`) delivers: the findings file, the console and the metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 from mitmproxy import ctx, exceptions
 
 from tlsgate.sinks.findings import KEEP, MAX_BYTES, Finding, FindingsLog, Repeats
+from tlsgate.sinks.metrics import Metrics
 
 logger = logging.getLogger("tlsgate.findings")
 
@@ -27,11 +28,22 @@ class FindingsSink:
     console is the only record (`--findings ''`, or stock mitmdump without
     `tlsgate_findings`): then the line is raised to the level the console
     shows, so no verdict is ever without a trace.
+
+    It also holds the metrics: every finding (and every occurrence `Repeats`
+    only counts) reaches them through the per-check table in
+    `tlsgate.sinks.metrics`, and what is counted without a finding (an
+    allowed upstream connection, a QUIC decision, a contained error) reaches
+    them through `tlsgate.addons.verdicts`. No other add-on holds `Metrics`,
+    so a verdict has one way to the dashboards.
     """
 
-    def __init__(self, log: FindingsLog | None = None) -> None:
+    def __init__(self, log: FindingsLog | None = None, metrics: Metrics | None = None) -> None:
         self.log = log or FindingsLog()
         self.log.subscribe(self._to_console)
+        self.metrics = metrics
+        if metrics is not None:
+            self.log.subscribe(metrics.on_finding)
+            self.log.subscribe_counts(metrics.on_repeat)
         self.repeats = Repeats(self.log)  # shared by the add-ons that write a standing problem once, then count it
 
     def load(self, loader) -> None:

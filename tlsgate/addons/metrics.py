@@ -18,7 +18,8 @@ from typing import Any
 from mitmproxy import connection, ctx, exceptions, http, tls
 from prometheus_client import make_wsgi_app
 
-from tlsgate.addons.policy import PolicyStore
+from tlsgate.addons.state import Connections
+from tlsgate.addons.verdicts import verdict_of
 from tlsgate.policy import Policy
 from tlsgate.sinks.metrics import Metrics
 
@@ -171,11 +172,18 @@ class _Endpoint:
 
 
 class MetricsExporter:
-    def __init__(self, store: PolicyStore, metrics: Metrics) -> None:
-        self.store = store
+    """Serves the metrics, and counts what no verdict records: connections, handshakes, requests as they end.
+
+    A request is counted by the verdict the recording path tied to its flow
+    (`verdict_of`), the policy through the shared state's store: this add-on
+    learns nothing from another add-on.
+    """
+
+    def __init__(self, connections: Connections, metrics: Metrics) -> None:
+        self.store = connections.store
         self.metrics = metrics
         self._endpoint: _Endpoint | None = None
-        store.subscribe(self._on_reload)
+        self.store.subscribe(self._on_reload)
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -258,14 +266,15 @@ class MetricsExporter:
         self.metrics.handshake("server", False, None, None, transport(data.conn))
 
     def response(self, flow: http.HTTPFlow) -> None:
-        verdict = flow.metadata.get("tlsgate") or {}
-        decision = verdict.get("action", "allowed")
-        self.metrics.request(decision, verdict.get("check"), transport(flow.client_conn))
+        verdict = verdict_of(flow)
+        decision = verdict.action if verdict is not None else "allowed"
+        self.metrics.request(decision, verdict.check if verdict is not None else None, transport(flow.client_conn))
         # The upstream's answer time: not a block page tlsgate wrote, nor a fault page after a clock ran out.
         answered = flow.response.timestamp_start if flow.response else None
         if decision not in ("blocked", "failed") and answered and flow.request.timestamp_end:
             self.metrics.latency.observe(max(0.0, answered - flow.request.timestamp_end))
 
     def error(self, flow: http.HTTPFlow) -> None:
-        verdict = flow.metadata.get("tlsgate") or {}
-        self.metrics.request(verdict.get("action", "error"), verdict.get("check"), transport(flow.client_conn))
+        verdict = verdict_of(flow)
+        decision = verdict.action if verdict is not None else "error"
+        self.metrics.request(decision, verdict.check if verdict is not None else None, transport(flow.client_conn))

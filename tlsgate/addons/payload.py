@@ -41,7 +41,7 @@ from mitmproxy import http
 
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.state import Connections, ConnState, request_host, request_url
-from tlsgate.addons.verdicts import block, block_at_headers, body_may_stream, fail_closed, mark, record
+from tlsgate.addons.verdicts import block, block_at_headers, body_may_stream, fail_closed, mark, record_once, verdict_of
 from tlsgate.checks.model import Action, Issue, decide
 from tlsgate.checks.payload import PayloadFacts, judge_payload, rules_of
 from tlsgate.payload.bounds import Budget, Steps, drain, inflate_steps
@@ -53,7 +53,6 @@ from tlsgate.payload.scan import scan_steps
 from tlsgate.policy import Match, Policy
 from tlsgate.policy.sections.payload import DEFAULT_MAX_BYTES, PAYLOAD, PayloadAction, PayloadRules
 from tlsgate.sinks import redact
-from tlsgate.sinks.findings import Finding
 
 logger = logging.getLogger("tlsgate.payload")
 HEADS_JUDGED = "tlsgate_payload_heads"
@@ -297,14 +296,13 @@ class PayloadInspector:
         refused = None
         for issue in issues:
             action = decide(issue, match.settings.mode)
-            if action is not Action.BLOCKED and self._said_before(state, match, issue):
-                continue
-            finding = record(self.sink, state, flow.client_conn, issue, match, flow.request.port)
-            if action is not Action.BLOCKED:
-                self._remember(state, match, issue, finding)
+            key = _said_key(state, match, issue) if action is not Action.BLOCKED else None  # a block is said every time
+            finding = record_once(self.sink, key, state, flow.client_conn, issue, match, flow.request.port)
+            if finding is None:
+                continue  # said before for this device, host, kind and detail: counted (`Repeats`)
             if action is Action.BLOCKED and refused is None:
                 refused = finding
-            elif "tlsgate" not in flow.metadata:
+            elif verdict_of(flow) is None:
                 mark(flow, finding)
         if refused is None:
             return False
@@ -313,13 +311,6 @@ class PayloadInspector:
         else:
             block(flow, refused)
         return True
-
-    def _said_before(self, state: ConnState, match: Match, issue: Issue) -> bool:
-        """Recorded before for this device, host, kind and detail: counted (`Repeats`), not written again."""
-        return self.sink.repeats.again(_said_key(state, match, issue))
-
-    def _remember(self, state: ConnState, match: Match, issue: Issue, finding: Finding) -> None:
-        self.sink.repeats.first(_said_key(state, match, issue), finding)
 
     # -- responses ----------------------------------------------------------------------------------
 
@@ -337,7 +328,7 @@ class PayloadInspector:
         response = flow.response
         if response is None or response.stream or not response.raw_content:
             return
-        if flow.metadata.get("tlsgate", {}).get("action") == "blocked":
+        if (verdict := verdict_of(flow)) is not None and verdict.action == "blocked":
             return  # tlsgate's own block page
         state = self.connections.peek(flow.client_conn)
         if state is None:
@@ -375,8 +366,7 @@ class PayloadInspector:
             capped=found.capped,
         )
         for issue in judge_payload(facts, match):
-            if not self._said_before(state, match, issue):
-                self._remember(state, match, issue, record(self.sink, state, flow.client_conn, issue, match, flow.request.port))
+            record_once(self.sink, _said_key(state, match, issue), state, flow.client_conn, issue, match, flow.request.port)
 
 
 def _said_key(state: ConnState, match: Match, issue: Issue) -> tuple[str, ...]:

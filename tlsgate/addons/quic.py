@@ -22,7 +22,6 @@ bypass every pyOpenSSL-based check, so each one is judged at its ClientHello:
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 
 from mitmproxy import connection, tls
 from mitmproxy.proxy.layers.quic import QuicTlsData
@@ -30,25 +29,21 @@ from mitmproxy.proxy.layers.quic import QuicTlsData
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.mitm_internals import quic_client_id, refuse_handshake
 from tlsgate.addons.state import Connections, is_quic, server_host
-from tlsgate.addons.verdicts import record
+from tlsgate.addons.verdicts import quic_decided, record
 from tlsgate.checks.quic import quic_refused, quic_setting, refuses
 from tlsgate.policy.sections.quic import Quic
-from tlsgate.sinks.metrics import Metrics
 from tlsgate.sinks.refusals import explain_refusals
+from tlsgate.tls.recent import Once
 
 logger = logging.getLogger("tlsgate.quic")
 
 
 class QuicGuard:
-    def __init__(
-        self, connections: Connections, sink: FindingsSink, metrics: Metrics | None = None, capacity: int = 4096
-    ) -> None:
+    def __init__(self, connections: Connections, sink: FindingsSink, capacity: int = 4096) -> None:
         self.connections = connections
         self.sink = sink
-        self.metrics = metrics
         # (client address, host) pairs already told about: a refused app retries QUIC on every request.
-        self._said: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._capacity = capacity
+        self._said: Once[tuple[str, str]] = Once(capacity)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         client = data.context.client
@@ -77,8 +72,7 @@ class QuicGuard:
             state.quic_refused = True
             decision = "refused"
             explain_refusals().note(client, "Client", "this QUIC connection", "quic", "-", "tlsgate could not judge it (see log)")
-        if self.metrics is not None:
-            self.metrics.quic_connection(decision)
+        quic_decided(self.sink, decision)
 
     def quic_start_client(self, data: QuicTlsData) -> None:
         if not isinstance(data.conn, connection.Client):  # a client hook: mitmproxy types the side as Connection
@@ -92,11 +86,4 @@ class QuicGuard:
                 refusals.note_quic_id(connection_id, reason)
 
     def _first(self, client: connection.Client, host: str) -> bool:
-        key = (client.peername[0] if client.peername else "?", host)
-        if key in self._said:
-            self._said.move_to_end(key)
-            return False
-        self._said[key] = None
-        if len(self._said) > self._capacity:
-            self._said.popitem(last=False)
-        return True
+        return self._said.first((client.peername[0] if client.peername else "?", host))

@@ -53,12 +53,11 @@ from tlsgate.addons.mitm_internals import (
     watch_http_streams,
 )
 from tlsgate.addons.state import Connections, request_host, server_host
-from tlsgate.addons.verdicts import block_response, fail_closed, mark, record
+from tlsgate.addons.verdicts import answered, block_response, fail_closed, mark, record, upstream_decided
 from tlsgate.checks import faults
-from tlsgate.checks.model import Action, Issue
+from tlsgate.checks.model import Issue
 from tlsgate.policy.sections.timeouts import TIMEOUTS, TimeoutRules
 from tlsgate.sinks.findings import Finding
-from tlsgate.sinks.metrics import Metrics
 
 logger = logging.getLogger("tlsgate.timeouts")
 
@@ -122,10 +121,9 @@ class ConnectFaults:
 
 
 class UpstreamTimeouts:
-    def __init__(self, connections: Connections, sink: FindingsSink, metrics: Metrics | None = None) -> None:
+    def __init__(self, connections: Connections, sink: FindingsSink) -> None:
         self.connections = connections
         self.sink = sink
-        self.metrics = metrics
         self.watches: weakref.WeakKeyDictionary[connection.Server, Watch] = weakref.WeakKeyDictionary()
         self.flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowWatch] = weakref.WeakKeyDictionary()
         self.connect_faults: weakref.WeakKeyDictionary[connection.Client, ConnectFaults] = weakref.WeakKeyDictionary()
@@ -207,8 +205,7 @@ class UpstreamTimeouts:
         remembered[error] = finding
         while len(remembered) > CONNECT_FAULTS_KEPT:
             del remembered[next(iter(remembered))]
-        if self.metrics is not None:
-            self.metrics.upstream_connection(finding.action, finding.check, "tcp")
+        upstream_decided(self.sink, finding)
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         """The eager connect for a CONNECT failed: tlsgate's page (504 on a timeout) instead of mitmproxy's 502."""
@@ -477,11 +474,6 @@ class UpstreamTimeouts:
             return None
         match = state.match_for(server_host(server), self.connections.store.policy)
         return record(self.sink, state, client, issue, match, server.address[1] if server.address else None)
-
-
-def answered(flow: http.HTTPFlow) -> bool:
-    """Whether tlsgate already answered this flow itself (a block or a fault); a reported verdict still forwards."""
-    return (flow.metadata.get("tlsgate") or {}).get("action") in (Action.BLOCKED, Action.FAILED)
 
 
 _HELP: dict[str, str] = {

@@ -38,7 +38,7 @@ from tlsgate.addons.mitm_internals import (
     verify_result,
 )
 from tlsgate.addons.state import Connections, ConnState, ServerSide, is_quic, server_host
-from tlsgate.addons.verdicts import block, fail_closed, record
+from tlsgate.addons.verdicts import block, chain_seen, fail_closed, pin_set_checked, record_once, upstream_decided
 from tlsgate.checks import registry
 from tlsgate.checks.model import Action, Check, Effect, Issue, Severity, blocks, decide, remedy_for
 from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP, quic_facts, quic_failure_text
@@ -48,7 +48,6 @@ from tlsgate.policy import Mode
 from tlsgate.policy.sections.pins import PINS
 from tlsgate.policy.sections.tls import TLS
 from tlsgate.sinks.findings import Finding
-from tlsgate.sinks.metrics import Metrics
 from tlsgate.sinks.refusals import explain_refusals
 
 logger = logging.getLogger("tlsgate.tls")
@@ -66,10 +65,9 @@ def presented_chain(data: tls.TlsData) -> list[x509.Certificate]:
 
 
 class UpstreamTls:
-    def __init__(self, connections: Connections, sink: FindingsSink, metrics: Metrics | None = None) -> None:
+    def __init__(self, connections: Connections, sink: FindingsSink) -> None:
         self.connections = connections
         self.sink = sink
-        self.metrics = metrics
 
     def load(self, loader) -> None:
         # mitmproxy's console advice after a refused server is `connection_strategy=lazy`, which configure refuses.
@@ -290,12 +288,11 @@ class UpstreamTls:
                 to_report = remedy_for(match, "mode: report")
                 remedy = f"{remedy}; or {to_report}" if remedy else to_report
             once = judge is not None and issue.kind in judge.once and issue.effect is Effect.RECORD
-            key = (judge.name if judge else "", _device(state), match.host, issue.kind)
-            if once and self.sink.repeats.again(key):
-                continue  # said before for this device and host: counted (`Repeats`)
+            key = (judge.name if judge else "", _device(state), match.host, issue.kind) if once else None
             with_connection = judge is None or judge.connection_evidence
-            finding = record(
+            finding = record_once(
                 self.sink,
+                key,
                 state,
                 state.client,
                 issue,
@@ -304,8 +301,8 @@ class UpstreamTls:
                 evidence={"kind": issue.kind, **base, **issue.evidence} if with_connection else None,
                 remedy=remedy,
             )
-            if once:
-                self.sink.repeats.first(key, finding)
+            if finding is None:
+                continue  # said before for this device and host: counted (`Repeats`)
             if decide(issue, match.settings.mode) in (Action.BLOCKED, Action.FAILED) and first_block is None:
                 first_block = finding
         return first_block
@@ -313,18 +310,11 @@ class UpstreamTls:
     def _observe(
         self, side: ServerSide, issues: list[Issue], block: Finding | None, pins_checked: bool, transport: str = TRANSPORT_TCP
     ) -> None:
-        if self.metrics is None:
-            return
-        objection = block.check if block else next((str(i.check) for i in issues), None)
-        decision = block.action if block else "reported" if issues else "allowed"
-        self.metrics.upstream_connection(decision, objection, transport)
+        upstream_decided(self.sink, block, issues, transport)
         if pins_checked and PINS.get(side.match.settings) is not None:
-            kinds = {i.kind for i in issues}
-            self.metrics.pin_check(
-                "mismatch" if "pin_mismatch" in kinds else "expired" if "pin_set_expired" in kinds else "match"
-            )
+            pin_set_checked(self.sink, issues)
         pattern = side.match.pattern.text if side.match.pattern else None
-        self.metrics.certificate_expiry(pattern, (c.not_valid_after_utc.timestamp() for c in side.facts.chain))
+        chain_seen(self.sink, pattern, (c.not_valid_after_utc.timestamp() for c in side.facts.chain))
 
     # -- apply ----------------------------------------------------------------------------------
 

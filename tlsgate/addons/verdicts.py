@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 from mitmproxy import connection, http, version
@@ -58,13 +59,57 @@ def record(
     return finding
 
 
+def record_once(
+    sink: FindingsSink,
+    key: Hashable | None,
+    state: ConnState | None,
+    client: connection.Client | None,
+    issue: Issue,
+    match: Match,
+    port: int | None,
+    evidence: dict[str, Any] | None = None,
+    remedy: str | None = None,
+) -> Finding | None:
+    """`record`, once per `key`: later occurrences are counted against the first finding (`Repeats`), None returned.
+
+    For a standing problem (the app's TLS stack, a server, a payload habit) that
+    every connection or request shows again. `key` None records every time.
+    """
+    if key is not None and sink.repeats.again(key):
+        return None
+    finding = record(sink, state, client, issue, match, port, evidence, remedy)
+    if key is not None:
+        sink.repeats.first(key, finding)
+    return finding
+
+
+# The verdict each flow was last marked with: what add-ons ask (`verdict_of`) instead of reading metadata back.
+_VERDICTS: weakref.WeakKeyDictionary[http.HTTPFlow, Finding] = weakref.WeakKeyDictionary()
+
+
 def mark(flow: http.HTTPFlow, finding: Finding) -> None:
-    """What other add-ons (metrics) and mitmproxy's own tools see of the verdict on this flow."""
+    """Tie the verdict to this flow, and show it to mitmproxy's own tools (metadata, mark, comment)."""
+    _VERDICTS[flow] = finding
     flow.metadata["tlsgate"] = {"check": finding.check, "action": finding.action, "rule": finding.rule}
     # mitmweb's flow list shows marks and comments, not metadata: say why there too.
     flow.marked = FLOW_MARKS.get(finding.action, flow.marked)
     note = f"tlsgate {finding.action}: {finding.check} ({finding.rule}): {finding.detail}"
     flow.comment = "\n".join(filter(None, (flow.comment, note)))[-2000:]
+
+
+def verdict_of(flow: http.HTTPFlow) -> Finding | None:
+    """The finding this flow was last marked with, None when no check objected.
+
+    Read from the record itself, not from `flow.metadata`, which is there for
+    people and scripts and which any script may change.
+    """
+    return _VERDICTS.get(flow)
+
+
+def answered(flow: http.HTTPFlow) -> bool:
+    """Whether tlsgate answered this flow itself (a block or a fault); a reported verdict still forwards."""
+    finding = verdict_of(flow)
+    return finding is not None and finding.action in (Action.BLOCKED, Action.FAILED)
 
 
 FLOW_MARKS: dict[str, str] = {Action.BLOCKED: ":no_entry:", Action.FAILED: ":warning:", Action.REPORTED: ":eyes:"}
@@ -208,3 +253,43 @@ def refuse_unjudged(addon: Any, flow: http.HTTPFlow, where: str, exc: Exception)
                 flow.response = http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
         except Exception:  # noqa: BLE001
             flow.kill()
+
+
+# -- counted, not written ---------------------------------------------------------------------------
+# Decisions that are not findings (an allowed connection has none) still go through the recording path,
+# so the sinks behind it are wired in one place (`FindingsSink.metrics`) and no add-on holds `Metrics`.
+
+
+def upstream_decided(sink: FindingsSink, block: Finding | None, issues: Sequence[Issue] = (), transport: str = "tcp") -> None:
+    """An upstream connection's verdict: the blocking finding's action and check, else reported or allowed."""
+    if sink.metrics is None:
+        return
+    objection = block.check if block else next((str(i.check) for i in issues), None)
+    decision = block.action if block else "reported" if issues else "allowed"
+    sink.metrics.upstream_connection(decision, objection, transport)
+
+
+def pin_set_checked(sink: FindingsSink, issues: Sequence[Issue]) -> None:
+    """A chain held to a pin set: mismatch, expired (the pin set), or match."""
+    if sink.metrics is None:
+        return
+    kinds = {i.kind for i in issues}
+    sink.metrics.pin_check("mismatch" if "pin_mismatch" in kinds else "expired" if "pin_set_expired" in kinds else "match")
+
+
+def chain_seen(sink: FindingsSink, host_pattern: str | None, not_after: Iterable[float]) -> None:
+    """The earliest expiry in an upstream chain, for a host pattern the policy names."""
+    if sink.metrics is not None:
+        sink.metrics.certificate_expiry(host_pattern, not_after)
+
+
+def quic_decided(sink: FindingsSink, decision: str) -> None:
+    """A QUIC connection refused, inspected or reported (its finding is written once per client and host)."""
+    if sink.metrics is not None:
+        sink.metrics.quic_connection(decision)
+
+
+def error_contained(sink: FindingsSink, where: str) -> None:
+    """An exception tlsgate contained instead of letting it become a traceback (connection, accept, asyncio)."""
+    if sink.metrics is not None:
+        sink.metrics.internal_error(where)

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tlsgate.policy.model import Match, Mode
+from tlsgate.tls.severity import Severity
+
+__all__ = ["Action", "Check", "Effect", "Issue", "Severity", "blocks", "decide", "remedy_for"]
 
 
 class Check(enum.StrEnum):
@@ -43,16 +46,6 @@ class Action(enum.StrEnum):
     REPORTED = "reported"
     PASSED = "passed"
     FAILED = "failed"  # a network fault, not a verdict: answered 502/504, never counted as a policy block
-
-
-class Severity(enum.StrEnum):
-    """Ordered from least to most severe (the sinks keep the same words as plain strings)."""
-
-    INFO = "info"
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-    CRITICAL = "critical"
 
 
 class Effect(enum.Enum):

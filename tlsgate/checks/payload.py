@@ -16,6 +16,7 @@ from typing import Any
 from tlsgate.checks.model import Check, Effect, Issue, Severity, remedy_for
 from tlsgate.policy.model import Match
 from tlsgate.policy.sections.payload import PAYLOAD, PayloadAction, PayloadRules
+from tlsgate.tls.severity import RANK
 
 # Which sub-key of `payload:` governs each finding kind.
 CATEGORY = {
@@ -134,8 +135,7 @@ def judge_payload(facts: PayloadFacts, match: Match) -> list[Issue]:
             f"send the app's credentials only to its own hosts; if {match.host} is one, name it in a rule",
         )
     if facts.keys:
-        order = ["info", "low", "medium", "high", "critical"]
-        worst = max((k["severity"] for k in facts.keys), key=order.index)
+        worst = max((k["severity"] for k in facts.keys), key=RANK.__getitem__)
         add(
             "provider_key",
             Severity(worst),

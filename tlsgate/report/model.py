@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tlsgate.sinks.findings import FIELD_CHARS, MAX_DEPTH, json_safe, printable
+from tlsgate.tls.severity import RANK, SEVERITIES
 
-SEVERITIES = ("info", "low", "medium", "high", "critical")
-RANK = {name: index for index, name in enumerate(SEVERITIES)}
 GATE_LEVELS = SEVERITIES[1:]  # `--fail-on info` would fail on every passed probe: not offered
 
 # Non-blank lines read before a file without a single finding is declared "not findings".

@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -22,8 +21,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tlsgate.sinks.redact import redact_host
+from tlsgate.tls.recent import Recent
+from tlsgate.tls.severity import SEVERITIES
 
-SEVERITIES = ("info", "low", "medium", "high", "critical")
 # The longest value of each text field, in characters after escaping: generous next to what any check
 # writes (a host name is at most 255 bytes), small enough that the few thousand findings a report keeps
 # in full stay a few megabytes, whoever wrote the file. The writer cuts here and the reader cuts here.
@@ -310,7 +310,7 @@ class Repeats:
     def __init__(self, log: FindingsLog, limit: int = REPEATS_LIMIT) -> None:
         self.log = log
         self.limit = limit
-        self._tallies: OrderedDict[Hashable, _Tally] = OrderedDict()
+        self._tallies: Recent[Hashable, _Tally] = Recent(limit, lambda _key, forgotten: self._write(forgotten))
 
     def __len__(self) -> int:
         return len(self._tallies)
@@ -320,7 +320,6 @@ class Repeats:
         tally = self._tallies.get(key)
         if tally is None:
             return False
-        self._tallies.move_to_end(key)
         tally.total += 1
         self.log.count(tally.finding)
         if tally.total >= next_threshold(tally.written):
@@ -329,11 +328,7 @@ class Repeats:
 
     def first(self, key: Hashable, finding: Finding) -> None:
         """`finding` was just recorded for `key`: later occurrences are counted against it."""
-        self._tallies[key] = _Tally(finding)
-        self._tallies.move_to_end(key)
-        while len(self._tallies) > self.limit:
-            _, forgotten = self._tallies.popitem(last=False)
-            self._write(forgotten)
+        self._tallies.put(key, _Tally(finding))
 
     def flush(self) -> None:
         """Write what is still only counted (tlsgate is stopping)."""

@@ -10,7 +10,8 @@ small set OpenSSL can negotiate.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector, generate_latest
 
@@ -173,20 +174,15 @@ class Metrics:
             self.on_repeat(finding)
 
     def on_repeat(self, finding: Finding) -> None:
-        """One occurrence of a finding, written or only counted."""
+        """One occurrence of a finding, written or only counted: `tlsgate_findings_total`, and its check's own
+        counter as FINDING_METRICS says."""
         self.findings.labels(finding.severity, finding.check, finding.action, finding.device or UNNAMED).inc()
-        if finding.check == "cleartext":
-            protocol = finding.evidence.get("protocol") if isinstance(finding.evidence, dict) else None
-            protocol = "http" if protocol == "ws" else protocol
-            self.cleartext.labels(protocol if protocol in PROTOCOLS else "unknown", finding.action).inc()
-        elif finding.check in APP_KINDS and isinstance(finding.evidence, dict):
-            kind = finding.evidence.get("kind")
-            kind = kind if kind in APP_KINDS[finding.check] else "other"
-            self.app_conformance.labels(finding.check, kind, finding.action).inc()
-        elif finding.check == "payload" and isinstance(finding.evidence, dict):
-            kind = finding.evidence.get("kind")
-            third = "true" if finding.evidence.get("third_party") else "false"
-            self.payload.labels(kind if kind in PAYLOAD_KINDS else "other", finding.action, third).inc()
+        row = FINDING_METRICS.get(finding.check)
+        if row is None or row.counter is None or row.labels is None:
+            return
+        labels = row.labels(finding)
+        if labels is not None:
+            getattr(self, row.counter).labels(*labels).inc()
 
     def on_reload(self, result: str, rule_count: int | None, host_patterns: Iterable[str] = ()) -> None:
         """A policy load attempt; on success, the rule count and the host patterns the policy names."""
@@ -209,9 +205,6 @@ class Metrics:
     def handshake(self, side: str, ok: bool, version: str | None, suite: str | None, transport: str = "tcp") -> None:
         self.handshakes.labels(side, "ok" if ok else "failed", version or NONE, suite or NONE, transport).inc()
 
-    def client_bound(self, bound: str) -> None:
-        self.client_bounds.labels(bound).inc()
-
     def internal_error(self, where: str) -> None:
         self.internal_errors.labels(where).inc()
 
@@ -227,3 +220,93 @@ class Metrics:
         if host_pattern is None or host_pattern not in self._named_hosts or not times:
             return
         self.cert_expiry.labels(host_pattern).set(min(times))
+
+
+# -- what each check's findings count ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FindingMetric:
+    """What a finding of one check counts besides `tlsgate_findings_total` (which every finding counts).
+
+    `counter` names a `Metrics` attribute; `labels` reads that counter's labels
+    from the finding, or None when this finding does not count there. A check
+    with neither counts in `tlsgate_findings_total` only. Data, not branches: a
+    new check is one row here, and a test fails while a check has none.
+    """
+
+    counter: str | None = None
+    labels: Callable[[Finding], tuple[str, ...] | None] | None = None
+
+
+def _evidence(finding: Finding) -> dict[str, object] | None:
+    return finding.evidence if isinstance(finding.evidence, dict) else None
+
+
+def _cleartext_labels(finding: Finding) -> tuple[str, ...]:
+    evidence = _evidence(finding)
+    protocol = evidence.get("protocol") if evidence is not None else None
+    protocol = "http" if protocol == "ws" else protocol
+    return (protocol if isinstance(protocol, str) and protocol in PROTOCOLS else "unknown", finding.action)
+
+
+def _app_labels(finding: Finding) -> tuple[str, ...] | None:
+    evidence = _evidence(finding)
+    if evidence is None:
+        return None
+    kind = evidence.get("kind")
+    return (finding.check, kind if isinstance(kind, str) and kind in APP_KINDS[finding.check] else "other", finding.action)
+
+
+def _payload_labels(finding: Finding) -> tuple[str, ...] | None:
+    evidence = _evidence(finding)
+    if evidence is None:
+        return None
+    kind = evidence.get("kind")
+    third = "true" if evidence.get("third_party") else "false"
+    return (kind if isinstance(kind, str) and kind in PAYLOAD_KINDS else "other", finding.action, third)
+
+
+# `tlsgate_client_bounds_total{bound}` by the kind of the finding that closed the connection.
+BOUND_KINDS = {
+    "client_hello": {
+        "oversized_hello": "hello_bytes",
+        "fragmented_hello": "hello_records",
+        "malformed_hello": "hello_malformed",
+        "slow_client": "head_timeout",
+    },
+    "request": {"oversized_request_head": "request_head", "slow_client": "head_timeout"},
+}
+
+
+def _bound_labels(finding: Finding) -> tuple[str, ...] | None:
+    evidence = _evidence(finding)
+    bound = BOUND_KINDS[finding.check].get(str(evidence.get("kind"))) if evidence is not None else None
+    return (bound,) if bound is not None else None
+
+
+FINDINGS_ONLY = FindingMetric()
+# One row for every check a finding can name (`tlsgate.checks.model.Check`; a test holds the two together).
+FINDING_METRICS: dict[str, FindingMetric] = {
+    "cleartext": FindingMetric("cleartext", _cleartext_labels),
+    "protocol": FINDINGS_ONLY,
+    "cipher": FINDINGS_ONLY,
+    "certificate": FINDINGS_ONLY,
+    "pin": FINDINGS_ONLY,
+    "tls": FINDINGS_ONLY,
+    "client_protocol": FINDINGS_ONLY,
+    "client_ciphers": FINDINGS_ONLY,
+    "client_sni": FINDINGS_ONLY,
+    "client_trust": FINDINGS_ONLY,
+    "client_probe": FINDINGS_ONLY,
+    "client_hello": FindingMetric("client_bounds", _bound_labels),
+    "quic": FINDINGS_ONLY,
+    "destination": FINDINGS_ONLY,
+    "request": FindingMetric("client_bounds", _bound_labels),
+    "payload": FindingMetric("payload", _payload_labels),
+    "fault": FINDINGS_ONLY,
+    "conformance": FindingMetric("app_conformance", _app_labels),
+    "pinning": FindingMetric("app_conformance", _app_labels),
+    "revocation": FINDINGS_ONLY,
+    "ct": FINDINGS_ONLY,
+}
