@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "checks": {"tls", "policy", "payload"},
     "sinks": {"tls"},
     "report": {"tls", "sinks"},
-    "addons": {"tls", "payload", "policy", "checks", "sinks", "report"},
+    "addons": {"tls", "payload", "policy", "checks", "sinks"},  # not report: it reads findings after the fact
     "app": {"tls", "apps", "payload", "policy", "checks", "sinks", "addons", "report"},
 }
 MITMPROXY_FREE = {"tls", "apps", "payload", "policy", "checks", "sinks", "report"}

@@ -16,7 +16,7 @@ import re
 from mitmproxy import ctx, exceptions
 from mitmproxy.utils import asyncio_utils
 
-from tlsgate.report.model import GATE_LEVELS, RANK, fails
+from tlsgate.tls.severity import GATE_LEVELS, RANK, fails
 
 logger = logging.getLogger("tlsgate.lifetime")
 

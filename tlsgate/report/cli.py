@@ -17,9 +17,10 @@ from pathlib import Path
 
 from tlsgate.report import diff as diffing
 from tlsgate.report import exitcodes, formats
-from tlsgate.report.model import GATE_LEVELS, RANK, InputError, Reader
+from tlsgate.report.model import InputError, Reader
 from tlsgate.report.summary import Summary
 from tlsgate.sinks.findings import printable
+from tlsgate.tls.severity import GATE_LEVELS, RANK
 
 FORMATS = ("html", "junit", "sarif", "markdown", "json")
 DEFAULT_GATE = "high"

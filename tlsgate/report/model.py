@@ -19,23 +19,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tlsgate.sinks.findings import FIELD_CHARS, MAX_DEPTH, json_safe, printable
-from tlsgate.tls.severity import RANK, SEVERITIES
-
-GATE_LEVELS = SEVERITIES[1:]  # `--fail-on info` would fail on every passed probe: not offered
+from tlsgate.tls.severity import RANK, SEVERITIES, fails
 
 # Non-blank lines read before a file without a single finding is declared "not findings".
 PROBE_WINDOW = 50
 # Each distinct kind of problem is warned about this many times, then only counted.
 WARNINGS_SHOWN = 3
-
-
-def fails(action: str, severity: str, threshold: int) -> bool:
-    """The gate, the same for `report`, `diff` and `run --fail-on`: tlsgate blocked it, or it is at least
-    `threshold` severe. A blocked request is one the app made against the policy; a probe the app refused
-    (`passed`) is the app doing right and never fails."""
-    if action == "passed":
-        return False  # and a network fault ("failed") fails only by severity: it is not the app's doing
-    return action == "blocked" or RANK.get(severity, 0) >= threshold
 
 
 # How tlsgate names its packaged default policy in findings written before it was named by its

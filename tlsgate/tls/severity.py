@@ -24,3 +24,13 @@ class Severity(enum.StrEnum):
 
 SEVERITIES: tuple[str, ...] = tuple(severity.value for severity in Severity)
 RANK: dict[str, int] = {name: index for index, name in enumerate(SEVERITIES)}
+GATE_LEVELS: tuple[str, ...] = SEVERITIES[1:]  # `--fail-on info` would fail on every passed probe: not offered
+
+
+def fails(action: str, severity: str, threshold: int) -> bool:
+    """The gate, the same for `report`, `diff` and `run --fail-on`: tlsgate blocked it, or it is at least
+    `threshold` severe. A blocked request is one the app made against the policy; a probe the app refused
+    (`passed`) is the app doing right and never fails."""
+    if action == "passed":
+        return False  # and a network fault ("failed") fails only by severity: it is not the app's doing
+    return action == "blocked" or RANK.get(severity, 0) >= threshold
