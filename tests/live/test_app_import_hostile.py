@@ -28,7 +28,7 @@ TIMEOUT = 120  # seconds; every case finishes in about the interpreter's start-u
 # ru_maxrss would include pytest's (Linux keeps the pre-exec high-water mark of the forked copy of the parent).
 MEASURED = (
     "import os, sys\n"
-    "pid = os.posix_spawn(sys.executable, [sys.executable, '-m', 'proxy', 'import', *sys.argv[1:]], os.environ)\n"
+    "pid = os.posix_spawn(sys.executable, [sys.executable, '-m', 'tlsgate', 'import', *sys.argv[1:]], os.environ)\n"
     "_, status, usage = os.wait4(pid, 0)\n"
     "sys.stderr.write(f'maxrss_kib={usage.ru_maxrss}\\n')\n"
     "sys.exit(os.waitstatus_to_exitcode(status))\n"

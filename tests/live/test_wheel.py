@@ -48,7 +48,7 @@ def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(
     tlsgate = venv / "bin" / "tlsgate"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "site-packages" in run(str(venv / "bin" / "python"), "-c", "import tlsgate; print(proxy.__file__)", cwd=empty).stdout
+    assert "site-packages" in run(str(venv / "bin" / "python"), "-c", "import tlsgate; print(tlsgate.__file__)", cwd=empty).stdout
     resolve = f"api.test:{http_upstream.port}:127.0.0.1"
     home = tmp_path / "home"
     env = {"HOME": str(home), "XDG_DATA_HOME": "", "TLSGATE_CONFDIR": ""}
