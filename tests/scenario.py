@@ -12,7 +12,8 @@ checkout to the files recorded in tests/data/scenario/ from the tag `pre-i22` (m
 renamed from `proxy` to `tlsgate`); `--record` writes them.
 
 Regular mode on loopback, local upstreams with certificates made here, real clients (curl, openssl s_client,
-httpx, raw sockets). Each part of the scenario has a host of its own (`pinned.test`, `tls10.test`, ...), so a
+httpx, raw sockets); then HTTP/3 (aioquic) through a second tlsgate in reverse:http3 mode, whose counters are the
+lines of `metrics.txt` that start with `quic gate:`. Each part of the scenario has a host of its own (`pinned.test`, `tls10.test`, ...), so a
 finding says which part it came from without relying on when it was written. What varies from run to run is
 replaced, not dropped: times by `<time>`, upstream and proxy ports by their server's name, client ports by
 `<port>`, certificates made for this run (pins, fingerprints, serials) by the certificate's role, the run's
@@ -43,6 +44,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from tests import quicpeers
 from tests.certgen import Chain, make_chain, make_leaf, utcnow, write_pem, write_server_files
 from tests.harness import REPO, CurlResult, Tlsgate, Upstream, curl, free_port, read_head, read_until_closed
 from tests.plainpeers import RecordingServer, mqtt_connect, smtp_auth
@@ -59,6 +61,10 @@ HOSTS = (
     "payload-report.test", "tracker.test", "broker.test", "broker-ok.test", "mail.test", "app.test", "hygiene.test",
     "hello.test", "refused.test",
 )  # fmt: skip
+# The QUIC part runs through a second tlsgate, in reverse:http3 mode towards one HTTP/3 server: the host is the
+# name the client asks for (SNI), so each of these again names its part.
+QUIC_HOSTS = ("quic-refused.test", "quic-ok.test", "quic-pinned.test", "quic-report.test", "quic-probe.test")
+QUIC_UPSTREAM = "quic-upstream.test"
 PROBES = "[self_signed, wrong_host, expired, untrusted_ca]"
 AES_KEY = b"mysecretkey12345"  # typed into the app's source
 EMAIL = "jane.scenario@example.org"
@@ -157,6 +163,45 @@ rules:
 """
 
 
+def quic_policy_text(chain: Chain) -> str:
+    """The QUIC gate's policy: refuse by default, inspect, report, probe. In reverse mode the upstream's certificate
+    is judged under the reverse target's name (quic-upstream.test), the QUIC decision and probes under the name the
+    client asked for: pins of a quic-*.test rule are not applied (the scenario records that as it is), the
+    quic-upstream.test rule's are, on every inspected connection."""
+    return f"""version: 1
+devices:
+  127.0.0.1: scenario-phone
+pin_sets:
+  nobody:
+    pins: [{fake_pin("scenario-a")}, {fake_pin("scenario-b")}]
+  ours:
+    pins: [{fake_pin("scenario-c")}, {spki_pin(chain.intermediate.cert)}]
+rules:
+  - name: quic-ok
+    hosts: quic-ok.test
+    quic: inspect
+    pins: ours
+  - name: quic-pinned
+    hosts: quic-pinned.test
+    quic: inspect
+    pins: nobody
+  - name: quic-report
+    hosts: quic-report.test
+    mode: report
+    quic: refuse
+    pins: nobody
+  - name: quic-probe
+    hosts: quic-probe.test
+    quic: inspect
+    client:
+      probes: [self_signed]
+  - name: quic-upstream
+    hosts: quic-upstream.test
+    mode: report
+    pins: nobody
+"""
+
+
 # -- the scenario's servers and clients -------------------------------------------------------------------
 
 
@@ -180,7 +225,7 @@ class Lab:
 
 
 def start_servers(work: Path) -> Lab:
-    chain = make_chain(dns=HOSTS, ips=())
+    chain = make_chain(dns=(*HOSTS, *QUIC_HOSTS, QUIC_UPSTREAM), ips=())
     root_file = write_pem(work / "root.pem", chain.root)
     lab = Lab(work, chain, root_file)
     lab.certs |= {"root": chain.root.cert, "intermediate": chain.intermediate.cert, "leaf": chain.leaf.cert}
@@ -202,6 +247,7 @@ def start_servers(work: Path) -> Lab:
     lab.servers["mqtt-ok"] = RecordingServer("mqtt").__enter__()
     lab.servers["smtp"] = RecordingServer("smtp").__enter__()
     lab.servers["service"] = RecordingServer("raw").__enter__()  # a service on the proxy host's loopback
+    lab.servers["quic"] = quicpeers.RecordingServer(cert_file, key_file).start()
     lab.closed_port = free_port()
     return lab
 
@@ -216,8 +262,8 @@ def stop_servers(lab: Lab) -> None:
 
 
 def received(server: Any) -> int:
-    """Requests an HTTP upstream saw, or bytes a stream server got."""
-    return len(server.requests) if isinstance(server, Upstream) else len(server.received)
+    """Requests an HTTP or HTTP/3 upstream saw, or bytes a stream server got."""
+    return len(server.requests) if isinstance(server, Upstream | quicpeers.RecordingServer) else len(server.received)
 
 
 def tlsgate_headers(result: CurlResult) -> dict[str, str]:
@@ -361,9 +407,9 @@ def drive(lab: Lab, gate: Tlsgate) -> None:
     with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as sock:
         target = f"http://hygiene.test:{http}/x".encode()
         sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: hygiene.test\r\nX-Note: a\rX-Injected: evil\r\n\r\n")
-        answer = read_head(sock)
+        head = read_head(sock)
     lab.note(
-        "header with a bare CR", answer=answer.split(b"\r\n", 1)[0].decode(), upstream_saw=received(lab.servers["http"]) - before
+        "header with a bare CR", answer=head.split(b"\r\n", 1)[0].decode(), upstream_saw=received(lab.servers["http"]) - before
     )
     with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as sock:
         sock.sendall(f"CONNECT hello.test:{https} HTTP/1.1\r\nHost: hello.test:{https}\r\n\r\n".encode())
@@ -372,6 +418,26 @@ def drive(lab: Lab, gate: Tlsgate) -> None:
         read_until_closed(sock)
     lab.note("bytes that are no ClientHello", connect=established)
     curl_step(lab, gate, "upstream refuses the connection", f"https://refused.test:{lab.closed_port}/", "https", *ca)
+
+
+def drive_quic(lab: Lab, gate: Tlsgate) -> None:
+    """HTTP/3 through the QUIC gate: refused by default, inspected, refused in report mode, and a probe that catches
+    a client accepting any certificate (which then gets through)."""
+    server = lab.servers["quic"]
+    ca = lab.work / "certs" / "mitmproxy-ca-cert.pem"  # the CA directory both gates share (start_gate)
+    for step, host, verify in (
+        ("QUIC refused by default", "quic-refused.test", True),
+        ("QUIC inspected, a rule with pins the chain has", "quic-ok.test", True),
+        ("QUIC inspected, a rule with pins no certificate has", "quic-pinned.test", True),
+        ("QUIC refused, report mode", "quic-report.test", True),
+        ("QUIC probe, client accepts anything", "quic-probe.test", False),
+        ("QUIC after the probe, client accepts anything", "quic-probe.test", False),
+    ):
+        before = received(server)
+        answer = quicpeers.get(f"https://{host}/q", server_name=host, port=gate.port, ca_file=ca, verify=verify, timeout=15)
+        headers = {k: v for k, v in sorted(answer.headers.items()) if k.startswith("x-tlsgate-")}
+        lab.note(step, status=answer.status, close_code=answer.close_code, headers=headers,
+                 upstream_saw=received(server) - before)  # fmt: skip
 
 
 # -- normalising --------------------------------------------------------------------------------------------
@@ -487,42 +553,68 @@ def quiet_file(path: Path, still: float = 2.0, limit: float = 60) -> None:
         time.sleep(0.1)
 
 
+def start_gate(command: list[str], work: Path, lab: Lab, policy: str, *extra: str) -> Tlsgate:
+    """A tlsgate in `work` (its findings file and policy there), with the scenario's CA directory and upstream root."""
+    work.mkdir(exist_ok=True)
+    (work / "policy.yaml").write_text(policy)
+    args = ["--listen-port", "0", "--metrics-port", "0", "--confdir", str(lab.work / "certs"), "--findings", "findings.jsonl"]
+    args += ["--policy", "policy.yaml", "--upstream-ca", str(lab.root_file), *extra]
+    return Tlsgate(work, command=[*command, *args]).start(timeout=60)
+
+
+def finish(gate: Tlsgate, findings: list[Path], scrapes: list[str], ports: dict[int, str], name: str) -> None:
+    """Wait until `gate` has written what its last client caused, then keep its findings, counters and ports."""
+    quiet_file(gate.findings_path)
+    findings.append(gate.findings_path)
+    scrapes.append(gate.scrape())
+    ports[gate.port] = f"<{name} port>"
+    ports[int(gate.metrics_url.rsplit(":", 1)[1])] = f"<{name} metrics port>"
+
+
 def run(checkout: Path, out: Path, python: Path | None = None) -> dict[str, list[str]]:
     """Run the scenario against `checkout`'s tlsgate; write and return the three normalised files."""
     python = python or (Path(sys.executable) if checkout.resolve() == REPO else checkout / ".venv" / "bin" / "python")
+    command = tlsgate_command(checkout, python)
     with tempfile.TemporaryDirectory(prefix="tlsgate-scenario-") as tmp:
         work = Path(tmp)
         lab = start_servers(work)
-        (work / "policy.yaml").write_text(policy_text(lab.chain))
-        args = ["--listen-port", "0", "--metrics-port", "0", "--confdir", str(work / "certs"), "--findings", "findings.jsonl"]
-        args += ["--policy", "policy.yaml", "--upstream-ca", str(lab.root_file)]
-        for host in HOSTS:
-            args += ["--resolve", f"{host}:*:127.0.0.1"]
-        gate = Tlsgate(work, command=[*tlsgate_command(checkout, python), *args])
+        gates: list[Tlsgate] = []
+        findings: list[Path] = []
+        scrapes: list[str] = []
+        ports: dict[int, str] = {}
+        codes: list[str] = []
         try:
-            gate.start(timeout=60)
-            drive(lab, gate)
-            quiet_file(gate.findings_path)
-            metrics = gate.scrape()
-            metrics_port = int(gate.metrics_url.rsplit(":", 1)[1])
+            # The main gate: regular mode, every TCP part.
+            resolve = [arg for host in HOSTS for arg in ("--resolve", f"{host}:*:127.0.0.1")]
+            gates.append(start_gate(command, work, lab, policy_text(lab.chain), *resolve))
+            drive(lab, gates[0])
+            finish(gates[0], findings, scrapes, ports, "proxy")
+            codes.append(f"tlsgate exit: {gates[0].stop()}")
+            # The QUIC gate: reverse:http3 towards the HTTP/3 server (the UDP mode that needs no namespace).
+            quic = lab.port("quic")
+            mode = ["--mode", f"reverse:http3://{QUIC_UPSTREAM}:{quic}", "--resolve", f"{QUIC_UPSTREAM}:{quic}:127.0.0.1"]
+            gates.append(start_gate(command, work / "quic", lab, quic_policy_text(lab.chain), *mode))
+            drive_quic(lab, gates[1])
+            finish(gates[1], findings, scrapes, ports, "quic proxy")
+            codes.append(f"quic tlsgate exit: {gates[1].stop()}")
         finally:
-            code = gate.stop()
+            for gate in gates:
+                gate.stop()
             stop_servers(lab)
-        ports = {lab.port(name): f"<{name} port>" for name in lab.servers} | {
-            gate.port: "<proxy port>",
-            metrics_port: "<metrics port>",
-            lab.closed_port: "<closed port>",
-        }
+        ports |= {lab.port(name): f"<{name} port>" for name in lab.servers} | {lab.closed_port: "<closed port>"}
         pairs = replacements(lab, work / "certs")
+        metrics = normalise_metrics(scrapes[0], pairs, ports)
+        metrics += [f"quic gate: {line}" for line in normalise_metrics(scrapes[1], pairs, ports)]
         result = {
-            "findings.jsonl": normalise_findings(gate.findings_path, pairs, ports),
-            "metrics.txt": normalise_metrics(metrics, pairs, ports),
-            "clients.txt": [normalise_value(line, pairs, ports) for line in lab.client_lines] + [f"tlsgate exit: {code}"],
+            "findings.jsonl": sorted(line for path in findings for line in normalise_findings(path, pairs, ports)),
+            "metrics.txt": metrics,
+            "clients.txt": [normalise_value(line, pairs, ports) for line in lab.client_lines] + codes,
         }
         out.mkdir(parents=True, exist_ok=True)
         for name, lines in result.items():
             (out / name).write_text("".join(f"{line}\n" for line in lines))
-        (out / "console.log").write_text(gate.output + "\n")  # for a person reading a difference; not compared
+        # For a person reading a difference; not compared.
+        (out / "console.log").write_text("\n\n".join(gate.output for gate in gates) + "\n")
     return result
 
 

@@ -1,7 +1,8 @@
 """Behaviour unchanged across issue 22's restructuring: one fixed scenario (tests/scenario.py: pins, weak
 upstreams, client probes and audits, payload findings, cleartext MQTT/SMTP, destination refusals, an app's own
-config, report-mode variants, hostile peers) through this checkout's tlsgate gives the findings, counters and
-client answers recorded from the tag `pre-i22` (tests/data/scenario/README.md says how, and when to record again).
+config, report-mode variants, hostile peers, and HTTP/3 through a second tlsgate in reverse:http3 mode) through
+this checkout's tlsgate gives the findings, counters and client answers recorded from the tag `pre-i22`
+(tests/data/scenario/README.md says how, and when to record again).
 
 A recorded file rather than a second checkout built at test time: CI clones without tags and must not need a
 second venv; the recorded files also show in review exactly what a change of behaviour changes.
@@ -19,7 +20,7 @@ from tests.harness import REPO
 
 def test_the_scenario_gives_what_pre_i22_gave(tmp_path: Path) -> None:
     got = scenario.run(REPO, tmp_path / "out")
-    problems = []
+    problems: list[str] = []
     for name in scenario.FILES:
         expected = (scenario.GOLDEN / name).read_text().splitlines()
         if got[name] != expected:
@@ -31,16 +32,20 @@ def test_the_recording_covers_every_part_of_the_scenario() -> None:
     """The reference is not an empty or partial run: every part's host has its answer, and the checks it drives
     all left findings."""
     clients = (scenario.GOLDEN / "clients.txt").read_text().splitlines()
-    assert clients[-1] == "tlsgate exit: 0" and len(clients) == 43, clients
+    assert clients[-2:] == ["tlsgate exit: 0", "quic tlsgate exit: 0"] and len(clients) == 50, clients
     findings = [json.loads(line) for line in (scenario.GOLDEN / "findings.jsonl").read_text().splitlines()]
     checks = {f["check"] for f in findings}
     assert checks >= {
         "cleartext", "pin", "protocol", "cipher", "certificate", "client_probe", "client_trust", "client_protocol",
         "client_ciphers", "client_sni", "payload", "destination", "conformance", "pinning", "request", "client_hello",
-        "fault",
+        "fault", "quic",
     }, checks  # fmt: skip
     assert {f["action"] for f in findings} == {"blocked", "reported", "passed", "failed"}
-    assert {f["host"] for f in findings} >= set(scenario.HOSTS) - {"allowed.test", "pinned-ok.test", "broker-ok.test"}
+    hosts = {f["host"] for f in findings}
+    assert hosts >= set(scenario.HOSTS) - {"allowed.test", "pinned-ok.test", "broker-ok.test"}, hosts
+    assert hosts >= set(scenario.QUIC_HOSTS) - {"quic-ok.test", "quic-pinned.test"} | {scenario.QUIC_UPSTREAM}, hosts
+    metrics = (scenario.GOLDEN / "metrics.txt").read_text()
+    assert 'quic gate: tlsgate_quic_connections_total{decision="inspected"} 4.0' in metrics
 
 
 def test_normalising_keeps_what_tells_runs_apart() -> None:
