@@ -628,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help=f"write them to {GOLDEN.relative_to(REPO)} (the reference)")
     args = parser.parse_args(argv)
     out = GOLDEN if args.record else args.out or Path(tempfile.mkdtemp(prefix="scenario-out-"))
-    run(args.checkout.resolve(), out, args.python)
+    run(args.checkout.resolve(), out, args.python.absolute() if args.python else None)  # tlsgate runs in a temporary cwd
     if args.record:
         (out / "console.log").unlink()
     print(out)
