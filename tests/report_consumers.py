@@ -9,6 +9,7 @@ the Markdown a step summary or pull-request comment shows.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -28,10 +29,16 @@ ARTIFACTS = REPO / "tests" / "artifacts"  # ignored by git; CI can keep it as a 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def validate_sarif(document: dict[str, Any]) -> None:
+@functools.cache
+def _sarif_validator() -> jsonschema.Draft4Validator:
+    """Checking the OASIS schema itself against the meta-schema costs more than validating a report: done once."""
     schema = json.loads(SARIF_SCHEMA.read_text())
     jsonschema.Draft4Validator.check_schema(schema)
-    jsonschema.Draft4Validator(schema).validate(document)
+    return jsonschema.Draft4Validator(schema)
+
+
+def validate_sarif(document: dict[str, Any]) -> None:
+    _sarif_validator().validate(document)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness import REPO, Tlsgate, curl
+from tests.harness import Tlsgate, curl
 from tests.unit.test_lean_master import KEPT
 
 # Prints the running master's add-on chain, so the test reads it from the real process.
@@ -42,7 +42,7 @@ def test_a_dropped_option_stops_the_run_before_the_banner_and_names_mitmdump(tmp
     done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert done.returncode == 2, done
     assert "tlsgate: --set map_local: tlsgate run leaves out mitmproxy's map_local" in done.stderr
-    assert "use mitmdump -s tlsgate/addons/script.py --set map_local=..." in done.stderr
+    assert 'use mitmdump -s "$(tlsgate script-path)" --set map_local=...' in done.stderr
     assert "answers-token-7f3a" not in done.stderr + done.stdout  # an option's value is never echoed
     assert "listening" not in done.stdout and "mitm.it" not in done.stdout  # no banner
     assert not (tmp_path / "certs").exists(), "nothing is created for a run that cannot start"
@@ -63,11 +63,12 @@ def test_mitm_it_serves_the_ca_through_the_lean_master(tmp_path: Path) -> None:
 
 
 def test_the_script_mitmdump_route_still_has_every_default_addon(tmp_path: Path) -> None:
-    """What the dropped-option message promises: mitmdump -s tlsgate/addons/script.py accepts map_local."""
+    """What the dropped-option message promises: mitmdump -s "$(tlsgate script-path)" accepts map_local."""
     script = tmp_path / "chain.py"
     script.write_text(CHAIN_SCRIPT)
     mitmdump = Path(sys.executable).parent / "mitmdump"
-    argv = [str(mitmdump), "-s", str(REPO / "tlsgate" / "addons" / "script.py"), "-s", str(script)]
+    ours = subprocess.run([sys.executable, "-m", "tlsgate", "script-path"], capture_output=True, text=True, check=True)
+    argv = [str(mitmdump), "-s", ours.stdout.strip(), "-s", str(script)]
     argv += ["--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={tmp_path / 'certs'}"]
     argv += ["--set", "tlsgate_metrics_listen=127.0.0.1:0", "--set", f"tlsgate_findings={tmp_path / 'f.jsonl'}"]
     argv += ["--set", f"map_local=|~q|{tmp_path}"]

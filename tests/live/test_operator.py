@@ -86,36 +86,55 @@ def test_a_taken_port_is_refused_in_tlsgates_words_before_anything_is_created(tm
     assert not (tmp_path / "certs").exists(), "no CA is created for a run that cannot start"
 
 
-def stock_command() -> list[str]:
-    """The README's "With stock mitmproxy" command, exactly as written."""
+def stock_commands() -> list[str]:
+    """The README's "With stock mitmproxy" commands, exactly as written: the installed one, then the checkout's."""
     text = (REPO / "README.md").read_text()
-    section = text.split("## With stock mitmproxy", 1)[1]
-    block = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert block, "the README shows the stock mitmproxy command"
-    lines = [line for line in block.group(1).replace("\\\n", " ").splitlines() if line.strip() and "mitmdump" in line]
-    assert len(lines) == 1, lines
-    return shlex.split(lines[0])
+    section = text.split("## With stock mitmproxy", 1)[1].split("\n## ", 1)[0]
+    lines = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+        found = [line for line in block.replace("\\\n", " ").splitlines() if line.strip() and "mitmdump" in line]
+        assert len(found) == 1, found
+        lines += found
+    assert len(lines) == 2, "the README shows the stock mitmproxy command installed and from a checkout"
+    return lines
+
+
+def as_run_here(line: str, moved: dict[str, str], venv_bin: Path) -> list[str]:
+    """`line` for bash, as written but for the settings a test cannot share (`moved`), with the checkout's
+    `.venv/bin/` being the venv this test runs in; `$(...)` is left to bash, as in a user's shell."""
+    words = []
+    for word in shlex.split(line):
+        key = word.partition("=")[0]
+        if key in moved:
+            word = f"{key}={moved[key]}"
+        if word.startswith("$(") and word.endswith(")"):
+            words.append('"' + word.replace(".venv/bin/", shlex.quote(f"{venv_bin}/")) + '"')
+        else:
+            words.append(shlex.quote(str(venv_bin / word.removeprefix(".venv/bin/")) if word.startswith(".venv/bin/") else word))
+    return ["bash", "-c", "exec " + " ".join(words) + ' "$@"', "bash"]
 
 
 def test_the_readmes_stock_mitmdump_command_uses_tlsgates_ca_and_listens_on_loopback(
     tmp_path: Path, http_upstream: Upstream
 ) -> None:
-    argv = stock_command()
-    assert argv[0] == ".venv/bin/mitmdump", argv
-    argv[0] = str(Path(sys.executable).parent / "mitmdump")
+    """The checkout's command (tests/live/test_wheel.py runs the installed one from a wheel)."""
+    line = stock_commands()[1]
+    argv = shlex.split(line)
+    assert argv[0] == ".venv/bin/mitmdump" and argv[1:3] == ["-s", "$(.venv/bin/tlsgate script-path)"], argv
     home = tmp_path / "home"
     assert "confdir=certs" in argv and "--listen-host" in argv and argv[argv.index("--listen-host") + 1] == "127.0.0.1"
     # As written, run from the checkout (its `certs/` is the CA `make run` uses). Only what a test cannot share is
     # changed: the port (0: a free one), the CA and findings (to tmp), the metrics endpoint (a free port), names.
     moved = {"confdir": str(tmp_path / "certs"), "tlsgate_findings": str(tmp_path / "f.jsonl")}
-    argv = [f"{k}={moved[k]}" if (k := item.partition("=")[0]) in moved else item for item in argv]
     overrides = ["--listen-port", "0", "--set", "tlsgate_metrics_listen=127.0.0.1:0"]
     overrides += ["--set", f"tlsgate_resolve=api.test:{http_upstream.port}:127.0.0.1"]
-    gate = Tlsgate(REPO, command=[*argv, *overrides], env={"HOME": str(home)})
+    command = [*as_run_here(line, moved, Path(sys.executable).parent), *overrides]
+    gate = Tlsgate(REPO, command=command, env={"HOME": str(home)})
     gate.findings_path = tmp_path / "f.jsonl"
     gate.start()
     try:
         assert gate.wait_for(r"HTTP\(S\) proxy listening at 127\.0\.0\.1:\d+")
+        assert gate.wait_for(r"Loading script .*/tlsgate/app/mitmproxy_script/tlsgate_addons\.py")
         blocked = curl(gate.proxy_url, f"http://api.test:{http_upstream.port}/")
         assert blocked.status == 403 and blocked.headers["x-tlsgate-check"] == "cleartext", blocked
         assert blocked.headers["x-tlsgate-rule"] == "policies/default.yaml:5", blocked.headers  # the policies/ set, as run

@@ -1,13 +1,16 @@
 """`pip install .` gives a tlsgate that starts anywhere: the default policy travels inside the wheel.
 
 Built and installed for real: the wheel into a bare venv (no site packages, dependencies from the
-lock file), then `tlsgate run` with no options from an empty directory, and a plain-HTTP request
-through it blocked by the embedded policy.
+lock file) next to PyPI's proxy.py (which installs a top-level `proxy`, the name tlsgate's package
+had until issue 22), then `tlsgate run` with no options from an empty directory, and a plain-HTTP
+request through it blocked by the embedded policy; and stock mitmdump with the add-ons of the
+installed wheel, by the README's command.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -18,28 +21,68 @@ import pytest
 from tests.harness import REPO, Tlsgate, Upstream, curl
 
 
-def run(*cmd: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run(
+    *cmd: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
 
+def wheel_top_level(names: list[str]) -> set[str]:
+    """What a wheel puts directly into site-packages: its packages and modules, and its .dist-info."""
+    return {name.split("/", 1)[0] for name in names}
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel of this checkout, installed into a bare venv: tlsgate as a user's `pip install` has it."""
+    """The wheel of this checkout, installed into a bare venv next to proxy.py: tlsgate as a user's `pip install` has it."""
     tmp_path = tmp_path_factory.mktemp("wheel")
     dist = tmp_path / "dist"
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO))
     (wheel,) = dist.glob("tlsgate-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
     assert "tlsgate/policy/default.yaml" in names and "tlsgate/tls/cipher_catalogue.csv" in names
+    assert "tlsgate/app/mitmproxy_script/tlsgate_addons.py" in names
+    # Nothing but the tlsgate package: no top-level `proxy` (PyPI's proxy.py has that name), no stray module.
+    (record,) = [name for name in names if name.endswith(".dist-info/RECORD")]
+    recorded = [line.split(",", 1)[0] for line in archive.read(record).decode().splitlines() if line]
+    assert wheel_top_level(recorded) == wheel_top_level(names) == {"tlsgate", record.split("/")[0]}, wheel_top_level(recorded)
+    (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+    assert archive.read(entry_points).decode().split() == ["[console_scripts]", "tlsgate", "=", "tlsgate.app.cli:main"]
 
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", str(venv))
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"]
     run(*pip, "--require-hashes", "-r", str(REPO / "requirements.lock"))
+    run(*pip, "--require-hashes", "-r", str(REPO / "tests" / "data" / "beside-proxy-py.txt"))
     run(*pip, str(wheel))
     return venv
+
+
+def test_the_wheel_installs_beside_proxy_py_and_both_import(venv: Path, tmp_path: Path) -> None:
+    """One environment, both packages: neither overwrote a file of the other, and each imports as itself."""
+    probe = """
+import importlib.metadata as md, json, sys
+import proxy, tlsgate
+files = {name: {str(f) for f in md.distribution(name).files if ".dist-info" not in str(f)} for name in ("tlsgate", "proxy.py")}
+print(json.dumps({
+    "tlsgate": tlsgate.__file__, "proxy": proxy.__file__, "entry_point": callable(getattr(proxy, "entry_point", None)),
+    "overlap": sorted(files["tlsgate"] & files["proxy.py"]),
+    "proxy_files": sorted(f for f in files["proxy.py"] if f.startswith("proxy/"))[:1],
+    "tlsgate_top": sorted({f.split("/")[0] for f in files["tlsgate"] if not f.startswith("../")}),
+}))
+"""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    found = json.loads(run(str(venv / "bin" / "python"), "-c", probe, cwd=empty).stdout)
+    site = str(venv / "lib")
+    assert found["tlsgate"].startswith(site) and found["tlsgate"].endswith("/tlsgate/__init__.py"), found
+    assert found["proxy"].startswith(site) and found["proxy"].endswith("/proxy/__init__.py") and found["entry_point"], found
+    assert found["overlap"] == [] and found["proxy_files"] and found["tlsgate_top"] == ["tlsgate"], found
+    assert run(str(venv / "bin" / "tlsgate"), "--version", cwd=empty).stdout.startswith("tlsgate ")
+    run(str(venv / "bin" / "python"), "-m", "pip", "check", cwd=empty)
 
 
 def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(
@@ -132,3 +175,53 @@ def test_a_checkout_run_and_an_installed_run_name_the_default_rule_alike_and_dif
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert (len(result["added"]), len(result["fixed"]), len(result["unchanged"])) == (0, 0, 1), result
+
+
+def test_stock_mitmdump_loads_the_installed_add_ons_by_the_readmes_command(
+    venv: Path, tmp_path: Path, http_upstream: Upstream, https_upstream: Upstream, pki
+) -> None:
+    """The README's installed command, as written, through bash with the venv's bin first on PATH (an activated
+    venv), from an empty directory: no checkout anywhere. Appended only what a test cannot share: a free port,
+    the local names, and trust in the test's upstream root."""
+    from tests.live.test_operator import stock_commands
+
+    line = stock_commands()[0]
+    assert line.startswith('mitmdump -s "$(tlsgate script-path)" ') and ".venv" not in line, line
+    _, root_file, _, _ = pki
+    empty, home = tmp_path / "empty", tmp_path / "home"
+    empty.mkdir()
+    path = os.pathsep.join([str(venv / "bin"), "/usr/local/bin", "/usr/bin", "/bin"])
+    env = {
+        "HOME": str(home),
+        "PATH": path,
+        "PYTHONPATH": "",
+        "VIRTUAL_ENV": str(venv),
+        "XDG_DATA_HOME": "",
+        "TLSGATE_CONFDIR": "",
+    }
+    printed = run("bash", "-c", "tlsgate script-path", cwd=empty, env={**os.environ, **env}).stdout.strip()
+    assert printed.startswith(str(venv / "lib")) and printed.endswith(
+        "/site-packages/tlsgate/app/mitmproxy_script/tlsgate_addons.py"
+    )
+    overrides = ["--listen-port", "0", "--set", f"ssl_verify_upstream_trusted_ca={root_file}"]
+    for name, upstream in (("www.test", http_upstream), ("api.test", https_upstream)):
+        overrides += ["--set", f"tlsgate_resolve={name}:{upstream.port}:127.0.0.1"]
+    gate = Tlsgate(empty, env=env, command=["bash", "-c", f'exec {line} "$@"', "bash", *overrides])
+    gate.start()
+    try:
+        gate.wait_for(f"Loading script {printed}")
+        ca = home / ".local" / "share" / "tlsgate" / "mitmproxy-ca-cert.pem"  # the installed `tlsgate run`'s CA
+        ok = curl(gate.proxy_url, f"https://api.test:{https_upstream.port}/", "--cacert", str(ca))
+        assert ok.status == 200 and ok.body == "hello from https-upstream\n", ok
+        blocked = curl(gate.proxy_url, f"http://www.test:{http_upstream.port}/login")
+        assert blocked.status == 403 and blocked.headers["x-tlsgate-check"] == "cleartext", blocked
+        assert blocked.headers["x-tlsgate-rule"] == "policies/default.yaml:5", blocked.headers  # the embedded policy
+        assert http_upstream.connections == 0
+        gate.wait_findings(1)
+        cleartext = [f for f in gate.findings() if f["check"] == "cleartext"]
+        assert [(f["action"], f["rule"]) for f in cleartext] == [("blocked", "policies/default.yaml:5")], gate.findings()
+    finally:
+        gate.stop()
+    assert (ca.parent / "mitmproxy-ca.pem").stat().st_mode & 0o077 == 0
+    assert not (home / ".mitmproxy").exists(), "mitmdump must not make a second CA in ~/.mitmproxy"
+    assert {p.name for p in empty.iterdir()} == {"findings.jsonl"}, list(empty.iterdir())

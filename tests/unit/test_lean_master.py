@@ -94,7 +94,7 @@ def test_a_dropped_option_names_the_mitmdump_alternative(setting: str) -> None:
     problem = dropped_option_problem(["termlog_verbosity=warn", setting])
     assert problem is not None
     assert problem.startswith(f"--set {name}: tlsgate run leaves out mitmproxy's ")
-    assert f"use mitmdump -s tlsgate/addons/script.py --set {name}=..." in problem
+    assert f'use mitmdump -s "$(tlsgate script-path)" --set {name}=...' in problem
     assert "/tmp/answers" not in problem and "flows.mitm" not in problem  # the value may be a secret: never echoed
 
 

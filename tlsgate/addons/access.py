@@ -7,7 +7,7 @@ serves. `ClientAccess` decides instead (`tlsgate.tls.lan.client_refusal`): a
 client on a prefix of one of this host's LAN interfaces is accepted like a
 private address; any other public address stays refused. Under `tlsgate run`
 the lean master loads `Block` below in place of mitmproxy's (same options, no
-check of its own). Under `mitmdump -s tlsgate/addons/script.py` mitmproxy's own
+check of its own). Under `mitmdump -s "$(tlsgate script-path)"` mitmproxy's own
 `Block` still runs first, so there global LAN addresses stay refused: the
 stricter of the two wins.
 

@@ -20,6 +20,8 @@ CONFDIR_HELP = (
     "else ~/.local/share/tlsgate; `tlsgate ca show` prints it)"
 )
 DEFAULT_FINDINGS = "findings.jsonl"
+# What `mitmdump -s "$(tlsgate script-path)"` loads (see its folder's docstring for why it lives alone there).
+SCRIPT_MODULE = "tlsgate.app.mitmproxy_script.tlsgate_addons"
 # mitmdump's -q and -v, as mitmproxy's own command line sets them; an explicit --set after them wins.
 LOUDNESS = {
     "quiet": ["termlog_verbosity=error", "flow_detail=0"],
@@ -121,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="a mitmproxy option, passed through (repeatable), e.g. flow_detail=2 (0-2: per-flow lines, redacted); "
-        "confdir=DIR is taken as --confdir DIR; replay/map/modify options need mitmdump -s tlsgate/addons/script.py",
+        'confdir=DIR is taken as --confdir DIR; replay/map/modify options need mitmdump -s "$(tlsgate script-path)"',
     )
     loudness = run.add_mutually_exclusive_group()
     loudness.add_argument("-q", "--quiet", action="store_true", help="as mitmdump -q: errors only, no per-flow lines")
@@ -161,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ca.add_argument("--out", metavar="DIR", help="directory to export into (default: the CA directory); '-' writes to stdout")
     ca.set_defaults(func=cmd_ca)
+
+    script = sub.add_parser(
+        "script-path",
+        help='print the path of the add-on script for stock mitmproxy: mitmdump -s "$(tlsgate script-path)"',
+        description="Print where tlsgate's add-on script for mitmdump, mitmweb and mitmproxy is, in this installation "
+        '(a wheel or a checkout): mitmdump -s "$(tlsgate script-path)" --set tlsgate_policy=... Run the mitmdump of '
+        "the environment this tlsgate is installed in.",
+    )
+    script.set_defaults(func=cmd_script_path)
     from tlsgate.report.cli import add_commands
 
     add_commands(sub)
@@ -293,6 +304,23 @@ def cmd_ca(args: argparse.Namespace) -> int:
     width = max(len(label) for label, _ in describe(info))
     for label, value in describe(info):
         print(f"{label:<{width}}  {value}")
+    return 0
+
+
+def cmd_script_path(args: argparse.Namespace) -> int:
+    """Where Python would load the script from, found without running it (that would import mitmproxy): the path
+    of this installation's copy, whether it is a wheel in site-packages or a checkout."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SCRIPT_MODULE)
+    origin = Path(spec.origin) if spec and spec.origin else None
+    if origin is None or not origin.is_file():
+        print(
+            f"tlsgate: {SCRIPT_MODULE} is not a file mitmproxy can load ({origin}): reinstall tlsgate from its wheel",
+            file=sys.stderr,
+        )
+        return exitcodes.USAGE
+    print(origin)
     return 0
 
 

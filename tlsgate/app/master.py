@@ -7,7 +7,7 @@ new-connection load put that dispatch ahead of tlsgate's own checks. Most of
 them serve interactive or offline work (replay, map-local, export, ...) that a
 proxy run never asks for, so this master loads only what a run, the README and
 the tests rely on. Whoever needs a dropped feature keeps it with plain mitmdump:
-`mitmdump -s tlsgate/addons/script.py --set map_local=...` loads tlsgate's
+`mitmdump -s "$(tlsgate script-path)" --set map_local=...` loads tlsgate's
 add-ons on top of every default one.
 """
 
@@ -113,7 +113,7 @@ def dropped_option_problem(settings: Sequence[str]) -> str | None:
         if name in DROPPED_OPTIONS:
             return (
                 f"--set {name}: tlsgate run leaves out mitmproxy's {DROPPED_OPTIONS[name]}; "
-                f"use mitmdump -s tlsgate/addons/script.py --set {name}=... for {DROPPED_OPTIONS[name]} "
+                f'use mitmdump -s "$(tlsgate script-path)" --set {name}=... for {DROPPED_OPTIONS[name]} '
                 "with tlsgate's checks"
             )
     return None

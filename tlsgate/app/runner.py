@@ -1,6 +1,6 @@
 """Starts a lean mitmproxy master (tlsgate/app/master.py) with tlsgate's addons and safe defaults.
 
-The options set here are the same ones a `mitmdump -s tlsgate/addons/script.py`
+The options set here are the same ones a `mitmdump -s "$(tlsgate script-path)"`
 user sets by hand, so the two ways of running stay equivalent.
 """
 
@@ -387,7 +387,7 @@ def build_master(opts: options.Options) -> LeanMaster:
 
     master = LeanMaster(opts)
     # mitmdump's per-flow lines (flow_detail, dumper_filter), redacted; not in make_addons(), because
-    # `mitmdump -s tlsgate/addons/script.py` has mitmproxy's own Dumper already.
+    # `mitmdump -s "$(tlsgate script-path)"` has mitmproxy's own Dumper already.
     master.addons.add(*make_addons(), ConsoleFlows())
     return master
 

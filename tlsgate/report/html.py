@@ -9,6 +9,7 @@ only adds filtering and expand/collapse.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -24,7 +25,10 @@ COLOURS = {"critical": "#b3122e", "high": "#e4572e", "medium": "#f3a712", "low":
 BAR_ROWS = 12  # bars per chart; the rest are summed into "other"
 
 
+@functools.cache
 def _environment() -> Environment:
+    """One per process: building it compiles the template again, which cost more than rendering a small report
+    (`tlsgate report` renders once, but the fuzz tests render thousands)."""
     env = Environment(
         loader=PackageLoader("tlsgate.report", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
