@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.verdicts import record
 from tlsgate.checks.client_bounds import HELLO_KINDS
-from tlsgate.checks.model import Check
+from tlsgate.checks.model import Check, Effect, Issue, Severity
+from tlsgate.policy import load_texts
+from tlsgate.sinks.findings import FindingsLog
 from tlsgate.sinks.metrics import APP_KINDS, PAYLOAD_KINDS
 from tlsgate.tls import mastg
 from tlsgate.tls.plaintext import PROTOCOLS
@@ -160,3 +165,26 @@ def test_what_evidences_no_test() -> None:
     assert not mastg.refs("pin", "pin_mismatch", {}, "blocked")  # tlsgate's own pins on the server
     assert mastg.refs("client_ciphers", "weak_suites_offered").masvs == ("MASVS-NETWORK-1",)
     assert not mastg.refs("client_ciphers", "weak_suites_offered").tests
+
+
+# -- the recording path stamps it --------------------------------------------------------------------
+
+POLICY = load_texts([("p.yaml", "version: 1\ndefaults:\n  mode: enforce\n")])
+
+
+def test_a_recorded_finding_carries_its_mastg_ids_and_an_unmapped_one_no_field(tmp_path: Path) -> None:
+    log = FindingsLog(tmp_path / "f.jsonl")
+    sink = FindingsSink(log)
+    probe = Issue(Check.CLIENT_PROBE, "wrong_host", Effect.ALWAYS, Severity.CRITICAL, "accepted a probe")
+    fault = Issue(Check.FAULT, "timeout", Effect.FAULT, Severity.LOW, "timed out")
+    accepted = record(sink, None, None, probe, POLICY.match("api.test"), 443)
+    record(sink, None, None, fault, POLICY.match("api.test"), 443)
+    log.close()
+    assert accepted.mastg is not None and "MASTG-TEST-0283" in accepted.mastg["tests"]
+    first, second = (json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines())
+    assert first["mastg"] == {
+        "tests": ["MASTG-TEST-0234", "MASTG-TEST-0283", "MASTG-TEST-0396", "MASTG-TEST-0397"],
+        "masvs": ["MASVS-NETWORK-1"],
+        "result": "fail",
+    }
+    assert "mastg" not in second  # a fault evidences nothing: older readers see the line they always saw
