@@ -8,13 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons
 
+from tests.report_consumers import validate_sarif
+from tests.unit.test_report import finding, run, write
 from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.lifetime import Lifetime
 from tlsgate.addons.verdicts import record
 from tlsgate.checks.client_bounds import HELLO_KINDS
 from tlsgate.checks.model import Check, Effect, Issue, Severity
 from tlsgate.policy import load_texts
-from tlsgate.sinks.findings import FindingsLog
+from tlsgate.report.cli import summarise
+from tlsgate.sinks.findings import Finding, FindingsLog
 from tlsgate.sinks.metrics import APP_KINDS, PAYLOAD_KINDS
 from tlsgate.tls import mastg
 from tlsgate.tls.plaintext import PROTOCOLS
@@ -188,3 +194,116 @@ def test_a_recorded_finding_carries_its_mastg_ids_and_an_unmapped_one_no_field(t
         "result": "fail",
     }
     assert "mastg" not in second  # a fault evidences nothing: older readers see the line they always saw
+
+
+# -- the report ---------------------------------------------------------------------------------------
+
+ACCEPTED = finding(check="client_probe", action="blocked", severity="critical", host="api.test", evidence={"kind": "wrong_host"})
+REFUSED = finding(check="client_probe", action="passed", severity="info", host="cdn.test", evidence={"kind": "self_signed"})
+
+
+def view(tmp_path: Path, items: list[dict[str, Any] | str]) -> dict[str, dict[str, Any]]:
+    summary = summarise([str(write(tmp_path / "f.jsonl", items))], 3, warn=lambda _: None)
+    (rows,) = summary.masvs_view().values()
+    return {row.test.id: row.as_dict() for row in rows}
+
+
+def test_the_masvs_view_says_failed_passed_no_failure_seen_and_not_exercised(tmp_path: Path) -> None:
+    rows = view(tmp_path, [ACCEPTED, REFUSED])  # older lines, without a `mastg` field: the table applies
+    assert rows["MASTG-TEST-0283"]["status"] == "failed" and rows["MASTG-TEST-0283"]["examples"] == [
+        "client_probe/wrong_host on api.test"
+    ]
+    assert rows["MASTG-TEST-0282"]["status"] == "passed"
+    assert rows["MASTG-TEST-0396"]["status"] == "failed"  # accepted one probe, refused another: failed
+    assert rows["MASTG-TEST-0236"]["status"] == "no failure seen"
+    assert rows["MASTG-TEST-0244"]["status"] == "not exercised" and "must_pin" in rows["MASTG-TEST-0244"]["why"]
+
+
+def test_a_file_cannot_relabel_a_finding_or_invent_a_test(tmp_path: Path) -> None:
+    hostile = [
+        # A known kind: the table wins, the line cannot turn an accepted probe into a pinning pass.
+        {**ACCEPTED, "mastg": {"tests": ["MASTG-TEST-0244"], "masvs": ["MASVS-NETWORK-2"], "result": "pass"}},
+        finding(
+            check="future_check",
+            evidence={"kind": "new"},
+            mastg={"tests": ["MASTG-TEST-9999", "javascript:alert(1)", "MASTG-TEST-0244", 7], "masvs": "x", "result": "fail"},
+        ),
+        finding(check="future_check", host="b.test", evidence={"kind": "new2"}, mastg=["not", "an", "object"]),
+        finding(check="future_check", host="c.test", evidence={"kind": "new3"}, mastg={"tests": ["MASTG-TEST-0244"] * 10_000}),
+    ]
+    warnings: list[str] = []
+    summary = summarise([str(write(tmp_path / "f.jsonl", hostile))], 3, warn=warnings.append)
+    (rows,) = summary.masvs_view().values()
+    status = {row.test.id: row for row in rows}
+    assert status["MASTG-TEST-0283"].status == "failed"
+    assert status["MASTG-TEST-0244"].status == "failed" and status["MASTG-TEST-0244"].failed == 2  # known ids only, once
+    assert any("does not know" in w for w in warnings) and any("'mastg' is not an object" in w for w in warnings)
+    text = json.dumps(summary.as_dict())
+    assert "9999" not in text and "javascript" not in text
+
+
+def test_sarif_rules_carry_mastg_ids_tags_and_links_and_stay_valid(tmp_path: Path) -> None:
+    out = tmp_path / "r.sarif"
+    assert (
+        run("report", str(write(tmp_path / "f.jsonl", [ACCEPTED, REFUSED, finding()])), "--format", "sarif", "--out", str(out))
+        == 0
+    )
+    document = json.loads(out.read_text())
+    validate_sarif(document)
+    rules = {rule["id"]: rule for rule in document["runs"][0]["tool"]["driver"]["rules"]}
+    probe = rules["client_probe/wrong_host"]
+    assert probe["helpUri"] == "https://mas.owasp.org/MASTG/tests/android/MASVS-NETWORK/MASTG-TEST-0234/"
+    assert {"MASVS-NETWORK-1", "MASTG-TEST-0283"} <= set(probe["properties"]["tags"])
+    assert "MASTG-TEST-0236" in rules["cleartext/plain_http"]["properties"]["mastg"]
+    assert document["runs"][0]["properties"]["masvsNetwork"]["pixel-7"][0]["id"]
+
+
+@pytest.mark.parametrize(
+    ("gate", "items", "code"),
+    [
+        ("MASVS-NETWORK-1", [ACCEPTED], 1),
+        ("MASVS-NETWORK-2", [ACCEPTED], 0),  # blocked, critical, but not a pinning failure
+        ("MASTG-TEST-0283", [ACCEPTED], 1),
+        ("MASTG-TEST-0282", [ACCEPTED, REFUSED], 0),  # the app passed it: a pass never fails
+        ("mastg-test-0236", [finding()], 1),  # cleartext; ids are read in any case
+        ("critical,MASVS-NETWORK-2", [finding(action="reported")], 0),
+        ("medium,MASVS-NETWORK-2", [finding(action="reported")], 1),
+    ],
+)
+def test_report_fail_on_names_a_control_or_a_test(tmp_path: Path, gate: str, items: list[dict[str, Any]], code: int) -> None:
+    assert run("report", str(write(tmp_path / "f.jsonl", items)), "--fail-on", gate, "--out", str(tmp_path / "r.md")) == code
+
+
+@pytest.mark.parametrize("gate", ["MASVS-NETWORK-9", "MASTG-TEST-0001", "info", "", "high,,"])
+def test_an_unknown_gate_is_a_usage_error(tmp_path: Path, gate: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        run("report", str(write(tmp_path / "f.jsonl", [finding()])), "--fail-on", gate)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "MASVS-NETWORK-1" in err and "Traceback" not in err
+
+
+def test_the_gate_is_one_rule_for_report_and_run() -> None:
+    gate = mastg.parse_gate("MASVS-NETWORK-2")
+    as_written = Finding("pinning", "reported", "high", "api.test", 443, None, "p.yaml:1", "x", evidence={"kind": "not_pinned"})
+    evidenced = mastg.refs(as_written.check, "not_pinned", as_written.evidence, as_written.action)
+    assert gate.fails(as_written.action, as_written.severity, evidenced)
+    assert not gate.fails("passed", "high", evidenced)
+    assert mastg.parse_gate("high").describe() == "blocked or >= high"
+
+
+def test_run_fail_on_a_control_counts_this_runs_findings_by_the_same_rule() -> None:
+    addon = Lifetime()
+    with taddons.context(addon) as tctx:
+        with pytest.raises(exceptions.OptionsError, match="MASVS-NETWORK-1"):
+            tctx.configure(addon, tlsgate_fail_on="MASVS-NETWORK-7")
+        tctx.configure(addon, tlsgate_fail_on="MASVS-NETWORK-2")
+        probe = {"kind": "wrong_host"}
+        addon.on_finding(Finding("client_probe", "blocked", "critical", "api.test", 443, None, "p.yaml:1", "x", evidence=probe))
+        assert (addon.findings, addon.failing, addon.exit_code) == (1, 0, 0)  # critical, but not a pinning failure
+        pinned = {"kind": "pinned"}
+        addon.on_finding(Finding("pinning", "passed", "info", "api.test", 443, None, "p.yaml:1", "x", evidence=pinned))
+        assert addon.exit_code == 0
+        not_pinned = {"kind": "not_pinned"}
+        addon.on_finding(Finding("pinning", "reported", "high", "api.test", 443, None, "p.yaml:1", "x", evidence=not_pinned))
+        assert addon.exit_code == 1 and "(MASVS-NETWORK-2 failed)" in addon.verdict()
