@@ -96,9 +96,8 @@ class Record:
         """The MASTG tests and MASVS controls this finding evidences: from this tlsgate's table whenever it knows
         the kind, whatever the line says (a file cannot relabel a finding, and older files, written before the
         field, get it too); the line's own field only for a kind the table does not know (a newer tlsgate)."""
-        if mastg.row_for(self.check, self.kind) is not None:
-            return mastg.refs(self.check, self.kind, self.evidence, self.action)
-        return self.written_mastg
+        known = mastg.lookup(self.check, self.kind, self.evidence, self.action)
+        return self.written_mastg if known is None else known
 
     @property
     def rule_id(self) -> str:

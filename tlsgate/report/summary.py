@@ -216,7 +216,8 @@ class Summary:
                 tally.passed += record.occurrences
             else:
                 tally.failed += record.occurrences
-            _add_bounded(tally.examples, f"{record.rule_id} on {record.host}")
+            if len(tally.examples) < BOUNDED_SET:  # the text is built only while there is room for it
+                _add_bounded(tally.examples, f"{record.rule_id} on {record.host}")
 
     def _group(self, record: Record, fails: int, who: str) -> None:
         key = identity(record, who)

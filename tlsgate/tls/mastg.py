@@ -217,6 +217,7 @@ ROWS: Final[tuple[Row, ...]] = (
 _BY_KEY: Final[dict[tuple[str, str], Row]] = {(row.check, row.kind): row for row in ROWS}
 
 
+@functools.lru_cache(maxsize=4096)  # a report asks once per line; a run has a few dozen (check, kind)
 def row_for(check: str, kind: str | None) -> Row | None:
     """The most specific row: (check, kind), then (check, "*"), then ("*", kind); None when none applies."""
     kind = kind or ""
@@ -243,9 +244,14 @@ NONE: Final = Refs()
 
 def refs(check: str, kind: str | None, evidence: Mapping[str, Any] | None = None, action: str = "") -> Refs:
     """The MASTG tests and MASVS controls a finding evidences, from the table alone."""
+    return lookup(check, kind, evidence, action) or NONE
+
+
+def lookup(check: str, kind: str | None, evidence: Mapping[str, Any] | None = None, action: str = "") -> Refs | None:
+    """`refs`, or None when the table has no row for this (check, kind) (a kind a newer tlsgate wrote)."""
     row = row_for(check, kind)
     if row is None:
-        return NONE
+        return None
     if row.when is not None and (evidence or {}).get(row.when[0]) != row.when[1]:
         return NONE
     return _refs_of(row, row.outcome == "pass" or action == "passed")
