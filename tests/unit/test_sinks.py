@@ -426,8 +426,9 @@ def test_finding_console_line() -> None:
 
 
 def written(item: Finding) -> dict[str, object]:
-    """A finding as its line holds it: `occurrences` appears on follow-up lines only (`Repeats`)."""
-    return {key: value for key, value in asdict(item).items() if key != "occurrences" or value is not None}
+    """A finding as its line holds it: `occurrences` appears on follow-up lines only (`Repeats`), `mastg` only on a
+    finding that evidences an OWASP MASTG test."""
+    return {key: value for key, value in asdict(item).items() if key not in ("occurrences", "mastg") or value is not None}
 
 
 def test_findings_log_writes_owner_only_json_lines_and_fans_out(tmp_path) -> None:

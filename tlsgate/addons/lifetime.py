@@ -1,4 +1,4 @@
-"""`run --duration D`, `--until-idle D` and `--fail-on SEVERITY`: a proxy a device-farm job can start and forget.
+"""`run --duration D`, `--until-idle D` and `--fail-on GATE`: a proxy a device-farm job can start and forget.
 
 The job starts tlsgate, runs the app's tests through it and waits: tlsgate
 stops itself after a fixed time or once no client has connected or sent a
@@ -16,7 +16,7 @@ import re
 from mitmproxy import ctx, exceptions
 from mitmproxy.utils import asyncio_utils
 
-from tlsgate.tls.severity import GATE_LEVELS, RANK, fails
+from tlsgate.tls import mastg
 
 logger = logging.getLogger("tlsgate.lifetime")
 
@@ -41,7 +41,7 @@ class Lifetime:
     def __init__(self) -> None:
         self.duration: float | None = None
         self.idle: float | None = None
-        self.threshold: int | None = None
+        self.gate: mastg.Gate | None = None
         self.findings = 0
         self.failing = 0
         self.reason: str | None = None
@@ -59,7 +59,8 @@ class Lifetime:
             "tlsgate_fail_on",
             str,
             "",
-            f"On stopping, exit 1 if a finding of this run was blocked or is at least this severe ({'|'.join(GATE_LEVELS)}).",
+            "On stopping, exit 1 if a finding of this run was blocked or is at least this severe, or shows the app "
+            f"failing a named MASVS control or MASTG test ({mastg.GATE_HELP}).",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -71,10 +72,11 @@ class Lifetime:
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
         if "tlsgate_fail_on" in updated:
-            level = ctx.options.tlsgate_fail_on
-            if level and level not in GATE_LEVELS:
-                raise exceptions.OptionsError(f"tlsgate_fail_on must be one of {', '.join(GATE_LEVELS)}, not {level!r}")
-            self.threshold = RANK[level] if level else None
+            spec = ctx.options.tlsgate_fail_on
+            try:
+                self.gate = mastg.parse_gate(spec) if spec else None
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"tlsgate_fail_on: {exc}") from None
 
     # -- counting --------------------------------------------------------------------------------
 
@@ -84,17 +86,28 @@ class Lifetime:
         if getattr(finding, "occurrences", None) is not None:
             return
         self.findings += 1
-        if self.threshold is not None and fails(finding.action, finding.severity, self.threshold):
+        if self.gate is None:
+            return
+        evidence = getattr(finding, "evidence", None)
+        evidence = evidence if isinstance(evidence, dict) else {}
+        kind = evidence.get("kind")
+        evidenced = mastg.refs(getattr(finding, "check", ""), kind if isinstance(kind, str) else None, evidence, finding.action)
+        if self.gate.fails(finding.action, finding.severity, evidenced):
             self.failing += 1
 
     @property
+    def threshold(self) -> int | None:
+        """The gate's severity (RANK), when it names one."""
+        return self.gate.threshold if self.gate is not None else None
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.threshold is not None and self.failing else 0
+        return 1 if self.gate is not None and self.failing else 0
 
     def verdict(self) -> str:
-        if self.threshold is None:
+        if self.gate is None:
             return f"{self.findings} finding(s) this run"
-        gate = f"blocked or >= {GATE_LEVELS[self.threshold - 1]}"
+        gate = self.gate.describe()
         word = "FAIL" if self.failing else "PASS"
         return f"{word}: {self.findings} finding(s) this run, {self.failing} fail the gate ({gate}); exit {self.exit_code}"
 
@@ -140,5 +153,5 @@ class Lifetime:
     def done(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        if self.reason is None and self.threshold is not None:
+        if self.reason is None and self.gate is not None:
             logger.warning(f"tlsgate: stopped; {self.verdict()}")

@@ -22,6 +22,7 @@ from tlsgate.checks.model import Action, Check, Effect, Issue, Severity, decide
 from tlsgate.policy import Match
 from tlsgate.sinks.blockpage import Block, render
 from tlsgate.sinks.findings import Finding
+from tlsgate.tls import mastg
 
 
 def client_label(client: connection.Client | None) -> str | None:
@@ -41,10 +42,17 @@ def record(
     evidence: dict[str, Any] | None = None,
     remedy: str | None = None,
 ) -> Finding:
-    """Record `issue` against the rule that matched the host (or the defaults block), decided by the host's mode."""
+    """Record `issue` against the rule that matched the host (or the defaults block), decided by the host's mode.
+
+    Every finding passes here, so this is where it is stamped with the MASTG tests and MASVS controls it
+    evidences (tlsgate/tls/mastg.py): one table, read by the findings file, the reports and the gate alike.
+    """
+    action = str(decide(issue, match.settings.mode))
+    evidence = {"kind": issue.kind, **issue.evidence} if evidence is None else evidence
+    evidenced = mastg.refs(str(issue.check), issue.kind, evidence, action)
     finding = Finding(
         check=str(issue.check),
-        action=str(decide(issue, match.settings.mode)),
+        action=action,
         severity=str(issue.severity),
         host=match.host,
         port=port,
@@ -53,7 +61,8 @@ def record(
         rule=match.rule_ref,
         detail=issue.detail,
         remedy=issue.remedy if remedy is None else remedy,
-        evidence={"kind": issue.kind, **issue.evidence} if evidence is None else evidence,
+        evidence=evidence,
+        mastg=evidenced.as_dict() if evidenced else None,
     )
     sink.record(finding)
     return finding

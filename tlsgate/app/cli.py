@@ -14,6 +14,7 @@ from tlsgate.app.paths import default_confdir, new_ca_warning
 from tlsgate.policy import PolicyError, load_policy
 from tlsgate.policy.loader import embedded_policy
 from tlsgate.report import exitcodes
+from tlsgate.tls import mastg
 
 CONFDIR_HELP = (
     "CA directory (default: $TLSGATE_CONFDIR, else the checkout's certs/ when run from a checkout, "
@@ -132,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until-idle", metavar="D", help="stop once no client has connected or sent a request for D")
     run.add_argument(
         "--fail-on",
-        choices=("low", "medium", "high", "critical"),
-        metavar="SEVERITY",
-        help="on stopping, exit 1 if a finding of this run was blocked or is at least SEVERITY (as `report --fail-on`)",
+        type=_gate_text,
+        metavar="GATE",
+        help="on stopping, exit 1 if a finding of this run was blocked or is at least this severe, or shows the app "
+        f"failing a named MASVS control or MASTG test, as `report --fail-on` ({mastg.GATE_HELP})",
     )
     run.set_defaults(func=cmd_run)
 
@@ -322,6 +324,15 @@ def cmd_script_path(args: argparse.Namespace) -> int:
         return exitcodes.USAGE
     print(origin)
     return 0
+
+
+def _gate_text(text: str) -> str:
+    """`run --fail-on`, checked here (a usage error, exit 2, before anything starts) and passed on as written."""
+    try:
+        mastg.parse_gate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--fail-on: ")) from None
+    return text
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -20,7 +20,8 @@ from tlsgate.report import exitcodes, formats
 from tlsgate.report.model import InputError, Reader
 from tlsgate.report.summary import Summary
 from tlsgate.sinks.findings import printable
-from tlsgate.tls.severity import GATE_LEVELS, RANK
+from tlsgate.tls import mastg
+from tlsgate.tls.severity import RANK
 
 FORMATS = ("html", "junit", "sarif", "markdown", "json")
 DEFAULT_GATE = "high"
@@ -33,7 +34,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="turn findings files into an HTML, JUnit, SARIF, Markdown or JSON report; gate with --fail-on",
         description="Exit 0: nothing fails the gate (or no --fail-on); 1: findings fail it; 2: usage or input error "
         "(nothing was judged); 3: internal error (a tlsgate bug). "
-        "A finding fails when tlsgate blocked it or its severity is at least --fail-on; 'passed' ones never do. "
+        "A finding fails when tlsgate blocked it or its severity is at least --fail-on, or, when --fail-on names a "
+        "MASVS control or MASTG test, when it shows the app failing that control or test; 'passed' ones never do. "
         "Lines that are not findings are skipped with a warning naming FILE:LINE; every string from the file is "
         "escaped (control characters, bidi overrides, bytes that are not UTF-8), whatever the format.",
     )
@@ -42,9 +44,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--out", default="-", metavar="PATH", help="where to write the report (default '-': standard output)")
     report.add_argument(
         "--fail-on",
-        choices=GATE_LEVELS,
-        metavar="SEVERITY",
-        help=f"exit 1 if a finding was blocked or is at least this severe ({'|'.join(GATE_LEVELS)}); "
+        type=gate_argument,
+        metavar="GATE",
+        help=f"exit 1 if a finding was blocked or is at least this severe, or shows the app failing a named MASVS "
+        f"control or MASTG test ({mastg.GATE_HELP}, e.g. high,MASVS-NETWORK-2); "
         f"without it the report's verdict uses {DEFAULT_GATE} and the exit code is 0",
     )
     report.add_argument("--title", default="tlsgate report", help="heading of the HTML report")
@@ -66,13 +69,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     diff.set_defaults(func=cmd_diff)
 
 
+def gate_argument(text: str) -> mastg.Gate:
+    """`--fail-on` for argparse: a bad term is a usage error (exit 2) naming what is accepted."""
+    try:
+        return mastg.parse_gate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--fail-on: ")) from None
+
+
 def _warn(message: str) -> None:
     print(f"tlsgate: {printable(message)}", file=sys.stderr)
 
 
-def summarise(paths: list[str], threshold: int, warn: Callable[[str], None] = _warn) -> Summary:
+def summarise(paths: list[str], threshold: int, warn: Callable[[str], None] = _warn, gate: mastg.Gate | None = None) -> Summary:
     """Read every file in one streaming pass into one summary; InputError on unusable input."""
-    summary = Summary(threshold)
+    summary = Summary(threshold, gate)
     reader = Reader(warn)
     for path in paths:
         if Path(path).is_dir():
@@ -122,9 +133,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    gate = args.fail_on or DEFAULT_GATE
+    gate: mastg.Gate | None = args.fail_on
+    threshold = gate.threshold if gate is not None and gate.threshold is not None else RANK[DEFAULT_GATE]
     try:
-        summary = summarise(args.findings, RANK[gate])
+        summary = summarise(args.findings, threshold, gate=gate)
         _write(render(summary, args.format, args.title), args.out)
     except InputError as exc:
         _warn(str(exc))
@@ -134,7 +146,7 @@ def _report(args: argparse.Namespace) -> int:
         return exitcodes.USAGE
     verdict = "PASS" if summary.passed else "FAIL"
     where = "" if args.out == "-" else f" -> {args.out}"
-    _warn(f"{verdict}: {summary.total} finding(s), {summary.failing} failing (blocked or >= {gate}){where}")
+    _warn(f"{verdict}: {summary.total} finding(s), {summary.failing} failing ({summary.gate.describe()}){where}")
     if args.fail_on is None:
         return exitcodes.PASS
     return exitcodes.PASS if summary.passed else exitcodes.FAIL

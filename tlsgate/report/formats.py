@@ -21,6 +21,7 @@ from junitparser import Failure, JUnitXml, TestCase, TestSuite
 from tlsgate.report.model import EMBEDDED_PREFIX, RANK, SEVERITIES, Record
 from tlsgate.report.summary import Group, Summary
 from tlsgate.sinks.findings import printable
+from tlsgate.tls import mastg
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 SARIF_LEVELS = {"info": "note", "low": "note", "medium": "warning", "high": "error", "critical": "error"}
@@ -85,7 +86,7 @@ def junit(summary: Summary) -> str:
     # Run-wide facts go on the first suite only, each name once: some readers (xunitparser) merge all
     # suites' properties into one map and refuse repeated names.
     first = next(iter(xml))
-    first.add_property("tlsgate.fail_on", f"blocked or >= {summary.threshold_name}")
+    first.add_property("tlsgate.fail_on", summary.gate.describe())
     first.add_property("tlsgate.sources", ", ".join(summary.sources))
     if summary.notes():
         first.add_property("tlsgate.notes", "; ".join(summary.notes()))
@@ -115,6 +116,7 @@ def sarif(summary: Summary) -> dict[str, Any]:
                 "defaultConfiguration": {"level": SARIF_LEVELS[group.severity]},
                 "properties": {"tags": ["security", "tls", group.check], "security-severity": SECURITY_SEVERITY[group.severity]},
             }
+            _sarif_mastg(rule, worst.evidenced if worst else mastg.NONE)
         elif RANK[group.severity] > SEVERITIES.index(_level_severity(rule)):
             rule["defaultConfiguration"]["level"] = SARIF_LEVELS[group.severity]
             rule["properties"]["security-severity"] = SECURITY_SEVERITY[group.severity]
@@ -133,13 +135,32 @@ def sarif(summary: Summary) -> dict[str, Any]:
         "columnKind": "unicodeCodePoints",
         "properties": {
             "verdict": "pass" if summary.passed else "fail",
-            "failOn": summary.threshold_name,
+            "failOn": summary.fail_on,
             "total": summary.total,
             "failing": summary.failing,
             "notes": summary.notes(),
+            "masvsNetwork": {who: [s.as_dict() for s in rows] for who, rows in summary.masvs_view().items()},
+            "mastgMapping": mastg.SOURCE,
         },
     }
     return {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}
+
+
+def _sarif_mastg(rule: dict[str, Any], evidenced: mastg.Refs) -> None:
+    """The MASTG tests and MASVS controls the rule's findings evidence: as tags (what code-scanning views
+    filter by), as properties, and as the rule's help link (the first test's page on mas.owasp.org). Only
+    ids from tlsgate's own table reach here, so no findings file can put a link of its choosing in a rule."""
+    if not evidenced:
+        return
+    properties = rule["properties"]
+    properties["tags"] += [*evidenced.masvs, *evidenced.tests]
+    properties["mastg"] = list(evidenced.tests)
+    properties["masvs"] = list(evidenced.masvs)
+    tests = [mastg.TESTS[test] for test in evidenced.tests]
+    if tests:
+        rule["helpUri"] = tests[0].url
+        links = "; ".join(f"{test.id} {test.title} ({test.url})" for test in tests)
+        rule["help"]["text"] += f". OWASP MASTG: {links}"
 
 
 def _level_severity(rule: dict[str, Any]) -> str:
@@ -216,7 +237,7 @@ def markdown(summary: Summary, limit: int = 15) -> str:
     """A short summary for a pull-request comment or a CI step summary: verdict, counts, the worst problems."""
     verdict = "✅ **PASS**" if summary.passed else "❌ **FAIL**"
     lines = [
-        f"### tlsgate: {verdict} (fail on blocked or ≥ {summary.threshold_name})",
+        f"### tlsgate: {verdict} (fail on {summary.gate_words})",
         "",
         f"{summary.total} finding(s), {summary.failing} failing, on {len(summary.hosts)} host(s) "
         f"from {len(summary.by_who)} device(s).",
@@ -236,9 +257,38 @@ def markdown(summary: Summary, limit: int = 15) -> str:
             )
         if len(groups) > limit:
             lines.append(f"\n…and {len(groups) - limit} more problem(s); see the HTML or SARIF report.")
+    lines += _markdown_masvs(summary)
     for note in summary.notes():
         lines.append(f"\n> {_cell(note)}")
     return "\n".join(lines) + "\n"
+
+
+MARKDOWN_DEVICES = 5  # devices whose MASVS-NETWORK view a comment shows; the HTML and JSON show all
+
+
+def _markdown_masvs(summary: Summary) -> list[str]:
+    """Per device, each wire-testable MASTG test and what this run showed of it."""
+    view = summary.masvs_view()
+    lines: list[str] = []
+    for who, rows in list(view.items())[:MARKDOWN_DEVICES]:
+        lines += [
+            "",
+            f"#### MASVS-NETWORK: {_code(who)}",
+            "",
+            "| MASTG test | title | MASVS | status | why |",
+            "|---|---|---|---|---|",
+        ]
+        for row in rows:
+            status = f"{MASVS_ICONS[row.status]} {row.status}"
+            lines.append(
+                f"| {_code(row.test.id)} | {_cell(row.test.title)} | {_cell(row.test.masvs)} | {status} | {_cell(row.why)} |"
+            )
+    if len(view) > MARKDOWN_DEVICES:
+        lines.append(f"\n…and {len(view) - MARKDOWN_DEVICES} more device(s); see the HTML or JSON report.")
+    return lines
+
+
+MASVS_ICONS = {"failed": "❌", "passed": "✅", "no failure seen": "➖", "not exercised": "⚪"}
 
 
 def as_json(summary: Summary) -> str:

@@ -20,9 +20,11 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from tlsgate.report.formats import tool_version
 from tlsgate.report.model import SEVERITIES, Record
 from tlsgate.report.summary import Summary
+from tlsgate.tls import mastg
 
 COLOURS = {"critical": "#b3122e", "high": "#e4572e", "medium": "#f3a712", "low": "#4c8bf5", "info": "#9aa5b1"}
 BAR_ROWS = 12  # bars per chart; the rest are summed into "other"
+MASVS_DEVICES = 50  # devices in the MASVS-NETWORK table: a dozen rows each
 
 
 @functools.cache
@@ -159,6 +161,7 @@ def html(summary: Summary, title: str = "tlsgate report") -> str:
     peak = max((b["value"] for b in severity_bars), default=0) or 1
     for bar in severity_bars:
         bar["width"] = round(100 * bar["value"] / peak, 2)
+    masvs = list(summary.masvs_view().items())
     template = _environment().get_template("report.html.j2")
     return template.render(
         title=title,
@@ -173,6 +176,9 @@ def html(summary: Summary, title: str = "tlsgate report") -> str:
         problems=problems,
         by_device=by_device,
         notes=summary.notes(),
+        masvs=masvs[:MASVS_DEVICES],
+        masvs_more=max(0, len(masvs) - MASVS_DEVICES),
+        mastg_source=mastg.SOURCE,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         version=tool_version(),
     )

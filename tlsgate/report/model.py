@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tlsgate.sinks.findings import FIELD_CHARS, MAX_DEPTH, json_safe, printable
+from tlsgate.tls import mastg
 from tlsgate.tls.severity import RANK, SEVERITIES, fails
 
 # Non-blank lines read before a file without a single finding is declared "not findings".
@@ -74,6 +75,7 @@ class Record:
     evidence: dict[str, Any]
     time: str | None
     occurrences: int = 1  # a follow-up line stands for this many more occurrences of the same problem
+    written_mastg: mastg.Refs = mastg.NONE  # the line's own `mastg` field, known ids only (see `evidenced`)
 
     @property
     def rank(self) -> int:
@@ -88,6 +90,14 @@ class Record:
         if self.check == "cleartext" and protocol in ("http", "ws"):
             return f"plain_{protocol}"  # earlier tlsgate wrote these without a kind: one problem, one name
         return None
+
+    @property
+    def evidenced(self) -> mastg.Refs:
+        """The MASTG tests and MASVS controls this finding evidences: from this tlsgate's table whenever it knows
+        the kind, whatever the line says (a file cannot relabel a finding, and older files, written before the
+        field, get it too); the line's own field only for a kind the table does not know (a newer tlsgate)."""
+        known = mastg.lookup(self.check, self.kind, self.evidence, self.action)
+        return self.written_mastg if known is None else known
 
     @property
     def rule_id(self) -> str:
@@ -145,7 +155,8 @@ class Record:
         return fails(self.action, self.severity, threshold)
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        values = {name: getattr(self, name) for name in self.__slots__}
+        return values | {"written_mastg": self.written_mastg.as_dict()}
 
 
 # Evidence kept per finding, as compact JSON characters: tlsgate itself writes a whole finding in 16 KiB.
@@ -257,6 +268,10 @@ def parse(obj: Any, line_chars: int | None = None, plain: bool = False) -> tuple
         remedy=texts["remedy"] or "",
         occurrences=_occurrences(obj.get("occurrences")),
     )
+    if "mastg" in obj and mastg.row_for(record.check, record.kind) is None:
+        record.written_mastg, note = mastg.from_record(obj["mastg"])
+        if note:
+            notes.append(note)
     return record, "; ".join(notes) or None
 
 

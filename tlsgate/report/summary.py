@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from tlsgate.report.model import RANK, SEVERITIES, Record, rule_key
+from tlsgate.tls import mastg
 
 EXAMPLES_PER_GROUP = 50  # findings kept in full per group, for evidence in HTML and JUnit
 EXAMPLE_BUDGET = 5_000  # across all groups; past it each group keeps only its worst finding
@@ -24,6 +25,7 @@ MAX_HOSTS = 10_000
 MAX_TIMELINE_BINS = 2_048
 NICE_WIDTHS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 21600, 43200, 86400)
 BOUNDED_SET = 8  # ports, devices, versions... listed per host
+MAX_VIEW_DEVICES = 1_000  # devices with a MASVS-NETWORK view; the rest are counted
 LAST_SECOND = 253_000_000_000  # late in year 9987: a timeline bin after it could not be labelled with a date
 
 
@@ -89,11 +91,68 @@ class HostRow:
 PIN_WORDS = {"pin_mismatch": "MISMATCH", "pin_set_expired": "pin set expired"}
 
 
+@dataclass
+class MastgTally:
+    """One device's evidence for one MASTG test: findings that show it failed or passed, and a few of them."""
+
+    failed: int = 0
+    passed: int = 0
+    examples: list[str] = field(default_factory=list)  # `check/kind on host`, the first few
+
+
+@dataclass(frozen=True)
+class MastgStatus:
+    """A MASTG test's line in a device's MASVS-NETWORK view."""
+
+    test: mastg.MastgTest
+    status: str  # failed | passed | no failure seen | not exercised
+    failed: int
+    passed: int
+    why: str  # tlsgate's words only: what the findings in `examples` (from the file) showed, or what exercises it
+    examples: tuple[str, ...] = ()  # `check/kind on host` of the first few findings that evidence it
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.test.id,
+            "title": self.test.title,
+            "platform": self.test.platform,
+            "masvs": self.test.masvs,
+            "url": self.test.url,
+            "status": self.status,
+            "failed": self.failed,
+            "passed": self.passed,
+            "why": self.why,
+            "examples": list(self.examples),
+        }
+
+
+# The tests a device's view lists: those tlsgate can see pass or fail on the wire, by control, then id.
+VIEW_TESTS = sorted((t for t in mastg.TESTS.values() if t.wire), key=lambda t: (t.masvs, t.id))
+
+
+def _status(test: mastg.MastgTest, tally: MastgTally | None) -> MastgStatus:
+    if tally is not None and tally.failed:
+        why = f"{tally.failed} finding(s) show the app failing it" + (f", {tally.passed} passing" if tally.passed else "")
+        return MastgStatus(test, "failed", tally.failed, tally.passed, why, tuple(tally.examples))
+    if tally is not None and tally.passed:
+        return MastgStatus(
+            test, "passed", 0, tally.passed, f"{tally.passed} finding(s) show the app passing it", tuple(tally.examples)
+        )
+    if test.wire == "passive":
+        why = "this device's traffic was judged and no finding fails it; " + test.needs
+        return MastgStatus(test, "no failure seen", 0, 0, why)
+    return MastgStatus(test, "not exercised", 0, 0, test.needs)
+
+
 class Summary:
     """Everything the reports say about one or more findings files, built in one pass."""
 
-    def __init__(self, threshold: int) -> None:
+    def __init__(self, threshold: int, gate: mastg.Gate | None = None) -> None:
         self.threshold = threshold
+        # What fails: by default blocked or >= threshold; `--fail-on` may name MASVS controls or MASTG tests.
+        self.gate = gate if gate is not None else mastg.Gate(threshold)
+        self.masvs: dict[str, dict[str, MastgTally]] = {}  # device -> MASTG test id -> its evidence
+        self.masvs_dropped = 0  # findings of devices beyond MAX_VIEW_DEVICES
         self.total = 0
         self.failing = 0
         self.by_severity: Counter[str] = Counter({name: 0 for name in SEVERITIES})
@@ -125,7 +184,8 @@ class Summary:
         """Every count is of occurrences: a follow-up line stands for `record.occurrences` of them."""
         times = record.occurrences
         self.total += times
-        fails = record.fails(self.threshold) * times
+        evidenced = record.evidenced
+        fails = self.gate.fails(record.action, record.severity, evidenced) * times
         self.failing += fails
         self.by_severity[record.severity] += times
         self.by_action[record.action] += times
@@ -136,9 +196,28 @@ class Summary:
         if per_who is None:
             per_who = self.who_severity[who] = Counter()
         per_who[record.severity] += times
+        self._masvs(record, evidenced, who)
         self._group(record, fails, who)
         self._host(record, fails, who)
         self._time(record)
+
+    def _masvs(self, record: Record, evidenced: mastg.Refs, who: str) -> None:
+        tallies = self.masvs.get(who)
+        if tallies is None:
+            if len(self.masvs) >= MAX_VIEW_DEVICES:
+                self.masvs_dropped += record.occurrences
+                return
+            tallies = self.masvs[who] = {}  # a device seen is listed, even with nothing evidenced
+        for test in evidenced.tests:
+            tally = tallies.get(test)
+            if tally is None:
+                tally = tallies[test] = MastgTally()
+            if evidenced.result == "pass":
+                tally.passed += record.occurrences
+            else:
+                tally.failed += record.occurrences
+            if len(tally.examples) < BOUNDED_SET:  # the text is built only while there is room for it
+                _add_bounded(tally.examples, f"{record.rule_id} on {record.host}")
 
     def _group(self, record: Record, fails: int, who: str) -> None:
         key = identity(record, who)
@@ -238,6 +317,30 @@ class Summary:
         return SEVERITIES[self.threshold]
 
     @property
+    def gate_words(self) -> str:
+        """What fails, as every format says it: `blocked or ≥ high`, and any control or test named."""
+        if not self.gate.ids:
+            return f"blocked or ≥ {self.threshold_name}"
+        return self.gate.describe().replace(">=", "≥")
+
+    @property
+    def fail_on(self) -> str:
+        """`--fail-on` as given in effect: the severity's name alone when only a severity gates (as before)."""
+        if not self.gate.ids:
+            return self.threshold_name
+        terms = [SEVERITIES[self.gate.threshold]] if self.gate.threshold is not None else []
+        return ",".join(terms + sorted(self.gate.ids))
+
+    def masvs_view(self) -> dict[str, list[MastgStatus]]:
+        """Per device, each wire-testable MASTG test: failed, passed, no failure seen (a passive test), or not
+        exercised, with why. Devices in the order of their finding counts."""
+        return {
+            who: [_status(test, self.masvs[who].get(test.id)) for test in VIEW_TESTS]
+            for who in self.devices()
+            if who in self.masvs
+        }
+
+    @property
     def worst_severity(self) -> str | None:
         present = [name for name in SEVERITIES if self.by_severity[name]]
         return present[-1] if present else None
@@ -275,13 +378,17 @@ class Summary:
             notes.append(
                 f"{omitted} repeated finding(s) are counted but not shown in full (at most {EXAMPLES_PER_GROUP} per problem)"
             )
+        if self.masvs_dropped:
+            notes.append(
+                f"{self.masvs_dropped} finding(s) of devices beyond the first {MAX_VIEW_DEVICES} are not in the MASVS view"
+            )
         return notes
 
     def as_dict(self) -> dict[str, Any]:
         """The machine-readable report (`--format json`): totals, the verdict, and one entry per problem."""
         return {
             "verdict": "pass" if self.passed else "fail",
-            "fail_on": self.threshold_name,
+            "fail_on": self.fail_on,
             "total": self.total,
             "failing": self.failing,
             "by_severity": dict(self.by_severity),
@@ -306,6 +413,7 @@ class Summary:
                     "remedy": g.worst.remedy if g.worst else "",
                     "first_time": g.first_time,
                     "last_time": g.last_time,
+                    "mastg": g.worst.evidenced.as_dict() if g.worst and g.worst.evidenced else None,
                 }
                 for g in self.sorted_groups()
             ],
@@ -324,6 +432,10 @@ class Summary:
                 }
                 for h in self.sorted_hosts()
             ],
+            "masvs_network": {
+                "mapping": {"source": mastg.SOURCE},
+                "devices": {who: [status.as_dict() for status in rows] for who, rows in self.masvs_view().items()},
+            },
             "notes": self.notes(),
             "sources": self.sources,
         }

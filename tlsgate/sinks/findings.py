@@ -55,6 +55,9 @@ class Finding:
     time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
     # On a follow-up line only (`Repeats`): how many more times the problem was seen since its last line.
     occurrences: int | None = None
+    # The OWASP MASTG tests and MASVS controls this finding evidences, and whether failed or passed
+    # (`tlsgate.tls.mastg.Refs.as_dict`); absent when it evidences none.
+    mastg: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -74,6 +77,8 @@ class Finding:
         data = {f.name: json_safe(getattr(self, f.name)) for f in fields(self)}
         if data.get("occurrences") is None:
             data.pop("occurrences", None)  # a line without it stands for one occurrence
+        if not data.get("mastg"):
+            data.pop("mastg", None)  # older readers, and findings that evidence no MASTG test, see no new field
         cut = False
         for name, cap in FIELD_CHARS.items():
             value = data[name]
