@@ -139,6 +139,21 @@ def test_smtplib_logging_in_after_stripping_is_caught_and_the_server_gets_no_log
     assert not [f for f in gate.findings() if f["check"] == "cleartext"]  # the strip finding says it all
 
 
+def test_the_login_never_reaches_the_server_even_where_cleartext_is_allowed_and_reported(tlsgate, mail) -> None:
+    """Report mode and `default: allow` forward cleartext mail; a login tlsgate provoked by stripping is still held."""
+    policy = STRIP.replace("default: block", "default: allow") + "    mode: report\n"
+    gate = tlsgate(policy, resolve={"mail.test": mail.port})
+    client = ProxiedSMTP(proxy_of(gate), "mail.test", mail.port)
+    client.ehlo()
+    with pytest.raises((smtplib.SMTPException, OSError)):
+        client.login("alice", "s3cret-pw")
+    client.close()
+    (found,) = of(gate, "fallback")
+    assert found["evidence"]["kind"] == "starttls_strip_accepted" and found["action"] == "blocked"
+    assert eventually(lambda: mail.connections == 1)
+    assert b"AUTH" not in bytes(mail.received) and bytes(mail.received).startswith(b"ehlo")
+
+
 def test_smtplib_that_requires_starttls_passes_and_the_next_connection_is_not_stripped(tlsgate, mail) -> None:
     gate = tlsgate(STRIP, resolve={"mail.test": mail.port})
     client = ProxiedSMTP(proxy_of(gate), "mail.test", mail.port)
