@@ -14,6 +14,7 @@ one byte of the login line; a client that insists on TLS passes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import imaplib
 import poplib
 import re
@@ -315,3 +316,67 @@ def test_poplib_that_requires_stls_passes(tlsgate, pop3_server: LineServer) -> N
     (passed,) = of(gate, "fallback")
     assert passed["evidence"]["kind"] == "starttls_strip_refused" and passed["evidence"]["protocol"] == "pop3"
     assert b"USER" not in bytes(pop3_server.received) and b"PASS" not in bytes(pop3_server.received)
+
+
+# XMPP: the client speaks first; the server's stream features arrive after the client's stream header.
+
+XMPP_FEATURES = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+    b"from='chat.test' id='s1' version='1.0'><stream:features>"
+    b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"
+    b"<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms>"
+    b"</stream:features>"
+)
+
+
+def test_an_xmpp_client_that_authenticates_without_starttls_is_caught(tlsgate) -> None:
+    """A client that reads the stream features and logs in with SASL PLAIN when <starttls> is missing; the
+    server sends its features in two writes, so the element to cut may arrive split."""
+    received = bytearray()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            try:
+                while data := conn.recv(65536):
+                    received.extend(data)
+                    if b"<stream:stream" in data:
+                        half = len(XMPP_FEATURES) // 2
+                        conn.sendall(XMPP_FEATURES[:half])
+                        conn.sendall(XMPP_FEATURES[half:])
+            except OSError:
+                return
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        client_logs_in_after_features(tlsgate, port, received)
+    finally:
+        listener.close()
+
+
+def client_logs_in_after_features(tlsgate, port: int, received: bytearray) -> None:
+    """The client side (hand-written: no XMPP library is installed here): stream header, features, SASL PLAIN."""
+    gate = tlsgate(STRIP.replace("pop.test]", "pop.test, chat.test]"), resolve={"chat.test": port})
+    with open_stream(f"chat.test:{port}", connect_proxy=proxy_of(gate)) as sock:
+        sock.sendall(
+            b"<?xml version='1.0'?><stream:stream to='chat.test' xmlns='jabber:client' "
+            b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+        )
+        shown = b""
+        while b"</stream:features>" not in shown:
+            chunk = sock.recv(65536)
+            assert chunk, shown
+            shown += chunk
+        assert b"<starttls" not in shown and b"<mechanism>PLAIN</mechanism>" in shown
+        secret = base64.b64encode(b"\0alice\0s3cret-pw")
+        sock.sendall(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>" + secret + b"</auth>")
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):  # tlsgate closes the stream
+                pass
+    (found,) = of(gate, "fallback")
+    assert found["evidence"]["kind"] == "starttls_strip_accepted" and found["evidence"]["protocol"] == "xmpp"
+    assert found["evidence"]["command"] == "auth" and secret.decode() not in str(found)
+    assert b"<auth" not in bytes(received) and secret not in bytes(received)
