@@ -64,3 +64,14 @@ def test_an_https_request_that_got_through_clears_a_handshake_event(tmp_path: Pa
         kit.get(CleartextGuard).response(ok)
         plain_request(kit)
         assert "fallback" not in [f["check"] for f in findings(kit.findings)]
+
+
+def test_where_cleartext_is_allowed_the_retry_is_forwarded_and_reported(tmp_path: Path) -> None:
+    """No false block: a host the policy lets through in the clear is not blocked because TLS failed first."""
+    with wired(POLICY + "defaults:\n  cleartext: allow\n", tmp_path) as kit:
+        refused_tls(kit)
+        flow = plain_request(kit)
+        assert flow.response is None  # forwarded, as before
+        (fallback,) = [f for f in findings(kit.findings) if f["check"] == "fallback"]
+        assert fallback["action"] == "reported" and fallback["evidence"]["after"]["kind"] == "pin_mismatch"
+        assert flow.metadata["tlsgate"]["check"] == "fallback"  # mitmweb shows why the flow is marked
