@@ -6,6 +6,8 @@ reply anywhere), and what is not an offer of TLS comes out byte for byte.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from tlsgate.checks.fallback import StripSchedule, judge_strip
@@ -157,3 +159,28 @@ def test_strip_starttls_is_off_unless_a_rule_turns_it_on() -> None:
     assert not strips_starttls(CLEARTEXT.get(policy.match("anything.test").settings))
     with pytest.raises(Exception, match="strip_starttls must be true or false"):
         load_texts([("p.yaml", "version: 1\ndefaults:\n  cleartext: {strip_starttls: sometimes}\n")])
+
+
+@pytest.mark.parametrize("banner", [b"220 x\r\n", b"* OK x\r\n", b"+OK x\r\n", b"<?xml?>", b""])
+def test_hostile_server_bytes_never_raise_and_hold_at_most_the_limit(banner: bytes) -> None:
+    """Random bytes after each banner, in random chunk sizes: no exception, never more held than HOLD_LIMIT, and
+    nothing but offers of TLS is ever dropped (the output is the input minus what was cut)."""
+    rng = random.Random(23)
+    pieces = [b"250-STARTTLS\r\n", b"<starttls", b"/>", b"\r\n", b"STLS\r\n", b" STARTTLS", b"250 ", b"\n"]
+    for _ in range(40):
+        data = banner + b"".join(
+            rng.choice(pieces) if rng.random() < 0.3 else rng.randbytes(rng.randint(1, 3000)) for _ in range(30)
+        )
+        stripper = Stripper()
+        out = bytearray()
+        pos = 0
+        while pos < len(data):
+            size = rng.randint(1, 5000)
+            out += stripper.feed(data[pos : pos + size])
+            pos += size
+            held = len(stripper._held) + sum(len(line) for line in stripper._reply)
+            assert held <= HOLD_LIMIT
+        out += stripper.stop()
+        assert len(out) <= len(data)
+        if not stripper.removed:
+            assert bytes(out) == data
