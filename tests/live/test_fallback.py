@@ -71,6 +71,22 @@ def test_a_plain_retry_after_a_refused_probe_is_linked_to_it(tlsgate, https_upst
     assert 'tlsgate_findings_total{action="blocked",check="fallback",device="test-phone",severity="high"} 1.0' in gate.scrape()
 
 
+def test_after_an_accepted_probe_only_the_same_request_in_the_clear_is_the_retry(tlsgate, https_upstream: Upstream) -> None:
+    """curl -k accepts the probe and POSTs /v1/login (403, nothing forwarded); a plain GET of another path is
+    ordinary cleartext, the plain POST of /v1/login (new nonce) is the fallback, linked to that request."""
+    gate = tlsgate(PROBED, resolve={"api.test": https_upstream.port})
+    port = https_upstream.port
+    accepted = curl(gate.proxy_url, f"https://api.test:{port}/v1/login?nonce=1", "-k", "-X", "POST", "-d", "pw=s3cret")
+    assert accepted.status == 403 and accepted.headers["x-tlsgate-check"] == "client_probe"
+    assert curl(gate.proxy_url, f"http://api.test:{port}/static/app.js").status == 403
+    assert curl(gate.proxy_url, f"http://api.test:{port}/v1/login?nonce=2", "-X", "POST", "-d", "pw=s3cret").status == 403
+    (fallback,) = of(gate, "fallback")
+    after = fallback["evidence"]["after"]
+    assert (after["check"], after["action"], after["method"], after["path"]) == ("client_probe", "blocked", "POST", "/v1/login")
+    assert fallback["evidence"]["method"] == "POST" and "s3cret" not in str(fallback)
+    assert https_upstream.requests == []
+
+
 def test_an_app_that_only_ever_used_http_is_not_a_fallback(tlsgate, http_upstream: Upstream) -> None:
     """Report mode forwards, so the app keeps working over http://; a failed TLS to another host changes nothing."""
     gate = tlsgate(DEVICE + "defaults:\n  mode: report\n", resolve={"legacy.test": http_upstream.port})
