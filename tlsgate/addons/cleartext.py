@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 from mitmproxy import connection, ctx, flow, http
 from mitmproxy.proxy import commands, events, layer, layers
@@ -43,14 +43,26 @@ from mitmproxy.proxy.layers.tcp import TcpEndHook
 
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.state import Connections, ConnState, credentials_in, request_host, request_url, server_host
-from tlsgate.addons.verdicts import apply, block_at_headers, body_may_stream, fail_closed, record, record_once
+from tlsgate.addons.verdicts import (
+    answered,
+    apply,
+    block_at_headers,
+    body_may_stream,
+    fail_closed,
+    mark,
+    record,
+    record_once,
+)
 from tlsgate.checks.cleartext import CleartextRequest, judge_cleartext, judge_stream, refusal, upstream_refusal
+from tlsgate.checks.fallback import StripSchedule, judge_fallback, judge_strip
 from tlsgate.checks.model import Action, Issue, decide
 from tlsgate.policy import Match
 from tlsgate.policy.hosts import is_address
+from tlsgate.policy.sections.cleartext import CLEARTEXT, strips_starttls
 from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.plaintext import INSPECT_LIMIT, STREAM_PROTOCOLS, Sighting, classify, starts_like_tls
+from tlsgate.tls.starttls import Stripper, client_command
 
 logger = logging.getLogger("tlsgate.cleartext")
 MAX_LOOKS = 64  # client chunks a stream is looked at before it is judged on what it has shown
@@ -61,6 +73,7 @@ class CleartextGuard:
     def __init__(self, connections: Connections, sink: FindingsSink) -> None:
         self.connections = connections
         self.sink = sink
+        self.strips = StripSchedule()  # `cleartext: {strip_starttls: true}`: which streams still get stripped
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -92,15 +105,34 @@ class CleartextGuard:
             user_agent=redact.redact_user_agent(flow.request.headers.get("user-agent", "")),
         )
         issue = judge_cleartext(facts, match)
-        if issue is None:
-            return
-        if not with_body and decide(issue, match.settings.mode) is not Action.BLOCKED:
+        blocked = issue is not None and decide(issue, match.settings.mode) is Action.BLOCKED
+        if not with_body and not blocked:
             return  # forwarded: recorded once, in `request`, with what its body carries
+        trigger = self.sink.fallback.cleartext(state.who or "?", match.host, flow.request.method, facts.redacted_url)
+        if issue is None:
+            if trigger is not None:  # allowed in the clear: the retry is reported, not blocked
+                fallback = judge_fallback(trigger, match.host, flow.request.method, facts.redacted_url, False)
+                mark(flow, record(self.sink, state, flow.client_conn, fallback, match, flow.request.port))
+            return
         finding = record(self.sink, state, flow.client_conn, issue, match, flow.request.port)
+        if trigger is not None:
+            fallback = judge_fallback(trigger, match.host, flow.request.method, facts.redacted_url, blocked)
+            record(self.sink, state, flow.client_conn, fallback, match, flow.request.port)
         if with_body:
             apply(flow, finding)
         else:
             block_at_headers(flow, finding)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        """An https:// request the upstream answered: the device got through over TLS, so a handshake it failed
+        before is not what its next plain request retries (`tlsgate.checks.fallback`)."""
+        if flow.request.scheme != "https" or answered(flow) or flow.response is None:
+            return
+        state = self.connections.of(flow.client_conn)
+        if state is None or state.who is None or not self.sink.fallback.knows(state.who):
+            return
+        match = state.match_for(request_host(flow.request), self.connections.store.policy)
+        self.sink.fallback.tls_request(state.who, match.host)
 
     # -- UDP that is neither QUIC nor DNS ----------------------------------------------------------
 
@@ -163,6 +195,12 @@ class CleartextGuard:
             logger.exception("no policy match for cleartext stream to %s; it will be blocked", host)
         port = context.server.address[1] if context.server.address else None
         inspector = StreamInspector(self.sink, state, context.client, match, port)
+        who = state.who if state is not None else None
+        if match is not None and who is not None and strips_starttls(CLEARTEXT.get(match.settings)):
+            key = (who, match.host, port)
+            if self.strips.due(*key):
+                inspector.strip = Stripper()
+                inspector.strip_answered = lambda: self.strips.answered(*key)
         context.layers.remove(chosen)
         gate = StreamGate(context, chosen, inspector)
         context.layers.append(chosen)
@@ -247,6 +285,45 @@ class StreamInspector:
         self.pending: Issue | None = None  # a reported issue still gathering facts, recorded when the stream settles
         self.finding: Finding | None = None
         self.refusal = b""  # the protocol's own "no" for the app, sent before a block closes the stream
+        self.strip: Stripper | None = None  # removes the server's STARTTLS offer (`cleartext: {strip_starttls: true}`)
+        self.strip_answered: Callable[[], None] = lambda: None  # the schedule hears the client's answer
+        self.strip_finding: Finding | None = None
+
+    def shown(self, data: bytes) -> bytes:
+        """What of the server's bytes the client gets now: all of them, unless an offer of STARTTLS is being stripped."""
+        if self.strip is None:
+            return data
+        try:
+            return self.strip.feed(data)
+        except Exception:  # noqa: BLE001 - `feed` never raises; if it did, the bytes go on unchanged and stripping stops
+            logger.exception("stripping STARTTLS failed; forwarding the server's bytes unchanged")
+            held = self.strip.stop()
+            self.strip = None
+            return held + data
+
+    def released(self) -> bytes:
+        """Server bytes the stripper still held once it stopped (the client answered, or the stream passed)."""
+        if self.strip is None or self.strip.active:
+            return b""
+        return self.strip.stop()
+
+    def _stripped(self, sighting: Sighting, closed: bool = False) -> Step | None:
+        """The client's answer to a removed STARTTLS offer: recorded once; BLOCK when it went on in the clear."""
+        if self.strip is None or not self.strip.removed or self.strip_finding is not None or self.match is None:
+            return None
+        command = client_command(sighting.protocol, bytes(self.client))
+        issue = judge_strip(sighting, command, self.match.host, self.port, closed)
+        if issue is None:
+            return None
+        self.strip.active = False  # held server bytes are released by the gate (`released`)
+        evidence = {"kind": issue.kind, **issue.evidence, "client_bytes": self.client_total}
+        self.strip_finding = record(self.sink, self.state, self.client_conn, issue, self.match, self.port, evidence=evidence)
+        self.strip_answered()
+        if decide(issue, self.match.settings.mode) is Action.BLOCKED:
+            self.finding = self.strip_finding
+            self.refusal = refusal(sighting, self.match.rule_ref)
+            return Step.BLOCK
+        return None
 
     def server_data(self, data: bytes) -> None:
         room = INSPECT_LIMIT - len(self.server)
@@ -271,6 +348,8 @@ class StreamInspector:
         full = final or len(self.client) >= INSPECT_LIMIT or self.looks >= MAX_LOOKS
         sighting = classify(bytes(self.client), bytes(self.server))
         self.sighting = sighting
+        if self.strip is not None and (sighting.complete or full) and self._stripped(sighting) is Step.BLOCK:
+            return Step.BLOCK  # went on in the clear after tlsgate removed STARTTLS: not one byte of that line goes on
         if sighting.upgraded:
             if not sighting.starttls_accepted:
                 logger.info("%s client starts TLS the server did not accept; its TLS handshake will decide", sighting.protocol)
@@ -306,6 +385,8 @@ class StreamInspector:
         So is a stream that only ever negotiated (EHLO, CAPABILITY) under report
         mode; under enforce nothing was stopped, so there is no block to record.
         """
+        if self.strip is not None and self.sighting is not None:
+            self._stripped(self.sighting, closed=True)
         if self.finding is not None or self.match is None or not self.client_total:
             return
         issue = judge_stream(classify(bytes(self.client), bytes(self.server)), self.match, self.port) or self.pending
@@ -348,10 +429,11 @@ class StreamGate(layer.Layer):
             if event.connection is self.context.client:
                 step = self.inspector.client_data(event.data)
                 self.held += event.data
-                if step is Step.HOLD:
-                    return
                 if step is Step.BLOCK:
                     yield from self._close()
+                    return
+                yield from self._release_server(stop=step in (Step.PASS, Step.UPGRADE))
+                if step is Step.HOLD:
                     return
                 if step is Step.UPGRADE:
                     yield from self._upgrade()
@@ -362,7 +444,11 @@ class StreamGate(layer.Layer):
                 event = events.DataReceived(self.context.client, self.held)
                 self.held = b""
             else:
-                self.inspector.server_data(event.data)
+                self.inspector.server_data(event.data)  # the server's own bytes: what `classify` reads
+                shown = self.inspector.shown(event.data)  # what the client gets (STARTTLS stripped, when on)
+                if not shown:
+                    return
+                event = events.DataReceived(event.connection, shown)
         elif (
             self.watching
             and isinstance(event, events.DataReceived)
@@ -386,6 +472,15 @@ class StreamGate(layer.Layer):
             self.inspector.closed()
             self.looking = False
         yield from self.child.handle_event(event)
+
+    def _release_server(self, stop: bool) -> Generator[commands.Command, object, None]:
+        """Server bytes the stripper held back go to the client once stripping is over (or the stream passed)."""
+        strip = self.inspector.strip
+        if strip is None:
+            return
+        held = strip.stop() if stop else self.inspector.released()
+        if held:
+            yield from self.child.handle_event(events.DataReceived(self.context.server, held))
 
     def _upgrade(self, split: int | None = None) -> Generator[commands.Command, object, None]:
         """Cleartext up to the client's STARTTLS line goes to the TCPLayer; from its TLS handshake on, to the TLS stack.

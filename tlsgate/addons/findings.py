@@ -6,6 +6,7 @@ import logging
 
 from mitmproxy import ctx, exceptions
 
+from tlsgate.checks.fallback import FallbackWatch
 from tlsgate.sinks.findings import KEEP, MAX_BYTES, Finding, FindingsLog, Repeats
 from tlsgate.sinks.metrics import Metrics
 
@@ -45,6 +46,9 @@ class FindingsSink:
             self.log.subscribe(metrics.on_finding)
             self.log.subscribe_counts(metrics.on_repeat)
         self.repeats = Repeats(self.log)  # shared by the add-ons that write a standing problem once, then count it
+        # Each device's recent failed TLS events per host, fed by the recording path (`verdicts.record`), read by the
+        # cleartext add-on: a plain request retrying one of them is an insecure fallback (`tlsgate.checks.fallback`).
+        self.fallback = FallbackWatch()
 
     def load(self, loader) -> None:
         loader.add_option(

@@ -101,6 +101,13 @@ class ConnState:
     quic_refused: bool = False  # a QUIC connection refused under `quic: refuse` (tlsgate.addons.quic)
     names: DnsNames | None = None  # what tlsgate's own DNS told this client (WireGuard and DNS modes)
 
+    @property
+    def who(self) -> str | None:
+        """The device, as memories across connections key it: its `devices:` name, else its address."""
+        if self.device:
+            return self.device
+        return self.client.peername[0] if self.client.peername else None
+
     def name_of(self, host: str) -> str:
         """The asked-for name for `host`: itself, unless it is a bare address tlsgate's own DNS gave this client for a name.
 

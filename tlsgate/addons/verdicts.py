@@ -18,6 +18,7 @@ from mitmproxy import connection, http, version
 from tlsgate import __version__
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.state import ConnState
+from tlsgate.checks.fallback import Trigger, is_trigger, request_key
 from tlsgate.checks.model import Action, Check, Effect, Issue, Severity, decide
 from tlsgate.policy import Match
 from tlsgate.sinks.blockpage import Block, render
@@ -65,7 +66,36 @@ def record(
         mastg=evidenced.as_dict() if evidenced else None,
     )
     sink.record(finding)
+    _tls_event(sink, state, client, match, finding)
     return finding
+
+
+def _tls_event(
+    sink: FindingsSink, state: ConnState | None, client: connection.Client | None, match: Match, finding: Finding
+) -> None:
+    """A failed, refused or blocked TLS connection is remembered for the device: a plain http:// retry of it is an
+    insecure fallback (`tlsgate.checks.fallback`). Only connections on which the client spoke TLS count."""
+    if state is None or client is None or not client.tls or not is_trigger(finding.check, finding.action):
+        return
+    who = state.who
+    if who is None:
+        return
+    sent = finding.evidence.get("sent") if isinstance(finding.evidence, dict) else None
+    request = None
+    if isinstance(sent, dict) and isinstance(sent.get("method"), str) and isinstance(sent.get("url"), str):
+        request = request_key(sent["method"], sent["url"])
+    kind = finding.evidence.get("kind") if isinstance(finding.evidence, dict) else None
+    trigger = Trigger(
+        finding.check,
+        kind if isinstance(kind, str) else "",
+        finding.action,
+        sink.fallback.clock(),
+        finding.time,
+        finding.client,
+        finding.port,
+        request,
+    )
+    sink.fallback.tls_event(who, match.host, trigger)
 
 
 def record_once(

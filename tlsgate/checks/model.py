@@ -39,6 +39,7 @@ class Check(enum.StrEnum):
     FAULT = "fault"  # the network failed: nothing was judged, nothing could be forwarded
     CONFORMANCE = "conformance"  # traffic contradicts what the app itself declares (NSC / ATS, `app:`)
     PINNING = "pinning"  # the pinning assertion (`app.must_pin`): did the app refuse tlsgate's certificate?
+    FALLBACK = "fallback"  # the app gave up encryption tlsgate took away: http:// retry after TLS failed, STARTTLS stripped
 
 
 class Action(enum.StrEnum):

@@ -309,4 +309,5 @@ FINDING_METRICS: dict[str, FindingMetric] = {
     "pinning": FindingMetric("app_conformance", _app_labels),
     "revocation": FINDINGS_ONLY,
     "ct": FINDINGS_ONLY,
+    "fallback": FINDINGS_ONLY,
 }
