@@ -12,12 +12,14 @@ client is documented to do. Nothing reaches the upstream, in report mode.
 from __future__ import annotations
 
 import re
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from tests.harness import REPO, Tlsgate, Upstream, curl, eventually
 from tests.live.test_client_audit import python_get, s_client
+from tests.tlsservers import RawTlsServer
 from tlsgate.checks.probes import CLOSED_AFTER_HANDSHAKE
 from tlsgate.tls.protocol_probes import OFFERS, PROTOCOL_PROBE_KINDS
 
@@ -194,3 +196,30 @@ def readme_example_line(gate: Tlsgate, host: str, port: int) -> str:
     line = line.replace(f"https://{host}:{port}/", "https://api.example.com/").replace(f"{host}:{port}", "api.example.com:443")
     line = re.sub(r"\(rule [^)]*:(\d+)\)", r"(rule app.yaml:\1)", line.replace(host, "api.example.com"))
     return line.replace("test-phone", "pixel-7")
+
+
+def test_raw_tcp_over_an_accepted_protocol_probe_is_cut_off_before_the_server(tlsgate, pki) -> None:
+    _, _, cert_file, key_file = pki
+    server = RawTlsServer(cert_file, key_file).start()
+    try:
+        gate = tlsgate(policy(["api.test"]), resolve={"api.test": server.port}, args=("--set", "tcp_hosts=api.test"))
+        with socket.create_connection(("127.0.0.1", gate.port), timeout=15) as raw:
+            raw.sendall(f"CONNECT api.test:{server.port} HTTP/1.1\r\n\r\n".encode())
+            assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+            context = python_lowered()
+            context.load_verify_locations(gate.ca_cert)
+            with context.wrap_socket(raw, server_hostname="api.test") as tls:
+                assert tls.version() == "TLSv1.1"  # the first kind listed: tls_downgrade
+                tls.sendall(b"secret over a downgraded connection\n")
+                try:
+                    answer = tls.recv(4096)
+                except (ssl.SSLError, OSError):
+                    answer = b""
+        assert answer == b""
+        eventually(lambda: len(probe_findings(gate)) >= 1)
+        (finding,) = probe_findings(gate)
+        assert (finding["action"], finding["evidence"]["kind"]) == ("blocked", "tls_downgrade")
+        assert finding["evidence"]["sent"]["protocol"] == "tcp" and "raw TCP data" in finding["detail"]
+        assert server.received == [], "raw bytes sent over an accepted protocol probe reached the server"
+    finally:
+        server.stop()
