@@ -164,25 +164,46 @@ def test_a_refusal_is_read_from_mitmproxys_words(error: str | None, rejection: s
 
 
 def test_an_accepted_probe_names_what_was_negotiated_and_the_client_setting_to_change() -> None:
-    for kind, severity in (
-        ("tls_downgrade", Severity.HIGH),
-        ("weak_cipher", Severity.MEDIUM),
-        ("anon_cipher", Severity.CRITICAL),
-    ):
+    cases = (
+        ("tls_downgrade", "TLSv1.1", "ECDHE-RSA-AES128-SHA", Severity.HIGH),
+        ("weak_cipher", "TLSv1.2", "AES128-SHA", Severity.MEDIUM),
+        ("anon_cipher", "TLSv1.2", "ADH-AES256-GCM-SHA384", Severity.CRITICAL),
+    )
+    for kind, version, suite, severity in cases:
         run = protocol_run(kind, "api.test")
-        run.established("TLSv1.1" if kind == "tls_downgrade" else "TLSv1.2", "AES128-SHA")
+        run.established(version, suite)
         sent = {"protocol": "http", "method": "POST", "url": "https://api.test/login"}
         issue = run.sent(sent)
         assert run.sent({"protocol": "tcp", "bytes": 3}) is issue, "said once, whatever the client sends next"
         assert (issue.kind, issue.effect, issue.severity) == (kind, Effect.ALWAYS, severity)
         assert issue.detail.startswith(f"the client accepted {PROBE_WORDS[kind]} for api.test, negotiated TLS 1.")
-        assert "with AES128-SHA, and sent POST https://api.test/login over it" in issue.detail
+        assert f"with {suite}, and sent POST https://api.test/login over it" in issue.detail
         assert issue.detail.endswith("tlsgate answered itself and forwarded nothing")
         assert issue.remedy == PROBE_REMEDIES[kind]
         assert issue.evidence["offer"] == OFFERS[kind].summary() and issue.evidence["sent"] == sent
-        assert issue.evidence["negotiated"] == {"version": "1.1" if kind == "tls_downgrade" else "1.2", "suite": "AES128-SHA"}
+        assert issue.evidence["negotiated"] == {"version": version.removeprefix("TLSv"), "suite": suite}
     assert "minimum to TLS 1.2" in PROBE_REMEDIES["tls_downgrade"] and "@SECLEVEL=0" in PROBE_REMEDIES["tls_downgrade"]
     assert "no certificate" in PROBE_REMEDIES["anon_cipher"] or "sends no certificate" in PROBE_REMEDIES["anon_cipher"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "version", "suite"),
+    [
+        ("tls_downgrade", "TLSv1.2", "ECDHE-RSA-AES128-SHA"),  # the version it refuses
+        ("weak_cipher", "TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256"),  # a suite it does not offer
+        ("anon_cipher", "TLSv1.2", "AES128-SHA"),  # a suite with a certificate
+        ("weak_cipher", None, None),  # nothing known of the handshake
+    ],
+)
+def test_a_probe_that_negotiated_outside_its_offer_accuses_nobody_and_still_forwards_nothing(
+    kind: str, version: str | None, suite: str | None
+) -> None:
+    run = protocol_run(kind, "api.test")
+    run.established(version, suite)
+    issue = run.sent({"protocol": "http", "method": "GET", "url": "https://api.test/"})
+    assert (issue.effect, issue.severity, issue.remedy) == (Effect.ALWAYS, Severity.LOW, "")
+    assert issue.detail.startswith(f"tlsgate's {kind} probe for api.test negotiated ") and "tlsgate bug" in issue.detail
+    assert "the client accepted" not in issue.detail
 
 
 def test_a_refused_probe_passes_once_and_a_handshake_followed_by_silence_passes_too() -> None:

@@ -101,6 +101,10 @@ class ProtocolProbeRun(ProbeRun):
     def sent(self, what: dict[str, Any]) -> Issue:
         if self.accepted is None:
             shown = f"{what['method']} {what['url']}" if what.get("protocol") == "http" else "raw TCP data"
+            negotiated = self.negotiated or {}
+            if not OFFERS[self.kind].allows(negotiated.get("version"), negotiated.get("suite")):
+                self.accepted = self._not_served(what, shown)
+                return self.accepted
             self.accepted = Issue(
                 Check.CLIENT_PROBE,
                 self.kind,
@@ -112,6 +116,24 @@ class ProtocolProbeRun(ProbeRun):
                 PROBE_REMEDIES[self.kind],
             )
         return self.accepted
+
+    def _not_served(self, what: dict[str, Any], shown: str) -> Issue:
+        """The connection negotiated something the probe does not offer: it tested nothing, so it accuses nobody.
+
+        Only a tlsgate bug (or a mitmproxy or OpenSSL that builds the probe's
+        context differently) gets here; the request is still answered by
+        tlsgate, as on every probe connection, and the finding says so.
+        """
+        return Issue(
+            Check.CLIENT_PROBE,
+            self.kind,
+            Effect.ALWAYS,
+            Severity.LOW,
+            f"tlsgate's {self.kind} probe for {self.host} negotiated {self._negotiated_text()}, which it does not "
+            f"offer: it tested nothing and says nothing about the client; tlsgate answered {shown} itself and "
+            "forwarded nothing (a probe connection never is). Please report this as a tlsgate bug",
+            {"kind": self.kind, "offer": self.certificate, "negotiated": self.negotiated, "sent": what},
+        )
 
     def _negotiated_text(self) -> str:
         negotiated = self.negotiated or {}

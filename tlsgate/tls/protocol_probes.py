@@ -42,6 +42,8 @@ PROTOCOL_PROBE_KINDS: Final = ("tls_downgrade", "weak_cipher", "anon_cipher")
 # OpenSSL's security level 0: the only one at which OpenSSL 3+ negotiates TLS 1.0/1.1 (their handshake
 # signatures use SHA-1/MD5) or an unauthenticated suite. Set only on a probe's own context.
 SECLEVEL_0: Final = "@SECLEVEL=0"
+# OpenSSL's names of the anonymous suites `aNULL:!eNULL` selects: DH and ECDH without authentication.
+ANONYMOUS_PREFIXES: Final = ("ADH-", "AECDH-")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,15 @@ class ProtocolOffer:
     max_version: str
     ciphers: tuple[str, ...]  # OpenSSL cipher-list entries, in the server's order of preference
     certificate: bool = True  # False: anonymous suites only, the client is never sent one
+
+    def allows(self, version: str | None, suite: str | None) -> bool:
+        """Whether a negotiated version (policy word) and suite (OpenSSL name) are within this offer."""
+        if version is None or suite is None or version not in versions.ORDER:
+            return False
+        low, high = versions.ORDER.index(self.min_version), versions.ORDER.index(self.max_version)
+        if not low <= versions.ORDER.index(version) <= high:
+            return False
+        return suite in self.summary()["suites"] if self.certificate else suite.startswith(ANONYMOUS_PREFIXES)
 
     def summary(self) -> dict[str, Any]:
         """What a finding shows of the offer: versions, suites (OpenSSL names), certificate."""
