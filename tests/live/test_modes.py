@@ -58,6 +58,7 @@ NAMES = {
     "api.example.test": API_IP,
     "pinned.example.test": PINNED_IP,
     "probe.example.test": PROBE_IP,
+    "weak.example.test": PROBE_IP,  # a protocol probe: the server is never reached, any listening address will do
     "mqtt.example.test": MQTT_IP,
     "quic.example.test": QUIC_IP,
     "named.example.test": NAMED_IP,
@@ -81,6 +82,10 @@ rules:
     hosts: [probe.example.test]
     client:
       probes: [self_signed]
+  - name: weak-probed
+    hosts: [weak.example.test]
+    client:
+      probes: [weak_cipher]
   - name: named-by-dns
     hosts: [named.example.test]
     mode: report
@@ -636,6 +641,18 @@ def test_an_app_accepting_any_certificate_is_caught_by_the_probe(g: Gate) -> Non
     finding = g.wait_finding("client_probe", "probe.example.test")
     assert finding["action"] == "blocked" and finding["severity"] == "critical" and finding["device"] == g.device
     assert finding["rule"] == f"{g.world.policy_shown}:{rule_line(g.world.policy_text, 'name: probed')}"
+
+
+def test_a_protocol_probe_catches_an_app_that_negotiates_rsa_key_exchange_in_every_mode(g: Gate) -> None:
+    # curl verifies tlsgate's (valid) certificate, and OpenSSL's DEFAULT cipher list still has AES128-SHA.
+    result = g.curl("https://weak.example.test/v1/login", "--cacert", str(g.ca))
+    assert result.status == 403, result
+    assert g.world.probe.requests == []
+    finding = g.wait_finding("client_probe", "weak.example.test")
+    assert (finding["action"], finding["severity"], finding["device"]) == ("blocked", "medium", g.device)
+    assert finding["evidence"]["negotiated"] == {"version": "1.2", "suite": "AES128-SHA"}
+    assert finding["rule"] == f"{g.world.policy_shown}:{rule_line(g.world.policy_text, 'name: weak-probed')}"
+    assert g.curl("https://weak.example.test/v1/login", "--cacert", str(g.ca)).status == 200  # tried once, then served
 
 
 def test_mqtt_with_credentials_is_blocked_in_every_mode(g: Gate) -> None:

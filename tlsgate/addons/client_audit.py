@@ -5,7 +5,8 @@ Per client connection, in mitmproxy's order of events:
 - `tls_clienthello`: the hello is parsed and judged under the `client` rules of
   the host asked for (SNI, else the CONNECT/destination host). A client below
   `client.min_version` in enforce mode is to be refused; a connection under
-  probe is to get an invalid certificate. Both turn off the early upstream
+  probe is to get an invalid certificate, or (a protocol probe) tlsgate's own
+  with only old versions or weak suites on offer. All turn off the early upstream
   handshake (`establish_server_tls_first`), so the server sees nothing beyond
   mitmproxy's eager TCP connect.
 - `tls_start_client`: runs after tlsconfig built the client-side connection,
@@ -49,6 +50,7 @@ from tlsgate.checks.client_hello import client_floor, judge_client_hello
 from tlsgate.checks.faults import silent_close_excused
 from tlsgate.checks.model import Action, Check, Issue, blocks, decide
 from tlsgate.checks.probes import CLOSED_SILENTLY, ProbeRun, ProbeSchedule, trust_refused
+from tlsgate.checks.protocol_probes import ProtocolProbeRun, protocol_run
 from tlsgate.checks.quic import quic_client_error
 from tlsgate.policy import Mode
 from tlsgate.policy.sections.client import CLIENT
@@ -56,6 +58,7 @@ from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.clienthello import ClientHello, parse_client_hello
 from tlsgate.tls.probes import ProbeMint
+from tlsgate.tls.protocol_probes import OFFERS, PROTOCOL_PROBE_KINDS
 
 logger = logging.getLogger("tlsgate.client")
 
@@ -99,7 +102,7 @@ class ClientAudit:
             logger.info(f"tlsgate: cannot judge a ClientHello from {client.peername}: {exc}")
             return
         audit = self._judge(state, data.context.server, hello, is_quic(client))
-        if audit.refuse or audit.probe:
+        if audit.refuse or audit.run is not None:
             data.establish_server_tls_first = False  # the server is never involved in a refusal or a probe
         state.audit = audit
 
@@ -113,9 +116,13 @@ class ClientAudit:
         # QUIC is TLS 1.3 only, and aioquic has no version floor to move.
         audit.floor = None if quic else client_floor(hello.best_version_word, rules, enforce, configured_floor())
         client = state.client
-        if rules.probes and not audit.refuse and client.peername:
-            kind = self.schedule.next_kind(client.peername[0], match.host, rules.probes)
-            if kind:
+        # QUIC is TLS 1.3 only: a protocol probe cannot be served there, and waits for a TCP connection to the host.
+        kinds = [k for k in rules.probes if k not in PROTOCOL_PROBE_KINDS] if quic else rules.probes
+        if kinds and not audit.refuse and client.peername:
+            kind = self.schedule.next_kind(client.peername[0], match.host, kinds)
+            if kind in PROTOCOL_PROBE_KINDS:
+                audit.run = protocol_run(kind, match.host)
+            elif kind:
                 audit.probe = self._mint_for().certificate(match.host, kind)
                 audit.run = ProbeRun(kind, match.host, audit.probe.summary())
         return audit
@@ -138,6 +145,9 @@ class ClientAudit:
         if audit.probe is not None:
             probe = audit.probe
             tls_start.ssl_conn = client_connection(tls_start, audit.floor, probe.cert, probe.key, probe.chain)
+        elif isinstance(audit.run, ProtocolProbeRun):
+            offer = OFFERS[audit.run.kind]  # tlsgate's own certificate, this offer's versions and suites only
+            tls_start.ssl_conn = client_connection(tls_start, offer.min_version, ceiling=offer.max_version, ciphers=offer.ciphers)
         elif audit.floor is not None:
             tls_start.ssl_conn = client_connection(tls_start, audit.floor)
 
@@ -161,7 +171,9 @@ class ClientAudit:
         if not isinstance(data.conn, connection.Client):
             return
         audit = self._audit(self.connections.peek(data.conn))
-        if audit is not None and audit.run is not None:
+        if audit is not None and isinstance(audit.run, ProtocolProbeRun):
+            audit.run.established(data.conn.tls_version, data.conn.cipher)
+        elif audit is not None and audit.run is not None:
             audit.run.handshake_done = True
 
     def tls_failed_client(self, data: tls.TlsData) -> None:

@@ -6,12 +6,13 @@ pyOpenSSL do not promise to keep (`_default_ciphers`, `SSL._lib`, ...).
 `tests/unit/test_mitm_internals.py` pins the source of the tlsconfig functions
 these copies follow, so an upgrade that changes them fails loudly here first.
 
-Client side: the client audits need two changes to what the app is shown: another
-certificate (an invalid-certificate probe) or another version floor (refuse a
+Client side: the client audits need three changes to what the app is shown: another
+certificate (an invalid-certificate probe), another version floor (refuse a
 client below `client.min_version`, or let a report-mode or explicitly allowed
-old client in). Everything else (cipher list, curve, DH parameters, client
-certificate request, and the ALPN choice via tlsconfig's own callback and app
-data) is copied from what tlsconfig configured, so a probed or re-floored
+old client in), or another offer of versions and suites (a protocol probe).
+Everything else (the cipher list but for a protocol probe, curve, DH parameters,
+client certificate request, and the ALPN choice via tlsconfig's own callback and
+app data) is copied from what tlsconfig configured, so a probed or re-floored
 connection differs from a normal one only in what is being tested.
 """
 
@@ -67,12 +68,21 @@ def client_connection(
     certificate: x509.Certificate | None = None,
     key: KeyType | None = None,
     chain: tuple[x509.Certificate, ...] = (),
+    *,
+    ceiling: str | None = None,
+    ciphers: tuple[str, ...] | None = None,
 ) -> SSL.Connection:
-    """Replace tlsconfig's client-side connection; `certificate`/`key` default to tlsconfig's own for the host."""
+    """Replace tlsconfig's client-side connection; `certificate`/`key` default to tlsconfig's own for the host.
+
+    `ceiling` and `ciphers` (a protocol probe's offer, `@SECLEVEL=0` included when it needs it) become arguments
+    of mitmproxy's cached context factory, so they make a context of their own: the contexts of normal
+    connections are never touched, and nothing is set on a context after it is built.
+    """
     tlsconfig = tlsconfig_addon()
     previous = tls_start.ssl_conn
     assert previous is not None, "tlsconfig must have built the connection first"
     min_version = floor_version(floor) if floor else net_tls.Version[ctx.options.tls_version_client_min]
+    max_version = floor_version(ceiling) if ceiling else net_tls.Version[ctx.options.tls_version_client_max]
     chain_file = None
     if certificate is None or key is None:
         entry = tlsconfig.get_cert(tls_start.context)
@@ -80,8 +90,8 @@ def client_connection(
     context = net_tls.create_client_proxy_context(
         method=net_tls.Method.TLS_SERVER_METHOD,
         min_version=min_version,
-        max_version=net_tls.Version[ctx.options.tls_version_client_max],
-        cipher_list=tuple(tls_start.conn.cipher_list or _default_ciphers(min_version)),
+        max_version=max_version,
+        cipher_list=ciphers or tuple(tls_start.conn.cipher_list or _default_ciphers(min_version)),
         ecdh_curve=net_tls.get_curve(ctx.options.tls_ecdh_curve_client),
         chain_file=chain_file,
         request_client_cert=ctx.options.request_client_cert,

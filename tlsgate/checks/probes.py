@@ -32,6 +32,10 @@ PROBE_WORDS: Final = {
     "wrong_host": f"a certificate for another host ({WRONG_HOST})",
     "expired": "an expired certificate",
     "untrusted_ca": "a certificate from an untrusted CA",
+    # protocol probes (tlsgate.checks.protocol_probes)
+    "tls_downgrade": "a server that speaks only TLS 1.0 and 1.1",
+    "weak_cipher": "a server that offers only RSA key exchange with CBC and SHA-1",
+    "anon_cipher": "a server that offers only anonymous cipher suites (no certificate at all)",
 }
 
 # What accepting each one says about the app, and where such bugs usually live.
@@ -44,6 +48,17 @@ PROBE_REMEDIES: Final = {
     "(ALLOW_ALL_HOSTNAME_VERIFIER, check_hostname=False, CURLOPT_SSL_VERIFYHOST=0)",
     "expired": "the app ignores certificate expiry: remove the custom trust check that skips the validity "
     "dates (or the disabled time check)",
+    # protocol probes (tlsgate.checks.protocol_probes)
+    "tls_downgrade": "the app still allows TLS 1.0/1.1: raise its minimum to TLS 1.2 (OkHttp ConnectionSpec.MODERN_TLS, "
+    "SSLSocket.setEnabledProtocols without TLSv1/TLSv1.1, ATS NSExceptionMinimumTLSVersion back to TLSv1.2, Python "
+    "ssl minimum_version = TLSVersion.TLSv1_2, curl --tlsv1.2 / CURLOPT_SSLVERSION, OpenSSL "
+    "SSL_CTX_set_min_proto_version) and drop any @SECLEVEL=0 from its cipher string",
+    "weak_cipher": "the app negotiates RSA key exchange with CBC-SHA1 (no forward secrecy): restrict its cipher list to "
+    "ECDHE with AES-GCM or ChaCha20 (OkHttp ConnectionSpec.MODERN_TLS / RESTRICTED_TLS, SSLParameters.setCipherSuites, "
+    "Python ssl set_ciphers, curl --ciphers / CURLOPT_SSL_CIPHER_LIST, OpenSSL SSL_CTX_set_cipher_list)",
+    "anon_cipher": "the app accepts a server that sends no certificate: remove the anonymous suites from its cipher "
+    "list (a cipher string such as ALL or aNULL, or @SECLEVEL=0, lets ADH/AECDH in; OpenSSL's DEFAULT and the "
+    "platform defaults exclude them); certificate checks cannot help when there is no certificate",
 }
 
 

@@ -28,9 +28,19 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tlsgate.tls.protocol_probes import PROTOCOL_PROBE_KINDS
 from tlsgate.tls.x509build import key_usage, self_signed_ca
 
-PROBE_KINDS: Final = ("self_signed", "wrong_host", "expired", "untrusted_ca")
+PROBE_KINDS: Final = (
+    "self_signed",
+    "wrong_host",
+    "expired",
+    "untrusted_ca",
+    # protocol probes (tlsgate.tls.protocol_probes): tlsgate's own certificate, old versions or weak suites
+    "tls_downgrade",
+    "weak_cipher",
+    "anon_cipher",
+)
 WRONG_HOST: Final = "wrong-host.tlsgate.invalid"
 
 KeyType = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -88,7 +98,7 @@ class ProbeMint:
         self._stranger: tuple[rsa.RSAPrivateKey, x509.Certificate] | None = None
 
     def certificate(self, host: str, kind: str, now: dt.datetime | None = None) -> ProbeCertificate:
-        if kind not in PROBE_KINDS:
+        if kind not in PROBE_KINDS or kind in PROTOCOL_PROBE_KINDS:  # a protocol probe has no probe certificate
             raise ValueError(f"unknown probe kind {kind!r}; expected one of {', '.join(PROBE_KINDS)}")
         key = (host, kind)
         cached = self._cache.get(key)

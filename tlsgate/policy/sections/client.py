@@ -98,7 +98,9 @@ CLIENT = register(
                     "default": [],
                     "items": {"enum": list(PROBE_KINDS)},
                     "description": "Invalid certificates to present, each once per (client address, host), in this "
-                    "order; then connections are intercepted normally. Empty: no probing.",
+                    "order; then connections are intercepted normally. Empty: no probing. tls_downgrade, weak_cipher "
+                    "and anon_cipher present tlsgate's own certificate with only TLS 1.0/1.1, RSA-CBC-SHA1 or "
+                    "anonymous suites on offer.",
                 },
             },
         },
