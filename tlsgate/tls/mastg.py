@@ -184,6 +184,24 @@ ROWS: Final[tuple[Row, ...]] = (
     Row("client_probe", "expired", _VALIDATION),
     Row("client_probe", "untrusted_ca", _VALIDATION),
     Row("client_probe", "wrong_host", _HOSTNAME),
+    # Protocol probes: what tlsgate's side accepts, not its certificate.
+    Row("client_probe", "tls_downgrade", ("MASTG-TEST-0218", "MASTG-TEST-0348", *_VERSIONS_STATIC)),
+    Row(
+        "client_probe",
+        "weak_cipher",
+        masvs=(NETWORK_1,),
+        reason="no MASTG test covers the suites an app accepts (RSA key exchange, CBC, SHA-1): MASVS-NETWORK-1 itself",
+    ),
+    Row(
+        "client_probe",
+        "anon_cipher",
+        masvs=(NETWORK_1,),
+        reason="no MASTG test covers anonymous suites; accepting one means no server authentication at all",
+    ),
+    # Falling back to, or being stripped down to, cleartext is cleartext traffic on the wire.
+    Row("fallback", "insecure_fallback", ("MASTG-TEST-0236", "MASTG-TEST-0238")),
+    Row("fallback", "starttls_strip_accepted", ("MASTG-TEST-0236", "MASTG-TEST-0239", "MASTG-TEST-0323")),
+    Row("fallback", "starttls_strip_refused", ("MASTG-TEST-0236", "MASTG-TEST-0239", "MASTG-TEST-0323")),
     # The app against its own declaration (`app:`).
     Row("conformance", "cleartext_forbidden", ("MASTG-TEST-0236", "MASTG-TEST-0239", "MASTG-TEST-0323")),
     Row(
