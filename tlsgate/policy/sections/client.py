@@ -98,7 +98,8 @@ CLIENT = register(
                     "default": [],
                     "items": {"enum": list(PROBE_KINDS)},
                     "description": "Invalid certificates to present, each once per (client address, host), in this "
-                    "order; then connections are intercepted normally. Empty: no probing.",
+                    "order (a kind that does not apply to the host is skipped: the wildcard kinds for an IP address, "
+                    "ip_name_only for a name); then connections are intercepted normally. Empty: no probing.",
                 },
             },
         },
