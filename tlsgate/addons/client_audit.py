@@ -56,6 +56,7 @@ from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.clienthello import ClientHello, parse_client_hello
 from tlsgate.tls.probes import ProbeMint
+from tlsgate.tls.probes import applies as probe_applies
 
 logger = logging.getLogger("tlsgate.client")
 
@@ -114,7 +115,8 @@ class ClientAudit:
         audit.floor = None if quic else client_floor(hello.best_version_word, rules, enforce, configured_floor())
         client = state.client
         if rules.probes and not audit.refuse and client.peername:
-            kind = self.schedule.next_kind(client.peername[0], match.host, rules.probes)
+            kinds = [kind for kind in rules.probes if probe_applies(kind, match.host)]  # wildcards need a name, ...
+            kind = self.schedule.next_kind(client.peername[0], match.host, kinds)
             if kind:
                 audit.probe = self._mint_for().certificate(match.host, kind)
                 audit.run = ProbeRun(kind, match.host, audit.probe.summary())
@@ -137,9 +139,22 @@ class ClientAudit:
         audit.waited = time.monotonic() - audit.hello_at  # tlsgate's upstream handshake came first
         if audit.probe is not None:
             probe = audit.probe
-            tls_start.ssl_conn = client_connection(tls_start, audit.floor, probe.cert, probe.key, probe.chain)
-        elif audit.floor is not None:
+            try:
+                tls_start.ssl_conn = client_connection(tls_start, audit.floor, probe.cert, probe.key, probe.chain, probe.weak)
+                return
+            except Exception as exc:  # noqa: BLE001 - judged on tlsgate's good certificate, the app would "accept" the probe
+                self._drop_probe(audit, exc)
+        if audit.floor is not None:
             tls_start.ssl_conn = client_connection(tls_start, audit.floor)
+
+    @staticmethod
+    def _drop_probe(audit: Audit, exc: Exception) -> None:
+        """OpenSSL would not serve the probe certificate: the connection goes on as a normal one and nothing is judged
+        (a client that then sent its request would have accepted tlsgate's good certificate, not the probe). The kind
+        stays used up: it would fail the same way on every connection."""
+        assert audit.run is not None
+        logger.warning(f"tlsgate: cannot serve the {audit.run.kind} probe for {audit.run.host}, connection not probed: {exc}")
+        audit.probe = audit.run = None
 
     def quic_start_client(self, data: QuicTlsData) -> None:
         """The QUIC counterpart of `tls_start_client`: refuse the hello, or show the probe certificate."""
