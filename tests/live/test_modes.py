@@ -61,6 +61,8 @@ NAMES = {
     "mqtt.example.test": MQTT_IP,
     "quic.example.test": QUIC_IP,
     "named.example.test": NAMED_IP,
+    "chain.example.test": PROBE_IP,  # certificate and chain probes: one host per curl configuration
+    "chain-k.example.test": PROBE_IP,
 }
 LAN_DEVICE, TUNNEL_DEVICE = "phone-lan", "phone-tunnel"
 
@@ -84,6 +86,10 @@ rules:
   - name: named-by-dns
     hosts: [named.example.test]
     mode: report
+  - name: chain-probed
+    hosts: [chain.example.test, chain-k.example.test]
+    client:
+      probes: [non_ca_issuer, cn_only, sha1_signature]
 """
 
 
@@ -636,6 +642,26 @@ def test_an_app_accepting_any_certificate_is_caught_by_the_probe(g: Gate) -> Non
     finding = g.wait_finding("client_probe", "probe.example.test")
     assert finding["action"] == "blocked" and finding["severity"] == "critical" and finding["device"] == g.device
     assert finding["rule"] == f"{g.world.policy_shown}:{rule_line(g.world.policy_text, 'name: probed')}"
+
+
+def test_chain_probes_meet_curl_as_in_the_probe_matrix_in_every_mode(g: Gate) -> None:
+    """tests/live/test_probe_matrix.py's ground truth for curl, whatever brought the device to tlsgate: a CA:FALSE
+    issuer, a CN-only name and a SHA-1 signature (served at a lowered security level) in WireGuard mode too."""
+    from tests.live.test_probe_matrix import ACCEPTS, EXPECTED
+
+    kinds = ("non_ca_issuer", "cn_only", "sha1_signature")
+    for host, column, extra in (
+        ("chain.example.test", "curl", ("--cacert", str(g.ca))),
+        ("chain-k.example.test", "curl-k", ("-k",)),
+    ):
+        for kind in kinds:
+            result = g.curl(f"https://{host}/v1/login", *extra)
+            assert (result.status == 403) is (EXPECTED[kind][column] == ACCEPTS), (kind, column, result)
+        assert eventually(lambda host=host: len(g.findings("client_probe", host)) == len(kinds), timeout=10), g.findings()
+        said = {f["evidence"]["kind"]: f["action"] for f in g.findings("client_probe", host)}
+        assert said == {k: "blocked" if EXPECTED[k][column] == ACCEPTS else "passed" for k in kinds}, (column, said)
+        assert all(f["device"] == g.device for f in g.findings("client_probe", host))
+    assert g.world.probe.requests == []
 
 
 def test_mqtt_with_credentials_is_blocked_in_every_mode(g: Gate) -> None:
