@@ -115,7 +115,7 @@ class ClientAudit:
         audit.floor = None if quic else client_floor(hello.best_version_word, rules, enforce, configured_floor())
         client = state.client
         if rules.probes and not audit.refuse and client.peername:
-            kinds = [kind for kind in rules.probes if probe_applies(kind, match.host)]  # wildcards need a name, ...
+            kinds = [kind for kind in rules.probes if probe_applies(kind, match.host)]  # wildcards: names; ip_name_only: IPs
             kind = self.schedule.next_kind(client.peername[0], match.host, kinds)
             if kind:
                 audit.probe = self._mint_for().certificate(match.host, kind)
