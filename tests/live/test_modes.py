@@ -62,6 +62,8 @@ NAMES = {
     "mqtt.example.test": MQTT_IP,
     "quic.example.test": QUIC_IP,
     "named.example.test": NAMED_IP,
+    "chain.example.test": PROBE_IP,  # certificate and chain probes: one host per curl configuration
+    "chain-k.example.test": PROBE_IP,
 }
 LAN_DEVICE, TUNNEL_DEVICE = "phone-lan", "phone-tunnel"
 
@@ -89,6 +91,10 @@ rules:
   - name: named-by-dns
     hosts: [named.example.test]
     mode: report
+  - name: chain-probed
+    hosts: [chain.example.test, chain-k.example.test]
+    client:
+      probes: [non_ca_issuer, cn_only, sha1_signature]
 """
 
 
@@ -653,6 +659,26 @@ def test_a_protocol_probe_catches_an_app_that_negotiates_rsa_key_exchange_in_eve
     assert finding["evidence"]["negotiated"] == {"version": "1.2", "suite": "AES128-SHA"}
     assert finding["rule"] == f"{g.world.policy_shown}:{rule_line(g.world.policy_text, 'name: weak-probed')}"
     assert g.curl("https://weak.example.test/v1/login", "--cacert", str(g.ca)).status == 200  # tried once, then served
+
+
+def test_chain_probes_meet_curl_as_in_the_probe_matrix_in_every_mode(g: Gate) -> None:
+    """tests/live/test_probe_matrix.py's ground truth for curl, whatever brought the device to tlsgate: a CA:FALSE
+    issuer, a CN-only name and a SHA-1 signature (served at a lowered security level) in WireGuard mode too."""
+    from tests.live.test_probe_matrix import ACCEPTS, EXPECTED
+
+    kinds = ("non_ca_issuer", "cn_only", "sha1_signature")
+    for host, column, extra in (
+        ("chain.example.test", "curl", ("--cacert", str(g.ca))),
+        ("chain-k.example.test", "curl-k", ("-k",)),
+    ):
+        for kind in kinds:
+            result = g.curl(f"https://{host}/v1/login", *extra)
+            assert (result.status == 403) is (EXPECTED[kind][column] == ACCEPTS), (kind, column, result)
+        assert eventually(lambda host=host: len(g.findings("client_probe", host)) == len(kinds), timeout=10), g.findings()
+        said = {f["evidence"]["kind"]: f["action"] for f in g.findings("client_probe", host)}
+        assert said == {k: "blocked" if EXPECTED[k][column] == ACCEPTS else "passed" for k in kinds}, (column, said)
+        assert all(f["device"] == g.device for f in g.findings("client_probe", host))
+    assert g.world.probe.requests == []
 
 
 def test_mqtt_with_credentials_is_blocked_in_every_mode(g: Gate) -> None:

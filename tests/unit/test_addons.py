@@ -509,6 +509,34 @@ def test_a_probe_refused_with_an_alert_passes_and_another_failure_is_tried_again
     assert gate.audit.schedule.tried("127.0.0.1", "api.test") == ("self_signed",)  # "expired" given back
 
 
+def test_a_probe_openssl_will_not_serve_leaves_a_normal_connection_and_no_verdict(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.certgen import make_root
+    from tlsgate.addons import client_audit
+    from tlsgate.tls.probes import ProbeMint
+
+    root = make_root("tlsgate CA")
+    client = tflow.tclient_conn()
+    audit = probed(gate, client, "sha1_signature")
+    audit.probe = ProbeMint(root.key, root.cert).certificate("api.test", "sha1_signature")
+
+    def refuse(*args: object) -> SSL.Connection:
+        raise SSL.Error([("SSL routines", "", "ca md too weak")])
+
+    monkeypatch.setattr(client_audit, "client_connection", refuse)
+    normal = SSL.Connection(SSL.Context(SSL.TLS_METHOD))
+    start = tls_data(client, client, gate, normal)
+    gate.audit.tls_start_client(start)
+    assert start.ssl_conn is normal and audit.run is None and audit.probe is None
+    assert "cannot serve the sha1_signature probe for api.test" in caplog.text
+    flow = tflow.tflow(client_conn=client, req=tutils.treq(host="api.test", port=443, scheme=b"https"))
+    gate.audit.requestheaders(flow)
+    gate.audit.request(flow)
+    assert flow.response is None, "a client shown tlsgate's good certificate accepted no probe"
+    assert not [f for f in gate.findings() if f["check"] == "client_probe"]
+
+
 def test_an_unprobed_client_refusing_tlsgates_certificate_is_explained(gate: Gate) -> None:
     client = tflow.tclient_conn()
     state = gate.connections.of(client)

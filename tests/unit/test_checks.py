@@ -235,6 +235,27 @@ def test_probe_closed_after_handshake_without_data_passes() -> None:
     assert run.closed() is None  # said once
 
 
+def test_every_probe_kind_is_worded_and_accepting_a_chain_probe_says_its_own_risk() -> None:
+    from tlsgate.checks.probes import PROBE_RISKS, PROBE_SEVERITY, PROBE_WORDS
+    from tlsgate.tls.probes import CHAIN_PROBE_KINDS, PROBE_KINDS
+
+    assert set(PROBE_WORDS) == set(PROBE_REMEDIES) == set(PROBE_KINDS)
+    assert set(PROBE_RISKS) == set(CHAIN_PROBE_KINDS) and set(PROBE_SEVERITY) < set(CHAIN_PROBE_KINDS)
+    sent = {"protocol": "http", "method": "GET", "url": "https://api.test/"}
+    cn_only = probe_run("cn_only")
+    issue = cn_only.sent(sent)
+    assert issue.severity is Severity.MEDIUM and issue.kind == "cn_only"
+    assert "accepted a certificate with the host name in the subject CN only, no subjectAltName for api.test" in issue.detail
+    assert "any impostor" not in issue.detail and "subject CN, which CAs no longer vet" in issue.detail
+    assert "X509_CHECK_FLAG_NEVER_CHECK_SUBJECT" in issue.remedy
+    non_ca = probe_run("non_ca_issuer").sent(sent)
+    assert non_ca.severity is Severity.CRITICAL and "anyone holding any certificate from a trusted CA" in non_ca.detail
+    assert "hand-written verifier that checks signatures only" in non_ca.remedy
+    assert "any impostor" in probe_run("self_signed").sent(sent).detail  # the original four keep their words
+    refused = probe_run("sha1_signature").handshake_failed("tlsv1 alert unknown ca")
+    assert refused is not None and refused.severity is Severity.INFO and "signed with SHA-1" in refused.detail
+
+
 def test_probe_closed_before_the_handshake_completed_says_nothing() -> None:
     assert probe_run().closed() is None
 

@@ -13,7 +13,9 @@ import hashlib
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from tests.certgen import make_root
@@ -23,7 +25,8 @@ from tlsgate.checks.probes import CLOSED_SILENTLY, ProbeSchedule, client_rejecti
 from tlsgate.policy import Mode, PolicyError, load_texts
 from tlsgate.policy.sections.client import ClientRules
 from tlsgate.tls.clienthello import ClientHello, parse_client_hello, parse_record
-from tlsgate.tls.probes import PROBE_KINDS, WRONG_HOST, ProbeMint
+from tlsgate.tls.probes import CHAIN_PROBE_KINDS, PROBE_KINDS, WRONG_HOST, ProbeMint, applies, sign_sha1
+from tlsgate.tls.protocol_probes import PROTOCOL_PROBE_KINDS
 
 # -- building ClientHellos --------------------------------------------------------------------------
 
@@ -298,6 +301,180 @@ def test_each_probe_is_wrong_in_exactly_one_way(mint: ProbeMint, tlsgate_ca) -> 
     verify(untrusted.cert, untrusted.chain, stranger, "api.test")
     with pytest.raises(VerificationError):
         verify(untrusted.cert, untrusted.chain, root, "api.test")
+
+
+def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """The signature alone, whatever its algorithm (cryptography's verifiers refuse SHA-1 and keys below 2048 bits)."""
+    key = issuer.public_key()
+    digest = cert.signature_hash_algorithm
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), digest)  # type: ignore[arg-type]
+        else:
+            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(digest))  # type: ignore[arg-type, union-attr]
+    except Exception:  # noqa: BLE001
+        return False
+    return cert.issuer == issuer.subject
+
+
+def chain_host(kind: str) -> str:
+    return "127.0.0.1" if kind == "ip_name_only" else "api.test"
+
+
+def strict_verify(probe, root: x509.Certificate, when=None) -> None:
+    """cryptography's WebPKI verifier: basicConstraints, pathLen, name constraints, EKU, SAN, algorithms, key size."""
+    builder = PolicyBuilder().store(Store([root])).time(when or dt.datetime.now(dt.UTC))
+    try:
+        import ipaddress
+
+        name: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(probe.host))
+    except ValueError:
+        name = x509.DNSName(probe.host)
+    builder.build_server_verifier(name).verify(probe.cert, list(probe.chain))
+
+
+def extensions(cert: x509.Certificate) -> dict[str, object]:
+    return {e.oid.dotted_string: e.value for e in cert.extensions if e.oid != x509.oid.ExtensionOID.AUTHORITY_KEY_IDENTIFIER}
+
+
+# cryptography's verifier matches `*.test` like any other wildcard, and takes a 1024-bit RSA key.
+LENIENT_HERE = {"wildcard_too_broad", "rsa_1024"}
+
+
+@pytest.mark.parametrize("kind", CHAIN_PROBE_KINDS)
+def test_chain_probes_are_signed_up_to_the_tlsgate_ca_and_refused_by_a_strict_verifier(
+    mint: ProbeMint, tlsgate_ca, kind: str
+) -> None:
+    probe = mint.certificate(chain_host(kind), kind)
+    path = [probe.cert, *probe.chain]
+    assert all(signed_by(cert, issuer) for cert, issuer in zip(path, [*path[1:], tlsgate_ca.cert], strict=True)), kind
+    if kind in LENIENT_HERE:
+        strict_verify(probe, tlsgate_ca.cert)  # the live matrix shows which real clients refuse it
+    else:
+        with pytest.raises(VerificationError):
+            strict_verify(probe, tlsgate_ca.cert)
+
+
+def test_leaf_probes_differ_from_a_good_leaf_in_their_one_defect_only(mint: ProbeMint, tlsgate_ca) -> None:
+    good = mint.certificate("api.test", "wrong_host").cert  # a good tlsgate leaf but for its name
+    good_ext = extensions(good)
+    san_oid = x509.oid.ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string
+    eku_oid = x509.oid.ExtensionOID.EXTENDED_KEY_USAGE.dotted_string
+    ski_oid = x509.oid.ExtensionOID.SUBJECT_KEY_IDENTIFIER.dotted_string
+
+    def differing(cert: x509.Certificate) -> set[str]:
+        ext = extensions(cert)
+        return {oid for oid in good_ext.keys() | ext.keys() if good_ext.get(oid) != ext.get(oid)} - {san_oid, ski_oid}
+
+    not_yet = mint.certificate("api.test", "not_yet_valid").cert
+    assert not_yet.not_valid_before_utc > dt.datetime.now(dt.UTC) + dt.timedelta(hours=23)
+    strict_verify(
+        mint.certificate("api.test", "not_yet_valid"), tlsgate_ca.cert, when=not_yet.not_valid_before_utc + dt.timedelta(hours=1)
+    )
+    assert differing(not_yet) == set()
+
+    client_auth = mint.certificate("api.test", "client_auth_only").cert
+    assert client_auth.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
+        [ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    assert differing(client_auth) == {eku_oid}
+
+    cn_only = mint.certificate("api.test", "cn_only").cert
+    assert san_oid not in extensions(cn_only) and cn_only.subject.rfc4514_string() == "CN=api.test"
+    assert differing(cn_only) == set()
+
+    names = {
+        ("wildcard_too_broad", "api.test"): ["*.test"],
+        ("wildcard_too_broad", "localhost"): ["*"],
+        ("wildcard_wrong_label", "api.example.test"): ["api.*.test"],
+        ("wildcard_wrong_label", "api.test"): ["api.*"],
+        ("ip_name_only", "10.0.0.7"): ["10.0.0.7"],
+    }
+    for (kind, host), expected in names.items():
+        cert = mint.certificate(host, kind).cert
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert (san.get_values_for_type(x509.DNSName), san.get_values_for_type(x509.IPAddress)) == (expected, []), kind
+        assert differing(cert) == set(), kind
+
+    sha1 = mint.certificate("api.test", "sha1_signature").cert
+    assert isinstance(sha1.signature_hash_algorithm, hashes.SHA1) and differing(sha1) == set()
+    weak = mint.certificate("api.test", "rsa_1024")
+    assert weak.key.key_size == 1024 and weak.cert.public_key().key_size == 1024  # type: ignore[union-attr]
+    assert weak.weak and mint.certificate("api.test", "sha1_signature").weak
+    assert not any(
+        mint.certificate(chain_host(k), k).weak
+        for k in PROBE_KINDS
+        if k not in ("sha1_signature", "rsa_1024", *PROTOCOL_PROBE_KINDS)
+    )
+    assert differing(weak.cert) == set()
+
+
+def test_chain_probes_break_one_rule_of_an_otherwise_good_chain(mint: ProbeMint, tlsgate_ca) -> None:
+    non_ca = mint.certificate("api.test", "non_ca_issuer")
+    (issuer,) = non_ca.chain
+    assert issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert not issuer.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign  # an ordinary server certificate
+    assert issuer.issuer == tlsgate_ca.cert.subject
+
+    deep = mint.certificate("api.test", "path_len_exceeded")
+    beyond, limited = deep.chain
+    assert limited.extensions.get_extension_for_class(x509.BasicConstraints).value == x509.BasicConstraints(True, 0)
+    assert beyond.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    assert beyond.public_key() != limited.public_key()
+    below = PolicyBuilder().store(Store([beyond])).time(dt.datetime.now(dt.UTC)).build_server_verifier(x509.DNSName("api.test"))
+    below.verify(deep.cert, [])  # the leaf itself is good: only the CA above its issuer is one too many
+
+    for host in ("api.test", "192.0.2.10", "2001:db8::1"):
+        constrained = mint.certificate(host, "outside_name_constraints")
+        (ca,) = constrained.chain
+        nc = ca.extensions.get_extension_for_class(x509.NameConstraints)
+        assert nc.critical and nc.value.excluded_subtrees is None
+        permitted = nc.value.permitted_subtrees or []
+        assert {type(n) for n in permitted} == {x509.DNSName, x509.IPAddress}
+        if ":" in host or host[0].isdigit():
+            import ipaddress
+
+            assert not any(ipaddress.ip_address(host) in n.value for n in permitted if isinstance(n, x509.IPAddress)), host
+        assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value == x509.BasicConstraints(True, None)
+
+
+@pytest.mark.parametrize("key", ["rsa:2048", "ec:P-256"])
+def test_sha1_resigning_keeps_every_field_and_swaps_only_the_algorithm(key: str) -> None:
+    root = make_root(f"a {key} CA", key=key)
+    good = ProbeMint(root.key, root.cert).certificate("api.test", "wrong_host").cert
+    resigned = sign_sha1(good, root.key)
+    assert isinstance(resigned.signature_hash_algorithm, hashes.SHA1)
+    assert isinstance(good.signature_hash_algorithm, hashes.SHA256)
+    assert resigned.tbs_certificate_bytes != good.tbs_certificate_bytes  # its signature field names SHA-1 too
+    assert (resigned.subject, resigned.issuer, resigned.serial_number, list(resigned.extensions)) == (
+        good.subject,
+        good.issuer,
+        good.serial_number,
+        list(good.extensions),
+    )
+    assert signed_by(resigned, root.cert)
+
+
+@pytest.mark.parametrize(
+    ("kind", "host", "applies_"),
+    [
+        ("wildcard_too_broad", "api.test", True),
+        ("wildcard_too_broad", "localhost", True),
+        ("wildcard_too_broad", "10.0.0.1", False),
+        ("wildcard_wrong_label", "localhost", False),
+        ("wildcard_wrong_label", "::1", False),
+        ("ip_name_only", "10.0.0.1", True),
+        ("ip_name_only", "::1", True),
+        ("ip_name_only", "api.test", False),
+        ("cn_only", "10.0.0.1", True),
+        ("sha1_signature", "api.test", True),
+    ],
+)
+def test_which_kinds_apply_to_which_hosts(mint: ProbeMint, kind: str, host: str, applies_: bool) -> None:
+    assert applies(kind, host) is applies_
+    if not applies_:
+        with pytest.raises(ValueError, match="does not apply"):
+            mint.certificate(host, kind)
 
 
 def test_probe_summary_names_the_certificate_without_secrets(mint: ProbeMint) -> None:

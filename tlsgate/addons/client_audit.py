@@ -58,6 +58,7 @@ from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.clienthello import ClientHello, parse_client_hello
 from tlsgate.tls.probes import ProbeMint
+from tlsgate.tls.probes import applies as probe_applies
 from tlsgate.tls.protocol_probes import OFFERS, PROTOCOL_PROBE_KINDS
 
 logger = logging.getLogger("tlsgate.client")
@@ -116,9 +117,10 @@ class ClientAudit:
         # QUIC is TLS 1.3 only, and aioquic has no version floor to move.
         audit.floor = None if quic else client_floor(hello.best_version_word, rules, enforce, configured_floor())
         client = state.client
-        # QUIC is TLS 1.3 only: a protocol probe cannot be served there, and waits for a TCP connection to the host.
-        kinds = [k for k in rules.probes if k not in PROTOCOL_PROBE_KINDS] if quic else rules.probes
-        if kinds and not audit.refuse and client.peername:
+        if rules.probes and not audit.refuse and client.peername:
+            kinds = [kind for kind in rules.probes if probe_applies(kind, match.host)]  # wildcards: names; ip_name_only: IPs
+            if quic:  # QUIC is TLS 1.3 only: a protocol probe cannot be served there, and waits for a TCP connection
+                kinds = [kind for kind in kinds if kind not in PROTOCOL_PROBE_KINDS]
             kind = self.schedule.next_kind(client.peername[0], match.host, kinds)
             if kind in PROTOCOL_PROBE_KINDS:
                 audit.run = protocol_run(kind, match.host)
@@ -144,12 +146,28 @@ class ClientAudit:
         audit.waited = time.monotonic() - audit.hello_at  # tlsgate's upstream handshake came first
         if audit.probe is not None:
             probe = audit.probe
-            tls_start.ssl_conn = client_connection(tls_start, audit.floor, probe.cert, probe.key, probe.chain)
+            try:
+                tls_start.ssl_conn = client_connection(
+                    tls_start, audit.floor, probe.cert, probe.key, probe.chain, weak_certificate=probe.weak
+                )
+                return
+            except Exception as exc:  # noqa: BLE001 - judged on tlsgate's good certificate, the app would "accept" the probe
+                self._drop_probe(audit, exc)
         elif isinstance(audit.run, ProtocolProbeRun):
             offer = OFFERS[audit.run.kind]  # tlsgate's own certificate, this offer's versions and suites only
             tls_start.ssl_conn = client_connection(tls_start, offer.min_version, ceiling=offer.max_version, ciphers=offer.ciphers)
-        elif audit.floor is not None:
+            return
+        if audit.floor is not None:
             tls_start.ssl_conn = client_connection(tls_start, audit.floor)
+
+    @staticmethod
+    def _drop_probe(audit: Audit, exc: Exception) -> None:
+        """OpenSSL would not serve the probe certificate: the connection goes on as a normal one and nothing is judged
+        (a client that then sent its request would have accepted tlsgate's good certificate, not the probe). The kind
+        stays used up: it would fail the same way on every connection."""
+        assert audit.run is not None
+        logger.warning(f"tlsgate: cannot serve the {audit.run.kind} probe for {audit.run.host}, connection not probed: {exc}")
+        audit.probe = audit.run = None
 
     def quic_start_client(self, data: QuicTlsData) -> None:
         """The QUIC counterpart of `tls_start_client`: refuse the hello, or show the probe certificate."""

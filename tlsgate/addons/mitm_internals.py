@@ -71,12 +71,21 @@ def client_connection(
     *,
     ceiling: str | None = None,
     ciphers: tuple[str, ...] | None = None,
+    weak_certificate: bool = False,
 ) -> SSL.Connection:
     """Replace tlsconfig's client-side connection; `certificate`/`key` default to tlsconfig's own for the host.
 
     `ceiling` and `ciphers` (a protocol probe's offer, `@SECLEVEL=0` included when it needs it) become arguments
     of mitmproxy's cached context factory, so they make a context of their own: the contexts of normal
     connections are never touched, and nothing is set on a context after it is built.
+
+    `weak_certificate`: OpenSSL refuses to load a SHA-1-signed or 1024-bit RSA
+    certificate at its default security level 1 ("ca md too weak", "ee key too
+    small"). Its connection gets a context of its own at level 0, the way
+    mitmproxy lowers it for old TLS versions (`@SECLEVEL=0` in the cipher
+    string: pyOpenSSL's bindings have no per-connection setter). The cipher list
+    is otherwise unchanged, and the client's own security level is untouched:
+    that is what the probe tests.
     """
     tlsconfig = tlsconfig_addon()
     previous = tls_start.ssl_conn
@@ -87,11 +96,12 @@ def client_connection(
     if certificate is None or key is None:
         entry = tlsconfig.get_cert(tls_start.context)
         certificate, key, chain_file = entry.cert.to_cryptography(), entry.privatekey, entry.chain_file
+    offered = ciphers or tuple(tls_start.conn.cipher_list or _default_ciphers(min_version))
     context = net_tls.create_client_proxy_context(
         method=net_tls.Method.TLS_SERVER_METHOD,
         min_version=min_version,
         max_version=max_version,
-        cipher_list=ciphers or tuple(tls_start.conn.cipher_list or _default_ciphers(min_version)),
+        cipher_list=_lowered(offered) if weak_certificate else offered,
         ecdh_curve=net_tls.get_curve(ctx.options.tls_ecdh_curve_client),
         chain_file=chain_file,
         request_client_cert=ctx.options.request_client_cert,
@@ -105,6 +115,11 @@ def client_connection(
     conn.set_app_data(previous.get_app_data())  # tlsconfig's ALPN decision inputs, unchanged
     conn.set_accept_state()
     return conn
+
+
+def _lowered(ciphers: tuple[str, ...]) -> tuple[str, ...]:
+    """The cipher list at security level 0 (OpenSSL applies the last @SECLEVEL it reads)."""
+    return (*ciphers, "@SECLEVEL=0")
 
 
 def legacy_connection(tls_start: tls.TlsData, floor: str) -> SSL.Connection:

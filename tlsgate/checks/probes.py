@@ -32,10 +32,51 @@ PROBE_WORDS: Final = {
     "wrong_host": f"a certificate for another host ({WRONG_HOST})",
     "expired": "an expired certificate",
     "untrusted_ca": "a certificate from an untrusted CA",
+    # certificate and chain probes (issue 23), one line per kind
+    "not_yet_valid": "a certificate that is not valid yet (it begins tomorrow)",
+    "non_ca_issuer": "a certificate issued by another server's certificate, which is no CA (basicConstraints CA:FALSE)",
+    "path_len_exceeded": "a certificate from an intermediate CA its parent forbids (pathLenConstraint 0 exceeded)",
+    "outside_name_constraints": "a certificate from an intermediate CA whose name constraints exclude the host",
+    "client_auth_only": "a certificate for client authentication only (extended key usage clientAuth, no serverAuth)",
+    "cn_only": "a certificate with the host name in the subject CN only, no subjectAltName",
+    "wildcard_too_broad": "a certificate for a wildcard over a whole top-level domain (*.tld)",
+    "wildcard_wrong_label": "a certificate whose wildcard is not in the leftmost label (api.*.example)",
+    "sha1_signature": "a certificate signed with SHA-1",
+    "rsa_1024": "a certificate with a 1024-bit RSA key",
+    "ip_name_only": "a certificate naming the IP address as a DNS name only (no iPAddress entry)",
     # protocol probes (tlsgate.checks.protocol_probes)
     "tls_downgrade": "a server that speaks only TLS 1.0 and 1.1",
     "weak_cipher": "a server that offers only RSA key exchange with CBC and SHA-1",
     "anon_cipher": "a server that offers only anonymous cipher suites (no certificate at all)",
+}
+
+# What accepting each kind lets an attacker do; the four original kinds: anyone at all.
+PROBE_RISKS: Final = {
+    "not_yet_valid": "it ignores validity dates, so a stolen key's expired certificate works for ever",
+    "non_ca_issuer": "anyone holding any certificate from a trusted CA can sign one for any host",
+    "path_len_exceeded": "a CA that may issue only server certificates could mint CAs that impersonate anyone",
+    "outside_name_constraints": "a CA restricted to other names could impersonate this host",
+    "client_auth_only": "a client certificate from any trusted CA can impersonate the server",
+    "cn_only": "it matches host names against the subject CN, which CAs no longer vet and name constraints do not cover",
+    "wildcard_too_broad": "one certificate for a whole top-level domain would impersonate every host under it",
+    "wildcard_wrong_label": "its wildcard matching accepts patterns no CA may issue",
+    "sha1_signature": "SHA-1 signatures can be forged with chosen-prefix collisions",
+    "rsa_1024": "a 1024-bit RSA key can be factored by a well-funded attacker",
+    "ip_name_only": "it matches IP addresses against DNS names as text",
+}
+_ANY_IMPOSTOR: Final = "it would talk to any impostor on the network"
+
+# How bad accepting a kind is; the four original kinds, and any kind not listed, are critical.
+PROBE_SEVERITY: Final = {
+    "path_len_exceeded": Severity.HIGH,
+    "outside_name_constraints": Severity.HIGH,
+    "client_auth_only": Severity.HIGH,
+    "cn_only": Severity.MEDIUM,
+    "wildcard_too_broad": Severity.HIGH,
+    "wildcard_wrong_label": Severity.HIGH,
+    "sha1_signature": Severity.HIGH,
+    "rsa_1024": Severity.MEDIUM,
+    "ip_name_only": Severity.MEDIUM,
 }
 
 # What accepting each one says about the app, and where such bugs usually live.
@@ -48,6 +89,30 @@ PROBE_REMEDIES: Final = {
     "(ALLOW_ALL_HOSTNAME_VERIFIER, check_hostname=False, CURLOPT_SSL_VERIFYHOST=0)",
     "expired": "the app ignores certificate expiry: remove the custom trust check that skips the validity "
     "dates (or the disabled time check)",
+    # certificate and chain probes (issue 23), one line per kind
+    "not_yet_valid": "the app ignores the validity dates: remove the custom trust check that skips them (a swallowed "
+    "CertificateNotYetValidException / CertificateExpiredException, X509_V_FLAG_NO_CHECK_TIME)",
+    "non_ca_issuer": "the app's chain check does not require issuers to be CAs (the classic hand-written verifier that checks "
+    "signatures only): use the platform verifier (the default TrustManager, SecTrustEvaluateWithError, OpenSSL's verify)",
+    "path_len_exceeded": "the app's chain check ignores basicConstraints' pathLenConstraint (a hand-written chain walk): use "
+    "the platform verifier",
+    "outside_name_constraints": "the app's chain check ignores name constraints (a hand-written chain walk, or a TLS library "
+    "too old to know them): use the platform verifier, or update the library",
+    "client_auth_only": "the app's chain check ignores extended key usage (a hand-written verifier, or a custom TrustManager "
+    "that does not check serverAuth): use the platform verifier",
+    "cn_only": "the app falls back to the subject CN for the host name when there is no subjectAltName (OpenSSL's "
+    "X509_check_host, curl and Python's ssl do by default; browsers, Go and Android do not): match subjectAltName only "
+    "(X509_CHECK_FLAG_NEVER_CHECK_SUBJECT; Python: hostname_checks_common_name = False)",
+    "wildcard_too_broad": "the app's host name matcher accepts wildcards over a top-level domain (a hand-written fnmatch / "
+    "regex / endswith): use the platform's matcher (OkHostnameVerifier, X509_check_host)",
+    "wildcard_wrong_label": "the app's host name matcher accepts a wildcard outside the leftmost label (a hand-written fnmatch "
+    "/ regex): use the platform's matcher (OkHostnameVerifier, X509_check_host)",
+    "sha1_signature": "the app accepts SHA-1 certificate signatures (an old TLS stack, OpenSSL at @SECLEVEL=0, or a custom "
+    "verifier that accepts any algorithm): update the TLS library and keep its security level at 1 or more",
+    "rsa_1024": "the app accepts 1024-bit RSA keys (OpenSSL's upstream default security level 1 does): raise the security "
+    "level to 2 (@SECLEVEL=2 in the cipher string, as Python's ssl and Debian's OpenSSL do by default)",
+    "ip_name_only": "the app matches an IP address against DNS names: match IP literals against iPAddress entries only (RFC "
+    "6125), as X509_check_ip does",
     # protocol probes (tlsgate.checks.protocol_probes)
     "tls_downgrade": "the app still allows TLS 1.0/1.1: raise its minimum to TLS 1.2 (OkHttp ConnectionSpec.MODERN_TLS, "
     "SSLSocket.setEnabledProtocols without TLSv1/TLSv1.1, ATS NSExceptionMinimumTLSVersion back to TLSv1.2, Python "
@@ -176,9 +241,9 @@ class ProbeRun:
                 Check.CLIENT_PROBE,
                 self.kind,
                 Effect.ALWAYS,
-                Severity.CRITICAL,
+                PROBE_SEVERITY.get(self.kind, Severity.CRITICAL),
                 f"the client accepted {PROBE_WORDS[self.kind]} for {self.host} and sent {shown} over it: "
-                "it would talk to any impostor on the network; tlsgate answered itself and forwarded nothing",
+                f"{PROBE_RISKS.get(self.kind, _ANY_IMPOSTOR)}; tlsgate answered itself and forwarded nothing",
                 {"kind": self.kind, "certificate": self.certificate, "sent": what},
                 PROBE_REMEDIES[self.kind],
             )

@@ -184,6 +184,23 @@ ROWS: Final[tuple[Row, ...]] = (
     Row("client_probe", "expired", _VALIDATION),
     Row("client_probe", "untrusted_ca", _VALIDATION),
     Row("client_probe", "wrong_host", _HOSTNAME),
+    # Certificate and chain probes: one broken rule each, on a chain the device trusts.
+    *(
+        Row("client_probe", kind, _VALIDATION)
+        for kind in (
+            "not_yet_valid",
+            "non_ca_issuer",
+            "path_len_exceeded",
+            "outside_name_constraints",
+            "client_auth_only",
+            "sha1_signature",
+            "rsa_1024",
+        )
+    ),
+    *(
+        Row("client_probe", kind, _HOSTNAME)
+        for kind in ("cn_only", "wildcard_too_broad", "wildcard_wrong_label", "ip_name_only")
+    ),
     # Protocol probes: what tlsgate's side accepts, not its certificate.
     Row("client_probe", "tls_downgrade", ("MASTG-TEST-0218", "MASTG-TEST-0348", *_VERSIONS_STATIC)),
     Row(

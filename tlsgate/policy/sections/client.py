@@ -98,9 +98,10 @@ CLIENT = register(
                     "default": [],
                     "items": {"enum": list(PROBE_KINDS)},
                     "description": "Invalid certificates to present, each once per (client address, host), in this "
-                    "order; then connections are intercepted normally. Empty: no probing. tls_downgrade, weak_cipher "
-                    "and anon_cipher present tlsgate's own certificate with only TLS 1.0/1.1, RSA-CBC-SHA1 or "
-                    "anonymous suites on offer.",
+                    "order (a kind that does not apply to the host is skipped: the wildcard kinds for an IP address, "
+                    "ip_name_only for a name); then connections are intercepted normally. Empty: no probing. "
+                    "tls_downgrade, weak_cipher and anon_cipher present tlsgate's own certificate with only TLS 1.0/1.1, "
+                    "RSA-CBC-SHA1 or anonymous suites on offer.",
                 },
             },
         },
