@@ -24,7 +24,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from tests.harness import REPO, Tlsgate, Upstream, curl, eventually
 from tests.live.test_client_audit import python_context, python_get, s_client
-from tlsgate.tls.probes import PROBE_KINDS, applies
+from tlsgate.tls.probes import PROBE_KINDS as EVERY_KIND
+from tlsgate.tls.probes import applies
+from tlsgate.tls.protocol_probes import PROTOCOL_PROBE_KINDS
+
+# The certificate probes; the protocol probes show tlsgate's valid certificate and meet their clients in
+# tests/live/test_protocol_probes.py.
+PROBE_KINDS = tuple(kind for kind in EVERY_KIND if kind not in PROTOCOL_PROBE_KINDS)
 
 ACCEPTS, REFUSES = "accepts", "refuses"
 
