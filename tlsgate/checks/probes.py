@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
+from math import floor
 from typing import Any, Final
 
 from tlsgate.checks.model import Check, Effect, Issue, Severity
@@ -136,23 +138,46 @@ class ProbeSchedule:
     different kinds. The table is bounded; when full, the pair probed least
     recently is forgotten, and that pair starts over with the first kind if it
     comes back.
+
+    With a `fraction` below 1 (nogotofail's attack probability, made
+    deterministic) only some of a client's connections that could be probed
+    are: a counter per client address, not per host, so the probes spread over
+    every host the app talks to and normal connections run in between. The n-th
+    such connection is probed when floor(n * fraction) steps up: 0.25 probes the
+    4th, 8th, 12th ... and 1 probes every one, as before fractions existed.
     """
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
         self._tried: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
+        self._seen: OrderedDict[str, int] = OrderedDict()  # client address -> connections that could have been probed
 
-    def next_kind(self, client: str, host: str, kinds: Sequence[str]) -> str | None:
+    def next_kind(self, client: str, host: str, kinds: Sequence[str], fraction: float = 1.0) -> str | None:
         key = (client, host)
         tried = self._tried.get(key, [])
         kind = next((k for k in kinds if k not in tried), None)
-        if kind is None:
+        if kind is None or not self._turn(client, fraction):
             return None
         self._tried[key] = [*tried, kind]
         self._tried.move_to_end(key)
         while len(self._tried) > self.capacity:
             self._tried.popitem(last=False)
         return kind
+
+    def _turn(self, client: str, fraction: float) -> bool:
+        """Whether this client's next probe-eligible connection is one of the probed fraction (counted either way)."""
+        share = Fraction(fraction).limit_denominator(1000)  # 0.1 is 1/10 exactly, not 0.1000000000000000055
+        n = self._seen.get(client, 0) + 1
+        self._seen[client] = n
+        self._seen.move_to_end(client)
+        while len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+        return floor(n * share) > floor((n - 1) * share)
+
+    def untried(self, client: str, host: str, kinds: Sequence[str]) -> tuple[str, ...]:
+        """The kinds still waiting for a connection from this client to this host."""
+        tried = self._tried.get((client, host), ())
+        return tuple(k for k in kinds if k not in tried)
 
     def retry(self, client: str, host: str, kind: str) -> None:
         """Give a kind back: the connection failed for a reason that says nothing about the certificate."""

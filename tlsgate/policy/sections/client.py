@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from tlsgate.policy.sections.tls import version_text
 from tlsgate.tls import versions
 from tlsgate.tls.probes import PROBE_KINDS
 
-CLIENT_KEYS = ("min_version", "weak_suites", "require_sni", "probes")
+CLIENT_KEYS = ("min_version", "weak_suites", "require_sni", "probes", "probe_fraction")
 WEAK_SUITE_CHOICES = ("report", "strict", "ignore")
 
 
@@ -24,12 +25,15 @@ class ClientRules:
     offered, or a client offering nothing but weak ones; `strict` also records
     weak suites offered next to strong ones; `ignore` records nothing.
     `probes` is empty by default: presenting bad certificates is opt-in.
+    `probe_fraction` is the share of a device's probe-eligible connections that
+    get the next untried kind (1: every one, as before; 0.1: every tenth).
     """
 
     min_version: str = versions.DEFAULT_MIN
     weak_suites: str = "report"
     require_sni: bool = True
     probes: tuple[str, ...] = ()
+    probe_fraction: float = 1.0
 
 
 def parse_client(node: yaml.Node, reader: yn.Reader, context: Context) -> ClientRules | None:
@@ -45,6 +49,8 @@ def parse_client(node: yaml.Node, reader: yn.Reader, context: Context) -> Client
         values["require_sni"] = boolean(entries["require_sni"][1], reader, "client.require_sni")
     if "probes" in entries:
         values["probes"] = parse_probes(entries["probes"][1], reader)
+    if "probe_fraction" in entries:
+        values["probe_fraction"] = parse_fraction(entries["probe_fraction"][1], reader)
     return ClientRules(**{k: v for k, v in values.items() if v is not None})
 
 
@@ -63,6 +69,20 @@ def parse_probes(node: yaml.Node, reader: yn.Reader) -> tuple[str, ...] | None:
             continue
         kinds.append(kind)
     return tuple(kinds)
+
+
+def parse_fraction(node: yaml.Node, reader: yn.Reader) -> float | None:
+    """A number in (0, 1]: 0 would mean "never", which is `probes: []`, said in one way only."""
+    value = yn.scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or not 0 < value <= 1:
+        said = repr(value) if isinstance(value, int | float) and not isinstance(value, bool) else yn.type_name(node)
+        reader.error(
+            node,
+            f"client.probe_fraction must be a number above 0 and at most 1 (0.1: every tenth connection), not {said}; "
+            "to turn probing off write probes: []",
+        )
+        return None
+    return float(value)
 
 
 CLIENT = register(
@@ -102,6 +122,14 @@ CLIENT = register(
                     "ip_name_only for a name); then connections are intercepted normally. Empty: no probing. "
                     "tls_downgrade, weak_cipher and anon_cipher present tlsgate's own certificate with only TLS 1.0/1.1, "
                     "RSA-CBC-SHA1 or anonymous suites on offer.",
+                },
+                "probe_fraction": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": 1,
+                    "default": 1,
+                    "description": "Share of a device's connections that may be probed get the next untried kind, "
+                    "counted per device (0.25: every fourth, the others are served normally in between); 1: every one.",
                 },
             },
         },
