@@ -45,14 +45,16 @@ from mitmproxy.proxy.layers.quic import QuicTlsData
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.mitm_internals import client_connection, configured_floor, refuse_handshake, tlsconfig_addon
 from tlsgate.addons.state import Audit, Connections, ConnState, credentials_in, is_quic, request_url, server_host
-from tlsgate.addons.verdicts import block, fail_closed, record_once
+from tlsgate.addons.verdicts import block, fail_closed, record, record_once
+from tlsgate.checks.campaign import NOT_APPLICABLE, NOT_ITS_TURN, QUIC_ONLY, Campaign, policy_kinds, summary
 from tlsgate.checks.client_hello import client_floor, judge_client_hello
 from tlsgate.checks.faults import silent_close_excused
-from tlsgate.checks.model import Action, Check, Issue, blocks, decide
+from tlsgate.checks.model import Action, Check, Effect, Issue, blocks, decide
 from tlsgate.checks.probes import CLOSED_SILENTLY, ProbeRun, ProbeSchedule, trust_refused
 from tlsgate.checks.protocol_probes import ProtocolProbeRun, protocol_run
 from tlsgate.checks.quic import quic_client_error
-from tlsgate.policy import Mode
+from tlsgate.policy import Match, Mode
+from tlsgate.policy.hosts import is_address
 from tlsgate.policy.sections.client import CLIENT
 from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
@@ -79,6 +81,8 @@ class ClientAudit:
         self.connections = connections
         self.sink = sink
         self.schedule = ProbeSchedule(probe_pairs)
+        self.campaign = Campaign()
+        sink.before_close.append(self.write_campaigns)
         self._mint: ProbeMint | None = None
         self._mint_source: object | None = None
         # Reported hello findings describe the app's TLS stack, not one connection: each is written once per
@@ -118,15 +122,23 @@ class ClientAudit:
         audit.floor = None if quic else client_floor(hello.best_version_word, rules, enforce, configured_floor())
         client = state.client
         if rules.probes and not audit.refuse and client.peername:
+            address, device = client.peername[0], _device(state)
             kinds = [kind for kind in rules.probes if probe_applies(kind, match.host)]  # wildcards: names; ip_name_only: IPs
+            self.campaign.skipped(device, [kind for kind in rules.probes if kind not in kinds], NOT_APPLICABLE)
             if quic:  # QUIC is TLS 1.3 only: a protocol probe cannot be served there, and waits for a TCP connection
+                self.campaign.skipped(device, [kind for kind in kinds if kind in PROTOCOL_PROBE_KINDS], QUIC_ONLY)
                 kinds = [kind for kind in kinds if kind not in PROTOCOL_PROBE_KINDS]
-            kind = self.schedule.next_kind(client.peername[0], match.host, kinds)
+            untried = self.schedule.untried(address, match.host, kinds)
+            kind = self.schedule.next_kind(address, match.host, kinds, rules.probe_fraction)
+            if kind is None and untried:
+                self.campaign.skipped(device, untried[:1], NOT_ITS_TURN)  # the kind this connection would have had
             if kind in PROTOCOL_PROBE_KINDS:
                 audit.run = protocol_run(kind, match.host)
             elif kind:
                 audit.probe = self._mint_for().certificate(match.host, kind)
                 audit.run = ProbeRun(kind, match.host, audit.probe.summary())
+            if kind:
+                self.campaign.offered(device, match.host, kind)
         return audit
 
     def _mint_for(self) -> ProbeMint:
@@ -140,8 +152,9 @@ class ClientAudit:
     def tls_start_client(self, tls_start: tls.TlsData) -> None:
         if not isinstance(tls_start.conn, connection.Client):  # a client hook: mitmproxy types the side as Connection
             return
-        audit = self._audit(self.connections.peek(tls_start.conn))
-        if audit is None or tls_start.ssl_conn is None or tls_start.is_dtls:
+        state = self.connections.peek(tls_start.conn)
+        audit = self._audit(state)
+        if state is None or audit is None or tls_start.ssl_conn is None or tls_start.is_dtls:
             return
         audit.waited = time.monotonic() - audit.hello_at  # tlsgate's upstream handshake came first
         if audit.probe is not None:
@@ -152,7 +165,7 @@ class ClientAudit:
                 )
                 return
             except Exception as exc:  # noqa: BLE001 - judged on tlsgate's good certificate, the app would "accept" the probe
-                self._drop_probe(audit, exc)
+                self._drop_probe(state, audit, exc)
         elif isinstance(audit.run, ProtocolProbeRun):
             offer = OFFERS[audit.run.kind]  # tlsgate's own certificate, this offer's versions and suites only
             tls_start.ssl_conn = client_connection(tls_start, offer.min_version, ceiling=offer.max_version, ciphers=offer.ciphers)
@@ -160,13 +173,13 @@ class ClientAudit:
         if audit.floor is not None:
             tls_start.ssl_conn = client_connection(tls_start, audit.floor)
 
-    @staticmethod
-    def _drop_probe(audit: Audit, exc: Exception) -> None:
+    def _drop_probe(self, state: ConnState, audit: Audit, exc: Exception) -> None:
         """OpenSSL would not serve the probe certificate: the connection goes on as a normal one and nothing is judged
         (a client that then sent its request would have accepted tlsgate's good certificate, not the probe). The kind
         stays used up: it would fail the same way on every connection."""
         assert audit.run is not None
         logger.warning(f"tlsgate: cannot serve the {audit.run.kind} probe for {audit.run.host}, connection not probed: {exc}")
+        self.campaign.withdrawn(_device(state), audit.run.kind)
         audit.probe = audit.run = None
 
     def quic_start_client(self, data: QuicTlsData) -> None:
@@ -275,6 +288,26 @@ class ClientAudit:
                 self._record(state, audit, passed)
         self._flush(state, audit)
 
+    # -- the campaign ------------------------------------------------------------------------------
+
+    def campaigns(self) -> list[Issue]:
+        """Every device's campaign summary as of now (what `write_campaigns` records at stop); a device is its
+        `devices:` or WireGuard name, else its address (the summary's evidence says which)."""
+        policy = self.connections.store.policy
+        kinds = policy_kinds(policy) if policy is not None else ()
+        return [summary(device, self.campaign.tallies(device), kinds) for device in self.campaign.device_names()]
+
+    def write_campaigns(self) -> None:
+        """At stop: one summary per device that was probed or could have been, against the policy's defaults block
+        (a campaign spans hosts and rules; its evidence names the hosts)."""
+        policy = self.connections.store.policy
+        if policy is None:
+            return
+        match = Match("*", policy.defaults, None, None, policy.defaults_location)
+        for issue in self.campaigns():
+            device = issue.evidence["device"]  # a device's name, or its address: only a name may label metrics
+            record(self.sink, None, None, issue, match, None, device=None if is_address(device) else device)
+
     # -- recording ---------------------------------------------------------------------------------
 
     def _flush(self, state: ConnState, audit: Audit) -> None:
@@ -296,8 +329,19 @@ class ClientAudit:
     def _record(self, state: ConnState, audit: Audit, issue: Issue, once: Hashable | None = None) -> Finding | None:
         """The finding; with `once`, only the first time that key is seen (then counted, `record_once`)."""
         assert state.match is not None
+        run = audit.run
+        if issue.check == Check.CLIENT_PROBE and run is not None:  # every probe outcome passes here, once per connection
+            if isinstance(run, ProtocolProbeRun) and not run.served:
+                self.campaign.withdrawn(_device(state), run.kind)
+            else:
+                self.campaign.answered(_device(state), run.host, run.kind, accepted=issue.effect is not Effect.PASSED)
         evidence = {"kind": issue.kind, **issue.evidence, **audit.evidence()}
         return record_once(self.sink, once, state, state.client, issue, state.match, audit.port, evidence=evidence)
+
+
+def _device(state: ConnState) -> str:
+    """The campaign's key: the `devices:` name, else the client's address (as the other per-device memories)."""
+    return state.who or "?"
 
 
 def _kept_waiting(state: ConnState, audit: Audit, refused: Issue) -> bool:

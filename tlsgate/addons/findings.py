@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from mitmproxy import ctx, exceptions
 
@@ -49,6 +50,9 @@ class FindingsSink:
         # Each device's recent failed TLS events per host, fed by the recording path (`verdicts.record`), read by the
         # cleartext add-on: a plain request retrying one of them is an insecure fallback (`tlsgate.checks.fallback`).
         self.fallback = FallbackWatch()
+        # What other add-ons say only when tlsgate stops (the probe campaign summaries): run here, before the file
+        # closes, because mitmproxy calls `done` in add-on order and this sink comes before the add-ons that feed it.
+        self.before_close: list[Callable[[], None]] = []
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -83,6 +87,11 @@ class FindingsSink:
                 raise exceptions.OptionsError(f"cannot open findings file {path}: {exc}") from None
 
     def done(self) -> None:
+        for say in self.before_close:
+            try:
+                say()
+            except Exception:  # noqa: BLE001 - one add-on's summary must not lose every count still to be written
+                logger.exception("tlsgate: a summary at stop failed")
         self.repeats.flush()  # before the file closes: every count that is not yet written
         self.log.close()
 

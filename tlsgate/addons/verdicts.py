@@ -42,6 +42,7 @@ def record(
     port: int | None,
     evidence: dict[str, Any] | None = None,
     remedy: str | None = None,
+    device: str | None = None,
 ) -> Finding:
     """Record `issue` against the rule that matched the host (or the defaults block), decided by the host's mode.
 
@@ -58,7 +59,7 @@ def record(
         host=match.host,
         port=port,
         client=client_label(client),
-        device=state.device if state is not None else None,
+        device=state.device if state is not None else device,
         rule=match.rule_ref,
         detail=issue.detail,
         remedy=issue.remedy if remedy is None else remedy,

@@ -89,6 +89,7 @@ class ProtocolProbeRun(ProbeRun):
     """A `ProbeRun` whose server changed what it negotiates, not what it presents; `certificate` is the offer."""
 
     negotiated: dict[str, str | None] | None = None  # version and suite, once the handshake completed
+    served: bool = True  # False once the handshake went beyond the offer: it tested nothing (`_not_served`)
 
     def established(self, tls_version: str | None, cipher: str | None) -> None:
         self.handshake_done = True
@@ -124,6 +125,7 @@ class ProtocolProbeRun(ProbeRun):
         context differently) gets here; the request is still answered by
         tlsgate, as on every probe connection, and the finding says so.
         """
+        self.served = False
         return Issue(
             Check.CLIENT_PROBE,
             self.kind,
@@ -132,7 +134,7 @@ class ProtocolProbeRun(ProbeRun):
             f"tlsgate's {self.kind} probe for {self.host} negotiated {self._negotiated_text()}, which it does not "
             f"offer: it tested nothing and says nothing about the client; tlsgate answered {shown} itself and "
             "forwarded nothing (a probe connection never is). Please report this as a tlsgate bug",
-            {"kind": self.kind, "offer": self.certificate, "negotiated": self.negotiated, "sent": what},
+            {"kind": self.kind, "offer": self.certificate, "negotiated": self.negotiated, "sent": what, "served": False},
         )
 
     def _negotiated_text(self) -> str:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 from tlsgate import __version__
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.plaintext import PROTOCOLS
+from tlsgate.tls.probes import PROBE_KINDS
 
 UNNAMED = "unnamed"
 PAYLOAD_KINDS = (
@@ -141,6 +142,14 @@ class Metrics:
             "Client connections closed for going past a bound: hello_bytes, hello_records, hello_malformed "
             "(ClientHello), request_head (431), head_timeout (too slow to its first request).",
             ["bound"],
+            registry=r,
+        )
+        self.probe_results = Counter(
+            "tlsgate_probe_results_total",
+            "Probe connections by device (as named in the policy, else unnamed), kind (the probe kinds, else other) "
+            "and result: refused (the app passed), accepted (it talked to the impostor), unservable (the probe "
+            "negotiated beyond its offer and tested nothing).",
+            ["device", "kind", "result"],
             registry=r,
         )
         self.internal_errors = Counter(
@@ -279,6 +288,21 @@ BOUND_KINDS = {
 }
 
 
+PROBE_RESULTS = {"passed": "refused", "blocked": "accepted"}
+
+
+def _probe_labels(finding: Finding) -> tuple[str, ...] | None:
+    """One probe connection's outcome; the campaign summary (a roll-up of these) is not counted again."""
+    evidence = _evidence(finding)
+    kind = evidence.get("kind") if evidence is not None else None
+    result = PROBE_RESULTS.get(finding.action)
+    if evidence is None or kind == "campaign_summary" or result is None:
+        return None
+    if evidence.get("served") is False:
+        result = "unservable"
+    return (finding.device or UNNAMED, kind if isinstance(kind, str) and kind in PROBE_KINDS else "other", result)
+
+
 def _bound_labels(finding: Finding) -> tuple[str, ...] | None:
     evidence = _evidence(finding)
     bound = BOUND_KINDS[finding.check].get(str(evidence.get("kind"))) if evidence is not None else None
@@ -298,7 +322,7 @@ FINDING_METRICS: dict[str, FindingMetric] = {
     "client_ciphers": FINDINGS_ONLY,
     "client_sni": FINDINGS_ONLY,
     "client_trust": FINDINGS_ONLY,
-    "client_probe": FINDINGS_ONLY,
+    "client_probe": FindingMetric("probe_results", _probe_labels),
     "client_hello": FindingMetric("client_bounds", _bound_labels),
     "quic": FINDINGS_ONLY,
     "destination": FINDINGS_ONLY,

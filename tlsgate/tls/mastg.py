@@ -215,6 +215,11 @@ ROWS: Final[tuple[Row, ...]] = (
         masvs=(NETWORK_1,),
         reason="no MASTG test covers anonymous suites; accepting one means no server authentication at all",
     ),
+    Row(
+        "client_probe", "campaign_summary",
+        reason="a device's roll-up of the per-probe findings, which name their own MASTG tests: mapping it too would "
+        "pass or fail each test twice (and pass tests whose probes never ran)",
+    ),
     # Falling back to, or being stripped down to, cleartext is cleartext traffic on the wire.
     Row("fallback", "insecure_fallback", ("MASTG-TEST-0236", "MASTG-TEST-0238")),
     Row("fallback", "starttls_strip_accepted", ("MASTG-TEST-0236", "MASTG-TEST-0239", "MASTG-TEST-0323")),

@@ -1,0 +1,182 @@
+"""A device's probe campaign, summed up: which probes ran, what the app did with each, and why the rest never ran.
+
+Per-connection probe findings say what one connection proved; a tester running
+a catalogue over an app's UI test asks the question the other way round: of
+everything the policy asked for, what is known about this device now, and what
+is still untested (and why)? `Campaign` keeps that per device in bounded memory
+and `summary` turns it into one `client_probe/campaign_summary` issue.
+
+Memory: at most `devices` devices (1024 by default; the least recently seen
+is forgotten) x the kinds in the policy (18 exist) x one small `KindTally`
+(five counters, at most `HOSTS_KEPT` host names). About 1.5 KB per kind at its
+worst (four 253-byte names), so under 30 MB for 1024 devices running every kind.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from tlsgate.checks.model import Check, Effect, Issue, Severity
+from tlsgate.checks.probes import PROBE_SEVERITY
+from tlsgate.policy import Policy
+from tlsgate.policy.sections.client import CLIENT
+from tlsgate.tls.severity import RANK
+
+HOSTS_KEPT: Final = 4  # per kind and result: enough to say where, bounded whatever the app talks to
+
+# The outcome of a kind for a device, worst first (a kind accepted once is accepted, whatever else happened).
+ACCEPTED: Final = "accepted"
+REFUSED: Final = "refused"
+INCONCLUSIVE: Final = "inconclusive"  # offered, and the connection ended in a way that proves nothing
+NOT_RUN: Final = "not_run"
+RESULTS: Final = (ACCEPTED, REFUSED, INCONCLUSIVE, NOT_RUN)
+
+# Why a kind never ran, most telling first: the first that applies is the one said.
+UNSERVABLE: Final = "unservable"
+QUIC_ONLY: Final = "quic_only"
+NOT_APPLICABLE: Final = "not_applicable"
+NOT_ITS_TURN: Final = "not_its_turn"
+NO_CONNECTION: Final = "no_connection"
+REASONS: Final = {
+    UNSERVABLE: "tlsgate could not serve it (OpenSSL here refused the probe certificate or offer)",
+    NOT_ITS_TURN: "the device's connections under this rule all fell outside probe_fraction before the run stopped",
+    QUIC_ONLY: "the device reached the hosts with this rule only over QUIC, where protocol probes cannot be served",
+    NOT_APPLICABLE: "it does not apply to the hosts the device reached (wildcard kinds need a name, ip_name_only an IP)",
+    NO_CONNECTION: "the device made no connection to a host whose rule lists it",
+}
+
+
+@dataclass
+class KindTally:
+    offered: int = 0
+    refused: int = 0
+    accepted: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> connections
+    hosts: dict[str, list[str]] = field(default_factory=dict)  # result -> up to HOSTS_KEPT hosts
+
+    def note_host(self, result: str, host: str) -> None:
+        hosts = self.hosts.setdefault(result, [])
+        if host not in hosts and len(hosts) < HOSTS_KEPT:
+            hosts.append(host)
+
+    @property
+    def result(self) -> str:
+        if self.accepted:
+            return ACCEPTED
+        if self.refused:
+            return REFUSED
+        return INCONCLUSIVE if self.offered else NOT_RUN
+
+    @property
+    def reason(self) -> str | None:
+        if self.offered:
+            return None
+        return next((r for r in REASONS if r in self.skipped), NO_CONNECTION)
+
+
+class Campaign:
+    """Every device's tallies, fed by the client audit as connections are probed, skipped and answered."""
+
+    def __init__(self, devices: int = 1024) -> None:
+        self.devices = devices
+        self._tallies: OrderedDict[str, dict[str, KindTally]] = OrderedDict()
+
+    def _tally(self, device: str, kind: str) -> KindTally:
+        kinds = self._tallies.get(device)
+        if kinds is None:
+            kinds = self._tallies[device] = {}
+            while len(self._tallies) > self.devices:
+                self._tallies.popitem(last=False)
+        self._tallies.move_to_end(device)
+        return kinds.setdefault(kind, KindTally())
+
+    def offered(self, device: str, host: str, kind: str) -> None:
+        tally = self._tally(device, kind)
+        tally.offered += 1
+        tally.note_host("offered", host)
+
+    def answered(self, device: str, host: str, kind: str, accepted: bool) -> None:
+        tally = self._tally(device, kind)
+        if accepted:
+            tally.accepted += 1
+        else:
+            tally.refused += 1
+        tally.note_host(ACCEPTED if accepted else REFUSED, host)
+
+    def skipped(self, device: str, kinds: Iterable[str], reason: str) -> None:
+        for kind in kinds:
+            tally = self._tally(device, kind)
+            tally.skipped[reason] = tally.skipped.get(reason, 0) + 1
+
+    def withdrawn(self, device: str, kind: str) -> None:
+        """An offer that was never made after all (the probe could not be served)."""
+        tally = self._tally(device, kind)
+        tally.offered = max(0, tally.offered - 1)
+        tally.skipped[UNSERVABLE] = tally.skipped.get(UNSERVABLE, 0) + 1
+
+    def device_names(self) -> tuple[str, ...]:
+        return tuple(self._tallies)
+
+    def tallies(self, device: str) -> dict[str, KindTally]:
+        return dict(self._tallies.get(device, {}))
+
+
+def policy_kinds(policy: Policy) -> tuple[str, ...]:
+    """Every probe kind the policy asks for anywhere (defaults, then rules in file order), each once."""
+    found: dict[str, None] = dict.fromkeys(CLIENT.of(policy.defaults).probes)
+    for rule in policy.rules:
+        rules = rule.overrides.get("client")
+        if rules is not None:
+            found.update(dict.fromkeys(rules.probes))
+    return tuple(found)
+
+
+def summary(device: str, tallies: dict[str, KindTally], kinds: Iterable[str]) -> Issue:
+    """The campaign's one finding for a device: blocked (at the worst accepted kind's severity) if the app accepted
+    any probe, else passed; the evidence lists every kind with its result, counts and (not run) reason."""
+    wanted = [*dict.fromkeys([*kinds, *tallies])]
+    rows: list[dict[str, Any]] = []
+    by_result: dict[str, list[str]] = {result: [] for result in RESULTS}
+    for kind in wanted:
+        tally = tallies.get(kind, KindTally())
+        result = tally.result
+        by_result[result].append(kind)
+        row: dict[str, Any] = {"kind": kind, "result": result, "offered": tally.offered}
+        if tally.refused:
+            row["refused"] = tally.refused
+        if tally.accepted:
+            row["accepted"] = tally.accepted
+        if result == NOT_RUN:
+            row["reason"] = tally.reason
+        hosts = tally.hosts.get(ACCEPTED if result == ACCEPTED else REFUSED if result == REFUSED else "offered")
+        if hosts:
+            row["hosts"] = list(hosts)
+        rows.append(row)
+    counts = {result: len(names) for result, names in by_result.items()}
+    said = ", ".join(f"{n} {result.replace('_', ' ')}" for result, n in counts.items() if n) or "no probes asked for"
+    accepted = by_result[ACCEPTED]
+    evidence = {"kind": "campaign_summary", "device": device, "counts": counts, "probes": rows}
+    if accepted:
+        worst = max((PROBE_SEVERITY.get(kind, Severity.CRITICAL) for kind in accepted), key=lambda s: RANK[s])
+        return Issue(
+            Check.CLIENT_PROBE,
+            "campaign_summary",
+            Effect.ALWAYS,
+            worst,
+            f"probe campaign for {device}: {said}; the app accepted {', '.join(accepted)}",
+            evidence,
+            "each accepted kind has its own client_probe finding with what to change",
+        )
+    untested = by_result[NOT_RUN] + by_result[INCONCLUSIVE]
+    tail = f"; still untested: {', '.join(untested)}" if untested else ""
+    return Issue(
+        Check.CLIENT_PROBE,
+        "campaign_summary",
+        Effect.PASSED,
+        Severity.INFO,
+        f"probe campaign for {device}: {said}{tail}",
+        evidence,
+    )
