@@ -8,8 +8,9 @@ and `summary` turns it into one `client_probe/campaign_summary` issue.
 
 Memory: at most `devices` devices (1024 by default; the least recently seen
 is forgotten) x the kinds in the policy (18 exist) x one small `KindTally`
-(five counters, at most `HOSTS_KEPT` host names). About 1.5 KB per kind at its
-worst (four 253-byte names), so under 30 MB for 1024 devices running every kind.
+(four counters, the skip reasons, at most
+`HOSTS_KEPT` host names per result). Measured with tracemalloc: 1024 devices x 18 kinds over six hosts each
+take 15 MB (0.8 KB per device and kind); 47 MB at worst, with every host name 253 bytes long and distinct.
 """
 
 from __future__ import annotations
