@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from tests.report_consumers import github_markdown
 from tlsgate.checks import campaign as cp
 from tlsgate.checks.model import Action, Check, Severity, decide
 from tlsgate.checks.probes import ProbeSchedule
 from tlsgate.policy import Mode, PolicyError, load_texts
 from tlsgate.policy.sections.client import CLIENT
+from tlsgate.report import cli
 from tlsgate.sinks.findings import Finding
 from tlsgate.sinks.metrics import FINDING_METRICS, Metrics
 from tlsgate.tls import mastg
@@ -165,3 +170,55 @@ def test_probe_results_metric_labels_are_bounded() -> None:
 def test_the_summary_has_a_mastg_row_that_maps_no_test_twice() -> None:
     row = mastg.row_for("client_probe", "campaign_summary")
     assert row is not None and row.tests == () and row.reason
+
+
+# -- reports -------------------------------------------------------------------------------------
+
+
+def campaign_line(device: str | None, probes: object, named: str = "phone") -> dict[str, object]:
+    return {
+        "check": "client_probe", "action": "passed", "severity": "info", "host": "*", "port": None, "client": None,
+        "rule": "p.yaml:1", "detail": "probe campaign", "remedy": "", "device": device,
+        "evidence": {"kind": "campaign_summary", "device": named, "probes": probes}, "time": "2026-12-06T10:00:00.000+00:00",
+    }  # fmt: skip
+
+
+def test_reports_show_each_devices_campaign_and_read_it_back_as_hostile_input(tmp_path: Path) -> None:
+    c = cp.Campaign()
+    c.offered("phone", "api.test", "self_signed")
+    c.answered("phone", "api.test", "self_signed", accepted=False)
+    rows = cp.summary("phone", c.tallies("phone"), ["self_signed", "wrong_host"]).evidence["probes"]
+    hostile = [
+        {"kind": "wrong_host", "result": "not_run", "reason": "<script>x</script>", "offered": "9", "hosts": ["a" * 999, 7]},
+        {"kind": "made_up", "result": "accepted"},
+        {"kind": "expired", "result": "pwned"},
+        "not a row",
+    ]
+    lines = [campaign_line("phone", rows), campaign_line(None, hostile, named="10.0.0.9|x")]
+    path = tmp_path / "f.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    out = tmp_path / "r.json"
+    assert cli.main(["report", str(path), "--format", "json", "--out", str(out)]) == 0
+    campaigns = json.loads(out.read_text())["probe_campaigns"]
+    assert [(r["kind"], r["result"], r["why"]) for r in campaigns["phone"]] == [
+        ("self_signed", "refused", ""),
+        ("wrong_host", "not_run", cp.REASONS["no_connection"]),
+    ]
+    assert campaigns["10.0.0.9|x"] == [
+        {"kind": "wrong_host", "result": "not_run", "offered": 0, "reason": None, "why": "", "hosts": ["a" * 253]}
+    ]
+
+    md = tmp_path / "r.md"
+    assert cli.main(["report", str(path), "--format", "markdown", "--out", str(md)]) == 0
+    text = md.read_text()
+    assert "#### Probe campaign: `phone`" in text and "| `self_signed` | ✅ refused | 1 | api.test |" in text
+    assert text.count("#### Probe campaign: ") == 2
+    cells = github_markdown(text).rows  # campaign tables: 4 columns (problems 7, MASVS 5)
+    assert cells.count(4) == 5 and set(cells) == {4, 5, 7}, "a | in a name adds no column"
+
+    page = tmp_path / "r.html"
+    assert cli.main(["report", str(path), "--format", "html", "--out", str(page)]) == 0
+    html = page.read_text()
+    assert 'id="probe-campaigns"' in html and "<script>x" not in html
+    assert html.count('<tr class="campaign-') == 3

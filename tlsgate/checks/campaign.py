@@ -18,36 +18,46 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from tlsgate.checks.model import Check, Effect, Issue, Severity
 from tlsgate.checks.probes import PROBE_SEVERITY
 from tlsgate.policy import Policy
 from tlsgate.policy.sections.client import CLIENT
+from tlsgate.tls.campaign import (
+    ACCEPTED,
+    HOSTS_KEPT,
+    INCONCLUSIVE,
+    NO_CONNECTION,
+    NOT_APPLICABLE,
+    NOT_ITS_TURN,
+    NOT_RUN,
+    QUIC_ONLY,
+    REASONS,
+    REFUSED,
+    RESULTS,
+    UNSERVABLE,
+)
 from tlsgate.tls.severity import RANK
 
-HOSTS_KEPT: Final = 4  # per kind and result: enough to say where, bounded whatever the app talks to
-
-# The outcome of a kind for a device, worst first (a kind accepted once is accepted, whatever else happened).
-ACCEPTED: Final = "accepted"
-REFUSED: Final = "refused"
-INCONCLUSIVE: Final = "inconclusive"  # offered, and the connection ended in a way that proves nothing
-NOT_RUN: Final = "not_run"
-RESULTS: Final = (ACCEPTED, REFUSED, INCONCLUSIVE, NOT_RUN)
-
-# Why a kind never ran, most telling first: the first that applies is the one said.
-UNSERVABLE: Final = "unservable"
-QUIC_ONLY: Final = "quic_only"
-NOT_APPLICABLE: Final = "not_applicable"
-NOT_ITS_TURN: Final = "not_its_turn"
-NO_CONNECTION: Final = "no_connection"
-REASONS: Final = {
-    UNSERVABLE: "tlsgate could not serve it (OpenSSL here refused the probe certificate or offer)",
-    NOT_ITS_TURN: "the device's connections under this rule all fell outside probe_fraction before the run stopped",
-    QUIC_ONLY: "the device reached the hosts with this rule only over QUIC, where protocol probes cannot be served",
-    NOT_APPLICABLE: "it does not apply to the hosts the device reached (wildcard kinds need a name, ip_name_only an IP)",
-    NO_CONNECTION: "the device made no connection to a host whose rule lists it",
-}
+__all__ = [
+    "ACCEPTED",
+    "HOSTS_KEPT",
+    "INCONCLUSIVE",
+    "NOT_APPLICABLE",
+    "NOT_ITS_TURN",
+    "NOT_RUN",
+    "NO_CONNECTION",
+    "QUIC_ONLY",
+    "REASONS",
+    "REFUSED",
+    "RESULTS",
+    "UNSERVABLE",
+    "Campaign",
+    "KindTally",
+    "policy_kinds",
+    "summary",
+]
 
 
 @dataclass

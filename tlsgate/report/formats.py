@@ -258,6 +258,7 @@ def markdown(summary: Summary, limit: int = 15) -> str:
         if len(groups) > limit:
             lines.append(f"\n…and {len(groups) - limit} more problem(s); see the HTML or SARIF report.")
     lines += _markdown_masvs(summary)
+    lines += _markdown_campaigns(summary)
     for note in summary.notes():
         lines.append(f"\n> {_cell(note)}")
     return "\n".join(lines) + "\n"
@@ -285,6 +286,31 @@ def _markdown_masvs(summary: Summary) -> list[str]:
             )
     if len(view) > MARKDOWN_DEVICES:
         lines.append(f"\n…and {len(view) - MARKDOWN_DEVICES} more device(s); see the HTML or JSON report.")
+    return lines
+
+
+CAMPAIGN_ICONS = {"accepted": "❌", "refused": "✅", "inconclusive": "❔", "not_run": "⚪"}
+
+
+def _markdown_campaigns(summary: Summary) -> list[str]:
+    """Per device, every probe the policy asked for: what the app did with it, or why it never ran."""
+    lines: list[str] = []
+    devices = list(summary.campaigns.items())
+    for who, rows in devices[:MARKDOWN_DEVICES]:
+        lines += [
+            "",
+            f"#### Probe campaign: {_code(who)}",
+            "",
+            "| probe | result | offered | why / hosts |",
+            "|---|---|---:|---|",
+        ]
+        for row in rows:
+            said = row["why"] or ", ".join(row["hosts"])
+            lines.append(
+                f"| {_code(row['kind'])} | {CAMPAIGN_ICONS[row['result']]} {row['result']} | {row['offered']} | {_cell(said)} |"
+            )
+    if len(devices) > MARKDOWN_DEVICES:
+        lines.append(f"\n…and {len(devices) - MARKDOWN_DEVICES} more device(s)' probe campaigns; see the HTML or JSON report.")
     return lines
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from tlsgate.report.model import RANK, SEVERITIES, Record, rule_key
 from tlsgate.tls import mastg
+from tlsgate.tls.campaign import HOSTS_KEPT, REASONS, RESULTS
+from tlsgate.tls.probes import PROBE_KINDS
 
 EXAMPLES_PER_GROUP = 50  # findings kept in full per group, for evidence in HTML and JUnit
 EXAMPLE_BUDGET = 5_000  # across all groups; past it each group keeps only its worst finding
@@ -144,6 +146,31 @@ def _status(test: mastg.MastgTest, tally: MastgTally | None) -> MastgStatus:
     return MastgStatus(test, "not exercised", 0, 0, test.needs)
 
 
+def campaign_rows(probes: Any) -> list[dict[str, Any]]:
+    """A summary's rows as read back from a file, which is input like any other: only known kinds, results and
+    reasons, numbers as numbers, at most HOSTS_KEPT short host names (a newer tlsgate's kinds are left out)."""
+    rows: list[dict[str, Any]] = []
+    for item in probes[: 2 * len(PROBE_KINDS)] if isinstance(probes, list) else ():
+        if not isinstance(item, dict) or item.get("kind") not in PROBE_KINDS or item.get("result") not in RESULTS:
+            continue
+        if any(row["kind"] == item["kind"] for row in rows):
+            continue
+        offered = item.get("offered")
+        reason = item.get("reason")
+        hosts = item.get("hosts")
+        rows.append(
+            {
+                "kind": item["kind"],
+                "result": item["result"],
+                "offered": offered if isinstance(offered, int) and not isinstance(offered, bool) and offered >= 0 else 0,
+                "reason": reason if isinstance(reason, str) and reason in REASONS else None,
+                "why": REASONS[reason] if isinstance(reason, str) and reason in REASONS else "",
+                "hosts": [h[:253] for h in hosts if isinstance(h, str)][:HOSTS_KEPT] if isinstance(hosts, list) else [],
+            }
+        )
+    return rows
+
+
 class Summary:
     """Everything the reports say about one or more findings files, built in one pass."""
 
@@ -153,6 +180,7 @@ class Summary:
         self.gate = gate if gate is not None else mastg.Gate(threshold)
         self.masvs: dict[str, dict[str, MastgTally]] = {}  # device -> MASTG test id -> its evidence
         self.masvs_dropped = 0  # findings of devices beyond MAX_VIEW_DEVICES
+        self.campaigns: dict[str, list[dict[str, Any]]] = {}  # device -> its latest probe campaign summary's rows
         self.total = 0
         self.failing = 0
         self.by_severity: Counter[str] = Counter({name: 0 for name in SEVERITIES})
@@ -197,6 +225,8 @@ class Summary:
             per_who = self.who_severity[who] = Counter()
         per_who[record.severity] += times
         self._masvs(record, evidenced, who)
+        if record.check == "client_probe" and record.kind == "campaign_summary":
+            self._campaign(record)
         self._group(record, fails, who)
         self._host(record, fails, who)
         self._time(record)
@@ -218,6 +248,15 @@ class Summary:
                 tally.failed += record.occurrences
             if len(tally.examples) < BOUNDED_SET:  # the text is built only while there is room for it
                 _add_bounded(tally.examples, f"{record.rule_id} on {record.host}")
+
+    def _campaign(self, record: Record) -> None:
+        """The latest summary per device wins (a later run, or a restart, knows more). The device is the policy's
+        name, else the address the summary names (an unnamed device's summary carries no fingerprint)."""
+        named = record.evidence.get("device")
+        who = record.device or (named[:64] if isinstance(named, str) and named else record.who)
+        if who not in self.campaigns and len(self.campaigns) >= MAX_VIEW_DEVICES:
+            return
+        self.campaigns[who] = campaign_rows(record.evidence.get("probes"))
 
     def _group(self, record: Record, fails: int, who: str) -> None:
         key = identity(record, who)
@@ -436,6 +475,7 @@ class Summary:
                 "mapping": {"source": mastg.SOURCE},
                 "devices": {who: [status.as_dict() for status in rows] for who, rows in self.masvs_view().items()},
             },
+            "probe_campaigns": self.campaigns,
             "notes": self.notes(),
             "sources": self.sources,
         }
