@@ -8,7 +8,7 @@ says what ran, what the app did, and why the other listed kinds never ran.
 
 from __future__ import annotations
 
-from tests.harness import Upstream, curl
+from tests.harness import Upstream, curl, eventually
 
 POLICY = """\
 version: 1
@@ -39,6 +39,14 @@ def test_half_the_connections_are_probed_and_each_device_gets_its_summary_at_sto
     assert verifier == [200, 0, 200, 0, 200, 200]
     assert accepted == [200, 403, 200, 403, 200, 200]
     assert len(https_upstream.requests) == 8, "a probed connection never reaches the upstream; the others all do"
+
+    expected = [
+        'tlsgate_probe_results_total{device="verifier",kind="self_signed",result="refused"} 1.0',
+        'tlsgate_probe_results_total{device="verifier",kind="expired",result="refused"} 1.0',
+        'tlsgate_probe_results_total{device="careless",kind="self_signed",result="accepted"} 1.0',
+        'tlsgate_probe_results_total{device="careless",kind="expired",result="accepted"} 1.0',
+    ]
+    assert eventually(lambda: all(line in gate.scrape() for line in expected)), gate.scrape()
 
     gate.stop()  # the summaries are written as tlsgate stops
     summaries = {f["device"]: f for f in gate.findings() if f["evidence"].get("kind") == "campaign_summary"}
