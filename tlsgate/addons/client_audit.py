@@ -130,8 +130,8 @@ class ClientAudit:
                 kinds = [kind for kind in kinds if kind not in PROTOCOL_PROBE_KINDS]
             untried = self.schedule.untried(address, match.host, kinds)
             kind = self.schedule.next_kind(address, match.host, kinds, rules.probe_fraction)
-            if kind is None and untried:
-                self.campaign.skipped(device, untried[:1], NOT_ITS_TURN)  # the kind this connection would have had
+            # One kind per probed connection, and only probe_fraction of them probed: the rest wait their turn.
+            self.campaign.skipped(device, [k for k in untried if k != kind], NOT_ITS_TURN)
             if kind in PROTOCOL_PROBE_KINDS:
                 audit.run = protocol_run(kind, match.host)
             elif kind:

@@ -163,7 +163,7 @@ def summary(device: str, tallies: dict[str, KindTally], kinds: Iterable[str]) ->
         if result == NOT_RUN:
             row["reason"] = tally.reason
         hosts = tally.hosts.get(ACCEPTED if result == ACCEPTED else REFUSED if result == REFUSED else "offered")
-        if hosts:
+        if hosts and result != NOT_RUN:  # a withdrawn offer's host is no place the probe ran
             row["hosts"] = list(hosts)
         rows.append(row)
     counts = {result: len(names) for result, names in by_result.items()}

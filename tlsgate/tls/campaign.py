@@ -22,7 +22,8 @@ NOT_ITS_TURN: Final = "not_its_turn"
 NO_CONNECTION: Final = "no_connection"
 REASONS: Final = {
     UNSERVABLE: "tlsgate could not serve it (OpenSSL here refused the probe certificate or offer)",
-    NOT_ITS_TURN: "the device's connections under this rule all fell outside probe_fraction before the run stopped",
+    NOT_ITS_TURN: "its turn had not come when the run stopped (one kind per probed connection, and only "
+    "probe_fraction of the connections probed): run the app longer, or raise probe_fraction",
     QUIC_ONLY: "the device reached the hosts with this rule only over QUIC, where protocol probes cannot be served",
     NOT_APPLICABLE: "it does not apply to the hosts the device reached (wildcard kinds need a name, ip_name_only an IP)",
     NO_CONNECTION: "the device made no connection to a host whose rule lists it",
