@@ -57,6 +57,18 @@ def test_the_fraction_counts_each_device_on_its_own_and_only_connections_that_co
     assert schedule.untried("10.0.0.2", "a.test", KINDS) == ("expired",)
 
 
+def test_each_rule_keeps_its_own_fraction_when_a_device_talks_to_hosts_of_both() -> None:
+    schedule = ProbeSchedule()
+    kinds = [f"k{i}" for i in range(20)]
+    probed: dict[str, list[int]] = {"every.test": [], "tenth.test": []}
+    for n in range(1, 21):  # interleaved: every.test under fraction 1, tenth.test under 0.1
+        if schedule.next_kind("10.0.0.2", "every.test", kinds, 1.0, "p.yaml:3"):
+            probed["every.test"].append(n)
+        if schedule.next_kind("10.0.0.2", "tenth.test", kinds, 0.1, "p.yaml:7"):
+            probed["tenth.test"].append(n)
+    assert probed == {"every.test": list(range(1, 21)), "tenth.test": [10, 20]}
+
+
 def test_the_per_device_counters_are_bounded_too() -> None:
     schedule = ProbeSchedule(capacity=3)
     for n in range(10):

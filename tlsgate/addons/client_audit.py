@@ -129,7 +129,7 @@ class ClientAudit:
                 self.campaign.skipped(device, [kind for kind in kinds if kind in PROTOCOL_PROBE_KINDS], QUIC_ONLY)
                 kinds = [kind for kind in kinds if kind not in PROTOCOL_PROBE_KINDS]
             untried = self.schedule.untried(address, match.host, kinds)
-            kind = self.schedule.next_kind(address, match.host, kinds, rules.probe_fraction)
+            kind = self.schedule.next_kind(address, match.host, kinds, rules.probe_fraction, match.rule_ref)
             # One kind per probed connection, and only probe_fraction of them probed: the rest wait their turn.
             self.campaign.skipped(device, [k for k in untried if k != kind], NOT_ITS_TURN)
             if kind in PROTOCOL_PROBE_KINDS:

@@ -141,22 +141,24 @@ class ProbeSchedule:
 
     With a `fraction` below 1 (nogotofail's attack probability, made
     deterministic) only some of a client's connections that could be probed
-    are: a counter per client address, not per host, so the probes spread over
-    every host the app talks to and normal connections run in between. The n-th
-    such connection is probed when floor(n * fraction) steps up: 0.25 probes the
+    are: a counter per client address and rule, not per host, so the probes
+    spread over every host of the rule and normal connections run in between,
+    and two rules with different fractions each get theirs. The n-th such
+    connection is probed when floor(n * fraction) steps up: 0.25 probes the
     4th, 8th, 12th ... and 1 probes every one, as before fractions existed.
     """
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
         self._tried: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
-        self._seen: OrderedDict[str, int] = OrderedDict()  # client address -> connections that could have been probed
+        # (client address, rule) -> that client's connections under that rule that could have been probed
+        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
 
-    def next_kind(self, client: str, host: str, kinds: Sequence[str], fraction: float = 1.0) -> str | None:
+    def next_kind(self, client: str, host: str, kinds: Sequence[str], fraction: float = 1.0, rule: str = "") -> str | None:
         key = (client, host)
         tried = self._tried.get(key, [])
         kind = next((k for k in kinds if k not in tried), None)
-        if kind is None or not self._turn(client, fraction):
+        if kind is None or not self._turn((client, rule), fraction):
             return None
         self._tried[key] = [*tried, kind]
         self._tried.move_to_end(key)
@@ -164,12 +166,13 @@ class ProbeSchedule:
             self._tried.popitem(last=False)
         return kind
 
-    def _turn(self, client: str, fraction: float) -> bool:
-        """Whether this client's next probe-eligible connection is one of the probed fraction (counted either way)."""
+    def _turn(self, counter: tuple[str, str], fraction: float) -> bool:
+        """Whether this client's next probe-eligible connection under this rule is one of the probed fraction
+        (counted either way)."""
         share = Fraction(fraction).limit_denominator(1000)  # 0.1 is 1/10 exactly, not 0.1000000000000000055
-        n = self._seen.get(client, 0) + 1
-        self._seen[client] = n
-        self._seen.move_to_end(client)
+        n = self._seen.get(counter, 0) + 1
+        self._seen[counter] = n
+        self._seen.move_to_end(counter)
         while len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
         return floor(n * share) > floor((n - 1) * share)

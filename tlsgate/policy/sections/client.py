@@ -129,7 +129,7 @@ CLIENT = register(
                     "maximum": 1,
                     "default": 1,
                     "description": "Share of a device's connections that may be probed get the next untried kind, "
-                    "counted per device (0.25: every fourth, the others are served normally in between); 1: every one.",
+                    "counted per device and rule (0.25: every fourth, the others are served normally in between); 1: every one.",
                 },
             },
         },
