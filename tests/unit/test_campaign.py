@@ -212,7 +212,9 @@ def test_reports_show_each_devices_campaign_and_read_it_back_as_hostile_input(tm
 
     out = tmp_path / "r.json"
     assert cli.main(["report", str(path), "--format", "json", "--out", str(out)]) == 0
-    campaigns = json.loads(out.read_text())["probe_campaigns"]
+    report = json.loads(out.read_text())
+    campaigns = report["probe_campaigns"]
+    assert report["hosts"] == [], "a summary spans hosts: it adds no '*' host"
     assert [(r["kind"], r["result"], r["why"]) for r in campaigns["phone"]] == [
         ("self_signed", "refused", ""),
         ("wrong_host", "not_run", cp.REASONS["no_connection"]),

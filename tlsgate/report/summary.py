@@ -225,10 +225,11 @@ class Summary:
             per_who = self.who_severity[who] = Counter()
         per_who[record.severity] += times
         self._masvs(record, evidenced, who)
-        if record.check == "client_probe" and record.kind == "campaign_summary":
-            self._campaign(record)
         self._group(record, fails, who)
-        self._host(record, fails, who)
+        if record.check == "client_probe" and record.kind == "campaign_summary":
+            self._campaign(record)  # a device's, over every host: no row of its own in the hosts table
+        else:
+            self._host(record, fails, who)
         self._time(record)
 
     def _masvs(self, record: Record, evidenced: mastg.Refs, who: str) -> None:
