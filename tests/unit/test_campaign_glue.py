@@ -49,3 +49,18 @@ def test_a_probe_that_could_not_be_served_is_not_run_because_unservable_and_the_
     (summary,) = [f for f in gate.findings() if f["evidence"].get("kind") == "campaign_summary"]
     assert (summary["check"], summary["action"], summary["device"]) == ("client_probe", "passed", "pixel-7")
     assert summary["evidence"]["counts"] == {"accepted": 0, "refused": 0, "inconclusive": 0, "not_run": 2}
+    assert summary["client"] is None, "a named device's summary is the device's, not a connection's"
+
+
+def test_an_unnamed_devices_summary_names_its_address_so_reports_can_tell_devices_apart(gate: Gate) -> None:  # noqa: F811
+    gate.policy_path.write_text("version: 1\nrules:\n  - hosts: [api.test]\n    client:\n      probes: [self_signed]\n")
+    gate.tctx.configure(gate.store, tlsgate_policy=[str(gate.policy_path)])
+    client = quic_client()
+    client.transport_protocol = "tcp"
+    root = make_chain().root
+    gate.audit._mint, gate.audit._mint_source = ProbeMint(root.key, root.cert), None
+    gate.audit.tls_clienthello(tls.ClientHelloData(Context(client, gate.tctx.options), tls.ClientHello(client_hello())))
+    gate.sink.done()
+    (summary,) = [f for f in gate.findings() if f["evidence"].get("kind") == "campaign_summary"]
+    assert (summary["device"], summary["client"], summary["evidence"]["device"]) == (None, "127.0.0.1", "127.0.0.1")
+    assert summary["action"] == "passed" and summary["evidence"]["probes"][0]["result"] == "inconclusive"

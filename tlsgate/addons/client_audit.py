@@ -306,7 +306,10 @@ class ClientAudit:
         match = Match("*", policy.defaults, None, None, policy.defaults_location)
         for issue in self.campaigns():
             device = issue.evidence["device"]  # a device's name, or its address: only a name may label metrics
-            record(self.sink, None, None, issue, match, None, device=None if is_address(device) else device)
+            if is_address(device):
+                record(self.sink, None, None, issue, match, None, address=device)
+            else:
+                record(self.sink, None, None, issue, match, None, device=device)
 
     # -- recording ---------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ def record(
     evidence: dict[str, Any] | None = None,
     remedy: str | None = None,
     device: str | None = None,
+    address: str | None = None,
 ) -> Finding:
     """Record `issue` against the rule that matched the host (or the defaults block), decided by the host's mode.
 
@@ -58,7 +59,7 @@ def record(
         severity=str(issue.severity),
         host=match.host,
         port=port,
-        client=client_label(client),
+        client=client_label(client) or address,  # `device`/`address`: a finding about a device, not a connection
         device=state.device if state is not None else device,
         rule=match.rule_ref,
         detail=issue.detail,
