@@ -44,6 +44,7 @@ def test_a_probe_that_could_not_be_served_is_not_run_because_unservable_and_the_
     assert state.audit.run.kind == "tls_downgrade"
     gate.audit._drop_probe(state, state.audit, ValueError("no shared cipher"))  # what tls_start_client does on failure
     assert rows(gate)["tls_downgrade"] == {"kind": "tls_downgrade", "result": "not_run", "offered": 0, "reason": "unservable"}
+    assert rows(gate)["self_signed"]["reason"] == "not_its_turn", "queued behind tls_downgrade on a host the app reached"
 
     gate.sink.done()  # tlsgate stops: the sink runs the summaries before it closes the file
     (summary,) = [f for f in gate.findings() if f["evidence"].get("kind") == "campaign_summary"]
