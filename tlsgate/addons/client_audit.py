@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Hashable
+from dataclasses import replace
 from typing import Any
 
 from mitmproxy import connection, http, tcp, tls
@@ -46,7 +47,7 @@ from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.mitm_internals import client_connection, configured_floor, refuse_handshake, tlsconfig_addon
 from tlsgate.addons.state import Audit, Connections, ConnState, credentials_in, is_quic, request_url, server_host
 from tlsgate.addons.verdicts import block, fail_closed, record, record_once
-from tlsgate.checks.campaign import NOT_APPLICABLE, NOT_ITS_TURN, QUIC_ONLY, Campaign, policy_kinds, summary
+from tlsgate.checks.campaign import NOT_APPLICABLE, NOT_ITS_TURN, QUIC_ONLY, Campaign, device_kinds, summary
 from tlsgate.checks.client_hello import client_floor, judge_client_hello
 from tlsgate.checks.faults import silent_close_excused
 from tlsgate.checks.model import Action, Check, Effect, Issue, blocks, decide
@@ -55,7 +56,7 @@ from tlsgate.checks.protocol_probes import ProtocolProbeRun, protocol_run
 from tlsgate.checks.quic import quic_client_error
 from tlsgate.policy import Match, Mode
 from tlsgate.policy.hosts import is_address
-from tlsgate.policy.sections.client import CLIENT
+from tlsgate.policy.sections.client import CLIENT, catalogue
 from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.clienthello import ClientHello, parse_client_hello
@@ -121,15 +122,17 @@ class ClientAudit:
         # QUIC is TLS 1.3 only, and aioquic has no version floor to move.
         audit.floor = None if quic else client_floor(hello.best_version_word, rules, enforce, configured_floor())
         client = state.client
-        if rules.probes and not audit.refuse and client.peername:
+        # The rule's list, or the device's own (`devices:` entry), on every host intercepted for it.
+        wanted = catalogue(match, state.policy.probes_of(state.device))
+        if wanted.kinds and not audit.refuse and client.peername:
             address, device = client.peername[0], _device(state)
-            kinds = [kind for kind in rules.probes if probe_applies(kind, match.host)]  # wildcards: names; ip_name_only: IPs
-            self.campaign.skipped(device, [kind for kind in rules.probes if kind not in kinds], NOT_APPLICABLE)
+            kinds = [kind for kind in wanted.kinds if probe_applies(kind, match.host)]  # wildcards: names; ip_name_only: IPs
+            self.campaign.skipped(device, [kind for kind in wanted.kinds if kind not in kinds], NOT_APPLICABLE)
             if quic:  # QUIC is TLS 1.3 only: a protocol probe cannot be served there, and waits for a TCP connection
                 self.campaign.skipped(device, [kind for kind in kinds if kind in PROTOCOL_PROBE_KINDS], QUIC_ONLY)
                 kinds = [kind for kind in kinds if kind not in PROTOCOL_PROBE_KINDS]
             untried = self.schedule.untried(address, match.host, kinds)
-            kind = self.schedule.next_kind(address, match.host, kinds, rules.probe_fraction, match.rule_ref)
+            kind = self.schedule.next_kind(address, match.host, kinds, wanted.fraction, match.rule_ref)
             # One kind per probed connection, and only probe_fraction of them probed: the rest wait their turn.
             self.campaign.skipped(device, [k for k in untried if k != kind], NOT_ITS_TURN)
             if kind in PROTOCOL_PROBE_KINDS:
@@ -139,6 +142,7 @@ class ClientAudit:
                 audit.run = ProbeRun(kind, match.host, audit.probe.summary())
             if kind:
                 self.campaign.offered(device, match.host, kind)
+                audit.probes_from = wanted.source
         return audit
 
     def _mint_for(self) -> ProbeMint:
@@ -294,8 +298,12 @@ class ClientAudit:
         """Every device's campaign summary as of now (what `write_campaigns` records at stop); a device is its
         `devices:` or WireGuard name, else its address (the summary's evidence says which)."""
         policy = self.connections.store.policy
-        kinds = policy_kinds(policy) if policy is not None else ()
-        return [summary(device, self.campaign.tallies(device), kinds) for device in self.campaign.device_names()]
+        if policy is None:
+            return [summary(device, self.campaign.tallies(device), ()) for device in self.campaign.device_names()]
+        return [
+            summary(device, self.campaign.tallies(device), device_kinds(policy, device))
+            for device in self.campaign.device_names()
+        ]
 
     def write_campaigns(self) -> None:
         """At stop: one summary per device that was probed or could have been, against the policy's defaults block
@@ -339,7 +347,10 @@ class ClientAudit:
             else:
                 self.campaign.answered(_device(state), run.host, run.kind, accepted=issue.effect is not Effect.PASSED)
         evidence = {"kind": issue.kind, **issue.evidence, **audit.evidence()}
-        return record_once(self.sink, once, state, state.client, issue, state.match, audit.port, evidence=evidence)
+        match = state.match
+        if issue.check == Check.CLIENT_PROBE and audit.probes_from is not None:  # the device's own list probed this host
+            match = replace(match, source=audit.probes_from)
+        return record_once(self.sink, once, state, state.client, issue, match, audit.port, evidence=evidence)
 
 
 def _device(state: ConnState) -> str:

@@ -24,7 +24,7 @@ from tlsgate.checks.model import Issue
 from tlsgate.checks.probes import ProbeRun
 from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP
 from tlsgate.checks.registry import Found, HandshakeFacts, Phase, UpstreamJudge
-from tlsgate.policy import Match, Policy
+from tlsgate.policy import Location, Match, Policy
 from tlsgate.policy.hosts import RequestName, host_only, is_address, name_request
 from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
@@ -72,6 +72,7 @@ class Audit:
     floor: str | None = None  # client-side TLS floor, when it differs from mitmproxy's
     probe: ProbeCertificate | None = None
     run: ProbeRun | None = None
+    probes_from: Location | None = None  # the `devices:` entry whose own probe list chose this connection's probe
     accepted: Finding | None = None  # the critical finding, once the client used a probe connection
     user_agent: str | None = None
     quic: bool = False  # a QUIC connection: the hello came in an Initial packet, the handshake is aioquic's

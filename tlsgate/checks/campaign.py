@@ -55,6 +55,7 @@ __all__ = [
     "UNSERVABLE",
     "Campaign",
     "KindTally",
+    "device_kinds",
     "policy_kinds",
     "summary",
 ]
@@ -143,6 +144,15 @@ def policy_kinds(policy: Policy) -> tuple[str, ...]:
         if rules is not None:
             found.update(dict.fromkeys(rules.probes))
     return tuple(found)
+
+
+def device_kinds(policy: Policy, device: str) -> tuple[str, ...]:
+    """The kinds a device's campaign is judged against: its own list when its `devices:` entry gives one (it
+    replaces the rules' everywhere), else every kind the policy asks for anywhere."""
+    own = policy.probes_of(device)
+    if own is not None and own.probes is not None:
+        return own.probes
+    return policy_kinds(policy)
 
 
 def summary(device: str, tallies: dict[str, KindTally], kinds: Iterable[str]) -> Issue:

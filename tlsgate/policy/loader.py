@@ -24,8 +24,9 @@ from tlsgate.policy import sections as registry
 from tlsgate.policy import yamlnodes as yn
 from tlsgate.policy.hosts import PatternError, parse_pattern
 from tlsgate.policy.matcher import DeviceIndex, HostIndex
-from tlsgate.policy.model import HostPattern, Location, Mode, Policy, PolicyError, PolicyMessage, Rule, Settings
+from tlsgate.policy.model import DeviceProbes, HostPattern, Location, Mode, Policy, PolicyError, PolicyMessage, Rule, Settings
 from tlsgate.policy.sections import Context
+from tlsgate.policy.sections.client import DEVICE_KEYS, parse_device_probes
 
 POLICY_VERSION = 1
 CORE_TOP_KEYS = ("version", "defaults", "rules", "devices")
@@ -177,6 +178,7 @@ class _Builder:
         self.patterns: dict[tuple[str, bool], Location] = {}
         self.devices: dict[str, str] = {}
         self.device_origin: dict[str, Location] = {}
+        self.device_probes: dict[str, DeviceProbes] = {}
         self.files: list[str] = []
 
     def internal_error(self, name: str, exc: Exception) -> None:
@@ -264,17 +266,46 @@ class _Builder:
                     key_node, f"device address {key!r} is not an IP address or network (e.g. 192.168.1.23 or 10.0.0.0/24)"
                 )
                 continue
-            name = yn.string(value_node, reader, f"the device name for {key}")
+            fields: dict[str, tuple[yaml.Node, yaml.Node]] | None = None
+            if isinstance(value_node, yaml.MappingNode):
+                fields = yn.section(value_node, reader, f"the device entry for {key}", DEVICE_KEYS)
+                if fields is None:
+                    continue
+                if "name" not in fields:
+                    reader.error(value_node, f"the device entry for {key} needs a name: {{name: pixel-7, probes: all}}")
+                    continue
+                name_node = fields["name"][1]
+            elif isinstance(value_node, yaml.SequenceNode):
+                reader.error(
+                    value_node,
+                    f"the device entry for {key} must be a name (pixel-7) or a mapping ({{name: pixel-7, probes: all}}), "
+                    "not a list",
+                )
+                continue
+            else:
+                name_node = value_node
+            name = yn.string(name_node, reader, f"the device name for {key}")
             if name is None:
                 continue
             if not _DEVICE_NAME.match(name):
                 reader.error(
-                    value_node, f"device name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes a metric label)"
+                    name_node, f"device name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes a metric label)"
                 )
                 continue
             if address in self.device_origin:
                 reader.error(key_node, f"device address {key} is already named at {self.device_origin[address]}")
                 continue
+            probes = parse_device_probes(fields, reader, name, reader.loc(key_node)) if fields else None
+            if probes is not None:
+                first = self.device_probes.get(name)
+                if first is not None:
+                    reader.error(
+                        value_node,
+                        f"device '{name}' already has probe settings at {first.location}; write them once, in one "
+                        f"entry (they apply to every address named {name}), and name this address with just {name}",
+                    )
+                    continue
+                self.device_probes[name] = probes
             self.devices[address] = name
             self.device_origin[address] = reader.loc(key_node)
 
@@ -349,4 +380,5 @@ class _Builder:
             warnings=tuple(sorted(self.messages)),
             index=HostIndex(settings, defaults_location, rules),
             device_index=DeviceIndex(self.devices),
+            device_probes=dict(self.device_probes),
         )

@@ -84,6 +84,23 @@ class Match:
 
 
 @dataclass(frozen=True)
+class DeviceProbes:
+    """A device's own probe settings, from a `devices:` entry written as a mapping.
+
+    They belong to the device's name, so every address that carries the name
+    (its IPv4 and IPv6, a WireGuard peer of that name) shares them. `probes`
+    None leaves the rules' lists in force; a tuple replaces them on every host
+    intercepted for the device (empty: a control device, never probed).
+    `probe_fraction` None leaves the rules' fractions in force.
+    """
+
+    name: str
+    location: Location  # the `devices:` entry that says so, for findings to point at
+    probes: tuple[str, ...] | None = None
+    probe_fraction: float | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     defaults: Settings
     defaults_location: Location
@@ -93,6 +110,7 @@ class Policy:
     warnings: tuple[PolicyMessage, ...] = ()
     index: Any = field(default=None, compare=False, repr=False)  # matcher.HostIndex
     device_index: Any = field(default=None, compare=False, repr=False)  # matcher.DeviceIndex
+    device_probes: dict[str, DeviceProbes] = field(default_factory=dict)  # device name -> its own probe settings
 
     @property
     def rule_count(self) -> int:
@@ -103,6 +121,10 @@ class Policy:
 
     def device_for(self, address: str) -> str | None:
         return self.device_index.name_for(address)
+
+    def probes_of(self, device: str | None) -> DeviceProbes | None:
+        """The device's own probe settings; None for a device without any (or not named by the policy)."""
+        return self.device_probes.get(device) if device else None
 
 
 @dataclass(frozen=True, order=True)

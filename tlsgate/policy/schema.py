@@ -13,8 +13,10 @@ from typing import Any
 
 from tlsgate.policy import sections as registry
 from tlsgate.policy.loader import POLICY_VERSION
+from tlsgate.policy.sections.client import DEVICE_PROBES_SCHEMA
 
 CORE_DEFS: dict[str, Any] = {
+    "device_name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
     "mode": {"enum": ["enforce", "report"], "description": "enforce blocks violations; report forwards and records them."},
     "host": {
         "type": "string",
@@ -41,9 +43,21 @@ def build_schema() -> dict[str, Any]:
         "rules": {"type": "array", "items": {"$ref": "#/$defs/rule"}},
         "devices": {
             "type": "object",
-            "description": "Client address or network -> device name. Names label findings and metrics.",
+            "description": "Client address or network -> device name, or {name, probes, probe_fraction} for a device with "
+            "its own probe settings (they belong to the name: every address of that name shares them, and only one entry "
+            "may give them). Names label findings and metrics.",
             "propertyNames": {"pattern": "^[0-9a-fA-F:.]+(/[0-9]{1,3})?$"},
-            "additionalProperties": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+            "additionalProperties": {
+                "oneOf": [
+                    {"$ref": "#/$defs/device_name"},
+                    {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {"name": {"$ref": "#/$defs/device_name"}, **DEVICE_PROBES_SCHEMA},
+                    },
+                ]
+            },
         },
     }
     defs: dict[str, Any] = dict(CORE_DEFS)
