@@ -258,3 +258,13 @@ def test_a_probe_the_devices_list_chose_points_at_the_devices_entry_and_a_rules_
     rules = {f["evidence"]["kind"]: f["rule"] for f in gate.findings() if f["check"] == "client_probe"}
     where = display_path(gate.policy_path)
     assert rules == {"wrong_host": f"{where}:3", "expired": f"{where}:8"}
+
+
+def test_the_readmes_example_error_is_what_the_loader_says() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### A catalogue per device\n", 1)[1].split("\n### ", 1)[0]
+    with pytest.raises(PolicyError) as caught:
+        load_texts([("farm.yaml", "version: 1\ndevices:\n  127.0.0.2: {name: pixel-7, probes: 5}\n")])
+    (message,) = caught.value.messages
+    assert "`127.0.0.2: {name: pixel-7, probes: 5}`\n  on the third line of `farm.yaml`" in section
+    assert f"`{message}`" in section
