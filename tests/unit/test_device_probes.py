@@ -10,12 +10,15 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mitmproxy import connection, tls
 from mitmproxy.proxy.context import Context
 from mitmproxy.test import tflow
 
 from tests.certgen import make_chain
 from tests.unit.test_addons import Gate, client_hello
+from tests.unit.test_policy_hostile import YAML_VALUES, assert_refused_or_loaded
 from tests.unit.test_quic import gate  # noqa: F401 - `gate` is a fixture
 from tlsgate.checks.campaign import device_kinds, policy_kinds
 from tlsgate.policy import PolicyError, load_policy, load_texts
@@ -268,3 +271,23 @@ def test_the_readmes_example_error_is_what_the_loader_says() -> None:
     (message,) = caught.value.messages
     assert "`127.0.0.2: {name: pixel-7, probes: 5}`\n  on the third line of `farm.yaml`" in section
     assert f"`{message}`" in section
+
+
+ENTRY_VALUES = st.one_of(
+    YAML_VALUES,
+    st.sampled_from(["all", [], ["expired"], ["expired", "expired"], 0.5, 0, "pixel-7", ["all"]]),
+)
+DEVICE_ENTRIES = st.dictionaries(
+    st.sampled_from(["10.0.0.2", "10.0.0.3", "2001:db8::2", "10.1.0.0/16", "phone"]),
+    st.one_of(
+        st.sampled_from(["pixel-7", "a", "my phone"]),
+        st.dictionaries(st.sampled_from(["name", "probes", "probe_fraction", "probe", "Name"]), ENTRY_VALUES, max_size=4),
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(DEVICE_ENTRIES)
+def test_hostile_device_entries_never_escape_the_loader(devices: dict) -> None:
+    assert_refused_or_loaded(yaml.safe_dump({"version": 1, "devices": devices}, allow_unicode=True))
