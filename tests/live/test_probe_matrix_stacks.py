@@ -19,15 +19,17 @@ parallel.
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from tests.clients import ACCEPTS, FAMILIES, REFUSES, STACK_CLIENTS, Builds, StackClient, run
+from tests.clients import ACCEPTS, FAMILIES, PACKAGES, REFUSES, STACK_CLIENTS, Builds, StackClient, run
 from tests.harness import REPO, Upstream, eventually
 from tests.live.test_probe_matrix import rule
 from tlsgate.tls.probes import PROBE_KINDS, applies
@@ -153,6 +155,27 @@ def test_the_readme_matrices_are_the_asserted_ones() -> None:
     assert readme_block(PROTOCOL_START, PROTOCOL_END) == render_protocol_matrix(), (
         "README's Node/Java/Go protocol table differs; replace it with:\n" + render_protocol_matrix()
     )
+
+
+def test_ci_installs_the_three_stacks_and_refuses_to_skip_them() -> None:
+    """A test that skips for a missing tool proves nothing: .ci/run installs the packages and says so."""
+    ci = (REPO / ".ci" / "run").read_text()
+    assert f"--no-install-recommends {PACKAGES} " in ci and "export TLSGATE_STACK_CLIENTS=required" in ci
+
+
+def test_a_missing_stack_is_skipped_here_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(shutil, "which", lambda tool: None)
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("TLSGATE_STACK_CLIENTS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"javac not installed \(\.ci/run installs nodejs default-jdk-headless"):
+        Builds(tmp_path)("java")
+    monkeypatch.setenv("TLSGATE_STACK_CLIENTS", "required")
+    with pytest.raises(pytest.fail.Exception, match="under CI these clients must run"):
+        Builds(tmp_path)("go")
+    monkeypatch.delenv("TLSGATE_STACK_CLIENTS")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="under CI these clients must run"):
+        Builds(tmp_path)("node")
 
 
 # -- the run -------------------------------------------------------------------------------------------
