@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import ACCEPTS, FAMILIES, PACKAGES, REFUSES, STACK_CLIENTS, Builds, StackClient, run
+from tests.clients import ACCEPTS, FAMILIES, PACKAGES, REFUSES, STACK_CLIENTS, Builds, Outcome, StackClient, run
 from tests.harness import REPO, Upstream, eventually
 from tests.live.test_probe_matrix import rule
 from tlsgate.tls.probes import PROBE_KINDS, applies
@@ -77,6 +77,18 @@ anon_cipher               r r r  r r r r  r r r
 EXPECTED: dict[str, dict[str, str]] = {
     row[0]: {c.id: ACCEPTS if cell == "A" else REFUSES for c, cell in zip(STACK_CLIENTS, row[1:], strict=True)}
     for row in (line.split() for line in _TABLE.strip().splitlines())
+}
+
+
+# How a client refused, where the README says why (the client's own words, in part).
+REASONS = {
+    ("wrong_host", "java-trust-all"): "SSLHandshakeException: No subject alternative DNS name matching",  # in the handshake
+    ("expired", "java"): "validity check failed",  # what swallow-expired lets through ...
+    ("not_yet_valid", "java-swallow-expired"): "validity check failed",  # ... and what it does not
+    ("cn_only", "go"): "relies on legacy Common Name field",
+    ("sha1_signature", "go"): "insecure algorithm SHA1",
+    ("wildcard_too_broad", "node"): "DNS:*.test",
+    ("self_signed", "go-handwritten"): "certificate 0: issuer",  # the hand-written check, not Go's own
 }
 
 
@@ -208,14 +220,17 @@ def test_every_client_of_the_stack_meets_every_probe_as_recorded_and_tlsgate_agr
             if c is client
         ]
 
-    def drive(client: StackClient) -> dict[str, str]:
+    def drive(client: StackClient) -> dict[str, Outcome]:
         targets = urls(client)
         outcomes = run(argv, client.config, gate.proxy_url, gate.ca_cert, [url for _, url in targets])
-        return {host: outcome.verdict for (host, _), outcome in zip(targets, outcomes, strict=True)}
+        return {host: outcome for (host, _), outcome in zip(targets, outcomes, strict=True)}
 
     started = time.monotonic()
     with ThreadPoolExecutor(len(clients)) as pool:
-        by_host = {host: verdict for done in pool.map(drive, clients) for host, verdict in done.items()}
+        lines = {host: outcome for done in pool.map(drive, clients) for host, outcome in done.items()}
+    by_host = {host: outcome.verdict for host, outcome in lines.items()}
+    for kind, client, host in pairs:
+        print(f"{kind:<25} {client.id:<22} {lines[host].line}")
     print(f"{family}: {len(clients)} clients x {len(PROBE_KINDS)} kinds in {time.monotonic() - started:.1f}s")
     assert https_upstream.requests == [], "a request sent over a probe reached the server"
 
@@ -234,3 +249,6 @@ def test_every_client_of_the_stack_meets_every_probe_as_recorded_and_tlsgate_agr
     assert seen == expected_here(clients), (
         f"{family} clients did not do what the matrix says; this run:\n{table_of(seen, clients)}"
     )
+    hosts = {(kind, c.id): host for kind, c, host in pairs}
+    said_why = {key: lines[hosts[key]].line for key in REASONS if key in hosts}
+    assert all(REASONS[key] in line for key, line in said_why.items()), said_why
