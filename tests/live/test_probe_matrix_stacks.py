@@ -44,7 +44,8 @@ CERTIFICATE_KINDS = tuple(kind for kind in PROBE_KINDS if kind not in PROTOCOL_P
 # - cn_only: Node's tls.checkServerIdentity and Java's HostnameChecker fall back to the subject CN when the
 #   certificate has no DNS name; Go (since 1.15) does not.
 # - wildcard_too_broad (`*.test` for `x.test`): Go has no rule against a wildcard over a top-level domain, and
-#   Java refuses one only over a public suffix of its built-in list, where `test` is not; Node refuses it.
+#   Java's public-suffix rule skips certificates that do not chain to a JDK root (HostnameChecker.
+#   hasIllegalWildcard: "skip check for non-public certificates"); Node refuses it.
 # - sha1_signature: Java's jdk.certpath.disabledAlgorithms refuses SHA-1 only in chains to the JDK's own roots
 #   (`SHA1 jdkCA & usage TLSServer`), not to a CA the app added; Go refuses it since 1.18.
 # - rsa_1024: Node's own OpenSSL runs at security level 1 (Debian's system OpenSSL is at 2: see expected_here);
@@ -89,6 +90,9 @@ REASONS = {
     ("sha1_signature", "go"): "insecure algorithm SHA1",
     ("wildcard_too_broad", "node"): "DNS:*.test",
     ("self_signed", "go-handwritten"): "certificate 0: issuer",  # the hand-written check, not Go's own
+    ("non_ca_issuer", "node"): "key usage does not include certificate signing",
+    ("non_ca_issuer", "java"): "keyCertSign bit is not set",
+    ("non_ca_issuer", "go"): "parent certificate cannot sign",
 }
 
 
