@@ -97,7 +97,7 @@ def _build(family: str, out: Path) -> list[str]:
         "GO111MODULE": "off",  # one file, standard library only: no module, nothing to download
         "GOPROXY": "off",
         # With a C compiler the standard library Debian ships prebuilt is linked as is (0.5 s); without one
-        # (golang-go without its recommends) cgo must be off, and the library is rebuilt once (about 10 s).
+        # (golang-go without its recommends) cgo must be off, and the library is rebuilt once (10-25 s here).
         "CGO_ENABLED": "1" if shutil.which("gcc") else "0",
     }
     binary = out / "client"
