@@ -107,7 +107,8 @@ def node_shares_the_system_openssl() -> bool:
 
 def expected_here(clients: list[StackClient]) -> dict[str, dict[str, str]]:
     """EXPECTED (the README's), but for the one cell that depends on how Node was built: with the system's
-    OpenSSL at level 2, a verifying Node refuses a 1024-bit key ("ee key too small"), as curl does."""
+    OpenSSL at level 2, a verifying Node refuses a 1024-bit key ("EE certificate key too weak"), as curl does
+    (seen with Debian 12's Node 18.20.4; nothing else changes)."""
     expected = {kind: {c.id: EXPECTED[kind][c.id] for c in clients} for kind in PROBE_KINDS}
     if any(c.family == "node" for c in clients) and node_shares_the_system_openssl():
         expected["rsa_1024"].update({"node": REFUSES, "node-no-identity": REFUSES})
