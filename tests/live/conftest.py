@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import harness
+from tests.clients import Builds
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -28,3 +29,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and "/tests/live/" in str(item.path):
         for index, gate in enumerate(harness.STARTED):
             report.sections.append((f"tlsgate console #{index + 1} (port {gate.port})", gate.output or "(no output)"))
+
+
+@pytest.fixture(scope="session")
+def stack_builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
+    """The Node, Java and Go clients of tests/clients/, each built once per session when a test first needs it."""
+    return Builds(tmp_path_factory.mktemp("stack-clients"))

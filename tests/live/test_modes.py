@@ -34,7 +34,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from mitmproxy import dns
 
 from tests import netns
 from tests.certgen import Chain, make_chain, write_pem, write_server_files
+from tests.clients import ACCEPTS, REFUSES, Builds
 from tests.harness import REPO, CurlResult, Tlsgate, Upstream, _Handler, _Server, eventually
 from tests.plainpeers import RecordingServer
 
@@ -64,6 +66,8 @@ NAMES = {
     "named.example.test": NAMED_IP,
     "chain.example.test": PROBE_IP,  # certificate and chain probes: one host per curl configuration
     "chain-k.example.test": PROBE_IP,
+    # Node, Java and Go on the device (tests/clients/), as shipped and with a known mistake: one host each.
+    **{f"{client}.example.test": PROBE_IP for client in ("node", "node-bad", "java", "java-bad", "go", "go-bad")},
 }
 LAN_DEVICE, TUNNEL_DEVICE = "phone-lan", "phone-tunnel"
 
@@ -95,6 +99,10 @@ rules:
     hosts: [chain.example.test, chain-k.example.test]
     client:
       probes: [non_ca_issuer, cn_only, sha1_signature]
+  - name: stack-probed
+    hosts: [node.example.test, node-bad.example.test, java.example.test, java-bad.example.test, go.example.test, go-bad.example.test]
+    client:
+      probes: [self_signed, wrong_host, expired]
 """
 
 
@@ -679,6 +687,55 @@ def test_chain_probes_meet_curl_as_in_the_probe_matrix_in_every_mode(g: Gate) ->
         assert said == {k: "blocked" if EXPECTED[k][column] == ACCEPTS else "passed" for k in kinds}, (column, said)
         assert all(f["device"] == g.device for f in g.findings("client_probe", host))
     assert g.world.probe.requests == []
+
+
+# One correct and one mistaken configuration per stack, and the host (in the `stack-probed` rule) each one uses.
+STACKS_ON_THE_DEVICE = (
+    ("node", "node.example.test"),
+    ("node-no-reject", "node-bad.example.test"),
+    ("java", "java.example.test"),
+    ("java-trust-all", "java-bad.example.test"),
+    ("go", "go.example.test"),
+    ("go-insecure", "go-bad.example.test"),
+)
+
+
+@pytest.mark.parametrize("gate", ["wireguard"], indirect=True)
+def test_node_java_and_go_meet_the_probes_as_in_their_matrix_over_wireguard(g: Gate, stack_builds: Builds) -> None:
+    """tests/live/test_probe_matrix_stacks.py's ground truth, from the device inside the WireGuard tunnel: no proxy
+    setting, the names from the tunnel's DNS (tlsgate's), each client a process of its own in the device's
+    namespace making one connection per kind, and tlsgate's verdict for each the client's own outcome."""
+    from tests.clients import STACK_CLIENTS, run
+    from tests.live.test_probe_matrix_stacks import EXPECTED
+
+    kinds = ("self_signed", "wrong_host", "expired")  # the `stack-probed` rule's order: one per connection
+    by_id = {c.id: c for c in STACK_CLIENTS}
+    argv = {family: stack_builds(family) for family in ("node", "java", "go")}
+
+    def in_the_device(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        return g.net.run(g.net.device, *command, check=False, timeout=120)
+
+    def drive(client_id: str, host: str) -> list[str]:
+        client = by_id[client_id]
+        outcomes = run(argv[client.family], client.config, "-", g.ca, [f"https://{host}/v1/login"] * len(kinds), in_the_device)
+        return [outcome.verdict for outcome in outcomes]
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(STACKS_ON_THE_DEVICE)) as pool:
+        seen = dict(zip(STACKS_ON_THE_DEVICE, pool.map(lambda pair: drive(*pair), STACKS_ON_THE_DEVICE), strict=True))
+    print(
+        f"WireGuard: {len(STACKS_ON_THE_DEVICE)} Node/Java/Go clients x {len(kinds)} kinds in {time.monotonic() - started:.1f}s"
+    )
+    assert g.world.probe.requests == [], "a request sent over a probe reached the server"
+    for (client_id, host), verdicts in seen.items():
+        assert verdicts == [EXPECTED[kind][client_id] for kind in kinds], (client_id, dict(zip(kinds, verdicts, strict=True)))
+        assert eventually(lambda host=host: len(g.findings("client_probe", host)) == len(kinds), timeout=10), g.findings()
+        said = {f["evidence"]["kind"]: f["action"] for f in g.findings("client_probe", host)}
+        assert said == {k: {ACCEPTS: "blocked", REFUSES: "passed"}[v] for k, v in zip(kinds, verdicts, strict=True)}, (
+            client_id,
+            said,
+        )
+        assert all(f["device"] == g.device for f in g.findings("client_probe", host))
 
 
 def test_mqtt_with_credentials_is_blocked_in_every_mode(g: Gate) -> None:
