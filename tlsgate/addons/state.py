@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,6 +29,7 @@ from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.clienthello import ClientHello
 from tlsgate.tls.probes import ProbeCertificate
+from tlsgate.tls.recent import Recent
 
 
 class PolicySource(Protocol):
@@ -224,17 +224,13 @@ class DnsNames:
 
     def __init__(self, limit: int = 65536) -> None:
         self.limit = limit
-        self._names: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._names: Recent[tuple[str, str], str] = Recent(limit)
 
     def remember(self, client: str, address: str, name: str) -> None:
-        key = (client, host_only(address))
-        self._names[key] = host_only(name)
-        self._names.move_to_end(key)
-        while len(self._names) > self.limit:
-            self._names.popitem(last=False)
+        self._names.put((client, host_only(address)), host_only(name))
 
     def name_for(self, client: str, address: str) -> str | None:
-        return self._names.get((client, host_only(address)))
+        return self._names.peek((client, host_only(address)))
 
     def __len__(self) -> int:
         return len(self._names)
