@@ -21,7 +21,6 @@ from mitmproxy.proxy import mode_specs
 
 from tlsgate.checks.model import Issue
 from tlsgate.checks.probes import ProbeRun
-from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP
 from tlsgate.checks.registry import Found, HandshakeFacts, Phase, UpstreamJudge
 from tlsgate.policy import Match, Policy
 from tlsgate.policy.hosts import RequestName, host_only, is_address, name_request
@@ -30,6 +29,7 @@ from tlsgate.sinks.findings import Finding
 from tlsgate.tls.clienthello import ClientHello
 from tlsgate.tls.probes import ProbeCertificate
 from tlsgate.tls.recent import Recent
+from tlsgate.tls.transport import TRANSPORT_QUIC, TRANSPORT_TCP, transport_of
 
 
 class PolicySource(Protocol):
@@ -272,8 +272,8 @@ def credentials_in(request: http.Request, with_body: bool = True) -> list[redact
 
 
 def is_quic(conn: connection.Connection) -> bool:
-    """mitmproxy marks a QUIC connection (client or server side) as UDP with TLS."""
-    return conn.transport_protocol == "udp"
+    """mitmproxy marks a QUIC connection (client or server side) as UDP with TLS (`transport_of` says so)."""
+    return transport_of(conn) == TRANSPORT_QUIC
 
 
 def server_host(server: connection.Server) -> str:
