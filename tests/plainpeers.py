@@ -46,7 +46,7 @@ import struct
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 MQTT_CONNACK = b"\x20\x02\x00\x00"
 SMTP_BANNER = b"220 peer.test ESMTP plainpeers\r\n"
@@ -56,7 +56,59 @@ SMTP_EHLO_REPLY = b"250-peer.test\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n"
 # -- servers --------------------------------------------------------------------------------------
 
 
-class RecordingServer:
+class ThreadedServer:
+    """A TCP listener whose every connection is handled on a thread of its own (`_handle`), until `close`.
+
+    The accept loop of every small recording server in the tests (here, and
+    tests/live/test_fallback.py's line servers): it wakes twice a second to see
+    whether it was closed, so a finished test leaves no thread behind for long.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(16)
+        self.host, self.port = self.sock.getsockname()[:2]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.5)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._accepted()
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _accepted(self) -> None:
+        """A connection was accepted (on the accept loop's thread, before its handler starts)."""
+
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class RecordingServer(ThreadedServer):
     """A threaded TCP server for one protocol that records every byte clients send."""
 
     def __init__(
@@ -73,30 +125,8 @@ class RecordingServer:
         self.tls_established = 0
         self.connections = 0
         self.lock = threading.Lock()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
-        self.sock.listen(16)
-        self.host, self.port = self.sock.getsockname()[:2]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        super().__init__(host, port)
         self._write()
-
-    def __enter__(self) -> RecordingServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def start(self) -> RecordingServer:
-        return self.__enter__()
-
-    def close(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
     @property
     def bytes_received(self) -> int:
@@ -119,19 +149,10 @@ class RecordingServer:
         tmp.write_text(json.dumps(state))
         tmp.replace(self.record)
 
-    def _serve(self) -> None:
-        self.sock.settimeout(0.5)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-            self._write()
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+    def _accepted(self) -> None:
+        with self.lock:
+            self.connections += 1
+        self._write()
 
     def _got(self, data: bytes, tls: bool = False) -> None:
         with self.lock:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import REPO, Tlsgate, Upstream, curl, eventually
-from tests.plainpeers import RecordingServer, open_stream
+from tests.plainpeers import RecordingServer, ThreadedServer, open_stream
 
 DEVICE = "version: 1\ndevices:\n  127.0.0.1: test-phone\n"
 
@@ -226,27 +226,14 @@ def test_curl_ssl_falls_back_and_is_caught_curl_ssl_reqd_refuses(tlsgate, mail, 
 # IMAP and POP3: small recording servers, line by line, offering STARTTLS / STLS.
 
 
-class LineServer:
-    """A threaded line-based server: a greeting, then `answer(line)` for each client line; records every byte."""
+class LineServer(ThreadedServer):
+    """A line-based server: a greeting, then `answer(line)` for each client line; records every byte."""
 
     def __init__(self, greeting: bytes, answer: Callable[[bytes], bytes]) -> None:
         self.greeting, self.answer = greeting, answer
         self.received = bytearray()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.sock.settimeout(0.5)
-        self.stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+        super().__init__()
+        self.start()
 
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(15)
@@ -262,10 +249,6 @@ class LineServer:
                         conn.sendall(self.answer(line.rstrip(b"\r")))
             except OSError:
                 return
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
 
 
 def imap_answer(line: bytes) -> bytes:

@@ -217,3 +217,17 @@ def test_only_the_recording_path_says_things_once() -> None:
         if any(isinstance(node, ast.Attribute) and node.attr == "repeats" for node in ast.walk(ast.parse(path.read_text())))
     )
     assert users == ["findings.py", "verdicts.py"], users
+
+
+def test_recent_can_be_read_and_walked_without_using_an_entry() -> None:
+    """`peek` and iteration are how owners report what they remember; `pop` is an owner done with a key."""
+    forgotten: list[str] = []
+    recent: Recent[str, int] = Recent(2, lambda key, _value: forgotten.append(key))
+    recent.put("a", 1)
+    recent.put("b", 2)
+    assert recent.peek("a") == 1 and recent.peek("z") is None
+    assert list(recent) == ["a", "b"], "least recent first, and peeking did not make 'a' recent"
+    recent.put("c", 3)
+    assert forgotten == ["a"]
+    assert recent.pop("b") == 2 and recent.pop("b") is None and forgotten == ["a"], "popped, not forgotten"
+    assert list(recent) == ["c"] and len(recent) == 1

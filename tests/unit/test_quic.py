@@ -37,6 +37,7 @@ from tlsgate.policy.sections.quic import Quic
 from tlsgate.tls.clienthello import parse_client_hello
 from tlsgate.tls.pins import spki_pin
 from tlsgate.tls.probes import ProbeMint
+from tlsgate.tls.transport import transport_of
 
 
 @pytest.fixture
@@ -375,3 +376,11 @@ def test_a_quic_client_the_audit_refuses_gets_the_same_fast_refusal(gate: Gate) 
     audit.refuse = True  # what an enforced hello finding decides (QUIC hellos rarely give one: TLS 1.3, AEAD only)
     settings = start_client(gate, client).settings
     assert settings is not None and settings.alpn_protocols == [REFUSED_ALPN]
+
+
+def test_findings_and_metrics_name_a_connections_transport_from_one_rule() -> None:
+    """mitmproxy's UDP-with-TLS is QUIC on either side; anything else it carries is TCP."""
+    client, server = tflow.tclient_conn(), tflow.tserver_conn()
+    assert (transport_of(client), transport_of(server)) == ("tcp", "tcp")
+    client.transport_protocol = server.transport_protocol = "udp"
+    assert (transport_of(client), transport_of(server)) == ("quic", "quic")

@@ -24,7 +24,6 @@ import ipaddress
 import logging
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from mitmproxy import connection, ctx, exceptions
@@ -34,6 +33,7 @@ from mitmproxy.proxy import mode_specs
 from tlsgate.tls import netlink
 from tlsgate.tls.lan import NAMED, Lan, client_refusal, lan_of, parse_named_prefixes
 from tlsgate.tls.netlink import Address, IPNetwork, Link, NetlinkError, Route
+from tlsgate.tls.recent import Recent
 
 logger = logging.getLogger("tlsgate.access")
 
@@ -135,7 +135,7 @@ def _loopback(host: str) -> bool:
 class ClientAccess:
     def __init__(self, view: LanView | None = None) -> None:
         self.view = view or LanView()
-        self._said: OrderedDict[str, float] = OrderedDict()  # refusal text -> when last logged
+        self._said: Recent[str, float] = Recent(MAX_SAID)  # refusal text -> when last logged
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -180,10 +180,8 @@ class ClientAccess:
     def _log(self, text: str) -> None:
         """Each refusal, worded as it is, once a minute: an internet scanner's every SYN is not a log line."""
         now = time.monotonic()
-        if now - self._said.get(text, now - LOG_EVERY) < LOG_EVERY:
+        last = self._said.peek(text)
+        if last is not None and now - last < LOG_EVERY:
             return
-        self._said[text] = now
-        self._said.move_to_end(text)
-        while len(self._said) > MAX_SAID:
-            self._said.popitem(last=False)
+        self._said.put(text, now)
         logger.warning(text)

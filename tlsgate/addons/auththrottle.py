@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 
 from mitmproxy import http
+
+from tlsgate.tls.recent import Recent
 
 WINDOW = 60.0
 FREE_FAILURES = 2  # a browser's first, credential-less request is answered 407 as a matter of course
@@ -30,7 +31,7 @@ def delay_for(failures: int) -> float:
 
 class AuthThrottle:
     def __init__(self) -> None:
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._failures: Recent[str, tuple[int, float]] = Recent(MAX_ADDRESSES)
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         await self._after_auth(flow)
@@ -44,17 +45,14 @@ class AuthThrottle:
         address = flow.client_conn.peername[0]
         if flow.response is None or flow.response.status_code != 407:
             if flow.metadata.get("proxyauth"):  # mitmproxy's proxyauth accepted the credentials
-                self._failures.pop(address, None)
+                self._failures.pop(address)
             return
         now = time.monotonic()
-        count, since = self._failures.get(address, (0, now))
+        count, since = self._failures.get(address) or (0, now)
         if now - since > WINDOW:
             count, since = 0, now
         count += 1
-        self._failures[address] = (count, since)
-        self._failures.move_to_end(address)
-        while len(self._failures) > MAX_ADDRESSES:
-            self._failures.popitem(last=False)
+        self._failures.put(address, (count, since))
         delay = delay_for(count)
         if count == FREE_FAILURES + 1:
             logger.warning(f"tlsgate: {count} failed proxy authentications from {address} within a minute; slowing its answers")

@@ -52,7 +52,7 @@ from tlsgate.checks.client_hello import client_floor, judge_client_hello
 from tlsgate.checks.faults import silent_close_excused
 from tlsgate.checks.model import Action, Check, Effect, Issue, blocks, decide
 from tlsgate.checks.probes import CLOSED_SILENTLY, ProbeRun, ProbeSchedule, trust_refused
-from tlsgate.checks.protocol_probes import ProtocolProbeRun, protocol_run
+from tlsgate.checks.protocol_probes import protocol_run
 from tlsgate.checks.quic import quic_client_error
 from tlsgate.policy import Match, Mode
 from tlsgate.policy.hosts import is_address
@@ -62,7 +62,7 @@ from tlsgate.sinks.findings import Finding
 from tlsgate.tls.clienthello import ClientHello, parse_client_hello
 from tlsgate.tls.probes import ProbeMint
 from tlsgate.tls.probes import applies as probe_applies
-from tlsgate.tls.protocol_probes import OFFERS, PROTOCOL_PROBE_KINDS
+from tlsgate.tls.protocol_probes import PROTOCOL_PROBE_KINDS
 
 logger = logging.getLogger("tlsgate.client")
 
@@ -170,8 +170,8 @@ class ClientAudit:
                 return
             except Exception as exc:  # noqa: BLE001 - judged on tlsgate's good certificate, the app would "accept" the probe
                 self._drop_probe(state, audit, exc)
-        elif isinstance(audit.run, ProtocolProbeRun):
-            offer = OFFERS[audit.run.kind]  # tlsgate's own certificate, this offer's versions and suites only
+        elif audit.run is not None and (offer := audit.run.offer()) is not None:
+            # a protocol probe: tlsgate's own certificate, this offer's versions and suites only
             tls_start.ssl_conn = client_connection(tls_start, offer.min_version, ceiling=offer.max_version, ciphers=offer.ciphers)
             return
         if audit.floor is not None:
@@ -206,10 +206,8 @@ class ClientAudit:
         if not isinstance(data.conn, connection.Client):
             return
         audit = self._audit(self.connections.peek(data.conn))
-        if audit is not None and isinstance(audit.run, ProtocolProbeRun):
+        if audit is not None and audit.run is not None:
             audit.run.established(data.conn.tls_version, data.conn.cipher)
-        elif audit is not None and audit.run is not None:
-            audit.run.handshake_done = True
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
         if not isinstance(data.conn, connection.Client):
@@ -342,7 +340,7 @@ class ClientAudit:
         assert state.match is not None
         run = audit.run
         if issue.check == Check.CLIENT_PROBE and run is not None:  # every probe outcome passes here, once per connection
-            if isinstance(run, ProtocolProbeRun) and not run.served:
+            if not run.served:
                 self.campaign.withdrawn(_device(state), run.kind)
             else:
                 self.campaign.answered(_device(state), run.host, run.kind, accepted=issue.effect is not Effect.PASSED)

@@ -22,6 +22,7 @@ from tlsgate.addons.state import Connections
 from tlsgate.addons.verdicts import verdict_of
 from tlsgate.policy import Policy
 from tlsgate.sinks.metrics import Metrics
+from tlsgate.tls.transport import transport_of
 
 logger = logging.getLogger("tlsgate.metrics")
 
@@ -34,11 +35,6 @@ def parse_listen(spec: str) -> tuple[str, int] | None:
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"{spec!r} is not HOST:PORT")
     return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def transport(conn: connection.Connection) -> str:
-    """The `transport` label: quic for a QUIC connection (mitmproxy's UDP with TLS), tcp for everything else."""
-    return "quic" if conn.transport_protocol == "udp" else "tcp"
 
 
 MAX_CONNECTIONS = 64  # open at once; the next one closes the oldest that has not sent its request
@@ -254,21 +250,21 @@ class MetricsExporter:
         self.metrics.open_connections.labels("server").dec()
 
     def tls_established_client(self, data: tls.TlsData) -> None:
-        self.metrics.handshake("client", True, data.conn.tls_version, data.conn.cipher, transport(data.conn))
+        self.metrics.handshake("client", True, data.conn.tls_version, data.conn.cipher, transport_of(data.conn))
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
-        self.metrics.handshake("client", False, None, None, transport(data.conn))
+        self.metrics.handshake("client", False, None, None, transport_of(data.conn))
 
     def tls_established_server(self, data: tls.TlsData) -> None:
-        self.metrics.handshake("server", True, data.conn.tls_version, data.conn.cipher, transport(data.conn))
+        self.metrics.handshake("server", True, data.conn.tls_version, data.conn.cipher, transport_of(data.conn))
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
-        self.metrics.handshake("server", False, None, None, transport(data.conn))
+        self.metrics.handshake("server", False, None, None, transport_of(data.conn))
 
     def response(self, flow: http.HTTPFlow) -> None:
         verdict = verdict_of(flow)
         decision = verdict.action if verdict is not None else "allowed"
-        self.metrics.request(decision, verdict.check if verdict is not None else None, transport(flow.client_conn))
+        self.metrics.request(decision, verdict.check if verdict is not None else None, transport_of(flow.client_conn))
         # The upstream's answer time: not a block page tlsgate wrote, nor a fault page after a clock ran out.
         answered = flow.response.timestamp_start if flow.response else None
         if decision not in ("blocked", "failed") and answered and flow.request.timestamp_end:
@@ -277,4 +273,4 @@ class MetricsExporter:
     def error(self, flow: http.HTTPFlow) -> None:
         verdict = verdict_of(flow)
         decision = verdict.action if verdict is not None else "error"
-        self.metrics.request(decision, verdict.check if verdict is not None else None, transport(flow.client_conn))
+        self.metrics.request(decision, verdict.check if verdict is not None else None, transport_of(flow.client_conn))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,7 +21,6 @@ from mitmproxy.proxy import mode_specs
 
 from tlsgate.checks.model import Issue
 from tlsgate.checks.probes import ProbeRun
-from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP
 from tlsgate.checks.registry import Found, HandshakeFacts, Phase, UpstreamJudge
 from tlsgate.policy import Location, Match, Policy
 from tlsgate.policy.hosts import RequestName, host_only, is_address, name_request
@@ -30,6 +28,8 @@ from tlsgate.sinks import redact
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls.clienthello import ClientHello
 from tlsgate.tls.probes import ProbeCertificate
+from tlsgate.tls.recent import Recent
+from tlsgate.tls.transport import TRANSPORT_QUIC, TRANSPORT_TCP, transport_of
 
 
 class PolicySource(Protocol):
@@ -225,17 +225,13 @@ class DnsNames:
 
     def __init__(self, limit: int = 65536) -> None:
         self.limit = limit
-        self._names: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._names: Recent[tuple[str, str], str] = Recent(limit)
 
     def remember(self, client: str, address: str, name: str) -> None:
-        key = (client, host_only(address))
-        self._names[key] = host_only(name)
-        self._names.move_to_end(key)
-        while len(self._names) > self.limit:
-            self._names.popitem(last=False)
+        self._names.put((client, host_only(address)), host_only(name))
 
     def name_for(self, client: str, address: str) -> str | None:
-        return self._names.get((client, host_only(address)))
+        return self._names.peek((client, host_only(address)))
 
     def __len__(self) -> int:
         return len(self._names)
@@ -277,8 +273,8 @@ def credentials_in(request: http.Request, with_body: bool = True) -> list[redact
 
 
 def is_quic(conn: connection.Connection) -> bool:
-    """mitmproxy marks a QUIC connection (client or server side) as UDP with TLS."""
-    return conn.transport_protocol == "udp"
+    """mitmproxy marks a QUIC connection (client or server side) as UDP with TLS (`transport_of` says so)."""
+    return transport_of(conn) == TRANSPORT_QUIC
 
 
 def server_host(server: connection.Server) -> str:

@@ -41,7 +41,7 @@ from tlsgate.addons.state import Connections, ConnState, ServerSide, is_quic, se
 from tlsgate.addons.verdicts import block, chain_seen, fail_closed, pin_set_checked, record_once, upstream_decided
 from tlsgate.checks import registry
 from tlsgate.checks.model import Action, Check, Effect, Issue, Severity, blocks, decide, remedy_for
-from tlsgate.checks.quic import TRANSPORT_QUIC, TRANSPORT_TCP, quic_facts, quic_failure_text
+from tlsgate.checks.quic import quic_facts, quic_failure_text
 from tlsgate.checks.registry import Found, HandshakeFacts, Phase
 from tlsgate.checks.upstream import evidence_for, handshake_floor, judge_failure
 from tlsgate.policy import Mode
@@ -49,12 +49,9 @@ from tlsgate.policy.sections.pins import PINS
 from tlsgate.policy.sections.tls import TLS
 from tlsgate.sinks.findings import Finding
 from tlsgate.sinks.refusals import explain_refusals
+from tlsgate.tls.transport import TRANSPORT_TCP, transport_of
 
 logger = logging.getLogger("tlsgate.tls")
-
-
-def transport_of(conn: connection.Connection) -> str:
-    return TRANSPORT_QUIC if is_quic(conn) else TRANSPORT_TCP
 
 
 def presented_chain(data: tls.TlsData) -> list[x509.Certificate]:
@@ -281,7 +278,7 @@ class UpstreamTls:
             return None  # the common case: no evidence to build
         match = side.match
         base = evidence_for(side.facts.protocol, side.facts.cipher, side.facts.chain)
-        base["transport"] = TRANSPORT_QUIC if is_quic(server) else TRANSPORT_TCP
+        base["transport"] = transport_of(server)
         for judge, issue in ((f.judge, f.issue) for f in found):
             remedy = issue.remedy
             if issue.effect is Effect.ENFORCED:

@@ -15,7 +15,6 @@ take 15 MB (0.8 KB per device and kind); 47 MB at worst, with every host name 25
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +37,7 @@ from tlsgate.tls.campaign import (
     RESULTS,
     UNSERVABLE,
 )
+from tlsgate.tls.recent import Recent
 from tlsgate.tls.severity import RANK
 
 __all__ = [
@@ -94,15 +94,13 @@ class Campaign:
 
     def __init__(self, devices: int = 1024) -> None:
         self.devices = devices
-        self._tallies: OrderedDict[str, dict[str, KindTally]] = OrderedDict()
+        self._tallies: Recent[str, dict[str, KindTally]] = Recent(devices)
 
     def _tally(self, device: str, kind: str) -> KindTally:
         kinds = self._tallies.get(device)
         if kinds is None:
-            kinds = self._tallies[device] = {}
-            while len(self._tallies) > self.devices:
-                self._tallies.popitem(last=False)
-        self._tallies.move_to_end(device)
+            kinds = {}
+            self._tallies.put(device, kinds)
         return kinds.setdefault(kind, KindTally())
 
     def offered(self, device: str, host: str, kind: str) -> None:
@@ -133,7 +131,7 @@ class Campaign:
         return tuple(self._tallies)
 
     def tallies(self, device: str) -> dict[str, KindTally]:
-        return dict(self._tallies.get(device, {}))
+        return dict(self._tallies.peek(device) or {})
 
 
 def policy_kinds(policy: Policy) -> tuple[str, ...]:

@@ -17,9 +17,8 @@ it refused it everywhere), or refused it with nothing yet known of the device
 from __future__ import annotations
 
 import datetime as dt
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -31,6 +30,7 @@ from tlsgate.policy.sections.app import APP, AppRules
 from tlsgate.tls import versions
 from tlsgate.tls.ciphers import lookup
 from tlsgate.tls.pins import chain_pins
+from tlsgate.tls.recent import Recent
 
 EXPIRY_HORIZON_DAYS = 30  # pins that lapse within this many days are a finding: the next release must rotate them
 # Recorded (not blocking) kinds that describe the app or the server rather than one connection: said once per
@@ -244,8 +244,8 @@ def judge_user_cas(app: AppRules | None, host: str) -> list[Issue]:
 class DeviceRecord:
     """What one device did with tlsgate's own certificate for hosts it is not asked to pin."""
 
-    accepted: OrderedDict[str, None] = field(default_factory=OrderedDict)  # hosts it sent data to over tlsgate's cert
-    refused: OrderedDict[str, str] = field(default_factory=OrderedDict)  # host -> how it refused
+    accepted: Recent[str, bool]  # hosts it sent data to over tlsgate's cert
+    refused: Recent[str, str]  # host -> how it refused
 
 
 class DeviceTrust:
@@ -253,34 +253,24 @@ class DeviceTrust:
 
     def __init__(self, devices: int = 4096, hosts: int = 16) -> None:
         self.devices, self.hosts = devices, hosts
-        self._records: OrderedDict[str, DeviceRecord] = OrderedDict()
+        self._records: Recent[str, DeviceRecord] = Recent(devices)
 
     def _record(self, device: str) -> DeviceRecord:
         record = self._records.get(device)
         if record is None:
-            record = self._records[device] = DeviceRecord()
-            while len(self._records) > self.devices:
-                self._records.popitem(last=False)
-        self._records.move_to_end(device)
+            record = DeviceRecord(Recent(self.hosts), Recent(self.hosts))
+            self._records.put(device, record)
         return record
 
     def accepted(self, device: str, host: str) -> None:
-        table = self._record(device).accepted
-        table[host] = None
-        table.move_to_end(host)
-        while len(table) > self.hosts:
-            table.popitem(last=False)
+        self._record(device).accepted.put(host, True)
 
     def refused(self, device: str, host: str, how: str) -> None:
-        table = self._record(device).refused
-        table[host] = how
-        table.move_to_end(host)
-        while len(table) > self.hosts:
-            table.popitem(last=False)
+        self._record(device).refused.put(host, how)
 
     def evidence(self, device: str, host: str) -> tuple[list[str], list[str]]:
         """(hosts accepted, hosts refused), other than `host`."""
-        record = self._records.get(device)
+        record = self._records.peek(device)
         if record is None:
             return [], []
         return [h for h in record.accepted if h != host], [h for h in record.refused if h != host]

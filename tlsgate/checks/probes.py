@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from math import floor
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from tlsgate.checks.model import Check, Effect, Issue, Severity
+from tlsgate.tls import versions
 from tlsgate.tls.probes import WRONG_HOST
+from tlsgate.tls.protocol_probes import ProtocolOffer
 
 CLOSED_AFTER_HANDSHAKE: Final = "closed after the handshake without sending a request"
 TRUST_REMEDY: Final = (
@@ -225,9 +227,12 @@ def client_rejection(error: str | None) -> str | None:
     for alert in CERTIFICATE_ALERTS:
         if alert in text:
             return alert
-    if text.strip() == "connection closed" or _SILENT_CLOSE in text:
-        return CLOSED_SILENTLY
-    return None
+    return CLOSED_SILENTLY if silent_close(text) else None
+
+
+def silent_close(text: str) -> bool:
+    """Whether mitmproxy's words (lower case) say the client hung up mid-handshake without an alert."""
+    return text.strip() == "connection closed" or _SILENT_CLOSE in text
 
 
 def likely_cause(rejection: str) -> str:
@@ -247,32 +252,56 @@ def likely_cause(rejection: str) -> str:
 
 @dataclass
 class ProbeRun:
-    """One probe on one client connection, from offer to outcome; each outcome is said once."""
+    """One probe on one client connection, from offer to outcome; each outcome is said once.
+
+    The lifecycle (offered -> refused, proved nothing, or completed -> used or
+    hung up) is every kind family's; what a family reads in a failed handshake
+    and says in its findings are the hooks below. This class is the certificate
+    and chain probes' family; `tlsgate.checks.protocol_probes.ProtocolProbeRun`
+    is the protocol probes'.
+    """
 
     kind: str
     host: str
-    certificate: dict[str, Any]  # what the client was shown (ProbeCertificate.summary())
+    certificate: dict[str, Any]  # what the client was shown (ProbeCertificate.summary(), or a protocol offer's)
     handshake_done: bool = False
     accepted: Issue | None = None
     passed: Issue | None = None
+    negotiated: dict[str, str | None] | None = None  # version and suite, once the handshake completed
+    served: bool = True  # False once the handshake went beyond what the probe offers: it tested nothing
+
+    # What a refusal proves, as the passed finding says it.
+    REFUSAL_MEANS: ClassVar[str] = "it verifies this part of the certificate"
+
+    def rejection(self, error: str | None) -> str | None:
+        """How the client refused this probe; None when the failure proved nothing (the kind is tried again)."""
+        return client_rejection(error)
+
+    def offer(self) -> ProtocolOffer | None:
+        """The versions and suites the probe connection offers instead of tlsgate's usual ones (None: the usual)."""
+        return None
+
+    def established(self, tls_version: str | None, cipher: str | None) -> None:
+        self.handshake_done = True
+        self.negotiated = {"version": versions.from_openssl(tls_version), "suite": cipher}
 
     def handshake_failed(self, error: str | None) -> Issue | None:
-        """The passed issue when the client refused the certificate; None when the failure proved nothing."""
-        rejection = client_rejection(error)
+        """The passed issue when the client refused the probe; None when the failure proved nothing."""
+        rejection = self.rejection(error)
         return self._pass(rejection) if rejection is not None else None
 
     def sent(self, what: dict[str, Any]) -> Issue:
-        """The client used the probed connection: the critical issue (the same one for every later send)."""
+        """The client used the probed connection: the accepted issue (the same one for every later send)."""
         if self.accepted is None:
             shown = f"{what['method']} {what['url']}" if what.get("protocol") == "http" else "raw TCP data"
-            self.accepted = Issue(
+            self.accepted = self._unserved(what, shown) or Issue(
                 Check.CLIENT_PROBE,
                 self.kind,
                 Effect.ALWAYS,
-                PROBE_SEVERITY.get(self.kind, Severity.CRITICAL),
-                f"the client accepted {PROBE_WORDS[self.kind]} for {self.host} and sent {shown} over it: "
-                f"{PROBE_RISKS.get(self.kind, _ANY_IMPOSTOR)}; tlsgate answered itself and forwarded nothing",
-                {"kind": self.kind, "certificate": self.certificate, "sent": what},
+                self._severity(),
+                f"the client accepted {PROBE_WORDS[self.kind]} for {self.host}{self._negotiated_clause()} and sent "
+                f"{shown} over it: {self._consequence()}; tlsgate answered itself and forwarded nothing",
+                {"kind": self.kind, **self._shown(), "sent": what},
                 PROBE_REMEDIES[self.kind],
             )
         return self.accepted
@@ -289,11 +318,29 @@ class ProbeRun:
             self.kind,
             Effect.PASSED,
             Severity.INFO,
-            f"the client refused {PROBE_WORDS[self.kind]} for {self.host} ({rejection}): "
-            "it verifies this part of the certificate",
-            {"kind": self.kind, "rejection": rejection, "certificate": self.certificate},
+            f"the client refused {PROBE_WORDS[self.kind]} for {self.host} ({rejection}): {self.REFUSAL_MEANS}",
+            {"kind": self.kind, "rejection": rejection, **self._shown()},
         )
         return self.passed
+
+    # -- the family's words ------------------------------------------------------------------------
+
+    def _severity(self) -> Severity:
+        return PROBE_SEVERITY.get(self.kind, Severity.CRITICAL)
+
+    def _consequence(self) -> str:
+        return PROBE_RISKS.get(self.kind, _ANY_IMPOSTOR)
+
+    def _shown(self) -> dict[str, Any]:
+        """What the findings' evidence says the client was shown."""
+        return {"certificate": self.certificate}
+
+    def _negotiated_clause(self) -> str:
+        return ""
+
+    def _unserved(self, what: dict[str, Any], shown: str) -> Issue | None:
+        """The issue for a connection that never tested what the probe offers; None when it did."""
+        return None
 
 
 def trust_refused(host: str, error: str | None) -> Issue | None:

@@ -19,12 +19,12 @@ same states, read differently:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from tlsgate.checks.model import Check, Effect, Issue, Severity
-from tlsgate.checks.probes import CERTIFICATE_ALERTS, CLOSED_SILENTLY, PROBE_REMEDIES, PROBE_WORDS, ProbeRun
+from tlsgate.checks.probes import CERTIFICATE_ALERTS, CLOSED_SILENTLY, ProbeRun, silent_close
 from tlsgate.tls import versions
-from tlsgate.tls.protocol_probes import OFFERS
+from tlsgate.tls.protocol_probes import OFFERS, ProtocolOffer
 
 # How bad it is that the app took the offer: anonymous suites authenticate nobody (anyone on the path is
 # the server); TLS 1.0/1.1 are deprecated (RFC 8996) and an attacker can force them; RSA key exchange loses
@@ -61,9 +61,6 @@ REFUSAL_ALERTS: Final = {
     "alert internal error": "internal error",
 }
 
-# mitmproxy's words for a client that hung up mid-handshake without an alert.
-_SILENT_CLOSE: Final = "disconnected during the handshake"
-
 
 def protocol_rejection(error: str | None) -> str | None:
     """How a client refused a protocol probe; None when the failure says nothing about versions or suites.
@@ -79,52 +76,43 @@ def protocol_rejection(error: str | None) -> str | None:
     for words, rejection in (*NOT_OFFERED.items(), *REFUSAL_ALERTS.items()):
         if words in text:
             return rejection
-    if text.strip() == "connection closed" or _SILENT_CLOSE in text:
-        return CLOSED_SILENTLY
-    return None
+    return CLOSED_SILENTLY if silent_close(text) else None
 
 
 @dataclass
 class ProtocolProbeRun(ProbeRun):
     """A `ProbeRun` whose server changed what it negotiates, not what it presents; `certificate` is the offer."""
 
-    negotiated: dict[str, str | None] | None = None  # version and suite, once the handshake completed
-    served: bool = True  # False once the handshake went beyond the offer: it tested nothing (`_not_served`)
+    REFUSAL_MEANS: ClassVar[str] = "it does not negotiate it"
 
-    def established(self, tls_version: str | None, cipher: str | None) -> None:
-        self.handshake_done = True
-        self.negotiated = {"version": versions.from_openssl(tls_version), "suite": cipher}
+    def rejection(self, error: str | None) -> str | None:
+        return protocol_rejection(error)
 
-    def handshake_failed(self, error: str | None) -> Issue | None:
-        rejection = protocol_rejection(error)
-        return self._pass(rejection) if rejection is not None else None
+    def offer(self) -> ProtocolOffer:
+        return OFFERS[self.kind]
 
-    def sent(self, what: dict[str, Any]) -> Issue:
-        if self.accepted is None:
-            shown = f"{what['method']} {what['url']}" if what.get("protocol") == "http" else "raw TCP data"
-            negotiated = self.negotiated or {}
-            if not OFFERS[self.kind].allows(negotiated.get("version"), negotiated.get("suite")):
-                self.accepted = self._not_served(what, shown)
-                return self.accepted
-            self.accepted = Issue(
-                Check.CLIENT_PROBE,
-                self.kind,
-                Effect.ALWAYS,
-                SEVERITIES[self.kind],
-                f"the client accepted {PROBE_WORDS[self.kind]} for {self.host}, negotiated {self._negotiated_text()}, "
-                f"and sent {shown} over it: {CONSEQUENCES[self.kind]}; tlsgate answered itself and forwarded nothing",
-                {"kind": self.kind, "offer": self.certificate, "negotiated": self.negotiated, "sent": what},
-                PROBE_REMEDIES[self.kind],
-            )
-        return self.accepted
+    def _severity(self) -> Severity:
+        return SEVERITIES[self.kind]
 
-    def _not_served(self, what: dict[str, Any], shown: str) -> Issue:
+    def _consequence(self) -> str:
+        return CONSEQUENCES[self.kind]
+
+    def _shown(self) -> dict[str, Any]:
+        return {"offer": self.certificate, "negotiated": self.negotiated}
+
+    def _negotiated_clause(self) -> str:
+        return f", negotiated {self._negotiated_text()},"
+
+    def _unserved(self, what: dict[str, Any], shown: str) -> Issue | None:
         """The connection negotiated something the probe does not offer: it tested nothing, so it accuses nobody.
 
         Only a tlsgate bug (or a mitmproxy or OpenSSL that builds the probe's
         context differently) gets here; the request is still answered by
         tlsgate, as on every probe connection, and the finding says so.
         """
+        negotiated = self.negotiated or {}
+        if self.offer().allows(negotiated.get("version"), negotiated.get("suite")):
+            return None
         self.served = False
         return Issue(
             Check.CLIENT_PROBE,
@@ -134,7 +122,7 @@ class ProtocolProbeRun(ProbeRun):
             f"tlsgate's {self.kind} probe for {self.host} negotiated {self._negotiated_text()}, which it does not "
             f"offer: it tested nothing and says nothing about the client; tlsgate answered {shown} itself and "
             "forwarded nothing (a probe connection never is). Please report this as a tlsgate bug",
-            {"kind": self.kind, "offer": self.certificate, "negotiated": self.negotiated, "sent": what, "served": False},
+            {"kind": self.kind, **self._shown(), "sent": what, "served": False},
         )
 
     def _negotiated_text(self) -> str:
@@ -142,17 +130,6 @@ class ProtocolProbeRun(ProbeRun):
         version = negotiated.get("version")
         shown = versions.shown(version) if version else "an unknown version"
         return f"{shown} with {negotiated.get('suite') or 'an unknown suite'}"
-
-    def _pass(self, rejection: str) -> Issue:
-        self.passed = Issue(
-            Check.CLIENT_PROBE,
-            self.kind,
-            Effect.PASSED,
-            Severity.INFO,
-            f"the client refused {PROBE_WORDS[self.kind]} for {self.host} ({rejection}): it does not negotiate it",
-            {"kind": self.kind, "rejection": rejection, "offer": self.certificate, "negotiated": self.negotiated},
-        )
-        return self.passed
 
 
 def protocol_run(kind: str, host: str) -> ProtocolProbeRun:

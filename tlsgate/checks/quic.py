@@ -16,9 +16,8 @@ from tlsgate.checks.model import Check, Effect, Issue, Severity, remedy_for
 from tlsgate.checks.upstream import HandshakeFacts
 from tlsgate.policy.model import Match, Mode
 from tlsgate.policy.sections.quic import QUIC, Quic
+from tlsgate.tls.transport import TRANSPORT_QUIC
 
-TRANSPORT_TCP = "tcp"
-TRANSPORT_QUIC = "quic"
 # What QUIC negotiates, in OpenSSL's words (the ones HandshakeFacts.protocol holds for TCP).
 QUIC_PROTOCOL = "TLSv1.3"
 # aioquic's failure words for a certificate it would not accept; its reason phrase carries OpenSSL's text after them.

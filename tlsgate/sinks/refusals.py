@@ -13,6 +13,8 @@ import re
 from collections import OrderedDict
 from typing import Protocol
 
+from tlsgate.tls.recent import Recent
+
 
 class Peer(Protocol):
     """A client connection as far as this module cares: mitmproxy's `connection.Client` is one."""
@@ -52,7 +54,7 @@ class RefusalReasons(logging.Filter):
     def __init__(self, capacity: int = 1024) -> None:
         super().__init__()
         self.capacity = capacity
-        self._pending: OrderedDict[tuple[str, int, str], str] = OrderedDict()
+        self._pending: Recent[tuple[str, int, str], str] = Recent(capacity)
         self._quic_ids: OrderedDict[str, str] = OrderedDict()
 
     def note(self, client: Peer, side: str, host: str, check: str, rule: str, detail: str) -> None:
@@ -60,13 +62,10 @@ class RefusalReasons(logging.Filter):
         if not client.peername:
             return
         key = (str(client.peername[0]), int(client.peername[1]), side)
-        self._pending[key] = f"tlsgate refused {host}: {check} (rule {rule}): {detail}"
-        self._pending.move_to_end(key)
-        while len(self._pending) > self.capacity:
-            self._pending.popitem(last=False)
+        self._pending.put(key, f"tlsgate refused {host}: {check} (rule {rule}): {detail}")
 
     def reason(self, client: Peer, side: str) -> str | None:
-        return self._pending.get((str(client.peername[0]), int(client.peername[1]), side)) if client.peername else None
+        return self._pending.peek((str(client.peername[0]), int(client.peername[1]), side)) if client.peername else None
 
     def note_quic_id(self, connection_id: str, reason: str) -> None:
         """aioquic's lines name a connection by its original destination connection ID (hex), not by client."""
@@ -77,7 +76,7 @@ class RefusalReasons(logging.Filter):
     def forget(self, client: Peer) -> None:
         if self._pending and client.peername:
             for side in ("Server", "Client"):
-                self._pending.pop((str(client.peername[0]), int(client.peername[1]), side), None)
+                self._pending.pop((str(client.peername[0]), int(client.peername[1]), side))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "quic":
@@ -90,19 +89,19 @@ class RefusalReasons(logging.Filter):
         if failed is not None:
             side = failed["side"]
             # The server's reason is kept for the client side's "Unable to establish ... with server" line.
-            reason = self._pending.get((*address, side)) if side == "Server" else self._pending.pop((*address, side), None)
+            reason = self._pending.peek((*address, side)) if side == "Server" else self._pending.pop((*address, side))
             if reason is not None:
                 record.msg, record.args = f"{side} {record.msg.split(' ', 2)[1]} handshake failed: {reason}", ()
             return True
         unreached = SERVER_UNREACHED.match(record.msg)
         if unreached is not None:
-            reason = self._pending.pop((*address, "Server"), None)
+            reason = self._pending.pop((*address, "Server"))
             if reason is not None:
                 rest = record.msg[unreached.end() :]
                 record.msg, record.args = f"{unreached['head']}({reason}). {rest}", ()
             return True
         if NO_QUIC_CONTEXT.match(record.msg):
-            reason = self._pending.pop((*address, "Client"), None)
+            reason = self._pending.pop((*address, "Client"))
             if reason is not None:
                 record.msg, record.args = f"Client QUIC handshake failed: {reason}", ()
         return True

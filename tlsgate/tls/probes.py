@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -49,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tlsgate.tls.protocol_probes import PROTOCOL_PROBE_KINDS
+from tlsgate.tls.recent import Recent
 from tlsgate.tls.x509build import key_usage, self_signed_ca
 
 # Certificate and chain probes (issue 23), one line per kind.
@@ -154,7 +154,7 @@ class ProbeMint:
         self.ca_key = ca_key
         self.ca_cert = ca_cert
         self.capacity = capacity
-        self._cache: OrderedDict[tuple[str, str], ProbeCertificate] = OrderedDict()
+        self._cache: Recent[tuple[str, str], ProbeCertificate] = Recent(capacity)
         self._leaf_key: rsa.RSAPrivateKey | None = None
         self._stranger: tuple[rsa.RSAPrivateKey, x509.Certificate] | None = None
         # Made on first use, like the leaf key: the intermediates' two keys (the second CA below a pathLen 0 one
@@ -169,12 +169,9 @@ class ProbeMint:
         key = (host, kind)
         cached = self._cache.get(key)
         if cached is not None:
-            self._cache.move_to_end(key)
             return cached
         probe = self._make(host, kind, now or dt.datetime.now(dt.UTC))
-        self._cache[key] = probe
-        while len(self._cache) > self.capacity:
-            self._cache.popitem(last=False)
+        self._cache.put(key, probe)
         return probe
 
     def __len__(self) -> int:

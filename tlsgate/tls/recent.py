@@ -36,6 +36,14 @@ class Recent[K: Hashable, V]:
             self._entries.move_to_end(key)
         return value
 
+    def peek(self, key: K) -> V | None:
+        """The value for `key` without making it recent: reading a memory is not using the entry."""
+        return self._entries.get(key)
+
+    def pop(self, key: K) -> V | None:
+        """Forget `key` now (without `forget`): its owner is done with it."""
+        return self._entries.pop(key, None)
+
     def put(self, key: K, value: V) -> None:
         self._entries[key] = value
         self._entries.move_to_end(key)
@@ -50,6 +58,10 @@ class Recent[K: Hashable, V]:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __iter__(self) -> Iterator[K]:
+        """The keys, least recent first (a copy: the owner may use entries while walking them)."""
+        return iter(list(self._entries))
 
     def values(self) -> Iterator[V]:
         return iter(list(self._entries.values()))
