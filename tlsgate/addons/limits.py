@@ -16,9 +16,12 @@ from collections import Counter
 
 from mitmproxy import connection, ctx, exceptions
 
+from tlsgate.tls.recent import Recent
+
 logger = logging.getLogger("tlsgate.limits")
 
 DEFAULT_MAX_CLIENT_CONNECTIONS = 512
+MAX_SAID = 4096  # addresses whose last refusal log time is remembered; a forgotten one may be logged again sooner
 
 
 def raise_fd_limit() -> tuple[int, int]:
@@ -38,7 +41,7 @@ class ClientLimits:
     def __init__(self) -> None:
         self.open: Counter[str] = Counter()
         self._counted: weakref.WeakSet[connection.Client] = weakref.WeakSet()
-        self._said: dict[str, float] = {}
+        self._said: Recent[str, float] = Recent(MAX_SAID)  # address -> when its refusal was last logged
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -65,8 +68,9 @@ class ClientLimits:
         if cap and self.open[address] >= cap:
             client.error = f"tlsgate: {address} already holds {cap} connections (tlsgate_max_client_connections)"
             now = time.monotonic()
-            if now - self._said.get(address, -60.0) >= 60:
-                self._said[address] = now
+            last = self._said.peek(address)
+            if last is None or now - last >= 60:
+                self._said.put(address, now)
                 logger.warning(f"{client.error}; refusing more until some close")
             return
         self.open[address] += 1
