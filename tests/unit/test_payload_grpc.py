@@ -187,17 +187,16 @@ def test_fuzzed_bodies_never_raise_and_stay_within_their_bounds(
     scan(fields, host="fuzz.test", namer=".".join)
 
 
-def test_random_bytes_that_happen_to_parse_as_protobuf_are_judged_as_bytes_too() -> None:
+def test_random_bytes_reach_the_detectors_whole_but_for_the_rare_few_that_read_as_a_message() -> None:
+    """Ciphertext in a bytes field is judged as bytes; random bytes that happen to parse as protobuf (about 0.1%
+    of 48-byte values) are judged whole as well unless they read as a real message would (a field spanning
+    half of them): README states the rate this measures (below 0.1% of values)."""
     rng = random.Random(24)
-    parsed = 0
-    for _ in range(4000):
-        value = rng.randbytes(48)
-        if grpc.parse(value, grpc.Counter(), strict=True) is None:
-            continue
-        parsed += 1
-        found = leaves(GRPC, grpc.frame(grpc.encode([(5, value)])))
-        assert found.get("grpc[0].5") == value, "ciphertext that parses must still reach the detectors whole"
-    assert parsed > 0
+    values = [rng.randbytes(size) for size in (16, 32, 48, 64) for _ in range(5000)]
+    missed = [v for v in values if leaves(GRPC, grpc.frame(grpc.encode([(5, v)]))).get("grpc[0].5") != v]
+    parsed = [v for v in values if grpc.parse(v, grpc.Counter(), strict=True) is not None]
+    assert len(parsed) > len(missed) > 0  # the guard recovers some, and the rate below is a real measurement
+    assert len(missed) / len(values) < 0.001, len(missed)  # 13 of 20,000 (0.065%) for this seed
 
 
 # -- the answer a blocked call gets ---------------------------------------------------------------------
