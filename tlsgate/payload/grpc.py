@@ -171,7 +171,7 @@ class Counter:
         self.deep = False  # MAX_DEPTH reached
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int] | None:
+def _varint(data: memoryview, pos: int) -> tuple[int, int] | None:
     value = shift = 0
     for index in range(pos, min(pos + 10, len(data))):
         byte = data[index]
@@ -182,10 +182,10 @@ def _varint(data: bytes, pos: int) -> tuple[int, int] | None:
     return None  # ran past the data, or longer than 10 bytes
 
 
-Entry = tuple[int, int, int | bytes]  # (field number, wire type, value)
+Entry = tuple[int, int, int | memoryview]  # (field number, wire type, value: a view into the message, not a copy)
 
 
-def parse(data: bytes, counter: Counter, strict: bool) -> tuple[list[Entry], int] | None:
+def parse(message: bytes | memoryview, counter: Counter, strict: bool) -> tuple[list[Entry], int] | None:
     """One level of a protobuf message: its entries, and how many bytes they took (all of them, or up to the
     first byte that did not parse).
 
@@ -194,6 +194,7 @@ def parse(data: bytes, counter: Counter, strict: bool) -> tuple[list[Entry], int
     first byte that does not parse, None only when not even one does. Groups (deprecated, wire types 3 and
     4) are refused: no current encoder writes them, and random bytes would otherwise nest as deep as they like.
     """
+    data = memoryview(message)  # values are views: nesting costs no copies, whatever the depth
     entries: list[Entry] = []
     pos, size = 0, len(data)
     while pos < size:
@@ -208,7 +209,7 @@ def parse(data: bytes, counter: Counter, strict: bool) -> tuple[list[Entry], int
         number, wire = key >> 3, key & 7
         if number == 0 or number >= 1 << 29 or (strict and number > MAX_FIELD_NUMBER):
             break
-        value: int | bytes
+        value: int | memoryview
         if wire == VARINT:
             read = _varint(data, after)
             if read is None:
@@ -237,9 +238,9 @@ def parse(data: bytes, counter: Counter, strict: bool) -> tuple[list[Entry], int
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def text_of(value: bytes) -> str | None:
+def text_of(value: bytes | memoryview) -> str | None:
     try:
-        return value.decode("utf-8")
+        return str(value, "utf-8")
     except UnicodeDecodeError:
         return None
 
@@ -263,7 +264,7 @@ def _maybe_random(value: bytes, entries: list[Entry]) -> bool:
     if not cipher_shaped(value):
         return False
     for _, wire, child in entries:
-        if wire == LENGTH and isinstance(child, bytes) and len(child) >= 4:
+        if wire == LENGTH and not isinstance(child, int) and len(child) >= 4:
             if 2 * len(child) >= len(value):
                 return False
             text = text_of(child)
@@ -275,7 +276,7 @@ def _maybe_random(value: bytes, entries: list[Entry]) -> bool:
 def walk(message: bytes, path: tuple[str, ...], counter: Counter, cut: bool = False) -> Iterator[Leaf] | None:
     """The leaves of one gRPC message in wire order, or None when its bytes are not protobuf (then the caller
     judges them as bytes). `cut`: the message was cut at the limit, so its last leaf may be a piece only."""
-    top = parse(message, counter, strict=False)
+    top = parse(message, counter, strict=False)  # a view of `message`: the leaves copy only what they hand on
     if top is None:
         return None
     entries, consumed = top
@@ -309,13 +310,13 @@ def _leaves(
         else:
             nested = parse(value, counter, strict=True)
         if nested is not None:
-            if _maybe_random(value, nested[0]):  # random bytes parse as protobuf now and then: judged as bytes too
-                yield Leaf(here, raw=value)
+            if _maybe_random(bytes(value), nested[0]):  # random bytes parse as protobuf now and then: as bytes too
+                yield Leaf(here, raw=bytes(value))
             stack.append((nested[0], 0, here, depth + 1))
         elif text is not None and text.replace("\r", "").replace("\n", "").replace("\t", "").isprintable():
             yield Leaf(here, text)
         else:
-            yield Leaf(here, raw=value)
+            yield Leaf(here, raw=bytes(value))
     if consumed < len(message):  # the bytes after the last field that parsed: a message cut at the limit, or not protobuf
         yield Leaf((*path, "rest"), raw=message[consumed:], cut=cut)
 
