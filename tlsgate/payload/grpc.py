@@ -255,14 +255,12 @@ class Leaf:
     cut: bool = False
 
 
-def _maybe_random(value: bytes, entries: list[Entry]) -> bool:
+def _maybe_random(value: memoryview, entries: list[Entry]) -> bool:
     """Whether a value that parsed as a nested message may be ciphertext after all: it looks random, and none of
     its fields is a word of text or most of the value. Real nested messages carry names, keys or paths (a map
     entry's key, a document's name), or wrap one large value (a ciphertext beside its timestamp: the ciphertext
     is judged on its own); random bytes that happen to parse carry no 4-character text field but by 2% chance,
     and seldom one field that spans half of them."""
-    if not cipher_shaped(value):
-        return False
     for _, wire, child in entries:
         if wire == LENGTH and not isinstance(child, int) and len(child) >= 4:
             if 2 * len(child) >= len(value):
@@ -270,7 +268,7 @@ def _maybe_random(value: bytes, entries: list[Entry]) -> bool:
             text = text_of(child)
             if text is not None and _CONTROL.search(text) is None:
                 return False
-    return True
+    return cipher_shaped(bytes(value))  # last: the costliest test
 
 
 def walk(message: bytes, path: tuple[str, ...], counter: Counter, cut: bool = False) -> Iterator[Leaf] | None:
@@ -310,7 +308,7 @@ def _leaves(
         else:
             nested = parse(value, counter, strict=True)
         if nested is not None:
-            if _maybe_random(bytes(value), nested[0]):  # random bytes parse as protobuf now and then: as bytes too
+            if _maybe_random(value, nested[0]):  # random bytes parse as protobuf now and then: as bytes too
                 yield Leaf(here, raw=bytes(value))
             stack.append((nested[0], 0, here, depth + 1))
         elif text is not None and text.replace("\r", "").replace("\n", "").replace("\t", "").isprintable():
