@@ -293,3 +293,33 @@ def test_an_ordinary_grpc_call_passes(inspector: tuple[PayloadInspector, Path]) 
     addon, findings = inspector
     flow = run(addon, grpc_flow(grpc.frame(listen_request()) * 3))
     assert flow.response is None and (not findings.exists() or findings.read_text() == "")
+
+
+def test_a_network_fault_on_a_grpc_call_is_unavailable_or_deadline_exceeded_not_a_502_page() -> None:
+    from tlsgate.addons.verdicts import block_response
+    from tlsgate.sinks.findings import Finding
+
+    def fault(kind: str) -> Finding:
+        return Finding(
+            "fault", "failed", "high", "api.test", 443, None, "policy.yaml:2", "upstream reset", evidence={"kind": kind}
+        )
+
+    assert block_response(fault("reset"), "", "application/grpc").headers["grpc-status"] == "14"
+    timed_out = block_response(fault("timeout"), "", "application/grpc-web+proto")
+    assert timed_out.status_code == 200 and timed_out.headers["grpc-status"] == "4"
+    assert unquote(timed_out.headers["grpc-message"]).startswith("tlsgate: upstream failed for api.test")
+    assert block_response(fault("timeout"), "", "application/json").status_code == 504  # not gRPC: as before
+
+
+def test_an_exception_while_judging_a_grpc_call_refuses_it_with_a_grpc_status(
+    inspector: tuple[PayloadInspector, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    addon, findings = inspector
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("parser bug")
+
+    monkeypatch.setattr(grpc, "frames", broken)
+    flow = run(addon, grpc_flow(grpc.frame(listen_request())))
+    assert flow.response is not None and flow.response.headers["grpc-status"] == "7"
+    assert "check_failed" in findings.read_text()
