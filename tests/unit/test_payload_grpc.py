@@ -323,3 +323,17 @@ def test_an_exception_while_judging_a_grpc_call_refuses_it_with_a_grpc_status(
     flow = run(addon, grpc_flow(grpc.frame(listen_request())))
     assert flow.response is not None and flow.response.headers["grpc-status"] == "7"
     assert "check_failed" in findings.read_text()
+
+
+def test_seeded_identifiers_are_found_in_protobuf_fields_hashed_or_plain() -> None:
+    import hashlib
+
+    from tlsgate.payload.identifiers import SeedIndex
+
+    forms = SeedIndex(
+        {"p": {"email": ("Tester.Person@example.com",), "advertising_id": ("38400000-8cf0-11bd-b23e-10b96e40000d",)}}
+    ).forms_for("p")
+    digest = hashlib.sha256(b"tester.person@example.com").digest()  # its hex in a string field, as ad SDKs hash emails
+    message = grpc.encode([(1, grpc.encode([(2, "38400000-8cf0-11bd-b23e-10b96e40000d")])), (3, digest.hex()), (4, "home")])
+    found = scan(body_fields(GRPC, grpc.frame(message)), host="ads.test", namer=".".join, forms=forms)
+    assert {(i["kind"], i["field"]) for i in found.identifiers} == {("advertising_id", "grpc[0].1.2"), ("email", "grpc[0].3")}
