@@ -87,7 +87,11 @@ def test_compressed_messages_are_inflated_within_the_limit_and_a_bomb_stops_ther
 
 def test_grpc_web_and_its_base64_text_form_and_trailers_frames() -> None:
     body = grpc.frame(grpc.encode([(1, STRIPE)])) + grpc.frame(b"grpc-status:0\r\n", trailers=True)
-    assert leaves("application/grpc-web+proto", body) == {"grpc[0].1": STRIPE}
+    assert leaves("application/grpc-web+proto", body) == {"grpc[0].1": STRIPE, "grpc[1]": "grpc-status:0"}
+    # nothing hides in or behind a trailers frame: a request has none, so it is read like any message
+    hidden = grpc.frame(f"x-key:{STRIPE}".encode(), trailers=True) + grpc.frame(grpc.encode([(1, STRIPE)]))
+    found = scan(body_fields("application/grpc-web+proto", hidden), host="api.test", namer=".".join)
+    assert {k["field"] for k in found.keys} == {"grpc[0]", "grpc[0].run0", "grpc[1].1"}
     text = base64.b64encode(grpc.frame(grpc.encode([(1, STRIPE)]))) + base64.b64encode(grpc.frame(grpc.encode([(2, "x")])))
     assert leaves("application/grpc-web-text", text) == {"grpc[0].1": STRIPE, "grpc[1].2": "x"}
 

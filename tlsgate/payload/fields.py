@@ -11,6 +11,7 @@ linear C-speed work per byte.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -178,7 +179,8 @@ def _grpc(
             for item in _segments((name,), message, 0, len(message), cut_end=cut):
                 yield item
                 if item is not None and item.raw is None:
-                    yield from _runs(item, runs, budget)
+                    for run in _runs(item, runs, budget):  # named after their message, not `body`
+                        yield run if run is None else dataclasses.replace(run, path=(name, run.path[-1]))
             continue
         for leaf in leaves:
             if count[0] >= MAX_FIELDS:

@@ -96,8 +96,9 @@ def web_text(body: bytes) -> bytes | None:
 def frames(body: bytes, encoding: str, limit: int, complete: bool) -> Frames | None:
     """The length-prefixed messages of a request body, or None when its bytes are not gRPC framing.
 
-    `limit` bounds the bytes all messages inflate to together. A trailers frame (gRPC-Web's flag 0x80) ends
-    the messages: a request has none, and what follows one is not judged as a message. A message the body
+    `limit` bounds the bytes all messages inflate to together. A trailers frame (gRPC-Web's flag 0x80) is
+    taken as one more message: a request has none, so whatever it holds is searched like the rest (nothing
+    hides in or behind one). A message the body
     ends inside is returned as far as it goes, `cut`, when the body was cut at the limit (`complete` False);
     in a whole body it means the bytes are not gRPC framing.
     """
@@ -115,8 +116,6 @@ def frames(body: bytes, encoding: str, limit: int, complete: bool) -> Frames | N
             break
         flag = body[pos]
         length = int.from_bytes(body[pos + 1 : pos + 5], "big")
-        if flag & 0x80:  # gRPC-Web trailers: not part of a request's messages
-            break
         if flag & 0x7E:
             return None
         start, end = pos + 5, pos + 5 + length
@@ -278,6 +277,8 @@ def walk(message: bytes, path: tuple[str, ...], counter: Counter, cut: bool = Fa
     if top is None:
         return None
     entries, consumed = top
+    if consumed < len(message) and not cut and not counter.capped:
+        return None  # a whole message that does not parse whole is not protobuf (text, JSON, another codec)
     return _leaves(entries, consumed, message, path, counter, cut)
 
 
@@ -315,8 +316,13 @@ def _leaves(
             yield Leaf(here, text)
         else:
             yield Leaf(here, raw=bytes(value))
-    if consumed < len(message):  # the bytes after the last field that parsed: a message cut at the limit, or not protobuf
-        yield Leaf((*path, "rest"), raw=message[consumed:], cut=cut)
+    if consumed < len(message):  # the bytes after the last field that parsed: a message cut at the limit
+        rest = bytes(message[consumed:])
+        text = text_of(rest)
+        if text is not None and text.replace("\r", "").replace("\n", "").replace("\t", "").isprintable():
+            yield Leaf((*path, "rest"), text, cut=cut)
+        else:
+            yield Leaf((*path, "rest"), raw=rest, cut=cut)
 
 
 def _encode_varint(value: int) -> bytes:
