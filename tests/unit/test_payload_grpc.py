@@ -28,7 +28,8 @@ from tlsgate.payload import grpc
 from tlsgate.payload.bounds import SEGMENT, Budget
 from tlsgate.payload.fields import MAX_FIELDS, body_field_steps, body_fields
 from tlsgate.payload.scan import scan
-from tlsgate.sinks.blockpage import Block, grpc_answer, grpc_call, percent_encode
+from tlsgate.sinks.blockpage import Block, grpc_answer, percent_encode
+from tlsgate.tls.grpc_calls import grpc_call
 
 STRIPE = "sk" + "_live_" + "51Hx9qLyjWDarjtT1zdp7dcQz"
 GRPC = "application/grpc"

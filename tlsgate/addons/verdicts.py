@@ -27,11 +27,11 @@ from tlsgate.sinks.blockpage import (
     UNAVAILABLE,
     Block,
     grpc_answer,
-    grpc_call,
     render,
 )
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls import mastg
+from tlsgate.tls.grpc_calls import grpc_call
 
 
 def client_label(client: connection.Client | None) -> str | None:

@@ -23,6 +23,7 @@ from tlsgate.payload import grpc
 from tlsgate.payload.bounds import SEGMENT, Budget, windowed
 from tlsgate.payload.decode import TOKEN
 from tlsgate.tls import multipart
+from tlsgate.tls.grpc_calls import grpc_call
 
 MAX_FIELDS = 512
 MAX_DEPTH = 8
@@ -128,7 +129,7 @@ def body_field_steps(
     if not body:
         return
     ctype = content_type.split(";", 1)[0].strip().lower()
-    if (kind := grpc.grpc_kind(ctype)) is not None:
+    if (kind := grpc_call(ctype)) is not None:
         framed = yield from _grpc(kind, body, complete, budget, message_encoding, limit)
         if framed:
             return

@@ -12,7 +12,8 @@ tag bytes below 0x20); else as a nested message when every one of its bytes
 parses as one, without groups and with field numbers below 2^20; else as text
 when it is printable UTF-8 with line breaks; else as bytes. Random bytes parse
 as protobuf now and then (about 0.1% of 48-byte values), so a nested value
-that looks like ciphertext is judged as bytes as well. So ciphertext in a
+that looks like ciphertext, with no text field and none spanning half of it,
+is judged as bytes as well (`_maybe_random`). So ciphertext in a
 `bytes` field reaches the ECB detector as bytes, a base64 token in a `string`
 field reaches it as text, and a nested message's fields have paths of their
 own (`grpc[0].3.1`: message 0, field 3, its field 1; a repeated field's values
@@ -42,22 +43,6 @@ MAX_MESSAGES = 1024  # messages framed per body; the rest is searched as bytes
 MAX_PARSED = 4096  # protobuf fields parsed per body, across messages and nesting levels
 MAX_DEPTH = 16  # nesting levels walked (Firestore's Write > Document > map > Value > ... is about 10)
 MAX_FIELD_NUMBER = 1 << 20  # a nested message with a larger field number is taken for bytes (real schemas stay far below)
-
-WEB_TYPES = ("application/grpc-web", "application/grpc-web+proto")
-WEB_TEXT_TYPES = ("application/grpc-web-text", "application/grpc-web-text+proto")
-NATIVE_PREFIX = "application/grpc"
-
-
-def grpc_kind(content_type: str) -> str | None:
-    """ "grpc", "grpc-web" or "grpc-web-text" for a gRPC content type (any codec suffix), else None."""
-    ctype = content_type.split(";", 1)[0].strip().lower()
-    if ctype.startswith("application/grpc-web-text"):
-        return "grpc-web-text"
-    if ctype.startswith("application/grpc-web"):
-        return "grpc-web"
-    if ctype == NATIVE_PREFIX or ctype.startswith(NATIVE_PREFIX + "+"):
-        return "grpc"
-    return None
 
 
 @dataclass

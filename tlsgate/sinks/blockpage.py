@@ -82,18 +82,6 @@ class GrpcAnswer:
     body: bytes
 
 
-def grpc_call(content_type: str) -> str | None:
-    """ "grpc", "grpc-web" or "grpc-web-text" when the request is a gRPC call, by its content type."""
-    ctype = content_type.split(";", 1)[0].strip().lower()
-    if ctype.startswith("application/grpc-web-text"):
-        return "grpc-web-text"
-    if ctype.startswith("application/grpc-web"):
-        return "grpc-web"
-    if ctype == "application/grpc" or ctype.startswith("application/grpc+"):
-        return "grpc"
-    return None
-
-
 def grpc_message(block: Block) -> str:
     """What the client library shows as the error's details: check, host, rule, why and what to change."""
     fault = block.check == "fault"
@@ -108,7 +96,7 @@ def percent_encode(text: str) -> str:
 
 
 def grpc_answer(block: Block, call: str, status: int) -> GrpcAnswer:
-    """The answer for a gRPC call `call` (see `grpc_call`) with gRPC status `status`."""
+    """The answer for a gRPC call of kind `call` (`tlsgate.tls.grpc_calls.grpc_call`) with gRPC status `status`."""
     message = percent_encode(grpc_message(block))
     fields = {"grpc-status": str(status), "grpc-message": message}
     if call == "grpc":
