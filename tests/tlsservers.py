@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.certgen import Issued, write_server_files
 from tests.harness import Upstream
@@ -140,3 +141,103 @@ class TlsliteServer:
 
     def stop(self) -> None:
         self._sock.close()
+
+
+class GrpcServer:
+    """A real grpcio server over TLS (ALPN h2) with one generic service on raw bytes: it records every request
+    message that reached it and answers with a small message of its own. No .proto is compiled: the tests
+    build protobuf wire bytes themselves (`tlsgate.payload.grpc.encode`)."""
+
+    SERVICE = "demo.Sync"
+
+    def __init__(self, cert_file: Path, key_file: Path) -> None:
+        import concurrent.futures
+
+        import grpc
+
+        self.received: list[tuple[str, bytes]] = []
+        self.metadata: list[dict[str, str]] = []
+
+        def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self.received.append(("Push", request))
+            self.metadata.append({k: str(v) for k, v in context.invocation_metadata()})
+            return b"\x08\x01"  # {1: 1}
+
+        def client_stream(requests: Any, context: grpc.ServicerContext) -> bytes:
+            for request in requests:
+                self.received.append(("Upload", request))
+            return b"\x08\x02"
+
+        handler = grpc.method_handlers_generic_handler(
+            self.SERVICE,
+            {
+                "Push": grpc.unary_unary_rpc_method_handler(unary),
+                "Upload": grpc.stream_unary_rpc_method_handler(client_stream),
+            },
+        )
+        self._server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
+        self._server.add_generic_rpc_handlers((handler,))
+        credentials = grpc.ssl_server_credentials([(key_file.read_bytes(), cert_file.read_bytes())])
+        self.port = self._server.add_secure_port("127.0.0.1:0", credentials)
+
+    def start(self) -> GrpcServer:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop(grace=None)
+
+
+class NginxH2:
+    """nginx serving HTTPS with HTTP/2 (`listen ... ssl http2`), answering every request `200 ok` and logging
+    each request line it received, so a test can say what reached it. h2c (cleartext HTTP/2 by prior
+    knowledge) with `h2c=True`."""
+
+    def __init__(self, directory: Path, cert_file: Path, key_file: Path, h2c: bool = False) -> None:
+        import socket as _socket
+
+        self.directory = directory
+        self.log = directory / "access.log"
+        with _socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        listen = f"listen 127.0.0.1:{self.port} http2;" if h2c else f"listen 127.0.0.1:{self.port} ssl http2;"
+        tls = "" if h2c else f"ssl_certificate {cert_file}; ssl_certificate_key {key_file};"
+        (directory / "nginx.conf").write_text(
+            f"worker_processes 1; pid {directory}/nginx.pid; error_log {directory}/error.log;\n"
+            "events { worker_connections 64; }\n"
+            "http {\n"
+            f"  client_body_temp_path {directory}/body; proxy_temp_path {directory}/proxy;\n"
+            f"  fastcgi_temp_path {directory}/fcgi; uwsgi_temp_path {directory}/uwsgi; scgi_temp_path {directory}/scgi;\n"
+            f"  log_format plain '$request $server_protocol'; access_log {self.log} plain;\n"
+            f"  server {{ {listen} {tls} location / {{ return 200 'ok\\n'; }} }}\n"
+            "}\n"
+        )
+        self._proc: Any = None
+
+    def start(self) -> NginxH2:
+        import subprocess
+        import time
+
+        self._proc = subprocess.Popen(
+            ["nginx", "-p", str(self.directory), "-c", str(self.directory / "nginx.conf"), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"nginx did not listen: {(self.directory / 'error.log').read_text()}")
+
+    def requests(self) -> list[str]:
+        """Each request line nginx received, with its protocol: "POST /path HTTP/2.0 HTTP/2.0"."""
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)

@@ -69,6 +69,11 @@ MAX_LOOKS = 64  # client chunks a stream is looked at before it is judged on wha
 UPGRADING = ("smtp", "imap", "pop3", "ftp", "xmpp")  # text protocols with STARTTLS: a chunk opening a TLS record is one
 
 
+def h2c_preface(request: http.Request) -> bool:
+    """The HTTP/2 connection preface mitmproxy's HTTP/1 reader makes of a prior-knowledge h2c client."""
+    return request.method == "PRI" and request.path == "*" and request.http_version == "HTTP/2.0"
+
+
 class CleartextGuard:
     def __init__(self, connections: Connections, sink: FindingsSink) -> None:
         self.connections = connections
@@ -76,11 +81,22 @@ class CleartextGuard:
         self.strips = StripSchedule()  # `cleartext: {strip_starttls: true}`: which streams still get stripped
 
     @fail_closed
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """The tunnel's name, for what inside it names no host (an h2c preface has no :authority yet)."""
+        state = self.connections.of(flow.client_conn)
+        if state is not None and state.connect_host is None:
+            state.connect_host = flow.request.host
+
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """A request whose body mitmproxy may stream (large or chunked) is decided now: the `request` hook
         would only run after the body went upstream, and a 64 MiB POST to a blocked URL was read whole before
-        its 403. Small bodies (the logins apps post) are read first, so the finding names their credentials."""
-        if body_may_stream(flow.request):
+        its 403. Small bodies (the logins apps post) are read first, so the finding names their credentials.
+
+        HTTP/2 by prior knowledge (h2c: the `PRI * HTTP/2.0` preface) is judged here too, before mitmproxy's
+        DisableH2C kills it in its `request` hook without a word: the finding says why the app's connection
+        closed."""
+        if body_may_stream(flow.request) or h2c_preface(flow.request):
             self._judge(flow, with_body=False)
 
     @fail_closed
@@ -96,13 +112,17 @@ class CleartextGuard:
         state = self.connections.of(flow.client_conn)
         if state is None:
             return
-        match = state.match_for(request_host(flow.request), self.connections.store.policy)
+        h2c = h2c_preface(flow.request)
+        host = (state.connect_host or request_host(flow.request)) if h2c else request_host(flow.request)  # the tunnel's name
+        match = state.match_for(host, self.connections.store.policy)
+        url = f"http://{match.host}:{flow.request.port}/" if h2c else request_url(flow.request)
         facts = CleartextRequest(
             method=flow.request.method,
             websocket=flow.request.headers.get("upgrade", "").lower() == "websocket",
-            redacted_url=redact.redact_url(request_url(flow.request)),
+            redacted_url=redact.redact_url(url),
             credentials=[c.as_dict() for c in credentials_in(flow.request, with_body)],
             user_agent=redact.redact_user_agent(flow.request.headers.get("user-agent", "")),
+            h2c=h2c,
         )
         issue = judge_cleartext(facts, match)
         blocked = issue is not None and decide(issue, match.settings.mode) is Action.BLOCKED
@@ -118,7 +138,11 @@ class CleartextGuard:
         if trigger is not None:
             fallback = judge_fallback(trigger, match.host, flow.request.method, facts.redacted_url, blocked)
             record(self.sink, state, flow.client_conn, fallback, match, flow.request.port)
-        if with_body:
+        if facts.h2c:  # an h2c client reads no HTTP/1 page: its connection is closed, the finding says why
+            mark(flow, finding)
+            if blocked:
+                flow.kill()
+        elif with_body:
             apply(flow, finding)
         else:
             block_at_headers(flow, finding)

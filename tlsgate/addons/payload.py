@@ -34,7 +34,7 @@ import itertools
 import logging
 import time
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from mitmproxy import http
@@ -250,7 +250,7 @@ class PayloadInspector:
             return False
         names: dict[str, str] = {}  # field names repeat (event batches): each is vetted once per request
         found = yield from scan_steps(
-            itertools.chain(fields, body_field_steps(request.headers.get("content-type", ""), data, complete, budget)),
+            itertools.chain(fields, _body_steps(request, data, complete, budget, rules.max_bytes)),
             host=match.host,
             namer=lambda path: shown_path(path, hidden, names),
             ecb=wants["ecb"],
@@ -345,7 +345,7 @@ class PayloadInspector:
             budget = Budget()
             hidden = rules.seeds.all_forms if rules.seeds else []
             found = yield from scan_steps(
-                body_field_steps(response.headers.get("content-type", ""), data, complete, budget),
+                _body_steps(response, data, complete, budget, rules.max_bytes),
                 host=match.host,
                 namer=lambda path: shown_path(path, hidden),
                 secrets=False,
@@ -367,6 +367,14 @@ class PayloadInspector:
         )
         for issue in judge_payload(facts, match):
             record_once(self.sink, _said_key(state, match, issue), state, flow.client_conn, issue, match, flow.request.port)
+
+
+def _body_steps(
+    message: http.Message, data: bytes | bytearray, complete: bool, budget: Budget, limit: int
+) -> Iterator[Field | None]:
+    """A body's fields by its content type; a gRPC body's messages decompressed by its `grpc-encoding`."""
+    ctype, encoding = message.headers.get("content-type", ""), message.headers.get("grpc-encoding", "")
+    return body_field_steps(ctype, data, complete, budget, encoding, limit)
 
 
 def _said_key(state: ConnState, match: Match, issue: Issue) -> tuple[str, ...]:

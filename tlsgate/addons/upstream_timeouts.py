@@ -53,7 +53,7 @@ from tlsgate.addons.mitm_internals import (
     watch_http_streams,
 )
 from tlsgate.addons.state import Connections, request_host, server_host
-from tlsgate.addons.verdicts import answered, block_response, fail_closed, mark, record, upstream_decided
+from tlsgate.addons.verdicts import answer_for, answered, fail_closed, mark, record, upstream_decided
 from tlsgate.checks import faults
 from tlsgate.checks.model import Issue
 from tlsgate.policy.sections.timeouts import TIMEOUTS, TimeoutRules
@@ -214,7 +214,7 @@ class UpstreamTimeouts:
         finding = self._connect_finding(flow.client_conn, flow.server_conn)
         if finding is not None:
             mark(flow, finding)
-            flow.response = block_response(finding, flow.request.headers.get("accept", ""))
+            flow.response = answer_for(finding, flow.request)
 
     def _connect_finding(self, client: connection.Client, server: connection.Server) -> Finding | None:
         faults_of = self.connect_faults.get(client)
@@ -418,7 +418,7 @@ class UpstreamTimeouts:
         if finding is None:
             return None
         mark(flow, finding)
-        return block_response(finding, flow.request.headers.get("accept", ""))
+        return answer_for(finding, flow.request)
 
     # -- helpers -----------------------------------------------------------------------------------
 

@@ -21,9 +21,17 @@ from tlsgate.addons.state import ConnState
 from tlsgate.checks.fallback import Trigger, is_trigger, request_key
 from tlsgate.checks.model import Action, Check, Effect, Issue, Severity, decide
 from tlsgate.policy import Match
-from tlsgate.sinks.blockpage import Block, render
+from tlsgate.sinks.blockpage import (
+    DEADLINE_EXCEEDED,
+    PERMISSION_DENIED,
+    UNAVAILABLE,
+    Block,
+    grpc_answer,
+    render,
+)
 from tlsgate.sinks.findings import Finding
 from tlsgate.tls import mastg
+from tlsgate.tls.grpc_calls import grpc_call
 
 
 def client_label(client: connection.Client | None) -> str | None:
@@ -159,7 +167,7 @@ FLOW_MARKS: dict[str, str] = {Action.BLOCKED: ":no_entry:", Action.FAILED: ":war
 def block(flow: http.HTTPFlow, finding: Finding) -> None:
     """Answer the request here: it never reaches the upstream."""
     mark(flow, finding)
-    flow.response = block_response(finding, flow.request.headers.get("accept", ""))
+    flow.response = answer_for(finding, flow.request)
 
 
 BODY_SAMPLE = 65536  # the most of a body any check reads (redact.body_credentials)
@@ -205,11 +213,32 @@ def apply(flow: http.HTTPFlow, finding: Finding) -> None:
         mark(flow, finding)
 
 
-def block_response(finding: Finding, accept: str) -> http.Response:
+def answer_for(finding: Finding, request: http.Request) -> http.Response:
+    """tlsgate's answer to `request`: by its Accept header (HTML, JSON) or, for a gRPC call, its content type."""
+    return block_response(finding, request.headers.get("accept", ""), request.headers.get("content-type", ""))
+
+
+def block_response(finding: Finding, accept: str, content_type: str = "") -> http.Response:
+    """The block page, or for a gRPC call (by the request's `content_type`) a gRPC status its client can read."""
     page = Block(finding.check, finding.host, finding.rule, finding.detail, finding.remedy, finding.evidence)
+    server = {"Server": f"tlsgate/{__version__} ({version.MITMPROXY})", **page.headers()}
+    call = grpc_call(content_type)
+    if call is not None:
+        answer = grpc_answer(page, call, grpc_status_for(finding))
+        response = http.Response.make(200, answer.body, {**answer.headers, **server})
+        if not answer.body:
+            del response.headers["content-length"]  # trailers-only: HEADERS with END_STREAM, no DATA
+        return response
     body, content_type = render(page, accept)
-    headers = {"Content-Type": content_type, "Server": f"tlsgate/{__version__} ({version.MITMPROXY})", **page.headers()}
+    headers = {"Content-Type": content_type, **server}
     return http.Response.make(status_for(finding), body, headers)
+
+
+def grpc_status_for(finding: Finding) -> int:
+    """PERMISSION_DENIED for a verdict; a network fault is UNAVAILABLE (DEADLINE_EXCEEDED on a timeout), as 502/504."""
+    if finding.action != Action.FAILED:
+        return PERMISSION_DENIED
+    return DEADLINE_EXCEEDED if finding.evidence.get("kind") == "timeout" else UNAVAILABLE
 
 
 def status_for(finding: Finding) -> int:

@@ -23,13 +23,14 @@ class CleartextRequest:
     redacted_url: str
     credentials: list[dict[str, str]] = field(default_factory=list)  # {"kind", "name"} each
     user_agent: str = ""
+    h2c: bool = False  # HTTP/2 by prior knowledge (the `PRI *` preface), inside a tunnel or on a port the app chose
 
 
 def judge_cleartext(request: CleartextRequest, match: Match) -> Issue | None:
     if cleartext_for(CLEARTEXT.get(match.settings), "http") is Cleartext.ALLOW:
         return None
     scheme = "ws" if request.websocket else "http"
-    detail = f"plain {scheme}:// request to {match.host} ({request.method})"
+    detail = f"plain {scheme}:// request to {match.host} ({'HTTP/2 by prior knowledge, h2c' if request.h2c else request.method})"
     if request.credentials:
         detail += f" carrying credentials in cleartext: {', '.join(sorted({c['kind'] for c in request.credentials}))}"
     evidence: dict[str, Any] = {
@@ -39,6 +40,8 @@ def judge_cleartext(request: CleartextRequest, match: Match) -> Issue | None:
         "credentials": request.credentials,
         "user_agent": request.user_agent[:200],
     }
+    if request.h2c:
+        evidence["h2c"] = True
     return Issue(
         Check.CLEARTEXT,
         f"plain_{scheme}",

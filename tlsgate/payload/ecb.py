@@ -53,6 +53,8 @@ def cipher_shaped(data: bytes) -> bool:
     Text, BCD digits, packed small integers and structured binary fail; uniformly random values fail with
     probability about 10^-4, mostly by starting with a file's magic number (a unit test measures it).
     """
+    if len(data) < BLOCK:  # less than a block is never one (gRPC's 8-byte span IDs, short bytes fields): no look
+        return False
     if file_format(data) is not None or _utf8_text(data[:SHAPE_SAMPLE], cut=len(data) > SHAPE_SAMPLE):
         return False
     sample = distinct_blocks(data[zero_iv(data) :])  # an all-zero IV or nonce sent in front is not what is judged

@@ -11,16 +11,19 @@ linear C-speed work per byte.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
+from tlsgate.payload import grpc
 from tlsgate.payload.bounds import SEGMENT, Budget, windowed
 from tlsgate.payload.decode import TOKEN
 from tlsgate.tls import multipart
+from tlsgate.tls.grpc_calls import grpc_call
 
 MAX_FIELDS = 512
 MAX_DEPTH = 8
@@ -86,12 +89,27 @@ def header_fields(headers: Iterable[tuple[str, str]]) -> list[Field]:
     return out[:MAX_FIELDS]
 
 
-def body_fields(content_type: str, body: bytes | bytearray, complete: bool = True, budget: Budget | None = None) -> list[Field]:
+def body_fields(
+    content_type: str,
+    body: bytes | bytearray,
+    complete: bool = True,
+    budget: Budget | None = None,
+    message_encoding: str = "",
+    limit: int = SEGMENT,
+) -> list[Field]:
     """Structured bodies by their fields; anything else as one `body` field plus the blob-shaped runs in it."""
-    return [f for f in body_field_steps(content_type, body, complete, budget or Budget()) if f is not None]
+    steps = body_field_steps(content_type, body, complete, budget or Budget(), message_encoding, limit)
+    return [f for f in steps if f is not None]
 
 
-def body_field_steps(content_type: str, body: bytes | bytearray, complete: bool, budget: Budget) -> Iterator[Field | None]:
+def body_field_steps(
+    content_type: str,
+    body: bytes | bytearray,
+    complete: bool,
+    budget: Budget,
+    message_encoding: str = "",
+    limit: int = SEGMENT,
+) -> Iterator[Field | None]:
     """The fields of a body, one at a time, with `None` after each bounded piece of work.
 
     A body of up to `SEGMENT` bytes (every body mitmproxy buffers) is read by
@@ -102,10 +120,19 @@ def body_field_steps(content_type: str, body: bytes | bytearray, complete: bool,
     `SEGMENT` bytes (`Field.segment` counts them). A body cut at the byte
     limit (`complete=False`) is not parsed as JSON (it would not parse); its
     text is searched and its blob-shaped runs decoded.
+
+    A gRPC or gRPC-Web body is read message by message (`tlsgate.payload.grpc`;
+    `message_encoding` is the call's `grpc-encoding`, compressed messages
+    inflate to at most `limit` bytes together); a body whose framing does not
+    hold is judged as the bytes it is.
     """
     if not body:
         return
     ctype = content_type.split(";", 1)[0].strip().lower()
+    if (kind := grpc_call(ctype)) is not None:
+        framed = yield from _grpc(kind, body, complete, budget, message_encoding, limit)
+        if framed:
+            return
     if ctype == "application/x-www-form-urlencoded":
         yield from _form(body, budget, complete)
         return
@@ -121,6 +148,58 @@ def body_field_steps(content_type: str, body: bytes | bytearray, complete: bool,
         yield from _multipart(content_type, body, budget, complete)
         return
     yield from _text(body, budget, complete)
+
+
+def _grpc(
+    kind: str, body: bytes | bytearray, complete: bool, budget: Budget, encoding: str, limit: int
+) -> Generator[Field | None, None, bool]:
+    """Each message's protobuf leaves under `grpc[i]` and its field numbers; a message that is not protobuf (a
+    JSON codec, a custom one) is searched as its text or bytes. False, having yielded nothing, when the body
+    is not gRPC framing."""
+    data = bytes(body)
+    if kind == "grpc-web-text":
+        decoded = grpc.web_text(data)
+        if decoded is None:
+            return False
+        data = decoded
+    framed = grpc.frames(data, encoding, limit, complete)
+    if framed is None:
+        return False
+    yield None
+    budget.capped |= framed.capped
+    counter = grpc.Counter()
+    count = [0]
+    runs = [0]
+    for index, (message, cut) in enumerate(framed.messages):
+        if count[0] >= MAX_FIELDS:
+            budget.capped.add("fields")
+            break
+        name = f"grpc[{index}]"
+        leaves = grpc.walk(message, (name,), counter, cut)
+        if leaves is None:  # not protobuf: its text or bytes, as any other body
+            for item in _segments((name,), message, 0, len(message), cut_end=cut):
+                yield item
+                if item is not None and item.raw is None:
+                    for run in _runs(item, runs, budget):  # named after their message, not `body`
+                        yield run if run is None else dataclasses.replace(run, path=(name, run.path[-1]))
+            continue
+        for leaf in leaves:
+            if count[0] >= MAX_FIELDS:
+                budget.capped.add("fields")
+                break
+            count[0] += 1
+            if leaf.raw is not None and len(leaf.raw) > SEGMENT:
+                yield from _segments(leaf.path, leaf.raw, 0, len(leaf.raw), strip=False, cut_end=leaf.cut)
+            else:
+                yield Field(leaf.path, leaf.text, raw=leaf.raw, cut=leaf.cut)
+        yield None
+    if counter.capped:
+        budget.capped.add("grpc_fields")
+    if counter.deep:
+        budget.capped.add("grpc_depth")
+    if framed.rest:
+        yield from _segments(("grpc", "rest"), framed.rest, 0, len(framed.rest), cut_end=not complete)
+    return True
 
 
 def _json_leaves(
