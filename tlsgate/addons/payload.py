@@ -40,14 +40,34 @@ from typing import Any
 from mitmproxy import http
 
 from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.mitm_internals import close_websockets_on_request
 from tlsgate.addons.state import Connections, ConnState, request_host, request_url
-from tlsgate.addons.verdicts import block, block_at_headers, body_may_stream, fail_closed, mark, record_once, verdict_of
+from tlsgate.addons.verdicts import (
+    block,
+    block_at_headers,
+    block_message,
+    body_may_stream,
+    fail_closed,
+    fail_closed_message,
+    mark,
+    record_once,
+    verdict_of,
+)
 from tlsgate.checks.model import Action, Issue, decide
-from tlsgate.checks.payload import PayloadFacts, judge_payload, rules_of
+from tlsgate.checks.payload import (
+    POLICY_VIOLATION,
+    TO_APP,
+    TO_SERVER,
+    PayloadFacts,
+    close_reason,
+    judge_payload,
+    rules_of,
+)
 from tlsgate.payload.bounds import Budget, Steps, drain, inflate_steps
 from tlsgate.payload.exemptions import exempt_params, without_exempt_keys
 from tlsgate.payload.fields import Field, body_field_steps, header_fields, url_fields
 from tlsgate.payload.identifiers import Form, mask
+from tlsgate.payload.messages import message_field_steps
 from tlsgate.payload.recall import BlockMemory
 from tlsgate.payload.scan import scan_steps
 from tlsgate.policy import Match, Policy
@@ -367,6 +387,88 @@ class PayloadInspector:
         )
         for issue in judge_payload(facts, match):
             record_once(self.sink, _said_key(state, match, issue), state, flow.client_conn, issue, match, flow.request.port)
+
+    # -- WebSocket messages -------------------------------------------------------------------------
+
+    def load(self, loader: object) -> None:
+        close_websockets_on_request()  # so a blocked message can end its connection with a close code
+
+    @fail_closed_message
+    def websocket_message(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Every message, either way, judged like a request body before mitmproxy relays it (it waits for this
+        hook, and for the coroutine a long scan hands it): the first `max_bytes` bytes of the reassembled message.
+
+        What the app sends can be blocked: the message is held back and both sides get a 1008 close naming the
+        rule. What the server sends is recorded: it has been sent, and what must change is the crypto of both.
+        """
+        if flow.websocket is None or not flow.websocket.messages:
+            return None
+        message = flow.websocket.messages[-1]
+        if message.injected:
+            return None  # written by the tester (`inject.websocket`), not by the app
+        state = self.connections.of(flow.client_conn)
+        if state is None:
+            return None
+        match = state.match_for(request_host(flow.request), self.connections.store.policy)
+        rules = rules_of(match)
+        self._mask_seeded(rules)
+        if rules.off:
+            return None
+        index = len(flow.websocket.messages) - 1
+        return stepped(self._message_steps(flow, index, state, match, rules), "websocket message")
+
+    def _message_steps(self, flow: http.HTTPFlow, index: int, state: ConnState, match: Match, rules: PayloadRules) -> Steps[None]:
+        assert flow.websocket is not None
+        message = flow.websocket.messages[index]
+        to_server = message.from_client
+        wants = {check: rules.action(check) is not PayloadAction.IGNORE for check in ("ecb", "secrets", "identifiers")}
+        if not (wants["ecb"] or wants["secrets"] or wants["identifiers"]):
+            return
+        forms = rules.seeds.forms_for(state.device) if to_server and wants["identifiers"] and rules.seeds else []
+        hidden = rules.seeds.all_forms if rules.seeds else []
+        content = message.content
+        complete = len(content) <= rules.max_bytes
+        data = content if complete else content[: rules.max_bytes]
+        budget = Budget()
+        names: dict[str, str] = {}
+        found = yield from scan_steps(
+            message_field_steps(data, message.is_text, complete, budget),
+            # what the server sends is remembered apart: its values are compared with its own, not the app's
+            host=match.host if to_server else f"{match.host} (from the server)",
+            namer=lambda path: shown_path(path, hidden, names),
+            ecb=wants["ecb"],
+            secrets=wants["secrets"],
+            forms=forms,
+            memory=self.memory,
+            budget=budget,
+            client=client_key(state),
+            body_bytes=len(content),
+        )
+        facts = PayloadFacts(
+            method="WEBSOCKET",
+            url=mask(redact.redact_url(request_url(flow.request)), hidden),
+            direction=TO_SERVER if to_server else TO_APP,
+            inspected_bytes=len(data),
+            body_bytes=len(content),
+            ecb=found.ecb,
+            deterministic=found.deterministic,
+            unsigned_jwts=found.unsigned_jwts,
+            keys=found.keys,
+            identifiers=found.identifiers,
+            capped=sorted({*found.capped, *(() if complete else ("max_bytes",))}),
+            message={"index": index, "type": "text" if message.is_text else "binary", "bytes": len(content)},
+        )
+        issues = judge_payload(facts, match)
+        refused = None
+        for issue in issues:
+            action = decide(issue, match.settings.mode)
+            key = _said_key(state, match, issue) if action is not Action.BLOCKED else None
+            finding = record_once(self.sink, key, state, flow.client_conn, issue, match, flow.request.port)
+            if finding is not None and action is Action.BLOCKED and refused is None:
+                refused = finding
+        if refused is not None:
+            reason = close_reason(str(refused.evidence.get("kind", "payload")), refused.rule or "the defaults")
+            block_message(flow, refused, POLICY_VIOLATION, reason)
 
 
 def _said_key(state: ConnState, match: Match, issue: Issue) -> tuple[str, ...]:
