@@ -184,3 +184,18 @@ def test_close_reason_fits_a_close_frame_and_keeps_the_line() -> None:
     assert close_reason("ecb", "p.yaml:3") == "tlsgate blocked (ecb) by p.yaml:3"
     wide = close_reason("ecb", "/ü" * 100 + ".yaml:7")
     assert len(wide.encode()) <= CLOSE_REASON_BYTES and wide.endswith(".yaml:7")
+
+
+@pytest.mark.parametrize(
+    ("framed", "field"),
+    [
+        ('42/chat,7["secure",{"ct":"%s"}]', "json.[1].ct"),  # Socket.IO: packet type, namespace, ack id
+        ('{"type":1,"target":"Send","arguments":["%s"]}\x1e{"type":6}\x1e', "json.arguments.[0]"),  # SignalR records
+        ('["1","5","room:1","new_msg",{"ct":"%s"}]', "json.[4].ct"),  # Phoenix
+    ],
+)
+def test_framings_are_taken_off_so_findings_name_the_json_field(gate: Gate, framed: str, field: str) -> None:
+    flow = wss("report.test")
+    gate.send(flow, framed % ecb_b64(REPEATING))
+    (finding,) = gate.findings()
+    assert [item["field"] for item in finding["evidence"]["fields"]] == [field]
