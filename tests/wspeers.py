@@ -119,7 +119,7 @@ class WsClient:
             self.sock.sendall(self.ws.send(event))
 
     def _wait(self, done: object, timeout: float = 20) -> Event | None:
-        check = done  # type: ignore[assignment]
+        check = done
         self.sock.settimeout(timeout)
         while True:
             for event in self.events:

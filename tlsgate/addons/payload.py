@@ -35,6 +35,7 @@ import logging
 import time
 import weakref
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import http
@@ -79,6 +80,22 @@ HEADS_JUDGED = "tlsgate_payload_heads"
 TAP = "tlsgate_payload_tap"
 SLICE = 0.005  # seconds of scanning before the event loop is handed back to every other connection
 HELD_LIMIT = 64 * 1024 * 1024  # body bytes held for inspection at once, beyond what mitmproxy buffers itself
+
+
+WS_NAMES = 1024  # field names whose shown form one WebSocket connection keeps (then starts afresh)
+
+
+@dataclass(slots=True)
+class WsConnection:
+    """Per WebSocket connection, for as long as its flow lives: at most about 1024 names x 200 characters."""
+
+    policy: Policy | None
+    state: ConnState
+    match: Match
+    rules: PayloadRules
+    hidden: list[Form]
+    url: str
+    names: dict[str, str] = field(default_factory=dict)
 
 
 class Holdings:
@@ -154,6 +171,7 @@ class PayloadInspector:
         self.memory = BlockMemory()
         self.holdings = Holdings()
         self._masked: object | None = None  # the seed index whose wire forms the console and logs mask
+        self._ws: weakref.WeakKeyDictionary[http.HTTPFlow, WsConnection] = weakref.WeakKeyDictionary()
         connections.store.subscribe(self._on_reload)
 
     def _on_reload(self, result: str, policy: Policy | None) -> None:
@@ -406,31 +424,46 @@ class PayloadInspector:
         message = flow.websocket.messages[-1]
         if message.injected:
             return None  # written by the tester (`inject.websocket`), not by the app
+        conn = self._ws_connection(flow)
+        if conn is None or conn.rules.off:
+            return None
+        index = len(flow.websocket.messages) - 1
+        return stepped(self._message_steps(flow, index, conn), "websocket message")
+
+    def _ws_connection(self, flow: http.HTTPFlow) -> WsConnection | None:
+        """What every message of one connection shares, worked out once per connection (and again after a policy
+        reload): a flood of small messages must not pay for host matching and URL redaction each time."""
+        policy = self.connections.store.policy
+        conn = self._ws.get(flow)
+        if conn is not None and conn.policy is policy:
+            return conn
         state = self.connections.of(flow.client_conn)
         if state is None:
             return None
-        match = state.match_for(request_host(flow.request), self.connections.store.policy)
+        match = state.match_for(request_host(flow.request), policy)
         rules = rules_of(match)
         self._mask_seeded(rules)
-        if rules.off:
-            return None
-        index = len(flow.websocket.messages) - 1
-        return stepped(self._message_steps(flow, index, state, match, rules), "websocket message")
+        hidden = rules.seeds.all_forms if rules.seeds else []
+        url = mask(redact.redact_url(request_url(flow.request)), hidden)
+        conn = self._ws[flow] = WsConnection(policy, state, match, rules, hidden, url)
+        return conn
 
-    def _message_steps(self, flow: http.HTTPFlow, index: int, state: ConnState, match: Match, rules: PayloadRules) -> Steps[None]:
+    def _message_steps(self, flow: http.HTTPFlow, index: int, conn: WsConnection) -> Steps[None]:
         assert flow.websocket is not None
+        state, match, rules, hidden = conn.state, conn.match, conn.rules, conn.hidden
         message = flow.websocket.messages[index]
         to_server = message.from_client
         wants = {check: rules.action(check) is not PayloadAction.IGNORE for check in ("ecb", "secrets", "identifiers")}
         if not (wants["ecb"] or wants["secrets"] or wants["identifiers"]):
             return
         forms = rules.seeds.forms_for(state.device) if to_server and wants["identifiers"] and rules.seeds else []
-        hidden = rules.seeds.all_forms if rules.seeds else []
         content = message.content
         complete = len(content) <= rules.max_bytes
         data = content if complete else content[: rules.max_bytes]
         budget = Budget()
-        names: dict[str, str] = {}
+        if len(conn.names) > WS_NAMES:
+            conn.names.clear()
+        names = conn.names
         found = yield from scan_steps(
             message_field_steps(data, message.is_text, complete, budget),
             # what the server sends is remembered apart: its values are compared with its own, not the app's
@@ -446,7 +479,7 @@ class PayloadInspector:
         )
         facts = PayloadFacts(
             method="WEBSOCKET",
-            url=mask(redact.redact_url(request_url(flow.request)), hidden),
+            url=conn.url,
             direction=TO_SERVER if to_server else TO_APP,
             inspected_bytes=len(data),
             body_bytes=len(content),
