@@ -199,3 +199,16 @@ def test_framings_are_taken_off_so_findings_name_the_json_field(gate: Gate, fram
     gate.send(flow, framed % ecb_b64(REPEATING))
     (finding,) = gate.findings()
     assert [item["field"] for item in finding["evidence"]["fields"]] == [field]
+
+
+def test_message_indexes_survive_the_trimmed_message_list(gate: Gate) -> None:
+    """mitmproxy keeps every message of a connection; with no capture configured nothing reads them back, so
+    only the newest is kept (a flood must not grow the proxy), and the index still counts every message."""
+    flow = wss("report.test")
+    assert flow.websocket is not None
+    for i in range(30):
+        gate.send(flow, json.dumps({"type": "msg", "n": i}), from_client=i % 2 == 0)
+    assert len(flow.websocket.messages) == 1
+    gate.send(flow, json.dumps({"body": ecb_b64(REPEATING)}))
+    (finding,) = gate.findings()
+    assert finding["evidence"]["websocket"]["index"] == 30

@@ -38,7 +38,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import ctx, http
+from mitmproxy.websocket import WebSocketMessage
 
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.mitm_internals import close_websockets_on_request
@@ -82,12 +83,12 @@ SLICE = 0.005  # seconds of scanning before the event loop is handed back to eve
 HELD_LIMIT = 64 * 1024 * 1024  # body bytes held for inspection at once, beyond what mitmproxy buffers itself
 
 
-WS_NAMES = 1024  # field names whose shown form one WebSocket connection keeps (then starts afresh)
+WS_NAMES = 256  # field names (of at most 128 characters) whose shown form one connection keeps, then starts afresh
 
 
 @dataclass(slots=True)
 class WsConnection:
-    """Per WebSocket connection, for as long as its flow lives: at most about 1024 names x 200 characters."""
+    """Per WebSocket connection, for as long as its flow lives: about 100 KB at most (`WS_NAMES` shown names)."""
 
     policy: Policy | None
     state: ConnState
@@ -95,6 +96,7 @@ class WsConnection:
     rules: PayloadRules
     hidden: list[Form]
     url: str
+    messages: int = 0  # messages seen so far: the next one's index (mitmproxy's list may have been trimmed)
     names: dict[str, str] = field(default_factory=dict)
 
 
@@ -427,8 +429,11 @@ class PayloadInspector:
         conn = self._ws_connection(flow)
         if conn is None or conn.rules.off:
             return None
-        index = len(flow.websocket.messages) - 1
-        return stepped(self._message_steps(flow, index, conn), "websocket message")
+        index = conn.messages
+        conn.messages += 1
+        if not _captured():
+            del flow.websocket.messages[:-1]  # nothing reads past messages back: memory per connection stays flat
+        return stepped(self._message_steps(flow, message, index, conn), "websocket message")
 
     def _ws_connection(self, flow: http.HTTPFlow) -> WsConnection | None:
         """What every message of one connection shares, worked out once per connection (and again after a policy
@@ -445,13 +450,12 @@ class PayloadInspector:
         self._mask_seeded(rules)
         hidden = rules.seeds.all_forms if rules.seeds else []
         url = mask(redact.redact_url(request_url(flow.request)), hidden)
-        conn = self._ws[flow] = WsConnection(policy, state, match, rules, hidden, url)
+        counted = conn.messages if conn is not None else len(flow.websocket.messages) - 1 if flow.websocket else 0
+        conn = self._ws[flow] = WsConnection(policy, state, match, rules, hidden, url, counted)
         return conn
 
-    def _message_steps(self, flow: http.HTTPFlow, index: int, conn: WsConnection) -> Steps[None]:
-        assert flow.websocket is not None
+    def _message_steps(self, flow: http.HTTPFlow, message: WebSocketMessage, index: int, conn: WsConnection) -> Steps[None]:
         state, match, rules, hidden = conn.state, conn.match, conn.rules, conn.hidden
-        message = flow.websocket.messages[index]
         to_server = message.from_client
         wants = {check: rules.action(check) is not PayloadAction.IGNORE for check in ("ecb", "secrets", "identifiers")}
         if not (wants["ecb"] or wants["secrets"] or wants["identifiers"]):
@@ -464,11 +468,15 @@ class PayloadInspector:
         if len(conn.names) > WS_NAMES:
             conn.names.clear()
         names = conn.names
+
+        def namer(path: tuple[str, ...]) -> str:  # only short names are kept: a hostile key must not grow the cache
+            return shown_path(path, hidden, names if all(len(part) <= 128 for part in path) else None)
+
         found = yield from scan_steps(
             message_field_steps(data, message.is_text, complete, budget),
             # what the server sends is remembered apart: its values are compared with its own, not the app's
             host=match.host if to_server else f"{match.host} (from the server)",
-            namer=lambda path: shown_path(path, hidden, names),
+            namer=namer,
             ecb=wants["ecb"],
             secrets=wants["secrets"],
             forms=forms,
@@ -502,6 +510,11 @@ class PayloadInspector:
         if refused is not None:
             reason = close_reason(str(refused.evidence.get("kind", "payload")), refused.rule or "the defaults")
             block_message(flow, refused, POLICY_VIOLATION, reason)
+
+
+def _captured() -> bool:
+    """Whether a capture (`--set save_stream_file=` or `hardump=`) will write each WebSocket message at the end."""
+    return any(getattr(ctx.options, name, None) for name in ("save_stream_file", "hardump"))
 
 
 def _said_key(state: ConnState, match: Match, issue: Issue) -> tuple[str, ...]:
