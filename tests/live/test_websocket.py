@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +18,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from tests.certgen import Chain
-from tests.harness import Tlsgate
+from tests.harness import REPO, Tlsgate
 from tests.wspeers import WsClient, WsServer, server_context, wait_received
 
 POLICY = """\
@@ -135,3 +138,14 @@ def test_ws_cleartext_stays_a_cleartext_verdict(gate: Tlsgate, wss_server: WsSer
     assert not client.upgraded
     (finding,) = gate.wait_findings(1)
     assert (finding["check"], finding["action"], finding["host"]) == ("cleartext", "blocked", "api.test")
+
+
+def test_the_flood_benchmark_runs_and_finds_nothing_in_ordinary_messages() -> None:
+    """benchmarks/websocket.py --quick: every message of the flood arrives through each proxy (speed is printed,
+    not asserted), and the ordinary flood gets no finding."""
+    done = subprocess.run(
+        [sys.executable, "benchmarks/websocket.py", "--quick"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"^\| payload-report \| \d+ \| [\d.]+x \|", done.stdout, re.M), done.stdout
+    assert "findings with inspection on: 0 " in done.stdout

@@ -172,11 +172,12 @@ def judge_payload(facts: PayloadFacts, match: Match) -> list[Issue]:
 
 
 def _where(facts: PayloadFacts, host: str) -> str:
-    index = facts.message.get("index") if facts.message is not None else None
+    """Where the value went, in the detail; a WebSocket message's index is in the evidence only, so the detail (and
+    with it the once-per-detail recording of reported findings) is the same for every message of a habit."""
     if facts.direction == TO_SERVER:
-        return f"WebSocket message {index} from the app to {host}"
+        return f"a WebSocket message from the app to {host}"
     if facts.direction == TO_APP:
-        return f"WebSocket message {index} from {host} to the app"
+        return f"a WebSocket message from {host} to the app"
     return f"{facts.direction} to {host}" if facts.direction == "request" else f"response from {host}"
 
 
