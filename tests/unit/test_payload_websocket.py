@@ -213,3 +213,35 @@ def test_message_indexes_survive_the_trimmed_message_list(gate: Gate) -> None:
     gate.send(flow, json.dumps({"body": ecb_b64(REPEATING)}))
     (finding,) = gate.findings()
     assert finding["evidence"]["websocket"]["index"] == 30
+
+
+def test_a_large_message_is_judged_in_slices_the_event_loop_gets_back(tmp_path: Path) -> None:
+    """A message that takes more than one 5 ms slice is judged by a coroutine mitmproxy awaits (the message is
+    held meanwhile), which hands the loop back between slices: other devices' traffic keeps moving."""
+    policy = POLICY.replace("payload: {identifiers: ignore}", "payload: {identifiers: ignore, max_bytes: 8388608}")
+    with wired(policy.replace("noid.test", "big.test"), tmp_path) as kit:
+        gate = Gate(kit.get(PayloadInspector), kit.findings)
+        flow = wss("big.test")
+        assert flow.websocket is not None
+        big = " ".join(base64.b64encode(bytes([i % 251]) * 48).decode() for i in range(60000))  # ~4 MiB of tokens
+        flow.websocket.messages.append(WebSocketMessage(Opcode.TEXT, True, (ecb_b64(REPEATING) + " " + big).encode()))
+        pending = gate.inspector.websocket_message(flow)
+        assert inspect.isawaitable(pending)  # not judged at once: the rest runs in slices
+
+        async def judge_beside_a_ticker() -> int:
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0)
+                    ticks += 1
+
+            task = asyncio.create_task(ticker())
+            await pending  # type: ignore[misc]
+            task.cancel()
+            return ticks
+
+        assert asyncio.run(judge_beside_a_ticker()) > 1  # the loop ran other work while the message was judged
+        (finding,) = gate.findings()
+        assert finding["evidence"]["kind"] == "ecb" and finding["evidence"]["inspected_bytes"] > 3_800_000
