@@ -750,8 +750,9 @@ def close_websocket(flow: Any, code: int, reason: str) -> None:
     """Ask the WebSocket layer of `flow` to close both sides with `code` and `reason` once the current
     `websocket_message` hook returns (the caller drops the message itself).
 
-    mitmproxy has no way for an add-on to close a WebSocket with a close code: `flow.kill()` is not looked at
-    by its WebSocket layer (the message would still be relayed), and `inject.websocket` sends messages only.
+    mitmproxy has no way for an add-on to close a WebSocket with a close code (mitmproxy issue #4773, open
+    since 2021; #4711 for killing flows in transit): `flow.kill()` is not looked at by its WebSocket layer (the
+    message would still be relayed), and `inject.websocket` sends messages only.
     `close_websockets_on_request` makes the layer do what it does when a peer closes: a close frame to each
     side still open, both connections closed, `websocket_end` called.
     """
