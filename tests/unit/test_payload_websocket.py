@@ -24,7 +24,7 @@ from wsproto.frame_protocol import Opcode
 from tests.addonkit import wired
 from tests.payload_corpus import ecb
 from tests.unit.test_payload_addon import KEY, POLICY, REPEATING
-from tlsgate.addons import mitm_internals
+from tlsgate.addons import make_addons, mitm_internals
 from tlsgate.addons.payload import PayloadInspector
 from tlsgate.checks.payload import CLOSE_REASON_BYTES, close_reason
 
@@ -174,8 +174,11 @@ def test_an_exception_while_judging_holds_the_message_back_and_closes(gate: Gate
     assert "websocket_message" in finding["detail"]
 
 
-def test_the_websocket_hook_wears_the_guard() -> None:
-    assert getattr(PayloadInspector.websocket_message, "tlsgate_fail_closed", False)
+def test_every_websocket_message_hook_of_every_add_on_fails_closed() -> None:
+    hooks = [type(addon) for addon in make_addons() if hasattr(type(addon), "websocket_message")]
+    assert PayloadInspector in hooks
+    for kind in hooks:
+        assert getattr(kind.websocket_message, "tlsgate_fail_closed", False), kind.__name__
 
 
 def test_close_reason_fits_a_close_frame_and_keeps_the_line() -> None:
