@@ -195,6 +195,7 @@ def test_close_reason_fits_a_close_frame_and_keeps_the_line() -> None:
     ("framed", "field"),
     [
         ('42/chat,7["secure",{"ct":"%s"}]', "json.[1].ct"),  # Socket.IO: packet type, namespace, ack id
+        ('451-["upload",{"ct":"%s","file":{"_placeholder":true,"num":0}}]', "json.[1].ct"),  # a binary event
         ('{"type":1,"target":"Send","arguments":["%s"]}\x1e{"type":6}\x1e', "json.arguments.[0]"),  # SignalR records
         ('["1","5","room:1","new_msg",{"ct":"%s"}]', "json.[4].ct"),  # Phoenix
     ],

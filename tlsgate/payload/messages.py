@@ -5,8 +5,9 @@ wrap it, and each wrapper is taken off so the JSON inside is read by its
 leaves (`json.[1].text`), as in a request body, instead of being searched as
 one opaque text:
 
-* Socket.IO / Engine.IO: a packet type and optional namespace and ack id in
-  front (`42["chat",{...}]`, `42/chat,17["chat",{...}]`, `0{"sid":...}`);
+* Socket.IO / Engine.IO: a packet type, optional attachment count, namespace
+  and ack id in front (`42["chat",{...}]`, `42/chat,17["chat",{...}]`,
+  `451-["upload",{...}]`, `0{"sid":...}`);
 * SignalR (JSON hub protocol): records ended by the 0x1e record separator,
   several per message;
 * Phoenix channels, GraphQL over WebSocket (graphql-ws, subscriptions-transport-ws),
@@ -32,9 +33,10 @@ from tlsgate.payload.fields import Field, body_field_steps
 
 RECORD_SEPARATOR = b"\x1e"
 MAX_RECORDS = 64
-# Engine.IO packet type, Socket.IO packet type, optional "/namespace," and ack id, then the JSON payload
 _PRINTABLE = re.compile(rb"[\x20-\x7e]{8,}")  # runs a binary frame carries as text
-_SOCKET_IO = re.compile(rb"\d{1,2}(?:/[\w./-]{0,100},)?\d{0,20}(?=[\[{])")
+# Engine.IO packet type, Socket.IO packet type, a binary event's attachment count ("451-"), optional
+# "/namespace," and ack id, then the JSON payload
+_SOCKET_IO = re.compile(rb"\d{1,2}(?:\d{1,20}-)?(?:/[\w./-]{0,100},)?\d{0,20}(?=[\[{])")
 
 
 def message_field_steps(content: bytes | bytearray, text: bool, complete: bool, budget: Budget) -> Iterator[Field | None]:
