@@ -250,3 +250,20 @@ def test_a_large_message_is_judged_in_slices_the_event_loop_gets_back(tmp_path: 
         assert asyncio.run(judge_beside_a_ticker()) > 1  # the loop ran other work while the message was judged
         (finding,) = gate.findings()
         assert finding["evidence"]["kind"] == "ecb" and finding["evidence"]["inspected_bytes"] > 3_800_000
+
+
+def test_a_capture_keeps_every_message(tmp_path: Path) -> None:
+    """With `--set save_stream_file=` the capture writes the connection's messages when it ends: none is trimmed."""
+    from mitmproxy.addons import save
+
+    with wired(POLICY, tmp_path) as kit:
+        saver = save.Save()
+        kit.tctx.master.addons.add(saver)
+        kit.tctx.configure(saver, save_stream_file=str(tmp_path / "capture.mitm"))
+        gate = Gate(kit.get(PayloadInspector), kit.findings)
+        flow = wss("report.test")
+        assert flow.websocket is not None
+        for i in range(5):
+            gate.send(flow, json.dumps({"n": i}))
+        assert len(flow.websocket.messages) == 5
+        kit.tctx.configure(saver, save_stream_file=None)
