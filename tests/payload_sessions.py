@@ -2375,5 +2375,547 @@ def main() -> None:
     print(f"took {took:.1f} s")
 
 
+# == WebSocket sessions ==================================================================================
+# One connection per session: the messages an app and its server exchange, judged by
+# `PayloadInspector.websocket_message` under the same POLICY. Seeded on their own (`WS_SEED`), so the HTTP
+# figures above do not move; `python -m tests.payload_sessions ws` prints these figures.
+
+WS_SEED = 24
+
+
+@dataclass(frozen=True)
+class Msg:
+    from_client: bool
+    content: str | bytes  # str: a text message, bytes: a binary one
+
+
+@dataclass
+class WsSession(Session):
+    host: str = ""
+    messages: list[Msg] = field(default_factory=list)
+
+
+def _up(doc: Any) -> Msg:
+    return Msg(True, json.dumps(doc, separators=(",", ":")))
+
+
+def _down(doc: Any) -> Msg:
+    return Msg(False, json.dumps(doc, separators=(",", ":")))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _pb(*fields: tuple[int, int | bytes | str]) -> bytes:
+    """A protobuf message: (field number, varint | bytes | string) in order."""
+    out = bytearray()
+    for number, value in fields:
+        if isinstance(value, int):
+            out += _varint(number << 3) + _varint(value)
+        else:
+            data = value.encode() if isinstance(value, str) else value
+            out += _varint(number << 3 | 2) + _varint(len(data)) + data
+    return bytes(out)
+
+
+def _msgpack(value: Any) -> bytes:
+    """The msgpack subset apps' frames use: maps, arrays, strings, bin, ints, floats, bools, nil."""
+    if value is None:
+        return b"\xc0"
+    if isinstance(value, bool):
+        return b"\xc3" if value else b"\xc2"
+    if isinstance(value, int):
+        if 0 <= value < 128:
+            return bytes([value])
+        return b"\xd3" + struct.pack(">q", value)
+    if isinstance(value, float):
+        return b"\xcb" + struct.pack(">d", value)
+    if isinstance(value, str):
+        data = value.encode()
+        return (bytes([0xA0 | len(data)]) if len(data) < 32 else b"\xd9" + bytes([len(data)])) + data
+    if isinstance(value, bytes):
+        return b"\xc4" + bytes([len(value)]) + value
+    if isinstance(value, list):
+        return bytes([0x90 | len(value)]) + b"".join(_msgpack(v) for v in value)
+    assert isinstance(value, dict)
+    return bytes([0x80 | len(value)]) + b"".join(_msgpack(k) + _msgpack(v) for k, v in value.items())
+
+
+def ws_chat(g: Gen) -> list[Msg]:
+    """A chat app: auth with its JWT, join rooms, messages, typing, receipts; the server acks with IDs and
+    relays others' messages with their own IDs and timestamps."""
+    app = App(g, "chat.example")
+    out = [_up({"type": "auth", "token": app.token}), _down({"type": "ready", "session": g.uuid(), "user": app.user})]
+    room = g.uuid()
+    out.append(_up({"type": "join", "room": room}))
+    for _ in range(g.rng.randrange(5, 30)):
+        if g.rng.random() < 0.5:
+            cid = g.uuid()
+            text = " ".join(g.word() for _ in range(g.rng.randrange(1, 20)))
+            out.append(_up({"type": "typing", "room": room}))
+            out.append(_up({"type": "message", "room": room, "client_id": cid, "text": text, "ts": g.ts()}))
+            out.append(_down({"type": "ack", "client_id": cid, "id": g.hex(12), "ts": g.ts()}))
+        else:
+            out.append(
+                _down({"type": "message", "room": room, "id": g.hex(12), "from": g.uuid(), "text": g.word(), "ts": g.ts()})
+            )
+            out.append(_up({"type": "read", "room": room, "up_to": g.hex(12)}))
+    return out
+
+
+def ws_e2e_chat(g: Gen) -> list[Msg]:
+    """End-to-end encrypted chat done right (Signal/Olm-like envelopes): fresh nonces, ratchet keys, MACs."""
+    app = App(g, "e2e.chat.example")
+    key = g.rng.randbytes(32)
+    out = [_up({"type": "auth", "token": app.token})]
+    for n in range(g.rng.randrange(4, 25)):
+        nonce = g.rng.randbytes(12)
+        body = json.dumps({"text": " ".join(g.word() for _ in range(g.rng.randrange(1, 15)))}).encode()
+        sealed = nonce + AESGCM(key).encrypt(nonce, body, None)
+        envelope = {
+            "to": g.uuid(),
+            "ratchet": base64.b64encode(g.rng.randbytes(32)).decode(),
+            "n": n,
+            "ct": base64.b64encode(sealed).decode(),
+        }
+        if g.rng.random() < 0.5:
+            out.append(_up({"type": "send", "envelope": envelope}))
+        else:
+            out.append(Msg(True, _pb((1, g.uuid()), (2, g.rng.randbytes(32)), (3, n), (4, sealed))))
+        out.append(_down({"type": "delivered", "n": n, "server_ts": g.ts()}))
+    return out
+
+
+def ws_live_updates(g: Gen) -> list[Msg]:
+    """Live prices and scores: subscribe once, then the server streams ticks with sequence numbers and hashes."""
+    out = [_up({"action": "subscribe", "channels": ["ticker", "trades"], "symbols": ["BTC-USD", "ETH-USD", "AAPL"]})]
+    out.append(_down({"event": "subscribed", "id": g.uuid()}))
+    for seq in range(g.rng.randrange(10, 60)):
+        out.append(
+            _down(
+                {
+                    "channel": g.pick(("ticker", "trades")),
+                    "seq": seq,
+                    "symbol": g.pick(("BTC-USD", "ETH-USD", "AAPL")),
+                    "price": round(g.rng.uniform(10, 70000), 2),
+                    "size": round(g.rng.uniform(0, 5), 6),
+                    "trade_id": g.rng.randrange(10**9),
+                    "checksum": g.rng.getrandbits(32),
+                    "ts": f"2024-11-19T{g.rng.randrange(24):02d}:{g.rng.randrange(60):02d}:{g.rng.randrange(60):02d}.{g.rng.randrange(10**6):06d}Z",
+                }
+            )
+        )
+    return out
+
+
+def ws_telemetry(g: Gen) -> list[Msg]:
+    """Wearable or car telemetry: batches of readings, a device ID, a batch hash, sometimes as binary floats."""
+    device = g.uuid()
+    out = []
+    for n in range(g.rng.randrange(5, 30)):
+        readings = [
+            [g.ts(), round(g.rng.uniform(40, 180), 1), round(g.rng.uniform(0, 1), 4)] for _ in range(g.rng.randrange(1, 20))
+        ]
+        if g.rng.random() < 0.6:
+            doc = {"device": device, "batch": n, "r": readings}
+            out.append(_up({**doc, "sha256": hashlib.sha256(json.dumps(doc).encode()).hexdigest()}))
+        else:
+            out.append(
+                Msg(True, struct.pack(">16sI", uuid.UUID(device).bytes, n) + b"".join(struct.pack(">Iff", *r) for r in readings))
+            )
+        if g.rng.random() < 0.3:
+            out.append(_down({"ack": n}))
+    return out
+
+
+def ws_presence(g: Gen) -> list[Msg]:
+    """A Discord-style gateway: hello, identify with a token, heartbeats with sequence numbers, resume."""
+    token = f"{b64u(g.uuid().encode())}.{b64u(g.rng.randbytes(4))}.{b64u(g.rng.randbytes(27))}"
+    session = g.hex(16)
+    out = [
+        _down({"op": 10, "d": {"heartbeat_interval": 41250}}),
+        _up({"op": 2, "d": {"token": token, "properties": {"os": "android"}}}),
+    ]
+    out.append(
+        _down({"op": 0, "t": "READY", "s": 1, "d": {"session_id": session, "resume_gateway_url": "wss://gateway.example"}})
+    )
+    for seq in range(2, g.rng.randrange(8, 40)):
+        if g.rng.random() < 0.4:
+            out += [_up({"op": 1, "d": seq}), _down({"op": 11})]
+        else:
+            out.append(
+                _down(
+                    {
+                        "op": 0,
+                        "t": "PRESENCE_UPDATE",
+                        "s": seq,
+                        "d": {"user": {"id": str(g.rng.getrandbits(62))}, "status": g.pick(("online", "idle", "dnd"))},
+                    }
+                )
+            )
+    out.append(_up({"op": 6, "d": {"token": token, "session_id": session, "seq": seq}}))
+    return out
+
+
+def ws_socketio(g: Gen) -> list[Msg]:
+    """Socket.IO v4 over Engine.IO: open packet with a sid, namespace connect, events with acks, ping/pong."""
+    sid = g.b64(15, url=True)
+    out = [
+        Msg(
+            False,
+            "0" + json.dumps({"sid": sid, "upgrades": [], "pingInterval": 25000, "pingTimeout": 20000, "maxPayload": 1000000}),
+        )
+    ]
+    out += [
+        Msg(True, "40/chat," + json.dumps({"token": g.b64(24)})),
+        Msg(False, "40/chat," + json.dumps({"sid": g.b64(15, url=True)})),
+    ]
+    for ack in range(g.rng.randrange(5, 30)):
+        event = g.pick(("message", "typing", "location", "reaction"))
+        if event == "location":
+            payload: Any = {"lat": round(g.rng.uniform(-60, 60), 6), "lng": round(g.rng.uniform(-150, 150), 6)}
+        else:
+            payload = {"room": g.word(), "text": " ".join(g.word() for _ in range(g.rng.randrange(1, 9))), "nonce": g.hex(8)}
+        out.append(Msg(True, f"42/chat,{ack}" + json.dumps([event, payload])))
+        out.append(Msg(False, f"43/chat,{ack}" + json.dumps([{"ok": True, "id": g.hex(12)}])))
+        if g.rng.random() < 0.3:
+            out += [Msg(False, "2"), Msg(True, "3")]
+    return out
+
+
+def ws_phoenix(g: Gen) -> list[Msg]:
+    """Phoenix channels: [join_ref, ref, topic, event, payload] with a signed Phoenix.Token, heartbeats."""
+    token = (
+        b64u(b"\x83h\x03m\x00\x00\x00\x08" + g.rng.randbytes(8) + b"n\x06\x00" + g.rng.randbytes(6))
+        + "."
+        + b64u(g.rng.randbytes(32))
+    )
+    topic = f"room:{g.rng.randrange(10**6)}"
+    out = [
+        Msg(True, json.dumps(["1", "1", topic, "phx_join", {"token": token}])),
+        Msg(False, json.dumps(["1", "1", topic, "phx_reply", {"status": "ok", "response": {}}])),
+    ]
+    for ref in range(2, g.rng.randrange(6, 30)):
+        if g.rng.random() < 0.25:
+            out.append(Msg(True, json.dumps([None, str(ref), "phoenix", "heartbeat", {}])))
+        else:
+            out.append(
+                Msg(
+                    True,
+                    json.dumps(
+                        ["1", str(ref), topic, "new_msg", {"body": " ".join(g.word() for _ in range(g.rng.randrange(1, 12)))}]
+                    ),
+                )
+            )
+            out.append(
+                Msg(
+                    False,
+                    json.dumps(
+                        [
+                            None,
+                            None,
+                            topic,
+                            "presence_diff",
+                            {
+                                "joins": {
+                                    g.uuid(): {"metas": [{"phx_ref": g.b64(8, url=True, pad=False), "online_at": str(g.ts())}]}
+                                },
+                                "leaves": {},
+                            },
+                        ]
+                    ),
+                )
+            )
+    return out
+
+
+def ws_signalr(g: Gen) -> list[Msg]:
+    """ASP.NET SignalR JSON hub protocol: handshake, invocations and completions, pings; 0x1e-ended records."""
+    rs = "\x1e"
+    out = [Msg(True, json.dumps({"protocol": "json", "version": 1}) + rs), Msg(False, "{}" + rs)]
+    for invocation in range(g.rng.randrange(5, 25)):
+        target = g.pick(("SendMessage", "JoinGroup", "UpdateLocation", "Ack"))
+        args = [g.word(), " ".join(g.word() for _ in range(g.rng.randrange(1, 8))), g.uuid()]
+        out.append(Msg(True, json.dumps({"type": 1, "invocationId": str(invocation), "target": target, "arguments": args}) + rs))
+        records = json.dumps({"type": 3, "invocationId": str(invocation), "result": {"id": g.hex(16), "at": g.ts()}}) + rs
+        if g.rng.random() < 0.4:
+            records += (
+                json.dumps({"type": 6})
+                + rs
+                + json.dumps({"type": 1, "target": "Receive", "arguments": [g.uuid(), g.word()]})
+                + rs
+            )
+        out.append(Msg(False, records))
+    return out
+
+
+def ws_graphql(g: Gen) -> list[Msg]:
+    """GraphQL subscriptions over graphql-ws: connection_init with a bearer token, subscribe, next, complete."""
+    app = App(g, "graphql.example")
+    out = [
+        _up({"type": "connection_init", "payload": {"Authorization": f"Bearer {app.token}"}}),
+        _down({"type": "connection_ack"}),
+    ]
+    for _ in range(g.rng.randrange(2, 6)):
+        sid = g.uuid()
+        out.append(
+            _up(
+                {
+                    "id": sid,
+                    "type": "subscribe",
+                    "payload": {
+                        "query": "subscription OnComment($post: ID!) { commentAdded(post: $post) { id body author { id name } } }",
+                        "variables": {"post": b64u(f"Post:{g.rng.randrange(10**6)}".encode())},
+                        "extensions": {"persistedQuery": {"version": 1, "sha256Hash": g.hex(32)}},
+                    },
+                }
+            )
+        )
+        for _ in range(g.rng.randrange(1, 10)):
+            out.append(
+                _down(
+                    {
+                        "id": sid,
+                        "type": "next",
+                        "payload": {
+                            "data": {
+                                "commentAdded": {
+                                    "id": b64u(f"Comment:{g.rng.randrange(10**8)}".encode()),
+                                    "body": g.word(),
+                                    "author": {"id": g.uuid(), "name": g.name()},
+                                }
+                            }
+                        },
+                    }
+                )
+            )
+        out.append(_up({"id": sid, "type": "complete"}))
+        if g.rng.random() < 0.5:
+            out += [_up({"type": "ping"}), _down({"type": "pong"})]
+    return out
+
+
+def ws_binary_frames(g: Gen) -> list[Msg]:
+    """Binary protocols: protobuf envelopes (IDs as 16 raw bytes, hashes, fresh-nonce sealed payloads),
+    msgpack maps, and zlib-compressed JSON frames, both ways."""
+    key = g.rng.randbytes(16)
+    device = g.rng.randbytes(16)
+    out = []
+    for n in range(g.rng.randrange(5, 30)):
+        kind = g.pick(("pb", "pb-sealed", "msgpack", "zlib"))
+        if kind == "pb":
+            data = _pb((1, n), (2, device), (3, g.word()), (4, hashlib.sha256(g.rng.randbytes(8)).digest()), (5, g.ts()))
+        elif kind == "pb-sealed":
+            nonce = g.rng.randbytes(12)
+            data = _pb(
+                (1, n),
+                (2, nonce),
+                (3, AESGCM(key).encrypt(nonce, json.dumps({"lat": g.rng.uniform(-60, 60), "n": n}).encode(), None)),
+            )
+        elif kind == "msgpack":
+            data = _msgpack(
+                {"t": g.word(), "seq": n, "id": g.rng.randbytes(16), "v": round(g.rng.uniform(0, 100), 3), "ok": True}
+            )
+        else:
+            data = zlib.compress(
+                json.dumps({"events": [{"e": g.word(), "ts": g.ts()} for _ in range(g.rng.randrange(1, 30))]}).encode()
+            )
+        out.append(Msg(g.rng.random() < 0.6, data))
+    return out
+
+
+WS_ORDINARY: dict[str, tuple[Callable[[Gen], list[Msg]], int]] = {
+    "WebSocket chat: JWT auth, rooms, messages, typing, receipts, server acks and relays": (ws_chat, 30),
+    "WebSocket end-to-end encrypted chat done right (fresh-nonce GCM envelopes, JSON and protobuf)": (ws_e2e_chat, 30),
+    "WebSocket live updates: price and score ticks with sequence numbers and checksums": (ws_live_updates, 20),
+    "WebSocket telemetry: JSON batches with hashes, binary float frames": (ws_telemetry, 20),
+    "WebSocket presence and heartbeats (Discord-style gateway: identify, heartbeat, resume)": (ws_presence, 20),
+    "Socket.IO v4: open, namespace connect, events with acks, ping/pong": (ws_socketio, 20),
+    "Phoenix channels: join with a signed token, messages, presence diffs, heartbeats": (ws_phoenix, 15),
+    "SignalR JSON hub protocol: handshake, invocations, completions, pings": (ws_signalr, 15),
+    "GraphQL over WebSocket (graphql-ws): init with a bearer token, subscriptions": (ws_graphql, 15),
+    "binary frames: protobuf (raw IDs, hashes, sealed payloads), msgpack, zlib-compressed JSON": (ws_binary_frames, 25),
+}
+
+WS_PLACES = ("json", "socketio", "signalr", "binary", "text")
+
+
+def ws_weak_app(g: Gen, scheme: Scheme, messages: int) -> tuple[str, list[Msg], list[Sent]]:
+    """A WebSocket app whose messages carry ciphertext under one key and the scheme's fixed IV or nonce: in a
+    JSON field, a Socket.IO event, a SignalR argument, a binary frame or a bare base64 text frame."""
+    host = f"ws.{g.pick(('bankly', 'shopr', 'medi', 'ridez', 'chatty'))}{g.rng.randrange(100)}.example"
+    key = g.rng.randbytes(g.pick((16, 32)))
+    iv = bytes(16) if g.rng.random() < 0.5 else g.rng.randbytes(16)
+    place = g.pick(WS_PLACES)
+    how = g.pick(("base64", "base64url", "hex"))
+    kinds = [g.pick(scheme.kinds or KINDS) for _ in range(g.rng.randrange(1, 4))]
+    user = {"name": g.name() + str(g.rng.randrange(1000)), "email": g.email(), "phone": g.phone(), "id": g.uuid()}
+    out: list[Msg] = [_up({"type": "hello", "v": "2.1"})]
+    sent: list[Sent] = []
+    for n in range(messages):
+        clear = plaintext(g, g.pick(kinds), user)
+        data = scheme.encrypt(key, iv, clear)
+        text = encode_text(data, how)
+        if place == "json":
+            msg, where = _up({"type": "msg", "seq": n, "ct": text}), "json.ct"
+        elif place == "socketio":
+            msg, where = Msg(True, f"42{n}" + json.dumps(["secure", {"ct": text}])), "json.[1].ct"
+        elif place == "signalr":
+            msg = Msg(True, json.dumps({"type": 1, "target": "Send", "arguments": [text]}) + "\x1e")
+            where = "json.arguments.[0]"
+        elif place == "binary":
+            msg, where = Msg(True, data), "body"
+        else:
+            msg, where = Msg(True, text), "body"
+        sent.append(Sent(len(out), host, where, data, clear))
+        out.append(msg)
+        if g.rng.random() < 0.5:
+            out.append(_down({"type": "ack", "seq": n}))
+    return host, out, sent
+
+
+def ws_sessions(seed: int = WS_SEED) -> Iterator[WsSession]:
+    rng = random.Random(seed)
+    number = 0
+    for family, (make, count) in WS_ORDINARY.items():
+        for _ in range(count):
+            number += 1
+            g = Gen(random.Random(rng.getrandbits(64)))
+            yield WsSession(family, f"10.{number // 250}.{number % 250}.9", [], host=f"ws{number}.example", messages=make(g))
+    for scheme in SCHEMES:
+        for index in range(24):
+            number += 1
+            g = Gen(random.Random(rng.getrandbits(64)))
+            host, made, sent = ws_weak_app(g, scheme, 1 if index < 2 else g.rng.randrange(2, 13))
+            yield WsSession(
+                f"WebSocket: {scheme.name}", f"10.{number // 250}.{number % 250}.9", [], scheme.mode, sent, host, made
+            )
+
+
+def ws_run(corpus: list[WsSession], workdir: Path) -> list[Outcome]:
+    """Every session as one WebSocket connection through `PayloadInspector.websocket_message`; after a blocked
+    message the app reconnects (a new flow), as apps do after a policy close."""
+    from mitmproxy.test import tflow
+    from mitmproxy.websocket import WebSocketMessage
+    from wsproto.frame_protocol import Opcode
+
+    from tests.addonkit import wired
+    from tlsgate.addons.payload import PayloadInspector
+
+    def connect(session: WsSession) -> Any:
+        flow = tflow.twebsocketflow(messages=False)
+        flow.request.host = session.host
+        flow.request.headers["host"] = session.host
+        flow.request.scheme, flow.request.port = "https", 443
+        flow.client_conn.peername = (session.client, 50000)
+        flow.websocket.messages = []
+        return flow
+
+    outcomes: list[Outcome] = []
+    loop = asyncio.new_event_loop()
+    with wired(POLICY, workdir) as kit:
+        inspector, findings = kit.get(PayloadInspector), kit.findings
+        read = 0
+        for session in corpus:
+            blocked = 0
+            flow = connect(session)
+            for msg in session.messages:
+                data = msg.content.encode() if isinstance(msg.content, str) else msg.content
+                message = WebSocketMessage(Opcode.TEXT if isinstance(msg.content, str) else Opcode.BINARY, msg.from_client, data)
+                flow.websocket.messages.append(message)
+                pending = inspector.websocket_message(flow)
+                if pending is not None:
+                    loop.run_until_complete(pending)
+                if message.dropped:
+                    blocked += 1
+                    flow = connect(session)
+            text = findings.read_text() if findings.exists() else ""
+            lines = text[read:].splitlines()
+            read = len(text)
+            outcomes.append(Outcome(session, [json.loads(line) for line in lines], blocked))
+    loop.close()
+    return outcomes
+
+
+@dataclass(frozen=True)
+class WsFigures:
+    ordinary_sessions: int
+    ordinary_messages: int
+    ordinary_bytes: int
+    false_positive_sessions: int
+    false_positive_messages: int
+    positive_sessions: int
+    positive_messages: int
+    with_evidence: int
+    detected: int
+    caught_without_evidence: int
+    wrong_findings: int
+
+
+def ws_measure(seed: int = WS_SEED, workdir: Path | None = None) -> tuple[WsFigures, list[Outcome]]:
+    import tempfile
+
+    corpus = list(ws_sessions(seed))
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes = ws_run(corpus, workdir or Path(tmp))
+    ordinary = [o for o in outcomes if o.session.mode is None]
+    positive = [o for o in outcomes if o.session.mode is not None]
+    verdicts = [(o, *evidence(o.session)) for o in positive]
+    carrying = [o for o, basis, _ in verdicts if basis is not None]
+
+    def size(o: Outcome) -> int:
+        assert isinstance(o.session, WsSession)
+        return sum(len(m.content) for m in o.session.messages)
+
+    def count(o: Outcome) -> int:
+        assert isinstance(o.session, WsSession)
+        return len(o.session.messages)
+
+    figures = WsFigures(
+        ordinary_sessions=len(ordinary),
+        ordinary_messages=sum(count(o) for o in ordinary),
+        ordinary_bytes=sum(size(o) for o in ordinary),
+        false_positive_sessions=sum(bool(o.findings) for o in ordinary),
+        false_positive_messages=sum(o.blocked for o in ordinary),
+        positive_sessions=len(positive),
+        positive_messages=sum(count(o) for o in positive),
+        with_evidence=len(carrying),
+        detected=sum(o.right() for o in carrying),
+        caught_without_evidence=sum(bool(o.findings) for o, basis, _ in verdicts if basis is None),
+        wrong_findings=sum(o.wrong() for o in positive),
+    )
+    return figures, outcomes
+
+
+def ws_main() -> None:
+    started = time.perf_counter()
+    figures, outcomes = ws_measure()
+    print(figures)
+    for family in WS_ORDINARY:
+        family_outcomes = [o for o in outcomes if o.session.family == family]
+        print(f"  {len(family_outcomes):3d} sessions  flagged {sum(bool(o.findings) for o in family_outcomes)}  {family}")
+    for o in outcomes:
+        if o.findings and (o.session.mode is None or o.wrong()):
+            for f in o.findings:
+                print(
+                    "FP",
+                    o.session.family,
+                    f["evidence"]["kind"],
+                    json.dumps(f["evidence"].get("fields") or f["evidence"].get("keys"))[:300],
+                )
+    for o in outcomes:
+        if o.session.mode is not None and evidence(o.session)[0] is not None and not o.right():
+            print("MISSED", o.session.family, evidence(o.session))
+    print(f"took {time.perf_counter() - started:.1f} s")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    ws_main() if sys.argv[1:] == ["ws"] else main()

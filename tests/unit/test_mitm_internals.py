@@ -173,3 +173,26 @@ def test_the_lines_containment_rewrites_are_still_mitmproxys() -> None:
     assert all(line in server_source for line in containment.CRASHES)
     assert "Client closed connection before completing request headers: {buf!r}" in inspect.getsource(_http1)
     assert "Cannot parse ClientHello: {self.recv_buffer.hex()}" in inspect.getsource(tls_layer)
+
+
+# -- WebSocket closes (tlsgate.addons.payload) -----------------------------------------------------------------
+# close_websockets_on_request wraps WebsocketLayer.relay_messages: it expects the hook for a finished message to be
+# yielded before the message is relayed (`if not message.dropped`), and copies the layer's own close path (a close
+# frame to each side still OPEN or REMOTE_CLOSING, CloseConnection for both, websocket_end, `done`).
+
+
+def _websocket_pins() -> dict[str, tuple[object, str]]:
+    from mitmproxy.proxy.layers.websocket import WebsocketLayer
+
+    relay = getattr(WebsocketLayer.relay_messages, "tlsgate_original", WebsocketLayer.relay_messages)
+    return {"WebsocketLayer.relay_messages": (relay, "2d451252c7287da0")}
+
+
+@pytest.mark.parametrize("name", sorted(_websocket_pins()))
+def test_the_websocket_layer_code_the_close_relies_on_is_unchanged(name: str) -> None:
+    function, pinned = _websocket_pins()[name]
+    digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]  # type: ignore[arg-type]
+    assert digest == pinned, (
+        f"mitmproxy {version.VERSION} changed {name}: re-read it, check tlsgate/addons/mitm_internals.py's "
+        f"close_websockets_on_request still holds, then pin {digest}"
+    )

@@ -23,6 +23,7 @@ import inspect
 import ipaddress
 import logging
 import re
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol, overload
@@ -738,3 +739,62 @@ def close_connections_however_they_end() -> None:
 
     handle_connection.tlsgate_original = original  # type: ignore[attr-defined]
     handler_class.handle_connection = handle_connection  # type: ignore[method-assign]
+
+
+# -- WebSocket: closing a connection with a close code from the `websocket_message` hook -----------------------
+
+_ws_closing: weakref.WeakKeyDictionary[Any, tuple[int, str]] = weakref.WeakKeyDictionary()  # flow -> (code, reason)
+
+
+def close_websocket(flow: Any, code: int, reason: str) -> None:
+    """Ask the WebSocket layer of `flow` to close both sides with `code` and `reason` once the current
+    `websocket_message` hook returns (the caller drops the message itself).
+
+    mitmproxy has no way for an add-on to close a WebSocket with a close code (mitmproxy issue #4773, open
+    since 2021; #4711 for killing flows in transit): `flow.kill()` is not looked at by its WebSocket layer (the
+    message would still be relayed), and `inject.websocket` sends messages only.
+    `close_websockets_on_request` makes the layer do what it does when a peer closes: a close frame to each
+    side still open, both connections closed, `websocket_end` called.
+    """
+    _ws_closing[flow] = (code, reason)
+
+
+def close_websockets_on_request() -> None:
+    """Wrap `WebsocketLayer.relay_messages` so `close_websocket` takes effect right after the hook that asked.
+
+    The rest of the batch of frames the layer was reading is not relayed (the original generator is closed), so
+    nothing that followed a blocked message reaches the other side either. Pinned in
+    `tests/unit/test_mitm_internals.py`.
+    """
+    from mitmproxy.proxy.layers.websocket import WebsocketEndHook, WebsocketLayer, WebsocketMessageHook
+    from wsproto import ConnectionState
+    from wsproto.events import CloseConnection
+
+    relay = getattr(WebsocketLayer.relay_messages, "tlsgate_original", WebsocketLayer.relay_messages)
+
+    def relay_messages(self: Any, event: Any) -> Any:
+        inner = relay(self, event)
+        reply = None
+        while True:
+            try:
+                command = inner.send(reply)
+            except StopIteration:
+                return
+            reply = yield command
+            if isinstance(command, WebsocketMessageHook) and (closing := _ws_closing.pop(self.flow, None)) is not None:
+                inner.close()
+                code, reason = closing
+                websocket = self.flow.websocket
+                websocket.timestamp_end = time.time()
+                websocket.close_code, websocket.close_reason = code, reason
+                for ws in (self.server_ws, self.client_ws):
+                    if ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                        yield ws.send2(CloseConnection(code=code, reason=reason))
+                    yield commands.CloseConnection(ws.conn)
+                yield WebsocketEndHook(self.flow)
+                self.flow.live = False
+                self._handle_event = self.done
+                return
+
+    relay_messages.tlsgate_original = relay  # type: ignore[attr-defined]
+    WebsocketLayer.relay_messages = relay_messages  # type: ignore[method-assign]

@@ -35,19 +35,41 @@ import logging
 import time
 import weakref
 from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import ctx, http
+from mitmproxy.websocket import WebSocketMessage
 
 from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.mitm_internals import close_websockets_on_request
 from tlsgate.addons.state import Connections, ConnState, request_host, request_url
-from tlsgate.addons.verdicts import block, block_at_headers, body_may_stream, fail_closed, mark, record_once, verdict_of
+from tlsgate.addons.verdicts import (
+    block,
+    block_at_headers,
+    block_message,
+    body_may_stream,
+    fail_closed,
+    fail_closed_message,
+    mark,
+    record_once,
+    verdict_of,
+)
 from tlsgate.checks.model import Action, Issue, decide
-from tlsgate.checks.payload import PayloadFacts, judge_payload, rules_of
+from tlsgate.checks.payload import (
+    POLICY_VIOLATION,
+    TO_APP,
+    TO_SERVER,
+    PayloadFacts,
+    close_reason,
+    judge_payload,
+    rules_of,
+)
 from tlsgate.payload.bounds import Budget, Steps, drain, inflate_steps
 from tlsgate.payload.exemptions import exempt_params, without_exempt_keys
 from tlsgate.payload.fields import Field, body_field_steps, header_fields, url_fields
 from tlsgate.payload.identifiers import Form, mask
+from tlsgate.payload.messages import message_field_steps
 from tlsgate.payload.recall import BlockMemory
 from tlsgate.payload.scan import scan_steps
 from tlsgate.policy import Match, Policy
@@ -59,6 +81,23 @@ HEADS_JUDGED = "tlsgate_payload_heads"
 TAP = "tlsgate_payload_tap"
 SLICE = 0.005  # seconds of scanning before the event loop is handed back to every other connection
 HELD_LIMIT = 64 * 1024 * 1024  # body bytes held for inspection at once, beyond what mitmproxy buffers itself
+
+
+WS_NAMES = 256  # field names (of at most 128 characters) whose shown form one connection keeps, then starts afresh
+
+
+@dataclass(slots=True)
+class WsConnection:
+    """Per WebSocket connection, for as long as its flow lives: about 100 KB at most (`WS_NAMES` shown names)."""
+
+    policy: Policy | None
+    state: ConnState
+    match: Match
+    rules: PayloadRules
+    hidden: list[Form]
+    url: str
+    messages: int = 0  # messages seen so far: the next one's index (mitmproxy's list may have been trimmed)
+    names: dict[str, str] = field(default_factory=dict)
 
 
 class Holdings:
@@ -134,6 +173,7 @@ class PayloadInspector:
         self.memory = BlockMemory()
         self.holdings = Holdings()
         self._masked: object | None = None  # the seed index whose wire forms the console and logs mask
+        self._ws: weakref.WeakKeyDictionary[http.HTTPFlow, WsConnection] = weakref.WeakKeyDictionary()
         connections.store.subscribe(self._on_reload)
 
     def _on_reload(self, result: str, policy: Policy | None) -> None:
@@ -367,6 +407,114 @@ class PayloadInspector:
         )
         for issue in judge_payload(facts, match):
             record_once(self.sink, _said_key(state, match, issue), state, flow.client_conn, issue, match, flow.request.port)
+
+    # -- WebSocket messages -------------------------------------------------------------------------
+
+    def load(self, loader: object) -> None:
+        close_websockets_on_request()  # so a blocked message can end its connection with a close code
+
+    @fail_closed_message
+    def websocket_message(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Every message, either way, judged like a request body before mitmproxy relays it (it waits for this
+        hook, and for the coroutine a long scan hands it): the first `max_bytes` bytes of the reassembled message.
+
+        What the app sends can be blocked: the message is held back and both sides get a 1008 close naming the
+        rule. What the server sends is recorded: it has been sent, and what must change is the crypto of both.
+        """
+        if flow.websocket is None or not flow.websocket.messages:
+            return None
+        message = flow.websocket.messages[-1]
+        if message.injected:
+            return None  # written by the tester (`inject.websocket`), not by the app
+        conn = self._ws_connection(flow)
+        if conn is None or conn.rules.off:
+            return None
+        index = conn.messages
+        conn.messages += 1
+        if not _captured():
+            del flow.websocket.messages[:-1]  # nothing reads past messages back: memory per connection stays flat
+        return stepped(self._message_steps(flow, message, index, conn), "websocket message")
+
+    def _ws_connection(self, flow: http.HTTPFlow) -> WsConnection | None:
+        """What every message of one connection shares, worked out once per connection (and again after a policy
+        reload): a flood of small messages must not pay for host matching and URL redaction each time."""
+        policy = self.connections.store.policy
+        conn = self._ws.get(flow)
+        if conn is not None and conn.policy is policy:
+            return conn
+        state = self.connections.of(flow.client_conn)
+        if state is None:
+            return None
+        match = state.match_for(request_host(flow.request), policy)
+        rules = rules_of(match)
+        self._mask_seeded(rules)
+        hidden = rules.seeds.all_forms if rules.seeds else []
+        url = mask(redact.redact_url(request_url(flow.request)), hidden)
+        counted = conn.messages if conn is not None else len(flow.websocket.messages) - 1 if flow.websocket else 0
+        conn = self._ws[flow] = WsConnection(policy, state, match, rules, hidden, url, counted)
+        return conn
+
+    def _message_steps(self, flow: http.HTTPFlow, message: WebSocketMessage, index: int, conn: WsConnection) -> Steps[None]:
+        state, match, rules, hidden = conn.state, conn.match, conn.rules, conn.hidden
+        to_server = message.from_client
+        wants = {check: rules.action(check) is not PayloadAction.IGNORE for check in ("ecb", "secrets", "identifiers")}
+        if not (wants["ecb"] or wants["secrets"] or wants["identifiers"]):
+            return
+        forms = rules.seeds.forms_for(state.device) if to_server and wants["identifiers"] and rules.seeds else []
+        content = message.content
+        complete = len(content) <= rules.max_bytes
+        data = content if complete else content[: rules.max_bytes]
+        budget = Budget()
+        if len(conn.names) > WS_NAMES:
+            conn.names.clear()
+        names = conn.names
+
+        def namer(path: tuple[str, ...]) -> str:  # only short names are kept: a hostile key must not grow the cache
+            return shown_path(path, hidden, names if all(len(part) <= 128 for part in path) else None)
+
+        found = yield from scan_steps(
+            message_field_steps(data, message.is_text, complete, budget),
+            # what the server sends is remembered apart: its values are compared with its own, not the app's
+            host=match.host if to_server else f"{match.host} (from the server)",
+            namer=namer,
+            ecb=wants["ecb"],
+            secrets=wants["secrets"],
+            forms=forms,
+            memory=self.memory,
+            budget=budget,
+            client=client_key(state),
+            body_bytes=len(content),
+        )
+        facts = PayloadFacts(
+            method="WEBSOCKET",
+            url=conn.url,
+            direction=TO_SERVER if to_server else TO_APP,
+            inspected_bytes=len(data),
+            body_bytes=len(content),
+            ecb=found.ecb,
+            deterministic=found.deterministic,
+            unsigned_jwts=found.unsigned_jwts,
+            keys=found.keys,
+            identifiers=found.identifiers,
+            capped=sorted({*found.capped, *(() if complete else ("max_bytes",))}),
+            message={"index": index, "type": "text" if message.is_text else "binary", "bytes": len(content)},
+        )
+        issues = judge_payload(facts, match)
+        refused = None
+        for issue in issues:
+            action = decide(issue, match.settings.mode)
+            key = _said_key(state, match, issue) if action is not Action.BLOCKED else None
+            finding = record_once(self.sink, key, state, flow.client_conn, issue, match, flow.request.port)
+            if finding is not None and action is Action.BLOCKED and refused is None:
+                refused = finding
+        if refused is not None:
+            reason = close_reason(str(refused.evidence.get("kind", "payload")), refused.rule or "the defaults")
+            block_message(flow, refused, POLICY_VIOLATION, reason)
+
+
+def _captured() -> bool:
+    """Whether a capture (`--set save_stream_file=` or `hardump=`) will write each WebSocket message at the end."""
+    return any(getattr(ctx.options, name, None) for name in ("save_stream_file", "hardump"))
 
 
 def _body_steps(

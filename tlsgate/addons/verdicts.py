@@ -16,6 +16,7 @@ from typing import Any
 from mitmproxy import connection, http, version
 
 from tlsgate import __version__
+from tlsgate.addons import mitm_internals
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.state import ConnState
 from tlsgate.checks.fallback import Trigger, is_trigger, request_key
@@ -323,6 +324,74 @@ def refuse_unjudged(addon: Any, flow: http.HTTPFlow, where: str, exc: Exception)
                 flow.response = http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
         except Exception:  # noqa: BLE001
             flow.kill()
+
+
+# -- WebSocket messages ----------------------------------------------------------------------------------------
+
+WEBSOCKET_INTERNAL_ERROR = 1011  # RFC 6455 7.4.1: "an unexpected condition prevented it from fulfilling the request"
+
+
+def block_message(flow: http.HTTPFlow, finding: Finding, code: int, reason: str) -> None:
+    """Hold back the WebSocket message the `websocket_message` hook is looking at, and close both sides with
+    `code` and `reason` before anything else on the connection is relayed."""
+    assert flow.websocket is not None
+    flow.websocket.messages[-1].drop()
+    mark(flow, finding)
+    mitm_internals.close_websocket(flow, code, reason)
+
+
+def fail_closed_message(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """`fail_closed` for the `websocket_message` hook: an exception while judging a message holds it back and
+    closes the connection (1011), with a `check_failed` finding when one can be built."""
+
+    @functools.wraps(hook)
+    def guarded(addon: Any, flow: http.HTTPFlow) -> Any:
+        try:
+            result = hook(addon, flow)
+        except Exception as exc:  # noqa: BLE001 - the point of the wrapper
+            refuse_message(addon, flow, hook.__qualname__, exc)
+            return None
+        if inspect.isawaitable(result):
+            return _guard_message(addon, flow, hook.__qualname__, result)
+        return result
+
+    guarded.tlsgate_fail_closed = True  # type: ignore[attr-defined]
+    return guarded
+
+
+async def _guard_message(addon: Any, flow: http.HTTPFlow, where: str, pending: Any) -> None:
+    try:
+        await pending
+    except Exception as exc:  # noqa: BLE001 - the point of the wrapper
+        refuse_message(addon, flow, where, exc)
+
+
+def refuse_message(addon: Any, flow: http.HTTPFlow, where: str, exc: Exception) -> None:
+    logger.error(f"tlsgate: {where} failed ({type(exc).__name__}); the message is held back, the WebSocket closed", exc_info=exc)
+    reason = f"tlsgate could not judge a message ({type(exc).__name__}): see its log"[:123]
+    issue = Issue(
+        Check.REQUEST,
+        "check_failed",
+        Effect.ALWAYS,
+        Severity.HIGH,
+        f"tlsgate could not judge a WebSocket message ({where}: {type(exc).__name__}); it was held back and the "
+        "connection closed",
+        {"where": where, "error": type(exc).__name__},
+        "report this as a tlsgate bug, with the log line above",
+    )
+    try:
+        state = addon.connections.of(flow.client_conn)
+        host = flow.request.pretty_host.encode("ascii", "backslashreplace").decode()[:255]
+        match = state.policy.match(host) if state is not None else None
+        if state is None or match is None:
+            raise LookupError("no policy state")
+        finding = record(addon.sink, state, flow.client_conn, issue, match, flow.request.port)
+        block_message(flow, finding, WEBSOCKET_INTERNAL_ERROR, reason)
+    except Exception:  # noqa: BLE001 - even the finding failed: still hold the message back and close
+        logger.exception("tlsgate: could not record the refusal; closing without a finding")
+        if flow.websocket is not None and flow.websocket.messages:
+            flow.websocket.messages[-1].drop()
+        mitm_internals.close_websocket(flow, WEBSOCKET_INTERNAL_ERROR, reason)
 
 
 # -- counted, not written ---------------------------------------------------------------------------

@@ -48,6 +48,14 @@ class PayloadFacts:
     keys: list[dict[str, Any]] = field(default_factory=list)
     identifiers: list[dict[str, Any]] = field(default_factory=list)
     capped: list[str] = field(default_factory=list)  # scanning limits reached: the lists may be incomplete
+    message: dict[str, Any] | None = None  # a WebSocket message: its index on the connection, type and size
+
+
+# WebSocket message directions (`PayloadFacts.direction`); only what the app sends can be held back.
+TO_SERVER = "client_to_server"
+TO_APP = "server_to_client"
+POLICY_VIOLATION = 1008  # RFC 6455 7.4.1: the close code for "a message that violates its policy"
+CLOSE_REASON_BYTES = 123  # a close frame is a control frame (125 bytes): 2 for the code, the rest for the reason
 
 
 def rules_of(match: Match) -> PayloadRules:
@@ -71,16 +79,21 @@ def judge_payload(facts: PayloadFacts, match: Match) -> list[Issue]:
         common["streamed"] = True
     if facts.capped:
         common["capped"] = list(facts.capped)
-    where = f"{facts.direction} to {match.host}" if facts.direction == "request" else f"response from {match.host}"
+    if facts.message is not None:
+        common["websocket"] = dict(facts.message)
+    where = _where(facts, match.host)
+    held = facts.direction in ("request", TO_SERVER) and not facts.streamed  # can still be refused
     issues: list[Issue] = []
 
     def add(kind: str, severity: Severity, detail: str, evidence: dict[str, Any], advice: str) -> None:
         action = rules.action(CATEGORY[kind])
         if action is PayloadAction.IGNORE:
             return
-        effect = Effect.ENFORCED if action is PayloadAction.BLOCK and not facts.streamed else Effect.RECORD
+        effect = Effect.ENFORCED if action is PayloadAction.BLOCK and held else Effect.RECORD
         if facts.streamed and action is PayloadAction.BLOCK and facts.direction == "request":
             detail += " (the body had already streamed upstream: recorded, not blocked)"
+        elif action is PayloadAction.BLOCK and facts.direction == TO_APP:
+            detail += " (sent by the server: recorded, not blocked; holding it back from the app protects nothing)"
         setting = f"payload: {{..., {CATEGORY[kind]}: ignore}}"
         remedy = f"{advice}; or, if this is expected, {remedy_for(match, setting)}"
         issues.append(Issue(Check.PAYLOAD, kind, effect, severity, detail, {**common, **evidence}, remedy))
@@ -156,3 +169,24 @@ def judge_payload(facts: PayloadFacts, match: Match) -> list[Issue]:
             f"check that {match.host} may receive {', '.join(kinds)} (a hash of an identifier is still the identifier)",
         )
     return issues
+
+
+def _where(facts: PayloadFacts, host: str) -> str:
+    """Where the value went, in the detail; a WebSocket message's index is in the evidence only, so the detail (and
+    with it the once-per-detail recording of reported findings) is the same for every message of a habit."""
+    if facts.direction == TO_SERVER:
+        return f"a WebSocket message from the app to {host}"
+    if facts.direction == TO_APP:
+        return f"a WebSocket message from {host} to the app"
+    return f"{facts.direction} to {host}" if facts.direction == "request" else f"response from {host}"
+
+
+def close_reason(kind: str, rule: str) -> str:
+    """The reason of the close frame that ends a WebSocket whose message was blocked: the finding kind and the
+    policy rule (file:line), within the 123 bytes a close frame has room for (a long path keeps its end)."""
+    head = f"tlsgate blocked ({kind}) by "
+    room = CLOSE_REASON_BYTES - len(head.encode())
+    tail = rule.encode("utf-8")
+    if len(tail) > room:
+        tail = b"..." + tail[len(tail) - room + 3 :]
+    return head + tail.decode("utf-8", "ignore")
