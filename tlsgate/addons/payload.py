@@ -40,8 +40,19 @@ from typing import Any
 from mitmproxy import http
 
 from tlsgate.addons.findings import FindingsSink
+from tlsgate.addons.mitm_internals import hold_request_body
 from tlsgate.addons.state import Connections, ConnState, request_host, request_url
-from tlsgate.addons.verdicts import block, block_at_headers, body_may_stream, fail_closed, mark, record_once, verdict_of
+from tlsgate.addons.verdicts import (
+    block,
+    block_at_headers,
+    block_response,
+    body_may_stream,
+    fail_closed,
+    mark,
+    record_once,
+    refuse_unjudged,
+    verdict_of,
+)
 from tlsgate.checks.model import Action, Issue, decide
 from tlsgate.checks.payload import PayloadFacts, judge_payload, rules_of
 from tlsgate.payload.bounds import Budget, Steps, drain, inflate_steps
@@ -50,6 +61,7 @@ from tlsgate.payload.fields import Field, body_field_steps, header_fields, url_f
 from tlsgate.payload.identifiers import Form, mask
 from tlsgate.payload.recall import BlockMemory
 from tlsgate.payload.scan import scan_steps
+from tlsgate.payload.window import HeldWindow, Judge, WindowGate
 from tlsgate.policy import Match, Policy
 from tlsgate.policy.sections.payload import DEFAULT_MAX_BYTES, PAYLOAD, PayloadAction, PayloadRules
 from tlsgate.sinks import redact
@@ -74,8 +86,9 @@ class Holdings:
         self.floor = floor
         self.held = 0
 
-    def reserve(self, wanted: int) -> int:
-        granted = max(min(wanted, self.limit - self.held), min(wanted, self.floor))
+    def reserve(self, wanted: int, floor: int | None = None) -> int:
+        floor = self.floor if floor is None else floor
+        granted = max(min(wanted, self.limit - self.held), min(wanted, floor))
         self.held += granted
         return granted
 
@@ -105,6 +118,26 @@ class Tap:
         self.data = bytearray()
         if self._release is not None:
             self._release()
+
+
+class StreamWindow(WindowGate):
+    """A streamed request body's first `max_bytes`, held from the server until judged (`WindowGate`), and the
+    block answer `mitm_internals.hold_request_body` sends the app when they are refused."""
+
+    def __init__(self, flow: http.HTTPFlow, addon: Any, wanted: int, judge: Judge, holdings: Holdings, encoding: str):
+        super().__init__(
+            wanted, encoding, judge, lambda size: holdings.reserve(size, 2 * holdings.floor), holdings.release,
+            lambda exc: refuse_unjudged(addon, flow, "payload.StreamWindow", exc),
+        )  # fmt: skip
+        self.flow = flow
+
+    def refusal(self) -> http.Response | None:
+        if not self.blocked:
+            return None
+        finding = verdict_of(self.flow)
+        if finding is None:
+            return http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
+        return block_response(finding, self.flow.request.headers.get("accept", ""))
 
 
 def stepped(steps: Steps[Any], label: str) -> Coroutine[Any, Any, None] | None:
@@ -154,12 +187,30 @@ class PayloadInspector:
         flow.metadata[HEADS_JUDGED] = True
         if drain(self._judge(flow, state, match, rules, heads=True, body=None, at_headers=True)):
             return
-        if flow.request.stream is True:  # mitmproxy decided (by Content-Length) to stream: look at what passes
-            length = flow.request.headers.get("content-length", "")
-            wanted = min(rules.max_bytes, int(length)) if length.isascii() and length.isdigit() else rules.max_bytes
-            tap = Tap(self.holdings.reserve(wanted), wanted, self.holdings)
-            flow.request.stream = tap
-            flow.metadata[TAP] = tap
+        self._hold_streamed_body(flow, state, match, rules)
+
+    def _hold_streamed_body(self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules) -> None:
+        """The body's first `max_bytes` are held from the server until judged, if mitmproxy streams it: by its
+        Content-Length from the first byte (`stream` is already True), or, chunked or length-less, once it has
+        buffered past its threshold (see `tlsgate.addons.payload_stream`)."""
+        request = flow.request
+        if request.stream is not True and request.stream is not False:
+            return  # another add-on's stream callable (gRPC, ...) has this body
+        length = request.headers.get("content-length", "")
+        known = int(length) if length.isascii() and length.isdigit() else None
+        wanted = min(rules.max_bytes, known) if known is not None else rules.max_bytes
+
+        def judge(window: HeldWindow, capped: list[str]) -> Steps[bool]:
+            total = window.total if window.ended else known
+            body = (window.data, window.complete, total, False)  # held: still refusable
+            return self._judge(flow, state, match, rules, False, body, True, capped)
+
+        encoding = request.headers.get("content-encoding", "")
+        held = StreamWindow(flow, self, wanted, judge, self.holdings, encoding)
+        flow.metadata[TAP] = held
+        if request.stream is True:
+            request.stream = held
+        hold_request_body(flow, held)
 
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
@@ -182,6 +233,8 @@ class PayloadInspector:
         capped: list[str] = []
         held = 0
         try:
+            if isinstance(tap, StreamWindow) and tap.used:
+                return False  # judged as it passed (`_hold_streamed_body`)
             if isinstance(tap, Tap):
                 if tap.limit < tap.wanted and tap.total > tap.limit:
                     capped.append("held_bytes")
