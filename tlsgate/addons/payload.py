@@ -181,18 +181,25 @@ class PayloadInspector:
         """A body that may stream is not waited for: URL and headers are judged now, and a Content-Length body
         mitmproxy streams is tapped up to `max_bytes` on its way."""
         context = self._context(flow)
-        if context is None or not body_may_stream(flow.request):
+        if context is None:
             return
         state, match, rules = context
+        if not body_may_stream(flow.request):
+            if "content-length" not in flow.request.headers and flow.request.method not in ("GET", "HEAD"):
+                # HTTP/2 and 3 say no length for a body of any size: held whole unless it passes the threshold
+                self._hold_streamed_body(flow, state, match, rules, heads=True)
+            return
         flow.metadata[HEADS_JUDGED] = True
         if drain(self._judge(flow, state, match, rules, heads=True, body=None, at_headers=True)):
             return
-        self._hold_streamed_body(flow, state, match, rules)
+        self._hold_streamed_body(flow, state, match, rules, heads=False)
 
-    def _hold_streamed_body(self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules) -> None:
-        """The body's first `max_bytes` are held from the server until judged, if mitmproxy streams it: by its
-        Content-Length from the first byte (`stream` is already True), or, chunked or length-less, once it has
-        buffered past its threshold (see `tlsgate.addons.payload_stream`)."""
+    def _hold_streamed_body(
+        self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules, heads: bool
+    ) -> None:
+        """The body's first `max_bytes` are held from the server until judged (with the URL and headers when
+        `heads`: not judged yet), if mitmproxy streams it: by its Content-Length from the first byte (`stream` is
+        already True), or, chunked or length-less, once it has buffered past its threshold (`StreamWindow`)."""
         request = flow.request
         if request.stream is not True and request.stream is not False:
             return  # another add-on's stream callable (gRPC, ...) has this body
@@ -203,7 +210,7 @@ class PayloadInspector:
         def judge(window: HeldWindow, capped: list[str]) -> Steps[bool]:
             total = window.total if window.ended else known
             body = (window.data, window.complete, total, False)  # held: still refusable
-            return self._judge(flow, state, match, rules, False, body, True, capped)
+            return self._judge(flow, state, match, rules, heads, body, True, capped)
 
         encoding = request.headers.get("content-encoding", "")
         held = StreamWindow(flow, self, wanted, judge, self.holdings, encoding)
