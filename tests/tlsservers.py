@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -152,6 +153,8 @@ class ReceivedBody:
     complete: bool = False  # the body's end arrived (HTTP/1 length or last chunk; HTTP/2 END_STREAM)
     reset: bool = False  # HTTP/2: the proxy reset the stream
     closed: bool = False  # the connection closed before the body ended
+    head_at: float = field(default_factory=time.monotonic)  # when the head arrived
+    first_byte_at: float | None = None  # when the first body byte arrived (benchmarks: what holding delays)
 
 
 @dataclass
@@ -218,6 +221,8 @@ class BodyRecorder:
         def more() -> bool:
             data = channel.recv(65536)
             buffer.extend(data)
+            if len(buffer) > 64 and seen.first_byte_at is None:  # past a chunk-size line: body bytes
+                seen.first_byte_at = time.monotonic()
             return bool(data)
 
         if "chunked" in seen.headers.get("transfer-encoding", "").lower():
@@ -270,7 +275,9 @@ class BodyRecorder:
                         seen = streams[event.stream_id] = ReceivedBody(headers.get(":path", "/"), headers)
                         self.received.append(seen)
                     elif isinstance(event, h2.events.DataReceived):
-                        streams[event.stream_id].body += event.data
+                        seen = streams[event.stream_id]
+                        seen.first_byte_at = seen.first_byte_at or time.monotonic()
+                        seen.body += event.data
                         peer.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                     elif isinstance(event, h2.events.StreamEnded):
                         seen = streams[event.stream_id]

@@ -139,13 +139,13 @@ def test_a_refused_window_forwards_nothing_ever() -> None:
 
 def test_a_short_body_is_judged_at_its_end_and_never_yields_an_empty_chunk() -> None:
     gate = gate_of(verdict(False))
-    assert gate(b"short") == []
-    gate.finish()  # what mitm_internals does before the end of the body goes upstream
-    assert gate.passed and gate(b"") == [b"short"]
+    assert gate(b"short") == [] and gate(b"") == []  # the end: held until judged (in the request hook)
+    steps = list(gate.ending())  # what the add-on's request hook runs, in slices, while the end waits
+    assert steps and gate.passed and gate.flush() == [b"short"] and gate.flush() == []
     blocked = gate_of(verdict(True))
-    assert blocked(b"short") == []
-    blocked.finish()
-    assert blocked.blocked and blocked(b"") == []  # b"" would be a last chunk (HTTP/1 chunked): never sent
+    assert blocked(b"short") == [] and blocked(b"") == []  # b"" would be a last chunk (HTTP/1 chunked): never sent
+    blocked.finish()  # what mitm_internals does if the hook did not judge it
+    assert blocked.blocked and blocked.flush() == [] and blocked(b"") == []
 
 
 def test_a_judge_that_raises_refuses() -> None:
@@ -184,7 +184,7 @@ def test_a_compressed_window_is_judged_on_the_decoded_bytes() -> None:
     body = brotli.compress(b"{" + b'"k": "v", ' * 1000 + b"}")
     out = [piece for at in range(0, len(body), 7) for piece in gate(body[at : at + 7])]
     out += gate(b"")
-    assert seen == [(b"{" + b'"k": "v", ' * 1000)[:100]] and b"".join(out) == body
+    assert seen == [(b"{" + b'"k": "v", ' * 1000)[:100]] and b"".join(out) == body  # judged once 100 bytes decoded
 
 
 # -- the add-on's glue ---------------------------------------------------------------------------------
@@ -231,8 +231,9 @@ def test_a_secret_in_a_streamed_body_blocks_it_before_the_server_gets_a_byte(
     for name in [n.strip() for n in encoding.split(",") if n.strip()]:
         body = CODECS[name](body)
     sent = [piece for at in range(0, len(body), 4096) for piece in window(body[at : at + 4096])]
+    sent += window(b"")  # the end: nothing handed over before it is judged
     window.finish()
-    sent += window(b"")
+    sent += window.flush()
     assert sent == []  # nothing of the window (nor anything after it) went upstream
     response = window.refusal()
     assert response is not None and response.status_code == 403

@@ -504,7 +504,10 @@ class HeldBody(Protocol):
     def __call__(self, chunk: bytes) -> list[bytes] | bytes: ...
 
     def finish(self) -> None:
-        """The body ended: judge what is held now, before its end goes upstream."""
+        """The body ended: judge what is held now, if that is not done yet, before its end goes upstream."""
+
+    def flush(self) -> list[bytes]:
+        """Passed chunks not handed over yet (at the body's end: what was held until the verdict)."""
 
     def refusal(self) -> Any:
         """The block answer (an http.Response) once the held bytes were judged blocked, else None."""
@@ -577,13 +580,47 @@ def _held_body_event(stream: Any, event: Any, held: _HeldStream, handle: Callabl
         yield from handle(stream, event)
         return
     if isinstance(event, RequestEndOfMessage):
-        body.finish()
+        yield from _ending(stream, event, held, handle)
+        return
     if body.refusal() is None:
         yield from handle(stream, event)
     refusal = body.refusal()
     if refusal is not None and not held.cut:
         held.cut = True
         yield from _cut_request(stream, refusal)
+
+
+def _ending(stream: Any, event: Any, held: _HeldStream, handle: Callable[[Any, Any], Any]) -> Any:
+    """The body's end: mitmproxy asks the callable for its last chunks (the held ones are not handed over yet),
+    runs the `request` hook, where the add-on finishes judging in slices while mitmproxy waits, and then sends
+    the trailers and the end upstream. Here, before the first of those goes out, the held chunks go (passed),
+    or the request is cut and nothing more goes (refused)."""
+    from mitmproxy.proxy.layers.http import RequestData, RequestEndOfMessage, RequestTrailers, SendHttp
+
+    body = held.body
+    commands_ = handle(stream, event)
+    reply = None
+    while True:
+        try:
+            command = commands_.send(reply)
+        except StopIteration:
+            return
+        if (
+            isinstance(command, SendHttp)
+            and isinstance(command.event, (RequestTrailers, RequestEndOfMessage))
+            and command.connection is stream.context.server
+        ):
+            body.finish()  # judged in the hook already, unless the hook did not run (then: now)
+            refusal = body.refusal()
+            if refusal is not None:
+                commands_.close()
+                if not held.cut:
+                    held.cut = True
+                    yield from _cut_request(stream, refusal)
+                return
+            for chunk in body.flush():
+                yield SendHttp(RequestData(stream.stream_id, chunk), stream.context.server)
+        reply = yield command
 
 
 def _cut_request(stream: Any, refusal: Any) -> Any:

@@ -10,14 +10,19 @@ Cost is bounded by `payload.max_bytes` (64 KiB by default):
 
 * a body mitmproxy buffers (up to its 1 MiB streaming threshold) is judged in
   the `request` hook, before any byte of it goes upstream, on its first
-  `max_bytes` bytes (gzip/deflate bodies are inflated up to that many bytes);
-* a request whose body may stream (large or chunked) has its URL and headers
-  judged at `requestheaders`, where a block refuses it before the body is
-  read; a body mitmproxy streams by its Content-Length is tapped as it passes
-  (`Tap`): its first `max_bytes` bytes are copied, nothing is held back, and
-  what they show is recorded (it can no longer be blocked). A chunked body
-  that outgrows the threshold is streamed by mitmproxy before tlsgate sees it,
-  and only its URL and headers are judged.
+  `max_bytes` bytes (gzip, deflate, br and zstd decoded, stacked encodings in
+  turn, never past that many bytes: `tlsgate.payload.bounds.Decoder`);
+* a request whose body may stream has its URL and headers judged at
+  `requestheaders`, where a block refuses it before the body is read; its body,
+  if mitmproxy streams it (by its Content-Length from the first byte; chunked,
+  or HTTP/2 and 3 without a length, once 1 MiB is buffered), goes through a
+  `StreamWindow`: the first `max_bytes` (decoded) are held back from the server
+  until judged, a slice of scanning per chunk. Passed, they go on at once and
+  the rest streams uninspected; blocked, the server has the request's head and
+  no byte of its body: its request is cancelled (HTTP/2: the stream reset;
+  HTTP/1: the upstream connection closed), the app gets the block page, and
+  what it still sends is dropped (`mitm_internals.hold_request_body`). Memory
+  per such request: at most 2 x `max_bytes` plus one chunk, within `Holdings`.
 
 Responses are looked at for ECB only, and recorded: the request has already
 reached the server, and what must change is the app's crypto.
@@ -194,9 +199,7 @@ class PayloadInspector:
             return
         self._hold_streamed_body(flow, state, match, rules, heads=False)
 
-    def _hold_streamed_body(
-        self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules, heads: bool
-    ) -> None:
+    def _hold_streamed_body(self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules, heads: bool) -> None:
         """The body's first `max_bytes` are held from the server until judged (with the URL and headers when
         `heads`: not judged yet), if mitmproxy streams it: by its Content-Length from the first byte (`stream` is
         already True), or, chunked or length-less, once it has buffered past its threshold (`StreamWindow`)."""
@@ -241,7 +244,8 @@ class PayloadInspector:
         held = 0
         try:
             if isinstance(tap, StreamWindow) and tap.used:
-                return False  # judged as it passed (`_hold_streamed_body`)
+                yield from tap.ending()  # judged as it passed, or now, in slices, while its end waits
+                return False  # a refusal cuts it (`mitm_internals.hold_request_body`): there is nothing to answer
             if isinstance(tap, Tap):
                 if tap.limit < tap.wanted and tap.total > tap.limit:
                     capped.append("held_bytes")

@@ -144,6 +144,8 @@ class WindowGate:
         if self.passed:
             out, self.out = self.out, []
             return [*out, chunk] if chunk else out
+        if not chunk:
+            return []  # the end, not judged yet: judged by `ending` (the add-on's request hook), then flushed
         window = self.window or self._open()
         window.add(chunk)
         self.held_peak = max(self.held_peak, window.held_bytes)
@@ -156,12 +158,25 @@ class WindowGate:
         return []  # never b"": mitmproxy would send it as an empty (for HTTP/1 chunked: a last) chunk
 
     def finish(self) -> None:
-        """The body ended: judged now, whatever is held (the end goes upstream right after)."""
-        if not (self.passed or self.blocked):
-            window = self.window or self._open()
-            if not window.ended:
-                window.add(b"")
-            self._advance(window, None)
+        """The body ended: judged now, whatever is held, if `ending` did not judge it yet."""
+        for _ in self.ending():
+            pass
+
+    def ending(self) -> Steps[None]:
+        """The body ended: judge what is held, one bounded step at a time (the caller may hand the event loop
+        back between steps, while the body's end waits); then `flush` has the held chunks if it passed."""
+        if self.passed or self.blocked:
+            return
+        window = self.window or self._open()
+        if not window.ended:
+            window.add(b"")
+        while not (self.passed or self.blocked):
+            self._advance(window, 0.0)
+            yield None
+
+    def flush(self) -> list[bytes]:
+        out, self.out = self.out, []
+        return out
 
     def _advance(self, window: HeldWindow, budget: float | None) -> None:
         """Run the window's scan for `budget` seconds (None: to its end); decide when it ends."""
