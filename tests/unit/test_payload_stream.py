@@ -253,3 +253,12 @@ def test_a_chunked_body_gets_a_window_that_costs_nothing_until_mitmproxy_streams
     flow.request.content = b'{"a": 1}'  # it stayed small: judged whole in the request hook, as before
     addon.request(flow)
     assert flow.response is None and addon.holdings.held == 0
+
+
+def test_a_grpc_call_is_not_held(inspector: tuple[PayloadInspector, Path]) -> None:
+    """A bidirectional gRPC call may wait for the server's answers mid-body: holding it could stall the call."""
+    addon, _ = inspector
+    flow = streamed("block.test")
+    flow.request.headers["content-type"] = "application/grpc+proto"
+    addon.requestheaders(flow)
+    assert flow.request.stream is True

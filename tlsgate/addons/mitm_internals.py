@@ -631,6 +631,7 @@ def _cut_request(stream: Any, refusal: Any) -> Any:
         ResponseData,
         ResponseEndOfMessage,
         ResponseHeaders,
+        ResponseProtocolError,
         SendHttp,
     )
 
@@ -648,6 +649,8 @@ def _cut_request(stream: Any, refusal: Any) -> Any:
         if refusal.raw_content:
             yield SendHttp(ResponseData(stream.stream_id, refusal.raw_content), client)
         yield SendHttp(ResponseEndOfMessage(stream.stream_id), client)
+    elif client.connected:  # the server's answer had begun: the app's stream (HTTP/1: connection) is cut instead
+        yield SendHttp(ResponseProtocolError(stream.stream_id, "blocked by policy", ErrorCode.KILL), client)
     yield DropStream(stream.stream_id)  # what the app still sends of the body is dropped with the stream
 
 

@@ -206,6 +206,8 @@ class PayloadInspector:
         request = flow.request
         if request.stream is not True and request.stream is not False:
             return  # another add-on's stream callable (gRPC, ...) has this body
+        if request.headers.get("content-type", "").lower().startswith("application/grpc"):
+            return  # a bidirectional call may wait for answers mid-body: holding its messages could stall it
         length = request.headers.get("content-length", "")
         known = int(length) if length.isascii() and length.isdigit() else None
         wanted = min(rules.max_bytes, known) if known is not None else rules.max_bytes
