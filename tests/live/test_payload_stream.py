@@ -161,3 +161,18 @@ def test_a_50_mb_chunked_upload_being_inspected_does_not_starve_another_client(g
     assert big.complete and len(big.body) == 50 * MiB
     payload = [f for f in gate.wait_findings(1) if f["check"] == "payload"]
     assert [(f["action"], f["evidence"]["inspected_bytes"]) for f in payload] == [("reported", 4 * MiB)]
+
+
+def test_the_stream_benchmark_runs() -> None:
+    """benchmarks/payload_stream.py --quick: every proxy carries every upload whole (speed is printed, not asserted)."""
+    import re
+    import sys
+
+    from tests.harness import REPO
+
+    done = subprocess.run(
+        [sys.executable, "benchmarks/payload_stream.py", "--quick"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = re.findall(r"^\| (mitmdump|tlsgate [^|]+) \| [\d.]+ \| [\d.]+x \| [\d.]+x \|", done.stdout, re.M)
+    assert len(rows) == 4, done.stdout
