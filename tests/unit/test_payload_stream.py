@@ -262,3 +262,22 @@ def test_a_grpc_call_is_not_held(inspector: tuple[PayloadInspector, Path]) -> No
     flow.request.headers["content-type"] = "application/grpc+proto"
     addon.requestheaders(flow)
     assert flow.request.stream is True
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip"])
+def test_a_compressed_body_gets_a_window_of_max_bytes_decoded_not_of_its_length(
+    inspector: tuple[PayloadInspector, Path], encoding: str
+) -> None:
+    """A 4 KB compressed body that decodes to 60 KB: its Content-Length said nothing of how much to inspect."""
+    addon, findings = inspector
+    body = CODECS[encoding](json.dumps({"pad": "x" * 50_000, "key": STRIPE, "more": "y" * 5000}).encode())
+    flow = streamed("block.test", encoding)
+    flow.request.headers["content-length"] = str(len(body))
+    addon.requestheaders(flow)
+    window = flow.request.stream
+    assert isinstance(window, StreamWindow) and len(body) < 4096
+    assert window(body) == [] and window(b"") == []
+    window.finish()
+    assert window.blocked and window.window is not None and window.window.limit == 65536
+    (finding,) = [json.loads(line) for line in findings.read_text().splitlines()]
+    assert finding["action"] == "blocked" and finding["evidence"]["inspected_bytes"] > 50_000

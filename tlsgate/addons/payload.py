@@ -210,7 +210,8 @@ class PayloadInspector:
             return  # a bidirectional call may wait for answers mid-body: holding its messages could stall it
         length = request.headers.get("content-length", "")
         known = int(length) if length.isascii() and length.isdigit() else None
-        wanted = min(rules.max_bytes, known) if known is not None else rules.max_bytes
+        encoded = bool(request.headers.get("content-encoding", "").strip())  # its length says nothing of the decoded size
+        wanted = min(rules.max_bytes, known) if known is not None and not encoded else rules.max_bytes
 
         def judge(window: HeldWindow, capped: list[str]) -> Steps[bool]:
             total = window.total if window.ended else known
