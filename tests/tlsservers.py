@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -241,3 +242,151 @@ class NginxH2:
         if self._proc is not None:
             self._proc.terminate()
             self._proc.wait(10)
+
+
+@dataclass
+class ReceivedBody:
+    """One request as a `BodyRecorder` got it: the body bytes that arrived (de-chunked), and how it ended."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytearray = field(default_factory=bytearray)
+    complete: bool = False  # the body's end arrived (HTTP/1 length or last chunk; HTTP/2 END_STREAM)
+    reset: bool = False  # HTTP/2: the proxy reset the stream
+    closed: bool = False  # the connection closed before the body ended
+    head_at: float = field(default_factory=time.monotonic)  # when the head arrived
+    first_byte_at: float | None = None  # when the first body byte arrived (benchmarks: what holding delays)
+
+
+@dataclass
+class BodyRecorder:
+    """An HTTPS upstream (HTTP/1.1 or, with `h2`, HTTP/2 by ALPN) that records exactly which body bytes of each
+    request reached it, and answers a complete request with the SHA-256 and length of what it got."""
+
+    cert_file: Path
+    key_file: Path
+    h2: bool = False
+    received: list[ReceivedBody] = field(default_factory=list)
+    port: int = 0
+
+    def start(self) -> BodyRecorder:
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(self.cert_file, self.key_file)
+        self._context.set_alpn_protocols(["h2"] if self.h2 else ["http/1.1"])
+        self._sock = serve_on_loopback(self._serve_h2 if self.h2 else self._serve_h1, threaded=True)
+        self.port = self._sock.getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        self._sock.close()
+
+    def completed(self) -> list[ReceivedBody]:
+        return [seen for seen in self.received if seen.complete]
+
+    @staticmethod
+    def answer(seen: ReceivedBody) -> bytes:
+        import hashlib
+        import json
+
+        return json.dumps({"sha256": hashlib.sha256(seen.body).hexdigest(), "length": len(seen.body)}).encode()
+
+    def _serve_h1(self, conn: socket.socket) -> None:
+        import contextlib
+
+        with contextlib.suppress(OSError, ssl.SSLError), conn, self._context.wrap_socket(conn, server_side=True) as channel:
+            buffer = bytearray()
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = channel.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+                seen = ReceivedBody(lines[0].split()[1], headers)
+                self.received.append(seen)
+                buffer = bytearray(rest)
+                if not self._h1_body(channel, seen, buffer):
+                    seen.closed = True
+                    return
+                seen.complete = True
+                payload = self.answer(seen)
+                channel.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                                % (len(payload), payload))  # fmt: skip
+
+    @staticmethod
+    def _h1_body(channel: ssl.SSLSocket, seen: ReceivedBody, buffer: bytearray) -> bool:
+        """Read the body into `seen.body` as it arrives; False if the connection closed first."""
+
+        def more() -> bool:
+            data = channel.recv(65536)
+            buffer.extend(data)
+            if len(buffer) > 64 and seen.first_byte_at is None:  # past a chunk-size line: body bytes
+                seen.first_byte_at = time.monotonic()
+            return bool(data)
+
+        if "chunked" in seen.headers.get("transfer-encoding", "").lower():
+            while True:
+                while b"\r\n" not in buffer:
+                    if not more():
+                        return False
+                line, _, _ = bytes(buffer).partition(b"\r\n")
+                size = int(line.split(b";")[0], 16)
+                while len(buffer) < len(line) + 2 + size + 2:
+                    if not more():
+                        seen.body += buffer[len(line) + 2 : len(line) + 2 + size]  # what came of the chunk
+                        return False
+                seen.body += buffer[len(line) + 2 : len(line) + 2 + size]
+                del buffer[: len(line) + 2 + size + 2]
+                if size == 0:
+                    return True
+        length = int(seen.headers.get("content-length", "0"))
+        while len(seen.body) + len(buffer) < length:
+            seen.body += buffer
+            buffer.clear()
+            if not more():
+                seen.body += buffer
+                return False
+        seen.body += buffer[: length - len(seen.body)]
+        del buffer[:]
+        return True
+
+    def _serve_h2(self, conn: socket.socket) -> None:
+        import contextlib
+
+        import h2.config
+        import h2.connection
+        import h2.events
+
+        with contextlib.suppress(OSError, ssl.SSLError), conn, self._context.wrap_socket(conn, server_side=True) as channel:
+            peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+            peer.initiate_connection()
+            channel.sendall(peer.data_to_send())
+            streams: dict[int, ReceivedBody] = {}
+            while True:
+                data = channel.recv(65536)
+                if not data:
+                    for seen in streams.values():
+                        seen.closed = not seen.complete and not seen.reset
+                    return
+                for event in peer.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        headers = {k.decode().lower(): v.decode() for k, v in event.headers or []}
+                        seen = streams[event.stream_id] = ReceivedBody(headers.get(":path", "/"), headers)
+                        self.received.append(seen)
+                    elif isinstance(event, h2.events.DataReceived):
+                        seen = streams[event.stream_id]
+                        seen.first_byte_at = seen.first_byte_at or time.monotonic()
+                        seen.body += event.data
+                        peer.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        seen = streams[event.stream_id]
+                        seen.complete = True
+                        payload = self.answer(seen)
+                        peer.send_headers(event.stream_id, [(":status", "200"), ("content-length", str(len(payload)))])
+                        peer.send_data(event.stream_id, payload, end_stream=True)
+                    elif isinstance(event, h2.events.StreamReset) and event.stream_id in streams:
+                        streams[event.stream_id].reset = True
+                if out := peer.data_to_send():
+                    channel.sendall(out)

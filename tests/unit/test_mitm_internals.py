@@ -196,3 +196,29 @@ def test_the_websocket_layer_code_the_close_relies_on_is_unchanged(name: str) ->
         f"mitmproxy {version.VERSION} changed {name}: re-read it, check tlsgate/addons/mitm_internals.py's "
         f"close_websockets_on_request still holds, then pin {digest}"
     )
+
+
+# What `hold_request_body` (streamed request bodies held until judged, tlsgate/addons/payload.py) relies on.
+HELD_BODY_PINNED = {
+    # step 3 switches a buffered body to streaming with `stream = True`: `_held_body_event` makes that switch itself
+    "HttpStream.check_body_size": "236ca0a7b9fd4f69",
+    "HttpStream.start_request_stream": "46f03368a2a54362",  # opens the upstream and sends the head
+    # calls the stream callable per chunk and with b"" at the end, then the request hook, then sends the end
+    "HttpStream.state_stream_request_body": "c98f7f715cef7cfa",
+    "HttpStream.state_consume_request_body": "45459c1bbd8bdb1a",  # buffers into request_body_buf
+    "Http1Server.send": "cc218a1337c0f5cf",  # a response may go out while the request body is still coming
+}
+
+
+@pytest.mark.parametrize("name", sorted(HELD_BODY_PINNED))
+def test_the_code_held_request_bodies_rely_on_is_unchanged(name: str) -> None:
+    from mitmproxy.proxy.layers.http import HttpStream
+    from mitmproxy.proxy.layers.http._http1 import Http1Server
+
+    owner, attribute = name.split(".")
+    function = getattr({"HttpStream": HttpStream, "Http1Server": Http1Server}[owner], attribute)
+    digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+    assert digest == HELD_BODY_PINNED[name], (
+        f"mitmproxy {version.VERSION} changed {name}: re-read it, check tlsgate/addons/mitm_internals.py's "
+        f"hold_request_body / _held_body_event / _cut_request still hold, then pin {digest}"
+    )

@@ -16,7 +16,7 @@ from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
 from tests.addonkit import wired
-from tlsgate.addons.payload import HELD_LIMIT, PayloadInspector, Tap
+from tlsgate.addons.payload import HELD_LIMIT, PayloadInspector, StreamWindow
 from tlsgate.checks.payload import PayloadFacts, judge_payload
 from tlsgate.payload.bounds import MAX_CANDIDATES, MAX_ITEMS, SEGMENT, WINDOW, Budget
 from tlsgate.payload.fields import MAX_FIELDS, body_field_steps, body_fields
@@ -227,26 +227,27 @@ def test_a_long_scan_lets_other_tasks_run_and_still_decides_before_the_request_m
     assert finding["evidence"]["kind"] == "provider_key" and len(finding["evidence"]["keys"]) == MAX_ITEMS
 
 
-def test_taps_share_a_memory_limit_and_a_cut_tap_says_so(inspector: tuple[PayloadInspector, Path]) -> None:
+def test_held_windows_share_a_memory_limit_and_a_cut_window_says_so(inspector: tuple[PayloadInspector, Path]) -> None:
     addon, findings = inspector
-    flows = [upload(b"", length=16 * MiB) for _ in range(HELD_LIMIT // (16 * MiB) + 2)]
+    flows = [upload(b"", length=16 * MiB) for _ in range(HELD_LIMIT // (32 * MiB) + 2)]
     for flow in flows:
         flow.request.stream = True  # what mitmproxy sets for a body above stream_large_bodies
         addon.requestheaders(flow)
-    limits = [flow.request.stream.limit for flow in flows if isinstance(flow.request.stream, Tap)]
-    assert limits[:4] == [16 * MiB] * 4 and limits[4:] == [65536, 65536]  # past the limit: the default 64 KiB
+        assert isinstance(flow.request.stream, StreamWindow) and addon.holdings.held == 0  # nothing held yet
+    for flow in flows[:-1]:
+        assert flow.request.stream(b"x") == []  # the first chunk opens the window (raw and decoded: 2 x max_bytes)
+    limits = [flow.request.stream.window.limit for flow in flows[:-1] if isinstance(flow.request.stream, StreamWindow)]
+    assert limits == [16 * MiB, 16 * MiB, 65536]  # past the budget: the default 64 KiB
     assert addon.holdings.held == HELD_LIMIT + 2 * 65536
     last = flows[-1]
-    tap = last.request.stream
-    assert isinstance(tap, Tap)
-    tap((STRIPE + " ").encode() * 10_000)
-    last.request.content = None
-    result = addon.request(last)
-    if asyncio.iscoroutine(result):
-        asyncio.run(result)
+    window = last.request.stream
+    assert isinstance(window, StreamWindow)
+    body = (STRIPE + " ").encode() * 10_000
+    assert b"".join(window(body)) == body  # report mode: judged once 64 KiB is held, then passed on whole
     finding = json.loads(findings.read_text().splitlines()[-1])
     assert "held_bytes" in finding["evidence"]["capped"] and finding["evidence"]["inspected_bytes"] == 65536
-    assert addon.holdings.held == HELD_LIMIT + 65536  # released once judged
+    assert "streamed" not in finding["evidence"]  # held until judged: refusable, not `streamed`
+    assert addon.holdings.held == HELD_LIMIT + 2 * 65536  # the last window's share released once judged
 
 
 def test_a_block_decided_after_a_sliced_scan_still_refuses_the_request(inspector: tuple[PayloadInspector, Path]) -> None:

@@ -474,7 +474,7 @@ def watch_http_streams(watcher: StreamWatcher) -> None:
     (An app hanging up is told by `answer_upstream_errors`.)
     """
     from mitmproxy.proxy import events
-    from mitmproxy.proxy.layers.http import HttpStream, RequestHeaders, ResponseData
+    from mitmproxy.proxy.layers.http import HttpStream, RequestData, RequestEndOfMessage, RequestHeaders, ResponseData
 
     handle = getattr(HttpStream._handle_event, "tlsgate_original", HttpStream._handle_event)
 
@@ -487,6 +487,9 @@ def watch_http_streams(watcher: StreamWatcher) -> None:
         elif isinstance(event, events.Wakeup) and isinstance(event.command, StreamClock):
             yield from _clock_ran_out(self, event.command)
             return
+        elif isinstance(event, (RequestData, RequestEndOfMessage)) and (held := _held_bodies.get(self)) is not None:
+            yield from _held_body_event(self, event, held, handle)
+            return
         if isinstance(event, RequestHeaders):
             yield from _registering(self, handle(self, event))
         else:
@@ -494,6 +497,162 @@ def watch_http_streams(watcher: StreamWatcher) -> None:
 
     _handle_event.tlsgate_original = handle  # type: ignore[attr-defined]
     HttpStream._handle_event = _handle_event  # type: ignore[method-assign]
+
+
+class HeldBody(Protocol):
+    """A request body's stream callable that holds its first bytes until judged (tlsgate.addons.payload_stream)."""
+
+    def __call__(self, chunk: bytes) -> list[bytes] | bytes: ...
+
+    def finish(self) -> None:
+        """The body ended: judge what is held now, if that is not done yet, before its end goes upstream."""
+
+    def flush(self) -> list[bytes]:
+        """Passed chunks not handed over yet (at the body's end: what was held until the verdict)."""
+
+    def refusal(self) -> Any:
+        """The block answer (an http.Response) once the held bytes were judged blocked, else None."""
+
+
+class _HeldStream:
+    """What `_held_body_event` knows of one stream: its body's callable, and whether its upstream was cut."""
+
+    def __init__(self, body: HeldBody) -> None:
+        self.body = body
+        self.cut = False
+
+
+_held_bodies: weakref.WeakKeyDictionary[Any, _HeldStream] = weakref.WeakKeyDictionary()  # HttpStream -> its body
+_held_flows: weakref.WeakKeyDictionary[Any, HeldBody] = weakref.WeakKeyDictionary()  # flow -> body, until its stream
+
+
+class _NoWatcher:
+    def body_bytes(self, flow: Any, size: int) -> None:
+        pass
+
+
+def hold_request_body(flow: Any, body: HeldBody) -> None:
+    """Give `body` every chunk of `flow`'s request body, from its first: streamed from the start (when the
+    `requestheaders` hook set `flow.request.stream = body`), or only once mitmproxy decides to stream a body it
+    was buffering (a chunked or HTTP/2 body past `stream_large_bodies`), which it would otherwise do with
+    `stream = True`, out of any hook's reach. A blocked body's upstream is cut where it is judged (see
+    `_held_body_event`). Needs `watch_http_streams`' wrapper: installed here if no add-on installed it yet."""
+    from mitmproxy.proxy.layers.http import HttpStream
+
+    if not hasattr(HttpStream._handle_event, "tlsgate_original"):
+        watch_http_streams(_NoWatcher())
+    _held_flows[flow] = body
+
+
+def _held_body_event(stream: Any, event: Any, held: _HeldStream, handle: Callable[[Any, Any], Any]) -> Any:
+    """One request body event of a stream whose body is held (`hold_request_body`).
+
+    Buffering (`state_consume_request_body`): where mitmproxy's `check_body_size`
+    would switch to streaming (what is buffered plus this chunk passes
+    `stream_large_bodies`), the switch is made here instead, with the held
+    body's callable as `request.stream`; everything buffered so far goes
+    through it as one chunk. Streaming: the body's end is judged before
+    mitmproxy sends it on; a body judged blocked gets its upstream request
+    cancelled at once (HTTP/2: RST_STREAM, CANCEL; HTTP/1: the upstream
+    connection closed, as mitmproxy does for an app that hangs up mid-body),
+    the app gets the block answer if no response byte went to it yet, and
+    nothing more of the body goes anywhere. Pinned in `tests/unit/test_mitm_internals.py`.
+    """
+    from mitmproxy.proxy.layers.http import RequestData, RequestEndOfMessage
+    from mitmproxy.utils import human
+
+    flow = stream.flow
+    body = held.body
+    if stream.client_state == stream.state_consume_request_body and isinstance(event, RequestData):
+        threshold = human.parse_size(stream.context.options.stream_large_bodies)
+        limit = human.parse_size(stream.context.options.body_size_limit)
+        size = len(stream.request_body_buf) + len(event.data)
+        if threshold is None or size <= threshold or (limit is not None and size > limit):
+            yield from handle(stream, event)  # mitmproxy's own: buffered, or refused past body_size_limit
+            return
+        buffered = bytes(stream.request_body_buf) + event.data
+        stream.request_body_buf.clear()
+        flow.request.stream = body
+        yield from stream.start_request_stream()
+        if stream.client_state != stream.state_stream_request_body:
+            return  # no upstream connection: mitmproxy answered the app
+        event = RequestData(event.stream_id, buffered)
+    if stream.client_state != stream.state_stream_request_body or flow.request.stream is not body:
+        yield from handle(stream, event)
+        return
+    if isinstance(event, RequestEndOfMessage):
+        yield from _ending(stream, event, held, handle)
+        return
+    if body.refusal() is None:
+        yield from handle(stream, event)
+    refusal = body.refusal()
+    if refusal is not None and not held.cut:
+        held.cut = True
+        yield from _cut_request(stream, refusal)
+
+
+def _ending(stream: Any, event: Any, held: _HeldStream, handle: Callable[[Any, Any], Any]) -> Any:
+    """The body's end: mitmproxy asks the callable for its last chunks (the held ones are not handed over yet),
+    runs the `request` hook, where the add-on finishes judging in slices while mitmproxy waits, and then sends
+    the trailers and the end upstream. Here, before the first of those goes out, the held chunks go (passed),
+    or the request is cut and nothing more goes (refused)."""
+    from mitmproxy.proxy.layers.http import RequestData, RequestEndOfMessage, RequestTrailers, SendHttp
+
+    body = held.body
+    commands_ = handle(stream, event)
+    reply = None
+    while True:
+        try:
+            command = commands_.send(reply)
+        except StopIteration:
+            return
+        if (
+            isinstance(command, SendHttp)
+            and isinstance(command.event, (RequestTrailers, RequestEndOfMessage))
+            and command.connection is stream.context.server
+        ):
+            body.finish()  # judged in the hook already, unless the hook did not run (then: now)
+            refusal = body.refusal()
+            if refusal is not None:
+                commands_.close()
+                if not held.cut:
+                    held.cut = True
+                    yield from _cut_request(stream, refusal)
+                return
+            for chunk in body.flush():
+                yield SendHttp(RequestData(stream.stream_id, chunk), stream.context.server)
+        reply = yield command
+
+
+def _cut_request(stream: Any, refusal: Any) -> Any:
+    from mitmproxy.proxy.layers.http import (
+        DropStream,
+        ErrorCode,
+        RequestProtocolError,
+        ResponseData,
+        ResponseEndOfMessage,
+        ResponseHeaders,
+        ResponseProtocolError,
+        SendHttp,
+    )
+
+    server = stream.context.server
+    layers = stream.context.layers
+    parent = layers[layers.index(stream) - 1] if stream in layers else None
+    if server.connected and server in getattr(parent, "connections", {}):
+        yield SendHttp(RequestProtocolError(stream.stream_id, "blocked by policy", ErrorCode.CANCEL), server)
+    stream.client_state = stream.server_state = stream.state_errored  # nothing more of it goes either way
+    stream.flow.live = False
+    client = stream.context.client
+    if stream.flow.response is None and client.connected:
+        stream.flow.response = refusal
+        yield SendHttp(ResponseHeaders(stream.stream_id, refusal, end_stream=False), client)
+        if refusal.raw_content:
+            yield SendHttp(ResponseData(stream.stream_id, refusal.raw_content), client)
+        yield SendHttp(ResponseEndOfMessage(stream.stream_id), client)
+    elif client.connected:  # the server's answer had begun: the app's stream (HTTP/1: connection) is cut instead
+        yield SendHttp(ResponseProtocolError(stream.stream_id, "blocked by policy", ErrorCode.KILL), client)
+    yield DropStream(stream.stream_id)  # what the app still sends of the body is dropped with the stream
 
 
 def _registering(stream: Any, commands_: Any) -> Any:
@@ -504,11 +663,19 @@ def _registering(stream: Any, commands_: Any) -> Any:
         try:
             command = commands_.send(reply)
         except StopIteration:
+            _hold_for(stream)  # the requestheaders hook may have asked to hold its body (`hold_request_body`)
             return
         flow = getattr(stream, "flow", None)
         if flow is not None and flow not in _streams:
             _streams[flow] = weakref.ref(stream)
+        _hold_for(stream)
         reply = yield command
+
+
+def _hold_for(stream: Any) -> None:
+    flow = getattr(stream, "flow", None)
+    if flow is not None and (body := _held_flows.pop(flow, None)) is not None:
+        _held_bodies[stream] = _HeldStream(body)
 
 
 def _waiting_for_server(stream: Any) -> bool:

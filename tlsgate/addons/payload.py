@@ -10,14 +10,19 @@ Cost is bounded by `payload.max_bytes` (64 KiB by default):
 
 * a body mitmproxy buffers (up to its 1 MiB streaming threshold) is judged in
   the `request` hook, before any byte of it goes upstream, on its first
-  `max_bytes` bytes (gzip/deflate bodies are inflated up to that many bytes);
-* a request whose body may stream (large or chunked) has its URL and headers
-  judged at `requestheaders`, where a block refuses it before the body is
-  read; a body mitmproxy streams by its Content-Length is tapped as it passes
-  (`Tap`): its first `max_bytes` bytes are copied, nothing is held back, and
-  what they show is recorded (it can no longer be blocked). A chunked body
-  that outgrows the threshold is streamed by mitmproxy before tlsgate sees it,
-  and only its URL and headers are judged.
+  `max_bytes` bytes (gzip, deflate, br and zstd decoded, stacked encodings in
+  turn, never past that many bytes: `tlsgate.payload.bounds.Decoder`);
+* a request whose body may stream has its URL and headers judged at
+  `requestheaders`, where a block refuses it before the body is read; its body,
+  if mitmproxy streams it (by its Content-Length from the first byte; chunked,
+  or HTTP/2 and 3 without a length, once 1 MiB is buffered), goes through a
+  `StreamWindow`: the first `max_bytes` (decoded) are held back from the server
+  until judged, a slice of scanning per chunk. Passed, they go on at once and
+  the rest streams uninspected; blocked, the server has the request's head and
+  no byte of its body: its request is cancelled (HTTP/2: the stream reset;
+  HTTP/1: the upstream connection closed), the app gets the block page, and
+  what it still sends is dropped (`mitm_internals.hold_request_body`). Memory
+  per such request: at most 2 x `max_bytes` plus one chunk, within `Holdings`.
 
 Responses are looked at for ECB only, and recorded: the request has already
 reached the server, and what must change is the app's crypto.
@@ -42,17 +47,19 @@ from mitmproxy import ctx, http
 from mitmproxy.websocket import WebSocketMessage
 
 from tlsgate.addons.findings import FindingsSink
-from tlsgate.addons.mitm_internals import close_websockets_on_request
+from tlsgate.addons.mitm_internals import close_websockets_on_request, hold_request_body
 from tlsgate.addons.state import Connections, ConnState, request_host, request_url
 from tlsgate.addons.verdicts import (
     block,
     block_at_headers,
     block_message,
+    block_response,
     body_may_stream,
     fail_closed,
     fail_closed_message,
     mark,
     record_once,
+    refuse_unjudged,
     verdict_of,
 )
 from tlsgate.checks.model import Action, Issue, decide
@@ -72,6 +79,7 @@ from tlsgate.payload.identifiers import Form, mask
 from tlsgate.payload.messages import message_field_steps
 from tlsgate.payload.recall import BlockMemory
 from tlsgate.payload.scan import scan_steps
+from tlsgate.payload.window import HeldWindow, Judge, WindowGate
 from tlsgate.policy import Match, Policy
 from tlsgate.policy.sections.payload import DEFAULT_MAX_BYTES, PAYLOAD, PayloadAction, PayloadRules
 from tlsgate.sinks import redact
@@ -113,8 +121,9 @@ class Holdings:
         self.floor = floor
         self.held = 0
 
-    def reserve(self, wanted: int) -> int:
-        granted = max(min(wanted, self.limit - self.held), min(wanted, self.floor))
+    def reserve(self, wanted: int, floor: int | None = None) -> int:
+        floor = self.floor if floor is None else floor
+        granted = max(min(wanted, self.limit - self.held), min(wanted, floor))
         self.held += granted
         return granted
 
@@ -122,28 +131,24 @@ class Holdings:
         self.held = max(0, self.held - size)
 
 
-class Tap:
-    """`request.stream` for a body mitmproxy streams: every chunk passes unchanged; the first `limit` bytes are copied."""
+class StreamWindow(WindowGate):
+    """A streamed request body's first `max_bytes`, held from the server until judged (`WindowGate`), and the
+    block answer `mitm_internals.hold_request_body` sends the app when they are refused."""
 
-    def __init__(self, limit: int, wanted: int | None = None, holdings: Holdings | None = None) -> None:
-        self.limit = limit
-        self.wanted = limit if wanted is None else wanted  # what the policy asked for; more than `limit` when cut
-        self.data = bytearray()
-        self.total = 0
-        # the reservation ends with the tap, however its flow ends (judged, killed, or the client gone)
-        self._release = weakref.finalize(self, holdings.release, limit) if holdings is not None else None
+    def __init__(self, flow: http.HTTPFlow, addon: Any, wanted: int, judge: Judge, holdings: Holdings, encoding: str):
+        super().__init__(
+            wanted, encoding, judge, lambda size: holdings.reserve(size, 2 * holdings.floor), holdings.release,
+            lambda exc: refuse_unjudged(addon, flow, "payload.StreamWindow", exc),
+        )  # fmt: skip
+        self.flow = flow
 
-    def __call__(self, chunk: bytes) -> bytes:
-        room = self.limit - len(self.data)
-        if room > 0:
-            self.data += chunk[:room]
-        self.total += len(chunk)
-        return chunk
-
-    def release(self) -> None:
-        self.data = bytearray()
-        if self._release is not None:
-            self._release()
+    def refusal(self) -> http.Response | None:
+        if not self.blocked:
+            return None
+        finding = verdict_of(self.flow)
+        if finding is None:
+            return http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
+        return block_response(finding, self.flow.request.headers.get("accept", ""))
 
 
 def stepped(steps: Steps[Any], label: str) -> Coroutine[Any, Any, None] | None:
@@ -188,18 +193,44 @@ class PayloadInspector:
         """A body that may stream is not waited for: URL and headers are judged now, and a Content-Length body
         mitmproxy streams is tapped up to `max_bytes` on its way."""
         context = self._context(flow)
-        if context is None or not body_may_stream(flow.request):
+        if context is None:
             return
         state, match, rules = context
+        if not body_may_stream(flow.request):
+            if "content-length" not in flow.request.headers and flow.request.method not in ("GET", "HEAD"):
+                # HTTP/2 and 3 say no length for a body of any size: held whole unless it passes the threshold
+                self._hold_streamed_body(flow, state, match, rules, heads=True)
+            return
         flow.metadata[HEADS_JUDGED] = True
         if drain(self._judge(flow, state, match, rules, heads=True, body=None, at_headers=True)):
             return
-        if flow.request.stream is True:  # mitmproxy decided (by Content-Length) to stream: look at what passes
-            length = flow.request.headers.get("content-length", "")
-            wanted = min(rules.max_bytes, int(length)) if length.isascii() and length.isdigit() else rules.max_bytes
-            tap = Tap(self.holdings.reserve(wanted), wanted, self.holdings)
-            flow.request.stream = tap
-            flow.metadata[TAP] = tap
+        self._hold_streamed_body(flow, state, match, rules, heads=False)
+
+    def _hold_streamed_body(self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules, heads: bool) -> None:
+        """The body's first `max_bytes` are held from the server until judged (with the URL and headers when
+        `heads`: not judged yet), if mitmproxy streams it: by its Content-Length from the first byte (`stream` is
+        already True), or, chunked or length-less, once it has buffered past its threshold (`StreamWindow`)."""
+        request = flow.request
+        if request.stream is not True and request.stream is not False:
+            return  # another add-on's stream callable (gRPC, ...) has this body
+        if request.headers.get("content-type", "").lower().startswith("application/grpc"):
+            return  # a bidirectional call may wait for answers mid-body: holding its messages could stall it
+        length = request.headers.get("content-length", "")
+        known = int(length) if length.isascii() and length.isdigit() else None
+        encoded = bool(request.headers.get("content-encoding", "").strip())  # its length says nothing of the decoded size
+        wanted = min(rules.max_bytes, known) if known is not None and not encoded else rules.max_bytes
+
+        def judge(window: HeldWindow, capped: list[str]) -> Steps[bool]:
+            total = window.total if window.ended else known
+            body = (window.data, window.complete, total, False)  # held: still refusable
+            return self._judge(flow, state, match, rules, heads, body, True, capped)
+
+        encoding = request.headers.get("content-encoding", "")
+        held = StreamWindow(flow, self, wanted, judge, self.holdings, encoding)
+        flow.metadata[TAP] = held
+        if request.stream is True:
+            request.stream = held
+        hold_request_body(flow, held)
 
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
@@ -210,8 +241,6 @@ class PayloadInspector:
         tap = flow.metadata.pop(TAP, None)
         context = self._context(flow)
         if context is None:
-            if isinstance(tap, Tap):
-                tap.release()
             return None
         state, match, rules = context
         return stepped(self._request_steps(flow, state, match, rules, heads_judged, tap), "request")
@@ -222,14 +251,12 @@ class PayloadInspector:
         capped: list[str] = []
         held = 0
         try:
-            if isinstance(tap, Tap):
-                if tap.limit < tap.wanted and tap.total > tap.limit:
-                    capped.append("held_bytes")
-                body: tuple[bytes | bytearray, bool, int | None, bool] | None = (
-                    tap.data, tap.total <= tap.limit, tap.total, True
-                )  # fmt: skip
-            elif flow.request.stream:
-                body = (b"", True, None, True)  # streamed by mitmproxy before any hook saw it (a large chunked body)
+            if isinstance(tap, StreamWindow) and tap.used:
+                yield from tap.ending()  # judged as it passed, or now, in slices, while its end waits
+                return False  # a refusal cuts it (`mitm_internals.hold_request_body`): there is nothing to answer
+            body: tuple[bytes | bytearray, bool, int | None, bool] | None
+            if flow.request.stream:
+                body = (b"", True, None, True)  # streamed unheld (a gRPC call past 1 MiB): judged at its headers only
             else:
                 raw = flow.request.raw_content or b""
                 encoding = flow.request.headers.get("content-encoding", "")
@@ -242,8 +269,6 @@ class PayloadInspector:
                 body = (data, complete, len(raw), False)
             return (yield from self._judge(flow, state, match, rules, not heads_judged, body, False, capped))
         finally:
-            if isinstance(tap, Tap):
-                tap.release()
             self.holdings.release(held)
 
     def _context(self, flow: http.HTTPFlow) -> tuple[ConnState, Match, PayloadRules] | None:
