@@ -694,7 +694,8 @@ def main() -> int:
     lines += [
         "## Issue 16 targets",
         "",
-        "Against mitmdump in this run: the ratio of the medians, and in how many rounds that round's own ratio met the target.",
+        "Against mitmdump in this run: the ratio of the medians, and in how many rounds that round's own ratio met the target "
+        "(issue 16's, and issue 23's for `tlsgate-all-sections` with the whole probe catalogue on: at least 1.00×).",
         "",
         f"| target | {' | '.join(WORKLOADS)} |",
         "| --- | --- | --- |",
@@ -703,7 +704,7 @@ def main() -> int:
         ("tlsgate-default", "req/s", 1.0),
         ("tlsgate-default", "CPU/req", 1.0),
         ("tlsgate-10k", "req/s", 0.95),
-        ("tlsgate-all-sections", "req/s", 0.95),
+        ("tlsgate-all-sections", "req/s", 1.0),  # issue 23, with the whole probe catalogue on
     ]
     for name, what, goal in goals:
         proxy, cells = by_name[name], []
