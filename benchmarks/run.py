@@ -404,7 +404,8 @@ def probe_lines(proxies: Sequence[Proxy], all_sections: Proxy, findings: dict[st
             ", ".join(f"`{kind}`" for kind in PROBES if not any(key.startswith(f"client_probe/{kind} ") for key in findings))
             or "none"
         )
-        + " (the campaign summaries give each one's reason: for `localhost`, `ip_name_only` applies to IP literals only).",
+        + " (the campaign summaries give each one's reason: for `localhost`, a single label, `wildcard_wrong_label` "
+        "has no second label to misplace the wildcard in, and `ip_name_only` applies to IP literals only).",
         "",
     ]
     return lines
