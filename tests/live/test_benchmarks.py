@@ -69,12 +69,13 @@ def test_the_load_client_refuses_every_probe_and_still_gets_every_answer(tmp_pat
         proxy.start(work)
         ca = work / "ca" / "mitmproxy-ca-cert.pem"
         result = load(proxy.port, f"https://localhost:{port}/", ca, 30, 2, False, "127.0.0.1")  # raises unless 30x 200
+        proxy.stop()  # the findings file is complete once tlsgate has stopped
+        findings = findings_by_kind(work / "tg.jsonl")
     finally:
         proxy.stop()
         upstream.terminate()
         upstream.wait(10)
-    findings = findings_by_kind(work / "tg.jsonl")
-    shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     refused = {key: n for key, n in findings.items() if key.startswith("client_probe/") and key.endswith("(passed)")}
     refused.pop("client_probe/campaign_summary (passed)")  # the device's roll-up at stop: it accepted nothing
     accepted = [key for key in findings if key.startswith("client_probe/") and not key.endswith("(passed)")]
