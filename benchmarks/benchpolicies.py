@@ -1,7 +1,7 @@
 """The benchmark's own policies for the TLS upstream on localhost: one that turns on every section, and a noisy one.
 
-Both are in `mode: report`, so hey's requests keep getting 200 while every check
-runs: an enforced verdict would answer 403 and hey() counts only 200s.
+Both are in `mode: report`, so the load client's requests keep getting 200 while every check
+runs: an enforced verdict would answer 403 and the harness counts only 200s.
 """
 
 from __future__ import annotations
@@ -9,26 +9,31 @@ from __future__ import annotations
 import textwrap
 
 from tests.certgen import Chain
+from tlsgate.tls.probes import PROBE_KINDS
 
-# Probe kinds `client.probes` tries, in this order, once per (client address, host); the harness spends them
-# with a verifying client before hey runs (hey skips certificate verification and would accept them).
-PROBES = ("self_signed", "wrong_host", "expired", "untrusted_ca")
+# The whole catalogue (issue 23): every certificate, chain and protocol probe, each tried once per (client address,
+# host) on PROBE_FRACTION of the connections that still have an untried kind. The load client (loadclient.py)
+# verifies like a correct app and refuses them all; each run connects from its own source address, a new device
+# to tlsgate, so every run of the new-connection workload meets the catalogue again.
+PROBES = PROBE_KINDS
+PROBE_FRACTION = 0.05
 
 # What the all-sections policy turns on, for the BENCHMARKS text (kept next to the policy it describes).
 ALL_SECTIONS_TEXT = (
-    "every section in report mode, so every check runs and records but nothing is refused (hey's requests must all "
-    "get 200, and the harness checks they do): `mode: report` in defaults and rule; `devices:` names 127.0.0.1 "
-    "(every finding and metric carries the device); "
-    "`identifiers:` seeds an e-mail, phone, advertising ID and Android ID for that device (hey's requests contain "
-    "none, so they are searched for in URL, headers and body forms and not found); `payload:` with all three checks "
-    "(ecb, secrets, identifiers) on `report`; `cleartext:` per protocol; `tls:` min 1.2 and the `intermediate` "
+    "every section in report mode, so every check runs and records but nothing is refused (every request of the "
+    "load client must get 200, and the harness checks it does): `mode: report` in defaults and rule; `devices:` "
+    "names 127.0.0.0/8 (every finding and metric carries the device); "
+    "`identifiers:` seeds an e-mail, phone, advertising ID and Android ID for that device (the load client's requests "
+    "contain none, so they are searched for in URL, headers and body forms and not found); `payload:` with all three "
+    "checks (ecb, secrets, identifiers) on `report`; `cleartext:` per protocol; `tls:` min 1.2 and the `intermediate` "
     "suites; `certificates:` with explicit key sizes, no SHA-1 and a 14-day expiry warning; `pins:` the benchmark "
     "chain's leaf and intermediate (a matching pin set with an expiry date); `client:` min 1.2, `weak_suites: "
-    "strict`, `require_sni`, and all four `probes` (spent by a verifying client before the warm-up, so hey, which "
-    "does not verify, never gets one); `quic: inspect`; `local_destinations: refuse` (the upstream is named with "
-    "`--resolve`); `app:` an Android release build declaring cleartext forbidden, user CAs untrusted, TLS 1.2, "
-    "forward secrecy and the same pins. Left off: `app.must_pin` (it records `not_pinned` on every connection an app "
-    "accepts tlsgate's certificate on, and hey accepts every one: that is a noisy policy, measured as such)."
+    f"strict`, `require_sni`, and the whole probe catalogue: all {len(PROBES)} `probes` (certificate, chain and "
+    f"protocol probes) with `probe_fraction: {PROBE_FRACTION}` (see Probes below); `quic: inspect`; "
+    "`local_destinations: refuse` (the upstream is named with `--resolve`); `app:` an Android release build declaring "
+    "cleartext forbidden, user CAs untrusted, TLS 1.2, forward secrecy and the same pins. Left off: `app.must_pin` (it "
+    "records `not_pinned` on every connection an app accepts tlsgate's certificate on, and the load client trusts "
+    "tlsgate's CA: that is a noisy policy, measured as such)."
 )
 
 
@@ -62,7 +67,7 @@ def all_sections_policy(chain: Chain) -> str:
     probes = ", ".join(PROBES)
     return f"""version: 1
 devices:
-  127.0.0.1: bench-device
+  127.0.0.0/8: bench-device
 identifiers:
   bench-device:
     email: bench.user@example.org
@@ -92,6 +97,7 @@ rules:
       weak_suites: strict
       require_sni: true
       probes: [{probes}]
+      probe_fraction: {PROBE_FRACTION}
     app:
       source: "res/xml/network_security_config.xml:3 <domain-config>"
       platform: android

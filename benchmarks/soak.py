@@ -448,7 +448,7 @@ def main() -> int:
         f"{args.think * 1000:.0f} ms, request timeout {args.timeout:.0f} s), one nginx upstream; load average "
         f"{load_avg[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.",
         "",
-        f"Machine: {machine().replace('nginx + hey', 'nginx and both load generators')}. "
+        f"Machine: {machine().replace('nginx + the load client', 'nginx and both load generators')}. "
         "For mitmdump the cleartext and pin shares simply pass (200); for tlsgate their "
         "expected answer is its 403 verdict. The error rate counts only what means the same through both: "
         "transport errors, timeouts and 5xx answers that are not a verdict.",

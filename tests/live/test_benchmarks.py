@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,8 +42,45 @@ def test_quick_benchmark_run_writes_the_table(tmp_path: Path) -> None:
     assert re.search(r"^## Memory with [\d,]+ new connections$", text, re.M)
     # The noisy policy recorded a finding for every connection hey opened, or the cost of findings measures nothing.
     assert re.search(r"Findings file check: [\d,]+ `pin_mismatch` findings .*as expected", text), text
-    # The all-sections policy ran every check without refusing hey (every request got 200, else run.py fails).
+    # The all-sections policy ran every check without refusing the load client (every request got 200, else run.py
+    # fails), and its catalogue probed the load client during the run, which refused every probe.
     assert "client_probe/self_signed (passed)" in text
+    probes = text.split("## Probes", 1)[1].split("\n## ", 1)[0]
+    assert re.search(r"^\| tlsgate-all-sections \| [\d,]+ of [\d,]+ .*\| [1-9][\d,]* of [\d,]+ ", probes, re.M), probes
+    assert re.search(r"^\| mitmdump \| 0 of [\d,]+ \(0\.0%\) \| 0 of [\d,]+ \(0\.0%\) \|$", probes, re.M), probes
+    assert "they agree" in probes and "Accepted probes (a wrong finding for this client): none." in probes
+
+
+def test_the_load_client_refuses_every_probe_and_still_gets_every_answer(tmp_path: Path) -> None:
+    """hey skips verification and Python's default context accepts `cn_only` (its CN fallback): either would take
+    probes, get tlsgate's 403s and measure those. The benchmark's client refuses the whole catalogue, retries on a
+    new connection, and every request gets its 200."""
+    from benchmarks.run import bench_upstream, findings_by_kind, load, tlsgate_proxy, validated
+    from tlsgate.tls.probes import PROBE_KINDS
+
+    work, _, root, upstream, port = bench_upstream("tlsgate-loadclient-")
+    policy = validated(
+        work / "p.yaml",
+        f"version: 1\ndefaults:\n  mode: report\nrules:\n  - hosts: [localhost]\n    client:\n"
+        f"      probes: [{', '.join(PROBE_KINDS)}]\n",
+    )
+    proxy = tlsgate_proxy(work, "tg", root, [f"localhost:{port}:127.0.0.1"], "--policy", str(policy))
+    try:
+        proxy.start(work)
+        ca = work / "ca" / "mitmproxy-ca-cert.pem"
+        result = load(proxy.port, f"https://localhost:{port}/", ca, 30, 2, False, "127.0.0.1")  # raises unless 30x 200
+        proxy.stop()  # the findings file is complete once tlsgate has stopped
+        findings = findings_by_kind(work / "tg.jsonl")
+    finally:
+        proxy.stop()
+        upstream.terminate()
+        upstream.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    refused = {key: n for key, n in findings.items() if key.startswith("client_probe/") and key.endswith("(passed)")}
+    refused.pop("client_probe/campaign_summary (passed)")  # the device's roll-up at stop: it accepted nothing
+    accepted = [key for key in findings if key.startswith("client_probe/") and not key.endswith("(passed)")]
+    assert accepted == [] and "client_probe/cn_only (passed)" in refused and "client_probe/anon_cipher (passed)" in refused
+    assert result["probes"] == sum(refused.values()) >= len(PROBE_KINDS) - 2  # ip_name_only, wildcard_wrong_label: n/a
 
 
 def test_quick_soak_samples_both_proxies_and_survives_kill_9(tmp_path: Path) -> None:

@@ -219,6 +219,31 @@ def test_alerts_have_severity_for_and_annotations_that_say_what_to_do() -> None:
                 assert f"$labels.{label}" in json.dumps(rule["annotations"]), f"{name}: annotations do not name {label}"
 
 
+def test_accepted_probes_page_or_warn_by_the_kinds_severity() -> None:
+    """Every probe kind an app can accept lands in exactly one of the two alerts, by the severity its finding carries
+    (tlsgate_findings_total's `severity` label): critical and high page, medium warns, and the warning names exactly
+    the medium kinds. Before, one alert paged critical on any accepted probe, a medium `cn_only` included."""
+    from tlsgate.checks.probes import PROBE_SEVERITY
+    from tlsgate.checks.protocol_probes import SEVERITIES as PROTOCOL_SEVERITIES
+    from tlsgate.tls.probes import PROBE_KINDS
+
+    rules = {rule["alert"]: rule for rule in alert_rules() if "alert" in rule}
+    page, warn = rules["TlsgateClientAcceptedInvalidCertificate"], rules["TlsgateClientAcceptedWeakTls"]
+    assert (page["labels"]["severity"], warn["labels"]["severity"]) == ("critical", "warning")
+
+    def routed(rule: dict[str, Any]) -> set[str]:
+        selectors = set(re.findall(r'severity=~?"([^"]*)"', rule["expr"]))
+        assert len(selectors) == 1, f"{rule['alert']}: one severity selector, the same wherever the rule reads"
+        return set(selectors.pop().split("|"))
+
+    paged, warned = routed(page), routed(warn)
+    assert paged.isdisjoint(warned) and "low" not in paged | warned  # low: a probe that tested nothing accuses no app
+    kinds = {kind: PROTOCOL_SEVERITIES.get(kind) or PROBE_SEVERITY.get(kind, "critical") for kind in PROBE_KINDS}
+    assert {kind for kind, severity in kinds.items() if severity not in paged | warned} == set()
+    named = set(re.findall(r"\b[a-z0-9]+(?:_[a-z0-9]+)+\b", warn["annotations"]["description"])) & set(PROBE_KINDS)
+    assert named == {kind for kind, severity in kinds.items() if severity in warned}
+
+
 def test_alert_rules_use_only_metrics_tlsgate_exports() -> None:
     allowed = exported_series() | PROMETHEUS_SERIES | recorded_names()
     used: set[str] = set()

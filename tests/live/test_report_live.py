@@ -103,14 +103,16 @@ def test_every_format_from_a_real_run_is_read_by_a_real_consumer(
     done = tlsgate_cli("report", source, "--format", "junit", "--out", str(out / "junit.xml"))
     assert done.returncode == 0, done.stderr
     xml = JUnitXml.fromfile(str(out / "junit.xml"))
-    (suite,) = list(xml)
-    assert suite.name == "pixel-lab"
+    suite, masvs = list(xml)  # the device's findings, then its MASVS-NETWORK view
+    assert suite.name == "pixel-lab" and masvs.name == "MASVS-NETWORK: pixel-lab"
     cases = {case.name: case for case in suite}
     assert not cases["pin api.test"].is_passed and not cases["cleartext www.test"].is_passed
     assert cases["cleartext img.cdn.test"].is_passed  # reported medium: not a failure at the default gate
+    mastg_cases = {case.name.split(" ", 1)[0]: case for case in masvs}
+    assert not mastg_cases["MASTG-TEST-0236"].is_passed  # cleartext observed: the view's own failure
     with (out / "junit.xml").open() as handle:
         _, result = xunitparser.parse(handle)
-    assert result.testsRun == len(cases) and len(result.failures) == 2
+    assert result.testsRun == len(cases) + len(mastg_cases) and len(result.failures) == 2 + masvs.failures
 
     done = tlsgate_cli("report", source, "--format", "markdown", "--out", str(out / "summary.md"))
     summary = (out / "summary.md").read_text()

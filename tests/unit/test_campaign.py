@@ -126,6 +126,21 @@ def test_one_accepted_probe_blocks_the_summary_at_the_worst_accepted_severity() 
     assert cp.summary("tv", c2.tallies("tv"), []).severity is Severity.MEDIUM
 
 
+def test_the_summary_grades_accepted_protocol_probes_as_their_own_findings_do() -> None:
+    """A device that accepted only weak_cipher got a critical summary (the protocol probes' severities were not
+    consulted), which paged as critical where its own finding, medium, only warns."""
+    from tlsgate.checks.protocol_probes import SEVERITIES
+
+    for kind, severity in (
+        ("weak_cipher", Severity.MEDIUM),
+        ("tls_downgrade", Severity.HIGH),
+        ("anon_cipher", Severity.CRITICAL),
+    ):
+        c = cp.Campaign()
+        c.answered("tv", "a.test", kind, accepted=True)
+        assert cp.summary("tv", c.tallies("tv"), [kind]).severity is severity is SEVERITIES[kind]
+
+
 def test_campaign_memory_is_bounded_by_devices_and_hosts_kept() -> None:
     c = cp.Campaign(devices=2)
     for device in ("a", "b", "c"):

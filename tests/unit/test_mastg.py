@@ -258,6 +258,89 @@ def test_sarif_rules_carry_mastg_ids_tags_and_links_and_stay_valid(tmp_path: Pat
     assert document["runs"][0]["properties"]["masvsNetwork"]["pixel-7"][0]["id"]
 
 
+def junit_masvs(path: Path) -> dict[str, dict[str, Any]]:
+    """The MASVS-NETWORK suites of a JUnit file, parsed as XML by the standard library: suite name -> its element and
+    test id -> (status, message, text)."""
+    from xml.etree import ElementTree
+
+    root = ElementTree.parse(path).getroot()
+    suites: dict[str, dict[str, Any]] = {}
+    for suite in root.iter("testsuite"):
+        name = suite.get("name") or ""
+        if not name.startswith("MASVS-NETWORK: "):
+            continue
+        cases = {}
+        for case in suite.iter("testcase"):
+            result = next(iter(case), None)
+            tag = result.tag if result is not None and result.tag in ("failure", "skipped") else "passed"
+            message = result.get("message", "") if result is not None else ""
+            text = (result.text if tag != "passed" else case.findtext("system-out")) or ""
+            cases[(case.get("name") or "").split(" ", 1)[0]] = (tag, message, text, case.get("classname"))
+        suites[name] = {"element": suite, "cases": cases}
+    return suites
+
+
+def test_junit_has_a_masvs_network_suite_per_device_with_a_case_per_mastg_test(tmp_path: Path) -> None:
+    out = tmp_path / "r.xml"
+    items = [ACCEPTED, REFUSED, finding(device="tablet")]
+    assert run("report", str(write(tmp_path / "f.jsonl", items)), "--format", "junit", "--out", str(out)) == 0
+    suites = junit_masvs(out)
+    assert set(suites) == {"MASVS-NETWORK: pixel-7", "MASVS-NETWORK: tablet"}
+    phone = suites["MASVS-NETWORK: pixel-7"]
+    rows = view(tmp_path, [ACCEPTED, REFUSED])  # the same view the other formats show
+    assert set(phone["cases"]) == set(rows)  # one case per wire-testable MASTG test
+    tag, message, text, classname = phone["cases"]["MASTG-TEST-0283"]
+    assert tag == "failure" and "MASTG-TEST-0283 failed on pixel-7" in message and classname == "masvs.MASVS-NETWORK-1"
+    assert "client_probe/wrong_host on api.test" in text and rows["MASTG-TEST-0283"]["url"] in text
+    tag, message, text, _ = phone["cases"]["MASTG-TEST-0244"]
+    assert tag == "skipped" and "not exercised" in message and "must_pin" in message  # with why
+    assert phone["cases"]["MASTG-TEST-0282"][0] == "passed" and "passed: 1 finding(s)" in phone["cases"]["MASTG-TEST-0282"][2]
+    assert phone["cases"]["MASTG-TEST-0236"][0] == "passed" and "no failure seen" in phone["cases"]["MASTG-TEST-0236"][2]
+    statuses = [row["status"] for row in rows.values()]
+    element = phone["element"]
+    assert int(element.get("tests")) == len(rows)
+    assert int(element.get("failures")) == statuses.count("failed")
+    assert int(element.get("skipped")) == statuses.count("not exercised")
+    # The tablet sent cleartext only: its cleartext test fails, the probe tests were never exercised.
+    tablet = suites["MASVS-NETWORK: tablet"]["cases"]
+    assert tablet["MASTG-TEST-0236"][0] == "failure" and tablet["MASTG-TEST-0283"][0] == "skipped"
+
+
+def test_junit_masvs_view_stays_valid_xml_for_a_hostile_findings_file(tmp_path: Path) -> None:
+    """Device names and hosts are whatever the file says: controls, XML syntax, bidi overrides, lone surrogates,
+    100,000-character names. The JUnit stays well-formed XML 1.0 that both JUnit readers parse, names are bounded."""
+    import xunitparser
+    from junitparser import JUnitXml
+
+    hostile_names = [
+        "dev\x00ice\x1b[31m\x07",
+        "]]></testsuite><testsuite name='forged'>&amp;<!--",
+        "\u202egnp.exe\ufffe\ud800",
+        "x" * 100_000,
+    ]
+    items: list[dict[str, Any] | str] = []
+    for index, name in enumerate(hostile_names):
+        items.append({**ACCEPTED, "device": name, "host": f"h{index}\x00<&>.test", "detail": "\x01" * 5000})
+        items.append({**REFUSED, "device": name})
+    out = tmp_path / "r.xml"
+    run("report", str(write(tmp_path / "f.jsonl", items)), "--format", "junit", "--out", str(out))
+    raw = out.read_bytes()
+    assert raw.decode("utf-8")  # valid UTF-8: a lone surrogate did not get through
+    for control in range(32):
+        if chr(control) not in "\t\n\r":
+            assert bytes([control]) not in raw, f"control {control:#x} is not allowed in XML 1.0"
+    suites = junit_masvs(out)  # the standard library's parser
+    assert len(suites) == len(hostile_names) and "forged" not in {s.split(": ", 1)[1] for s in suites}
+    assert all(len(name) < 1000 for name in suites), "a device name is capped, not copied whole"
+    for suite in suites.values():
+        assert suite["cases"]["MASTG-TEST-0283"][0] == "failure"
+    xml = JUnitXml.fromfile(str(out))  # and both JUnit readers
+    assert sum(1 for suite in xml if suite.name.startswith("MASVS-NETWORK: ")) == len(hostile_names)
+    with out.open() as handle:
+        xunitparser.parse(handle)
+    assert len(raw) < 2_000_000, "output bounded by the caps, not by the input's 100 KB names times every case"
+
+
 @pytest.mark.parametrize(
     ("gate", "items", "code"),
     [

@@ -186,7 +186,14 @@ def test_every_format_stays_valid_and_inert_whatever_a_finding_holds(
         check_html(text, clean_script)
     elif fmt == "junit":
         tests, failures = read_junit(out)
-        assert tests == problems and failures >= 1
+        # A case per problem, then each device's MASVS-NETWORK suite: a case per wire-testable MASTG test.
+        from junitparser import JUnitXml
+
+        from tlsgate.report.summary import VIEW_TESTS
+
+        masvs = [suite.tests for suite in JUnitXml.fromfile(str(out)) if suite.name.startswith("MASVS-NETWORK: ")]
+        assert masvs and set(masvs) == {len(VIEW_TESTS)}
+        assert tests == problems + sum(masvs) and failures >= 1
     elif fmt == "sarif":
         document = strict_json(text)
         validate_sarif(document)

@@ -21,6 +21,7 @@ from typing import Any
 
 from tlsgate.checks.model import Check, Effect, Issue, Severity
 from tlsgate.checks.probes import PROBE_SEVERITY
+from tlsgate.checks.protocol_probes import SEVERITIES as PROTOCOL_SEVERITIES
 from tlsgate.policy import Policy
 from tlsgate.policy.sections.client import CLIENT
 from tlsgate.tls.campaign import (
@@ -153,6 +154,12 @@ def device_kinds(policy: Policy, device: str) -> tuple[str, ...]:
     return policy_kinds(policy)
 
 
+def accepted_severity(kind: str) -> Severity:
+    """What the app's accepting `kind` weighs, as its own finding said: the protocol probes grade theirs apart from
+    the certificate probes, and any kind neither lists is critical."""
+    return PROTOCOL_SEVERITIES.get(kind) or PROBE_SEVERITY.get(kind, Severity.CRITICAL)
+
+
 def summary(device: str, tallies: dict[str, KindTally], kinds: Iterable[str]) -> Issue:
     """The campaign's one finding for a device: blocked (at the worst accepted kind's severity) if the app accepted
     any probe, else passed; the evidence lists every kind with its result, counts and (not run) reason."""
@@ -179,7 +186,7 @@ def summary(device: str, tallies: dict[str, KindTally], kinds: Iterable[str]) ->
     accepted = by_result[ACCEPTED]
     evidence = {"kind": "campaign_summary", "device": device, "counts": counts, "probes": rows}
     if accepted:
-        worst = max((PROBE_SEVERITY.get(kind, Severity.CRITICAL) for kind in accepted), key=lambda s: RANK[s])
+        worst = max((accepted_severity(kind) for kind in accepted), key=lambda s: RANK[s])
         return Issue(
             Check.CLIENT_PROBE,
             "campaign_summary",

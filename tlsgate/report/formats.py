@@ -16,7 +16,7 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import quote
 
-from junitparser import Failure, JUnitXml, TestCase, TestSuite
+from junitparser import Failure, JUnitXml, Skipped, TestCase, TestSuite
 
 from tlsgate.report.model import EMBEDDED_PREFIX, RANK, SEVERITIES, Record
 from tlsgate.report.summary import Group, Summary
@@ -49,7 +49,8 @@ def _finding_line(record: Record) -> str:
 
 
 def junit(summary: Summary) -> str:
-    """One suite per device (or app fingerprint, or address), one case per (check, host); failures by the gate's rule."""
+    """One suite per device (or app fingerprint, or address), one case per (check, host); failures by the gate's rule.
+    Then one `MASVS-NETWORK: device` suite per device with a MASVS-NETWORK view (see _junit_masvs)."""
     by_suite: dict[str, dict[tuple[str, str], list[Group]]] = defaultdict(lambda: defaultdict(list))
     for group in summary.sorted_groups():
         by_suite[group.who][(group.check, group.host)].append(group)
@@ -75,6 +76,8 @@ def junit(summary: Summary) -> str:
             suite.append(case)  # add_testcase recounts the whole suite each time: quadratic on big runs
         suite.update_statistics()
         xml.add_testsuite(suite)
+    for suite in _junit_masvs(summary):
+        xml.add_testsuite(suite)
     if not by_suite:
         # An empty report is still a report: one passing case says the run was checked and found clean.
         suite = TestSuite("tlsgate")
@@ -94,6 +97,39 @@ def junit(summary: Summary) -> str:
     buffer = io.BytesIO()
     xml.write(buffer, pretty=True)
     return buffer.getvalue().decode("utf-8")
+
+
+MASVS_SUITE = "MASVS-NETWORK"
+
+
+def _junit_masvs(summary: Summary) -> list[TestSuite]:
+    """The MASVS-NETWORK view per device: one case per wire-testable MASTG test, a failure for failed, skipped (with
+    why) for not exercised, passed for passed and for a passive test no finding failed (its output says which). CI
+    result pages then show the MASTG status a security team reports against, beside the per-finding suites.
+
+    Every string here is the reader's (escaped and capped once, `printable`) or tlsgate's own table; junitparser
+    escapes XML. The suite is named for the view first, so a device name cannot pass for another suite's name."""
+    suites = []
+    for who, rows in summary.masvs_view().items():
+        suite = TestSuite(f"{MASVS_SUITE}: {who}")
+        for row in rows:
+            test = row.test
+            case = TestCase(f"{test.id} {test.title}", classname=f"masvs.{test.masvs}", time=0.0)
+            said = "\n".join([f"{row.status}: {row.why}", *row.examples, test.url])
+            if row.status == "failed":
+                failure = Failure(f"{test.id} failed on {who}: {row.why}", test.masvs)
+                failure.text = said
+                case.result = [failure]
+            elif row.status == "not exercised":
+                skipped = Skipped(f"not exercised: {row.why}")
+                skipped.text = said
+                case.result = [skipped]
+            else:
+                case.system_out = said
+            suite.append(case)
+        suite.update_statistics()
+        suites.append(suite)
+    return suites
 
 
 # -- SARIF ---------------------------------------------------------------------------------------
