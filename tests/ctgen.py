@@ -121,7 +121,9 @@ def make_sct(
     `signed_timestamp` makes the log sign another time than the SCT states:
     a well-formed SCT whose signature does not verify.
     """
-    when = int((timestamp or utcnow() - dt.timedelta(minutes=5)).timestamp() * 1000)
+    # hours, not minutes, before now: a test module fixes its NOW at import, and a loaded full suite can reach its
+    # tests 20 minutes later, when an SCT made "5 minutes ago" is already after that NOW (future_timestamp)
+    when = int((timestamp or utcnow() - dt.timedelta(hours=6)).timestamp() * 1000)
     signed_when = int(signed_timestamp.timestamp() * 1000) if signed_timestamp else when
     algorithm, signature = log.sign(signed_struct(signed_when, issuer, tbs, extensions))
     return (
