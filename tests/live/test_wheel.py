@@ -81,7 +81,7 @@ print(json.dumps({
     assert found["tlsgate"].startswith(site) and found["tlsgate"].endswith("/tlsgate/__init__.py"), found
     assert found["proxy"].startswith(site) and found["proxy"].endswith("/proxy/__init__.py") and found["entry_point"], found
     assert found["overlap"] == [] and found["proxy_files"] and found["tlsgate_top"] == ["tlsgate"], found
-    assert run(str(venv / "bin" / "tlsgate"), "--version", cwd=empty).stdout.startswith("tlsgate ")
+    assert run(str(venv / "bin" / "tlsgate"), "--version", cwd=empty).stdout.startswith("tlsgate:   ")
     run(str(venv / "bin" / "python"), "-m", "pip", "check", cwd=empty)
 
 
