@@ -34,13 +34,14 @@ def test_version_prints_what_mitmdump_version_prints_under_tlsgate_s_own_line() 
     assert [line.split(":", 1)[0] for line in lines] == ["tlsgate", "Mitmproxy", "Python", "OpenSSL", "Platform"]
 
 
-def test_mitmdump_short_options_p_m_and_s_mean_the_same(tmp_path: Path, http_upstream: Upstream) -> None:
-    """`-p PORT -m socks5 -s script.py`, as a mitmdump command line would say it."""
+def test_mitmdump_short_options_p_m_s_and_w_mean_the_same(tmp_path: Path, http_upstream: Upstream) -> None:
+    """`-p PORT -m socks5 -s script.py -w flows`, as a mitmdump command line would say it."""
     script = tmp_path / "hello.py"
     marker = tmp_path / "loaded"
     script.write_text(f"from pathlib import Path\n\ndef running():\n    Path({str(marker)!r}).write_text('yes')\n")
     port = free_port()
-    command = [sys.executable, "-m", "tlsgate", "run", "-p", str(port), "-m", "socks5", "-s", str(script)]
+    flows = tmp_path / "capture.flows"
+    command = [sys.executable, "-m", "tlsgate", "run", "-p", str(port), "-m", "socks5", "-s", str(script), "-w", str(flows)]
     command += [
         "--resolve",
         f"api.test:{http_upstream.port}:127.0.0.1",
@@ -62,6 +63,8 @@ def test_mitmdump_short_options_p_m_and_s_mean_the_same(tmp_path: Path, http_ups
         assert marker.read_text() == "yes"
     finally:
         gate.stop()
+    # The capture mitmdump -w writes: the flow is in it, and it is the owner's only, like every capture.
+    assert b"api.test" in flows.read_bytes() and flows.stat().st_mode & 0o077 == 0
 
 
 def closed_reader_run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[bytes]:

@@ -194,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="as mitmdump -s: load a mitmproxy add-on script into the run (repeatable; the same as --set scripts=PATH)",
     )
+    run.add_argument(
+        "-w",
+        "--save-stream-file",
+        metavar="PATH",
+        help="as mitmdump -w: write every flow to PATH as it passes ('+PATH' appends), 0600: it holds every secret "
+        "the apps send (the same as --set save_stream_file=PATH)",
+    )
     loudness = run.add_mutually_exclusive_group()
     loudness.add_argument("-q", "--quiet", action="store_true", help="as mitmdump -q: errors only, no per-flow lines")
     loudness.add_argument("-v", "--verbose", action="store_true", help="as mitmdump -v: debug log, flow_detail=2")
@@ -464,6 +471,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra_set=[
             *LOUDNESS.get("quiet" if args.quiet else "verbose" if args.verbose else "", []),
             *(f"scripts={path}" for path in args.scripts),
+            *([f"save_stream_file={args.save_stream_file}"] if args.save_stream_file else []),
             *passthrough,
         ],
     )
