@@ -184,3 +184,6 @@ def test_the_ca_directories_the_docs_create_are_git_ignored() -> None:
     keys = [f"{confdir.group(1).rstrip('/')}/mitmproxy-ca.pem", "certs/mitmproxy-ca.pem"]
     done = subprocess.run(["git", "check-ignore", "--no-index", *keys], cwd=REPO, capture_output=True, text=True)
     assert done.stdout.split() == keys, done
+    # ...and out of a `docker build` context: the daemon is sent every file the context holds.
+    dockerignore = {line.strip().rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()}
+    assert {confdir.group(1).rstrip("/"), "certs"} <= dockerignore
