@@ -81,8 +81,38 @@ print(json.dumps({
     assert found["tlsgate"].startswith(site) and found["tlsgate"].endswith("/tlsgate/__init__.py"), found
     assert found["proxy"].startswith(site) and found["proxy"].endswith("/proxy/__init__.py") and found["entry_point"], found
     assert found["overlap"] == [] and found["proxy_files"] and found["tlsgate_top"] == ["tlsgate"], found
-    assert run(str(venv / "bin" / "tlsgate"), "--version", cwd=empty).stdout.startswith("tlsgate ")
+    assert run(str(venv / "bin" / "tlsgate"), "--version", cwd=empty).stdout.startswith("tlsgate:   ")
     run(str(venv / "bin" / "python"), "-m", "pip", "check", cwd=empty)
+
+
+def test_the_installed_metadata_names_the_licence_by_spdx_and_where_to_go(venv: Path, tmp_path: Path) -> None:
+    """What PyPI and `pip show` display: an SPDX licence (PEP 639, not the deprecated table), the licence file
+    itself, and the project's links, the security one first among them for whoever found a flaw."""
+    probe = """
+import importlib.metadata as md, json
+meta = md.metadata("tlsgate")
+dist = md.distribution("tlsgate")
+print(json.dumps({
+    "version": meta["Metadata-Version"], "expression": meta["License-Expression"], "license": meta["License"],
+    "files": meta.get_all("License-File"), "urls": meta.get_all("Project-URL"), "classifiers": meta.get_all("Classifier"),
+    "keywords": meta["Keywords"], "shipped": [str(f) for f in dist.files if "licenses" in str(f)],
+    "readme": meta["Description-Content-Type"], "described": "# tlsgate" in (meta.get_payload() or ""),
+}))
+"""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    meta = json.loads(run(str(venv / "bin" / "python"), "-c", probe, cwd=empty).stdout)
+    assert meta["expression"] == "MIT" and meta["license"] is None, meta  # the SPDX field, not the old free text
+    assert meta["version"] >= "2.4" and meta["files"] == ["LICENSE"] and meta["shipped"], meta
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
+    urls = dict(entry.split(", ", 1) for entry in meta["urls"])
+    assert set(urls) >= {"Homepage", "Repository", "Issues", "Changelog", "Security", "Documentation"}, urls
+    assert urls["Security"] == urls["Repository"] + "/security/advisories/new"
+    assert urls["Changelog"].endswith("/CHANGELOG.md") and (REPO / "CHANGELOG.md").is_file()
+    assert not [c for c in meta["classifiers"] if c.startswith("License ::")], "PEP 639: the SPDX string replaces them"
+    assert "Topic :: Security" in meta["classifiers"] and "Programming Language :: Python :: 3.12" in meta["classifiers"]
+    assert "mitmproxy" in meta["keywords"].split(",")
+    assert meta["readme"] == "text/markdown" and meta["described"]
 
 
 def test_wheel_installs_into_a_bare_venv_and_blocks_with_the_embedded_policy(

@@ -61,6 +61,6 @@ def test_mypy_finds_no_errors() -> None:
 
 
 def test_the_licence_file_is_the_one_pyproject_declares() -> None:
-    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"]["text"]
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"]  # an SPDX expression (PEP 639)
     text = (REPO / "LICENSE").read_text()
     assert declared == "MIT" and text.startswith("MIT License\n") and "WITHOUT WARRANTY OF ANY KIND" in text

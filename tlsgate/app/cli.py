@@ -30,7 +30,29 @@ LOUDNESS = {
 }
 
 
+# What a shell reports for a program SIGPIPE ended (`yes | head -1`); 1 would read as "the gate failed".
+BROKEN_PIPE = 128 + 13
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """`tlsgate ... | head -1` ends quietly: the reader leaving is no crash, and no verdict either.
+
+    The way the Python docs give (signal module, "Note on SIGPIPE"): stdout is
+    pointed at /dev/null, so the interpreter's last flush of what is still
+    buffered cannot raise again on the way out and print "Exception ignored".
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # also for --help and --version, which leave through SystemExit
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -38,8 +60,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exitcodes.USAGE
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): main() ends quietly
     except Exception as exc:  # noqa: BLE001 - the last boundary: Python's own exit status for a crash is 1, the verdict's
         return exitcodes.internal_error(exc, f"running `tlsgate {args.command}`")
+
+
+def version_text() -> str:
+    """What `mitmdump --version` prints, under tlsgate's own line: a bug report then names every version that
+    decides what the gate does (mitmproxy's proxy core, the OpenSSL that does the handshakes)."""
+    import platform
+
+    from mitmproxy import version
+    from OpenSSL import SSL
+
+    openssl: str | bytes = SSL.SSLeay_version(SSL.SSLEAY_VERSION)
+    if isinstance(openssl, bytes):
+        openssl = openssl.decode()
+    return "\n".join(
+        [
+            f"tlsgate:   {__version__}",
+            f"Mitmproxy: {version.get_dev_version()}",
+            f"Python:    {platform.python_version()}",
+            f"OpenSSL:   {openssl}",
+            f"Platform:  {platform.platform()}",
+        ]
+    )
+
+
+class _VersionAction(argparse.Action):
+    """argparse's version action, with the text built only when asked for (it imports mitmproxy and pyOpenSSL)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: object, values: object, option: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="TLS-inspecting forward proxy with YAML policies.",
         epilog=f"{exitcodes.SUMMARY}. `validate` exits 1 when a policy has errors.",
     )
-    parser.add_argument("--version", action="version", version=f"tlsgate {__version__}")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the versions of tlsgate, mitmproxy, Python and OpenSSL, and the platform"
+    )
     sub = parser.add_subparsers(metavar="COMMAND", dest="command")
 
     run = sub.add_parser(
@@ -70,12 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         "default with --mode transparent, whose traffic is redirected to this machine's LAN addresses; public "
         "clients stay refused, see --allow-public-clients)",
     )
-    run.add_argument("--listen-port", type=int, default=8080, help="proxy port (default 8080)")
+    run.add_argument("-p", "--listen-port", type=int, default=8080, help="proxy port (default 8080), as mitmdump -p")
     run.add_argument(
+        "-m",
         "--mode",
         action="append",
         metavar="MODE",
-        help="mitmproxy mode: regular (default), socks5, transparent, wireguard, upstream:URL (repeatable)",
+        help="mitmproxy mode: regular (default), socks5, transparent, wireguard, upstream:URL (repeatable), as mitmdump -m",
     )
     run.add_argument("--confdir", type=Path, help=CONFDIR_HELP)
     run.add_argument(
@@ -125,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a mitmproxy option, passed through (repeatable), e.g. flow_detail=2 (0-2: per-flow lines, redacted); "
         'confdir=DIR is taken as --confdir DIR; replay/map/modify options need mitmdump -s "$(tlsgate script-path)"',
+    )
+    run.add_argument(
+        "-s",
+        "--scripts",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="as mitmdump -s: load a mitmproxy add-on script into the run (repeatable; the same as --set scripts=PATH)",
+    )
+    run.add_argument(
+        "-w",
+        "--save-stream-file",
+        metavar="PATH",
+        help="as mitmdump -w: write every flow to PATH as it passes ('+PATH' appends), 0600: it holds every secret "
+        "the apps send (the same as --set save_stream_file=PATH)",
     )
     loudness = run.add_mutually_exclusive_group()
     loudness.add_argument("-q", "--quiet", action="store_true", help="as mitmdump -q: errors only, no per-flow lines")
@@ -393,7 +468,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         until_idle=args.until_idle or "",
         fail_on=args.fail_on or "",
         worker_index=args.worker_index,
-        extra_set=[*LOUDNESS.get("quiet" if args.quiet else "verbose" if args.verbose else "", []), *passthrough],
+        extra_set=[
+            *LOUDNESS.get("quiet" if args.quiet else "verbose" if args.verbose else "", []),
+            *(f"scripts={path}" for path in args.scripts),
+            *([f"save_stream_file={args.save_stream_file}"] if args.save_stream_file else []),
+            *passthrough,
+        ],
     )
     return run_proxy(config)
 

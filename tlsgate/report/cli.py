@@ -128,6 +128,8 @@ def _write(text: str, out: str) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     try:
         return _report(args)
+    except BrokenPipeError:
+        raise  # `| head`: the reader went away, tlsgate's main() ends quietly
     except Exception as exc:  # noqa: BLE001 - the error boundary: a crash must never read as the verdict (1)
         return exitcodes.internal_error(exc, "making the report")
 
@@ -141,6 +143,8 @@ def _report(args: argparse.Namespace) -> int:
     except InputError as exc:
         _warn(str(exc))
         return exitcodes.USAGE
+    except BrokenPipeError:
+        raise
     except OSError as exc:
         _warn(f"{args.out}: cannot write the report: {exc.strerror or exc}")
         return exitcodes.USAGE
@@ -155,6 +159,8 @@ def _report(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     try:
         return _diff(args)
+    except BrokenPipeError:
+        raise  # as for `report`
     except Exception as exc:  # noqa: BLE001 - the error boundary, as for `report`
         return exitcodes.internal_error(exc, "comparing the runs")
 
@@ -179,6 +185,8 @@ def _diff(args: argparse.Namespace) -> int:
     except InputError as exc:
         _warn(str(exc))
         return exitcodes.USAGE
+    except BrokenPipeError:
+        raise
     except OSError as exc:
         _warn(f"{args.out}: cannot write the diff: {exc.strerror or exc}")
         return exitcodes.USAGE
