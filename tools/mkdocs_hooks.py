@@ -31,8 +31,11 @@ def repo_file_link(label: str, target: str, page_path: str, repo: Path, repo_url
     return label if label.startswith("`") else f"`{joined}`" if label == joined else f"{label} (`{joined}`)"
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:  # noqa: ARG001 - mkdocs' signature
-    repo = Path(config["config_file_path"]).parent
+    repo = REPO
     page_path = page.file.src_uri
 
     def replace(found: re.Match[str]) -> str:
