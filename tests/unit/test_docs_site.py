@@ -101,3 +101,20 @@ def test_every_heading_is_unique_so_tests_and_links_find_one_section() -> None:
             seen.setdefault(heading.title, []).append(str(path.relative_to(REPO)))
     repeated = {title: where for title, where in seen.items() if len(where) > 1}
     assert repeated == {"tlsgate": ["README.md", "docs/index.md"], "Two commands": ["README.md", "docs/get-started/index.md"]}
+
+
+DOC_REFERENCE = re.compile(r"""\bdocs[,:] "?([A-Z][^"()\n]*?)"?(?: \((docs/[\w/.-]+\.md)\))?[")\n]""")
+
+
+def test_what_tlsgate_alerts_and_dashboards_tell_users_to_read_exists() -> None:
+    """Messages, alerts and dashboard panels send users to a section of the docs by its heading (and page)."""
+    titles = [heading.title for path in doc_files() for heading in headings(path)]
+    found = []
+    for folder in ("tlsgate", "monitoring", "deploy"):
+        for path in (REPO / folder).rglob("*"):
+            if path.suffix in (".py", ".yml", ".yaml", ".json") and path.is_file():
+                found += [(path, *ref) for ref in DOC_REFERENCE.findall(path.read_text())]
+    assert len(found) >= 5, found  # runner, wgpeers, alerts (and their test and Kubernetes copy), dashboard
+    for path, title, page in found:
+        assert any(t == title or t.startswith(title + ":") for t in titles), f"{path} names a docs section {title!r}"
+        assert not page or (REPO / page).is_file(), f"{path} names {page}"
