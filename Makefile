@@ -56,3 +56,8 @@ lock: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or anchor, as in `make test`.
+.PHONY: docs
+docs: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
-from tests.harness import REPO, free_port
+from tests.docs import section as docs_section
+from tests.harness import free_port
 
-SECTION = "### A device-farm run, start to finish"
+SECTION = "A device-farm run, start to finish"
 
 
 def section() -> str:
-    text = (REPO / "README.md").read_text()
-    return text.split(f"\n{SECTION}\n", 1)[1].split("\n### ", 1)[0]
+    return docs_section(SECTION)
 
 
 def blocks(kind: str) -> list[str]:

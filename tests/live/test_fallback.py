@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, Tlsgate, Upstream, curl, eventually
+from tests.docs import docs_text
+from tests.harness import Tlsgate, Upstream, curl, eventually
 from tests.plainpeers import RecordingServer, ThreadedServer, open_stream
 
 DEVICE = "version: 1\ndevices:\n  127.0.0.1: test-phone\n"
@@ -104,7 +105,7 @@ def test_an_app_that_only_ever_used_http_is_not_a_fallback(tlsgate, http_upstrea
 
 def readme_policy() -> str:
     """The README's strip_starttls example, with the test's device address and host names."""
-    text = (REPO / "README.md").read_text()
+    text = docs_text()
     (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "strip_starttls: true" in b]
     for example, test in (("192.168.50.21: pixel-7", "127.0.0.1: test-phone"), (".example.com", ".test")):
         assert example in block

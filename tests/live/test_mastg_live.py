@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, Upstream
+from tests.docs import section as docs_section
+from tests.harness import Upstream
 from tests.live.test_client_audit import of_check, probe_policy, python_context, python_get
 from tests.live.test_report_live import tlsgate_cli, wait_exit
 from tests.report_consumers import validate_sarif
@@ -20,8 +21,7 @@ pytestmark = pytest.mark.live
 
 def readme_commands() -> list[list[str]]:
     """The `tlsgate report` commands the README's MASVS-NETWORK section shows, as argument lists."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### MASVS-NETWORK: OWASP MASTG tests per device") : text.index("## In CI")]
+    section = docs_section("MASVS-NETWORK: OWASP MASTG tests per device")
     (block,) = re.findall(r"```console\n(.*?)```", section, re.S)
     return [shlex.split(line.removeprefix("$ "))[1:] for line in block.splitlines() if line.startswith("$ tlsgate report")]
 

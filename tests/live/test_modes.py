@@ -45,6 +45,7 @@ from mitmproxy import dns
 from tests import netns
 from tests.certgen import Chain, make_chain, write_pem, write_server_files
 from tests.clients import ACCEPTS, REFUSES, Builds
+from tests.docs import section as docs_section
 from tests.harness import REPO, CurlResult, Tlsgate, Upstream, _Handler, _Server, eventually
 from tests.plainpeers import RecordingServer
 
@@ -419,11 +420,10 @@ class Gate:
 
 
 def readme_recipe(section: str) -> list[str]:
-    """The shell lines of the first ```sh block under `### {section}` in README.md, comments and blanks left out."""
-    text = (REPO / "README.md").read_text()
-    body = re.split(r"\n##+ ", text.split(f"\n### {section}\n", 1)[1], maxsplit=1)[0]
+    """The shell lines of the first ```sh block under the heading `section` in the docs, comments and blanks left out."""
+    body = docs_section(section, subsections=False)
     block = re.search(r"```sh\n(.*?)```", body, re.S)
-    assert block, f"README section {section!r} has no sh block"
+    assert block, f"the docs' section {section!r} has no sh block"
     return [line for line in block.group(1).splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 

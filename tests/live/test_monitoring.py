@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.docs import section as docs_section
 from tests.harness import REPO
 from tlsgate.sinks.metrics import Metrics
 
@@ -352,10 +353,7 @@ def test_metric_name_extraction() -> None:
 
 
 def readme_section(title: str) -> str:
-    text = (REPO / "README.md").read_text()
-    found = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
-    assert found, f"README.md has no section '## {title}'"
-    return found.group(1)
+    return docs_section(title)
 
 
 def test_readme_documents_every_metric_endpoint_and_alert() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.docs import section as docs_section
 from tests.harness import REPO, Tlsgate, Upstream, curl, eventually, free_port
 
 TOKEN = "tok3nSuperSecretValue91"
@@ -88,8 +89,7 @@ def test_a_taken_port_is_refused_in_tlsgates_words_before_anything_is_created(tm
 
 def stock_commands() -> list[str]:
     """The README's "With stock mitmproxy" commands, exactly as written: the installed one, then the checkout's."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("## With stock mitmproxy", 1)[1].split("\n## ", 1)[0]
+    section = docs_section("With stock mitmproxy")
     lines = []
     for block in re.findall(r"```sh\n(.*?)```", section, re.S):
         found = [line for line in block.replace("\\\n", " ").splitlines() if line.strip() and "mitmdump" in line]

@@ -22,7 +22,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from tests.harness import REPO, Tlsgate, Upstream, curl, eventually
+from tests.docs import docs_text
+from tests.harness import Tlsgate, Upstream, curl, eventually
 from tests.live.test_client_audit import python_context, python_get, s_client
 from tlsgate.tls.probes import PROBE_KINDS as EVERY_KIND
 from tlsgate.tls.probes import applies
@@ -204,7 +205,7 @@ def render_matrix() -> str:
 
 
 def readme_matrix() -> str:
-    text = (REPO / "README.md").read_text()
+    text = docs_text()
     found = re.search(re.escape(MATRIX_START) + r".*?" + re.escape(MATRIX_END), text, re.S)
     return found.group(0) if found else ""
 

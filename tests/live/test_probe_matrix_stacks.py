@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients import ACCEPTS, FAMILIES, PACKAGES, REFUSES, STACK_CLIENTS, Builds, Outcome, StackClient, run
+from tests.docs import docs_text
 from tests.harness import REPO, Upstream, eventually
 from tests.live.test_probe_matrix import rule
 from tlsgate.tls.probes import PROBE_KINDS, applies
@@ -160,7 +161,7 @@ def render_protocol_matrix() -> str:
 
 
 def readme_block(start: str, end: str) -> str:
-    found = re.search(re.escape(start) + r".*?" + re.escape(end), (REPO / "README.md").read_text(), re.S)
+    found = re.search(re.escape(start) + r".*?" + re.escape(end), docs_text(), re.S)
     return found.group(0) if found else ""
 
 

@@ -17,7 +17,8 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.harness import REPO, Tlsgate, Upstream, curl, eventually
+from tests.docs import docs_text
+from tests.harness import Tlsgate, Upstream, curl, eventually
 from tests.live.test_client_audit import python_get, s_client
 from tests.tlsservers import RawTlsServer
 from tlsgate.checks.probes import CLOSED_AFTER_HANDSHAKE
@@ -166,7 +167,7 @@ def test_each_client_is_caught_by_exactly_the_probes_it_completes_and_nothing_re
     }
     assert {key: by_host[key]["evidence"]["rejection"] for key in rejections} == rejections
 
-    assert readme_example_line(gate, "c1.test", https_upstream.port) in (REPO / "README.md").read_text()
+    assert readme_example_line(gate, "c1.test", https_upstream.port) in docs_text()
 
     # every kind tried once: the app works again, through tlsgate, with the upstream judged as usual
     assert CLIENTS[0].send(gate, "api.test", https_upstream.port) == 200
@@ -174,7 +175,7 @@ def test_each_client_is_caught_by_exactly_the_probes_it_completes_and_nothing_re
 
 
 def readme_matrix() -> dict[str, dict[str, str]]:
-    text = (REPO / "README.md").read_text()
+    text = docs_text()
     table = text[text.index("| client (as configured) |") :].split("\n\n", 1)[0].splitlines()
     header = [cell.strip(" `") for cell in table[0].strip("|").split("|")]
     rows = {}

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.docs import docs_text
+from tests.docs import section as docs_section
 from tests.harness import REPO, Tlsgate, Upstream, curl
 
 
@@ -97,17 +99,16 @@ def test_the_ios_steps_name_the_ca_as_the_device_shows_it() -> None:
 
     (common_name,) = _generate_ca()[1].subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     assert str(common_name.value).startswith("tlsgate CA ")
-    text = (REPO / "README.md").read_text()
-    iphone = text.split("### iPhone", 1)[1].split("###", 1)[0]
+    iphone = docs_section("iPhone")
     assert '"tlsgate CA …"' in iphone and "mitmproxy CA" not in iphone
 
 
 def test_the_start_banner_example_is_what_a_default_run_prints() -> None:
-    """The README's banner (its section "Two commands") line for line, from `findings:` on; labels before."""
+    """The banner Get started shows (its section "Two commands") line for line, from `findings:` on; labels before."""
     from tlsgate.app.runner import RunConfig, banner
     from tlsgate.policy import load_policy
 
-    text = (REPO / "README.md").read_text()
+    text = docs_section("Two commands", page="docs")
     example = re.search(r"On start tlsgate prints.*?```text\n(.*?)```", text, re.S)
     assert example, "README lost the banner example"
     shown = example.group(1).splitlines()
@@ -131,4 +132,4 @@ def test_the_timeouts_example_is_a_valid_policy_that_sets_what_the_text_says() -
     assert (pay.response_head.seconds, push.response_head.seconds) == (8.0, 300.0)
     assert pay.connect is None and policy.match("shop.example.com").settings.get("timeouts") is None
     quoted = f"within 8 s (timeouts.response_head at {pay.response_head.location.rule_ref})"
-    assert quoted in (REPO / "README.md").read_text()
+    assert quoted in docs_text()

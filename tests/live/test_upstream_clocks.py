@@ -32,7 +32,8 @@ import httpx
 import pytest
 
 from tests.certgen import Chain, make_leaf, write_server_files
-from tests.harness import REPO, Tlsgate, curl, eventually, full_accept_queue
+from tests.docs import section as docs_section
+from tests.harness import Tlsgate, curl, eventually, full_accept_queue
 from tests.tlsservers import serve_on_loopback
 
 POLICY = """\
@@ -325,7 +326,7 @@ def test_over_http2_a_stalled_request_is_reset_alone_and_the_apps_other_requests
 
 def readme_timeouts_policy() -> str:
     """The policy block README's "Limits and timeouts" shows: this test runs it, as written."""
-    section = (REPO / "README.md").read_text().split("## Limits and timeouts", 1)[1].split("\n## ", 1)[0]
+    section = docs_section("Limits and timeouts")
     (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
     return block
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from tests.certgen import Chain, make_chain, make_leaf
 from tests.ctgen import TestLog, leaf_with_scts, log_list_json, make_sct, octet_string
+from tests.docs import section as docs_section
 from tlsgate.checks import registry
 from tlsgate.checks.ct import judge_ct, required_scts
 from tlsgate.checks.model import Action, Check, Effect, decide
@@ -152,8 +153,7 @@ def test_the_shipped_log_list_is_googles_list_unchanged_with_its_source_recorded
 
 def test_the_readme_names_the_shipped_lists_version_date_and_copy() -> None:
     """Updating the shipped list without its README paragraph fails here, not in a user's hands."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = " ".join(readme.split("### Certificate Transparency\n", 1)[1].split("\n## ", 1)[0].split())
+    section = " ".join(docs_section("Certificate Transparency").split())
     shipped, source = ctlogs.shipped_log_list(), json.loads(SHIPPED.read_text())["tlsgate_source"]
     assert f"version {shipped.version}, published {shipped.published.date().isoformat()}" in section
     assert f"copied on {source['copied_on']}" in section and f"{ctlogs.STALE_AFTER.days} days" in section

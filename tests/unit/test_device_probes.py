@@ -17,6 +17,7 @@ from mitmproxy.proxy.context import Context
 from mitmproxy.test import tflow
 
 from tests.certgen import make_chain
+from tests.docs import section as docs_section
 from tests.unit.test_addons import Gate, client_hello
 from tests.unit.test_policy_hostile import YAML_VALUES, assert_refused_or_loaded
 from tests.unit.test_quic import gate  # noqa: F401 - `gate` is a fixture
@@ -264,8 +265,7 @@ def test_a_probe_the_devices_list_chose_points_at_the_devices_entry_and_a_rules_
 
 
 def test_the_readmes_example_error_is_what_the_loader_says() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### A catalogue per device\n", 1)[1].split("\n### ", 1)[0]
+    section = docs_section("A catalogue per device")
     with pytest.raises(PolicyError) as caught:
         load_texts([("farm.yaml", "version: 1\ndevices:\n  127.0.0.2: {name: pixel-7, probes: 5}\n")])
     (message,) = caught.value.messages

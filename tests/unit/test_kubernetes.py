@@ -28,6 +28,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.docs import section
 from tests.harness import REPO
 from tests.live.test_container import dockerfile_cmd, instruction, run_args
 from tlsgate import __version__
@@ -533,10 +534,7 @@ def test_findings_dash_writes_json_lines_to_stdout_and_no_file(
 
 def readme_kubernetes_commands() -> list[list[str]]:
     """The shell block of README's "### Kubernetes", one argv per line, comments dropped."""
-    text = (REPO / "README.md").read_text()
-    section = re.search(r"^### Kubernetes\n(.*?)(?=^##)", text, re.S | re.M)
-    assert section, "README.md has no '### Kubernetes' section"
-    block = re.search(r"```sh\n(.*?)```", section.group(1), re.S)
+    block = re.search(r"```sh\n(.*?)```", section("Kubernetes"), re.S)
     assert block, "the Kubernetes section shows the commands"
     return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line.strip()]
 

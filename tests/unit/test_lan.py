@@ -388,9 +388,9 @@ def test_the_readmes_lan_prefix_setting_accepts_that_lan_and_nothing_else() -> N
     """Every `--set tlsgate_lan_prefixes=...` the README shows, set as `tlsgate run --set` sets it."""
     import re
 
-    from tests.harness import REPO
+    from tests.docs import docs_text
 
-    shown = set(re.findall(r"--set (tlsgate_lan_prefixes=[0-9a-f:./]+)", (REPO / "README.md").read_text()))
+    shown = set(re.findall(r"--set (tlsgate_lan_prefixes=[0-9a-f:./]+)", docs_text()))
     assert shown, "the README names the LAN with --set tlsgate_lan_prefixes="
     for setting in shown:
         access = ClientAccess(LanView(Kernel(routes=(DEFAULT6,))))  # a container: no LAN interface of its own

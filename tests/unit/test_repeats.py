@@ -16,7 +16,7 @@ from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
 from tests.addonkit import wired
-from tests.harness import REPO
+from tests.docs import docs_text
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.metrics import MetricsExporter
 from tlsgate.addons.payload import PayloadInspector
@@ -134,7 +134,7 @@ def test_report_mode_counts_how_often_the_app_leaks_and_the_report_says_so(gate:
     (problem,) = summary.as_dict()["problems"]
     assert problem["count"] == 25 and summary.total == 25
     if shutil.which("jq"):  # the README's command for the same count
-        readme = (REPO / "README.md").read_text()
+        readme = docs_text()
         command = readme.split("How often each payload problem was seen:\n\n```sh\n", 1)[1].split("```", 1)[0]
         done = subprocess.run(["sh", "-c", command], cwd=findings.parent, capture_output=True, text=True, check=True)
         assert done.stdout == "25\tapi.test\tprovider_key\n"

@@ -243,7 +243,7 @@ def _transparent_lines(host: str, port: int) -> list[str]:
         f"transparent: TCP {host or '*'}:{port} ({families(host)}) takes the connections a gateway redirects here",
         "gateway:  redirect the devices' TCP here in both families (iptables and ip6tables -t nat -A PREROUTING -i <LAN> "
         f"-p tcp -m addrtype ! --dst-type LOCAL -j REDIRECT --to-ports {port}) and REJECT their udp/443 in both; "
-        "see README, Transparent mode on a gateway",
+        "see the docs, Transparent mode on a gateway (docs/get-started/transparent.md)",
         "devices:  no proxy setting (a proxy request to this port is refused): only the CA "
         "(`tlsgate ca export --format android`); their IPv4 and IPv6 default routes must lead through this gateway",
     ]

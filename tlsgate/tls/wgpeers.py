@@ -565,7 +565,7 @@ def _join(host: str, port: int) -> str:
 DEVICE_DUTIES = (
     "the WireGuard app (or wg-quick) applies the whole config: both Address entries, every IPv4 and IPv6 route into "
     f"the tunnel (AllowedIPs 0.0.0.0/0, ::/0) and DNS {DNS_ADDRESS}; set up by hand (wg setconf), do all three, "
-    "or IPv6 goes around tlsgate; see README, WireGuard on a Linux device"
+    "or IPv6 goes around tlsgate; see the docs, WireGuard on a Linux device (docs/get-started/wireguard.md)"
 )
 
 
