@@ -15,6 +15,7 @@ from pathlib import Path
 import mitmproxy
 import pytest
 
+from tests.docs import section
 from tests.harness import REPO
 from tests.unit.test_access import config
 from tlsgate import __version__
@@ -177,8 +178,7 @@ def test_contributing_names_make_targets_and_files_that_exist() -> None:
 
 @pytest.mark.skipif(not (REPO / ".git").exists() or not shutil.which("git"), reason="not a git checkout")
 def test_the_ca_directories_the_docs_create_are_git_ignored() -> None:
-    readme = (REPO / "README.md").read_text()
-    kubernetes = readme[readme.index("### Kubernetes") :]
+    kubernetes = section("Kubernetes")
     confdir = re.search(r"tlsgate ca create --confdir (\S+)", kubernetes)
     assert confdir, "the Kubernetes recipe creates its CA directory with `tlsgate ca create --confdir DIR`"
     keys = [f"{confdir.group(1).rstrip('/')}/mitmproxy-ca.pem", "certs/mitmproxy-ca.pem"]
