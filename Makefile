@@ -56,5 +56,11 @@ lock: $(VENV)/.dev
 	$(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras $(LOCK_ARGS) -o requirements.lock pyproject.toml requirements-build.in
 	$(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --extra test $(LOCK_ARGS) -o requirements-dev.lock pyproject.toml requirements-build.in
 
+# Tries tlsgate on the newest mitmproxy (or MITMPROXY=12.4.0) in a throwaway venv: which pinned private functions
+# changed (with their new digests), which unit tests fail, which versions moved. The repo, its lock and .venv stay.
+MITMPROXY ?=
+try-mitmproxy: $(VENV)/.dev
+	$(BIN)/python scripts/try_mitmproxy.py $(if $(MITMPROXY),--version $(MITMPROXY)) $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
