@@ -32,7 +32,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # Every test that pins or reads mitmproxy's private code.
 PIN_TESTS = ("tests/unit/test_mitm_internals.py", "tests/unit/test_wireguard.py", "tests/unit/test_refusal_lines.py")
-WATCHED = ("mitmproxy", "mitmproxy-rs", "cryptography", "pyopenssl", "aioquic", "h2", "wsproto", "urwid", "certifi")
 
 # The pin tests' failure message: "mitmproxy 12.3.1 changed NAME: re-read it, ..., then pin DIGEST", and pytest's
 # rewritten comparison after it: "assert 'NEW' == 'PINNED'".
@@ -86,7 +85,8 @@ def _normal(name: str) -> str:
 
 def installed(python: str) -> dict[str, str]:
     out = subprocess.run([python, "-m", "pip", "freeze", "--all"], capture_output=True, text=True, check=True).stdout
-    return {_normal(name): version for name, _, version in (line.partition("==") for line in out.splitlines()) if version}
+    pairs = (line.partition("==") for line in out.splitlines() if not line.startswith(("#", "-e")))
+    return {_normal(name): version for name, _, version in pairs if version}
 
 
 def run(command: list[str], cwd: Path, log: Path) -> int:
@@ -121,10 +121,10 @@ def copy_tree(dest: Path) -> Path:
     ).stdout.split(b"\0")
     for name in filter(None, listed):
         source = ROOT / os.fsdecode(name)
-        if source.is_file():
+        if source.is_symlink() or source.is_file():  # a link stays a link (policies/default.yaml: tests read it as one)
             target = dest / os.fsdecode(name)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+            shutil.copy2(source, target, follow_symlinks=False)
     return dest
 
 
@@ -201,9 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             python, tree, version = prepare(work, args.version, log)
         locked = lock_pins(ROOT / "requirements-dev.lock")
         now = installed(python)
-        changed = {
-            name: (locked[name], now.get(name, "absent")) for name in WATCHED if name in locked and locked[name] != now.get(name)
-        }
+        changed = {name: (pin, now.get(name, "absent")) for name, pin in locked.items() if pin != now.get(name)}
+        if not args.python:  # what the new mitmproxy brought that the lock does not have (in place: whatever is installed)
+            changed |= {
+                name: ("absent", got) for name, got in now.items() if name not in locked and name not in ("pip", "tlsgate")
+            }
         pins = pytest(python, tree, work, "pins", ["-n", "0", *PIN_TESTS], log)
         unit = None
         if not args.pins_only:
