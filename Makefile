@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test prereqs lint lock clean
+.PHONY: run test prereqs lint lock clean try-mitmproxy
 
 $(VENV)/.runtime: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else "tlsgate needs Python >= 3.12 (mitmproxy 12), but $(PYTHON) is " + sys.version.split()[0] + ": run make with PYTHON=python3.12")'
@@ -48,11 +48,19 @@ lint: $(VENV)/.dev
 	$(BIN)/python -m mypy
 	$(BIN)/tlsgate validate policies/ policies/examples/*.yaml
 
-# Re-pin after changing dependencies in pyproject.toml (needs the registry).
+# Re-pin after changing dependencies in pyproject.toml (needs the registry). pip-compile keeps every existing pin it
+# can: to move one on purpose, `make lock LOCK_ARGS="--upgrade-package mitmproxy --upgrade-package cryptography"`.
+LOCK_ARGS ?=
 lock: $(VENV)/.dev
 	$(BIN)/python -m pip install --quiet pip-tools
-	$(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras -o requirements.lock pyproject.toml requirements-build.in
-	$(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --extra test -o requirements-dev.lock pyproject.toml requirements-build.in
+	$(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras $(LOCK_ARGS) -o requirements.lock pyproject.toml requirements-build.in
+	$(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --extra test $(LOCK_ARGS) -o requirements-dev.lock pyproject.toml requirements-build.in
+
+# Tries tlsgate on the newest mitmproxy (or MITMPROXY=12.4.0) in a throwaway venv: which pinned private functions
+# changed (with their new digests), which unit tests fail, which versions moved. The repo, its lock and .venv stay.
+MITMPROXY ?=
+try-mitmproxy: $(VENV)/.dev
+	$(BIN)/python scripts/try_mitmproxy.py $(if $(MITMPROXY),--version $(MITMPROXY)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

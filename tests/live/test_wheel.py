@@ -9,6 +9,7 @@ installed wheel, by the README's command.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -39,7 +40,11 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel of this checkout, installed into a bare venv next to proxy.py: tlsgate as a user's `pip install` has it."""
     tmp_path = tmp_path_factory.mktemp("wheel")
     dist = tmp_path / "dist"
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO))
+    # setuptools builds in the checkout's build/: under xdist each worker builds this wheel, and two builds at once
+    # collide there ("File exists: build/bdist.linux-x86_64/wheel/tlsgate-0.1.0.dist-info"). One at a time.
+    with (tmp_path_factory.getbasetemp().parent / "tlsgate-wheel-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO))
     (wheel,) = dist.glob("tlsgate-*.whl")
     archive = zipfile.ZipFile(wheel)
     names = archive.namelist()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from pathlib import Path
 
 import pytest
 from mitmproxy import version
@@ -22,7 +23,9 @@ from OpenSSL import SSL
 from tlsgate.addons import mitm_internals
 
 PINNED = {
-    "TlsConfig.tls_start_client": (tlsconfig.TlsConfig.tls_start_client, "05334c27c22a10ed"),
+    # 12.3.1: re-read; it now sends an entry's chain_certs when there is no chain file (the `emudhra` CA) next to
+    # add_upstream_certs_to_client_chain's certificates: client_connection does both for tlsconfig's own certificate.
+    "TlsConfig.tls_start_client": (tlsconfig.TlsConfig.tls_start_client, "d3093c897eeafc2f"),
     "TlsConfig.tls_start_server": (tlsconfig.TlsConfig.tls_start_server, "2e2dc9c25670cf64"),
     "create_client_proxy_context": (net_tls.create_client_proxy_context, "8a3bd5b54ef3d093"),
     "create_proxy_server_context": (net_tls.create_proxy_server_context, "e2d90d71c5744797"),
@@ -97,7 +100,8 @@ def _upstream_pins() -> dict[str, tuple[object, str]]:
         "TunnelLayer._handle_event": (tunnel.TunnelLayer._handle_event, "00676a887c456cec"),
         "Http1Client.read_headers": (Http1Client.read_headers, "415454c5fa8b5981"),
         "Http1Client.send": (Http1Client.send, "35d961e20d481204"),
-        "Http2Connection._handle_event": (Http2Connection._handle_event, "a7f4a7a71d31074b"),
+        # 12.3.1: re-read; only a comment's spelling changed ("Debatable"), the reset codes are the same
+        "Http2Connection._handle_event": (Http2Connection._handle_event, "7fc814a8a507f234"),
     }
 
 
@@ -140,7 +144,8 @@ CLIENT_BOUNDS_PINNED = {
 }
 
 
-def test_client_bounds_code_is_unchanged() -> None:
+@pytest.mark.parametrize("name", sorted(CLIENT_BOUNDS_PINNED))  # one test per pin: a report names every one that moved
+def test_client_bounds_code_is_unchanged(name: str) -> None:
     from mitmproxy.addons import proxyserver
     from mitmproxy.proxy import server
     from mitmproxy.proxy.layers.http import _http1
@@ -154,12 +159,11 @@ def test_client_bounds_code_is_unchanged() -> None:
         "ConnectionHandler.close_connection": server.ConnectionHandler.close_connection,
         "ConnectionHandler.handle_client": server.ConnectionHandler.handle_client,
     }
-    for name, function in functions.items():
-        digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
-        assert digest == CLIENT_BOUNDS_PINNED[name], (
-            f"mitmproxy {version.VERSION} changed {name}: re-read it, bring tlsgate/addons/mitm_internals.py in line, "
-            f"then pin {digest}"
-        )
+    digest = hashlib.sha256(inspect.getsource(functions[name]).encode()).hexdigest()[:16]
+    assert digest == CLIENT_BOUNDS_PINNED[name], (
+        f"mitmproxy {version.VERSION} changed {name}: re-read it, bring tlsgate/addons/mitm_internals.py in line, "
+        f"then pin {digest}"
+    )
 
 
 def test_the_lines_containment_rewrites_are_still_mitmproxys() -> None:
@@ -222,3 +226,37 @@ def test_the_code_held_request_bodies_rely_on_is_unchanged(name: str) -> None:
         f"mitmproxy {version.VERSION} changed {name}: re-read it, check tlsgate/addons/mitm_internals.py's "
         f"hold_request_body / _held_body_event / _cut_request still hold, then pin {digest}"
     )
+
+
+# -- client_connection follows tlsconfig's chain (mitmproxy 12.3: a default chain with no chain file is sent) ------
+
+
+def test_a_refloored_connection_sends_the_chain_tlsconfig_sends(tmp_path: Path) -> None:
+    """A client let in below the floor (report mode) must see the certificate chain every other client sees.
+
+    mitmproxy 12.3's `emudhra` option signs with an intermediate whose chain has no chain file: tlsconfig sends the
+    intermediates itself, and a copy that did not would show this client a lone leaf it cannot build a path from."""
+    from mitmproxy import ctx, tls
+    from mitmproxy.proxy.context import Context
+    from mitmproxy.test import taddons, tflow
+
+    from tests.unit.test_staple_capture import handshake
+
+    addon = tlsconfig.TlsConfig()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, confdir=str(tmp_path / "certs"), emudhra=True)
+
+        def served(rebuild: bool) -> list[str]:
+            client = tflow.tclient_conn()
+            client.sni = "api.test"
+            data = tls.TlsData(client, Context(client, ctx.options))
+            addon.tls_start_client(data)
+            server = mitm_internals.client_connection(data, "1.2") if rebuild else data.ssl_conn
+            app = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD))
+            app.set_tlsext_host_name(b"api.test")
+            handshake(app, server)  # type: ignore[arg-type]
+            return [c.subject.rfc4514_string() for c in app.get_peer_cert_chain(as_cryptography=True) or []]
+
+        normal = served(rebuild=False)
+        assert len(normal) > 2, normal  # the leaf and the intermediates
+        assert served(rebuild=True) == normal

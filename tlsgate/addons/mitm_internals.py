@@ -94,9 +94,16 @@ def client_connection(
     min_version = floor_version(floor) if floor else net_tls.Version[ctx.options.tls_version_client_min]
     max_version = floor_version(ceiling) if ceiling else net_tls.Version[ctx.options.tls_version_client_max]
     chain_file = None
+    extra_chain = [certs.Cert(c) for c in chain]
     if certificate is None or key is None:
         entry = tlsconfig.get_cert(tls_start.context)
         certificate, key, chain_file = entry.cert.to_cryptography(), entry.privatekey, entry.chain_file
+        # tlsconfig's own certificate goes with tlsconfig's own chain (mitmproxy 12.3: the intermediates of a
+        # `--certs` file, which has no chain file, and the upstream's certificates if the option asks for them)
+        if entry.chain_file is None and len(entry.chain_certs) > 1:
+            extra_chain.extend(entry.chain_certs)
+        if ctx.options.add_upstream_certs_to_client_chain:
+            extra_chain.extend(tls_start.context.server.certificate_list)
     offered = ciphers or tuple(tls_start.conn.cipher_list or _default_ciphers(min_version))
     context = net_tls.create_client_proxy_context(
         method=net_tls.Method.TLS_SERVER_METHOD,
@@ -107,7 +114,7 @@ def client_connection(
         chain_file=chain_file,
         request_client_cert=ctx.options.request_client_cert,
         alpn_select_callback=alpn_select_callback,
-        extra_chain_certs=tuple(certs.Cert(c) for c in chain),
+        extra_chain_certs=tuple(extra_chain),
         dhparams=tlsconfig.certstore.dhparams,
     )
     conn = SSL.Connection(context)

@@ -63,7 +63,7 @@ CAKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 _KEY_MODE = 0o600
 _PUBLIC_MODE = 0o644
 
-# Copied verbatim from mitmproxy.certs.DEFAULT_DHPARAM (mitmproxy 12.2.3) so that
+# Copied verbatim from mitmproxy.certs.DEFAULT_DHPARAM (mitmproxy 12.2.3, unchanged in 12.3.1) so that
 # the store is complete without importing mitmproxy; mitmproxy would otherwise
 # write this file itself on first start.
 DEFAULT_DHPARAM = b"""
