@@ -292,6 +292,19 @@ def test_upstream_tls_needs_eager_connections() -> None:
         tctx.configure(upstream, connection_strategy="eager")
 
 
+@pytest.mark.parametrize("option", ["emudhra", "emudhra_old"])
+def test_upstream_tls_refuses_mitmproxys_public_emudhra_chain(option: str) -> None:
+    """mitmproxy 12.3's emudhra options sign with a public, compromised chain instead of tlsgate's CA and silently
+    drop the apps' revocation requests to it: every probe and CA statement tlsgate makes would be wrong."""
+    from mitmproxy.addons.tlsconfig import TlsConfig
+
+    upstream = UpstreamTls(Connections(PolicyStore()), FindingsSink())
+    with taddons.context(Proxyserver(), TlsConfig(), upstream) as tctx:
+        with pytest.raises(exceptions.OptionsError, match=f"tlsgate refuses {option}"):
+            tctx.configure(upstream, **{option: True})
+        assert getattr(tctx.options, option) is False  # rolled back
+
+
 def blocked_finding(check: str = "pin", rule: str = "p.yaml:12") -> Finding:
     return Finding(check, "blocked", "critical", "api.test", 443, "127.0.0.1:22", rule, f"{check} said no", "fix it")
 

@@ -61,6 +61,10 @@ def presented_chain(data: tls.TlsData) -> list[x509.Certificate]:
     return [c.to_cryptography() for c in (data.ssl_conn.get_peer_cert_chain() or [])]
 
 
+# mitmproxy 12.3 options that swap the interception CA for a public chain and drop revocation lookups to it
+EMUDHRA_OPTIONS = ("emudhra", "emudhra_old")
+
+
 class UpstreamTls:
     def __init__(self, connections: Connections, sink: FindingsSink) -> None:
         self.connections = connections
@@ -82,6 +86,14 @@ class UpstreamTls:
                 "tlsgate needs connection_strategy=eager: upstream TLS is judged before the client's request is read, "
                 "so a refused server never receives it"
             )
+        for name in EMUDHRA_OPTIONS:
+            if name in updated and getattr(ctx.options, name, False):
+                raise exceptions.OptionsError(
+                    f"tlsgate refuses {name}: it signs interception certificates with a compromised public "
+                    "intermediate instead of tlsgate's CA (so probes, the CA tlsgate prints and its audits would "
+                    "name a CA that is not the one signing) and silently drops the apps' OCSP and CRL requests "
+                    "to that chain's hosts; install tlsgate's CA on the device instead (`tlsgate ca export`)"
+                )
 
     def client_disconnected(self, client: connection.Client) -> None:
         explain_refusals().forget(client)  # a reason mitmproxy never logged must not name a later connection
