@@ -374,3 +374,17 @@ def test_memory_stays_bounded_as_the_file_grows(read_traced: list[tuple[Summary,
     # Ten times the lines: the same groups and hosts, so nearly the same peak (examples are capped per group).
     assert peaks[1] < peaks[0] * 2.5, peaks
     assert peaks[1] < 150 * 2**20, peaks
+
+
+@pytest.mark.parametrize("check", ["tls", "security"])
+def test_a_check_named_like_a_fixed_tag_still_gives_unique_sarif_tags(tmp_path: Path, check: str) -> None:
+    """SARIF requires a rule's tags to be unique: a findings file may name a check `tls` or `security` (found by the
+    hostile-file fuzzer), which repeated a fixed tag and made the whole document invalid."""
+    path = tmp_path / "f.jsonl"
+    path.write_text(json.dumps(finding(check=check)) + "\n")
+    out = tmp_path / "r.sarif"
+    assert run("report", str(path), "--format", "sarif", "--out", str(out)) == 0
+    document = json.loads(out.read_text())
+    validate_sarif(document)
+    (rule,) = document["runs"][0]["tool"]["driver"]["rules"]
+    assert len(rule["properties"]["tags"]) == len(set(rule["properties"]["tags"]))

@@ -150,7 +150,10 @@ def sarif(summary: Summary) -> dict[str, Any]:
                 "fullDescription": {"text": worst.detail if worst and worst.detail else group.rule_id},
                 "help": {"text": worst.remedy if worst and worst.remedy else "see the finding's detail"},
                 "defaultConfiguration": {"level": SARIF_LEVELS[group.severity]},
-                "properties": {"tags": ["security", "tls", group.check], "security-severity": SECURITY_SEVERITY[group.severity]},
+                "properties": {
+                    "tags": list(dict.fromkeys(["security", "tls", group.check])),
+                    "security-severity": SECURITY_SEVERITY[group.severity],
+                },
             }
             _sarif_mastg(rule, worst.evidenced if worst else mastg.NONE)
         elif RANK[group.severity] > SEVERITIES.index(_level_severity(rule)):
@@ -189,7 +192,7 @@ def _sarif_mastg(rule: dict[str, Any], evidenced: mastg.Refs) -> None:
     if not evidenced:
         return
     properties = rule["properties"]
-    properties["tags"] += [*evidenced.masvs, *evidenced.tests]
+    properties["tags"] = list(dict.fromkeys([*properties["tags"], *evidenced.masvs, *evidenced.tests]))
     properties["mastg"] = list(evidenced.tests)
     properties["masvs"] = list(evidenced.masvs)
     tests = [mastg.TESTS[test] for test in evidenced.tests]
