@@ -73,6 +73,7 @@ def test_a_bidirectional_call_gets_each_answer_while_it_still_sends(tlsgate, grp
 
 
 def test_a_secret_in_message_37_of_50_stops_the_call_there(tlsgate, grpc_server: GrpcServer) -> None:
+    """Client streaming: the answer has not begun, so the app gets a trailers-only PERMISSION_DENIED."""
     gate = tlsgate(POLICY, resolve={"api.test": grpc_server.port})
     messages = [profile(f"user-{i}", STRIPE if i == 37 else None) for i in range(50)]
     with channel(gate, grpc_server.port) as chan:
@@ -82,8 +83,11 @@ def test_a_secret_in_message_37_of_50_stops_the_call_there(tlsgate, grpc_server:
     error = raised.value
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED, (error.code(), error.details())
     assert RULE_LINE in error.details() and "secrets: ignore" in error.details(), error.details()
-    assert eventually(lambda: len(received(grpc_server, "Upload")) >= 37)
-    assert received(grpc_server, "Upload") == messages[:37], "messages 0..36 only: 37 and after never reach the server"
+    # tlsgate forwards 0..36 and then resets the server's stream; grpcio's server drops what it had received but not
+    # yet handed to the handler when the reset comes, so the handler sees a prefix (the bidirectional test below,
+    # which waits for each echo, shows all of them arrive)
+    got = received(grpc_server, "Upload")
+    assert got == messages[: len(got)] and len(got) <= 37, "message 37 and after never reach the server"
     assert eventually(lambda: len(gate.findings()) >= 1)
     (finding,) = gate.findings()
     assert (finding["action"], finding["evidence"]["kind"]) == ("blocked", "provider_key")
@@ -92,27 +96,29 @@ def test_a_secret_in_message_37_of_50_stops_the_call_there(tlsgate, grpc_server:
     assert STRIPE not in gate.findings_path.read_text() + gate.output
 
 
-def test_a_bidirectional_call_refused_after_its_answers_began_is_reset(tlsgate, grpc_server: GrpcServer) -> None:
+def test_a_bidirectional_call_refused_after_its_answers_began_ends_with_the_status(tlsgate, grpc_server: GrpcServer) -> None:
+    """The server's answers had begun (37 echoes): the status comes as trailers after the last whole echo."""
     gate = tlsgate(POLICY, resolve={"api.test": grpc_server.port})
     replies: queue.Queue[bytes] = queue.Queue()
+    messages = [profile(f"user-{i}", STRIPE if i == 37 else None) for i in range(50)]
 
     def requests() -> Iterator[bytes]:
-        for index in range(4):
-            yield profile(f"user-{index}", STRIPE if index == 2 else None)
-            replies.get(timeout=15)
+        for message in messages:
+            yield message
+            replies.get(timeout=15)  # its echo: the server handled it before the next one is sent
 
     answers: list[bytes] = []
     with channel(gate, grpc_server.port) as chan:
         chat = chan.stream_stream(f"/{GrpcServer.SERVICE}/Chat")
         with pytest.raises(grpc.RpcError) as raised:
-            for answer in chat(requests(), timeout=30):
+            for answer in chat(requests(), timeout=60):
                 answers.append(answer)
                 replies.put(answer)
-    assert [a[1] for a in answers] == [0, 1]
+    assert [a[1] for a in answers] == list(range(37))
     error = raised.value
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED, (error.code(), error.details())
     assert RULE_LINE in error.details(), error.details()
-    assert received(grpc_server, "Chat") == [profile("user-0"), profile("user-1")]
+    assert received(grpc_server, "Chat") == messages[:37], "messages 0..36 reached the server, 37 and after never"
 
 
 def telemetry_batch(seq: int) -> bytes:
@@ -135,8 +141,8 @@ def test_ecb_across_the_messages_of_one_stream_is_caught(tlsgate, grpc_server: G
     assert finding["action"] == "blocked" and finding["check"] == "payload", finding
     assert finding["evidence"]["grpc"]["index"] == 1, "caught by comparing message 1 with message 0 of the stream"
     assert finding["evidence"]["fields"][0]["basis"] == "moved_block", finding["evidence"]
-    assert eventually(lambda: len(received(grpc_server, "Upload")) >= 1)
-    assert received(grpc_server, "Upload") == messages[:1]
+    got = received(grpc_server, "Upload")
+    assert got == messages[: len(got)] and len(got) <= 1, "message 1 and after never reach the server"
 
 
 def test_report_mode_forwards_every_message_intact_and_records(tlsgate, grpc_server: GrpcServer) -> None:

@@ -1,5 +1,5 @@
 """A gRPC call's messages cut out of its body as chunks arrive (`tlsgate.payload.grpc.Splitter`), and the stream
-callable that holds each until judged (`tlsgate.addons.grpc_stream.GrpcCall`)."""
+callable that holds each until judged (`tlsgate.payload.grpc_gate.MessageGate`, `tlsgate.addons.payload.GrpcCall`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mitmproxy.test import tflow
 
-from tlsgate.addons.grpc_stream import GrpcCall
+from tlsgate.addons.payload import GrpcCall
 from tlsgate.payload.grpc import Boundaries, Piece, Splitter, frame, frames
 
 

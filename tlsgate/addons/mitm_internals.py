@@ -673,6 +673,8 @@ def _ending(stream: Any, event: Any, held: _HeldStream, handle: Callable[[Any, A
             refusal = body.refusal()
             if refusal is not None:
                 commands_.close()
+                for chunk in body.flush():  # what passed before the refused part (a gRPC call's earlier messages)
+                    yield SendHttp(RequestData(stream.stream_id, chunk), stream.context.server)
                 if not held.cut:
                     held.cut = True
                     yield from _cut_request(stream, refusal, _closing_trailers(body))

@@ -39,7 +39,7 @@ import itertools
 import logging
 import time
 import weakref
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,10 +47,15 @@ from mitmproxy import ctx, http
 from mitmproxy.websocket import WebSocketMessage
 
 from tlsgate.addons.findings import FindingsSink
-from tlsgate.addons.grpc_stream import GrpcCall
-from tlsgate.addons.mitm_internals import close_websockets_on_request, hold_request_body
+from tlsgate.addons.mitm_internals import (
+    close_websockets_on_request,
+    hold_request_body,
+    pause_client_reading,
+    resume_held_body,
+)
 from tlsgate.addons.state import Connections, ConnState, request_host, request_url
 from tlsgate.addons.verdicts import (
+    answer_for,
     block,
     block_at_headers,
     block_message,
@@ -77,6 +82,7 @@ from tlsgate.payload.bounds import Budget, Steps, drain, inflate_steps
 from tlsgate.payload.exemptions import exempt_params, without_exempt_keys
 from tlsgate.payload.fields import Field, body_field_steps, grpc_message_steps, header_fields, url_fields
 from tlsgate.payload.grpc import Piece
+from tlsgate.payload.grpc_gate import MessageGate
 from tlsgate.payload.identifiers import Form, mask
 from tlsgate.payload.messages import message_field_steps
 from tlsgate.payload.recall import BlockMemory
@@ -152,6 +158,41 @@ class StreamWindow(WindowGate):
         if finding is None:
             return http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
         return block_response(finding, self.flow.request.headers.get("accept", ""))
+
+
+class GrpcCall(MessageGate):
+    """A gRPC call's `request.stream` (`mitm_internals.HeldBody`): messages held until judged (`MessageGate`),
+    and the gRPC status the app gets when one is refused."""
+
+    def __init__(
+        self, flow: http.HTTPFlow, limit: int, judge: Callable[[Piece], bool], fail: Callable[[Exception], None]
+    ) -> None:
+        super().__init__(limit, judge, fail, lambda paused: pause_client_reading(flow, paused), lambda: resume_held_body(flow))
+        self.flow = flow
+        self._refusal: http.Response | None = None
+
+    def refusal(self) -> http.Response | None:
+        """`grpc-status: 7` and the rule (trailers-only: HTTP/2 HEADERS ending the stream) once a message was refused."""
+        if not self.blocked:
+            return None
+        if self._refusal is None:
+            finding = verdict_of(self.flow)
+            if finding is None:
+                self._refusal = http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
+            else:
+                self._refusal = answer_for(finding, self.flow.request)
+        return self._refusal
+
+    def closing(self) -> http.Headers | None:
+        """The refusal as trailers, for an answer that had begun: only between two of the server's messages (a
+        status after part of a message is a framing error to the client, which then sees INTERNAL, not why);
+        else None, and the app's stream is reset (grpcio: INTERNAL, "RST_STREAM with error code 2")."""
+        refusal = self.refusal()
+        if refusal is None or not self.answers.between or "grpc-status" not in refusal.headers:
+            return None
+        return http.Headers(
+            **{name: refusal.headers[name] for name in ("grpc-status", "grpc-message") if name in refusal.headers}
+        )
 
 
 def stepped(steps: Steps[Any], label: str) -> Coroutine[Any, Any, None] | None:
@@ -237,7 +278,7 @@ class PayloadInspector:
         flow.request.stream = call
         hold_request_body(flow, call)
 
-    def _grpc_judge(self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules) -> Any:
+    def _grpc_judge(self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules) -> Callable[[Piece], bool]:
         """Judge one message of a streaming call (True: refused), with what every message of the call shares worked
         out once: a stream of 100,000 small messages must not pay for host matching and URL redaction each time.
         Detector memory (`BlockMemory`) is the device's, across messages as across requests: the index is folded

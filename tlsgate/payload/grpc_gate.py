@@ -8,15 +8,16 @@ while the app still sends), and `GrpcCall` is its stream callable: each
 length-prefixed message is cut out as its last byte arrives
 (`tlsgate.payload.grpc.Splitter`), judged, and only then forwarded; a message
 never reaches the server before its verdict. A message that must be blocked,
-and everything after it, goes nowhere: `mitm_internals` cuts the call.
+and everything after it, goes nowhere: the add-on cuts the call
+(`tlsgate.addons.payload.GrpcCall`, `mitm_internals.hold_request_body`).
 
 Work: judging runs for at most `SLICE` per turn of the event loop. grpcio sends
 each message in a DATA frame of its own, and one socket read carries thousands
 of them; the messages a turn has no time for wait (`pending`), unjudged and
-unforwarded, while the app's connection is not read (`pause_client_reading`),
-and are judged a slice per later turn (`resume_held_body` brings each slice's
-passed messages into the stream), so every other connection is served in
-between. Each message costs at most `payload.max_bytes` (a longer one: its
+unforwarded, while the app's connection is not read (`pause`),
+and are judged a slice per later turn (`wake`: the add-on has mitmproxy's
+stream call `resume`, which sends each slice's passed messages on), so every
+other connection is served in between. Each message costs at most `payload.max_bytes` (a longer one: its
 first `max_bytes`; the rest passes) within the walker's limits.
 
 Memory per call: one incomplete message held between chunks (at most
@@ -32,24 +33,28 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from mitmproxy import http
-
-from tlsgate.addons.mitm_internals import pause_client_reading, resume_held_body
-from tlsgate.addons.verdicts import answer_for, verdict_of
 from tlsgate.payload.bounds import Steps
 from tlsgate.payload.grpc import Boundaries, Piece, Splitter
 
 SLICE = 0.005  # seconds of judging per turn of the event loop
-GRPC_REFUSED = b"refused by tlsgate: a check failed (see the proxy log)\n"
 
 
-class GrpcCall:
-    """A gRPC call's `request.stream` callable (`mitm_internals.HeldBody`): messages held until judged."""
+class MessageGate:
+    """A gRPC call's request body in (chunks as mitmproxy's `request.stream` callable gets them), its judged and
+    passed messages out, in order. `judge(piece)` is True for a refused message; `fail(exc)` hears of a judge
+    that raised (refused too); `pause(True/False)` stops and restarts reading from the app; `wake()` asks for a
+    later `resume` inside the stream's own event (False: there is no stream any more)."""
 
     def __init__(
-        self, flow: http.HTTPFlow, limit: int, judge: Callable[[Piece], bool], fail: Callable[[Exception], None]
+        self,
+        limit: int,
+        judge: Callable[[Piece], bool],
+        fail: Callable[[Exception], None],
+        pause: Callable[[bool], None],
+        wake: Callable[[], bool],
     ) -> None:
-        self.flow = flow
+        self.pause = pause
+        self.wake = wake
         self.splitter = Splitter(limit)
         self.judge = judge  # True: refused
         self.fail = fail
@@ -64,13 +69,12 @@ class GrpcCall:
         self.answers = Boundaries()  # how far the server's answer went to the app
         self._slice_end: float | None = None
         self._waking = False
-        self._refusal: http.Response | None = None
 
     # -- the app's messages ---------------------------------------------------------------------------
 
     def __call__(self, chunk: bytes) -> list[bytes] | bytes:
         if self.blocked or not chunk:
-            return []  # the end is judged by `finish` (the add-on's request hook, or `_ending`)
+            return []  # the end is judged by `finish` (the add-on's request hook, or mitm_internals' `_ending`)
         pieces = self.splitter.feed(chunk)
         if self.pending:  # earlier messages wait for their slice: these wait behind them, in order
             self._wait(pieces)
@@ -98,7 +102,7 @@ class GrpcCall:
                 break
             out.append(piece.wire)
         if not self.pending:
-            pause_client_reading(self.flow, False)
+            self.pause(False)
         self._note_held()
         return out
 
@@ -129,12 +133,12 @@ class GrpcCall:
             return
         self._waking = True
         self.deferred += 1
-        pause_client_reading(self.flow, True)
+        self.pause(True)
         asyncio.get_running_loop().call_soon(self._wake)
 
     def _wake(self) -> None:
         self._waking = False
-        if self.pending and not (self.blocked or self.ended) and not resume_held_body(self.flow):
+        if self.pending and not (self.blocked or self.ended) and not self.wake():
             self._drop()  # the stream is gone: nothing waits for these any more
 
     def _passes(self, piece: Piece) -> bool:
@@ -155,7 +159,7 @@ class GrpcCall:
         self.pending.clear()
         self.pending_bytes = 0
         self.splitter = Splitter(1)  # what is held goes nowhere
-        pause_client_reading(self.flow, False)
+        self.pause(False)
 
     def finish(self) -> None:
         """The body ended: what waits is judged now, and a message it ended inside (the server would refuse it,
@@ -170,7 +174,7 @@ class GrpcCall:
             if not self._passes(piece):
                 break
             self.out.append(piece.wire)
-        pause_client_reading(self.flow, False)
+        self.pause(False)
 
     def ending(self) -> Steps[None]:
         self.finish()
@@ -180,31 +184,9 @@ class GrpcCall:
         out, self.out = self.out, []
         return out
 
-    # -- the answer -----------------------------------------------------------------------------------
-
-    def refusal(self) -> http.Response | None:
-        """A gRPC status for the app (`grpc-status: 7` and the rule, trailers-only) once a message was refused."""
-        if not self.blocked:
-            return None
-        if self._refusal is None:
-            finding = verdict_of(self.flow)
-            if finding is None:
-                self._refusal = http.Response.make(403, GRPC_REFUSED)
-            else:
-                self._refusal = answer_for(finding, self.flow.request)
-        return self._refusal
+    # -- the server's answer --------------------------------------------------------------------------
 
     def response(self, chunk: bytes) -> list[bytes] | bytes:
         """The server's answer's `response.stream` callable: passed on as it comes, its message boundaries noted."""
         self.answers.feed(chunk)
         return chunk
-
-    def closing(self) -> http.Headers | None:
-        """The refusal as trailers, for an answer that had begun: only between two of the server's messages (a
-        status after part of a message is a framing error to the client, which then sees INTERNAL, not why)."""
-        refusal = self.refusal()
-        if refusal is None or not self.answers.between or "grpc-status" not in refusal.headers:
-            return None
-        return http.Headers(
-            **{name: refusal.headers[name] for name in ("grpc-status", "grpc-message") if name in refusal.headers}
-        )
