@@ -158,3 +158,15 @@ async def judged_in_slices() -> None:
         await asyncio.sleep(0)
         out += stream.resume()
     assert out == messages and stream.deferred >= 1
+
+
+def test_messages_waiting_past_the_pending_limit_are_judged_at_once() -> None:
+    """A client whose reading cannot be paused (UDP-borne) must not grow the backlog without bound."""
+    from tlsgate.payload import grpc_gate
+
+    stream = call()
+    stream._wake = lambda: None  # type: ignore[method-assign]
+    stream.pending.append(Piece(frame(b"first"), b"first", 0))  # as if a slice had run out
+    stream.pending_bytes = grpc_gate.PENDING_LIMIT
+    out = stream(frame(b"next"))
+    assert out == [frame(b"first"), frame(b"next")] and not stream.pending

@@ -23,7 +23,9 @@ first `max_bytes`; the rest passes) within the walker's limits.
 Memory per call: one incomplete message held between chunks (at most
 `max_bytes` plus its 5-byte header), plus the messages waiting for a slice: at
 most what mitmproxy had read from the app when reading paused (its read of
-64 KiB and asyncio's buffer of up to 128 KiB).
+64 KiB and asyncio's buffer of up to 128 KiB); a client whose reading cannot
+pause (HTTP/3, WireGuard: UDP-borne) has its waiting messages judged at once
+past `PENDING_LIMIT`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tlsgate.payload.bounds import Steps
 from tlsgate.payload.grpc import Boundaries, Piece, Splitter
 
 SLICE = 0.005  # seconds of judging per turn of the event loop
+PENDING_LIMIT = 1 << 20  # bytes waiting for a slice past which they are judged at once (a client read on regardless)
 
 
 class MessageGate:
@@ -78,7 +81,12 @@ class MessageGate:
         pieces = self.splitter.feed(chunk)
         if self.pending:  # earlier messages wait for their slice: these wait behind them, in order
             self._wait(pieces)
-            return []
+            if self.pending_bytes <= PENDING_LIMIT:
+                return []
+            pieces = list(self.pending)  # a client whose reading cannot pause (UDP-borne): judged now, bounded
+            self.pending.clear()
+            self.pending_bytes = 0
+            return self._within_slice(pieces, at_once=True)
         return self._within_slice(pieces)
 
     def resume(self) -> list[bytes]:
@@ -90,8 +98,8 @@ class MessageGate:
         self.pending_bytes = 0
         return self._within_slice(pieces)
 
-    def _within_slice(self, pieces: list[Piece]) -> list[bytes]:
-        deadline = self._deadline()
+    def _within_slice(self, pieces: list[Piece], at_once: bool = False) -> list[bytes]:
+        deadline = float("inf") if at_once else self._deadline()
         out: list[bytes] = []
         for position, piece in enumerate(pieces):
             if time.perf_counter() >= deadline:
