@@ -152,13 +152,15 @@ def test_report_mode_forwards_every_message_intact_and_records(tlsgate, grpc_ser
         upload = chan.stream_unary(f"/{GrpcServer.SERVICE}/Upload")
         assert upload(iter(messages), timeout=30) == b"\x08\x02"
     assert received(grpc_server, "Upload") == messages
-    assert eventually(lambda: len(gate.findings()) >= 1)
-    finding = gate.findings()[0]
-    assert (finding["action"], finding["evidence"]["kind"], finding["evidence"]["grpc"]["index"]) == (
-        "reported",
-        "provider_key",
-        3,
-    )
+    batches = [telemetry_batch(seq) for seq in range(6)]
+    with channel(gate, grpc_server.port) as chan:
+        upload = chan.stream_unary(f"/{GrpcServer.SERVICE}/Upload")
+        assert upload(iter(batches), timeout=30) == b"\x08\x02"
+    assert received(grpc_server, "Upload") == messages + batches
+    assert eventually(lambda: len(gate.findings()) >= 2)
+    found = [(f["action"], f["evidence"]["kind"], f["evidence"]["grpc"]["index"]) for f in gate.findings()]
+    # a habit is written once per device, host and kind (then counted), whichever message shows it again
+    assert found == [("reported", "provider_key", 3), ("reported", "ecb", 1)], found
 
 
 def test_a_stream_of_100000_small_messages_does_not_starve_another_client(tlsgate, grpc_server: GrpcServer) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterator
@@ -313,6 +314,8 @@ class PayloadInspector:
                     client=client,
                 )
             )
+            if not (found.ecb or found.deterministic or found.unsigned_jwts or found.keys or found.identifiers):
+                return False  # nothing to say: the common case, spared building facts per message
             facts = PayloadFacts(
                 method=method,
                 url=url,
@@ -692,8 +695,12 @@ def _body_steps(
     return body_field_steps(ctype, data, complete, budget, encoding, limit)
 
 
+_MESSAGE_INDEX = re.compile(r"grpc\[\d+\]")
+
+
 def _said_key(state: ConnState, match: Match, issue: Issue) -> tuple[str, ...]:
-    return ("payload", state.device or "", match.host, issue.kind, issue.detail)
+    """A habit is said once: the same field of every message of a gRPC stream (`grpc[i].4`) is one field."""
+    return ("payload", state.device or "", match.host, issue.kind, _MESSAGE_INDEX.sub("grpc[]", issue.detail))
 
 
 def client_key(state: ConnState) -> str:
