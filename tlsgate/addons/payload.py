@@ -22,7 +22,10 @@ Cost is bounded by `payload.max_bytes` (64 KiB by default):
   no byte of its body: its request is cancelled (HTTP/2: the stream reset;
   HTTP/1: the upstream connection closed), the app gets the block page, and
   what it still sends is dropped (`mitm_internals.hold_request_body`). Memory
-  per such request: at most 2 x `max_bytes` plus one chunk, within `Holdings`.
+  per such request: at most 2 x `max_bytes` plus one chunk, within `Holdings`;
+* a gRPC call over HTTP/2 or 3 streams from its headers on (a bidirectional
+  call waits for answers mid-body) and is judged message by message
+  (`GrpcCall`, `tlsgate.payload.grpc_gate`): each message held until judged.
 
 Responses are looked at for ECB only, and recorded: the request has already
 reached the server, and what must change is the app's crypto.
