@@ -121,6 +121,28 @@ def test_a_bidirectional_call_refused_after_its_answers_began_ends_with_the_stat
     assert received(grpc_server, "Chat") == messages[:37], "messages 0..36 reached the server, 37 and after never"
 
 
+def test_a_bidirectional_call_refused_at_its_headers_is_answered_at_once(tlsgate, grpc_server: GrpcServer) -> None:
+    """A provider key in the call's metadata: refused before anything goes upstream, answered while the app still
+    holds its side open (mitmproxy answers only once the body ends: the call would wait for its deadline)."""
+    gate = tlsgate(POLICY, resolve={"api.test": grpc_server.port})
+    release = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        yield profile("user-1")
+        release.wait(30)  # the app's side stays open, as a listener's does
+
+    with channel(gate, grpc_server.port) as chan:
+        chat = chan.stream_stream(f"/{GrpcServer.SERVICE}/Chat")
+        with pytest.raises(grpc.RpcError) as raised:
+            for _ in chat(requests(), timeout=25, metadata=[("x-api-key", STRIPE)]):
+                pass
+        release.set()
+    error = raised.value
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED, (error.code(), error.details())
+    assert RULE_LINE in error.details(), error.details()
+    assert received(grpc_server, "Chat") == []
+
+
 def telemetry_batch(seq: int) -> bytes:
     """One event per message, AES-ECB with one key; a note of 0, 16 or 32 bytes in front moves the same blocks of
     the rest to other block positions from one message to the next (no block repeats within one message)."""

@@ -208,7 +208,8 @@ HELD_BODY_PINNED = {
     "HttpStream.state_consume_request_body": "45459c1bbd8bdb1a",  # buffers into request_body_buf
     "Http1Server.send": "cc218a1337c0f5cf",  # a response may go out while the request body is still coming
     # gRPC calls (tlsgate/addons/grpc_stream.py): a `request.stream` set in the requestheaders hook opens the upstream
-    # request right after it, and the answer's head is awaited while the body streams (bidirectional calls)
+    # request right after it, and the answer's head is awaited while the body streams (bidirectional calls); a
+    # response set in the hook leaves the stream in state_consume_request_body (`answer_at_headers` answers there)
     "HttpStream.state_wait_for_request_headers": "3706d5d5ce01dcd4",
     # calls `response.stream` per chunk before sending it: GrpcCall.response sees exactly what went to the app
     "HttpStream.state_stream_response_body": "3fb6320300d3ddd5",

@@ -732,12 +732,55 @@ def _registering(stream: Any, commands_: Any) -> Any:
             command = commands_.send(reply)
         except StopIteration:
             _hold_for(stream)  # the requestheaders hook may have asked to hold its body (`hold_request_body`)
+            yield from _answered_at_headers(stream)
             return
         flow = getattr(stream, "flow", None)
         if flow is not None and flow not in _streams:
             _streams[flow] = weakref.ref(stream)
         _hold_for(stream)
         reply = yield command
+
+
+_answer_now: weakref.WeakSet[Any] = weakref.WeakSet()  # flows whose answer goes before their body has ended
+
+
+def answer_at_headers(flow: Any) -> None:
+    """Send the answer a `requestheaders` hook set (`flow.response`) as soon as the hook returns, not once the
+    body has ended, which is when mitmproxy sends it: a bidirectional gRPC call refused at its headers keeps
+    its side open waiting for answers, and would wait for its deadline. Nothing was sent upstream; what the app
+    still sends is dropped with the stream. HTTP/2 and 3 only (an HTTP/1 connection would have the body's rest
+    read as the next request). Needs `watch_http_streams`' wrapper: installed here if missing."""
+    from mitmproxy.proxy.layers.http import HttpStream
+
+    if not hasattr(HttpStream._handle_event, "tlsgate_original"):
+        watch_http_streams(_NoWatcher())
+    _answer_now.add(flow)
+
+
+def _answered_at_headers(stream: Any) -> Any:
+    from mitmproxy.proxy.layers.http import DropStream, ResponseData, ResponseEndOfMessage, ResponseHeaders, SendHttp
+
+    flow = getattr(stream, "flow", None)
+    if flow is None or flow not in _answer_now:
+        return
+    _answer_now.discard(flow)
+    response = flow.response
+    if (
+        response is None
+        or not flow.live
+        or stream.client_state != stream.state_consume_request_body
+        or not flow.request.http_version.startswith(("HTTP/2", "HTTP/3"))
+    ):
+        return  # mitmproxy answers as usual (the body had ended with its headers, or it was killed)
+    client = stream.context.client
+    stream.client_state = stream.server_state = stream.state_errored
+    flow.live = False
+    if client.connected:
+        yield SendHttp(ResponseHeaders(stream.stream_id, response, end_stream=not response.raw_content), client)
+        if response.raw_content:
+            yield SendHttp(ResponseData(stream.stream_id, response.raw_content), client)
+        yield SendHttp(ResponseEndOfMessage(stream.stream_id), client)
+    yield DropStream(stream.stream_id)
 
 
 def _hold_for(stream: Any) -> None:

@@ -52,6 +52,7 @@ from mitmproxy.websocket import WebSocketMessage
 
 from tlsgate.addons.findings import FindingsSink
 from tlsgate.addons.mitm_internals import (
+    answer_at_headers,
     close_websockets_on_request,
     hold_request_body,
     pause_client_reading,
@@ -270,9 +271,12 @@ class PayloadInspector:
     def _stream_grpc_call(self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules) -> None:
         """A gRPC call streams from its headers on, each message held until judged (`tlsgate.addons.grpc_stream`):
         a bidirectional call gets its answers while it still sends. Its URL and headers are judged first; refused,
-        the call is answered with its gRPC status when its body ends, and nothing of it reaches the server."""
+        the call is answered with its gRPC status at once (a bidirectional call would otherwise wait for its
+        deadline: mitmproxy answers when the body ends), and nothing of it reaches the server."""
         flow.metadata[HEADS_JUDGED] = True
         if drain(self._judge(flow, state, match, rules, heads=True, body=None, at_headers=True)):
+            if flow.response is not None:
+                answer_at_headers(flow)
             return
         call = GrpcCall(
             flow, rules.max_bytes, self._grpc_judge(flow, state, match, rules),
