@@ -72,6 +72,7 @@ class MessageGate:
         self.answers = Boundaries()  # how far the server's answer went to the app
         self._slice_end: float | None = None
         self._waking = False
+        self.paused = False  # reading from the app is paused (back-pressure)
 
     # -- the app's messages ---------------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ class MessageGate:
                 break
             out.append(piece.wire)
         if not self.pending:
-            self.pause(False)
+            self._pause(False)
         self._note_held()
         return out
 
@@ -132,6 +133,11 @@ class MessageGate:
             self._slice_end = time.perf_counter() + SLICE
         return self._slice_end
 
+    def _pause(self, paused: bool) -> None:
+        if paused != self.paused:  # most chunks change nothing: the app's connection is not looked up for them
+            self.paused = paused
+            self.pause(paused)
+
     def _new_turn(self) -> None:
         self._slice_end = None
 
@@ -141,7 +147,7 @@ class MessageGate:
             return
         self._waking = True
         self.deferred += 1
-        self.pause(True)
+        self._pause(True)
         asyncio.get_running_loop().call_soon(self._wake)
 
     def _wake(self) -> None:
@@ -167,7 +173,7 @@ class MessageGate:
         self.pending.clear()
         self.pending_bytes = 0
         self.splitter = Splitter(1)  # what is held goes nowhere
-        self.pause(False)
+        self._pause(False)
 
     def finish(self) -> None:
         """The body ended: what waits is judged now, and a message it ended inside (the server would refuse it,
@@ -182,7 +188,7 @@ class MessageGate:
             if not self._passes(piece):
                 break
             self.out.append(piece.wire)
-        self.pause(False)
+        self._pause(False)
 
     def ending(self) -> Steps[None]:
         self.finish()
