@@ -236,3 +236,12 @@ def test_the_code_held_request_bodies_rely_on_is_unchanged(name: str) -> None:
         f"mitmproxy {version.VERSION} changed {name}: re-read it, check tlsgate/addons/mitm_internals.py's "
         f"hold_request_body / _held_body_event / _cut_request still hold, then pin {digest}"
     )
+
+
+def test_a_stream_reader_resumes_only_a_transport_it_paused_itself() -> None:
+    """`pause_client_reading` clears `StreamReader._paused` so asyncio's own flow control does not undo its pause."""
+    import asyncio
+
+    resume = inspect.getsource(asyncio.StreamReader._maybe_resume_transport)
+    assert "if self._paused" in resume and "self._paused = False" in resume and "resume_reading()" in resume
+    assert "self._paused = True" in inspect.getsource(asyncio.StreamReader.feed_data)
