@@ -643,12 +643,12 @@ def pause_client_reading(flow: Any, paused: bool) -> None:
     transport = getattr(getattr(io, "writer", None), "transport", None)
     if transport is None or not hasattr(transport, "pause_reading") or transport.is_closing():
         return
-    reader = getattr(io, "reader", None)
+    reader: Any = getattr(io, "reader", None)
     if paused:
         transport.pause_reading()
         # asyncio's StreamReader resumes a transport it paused itself (its buffer full) once mitmproxy drains it,
         # which under a flood undid this pause at once: it is told it did not pause it (pinned in the unit tests)
-        if isinstance(getattr(reader, "_paused", None), bool):
+        if reader is not None and isinstance(getattr(reader, "_paused", None), bool):
             reader._paused = False
     elif not transport.is_reading():
         transport.resume_reading()
