@@ -10,6 +10,15 @@ grpcio client to a grpcio server: unary calls with a Firestore-like write
 compression), and client-streaming calls of 500 small messages (60 bytes
 each). The cost is each proxy's own CPU time (/proc/PID/stat) per gRPC
 message. In-process, the walk and scan of each kind alone is timed as well.
+
+Streams (gRPC calls are judged message by message as they pass,
+tlsgate/payload/grpc_gate.py): one client-streaming call of `--stream`
+small messages (20,000 by default; each its own HTTP/2 DATA frame, as grpcio
+sends them) through plain mitmdump, tlsgate `payload: ignore` and
+`payload: report`, rounds interleaved: proxy CPU per message, and wall time
+per call. And whether a bidirectional call that waits for each echo before
+sending the next message works through each (mitmdump buffers the request
+body until the app half-closes it: it does not).
 """
 
 from __future__ import annotations
@@ -37,6 +46,12 @@ from tlsgate.payload.bounds import Budget  # noqa: E402
 from tlsgate.payload.fields import body_field_steps  # noqa: E402
 from tlsgate.payload.grpc import encode  # noqa: E402
 from tlsgate.payload.scan import scan  # noqa: E402
+
+STREAM_CONFIGS = {  # name -> tlsgate's `payload:` (None: plain mitmdump)
+    "mitmdump": None,
+    "tlsgate payload: ignore": "ignore",
+    "tlsgate payload: report": "report",
+}
 
 SMALL_STREAM = 500
 
@@ -106,10 +121,98 @@ def micro(mix: dict[str, list[bytes]]) -> list[str]:
     return lines
 
 
+def stream_round(proxy: object, ca: Path, port: int, count: int) -> tuple[float, float]:
+    """(proxy CPU seconds, wall seconds) for one client-streaming call of `count` small messages."""
+    from benchmarks.payload_stream import Proxy
+
+    assert isinstance(proxy, Proxy)
+    host = "127.0.0.1" if proxy.name == "mitmdump" else "api.test"  # mitmdump has no --resolve
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+    options = [("grpc.http_proxy", f"http://127.0.0.1:{proxy.port}")]
+    batch = [encode([(1, i), (2, "evt"), (3, 1_732_000_000 + i)]) for i in range(count)]
+    before, start = cpu_seconds(proxy.proc.pid), time.perf_counter()
+    with grpc.secure_channel(f"{host}:{port}", credentials, options=options) as channel:
+        assert channel.stream_unary(f"/{GrpcServer.SERVICE}/Upload")(iter(batch), timeout=600) == b"\x08\x02"
+    return cpu_seconds(proxy.proc.pid) - before, time.perf_counter() - start
+
+
+def bidi_works(proxy: object, ca: Path, port: int) -> str:
+    """A bidirectional call that waits for each echo before it sends the next message (as Firestore's Listen does)."""
+    import queue
+
+    from benchmarks.payload_stream import Proxy
+
+    assert isinstance(proxy, Proxy)
+    host = "127.0.0.1" if proxy.name == "mitmdump" else "api.test"
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+    options = [("grpc.http_proxy", f"http://127.0.0.1:{proxy.port}")]
+    replies: queue.Queue[bytes] = queue.Queue()
+
+    def requests() -> object:
+        for index in range(5):
+            yield encode([(1, index)])
+            replies.get(timeout=10)
+
+    echoes = 0
+    try:
+        with grpc.secure_channel(f"{host}:{port}", credentials, options=options) as channel:
+            for answer in channel.stream_stream(f"/{GrpcServer.SERVICE}/Chat")(requests(), timeout=10):
+                echoes += 1
+                replies.put(answer)
+    except grpc.RpcError as error:
+        return f"no: {error.code().name} after {echoes} of 5 echoes"
+    return "yes: 5 of 5 echoes while the call was open"
+
+
+def streams(count: int, rounds: int) -> list[str]:
+    from benchmarks.payload_stream import Proxy
+
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="tlsgate-grpc-stream-bench-") as tmp:
+        work = Path(tmp)
+        chain = make_chain(dns=("api.test",), ips=("127.0.0.1",))
+        root = write_pem(work / "root.pem", chain.root)
+        cert, key = write_server_files(work, chain.leaf, chain.intermediate)
+        server = GrpcServer(cert, key).start()
+        proxies = [Proxy(work, name, setting, root, server.port) for name, setting in STREAM_CONFIGS.items()]
+        ca = work / "ca" / "mitmproxy-ca-cert.pem"
+        rows: dict[str, list[tuple[float, float]]] = {p.name: [] for p in proxies}
+        bidi: dict[str, str] = {}
+        try:
+            for proxy in proxies:
+                stream_round(proxy, ca, server.port, 200)  # warm-up
+                bidi[proxy.name] = bidi_works(proxy, ca, server.port)
+                server.received.clear()
+            for index in range(rounds):
+                for proxy in proxies if index % 2 == 0 else proxies[::-1]:
+                    rows[proxy.name].append(stream_round(proxy, ca, server.port, count))
+                    server.received.clear()
+        finally:
+            for proxy in proxies:
+                proxy.stop()
+            server.stop()
+    base = statistics.median(cpu for cpu, _ in rows["mitmdump"]) / count
+    lines.append(f"# One client-streaming call of {count:,} small messages ({rounds} rounds per proxy)\n")
+    lines.append("| proxy | CPU µs/message (median) | vs mitmdump | wall s/call | bidirectional call works |")
+    lines.append("|---|---:|---:|---:|---|")
+    for name, results in rows.items():
+        cpu = statistics.median(c for c, _ in results) / count
+        wall = statistics.median(w for _, w in results)
+        lines.append(f"| {name} | {cpu * 1e6:.0f} | {cpu / base:.2f}x | {wall:.1f} | {bidi[name]} |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 1 pass")
+    parser.add_argument("--stream", type=int, default=20_000, help="messages in the streaming call (0: skip it)")
+    parser.add_argument("--streams-only", action="store_true", help="only the streaming section")
     args = parser.parse_args()
+    if args.stream:
+        print("\n".join(streams(args.stream if not args.quick else 2000, 1 if args.quick else 3)))
+        print()
+    if args.streams_only:
+        return 0
     rounds, repeat = (1, 1) if args.quick else (4, 5)
     mix = messages(random.Random(24))
     with tempfile.TemporaryDirectory(prefix="tlsgate-grpc-bench-") as tmp:

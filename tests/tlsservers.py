@@ -146,7 +146,8 @@ class TlsliteServer:
 
 class GrpcServer:
     """A real grpcio server over TLS (ALPN h2) with one generic service on raw bytes: it records every request
-    message that reached it and answers with a small message of its own. No .proto is compiled: the tests
+    message that reached it and answers with a small message of its own (`Chat`, bidirectional: an echo of
+    each message as it arrives). No .proto is compiled: the tests
     build protobuf wire bytes themselves (`tlsgate.payload.grpc.encode`)."""
 
     SERVICE = "demo.Sync"
@@ -169,11 +170,18 @@ class GrpcServer:
                 self.received.append(("Upload", request))
             return b"\x08\x02"
 
+        def bidi(requests: Any, context: grpc.ServicerContext) -> Any:
+            """Each message recorded, and echoed at once with its index (`{1: index, 2: message}`)."""
+            for index, request in enumerate(requests):
+                self.received.append(("Chat", request))
+                yield b"\x08" + bytes([index & 0x7F]) + b"\x12" + bytes([len(request) & 0x7F]) + request[:127]
+
         handler = grpc.method_handlers_generic_handler(
             self.SERVICE,
             {
                 "Push": grpc.unary_unary_rpc_method_handler(unary),
                 "Upload": grpc.stream_unary_rpc_method_handler(client_stream),
+                "Chat": grpc.stream_stream_rpc_method_handler(bidi),
             },
         )
         self._server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))

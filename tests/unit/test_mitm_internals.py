@@ -211,7 +211,20 @@ HELD_BODY_PINNED = {
     "HttpStream.state_stream_request_body": "c98f7f715cef7cfa",
     "HttpStream.state_consume_request_body": "45459c1bbd8bdb1a",  # buffers into request_body_buf
     "Http1Server.send": "cc218a1337c0f5cf",  # a response may go out while the request body is still coming
+    # gRPC calls (tlsgate/addons/grpc_stream.py): a `request.stream` set in the requestheaders hook opens the upstream
+    # request right after it, and the answer's head is awaited while the body streams (bidirectional calls); a
+    # response set in the hook leaves the stream in state_consume_request_body (`answer_at_headers` answers there)
+    "HttpStream.state_wait_for_request_headers": "3706d5d5ce01dcd4",
+    # calls `response.stream` per chunk before sending it: GrpcCall.response sees exactly what went to the app
+    "HttpStream.state_stream_response_body": "3fb6320300d3ddd5",
 }
+
+
+def test_a_paused_client_is_read_through_asyncio_transports() -> None:
+    """`pause_client_reading` reaches the app's connection as mitmproxy's ConnectionHandler keeps it."""
+    from mitmproxy.proxy.server import ConnectionIO
+
+    assert {"handler", "reader", "writer"} <= set(ConnectionIO.__dataclass_fields__)
 
 
 @pytest.mark.parametrize("name", sorted(HELD_BODY_PINNED))
@@ -221,6 +234,7 @@ def test_the_code_held_request_bodies_rely_on_is_unchanged(name: str) -> None:
 
     owner, attribute = name.split(".")
     function = getattr({"HttpStream": HttpStream, "Http1Server": Http1Server}[owner], attribute)
+    function = getattr(function, "tlsgate_original", function)
     digest = hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
     assert digest == HELD_BODY_PINNED[name], (
         f"mitmproxy {version.VERSION} changed {name}: re-read it, check tlsgate/addons/mitm_internals.py's "
@@ -260,3 +274,12 @@ def test_a_refloored_connection_sends_the_chain_tlsconfig_sends(tmp_path: Path) 
         normal = served(rebuild=False)
         assert len(normal) > 2, normal  # the leaf and the intermediates
         assert served(rebuild=True) == normal
+
+
+def test_a_stream_reader_resumes_only_a_transport_it_paused_itself() -> None:
+    """`pause_client_reading` clears `StreamReader._paused` so asyncio's own flow control does not undo its pause."""
+    import asyncio
+
+    resume = inspect.getsource(asyncio.StreamReader._maybe_resume_transport)
+    assert "if self._paused" in resume and "self._paused = False" in resume and "resume_reading()" in resume
+    assert "self._paused = True" in inspect.getsource(asyncio.StreamReader.feed_data)

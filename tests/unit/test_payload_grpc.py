@@ -23,7 +23,7 @@ from mitmproxy.test import tflow, tutils
 from tests.addonkit import wired
 from tests.payload_corpus import ecb
 from tests.seeded import urandom
-from tlsgate.addons.payload import PayloadInspector
+from tlsgate.addons.payload import GrpcCall, PayloadInspector
 from tlsgate.payload import grpc
 from tlsgate.payload.bounds import SEGMENT, Budget
 from tlsgate.payload.fields import MAX_FIELDS, body_field_steps, body_fields
@@ -267,12 +267,20 @@ def grpc_flow(body: bytes, ctype: str = GRPC, **headers: str) -> http.HTTPFlow:
 
 def run(inspector: PayloadInspector, flow: http.HTTPFlow) -> http.HTTPFlow:
     inspector.requestheaders(flow)
+    call = flow.request.stream
+    if isinstance(call, GrpcCall):  # a gRPC call streams: its body through the callable, in chunks, as mitmproxy does
+        body = flow.request.raw_content or b""
+        for start in range(0, len(body), 7):
+            call(body[start : start + 7])
+        call(b"")
     if flow.response is None:
         result = inspector.request(flow)
         if inspect.isawaitable(result):
             import asyncio
 
             asyncio.run(result)  # type: ignore[arg-type]
+    if isinstance(call, GrpcCall) and (refusal := call.refusal()) is not None:
+        flow.response = refusal  # what mitm_internals._cut_request sends the app
     return flow
 
 

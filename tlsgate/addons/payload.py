@@ -22,7 +22,10 @@ Cost is bounded by `payload.max_bytes` (64 KiB by default):
   no byte of its body: its request is cancelled (HTTP/2: the stream reset;
   HTTP/1: the upstream connection closed), the app gets the block page, and
   what it still sends is dropped (`mitm_internals.hold_request_body`). Memory
-  per such request: at most 2 x `max_bytes` plus one chunk, within `Holdings`.
+  per such request: at most 2 x `max_bytes` plus one chunk, within `Holdings`;
+* a gRPC call over HTTP/2 or 3 streams from its headers on (a bidirectional
+  call waits for answers mid-body) and is judged message by message
+  (`GrpcCall`, `tlsgate.payload.grpc_gate`): each message held until judged.
 
 Responses are looked at for ECB only, and recorded: the request has already
 reached the server, and what must change is the app's crypto.
@@ -37,9 +40,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 import weakref
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,9 +51,16 @@ from mitmproxy import ctx, http
 from mitmproxy.websocket import WebSocketMessage
 
 from tlsgate.addons.findings import FindingsSink
-from tlsgate.addons.mitm_internals import close_websockets_on_request, hold_request_body
+from tlsgate.addons.mitm_internals import (
+    answer_at_headers,
+    close_websockets_on_request,
+    hold_request_body,
+    pause_client_reading,
+    resume_held_body,
+)
 from tlsgate.addons.state import Connections, ConnState, request_host, request_url
 from tlsgate.addons.verdicts import (
+    answer_for,
     block,
     block_at_headers,
     block_message,
@@ -74,7 +85,9 @@ from tlsgate.checks.payload import (
 )
 from tlsgate.payload.bounds import Budget, Steps, drain, inflate_steps
 from tlsgate.payload.exemptions import exempt_params, without_exempt_keys
-from tlsgate.payload.fields import Field, body_field_steps, header_fields, url_fields
+from tlsgate.payload.fields import Field, body_field_steps, grpc_message_steps, header_fields, url_fields
+from tlsgate.payload.grpc import Piece
+from tlsgate.payload.grpc_gate import MessageGate
 from tlsgate.payload.identifiers import Form, mask
 from tlsgate.payload.messages import message_field_steps
 from tlsgate.payload.recall import BlockMemory
@@ -83,6 +96,7 @@ from tlsgate.payload.window import HeldWindow, Judge, WindowGate
 from tlsgate.policy import Match, Policy
 from tlsgate.policy.sections.payload import DEFAULT_MAX_BYTES, PAYLOAD, PayloadAction, PayloadRules
 from tlsgate.sinks import redact
+from tlsgate.tls.grpc_calls import grpc_call
 
 logger = logging.getLogger("tlsgate.payload")
 HEADS_JUDGED = "tlsgate_payload_heads"
@@ -151,6 +165,41 @@ class StreamWindow(WindowGate):
         return block_response(finding, self.flow.request.headers.get("accept", ""))
 
 
+class GrpcCall(MessageGate):
+    """A gRPC call's `request.stream` (`mitm_internals.HeldBody`): messages held until judged (`MessageGate`),
+    and the gRPC status the app gets when one is refused."""
+
+    def __init__(
+        self, flow: http.HTTPFlow, limit: int, judge: Callable[[Piece], bool], fail: Callable[[Exception], None]
+    ) -> None:
+        super().__init__(limit, judge, fail, lambda paused: pause_client_reading(flow, paused), lambda: resume_held_body(flow))
+        self.flow = flow
+        self._refusal: http.Response | None = None
+
+    def refusal(self) -> http.Response | None:
+        """`grpc-status: 7` and the rule (trailers-only: HTTP/2 HEADERS ending the stream) once a message was refused."""
+        if not self.blocked:
+            return None
+        if self._refusal is None:
+            finding = verdict_of(self.flow)
+            if finding is None:
+                self._refusal = http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
+            else:
+                self._refusal = answer_for(finding, self.flow.request)
+        return self._refusal
+
+    def closing(self) -> http.Headers | None:
+        """The refusal as trailers, for an answer that had begun: only between two of the server's messages (a
+        status after part of a message is a framing error to the client, which then sees INTERNAL, not why);
+        else None, and the app's stream is reset (grpcio: INTERNAL, "RST_STREAM with error code 2")."""
+        refusal = self.refusal()
+        if refusal is None or not self.answers.between or "grpc-status" not in refusal.headers:
+            return None
+        return http.Headers(
+            **{name: refusal.headers[name] for name in ("grpc-status", "grpc-message") if name in refusal.headers}
+        )
+
+
 def stepped(steps: Steps[Any], label: str) -> Coroutine[Any, Any, None] | None:
     """Run `steps` now for up to `SLICE`; what is left runs as a coroutine that hands the event loop back every
     `SLICE`, so one large body never holds up other devices' requests. mitmproxy awaits a hook's awaitable
@@ -192,10 +241,16 @@ class PayloadInspector:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """A body that may stream is not waited for: URL and headers are judged now, and a Content-Length body
         mitmproxy streams is tapped up to `max_bytes` on its way."""
+        streaming_call = _streaming_call(flow.request)
         context = self._context(flow)
         if context is None:
+            if streaming_call and self._unjudged_call(flow):
+                flow.request.stream = True  # nothing to judge: a bidirectional call must not wait for its body's end
             return
         state, match, rules = context
+        if streaming_call:
+            self._stream_grpc_call(flow, state, match, rules)
+            return
         if not body_may_stream(flow.request):
             if "content-length" not in flow.request.headers and flow.request.method not in ("GET", "HEAD"):
                 # HTTP/2 and 3 say no length for a body of any size: held whole unless it passes the threshold
@@ -205,6 +260,84 @@ class PayloadInspector:
         if drain(self._judge(flow, state, match, rules, heads=True, body=None, at_headers=True)):
             return
         self._hold_streamed_body(flow, state, match, rules, heads=False)
+
+    def _unjudged_call(self, flow: http.HTTPFlow) -> bool:
+        """A live call no check answered, whose host's payload inspection is off."""
+        if flow.response or flow.error or not flow.live:
+            return False
+        state = self.connections.of(flow.client_conn)
+        return state is not None
+
+    def _stream_grpc_call(self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules) -> None:
+        """A gRPC call streams from its headers on, each message held until judged (`tlsgate.addons.grpc_stream`):
+        a bidirectional call gets its answers while it still sends. Its URL and headers are judged first; refused,
+        the call is answered with its gRPC status at once (a bidirectional call would otherwise wait for its
+        deadline: mitmproxy answers when the body ends), and nothing of it reaches the server."""
+        flow.metadata[HEADS_JUDGED] = True
+        if drain(self._judge(flow, state, match, rules, heads=True, body=None, at_headers=True)):
+            if flow.response is not None:
+                answer_at_headers(flow)
+            return
+        call = GrpcCall(
+            flow, rules.max_bytes, self._grpc_judge(flow, state, match, rules),
+            lambda exc: refuse_unjudged(self, flow, "payload.GrpcCall", exc),
+        )  # fmt: skip
+        flow.metadata[TAP] = call
+        flow.request.stream = call
+        hold_request_body(flow, call)
+
+    def _grpc_judge(self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules) -> Callable[[Piece], bool]:
+        """Judge one message of a streaming call (True: refused), with what every message of the call shares worked
+        out once: a stream of 100,000 small messages must not pay for host matching and URL redaction each time.
+        Detector memory (`BlockMemory`) is the device's, across messages as across requests: the index is folded
+        out of `grpc[i].n` there, so ECB across one stream's messages is caught."""
+        request = flow.request
+        wants = {check: rules.action(check) is not PayloadAction.IGNORE for check in ("ecb", "secrets", "identifiers")}
+        forms = rules.seeds.forms_for(state.device) if wants["identifiers"] and rules.seeds else []
+        hidden = rules.seeds.all_forms if rules.seeds else []
+        url = mask(redact.redact_url(request_url(request)), hidden)
+        encoding = request.headers.get("grpc-encoding", "")
+        method = request.method[:16]
+        client = client_key(state)
+        names: dict[str, str] = {}
+
+        def judge(piece: Piece) -> bool:
+            if not (wants["ecb"] or wants["secrets"] or wants["identifiers"]):
+                return False
+            if len(names) > WS_NAMES:
+                names.clear()
+            data = piece.message or b""
+            budget = Budget()
+            found = drain(
+                scan_steps(
+                    grpc_message_steps(piece.wire, piece.index, not piece.cut, piece.framed, budget, encoding, rules.max_bytes),
+                    host=match.host,
+                    namer=lambda path: shown_path(path, hidden, names if all(len(p) <= 128 for p in path) else None),
+                    ecb=wants["ecb"],
+                    secrets=wants["secrets"],
+                    forms=forms,
+                    memory=self.memory,
+                    budget=budget,
+                    client=client,
+                )
+            )
+            if not (found.ecb or found.deterministic or found.unsigned_jwts or found.keys or found.identifiers):
+                return False  # nothing to say: the common case, spared building facts per message
+            facts = PayloadFacts(
+                method=method,
+                url=url,
+                inspected_bytes=len(data),
+                ecb=found.ecb,
+                deterministic=found.deterministic,
+                unsigned_jwts=found.unsigned_jwts,
+                keys=found.keys,
+                identifiers=found.identifiers,
+                capped=sorted({*found.capped, *(("max_bytes",) if piece.length > rules.max_bytes else ())}),
+                message={"index": piece.index, "type": "grpc", "bytes": piece.length},
+            )
+            return self._verdict(flow, state, match, judge_payload(facts, match), at_headers=True)
+
+        return judge
 
     def _hold_streamed_body(self, flow: http.HTTPFlow, state: ConnState, match: Match, rules: PayloadRules, heads: bool) -> None:
         """The body's first `max_bytes` are held from the server until judged (with the URL and headers when
@@ -251,6 +384,9 @@ class PayloadInspector:
         capped: list[str] = []
         held = 0
         try:
+            if isinstance(tap, GrpcCall):
+                yield from tap.ending()  # judged message by message as they passed; a message cut by the end, now
+                return False
             if isinstance(tap, StreamWindow) and tap.used:
                 yield from tap.ending()  # judged as it passed, or now, in slices, while its end waits
                 return False  # a refusal cuts it (`mitm_internals.hold_request_body`): there is nothing to answer
@@ -378,6 +514,13 @@ class PayloadInspector:
         return True
 
     # -- responses ----------------------------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """A streaming call's answer streams as it comes (a bidirectional call's answers while the app still sends),
+        its message boundaries noted, so a message refused later can end it with a gRPC status."""
+        call = flow.request.stream
+        if isinstance(call, GrpcCall) and flow.response is not None:
+            flow.response.stream = call.response
 
     def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """ECB in what the server sends back: recorded, never blocked (the request already reached it)."""
@@ -537,6 +680,15 @@ class PayloadInspector:
             block_message(flow, refused, POLICY_VIOLATION, reason)
 
 
+def _streaming_call(request: http.Request) -> bool:
+    """A gRPC call over HTTP/2 or 3 (gRPC-Web is unary or server-streaming: its body is buffered and judged whole)."""
+    return (
+        request.method == "POST"
+        and request.http_version.startswith(("HTTP/2", "HTTP/3"))
+        and grpc_call(request.headers.get("content-type", "")) == "grpc"
+    )
+
+
 def _captured() -> bool:
     """Whether a capture (`--set save_stream_file=` or `hardump=`) will write each WebSocket message at the end."""
     return any(getattr(ctx.options, name, None) for name in ("save_stream_file", "hardump"))
@@ -550,8 +702,12 @@ def _body_steps(
     return body_field_steps(ctype, data, complete, budget, encoding, limit)
 
 
+_MESSAGE_INDEX = re.compile(r"grpc\[\d+\]")
+
+
 def _said_key(state: ConnState, match: Match, issue: Issue) -> tuple[str, ...]:
-    return ("payload", state.device or "", match.host, issue.kind, issue.detail)
+    """A habit is said once: the same field of every message of a gRPC stream (`grpc[i].4`) is one field."""
+    return ("payload", state.device or "", match.host, issue.kind, _MESSAGE_INDEX.sub("grpc[]", issue.detail))
 
 
 def client_key(state: ConnState) -> str:

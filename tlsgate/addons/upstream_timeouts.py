@@ -272,7 +272,7 @@ class UpstreamTimeouts:
         if flow.response is not None and faults.is_live_stream(flow.response.headers.get("content-type", "")):
             # Server-sent events and gRPC streams are read as they come: held until 1 MiB, an app saw none of
             # its events, and a heartbeat under 1 KiB a window would read as a stalled body.
-            flow.response.stream = True
+            flow.response.stream = flow.response.stream or True  # another add-on's callable (grpc_stream) stays
         watch = self.flows.get(flow)
         if watch is None:
             return

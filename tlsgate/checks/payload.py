@@ -48,7 +48,7 @@ class PayloadFacts:
     keys: list[dict[str, Any]] = field(default_factory=list)
     identifiers: list[dict[str, Any]] = field(default_factory=list)
     capped: list[str] = field(default_factory=list)  # scanning limits reached: the lists may be incomplete
-    message: dict[str, Any] | None = None  # a WebSocket message: its index on the connection, type and size
+    message: dict[str, Any] | None = None  # a WebSocket or gRPC message: its index on the connection or call, type, size
 
 
 # WebSocket message directions (`PayloadFacts.direction`); only what the app sends can be held back.
@@ -80,7 +80,7 @@ def judge_payload(facts: PayloadFacts, match: Match) -> list[Issue]:
     if facts.capped:
         common["capped"] = list(facts.capped)
     if facts.message is not None:
-        common["websocket"] = dict(facts.message)
+        common["grpc" if facts.message.get("type") == "grpc" else "websocket"] = dict(facts.message)
     where = _where(facts, match.host)
     held = facts.direction in ("request", TO_SERVER) and not facts.streamed  # can still be refused
     issues: list[Issue] = []

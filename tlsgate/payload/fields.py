@@ -150,8 +150,21 @@ def body_field_steps(
     yield from _text(body, budget, complete)
 
 
+def grpc_message_steps(
+    wire: bytes, index: int, complete: bool, framed: bool, budget: Budget, encoding: str, limit: int
+) -> Iterator[Field | None]:
+    """One message of a call read as it arrived (`tlsgate.payload.grpc.Splitter`): its frame `wire` (header and
+    message, or the first `limit` bytes of a longer one: `complete` False), its fields under `grpc[index]`, as
+    in a whole body. Bytes that are not gRPC framing (`framed` False) are judged as the bytes they are."""
+    if framed:
+        done = yield from _grpc("grpc", wire, complete, budget, encoding, limit, first=index)
+        if done:
+            return
+    yield from _text(wire, budget, complete)
+
+
 def _grpc(
-    kind: str, body: bytes | bytearray, complete: bool, budget: Budget, encoding: str, limit: int
+    kind: str, body: bytes | bytearray, complete: bool, budget: Budget, encoding: str, limit: int, first: int = 0
 ) -> Generator[Field | None, None, bool]:
     """Each message's protobuf leaves under `grpc[i]` and its field numbers; a message that is not protobuf (a
     JSON codec, a custom one) is searched as its text or bytes. False, having yielded nothing, when the body
@@ -174,7 +187,7 @@ def _grpc(
         if count[0] >= MAX_FIELDS:
             budget.capped.add("fields")
             break
-        name = f"grpc[{index}]"
+        name = f"grpc[{first + index}]"
         leaves = grpc.walk(message, (name,), counter, cut)
         if leaves is None:  # not protobuf: its text or bytes, as any other body
             for item in _segments((name,), message, 0, len(message), cut_end=cut):

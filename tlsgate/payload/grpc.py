@@ -339,3 +339,124 @@ def frame(message: bytes, compressed: bool = False, trailers: bool = False) -> b
     """One length-prefixed message (gRPC and gRPC-Web framing)."""
     flag = (0x80 if trailers else 0) | (1 if compressed else 0)
     return bytes([flag]) + len(message).to_bytes(4, "big") + message
+
+
+# -- a call's messages as they arrive --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """What `Splitter` hands on, in wire order: `wire` is forwarded as it is once `message` (if any) is judged.
+
+    `message` is None for bytes that pass unjudged: the tail of a message longer than the limit, whose first
+    `limit` bytes were judged (`cut`). `framed` is False for bytes read after the framing broke (a flag byte
+    gRPC does not define), or a body that ended inside a message header: judged as the bytes they are.
+    """
+
+    wire: bytes
+    message: bytes | None = None
+    index: int = -1
+    compressed: bool = False
+    cut: bool = False
+    framed: bool = True
+    length: int = 0  # the message's length as its header says (the whole message, even when `cut`)
+
+
+class Splitter:
+    """A call's length-prefixed messages cut out of its body as chunks arrive, whatever the chunking.
+
+    Memory: what is held between chunks is one incomplete message (its header and at most `limit` bytes of
+    it); a longer message is handed on as soon as its first `limit` bytes are in (`cut`), and the rest of it
+    passes as it comes. Work per chunk is linear in the chunk (no re-scanning of held bytes).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.held = bytearray()
+        self.index = 0  # the next message's index in the call
+        self.skip = 0  # bytes of an over-long message still to pass unjudged
+        self.broken = False  # the framing broke: what follows is judged as bytes, `limit` at a time
+
+    def feed(self, chunk: bytes) -> list[Piece]:
+        held = self.held
+        held += chunk
+        out: list[Piece] = []
+        pos, size = 0, len(held)
+        while pos < size:
+            if self.skip:
+                take = min(self.skip, size - pos)
+                out.append(Piece(bytes(held[pos : pos + take]), length=take))
+                self.skip -= take
+                pos += take
+                continue
+            if self.broken:  # judged as it comes, never held for more: the app may be waiting for an answer
+                take = min(self.limit, size - pos)
+                data = bytes(held[pos : pos + take])
+                out.append(Piece(data, data, self.index, framed=False, length=take))
+                self.index += 1
+                pos += take
+                continue
+            if size - pos < 5:
+                break
+            flag = held[pos]
+            length = int.from_bytes(held[pos + 1 : pos + 5], "big")
+            if flag & 0x7E:
+                self.broken = True
+                continue
+            whole = length <= self.limit
+            need = 5 + (length if whole else self.limit)
+            if size - pos < need:
+                break
+            wire = bytes(held[pos : pos + need])
+            out.append(Piece(wire, wire[5:], self.index, bool(flag & 1), cut=not whole, length=length))
+            self.index += 1
+            self.skip = 0 if whole else length - self.limit
+            pos += need
+        del held[:pos]
+        return out
+
+    def end(self) -> list[Piece]:
+        """The body ended: whatever is held (a message it ended inside) is handed on, `cut`, to be judged."""
+        out = self.feed(b"")
+        held, self.held = bytes(self.held), bytearray()
+        if not held:
+            return out
+        if self.broken or len(held) < 5:
+            out.append(Piece(held, held, self.index, cut=True, framed=False, length=len(held)))
+        else:
+            length = int.from_bytes(held[1:5], "big")
+            out.append(Piece(held, held[5:], self.index, bool(held[0] & 1), cut=True, length=length))
+        self.index += 1
+        return out
+
+    @property
+    def held_bytes(self) -> int:
+        return len(self.held)
+
+
+class Boundaries:
+    """Where the messages of a stream end, without holding any of it: whether what has passed so far ends
+    between two messages (where a gRPC status may follow) or inside one. Constant memory, work per message."""
+
+    def __init__(self) -> None:
+        self.header = bytearray()  # an incomplete 5-byte message header
+        self.left = 0  # bytes of the current message still to come
+
+    def feed(self, chunk: bytes) -> None:
+        pos, size = 0, len(chunk)
+        while pos < size:
+            if self.left:
+                take = min(self.left, size - pos)
+                self.left -= take
+                pos += take
+                continue
+            take = min(5 - len(self.header), size - pos)
+            self.header += chunk[pos : pos + take]
+            pos += take
+            if len(self.header) == 5:
+                self.left = int.from_bytes(self.header[1:5], "big")
+                self.header.clear()
+
+    @property
+    def between(self) -> bool:
+        return not self.left and not self.header
