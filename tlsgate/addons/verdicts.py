@@ -274,47 +274,66 @@ def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
         guarded_async.tlsgate_fail_closed = True  # type: ignore[attr-defined]
         return guarded_async
 
+    return _guarded(hook, refuse_unjudged)
+
+
+Refuse = Callable[[Any, http.HTTPFlow, str, Exception], None]
+
+
+def _guarded(hook: Callable[..., Any], refuse: Refuse) -> Callable[..., Any]:
+    """`hook` with any exception, now or in the awaitable it returns, turned into `refuse` (one wrapper for the
+    HTTP hooks and the WebSocket message hook: only what refusing means differs)."""
+
     @functools.wraps(hook)
     def guarded(addon: Any, flow: http.HTTPFlow) -> Any:
         try:
             result = hook(addon, flow)
         except Exception as exc:  # noqa: BLE001 - the point of the wrapper
-            refuse_unjudged(addon, flow, hook.__qualname__, exc)
+            refuse(addon, flow, hook.__qualname__, exc)
             return None
         if inspect.isawaitable(result):  # judged now when that is quick, else finished later (mitmproxy awaits it)
-            return _guard_awaitable(addon, flow, hook.__qualname__, result)
+            return _guard_awaitable(addon, flow, hook.__qualname__, result, refuse)
         return result
 
     guarded.tlsgate_fail_closed = True  # type: ignore[attr-defined]
     return guarded
 
 
-async def _guard_awaitable(addon: Any, flow: http.HTTPFlow, where: str, pending: Any) -> None:
+async def _guard_awaitable(addon: Any, flow: http.HTTPFlow, where: str, pending: Any, refuse: Refuse) -> None:
     try:
         await pending
     except Exception as exc:  # noqa: BLE001 - the point of the wrapper
-        refuse_unjudged(addon, flow, where, exc)
+        refuse(addon, flow, where, exc)
+
+
+def _check_failed(what: str, where: str, exc: Exception, done: str) -> Issue:
+    return Issue(
+        Check.REQUEST,
+        "check_failed",
+        Effect.ALWAYS,
+        Severity.HIGH,
+        f"tlsgate could not judge {what} ({where}: {type(exc).__name__}); {done}",
+        {"where": where, "error": type(exc).__name__},
+        "report this as a tlsgate bug, with the log line above",
+    )
+
+
+def _record_on(addon: Any, flow: http.HTTPFlow, issue: Issue) -> Finding:
+    """Record `issue` under the flow's policy match; raises when there is none (the caller still refuses)."""
+    state = addon.connections.of(flow.client_conn)
+    host = flow.request.pretty_host.encode("ascii", "backslashreplace").decode()[:255]
+    match = state.policy.match(host) if state is not None else None
+    if state is None or match is None:
+        raise LookupError("no policy state")
+    return record(addon.sink, state, flow.client_conn, issue, match, flow.request.port)
 
 
 def refuse_unjudged(addon: Any, flow: http.HTTPFlow, where: str, exc: Exception) -> None:
     """Block `flow` because a check raised: with a finding when one can be built, with a bare 403 otherwise."""
     logger.error(f"tlsgate: {where} failed ({type(exc).__name__}); the request is refused, not forwarded", exc_info=exc)
-    issue = Issue(
-        Check.REQUEST,
-        "check_failed",
-        Effect.ALWAYS,
-        Severity.HIGH,
-        f"tlsgate could not judge this request ({where}: {type(exc).__name__}); it was refused, not forwarded",
-        {"where": where, "error": type(exc).__name__},
-        "report this as a tlsgate bug, with the log line above",
-    )
+    issue = _check_failed("this request", where, exc, "it was refused, not forwarded")
     try:
-        state = addon.connections.of(flow.client_conn)
-        host = flow.request.pretty_host.encode("ascii", "backslashreplace").decode()[:255]
-        match = state.policy.match(host) if state is not None else None
-        if state is None or match is None:
-            raise LookupError("no policy state")
-        block_at_headers(flow, record(addon.sink, state, flow.client_conn, issue, match, flow.request.port))
+        block_at_headers(flow, _record_on(addon, flow, issue))
     except Exception:  # noqa: BLE001 - even the finding failed: still refuse
         logger.exception("tlsgate: could not record the refusal; refusing without a finding")
         try:
@@ -343,50 +362,15 @@ def block_message(flow: http.HTTPFlow, finding: Finding, code: int, reason: str)
 def fail_closed_message(hook: Callable[..., Any]) -> Callable[..., Any]:
     """`fail_closed` for the `websocket_message` hook: an exception while judging a message holds it back and
     closes the connection (1011), with a `check_failed` finding when one can be built."""
-
-    @functools.wraps(hook)
-    def guarded(addon: Any, flow: http.HTTPFlow) -> Any:
-        try:
-            result = hook(addon, flow)
-        except Exception as exc:  # noqa: BLE001 - the point of the wrapper
-            refuse_message(addon, flow, hook.__qualname__, exc)
-            return None
-        if inspect.isawaitable(result):
-            return _guard_message(addon, flow, hook.__qualname__, result)
-        return result
-
-    guarded.tlsgate_fail_closed = True  # type: ignore[attr-defined]
-    return guarded
-
-
-async def _guard_message(addon: Any, flow: http.HTTPFlow, where: str, pending: Any) -> None:
-    try:
-        await pending
-    except Exception as exc:  # noqa: BLE001 - the point of the wrapper
-        refuse_message(addon, flow, where, exc)
+    return _guarded(hook, refuse_message)
 
 
 def refuse_message(addon: Any, flow: http.HTTPFlow, where: str, exc: Exception) -> None:
     logger.error(f"tlsgate: {where} failed ({type(exc).__name__}); the message is held back, the WebSocket closed", exc_info=exc)
     reason = f"tlsgate could not judge a message ({type(exc).__name__}): see its log"[:123]
-    issue = Issue(
-        Check.REQUEST,
-        "check_failed",
-        Effect.ALWAYS,
-        Severity.HIGH,
-        f"tlsgate could not judge a WebSocket message ({where}: {type(exc).__name__}); it was held back and the "
-        "connection closed",
-        {"where": where, "error": type(exc).__name__},
-        "report this as a tlsgate bug, with the log line above",
-    )
+    issue = _check_failed("a WebSocket message", where, exc, "it was held back and the connection closed")
     try:
-        state = addon.connections.of(flow.client_conn)
-        host = flow.request.pretty_host.encode("ascii", "backslashreplace").decode()[:255]
-        match = state.policy.match(host) if state is not None else None
-        if state is None or match is None:
-            raise LookupError("no policy state")
-        finding = record(addon.sink, state, flow.client_conn, issue, match, flow.request.port)
-        block_message(flow, finding, WEBSOCKET_INTERNAL_ERROR, reason)
+        block_message(flow, _record_on(addon, flow, issue), WEBSOCKET_INTERNAL_ERROR, reason)
     except Exception:  # noqa: BLE001 - even the finding failed: still hold the message back and close
         logger.exception("tlsgate: could not record the refusal; closing without a finding")
         if flow.websocket is not None and flow.websocket.messages:
