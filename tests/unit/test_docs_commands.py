@@ -80,3 +80,17 @@ def test_every_python_command_names_the_virtualenvs_interpreter_and_something_th
             assert importlib.util.find_spec(target) is not None, f"python -m {target}: no such module"
         else:
             assert (REPO / target).is_file(), f"python {target}: no such file"
+
+
+def test_get_started_names_every_program_make_test_checks_and_its_apt_line() -> None:
+    """The prerequisites paragraph is what `make prereqs` checks: a program added there and not here leaves a new
+    user at an error the page never mentioned."""
+    makefile = (REPO / "Makefile").read_text()
+    tools = re.search(r"^TOOLS\s*:=\s*(.+)$", makefile, re.M)
+    apt = re.search(r"^APT\s*:=\s*(.+)$", makefile, re.M)
+    assert tools and apt
+    text = section("Two commands", page="docs/")
+    named = set(tools.group(1).split())
+    missing = [tool for tool in sorted(named) if not re.search(rf"(?<![\w-]){re.escape(tool)}(?![\w-])", text)]
+    assert not missing, f"Get started does not name {missing}, which `make test` requires"
+    assert f"sudo apt-get install {apt.group(1).strip()}`" in text
