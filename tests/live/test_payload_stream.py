@@ -40,6 +40,10 @@ rules:
     hosts: www.test
     mode: report
     payload: {secrets: block, max_bytes: 4194304}
+  - name: uploads-large-window
+    hosts: cdn.test
+    mode: report
+    payload: {secrets: block, max_bytes: 8388608}
 """
 
 
@@ -70,7 +74,7 @@ def recorder(pki: tuple[Chain, Path, Path, Path], request: pytest.FixtureRequest
 
 @pytest.fixture
 def gate(tlsgate, recorder: BodyRecorder) -> Tlsgate:
-    return tlsgate(POLICY, resolve={"api.test": recorder.port, "www.test": recorder.port})
+    return tlsgate(POLICY, resolve={"api.test": recorder.port, "www.test": recorder.port, "cdn.test": recorder.port})
 
 
 def curl_upload(gate: Tlsgate, url: str, body: bytes, *extra: str) -> subprocess.CompletedProcess[bytes]:
@@ -172,6 +176,42 @@ def test_a_50_mb_chunked_upload_being_inspected_does_not_starve_another_client(g
     assert big.complete and len(big.body) == 50 * MiB
     payload = [f for f in gate.wait_findings(1) if f["check"] == "payload"]
     assert [(f["action"], f["evidence"]["inspected_bytes"]) for f in payload] == [("reported", 4 * MiB)]
+
+
+def test_a_fast_upload_into_an_8_mib_window_arrives_whole_and_another_client_is_answered_meanwhile(
+    gate: Tlsgate, recorder: BodyRecorder
+) -> None:
+    """A client writing a large window (8 MiB) as fast as it can: another client's request, on a connection made
+    before, is answered before the upload's verdict (the window's bytes reach the server only at the verdict).
+    Ordering only, no timing. Should the client outrun the sliced scan (twice the window held), its reading
+    pauses and the scan goes on in slices (tests/unit/test_payload_stream.py pins that path)."""
+    with httpx.Client(proxy=gate.proxy_url, verify=str(gate.ca_cert), timeout=30) as other:
+        assert other.post(f"https://api.test:{recorder.port}/v1/ping", content=b'{"n": 0}').status_code == 200
+        cmd = ["curl", "-sS", "--noproxy", "", "-x", gate.proxy_url, "--cacert", str(gate.ca_cert), "--max-time", "120"]
+        cmd += ["-o", "-", "-w", "\n%{http_code}", "-T", "-", "-H", "Transfer-Encoding: chunked"]
+        upload = subprocess.Popen(
+            [*cmd, "-H", "Content-Type: application/json", f"https://cdn.test:{recorder.port}/v1/fast"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        body = upload_body(24 * MiB, secret_at=MiB)
+        done: list[bytes] = []
+        feeder = threading.Thread(target=lambda: done.append(upload.communicate(body)[0]))
+        feeder.start()
+
+        def fast() -> list:
+            return [seen for seen in recorder.received if seen.path == "/v1/fast"]
+
+        assert eventually(lambda: bool(fast()), timeout=30, interval=0.002)  # its head went upstream: window filling
+        response = other.post(f"https://api.test:{recorder.port}/v1/ping", content=b'{"n": 1}')
+        judged = len(fast()[0].body) > 0
+        feeder.join(120)
+    assert (response.status_code, judged) == (200, False)  # answered before the upload's verdict
+    assert done and done[0].rsplit(b"\n", 1)[-1] == b"200"
+    big = fast()[0]
+    assert big.complete and big.body == body
+    payload = [f for f in gate.wait_findings(1) if f["check"] == "payload"]
+    assert [(f["action"], f["evidence"]["inspected_bytes"]) for f in payload] == [("reported", 8 * MiB)]
 
 
 def test_the_stream_benchmark_runs() -> None:

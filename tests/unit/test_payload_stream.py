@@ -4,6 +4,7 @@ stacked), decompression bombs stopped with bounded memory, and the held window t
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import time
@@ -281,3 +282,78 @@ def test_a_compressed_body_gets_a_window_of_max_bytes_decoded_not_of_its_length(
     assert window.blocked and window.window is not None and window.window.limit == 65536
     (finding,) = [json.loads(line) for line in findings.read_text().splitlines()]
     assert finding["action"] == "blocked" and finding["evidence"]["inspected_bytes"] > 50_000
+
+
+def slow_judge(counter: list[int], steps: int = 60) -> Callable[[HeldWindow, list[str]], Steps[bool]]:
+    def slow(window: HeldWindow, capped: list[str]) -> Steps[bool]:
+        for _ in range(steps):
+            counter[0] += 1
+            time.sleep(0.002)
+            yield None
+        return False
+
+    return slow
+
+
+def test_an_overheld_window_pauses_a_client_that_can_be_paused_and_finishes_in_slices() -> None:
+    """A client sending faster than its window is judged: past OVERHOLD windows its reading pauses and the scan
+    goes on a slice per turn of the event loop (`resume`, as mitm_internals' HeldResume calls it), never at once;
+    reading goes on once judged, and the held chunks pass in order."""
+    steps = [0]
+    pauses: list[bool] = []
+    wakes: list[int] = []
+    out: list[bytes] = []
+
+    async def run() -> None:
+        gate = gate_of(slow_judge(steps))
+        gate.pause = lambda paused: pauses.append(paused) is None  # paused (a TCP client)
+        gate.wake = lambda: wakes.append(steps[0]) is None or True
+        for _ in range(10):
+            out.extend(gate(b"z" * 400))  # 4000 bytes: past OVERHOLD (2) windows of 1000 while the scan runs
+        assert not gate.passed and steps[0] < 60  # not scanned to its end at once
+        assert gate.paused and pauses == [True]
+        while not gate.passed:
+            await asyncio.sleep(0)
+            if wakes:
+                wakes.clear()
+                out.extend(gate.resume())
+        assert gate.at_once == 0 and gate.deferred > 1 and pauses == [True, False] and not gate.paused
+
+    asyncio.run(run())
+    assert steps[0] == 60 and b"".join(out) == b"z" * 4000
+
+
+def test_an_overheld_window_of_a_client_that_cannot_be_paused_finishes_at_once() -> None:
+    """HTTP/3 and WireGuard clients are UDP-borne: their reading cannot pause, so the rest is scanned at once."""
+    steps = [0]
+
+    async def run() -> WindowGate:
+        gate = gate_of(slow_judge(steps))
+        gate.pause = lambda paused: False
+        gate.wake = lambda: True
+        out: list[bytes] = []
+        for _ in range(10):
+            out.extend(gate(b"z" * 400))
+        assert b"".join(out) == b"z" * 4000
+        return gate
+
+    gate = asyncio.run(run())
+    assert steps[0] == 60 and gate.passed and gate.at_once == 1 and gate.deferred == 0 and not gate.paused
+
+
+def test_a_paused_window_whose_stream_is_gone_drops_what_it_held_and_reads_on() -> None:
+    steps = [0]
+    pauses: list[bool] = []
+
+    async def run() -> WindowGate:
+        gate = gate_of(slow_judge(steps))
+        gate.pause = lambda paused: pauses.append(paused) is None
+        gate.wake = lambda: False  # the stream ended meanwhile
+        for _ in range(10):
+            gate(b"z" * 400)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return gate
+
+    gate = asyncio.run(run())
+    assert gate.blocked and pauses == [True, False] and gate.window is not None and gate.window.held_bytes == 0

@@ -632,7 +632,7 @@ def _resumed(stream: Any, held: _HeldStream) -> Any:
     body = held.body
     if held.cut or stream.client_state != stream.state_stream_request_body or stream.flow.request.stream is not body:
         return
-    for chunk in body.resume():  # only bodies that call `resume_held_body` have it (`grpc_stream.GrpcCall`)
+    for chunk in body.resume():  # only bodies that call `resume_held_body` have it (`GrpcCall`, `StreamWindow`)
         yield SendHttp(RequestData(stream.stream_id, chunk), stream.context.server)  # passed: before any refused one
     refusal = body.refusal()
     if refusal is not None and not held.cut:
@@ -640,16 +640,16 @@ def _resumed(stream: Any, held: _HeldStream) -> Any:
         yield from _cut_request(stream, refusal, _closing_trailers(body))
 
 
-def pause_client_reading(flow: Any, paused: bool) -> None:
+def pause_client_reading(flow: Any, paused: bool) -> bool:
     """Stop (or go on) reading what the app sends on `flow`'s connection: back-pressure while its held body's
     judging is behind, so what waits to be judged stays one socket read. Only for TCP clients (asyncio
-    transports); a UDP-borne client (HTTP/3, WireGuard) is read on."""
+    transports); a UDP-borne client (HTTP/3, WireGuard) is read on. False when it could not be paused."""
     if getattr(ctx, "master", None) is None:
-        return  # not inside a running proxy (unit tests)
+        return False  # not inside a running proxy (unit tests)
     io = _server_io(getattr(flow, "client_conn", None), getattr(flow, "client_conn", None))
     transport = getattr(getattr(io, "writer", None), "transport", None)
     if transport is None or not hasattr(transport, "pause_reading") or transport.is_closing():
-        return
+        return False
     reader: Any = getattr(io, "reader", None)
     if paused:
         transport.pause_reading()
@@ -659,6 +659,7 @@ def pause_client_reading(flow: Any, paused: bool) -> None:
             reader._paused = False
     elif not transport.is_reading():
         transport.resume_reading()
+    return True
 
 
 def _ending(stream: Any, event: Any, held: _HeldStream, handle: Callable[[Any, Any], Any]) -> Any:

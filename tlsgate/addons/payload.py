@@ -153,6 +153,7 @@ class StreamWindow(WindowGate):
         super().__init__(
             wanted, encoding, judge, lambda size: holdings.reserve(size, 2 * holdings.floor), holdings.release,
             lambda exc: refuse_unjudged(addon, flow, "payload.StreamWindow", exc),
+            lambda paused: pause_client_reading(flow, paused), lambda: resume_held_body(flow),
         )  # fmt: skip
         self.flow = flow
 

@@ -53,7 +53,7 @@ class MessageGate:
         limit: int,
         judge: Callable[[Piece], bool],
         fail: Callable[[Exception], None],
-        pause: Callable[[bool], None],
+        pause: Callable[[bool], object],
         wake: Callable[[], bool],
     ) -> None:
         self.pause = pause

@@ -10,10 +10,20 @@ until the window is judged; then they go upstream at once (passed) or never
 Memory per request: the held raw bytes (at most `limit`, plus the one chunk
 that crossed it) and the decoded window (at most `limit`, plus one decoder
 pull: see `bounds.Decoder`).
+
+A client that sends faster than its window is judged (more than `OVERHOLD`
+windows held) has its reading paused (`pause`) and the scan goes on a `SLICE`
+per later turn of the event loop (`wake`, then `resume` inside the stream's
+own event), so every other device is served meanwhile; what still arrives
+after the pause (what mitmproxy had read: at most `PAUSED_SLACK`) is held
+with the rest. A client whose reading cannot pause (HTTP/3, WireGuard:
+UDP-borne), or more than that arriving regardless, has the rest of the scan
+run at once, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import Callable
@@ -22,7 +32,8 @@ from typing import Any
 from tlsgate.payload.bounds import SEGMENT, DecodeError, Decoder, Steps
 
 SLICE = 0.005  # seconds of scanning per chunk before the chunk's event is handed back
-OVERHOLD = 2  # while a window's scan runs, the chunks behind it are held up to this many windows, then it finishes
+OVERHOLD = 2  # while a window's scan runs, the chunks behind it are held up to this many windows, then reading pauses
+PAUSED_SLACK = 1 << 20  # raw bytes held past OVERHOLD windows while reading is paused, past which the scan finishes at once
 
 
 class HeldWindow:
@@ -97,9 +108,13 @@ class WindowGate:
     Passed: the held chunks go on at once, the rest as it comes. Refused (or the
     judge raised: `fail` is told, and it counts as refused): nothing more is
     forwarded. The judge runs a `SLICE` per chunk while the chunks behind the
-    window are held, to at most `OVERHOLD` windows, then to its end at once (as
-    at the body's end): so one upload never holds the event loop for long, and
-    what is held stays bounded. `reserve(n)` grants the bytes it may hold (the
+    window are held, to at most `OVERHOLD` windows; then `pause(True)` stops
+    reading from the client (False: it cannot be paused) and the scan runs a
+    `SLICE` per turn of the event loop (`wake()` asks for a later `resume()` in
+    the stream's own event; False: the stream is gone) until judged, when
+    `pause(False)` reads on; a client that cannot be paused has it run to its
+    end at once (as at the body's end). So one upload never holds the event
+    loop for long, and what is held stays bounded. `reserve(n)` grants the bytes it may hold (the
     raw chunks and the decoded window: half each), `release(granted)` gives them
     back once judged, or when the gate is dropped.
     """
@@ -112,6 +127,8 @@ class WindowGate:
         reserve: Callable[[int], int],
         release: Callable[[int], None],
         fail: Callable[[Exception], None],
+        pause: Callable[[bool], bool] | None = None,
+        wake: Callable[[], bool] | None = None,
     ) -> None:
         self.wanted = wanted  # what the policy asked for
         self.encoding = encoding
@@ -125,6 +142,11 @@ class WindowGate:
         self.blocked = False
         self.out: list[bytes] = []  # passed chunks not yet handed on
         self.held_peak = 0  # most raw bytes held at once (benchmarks, tests)
+        self.pause = pause
+        self.wake = wake
+        self.paused = False  # reading from the client is paused while the scan goes on in later turns
+        self.deferred = 0  # turns of the event loop the scan went on in with the client paused (tests, benchmarks)
+        self.at_once = 0  # times the rest of the scan ran at once, the client not paused (tests, benchmarks)
         self._released: weakref.finalize[Any, Any] | None = None
 
     @property
@@ -151,11 +173,67 @@ class WindowGate:
         self.held_peak = max(self.held_peak, window.held_bytes)
         if window.ready:
             overheld = window.held_bytes > OVERHOLD * window.limit
-            self._advance(window, None if (window.ended or overheld) else SLICE)
+            if self.paused and window.held_bytes <= OVERHOLD * window.limit + PAUSED_SLACK:
+                return []  # read before the pause took: held with the rest, judged in the coming turns
+            if overheld and not self.paused and self._defer():
+                return []
+            if overheld:
+                self.at_once += 1
+            self._advance(window, None if overheld else SLICE)
         if self.passed:
             out, self.out = self.out, []
             return out
         return []  # never b"": mitmproxy would send it as an empty (for HTTP/1 chunked: a last) chunk
+
+    def _defer(self) -> bool:
+        """Overheld: pause the client and go on with the scan in later turns. False when it cannot be paused."""
+        if self.pause is None or self.wake is None:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (unit tests): judged at once
+            return False
+        if not self.pause(True):
+            return False  # UDP-borne (HTTP/3, WireGuard), or its connection is closing
+        self.paused = True
+        loop.call_soon(self._wake)
+        return True
+
+    def _wake(self) -> None:
+        if not self.paused or self.passed or self.blocked:
+            return
+        assert self.wake is not None
+        if not self.wake():  # the stream is gone: nothing waits for what is held any more
+            self.blocked = True
+            if self.window is not None:
+                self.window.drop()
+            self.scan = None
+            self._unpause()
+            if self._released is not None:
+                self._released()
+
+    def resume(self) -> list[bytes]:
+        """Inside the stream's event (`mitm_internals.resume_held_body`): the next slice of the paused scan; the
+        held chunks once it passed (then reading goes on), else nothing (refused: the stream's refusal is set)."""
+        window = self.window
+        if not self.paused or self.passed or self.blocked or window is None:
+            return []
+        if window.ended:
+            return []  # the body's end judges the rest (`ending`), and reads on
+        self._advance(window, SLICE)
+        self.deferred += 1
+        if self.passed:
+            out, self.out = self.out, []
+            return out
+        if not self.blocked:
+            asyncio.get_running_loop().call_soon(self._wake)
+        return []
+
+    def _unpause(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.pause is not None:
+                self.pause(False)
 
     def finish(self) -> None:
         """The body ended: judged now, whatever is held, if `ending` did not judge it yet."""
@@ -202,5 +280,6 @@ class WindowGate:
             self.passed = True
             self.out = window.release()
         window.data = bytearray()
+        self._unpause()
         if self._released is not None:
             self._released()
