@@ -60,16 +60,15 @@ from tlsgate.addons.mitm_internals import (
 )
 from tlsgate.addons.state import Connections, ConnState, request_host, request_url
 from tlsgate.addons.verdicts import (
-    answer_for,
     block,
     block_at_headers,
     block_message,
-    block_response,
     body_may_stream,
     fail_closed,
     fail_closed_message,
     mark,
     record_once,
+    refusal_of,
     refuse_unjudged,
     verdict_of,
 )
@@ -158,12 +157,7 @@ class StreamWindow(WindowGate):
         self.flow = flow
 
     def refusal(self) -> http.Response | None:
-        if not self.blocked:
-            return None
-        finding = verdict_of(self.flow)
-        if finding is None:
-            return http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
-        return block_response(finding, self.flow.request.headers.get("accept", ""))
+        return refusal_of(self.flow) if self.blocked else None
 
 
 class GrpcCall(MessageGate):
@@ -182,11 +176,7 @@ class GrpcCall(MessageGate):
         if not self.blocked:
             return None
         if self._refusal is None:
-            finding = verdict_of(self.flow)
-            if finding is None:
-                self._refusal = http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
-            else:
-                self._refusal = answer_for(finding, self.flow.request)
+            self._refusal = refusal_of(self.flow)
         return self._refusal
 
     def closing(self) -> http.Headers | None:

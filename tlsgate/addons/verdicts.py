@@ -219,6 +219,15 @@ def answer_for(finding: Finding, request: http.Request) -> http.Response:
     return block_response(finding, request.headers.get("accept", ""), request.headers.get("content-type", ""))
 
 
+UNJUDGED = b"refused by tlsgate: a check failed (see the proxy log)\n"  # the answer when even the finding failed
+
+
+def refusal_of(flow: http.HTTPFlow) -> http.Response:
+    """The answer to a flow a held body's gate refused: the answer for its finding, a bare 403 when there is none."""
+    finding = verdict_of(flow)
+    return http.Response.make(403, UNJUDGED) if finding is None else answer_for(finding, flow.request)
+
+
 def block_response(finding: Finding, accept: str, content_type: str = "") -> http.Response:
     """The block page, or for a gRPC call (by the request's `content_type`) a gRPC status its client can read."""
     page = Block(finding.check, finding.host, finding.rule, finding.detail, finding.remedy, finding.evidence)
@@ -340,7 +349,7 @@ def refuse_unjudged(addon: Any, flow: http.HTTPFlow, where: str, exc: Exception)
             if body_may_stream(flow.request):
                 flow.kill()
             else:
-                flow.response = http.Response.make(403, b"refused by tlsgate: a check failed (see the proxy log)\n")
+                flow.response = http.Response.make(403, UNJUDGED)
         except Exception:  # noqa: BLE001
             flow.kill()
 
