@@ -95,6 +95,7 @@ from tlsgate.payload.window import HeldWindow, Judge, WindowGate
 from tlsgate.policy import Match, Policy
 from tlsgate.policy.sections.payload import DEFAULT_MAX_BYTES, PAYLOAD, PayloadAction, PayloadRules
 from tlsgate.sinks import redact
+from tlsgate.sinks.findings import Finding
 from tlsgate.tls.grpc_calls import grpc_call
 
 logger = logging.getLogger("tlsgate.payload")
@@ -283,7 +284,7 @@ class PayloadInspector:
         Detector memory (`BlockMemory`) is the device's, across messages as across requests: the index is folded
         out of `grpc[i].n` there, so ECB across one stream's messages is caught."""
         request = flow.request
-        wants = {check: rules.action(check) is not PayloadAction.IGNORE for check in ("ecb", "secrets", "identifiers")}
+        wants = rules.wanted()
         forms = rules.seeds.forms_for(state.device) if wants["identifiers"] and rules.seeds else []
         hidden = rules.seeds.all_forms if rules.seeds else []
         url = mask(redact.redact_url(request_url(request)), hidden)
@@ -429,7 +430,7 @@ class PayloadInspector:
     ) -> Steps[bool]:
         """Record what the request shows; True when it was refused. Steps: see `tlsgate.payload.bounds`."""
         request = flow.request
-        wants = {check: rules.action(check) is not PayloadAction.IGNORE for check in ("ecb", "secrets", "identifiers")}
+        wants = rules.wanted()
         forms = rules.seeds.forms_for(state.device) if wants["identifiers"] and rules.seeds else []
         hidden = rules.seeds.all_forms if rules.seeds else []  # masked in names and URLs even where not searched for
         url = request_url(request)
@@ -485,6 +486,21 @@ class PayloadInspector:
         return self._verdict(flow, state, match, judge_payload(facts, match), at_headers)
 
     def _verdict(self, flow: http.HTTPFlow, state: ConnState, match: Match, issues: list[Issue], at_headers: bool) -> bool:
+        refused = self._record(flow, state, match, issues, mark_reported=True)
+        if refused is None:
+            return False
+        if at_headers:
+            block_at_headers(flow, refused)
+        else:
+            block(flow, refused)
+        return True
+
+    def _record(
+        self, flow: http.HTTPFlow, state: ConnState, match: Match, issues: list[Issue], mark_reported: bool
+    ) -> Finding | None:
+        """Record each issue (a reported one once per device, host, kind and detail, then counted: `Repeats`; a block
+        every time, since each must say why); the first blocking finding, None when nothing blocks. With
+        `mark_reported`, the first reported finding marks an HTTP flow nothing blocked."""
         refused = None
         for issue in issues:
             action = decide(issue, match.settings.mode)
@@ -494,15 +510,9 @@ class PayloadInspector:
                 continue  # said before for this device, host, kind and detail: counted (`Repeats`)
             if action is Action.BLOCKED and refused is None:
                 refused = finding
-            elif verdict_of(flow) is None:
+            elif mark_reported and verdict_of(flow) is None:
                 mark(flow, finding)
-        if refused is None:
-            return False
-        if at_headers:
-            block_at_headers(flow, refused)
-        else:
-            block(flow, refused)
-        return True
+        return refused
 
     # -- responses ----------------------------------------------------------------------------------
 
@@ -616,7 +626,7 @@ class PayloadInspector:
     def _message_steps(self, flow: http.HTTPFlow, message: WebSocketMessage, index: int, conn: WsConnection) -> Steps[None]:
         state, match, rules, hidden = conn.state, conn.match, conn.rules, conn.hidden
         to_server = message.from_client
-        wants = {check: rules.action(check) is not PayloadAction.IGNORE for check in ("ecb", "secrets", "identifiers")}
+        wants = rules.wanted()
         if not (wants["ecb"] or wants["secrets"] or wants["identifiers"]):
             return
         forms = rules.seeds.forms_for(state.device) if to_server and wants["identifiers"] and rules.seeds else []
@@ -658,14 +668,7 @@ class PayloadInspector:
             capped=sorted({*found.capped, *(() if complete else ("max_bytes",))}),
             message={"index": index, "type": "text" if message.is_text else "binary", "bytes": len(content)},
         )
-        issues = judge_payload(facts, match)
-        refused = None
-        for issue in issues:
-            action = decide(issue, match.settings.mode)
-            key = _said_key(state, match, issue) if action is not Action.BLOCKED else None
-            finding = record_once(self.sink, key, state, flow.client_conn, issue, match, flow.request.port)
-            if finding is not None and action is Action.BLOCKED and refused is None:
-                refused = finding
+        refused = self._record(flow, state, match, judge_payload(facts, match), mark_reported=False)
         if refused is not None:
             reason = close_reason(str(refused.evidence.get("kind", "payload")), refused.rule or "the defaults")
             block_message(flow, refused, POLICY_VIOLATION, reason)

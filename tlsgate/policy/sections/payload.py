@@ -60,6 +60,10 @@ class PayloadRules:
     def action(self, check: str) -> PayloadAction:
         return PayloadAction(getattr(self, check))
 
+    def wanted(self) -> dict[str, bool]:
+        """Which detectors run (each check not set to `ignore`): every inspecting path asks the same question."""
+        return {c: self.action(c) is not PayloadAction.IGNORE for c in CHECKS}
+
     @property
     def off(self) -> bool:
         return all(self.action(c) is PayloadAction.IGNORE for c in CHECKS)
