@@ -18,7 +18,6 @@ tlsgate sets it, so all of them stream the same way.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import ssl
 import statistics
@@ -34,10 +33,10 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
+from benchmarks.payload import cpu_seconds  # noqa: E402
 from tests.certgen import make_chain, write_pem, write_server_files  # noqa: E402
 from tests.tlsservers import BodyRecorder  # noqa: E402
 
-TICKS = os.sysconf("SC_CLK_TCK")
 MiB = 1 << 20
 POLICY = """\
 version: 1
@@ -56,11 +55,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import socket
 import ssl
@@ -35,11 +34,11 @@ import httpx  # noqa: E402
 from wsproto import ConnectionType, WSConnection  # noqa: E402
 from wsproto.events import AcceptConnection, Request, TextMessage  # noqa: E402
 
+from benchmarks.payload import cpu_seconds  # noqa: E402
 from tests.certgen import make_chain, write_pem, write_server_files  # noqa: E402
 from tests.harness import Upstream, read_head  # noqa: E402
 from tests.wspeers import WsServer, server_context  # noqa: E402
 
-TICKS = os.sysconf("SC_CLK_TCK")
 POLICY = """\
 version: 1
 defaults:
@@ -51,11 +50,6 @@ identifiers:
     email: bench.user@example.org
     phone: "+1 555 0100 999"
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def rss_mib(pid: int) -> float:
